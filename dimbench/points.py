@@ -1,0 +1,49 @@
+"""The sweep point: one (model, resolution, batch, dtype, device, task) to measure, with a stable key."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    """One point of a suite's sweep.
+
+    ``resolution`` is in pixels; ``input_size`` is the side the model sees (latent side = resolution / 8 for
+    latent models). ``task`` is what is measured at this point ("forward", "train_step", ...: the metric set
+    decides); ``checkpoint`` an optional local weights path.
+    """
+
+    suite: str
+    model: str
+    resolution: int
+    input_size: int
+    batch: int
+    dtype: str  # "float32" | "bfloat16" | "float16"
+    device: str  # resolved: "cpu", "cuda", "cuda:N"
+    metrics: tuple[str, ...]
+    checkpoint: str | None = None
+    pad_layout: str | None = None  # DiM only: "lateral" | "cyclic" (None: the model's default)
+
+    @property
+    def key(self) -> str:
+        """Stable identity across runs (the suite name and metric list are not part of it)."""
+        parts = [self.model, f"r{self.resolution}", f"b{self.batch}", self.dtype, self.device]
+        if self.checkpoint:
+            parts.append(f"ckpt={self.checkpoint}")
+        if self.pad_layout:
+            parts.append(f"pad={self.pad_layout}")
+        return "|".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["metrics"] = list(self.metrics)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepPoint":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in fields}
+        kwargs["metrics"] = tuple(kwargs.get("metrics", ()))
+        return cls(**kwargs)

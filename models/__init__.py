@@ -1,0 +1,28 @@
+"""dimbench's models: DiM, DiT and U-ViT, faithful to their official releases, built by name.
+
+    >>> import models
+    >>> models.list_models()                       # every registered configuration
+    >>> m = models.create_model("dim_h_2", input_size=64)   # DiM-H/2 on 512 px (64x64 latents)
+    >>> eps = m(x, t, y)                           # same call for every family
+
+``models`` imports nothing from ``dimbench``.
+"""
+
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
+from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
+
+# Importing the family modules registers their configurations.
+from . import dim, dit, uvit  # noqa: F401,E402
+from .checkpoints import load_checkpoint, load_resized_state_dict  # noqa: E402
+
+__all__ = [
+    "ModelInfo",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+    "scan_backend",
+    "selective_scan",
+    "load_checkpoint",
+    "load_resized_state_dict",
+]
