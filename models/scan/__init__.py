@@ -1,0 +1,40 @@
+"""Selective scan (Mamba-1) for dimbench: one custom op, several backends.
+
+    from models.scan import selective_scan, scan_backend, available_backends
+    out = selective_scan(u, delta, A, B, C, D, z, delta_bias)      # (batch, d_inner, L)
+    scan_backend()                 # -> "chunked" (the backend that ran last)
+    available_backends("cpu")      # -> {"reference": (True, "..."), "mamba_ssm": (False, "reason"), ...}
+
+Modules: ``op`` (custom op, autograd, FLOP formula, public wrapper), ``registry`` (backends, availability,
+resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``mamba_ssm_backend``
+(optional CUDA kernel), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
+"""
+
+from .chunked import chunked_scan, default_chunk_size
+from .flops import scan_backward_flops, scan_flops
+from .op import scan_backend, selective_scan
+from .reference import reference_scan
+from .registry import (
+    ENV_VAR,
+    available_backends,
+    known_backends,
+    register_backend,
+    resolve_backend,
+    unregister_backend,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "available_backends",
+    "chunked_scan",
+    "default_chunk_size",
+    "known_backends",
+    "reference_scan",
+    "register_backend",
+    "resolve_backend",
+    "scan_backend",
+    "scan_backward_flops",
+    "scan_flops",
+    "selective_scan",
+    "unregister_backend",
+]

@@ -1,0 +1,138 @@
+"""The selective-scan operator ``dimbench_scan::selective_scan`` and its public wrapper ``selective_scan``.
+
+A ``torch.library.custom_op`` so that
+
+- the meta device and FakeTensorMode use a fake kernel (output shape only), so models built on meta run;
+- ``FlopCounterMode`` counts it with the registered formula (``models.scan.flops``) without descending into
+  whichever backend computes it: every backend reports the same count;
+- autograd goes through ``register_autograd``: the forward saves only its inputs; the backward is a second
+  custom op, ``dimbench_scan::selective_scan_backward``, that recomputes the chosen backend's forward under
+  autograd and differentiates it (exact, and only one scan's intermediates live at a time).
+
+The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``).
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
+
+from .common import check_inputs
+from .flops import scan_backward_flops, scan_flops
+from .registry import get_backend, resolve_backend
+
+_LAST_BACKEND: list = [None]
+
+
+def scan_backend() -> Optional[str]:
+    """Name of the backend that computed the last selective scan in this process (None before any).
+
+    Calls on the meta device or under FakeTensorMode compute nothing and do not change it.
+    """
+    return _LAST_BACKEND[0]
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = True,
+                   backend: Optional[str] = None) -> Tensor:
+    """Selective scan (Mamba-1), computed in float32 whatever the input dtype.
+
+    Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, delta_bias (d_inner,).
+    Returns out (batch, d_inner, L), contiguous, in u's dtype, where
+
+        Δ = softplus(delta + delta_bias) (softplus only if delta_softplus);  Ā_t = exp(Δ_t·A)
+        x_t = Ā_t ⊙ x_{t-1} + Δ_t·B_t·u_t  (x_0 = 0; state (d_inner, N) per batch element)
+        y_t = Σ_n x_t[:, n]·C_t[n];  out = y + D·u;  out = out·silu(z) if z is given.
+
+    ``backend``: None or "auto" (the environment variable DIMBENCH_SCAN_BACKEND if set, else automatic),
+    or one of "reference", "chunked", "mamba_ssm", "triton"; a named backend that cannot run raises.
+    """
+    check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    return torch.ops.dimbench_scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), name)
+
+
+@torch.library.custom_op("dimbench_scan::selective_scan", mutates_args=())
+def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+             z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
+    name = resolve_backend(backend, u.device)
+    # No autograd state in the forward: the backward recomputes (see the module docstring).
+    with torch.no_grad():
+        out = get_backend(name).fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if out.shape != u.shape or out.dtype != u.dtype or out.device != u.device:
+        raise RuntimeError(f"scan backend {name!r} returned {tuple(out.shape)} {out.dtype} on {out.device}; "
+                           f"expected {tuple(u.shape)} {u.dtype} on {u.device}")
+    _LAST_BACKEND[0] = name
+    return _fresh(out.contiguous(), (u, delta, A, B, C, D, z, delta_bias))
+
+
+@_scan_op.register_fake
+def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("dimbench_scan::selective_scan_backward", mutates_args=())
+def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                      D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                      delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
+    """Gradients (contiguous, each input's dtype) of the inputs among (u, delta, A, B, C, D, z, delta_bias)
+    whose ``needs`` flag is set and that are not None, in that order."""
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    fn = get_backend(resolve_backend(backend, u.device)).fn
+    with torch.enable_grad():
+        leaves = [None if t is None else t.detach().requires_grad_(bool(need)) for t, need in zip(inputs, needs)]
+        wrt = [t for t, need in zip(leaves, needs) if t is not None and need]
+        out = fn(*leaves, delta_softplus)
+        grads = torch.autograd.grad(out, wrt, grad_out, allow_unused=True)
+    return [_fresh((torch.zeros_like(x) if g is None else g).contiguous(), inputs + (grad_out,))
+            for g, x in zip(grads, wrt)]
+
+
+@_scan_backward_op.register_fake
+def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, needs):
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    return [torch.empty_like(t, memory_format=torch.contiguous_format)
+            for t, need in zip(inputs, needs) if t is not None and need]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.delta_softplus = delta_softplus
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_out):
+    inputs = ctx.saved_tensors
+    needs = [bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:8], inputs)]
+    if not any(needs):
+        return (None,) * 10
+    grads = iter(torch.ops.dimbench_scan.selective_scan_backward(
+        grad_out.contiguous(), *inputs, ctx.delta_softplus, ctx.backend, needs))
+    return (*[next(grads) if need else None for need in needs], None, None)
+
+
+_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _fresh(t: Tensor, inputs) -> Tensor:
+    """``t``, or a copy of it if it shares memory with an input (custom ops must not return aliases)."""
+    ptr = t.untyped_storage().data_ptr()
+    if any(x is not None and x.untyped_storage().data_ptr() == ptr for x in inputs):
+        return t.clone()
+    return t
+
+
+@register_flop_formula(torch.ops.dimbench_scan.selective_scan)
+def _scan_flop_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape, delta_bias_shape,
+                       *args, out_shape=None, **kwargs) -> int:
+    batch, d_inner, length = u_shape
+    return scan_flops(batch, d_inner, length, A_shape[1], D_shape is not None, z_shape is not None)
+
+
+@register_flop_formula(torch.ops.dimbench_scan.selective_scan_backward)
+def _scan_backward_flop_formula(grad_shape, u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape,
+                                delta_bias_shape, *args, out_shape=None, **kwargs) -> int:
+    batch, d_inner, length = u_shape
+    return scan_backward_flops(batch, d_inner, length, A_shape[1], D_shape is not None, z_shape is not None)

@@ -1,0 +1,133 @@
+"""Which selective-scan backends exist, which can run on a device, and which one a call uses.
+
+Backends are functions ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> out`` (shapes as in
+``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd:
+the operator's backward recomputes the chosen backend's forward under autograd and differentiates it.
+
+Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``mamba_ssm`` (when the package imports and
+the tensors are on CUDA). The ``triton`` slot is reserved for a GPU kernel added later with
+``register_backend("triton", fn, is_available)``; until then it is reported unavailable, with that reason.
+
+Resolution (``resolve_backend``): None or "auto" means the environment variable ``DIMBENCH_SCAN_BACKEND`` when
+set, else automatic: on CUDA mamba_ssm if available, else triton if registered and available, else chunked;
+on any other device chunked. A backend named explicitly (argument or environment) that cannot run raises: there
+is no silent fallback. On the meta device nothing runs, so any known name is accepted there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .chunked import chunked_scan
+from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
+from .reference import reference_scan
+
+ENV_VAR = "DIMBENCH_SCAN_BACKEND"
+#: names with a reserved meaning; "auto" is not a backend but a request for automatic choice.
+RESERVED_SLOTS = ("reference", "chunked", "mamba_ssm", "triton")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    fn: Callable
+    is_available: Callable[[torch.device], tuple[bool, str]]
+    description: str = ""
+
+
+def _everywhere(device) -> tuple[bool, str]:
+    return True, "pure PyTorch, runs on any device"
+
+
+_BACKENDS: dict[str, Backend] = {
+    "reference": Backend("reference", reference_scan, _everywhere, "sequential recurrence, L steps (oracle)"),
+    "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan, about 2·√L steps"),
+    "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
+}
+
+_TRITON_MISSING = ("no Triton selective-scan kernel is registered yet (a GPU kernel fills this slot with "
+                   "models.scan.register_backend('triton', fn, is_available))")
+
+
+def register_backend(name: str, fn: Callable, is_available: Callable, *, description: str = "",
+                     replace: bool = False) -> None:
+    """Add a backend (e.g. the "triton" kernel). ``is_available(device) -> (bool, reason)``.
+
+    ``fn`` must follow the backend signature and be differentiable with autograd. Re-registering an existing
+    name raises unless ``replace=True``.
+    """
+    if not isinstance(name, str) or not name.isidentifier() or name == "auto":
+        raise ValueError(f"register_backend: name must be an identifier other than 'auto'; got {name!r}")
+    if not callable(fn) or not callable(is_available):
+        raise TypeError("register_backend: fn and is_available must be callable")
+    if name in _BACKENDS and not replace:
+        raise ValueError(f"register_backend: a backend named {name!r} is already registered (pass replace=True)")
+    _BACKENDS[name] = Backend(name, fn, is_available, description)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend added with ``register_backend`` (the built-in ones cannot be removed)."""
+    if name in ("reference", "chunked", "mamba_ssm"):
+        raise ValueError(f"unregister_backend: {name!r} is built in")
+    _BACKENDS.pop(name, None)
+
+
+def known_backends() -> list[str]:
+    """Every name a caller may request (registered or reserved), without "auto"."""
+    return list(dict.fromkeys([*RESERVED_SLOTS, *_BACKENDS]))
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        if name == "triton":
+            raise RuntimeError(f"scan backend 'triton' cannot run: {_TRITON_MISSING}")
+        raise ValueError(f"unknown scan backend {name!r}; known: {', '.join(['auto', *known_backends()])}")
+    return _BACKENDS[name]
+
+
+def backend_status(name: str, device) -> tuple[bool, str]:
+    """(can ``name`` run on ``device``, reason)."""
+    if name == "triton" and name not in _BACKENDS:
+        return False, _TRITON_MISSING
+    ok, reason = get_backend(name).is_available(torch.device(device))
+    return bool(ok), str(reason)
+
+
+def available_backends(device="cpu") -> dict[str, tuple[bool, str]]:
+    """{name: (can run on ``device``, reason)} for every known backend, the triton slot included."""
+    return {name: backend_status(name, device) for name in known_backends()}
+
+
+def resolve_backend(requested: str | None, device) -> str:
+    """The backend a call with ``backend=requested`` on ``device`` uses (see the module docstring)."""
+    device = torch.device(device)
+    source = "requested"
+    if requested is None or requested == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env and env != "auto":
+            requested, source = env, f"requested by the environment variable {ENV_VAR}"
+        else:
+            return _auto(device)
+    if not isinstance(requested, str):
+        raise TypeError(f"selective_scan: backend must be a str or None; got {type(requested).__name__}")
+    if requested not in known_backends():
+        raise ValueError(f"unknown scan backend {requested!r} ({source}); "
+                         f"known: {', '.join(['auto', *known_backends()])}")
+    if device.type == "meta":
+        return requested  # shape inference only: nothing runs, every backend has the same fake kernel
+    ok, reason = backend_status(requested, device)
+    if not ok:
+        raise RuntimeError(f"scan backend {requested!r} ({source}) cannot run on {device}: {reason}")
+    return requested
+
+
+def _auto(device: torch.device) -> str:
+    if device.type == "cuda":
+        for name in ("mamba_ssm", "triton"):
+            if name in _BACKENDS and backend_status(name, device)[0]:
+                return name
+    return "chunked"
