@@ -80,7 +80,7 @@ def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: 
     whose ``needs`` flag is set and that are not None, in that order."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     fn = get_backend(resolve_backend(backend, u.device)).fn
-    with torch.enable_grad():
+    with _autograd_dispatch_enabled(), torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_(bool(need)) for t, need in zip(inputs, needs)]
         wrt = [t for t, need in zip(leaves, needs) if t is not None and need]
         out = fn(*leaves, delta_softplus)
@@ -94,6 +94,21 @@ def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_sof
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [torch.empty_like(t, memory_format=torch.contiguous_format)
             for t, need in zip(inputs, needs) if t is not None and need]
+
+
+# Custom-op kernels run with the autograd dispatch keys excluded (the op's own autograd formula stands for
+# them), so ops inside the backward kernel would record nothing. The recompute needs autograd, so the backward
+# kernel lifts that exclusion for its duration. This uses torch._C's dispatch-key guards (private, present
+# and used by torch's own higher-order ops since torch 2.1); tests/test_scan.py checks the gradients.
+_AUTOGRAD_KEYS = (torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
+                  | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradOther)
+                  | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradNestedTensor)
+                  | torch._C.DispatchKeySet(torch._C.DispatchKey.ADInplaceOrView))
+
+
+def _autograd_dispatch_enabled():
+    excluded = torch._C._dispatch_tls_local_exclude_set() - _AUTOGRAD_KEYS
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), excluded)
 
 
 def _setup_context(ctx, inputs, output):

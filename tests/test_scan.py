@@ -1,0 +1,386 @@
+"""Selective-scan operator: every backend against a float64 recurrence written here, plus the op's plumbing
+(meta/fake kernels, FLOP formula, autograd, backend choice, environment override, clear errors).
+
+Shapes are small so the whole file runs in seconds on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.scan import (
+    ENV_VAR,
+    available_backends,
+    chunked_scan,
+    default_chunk_size,
+    register_backend,
+    reference_scan,
+    scan_backend,
+    scan_backward_flops,
+    scan_flops,
+    selective_scan,
+    unregister_backend,
+)
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+CPU_BACKENDS = [name for name, (ok, _) in available_backends("cpu").items() if ok]
+
+
+def make_inputs(batch=2, d_inner=5, L=37, N=4, *, D=True, z=True, delta_bias=True, seed=0,
+                dtype=torch.float32, device="cpu"):
+    """Random inputs in the regime Mamba runs in: A < 0, moderate Δ, so state survives across many steps
+    (a wrong carry between chunks changes the output well above the tolerance)."""
+    g = torch.Generator().manual_seed(seed)
+    t = {
+        "u": torch.randn(batch, d_inner, L, generator=g),
+        "delta": torch.randn(batch, d_inner, L, generator=g) * 0.5 - 1.0,
+        "A": -(torch.rand(d_inner, N, generator=g) * 1.5 + 0.1),
+        "B": torch.randn(batch, N, L, generator=g),
+        "C": torch.randn(batch, N, L, generator=g),
+        "D": torch.randn(d_inner, generator=g) if D else None,
+        "z": torch.randn(batch, d_inner, L, generator=g) if z else None,
+        "delta_bias": torch.randn(d_inner, generator=g) * 0.3 if delta_bias else None,
+    }
+    return {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in t.items()}
+
+
+def recurrence64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
+    """The specification, one step at a time, in float64 (differentiable)."""
+    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
+    dt = delta + delta_bias.double()[:, None] if delta_bias is not None else delta
+    if delta_softplus:
+        dt = torch.log1p(torch.exp(dt))  # softplus, written out (no threshold: inputs here are moderate)
+    x = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64, device=u.device)
+    ys = []
+    for t in range(u.shape[-1]):
+        x = torch.exp(dt[:, :, t, None] * A) * x + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
+        ys.append((x * C[:, None, :, t]).sum(-1))
+    out = torch.stack(ys, dim=-1)
+    if D is not None:
+        out = out + D.double()[:, None] * u
+    if z is not None:
+        zz = z.double()
+        out = out * zz * torch.sigmoid(zz)
+    return out
+
+
+def assert_matches_float64(run, inputs, delta_softplus=True, rtol=2e-5, atol=2e-5):
+    """run(**leaves, delta_softplus=...) must match recurrence64 in value and in every input's gradient."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inputs.items()}
+    leaves64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in inputs.items()}
+    out = run(**leaves, delta_softplus=delta_softplus)
+    ref = recurrence64(**leaves64, delta_softplus=delta_softplus)
+    assert out.dtype == inputs["u"].dtype and out.shape == ref.shape
+    torch.testing.assert_close(out.double(), ref, rtol=rtol, atol=atol)
+
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    names = [k for k, v in leaves.items() if v is not None]
+    grads = torch.autograd.grad(out, [leaves[k] for k in names], grad_out.to(out))
+    grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
+    for name, g, g64 in zip(names, grads, grads64):
+        scale = g64.abs().max().item()
+        torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-5 * max(1.0, scale),
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+
+
+# ---------------------------------------------------------------------------------------------- correctness
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("L", [1, 5, 37])
+@pytest.mark.parametrize("options", [
+    dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+    dict(D=False, z=False, delta_bias=False, delta_softplus=False),
+    dict(D=True, z=False, delta_bias=True, delta_softplus=False),
+    dict(D=False, z=True, delta_bias=False, delta_softplus=True),
+], ids=["all", "none", "D-bias", "z-softplus"])
+def test_backend_matches_float64_recurrence(backend, L, options):
+    options = dict(options)
+    softplus = options.pop("delta_softplus")
+    inputs = make_inputs(L=L, **options)
+    if not softplus:  # without softplus Δ must already be positive
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    assert_matches_float64(lambda **kw: selective_scan(**kw, backend=backend), inputs, delta_softplus=softplus)
+    assert scan_backend() == backend
+
+
+@pytest.mark.parametrize("L,chunk", [(37, 1), (37, 4), (37, 5), (37, 36), (37, 37), (37, 100), (64, 8), (2, 1)])
+def test_chunked_any_chunk_size_matches(L, chunk):
+    """Lengths that are and are not multiples of the chunk size, one chunk, one step per chunk."""
+    inputs = make_inputs(L=L)
+    assert_matches_float64(lambda **kw: chunked_scan(**kw, chunk_size=chunk), inputs)
+
+
+def test_chunked_long_sequence_many_chunks():
+    """Long enough that the cross-chunk carry runs through dozens of chunks (default chunk size)."""
+    inputs = make_inputs(batch=1, d_inner=3, L=400, N=3, z=False)
+    inputs["delta"] = inputs["delta"] - 2.0  # slow decay: the state carries across many chunks
+    assert default_chunk_size(1, 3, 400, 3, torch.device("cpu")) < 400
+    out = chunked_scan(**inputs)
+    torch.testing.assert_close(out.double(), recurrence64(**inputs), rtol=5e-5, atol=5e-5)
+
+
+def test_chunked_inference_path_equals_autograd_path():
+    """The in-place path (no autograd) and the autograd path compute the same numbers."""
+    inputs = make_inputs(L=53)
+    with torch.no_grad():
+        fast = chunked_scan(**inputs, chunk_size=6)
+    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    tracked = chunked_scan(**leaves, chunk_size=6)
+    assert tracked.grad_fn is not None
+    torch.testing.assert_close(fast, tracked.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_inputs_left_untouched_and_strided_inputs():
+    """The in-place fast path must not write into the caller's tensors; strided views (as a model passes
+    them, e.g. z sliced from a fused projection) give the same result as contiguous copies."""
+    inputs = make_inputs(L=29)
+    before = {k: None if v is None else v.clone() for k, v in inputs.items()}
+    with torch.inference_mode():
+        out = selective_scan(**inputs, backend="chunked")
+    for k, v in inputs.items():
+        if v is not None:
+            assert torch.equal(v, before[k]), f"{k} was modified"
+    strided = dict(inputs)
+    for k in ("u", "delta", "z"):
+        strided[k] = inputs[k].transpose(1, 2).contiguous().transpose(1, 2)  # (b, d, L) view of (b, L, d)
+    strided["B"] = torch.cat([inputs["B"], inputs["C"]], dim=1)[:, : inputs["B"].shape[1]]
+    with torch.inference_mode():
+        out_strided = selective_scan(**strided, backend="chunked")
+    assert not strided["u"].is_contiguous()
+    # Equal up to float32 rounding (vectorised and strided elementwise loops may round the last bit apart).
+    torch.testing.assert_close(out_strided, out, rtol=1e-6, atol=1e-7)
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_bfloat16_computed_in_float32(backend):
+    """bf16 in, bf16 out; the arithmetic is float32: the result equals the float32 scan of the same
+    (bf16-rounded) numbers, rounded once; and it is close to the float32 scan of the unrounded inputs."""
+    inputs = make_inputs(L=21)
+    bf16 = {k: None if v is None else v.bfloat16() for k, v in inputs.items()}
+    out = selective_scan(**bf16, backend=backend)
+    assert out.dtype == torch.bfloat16
+    same_numbers = selective_scan(**{k: None if v is None else v.float() for k, v in bf16.items()},
+                                  backend=backend)
+    torch.testing.assert_close(out, same_numbers.bfloat16(), rtol=0, atol=0)
+    full = selective_scan(**inputs, backend=backend)
+    torch.testing.assert_close(out.float(), full, rtol=3e-2, atol=3e-2)
+
+
+def test_backward_in_bfloat16_gives_bfloat16_grads():
+    leaves = {k: None if v is None else v.bfloat16().requires_grad_() for k, v in make_inputs(L=9).items()}
+    selective_scan(**leaves, backend="chunked").float().sum().backward()
+    for k, v in leaves.items():
+        assert v.grad is not None and v.grad.dtype == torch.bfloat16 and v.grad.shape == v.shape, k
+
+
+def test_no_autograd_state_without_grad():
+    leaves = {k: None if v is None else v.requires_grad_() for k, v in make_inputs(L=11).items()}
+    with torch.no_grad():
+        out = selective_scan(**leaves)
+    assert out.grad_fn is None and not out.requires_grad
+    with torch.inference_mode():
+        out = selective_scan(**leaves)
+    assert out.grad_fn is None and out.is_inference()
+
+
+def test_only_requested_gradients():
+    inputs = make_inputs(L=8)
+    u = inputs["u"].clone().requires_grad_()
+    inputs["u"] = u
+    out = selective_scan(**inputs)
+    (g,) = torch.autograd.grad(out.sum(), [u])
+    assert g.shape == u.shape and g.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------------ op machinery
+
+
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+def test_opcheck(backend):
+    from models.scan.op import _scan_op
+
+    t = make_inputs(batch=2, d_inner=3, L=6, N=2)
+    args = tuple(None if t[k] is None else t[k].requires_grad_() for k in NAMES)
+    torch.library.opcheck(_scan_op, (*args, True, backend))
+    t2 = make_inputs(batch=1, d_inner=3, L=5, N=2, D=False, z=False, delta_bias=False)
+    args2 = tuple(None if t2[k] is None else t2[k] for k in NAMES)
+    torch.library.opcheck(_scan_op, (*args2, False, backend))
+
+
+@pytest.mark.parametrize("D,z", [(True, True), (False, False), (True, False), (False, True)])
+def test_meta_device_and_flop_formula(D, z):
+    batch, d_inner, L, N = 2, 48, 1230, 16
+    meta = make_inputs(batch, d_inner, 3, N, D=D, z=z, device="meta")  # shapes fixed below
+    meta.update(u=torch.empty(batch, d_inner, L, device="meta"), delta=torch.empty(batch, d_inner, L, device="meta"),
+                B=torch.empty(batch, N, L, device="meta"), C=torch.empty(batch, N, L, device="meta"),
+                z=torch.empty(batch, d_inner, L, device="meta") if z else None)
+    last = scan_backend()
+    with FlopCounterMode(display=False) as counter:
+        out = selective_scan(**meta)
+    assert out.device.type == "meta" and out.shape == (batch, d_inner, L) and out.dtype == torch.float32
+    expected = scan_flops(batch, d_inner, L, N, D, z)
+    assert counter.get_total_flops() == expected
+    assert expected == batch * d_inner * L * (7 * N + 1 + 2 * D + 4 * z)
+    assert scan_backend() == last, "a meta call computes nothing and must not change scan_backend()"
+
+    leaves = {k: None if v is None else v.requires_grad_() for k, v in meta.items()}
+    with FlopCounterMode(display=False) as counter:
+        selective_scan(**leaves).sum().backward()
+    assert counter.get_total_flops() == expected + scan_backward_flops(batch, d_inner, L, N, D, z)
+    assert leaves["A"].grad.shape == leaves["A"].shape and leaves["A"].grad.device.type == "meta"
+
+
+def test_flop_conventions():
+    assert scan_flops(1, 3072, 366, 16, True, True, convention="mamba") == 2 * (9 * 366 * 3072 * 16 + 2 * 3072 * 366)
+    with pytest.raises(ValueError, match="convention"):
+        scan_flops(1, 1, 1, 1, True, True, convention="papers")
+
+
+def test_fake_tensor_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        t = make_inputs(L=3000)  # made inside the mode: fake, nothing allocated
+        out = selective_scan(**t, backend="chunked")
+    assert out.shape == (2, 5, 3000) and out.dtype == torch.float32
+
+
+def test_bad_shapes_give_clear_errors():
+    t = make_inputs(L=10)
+    with pytest.raises(ValueError, match=r"B must have shape \(2, 4, 10\)"):
+        selective_scan(**{**t, "B": t["B"][:, :, :9]})
+    with pytest.raises(ValueError, match=r"A must have shape \(d_inner, d_state\) = \(5, N\)"):
+        selective_scan(**{**t, "A": t["A"].t()})
+    with pytest.raises(ValueError, match=r"D must have shape \(5,\)"):
+        selective_scan(**{**t, "D": torch.ones(4)})
+    with pytest.raises(ValueError, match=r"u must have shape \(batch, d_inner, L\)"):
+        selective_scan(**{**t, "u": t["u"][0]})
+    with pytest.raises(TypeError, match="u must be a floating-point tensor"):
+        selective_scan(**{**t, "u": t["u"].long()})
+
+
+# ------------------------------------------------------------------------------------------------ backends
+
+
+def test_available_backends_report_reasons():
+    status = available_backends("cpu")
+    assert set(status) >= {"reference", "chunked", "mamba_ssm", "triton"}
+    assert status["reference"][0] and status["chunked"][0]
+    ok, reason = status["mamba_ssm"]
+    assert not ok and reason, "mamba_ssm runs only on CUDA, so never on the CPU"
+    ok, reason = status["triton"]
+    assert not ok and "register_backend" in reason
+
+
+def test_auto_is_chunked_on_cpu(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    selective_scan(**make_inputs(L=4), backend="reference")
+    selective_scan(**make_inputs(L=4))
+    assert scan_backend() == "chunked"
+    selective_scan(**make_inputs(L=4), backend="auto")
+    assert scan_backend() == "chunked"
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    t = make_inputs(L=4)
+    monkeypatch.setenv(ENV_VAR, "reference")
+    selective_scan(**t)
+    assert scan_backend() == "reference"
+    selective_scan(**t, backend="chunked")  # an explicit argument wins over the environment
+    assert scan_backend() == "chunked"
+    monkeypatch.setenv(ENV_VAR, "no_such_kernel")
+    with pytest.raises(ValueError, match=f"unknown scan backend 'no_such_kernel'.*{ENV_VAR}"):
+        selective_scan(**t)
+    monkeypatch.setenv(ENV_VAR, "mamba_ssm")
+    with pytest.raises(RuntimeError, match=f"'mamba_ssm'.*{ENV_VAR}.*cannot run on cpu"):
+        selective_scan(**t)
+
+
+@pytest.mark.parametrize("name,error,match", [
+    ("mamba_ssm", RuntimeError, "scan backend 'mamba_ssm' .*cannot run on cpu"),
+    ("triton", RuntimeError, "scan backend 'triton' .*cannot run on cpu: no Triton"),
+    ("fast", ValueError, "unknown scan backend 'fast'"),
+])
+def test_unavailable_backend_raises(name, error, match, monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(error, match=match):
+        selective_scan(**make_inputs(L=4), backend=name)
+
+
+def test_register_backend_fills_the_triton_slot(monkeypatch):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    calls = []
+
+    def kernel(*args):
+        calls.append(args[0].shape)
+        return reference_scan(*args)
+
+    register_backend("triton", kernel, lambda device: (device.type == "cpu", "test kernel, CPU only"))
+    try:
+        assert available_backends("cpu")["triton"] == (True, "test kernel, CPU only")
+        inputs = make_inputs(L=7)
+        assert_matches_float64(lambda **kw: selective_scan(**kw, backend="triton"), inputs)
+        assert scan_backend() == "triton"
+        assert len(calls) == 2, "forward, then the backward's recompute through the same backend"
+        selective_scan(**inputs)
+        assert scan_backend() == "chunked", "auto picks triton only on CUDA"
+        with pytest.raises(ValueError, match="already registered"):
+            register_backend("triton", kernel, lambda device: (True, ""))
+    finally:
+        unregister_backend("triton")
+    assert not available_backends("cpu")["triton"][0]
+    with pytest.raises(ValueError, match="identifier other than 'auto'"):
+        register_backend("auto", kernel, lambda device: (True, ""))
+
+
+def test_mamba_ssm_backend_when_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ok, reason = available_backends(device)["mamba_ssm"]
+    if not ok:
+        pytest.skip(f"mamba_ssm unavailable on {device}: {reason}")
+    inputs = make_inputs(batch=2, d_inner=8, L=33, device=device)
+    assert_matches_float64(lambda **kw: selective_scan(**kw, backend="mamba_ssm"), inputs, rtol=1e-4, atol=1e-4)
+    assert scan_backend() == "mamba_ssm"
+
+
+def test_triton_backend_when_available():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ok, reason = available_backends(device)["triton"]
+    if not ok:
+        pytest.skip(f"triton scan unavailable on {device}: {reason}")
+    inputs = make_inputs(batch=2, d_inner=8, L=33, device=device)
+    assert_matches_float64(lambda **kw: selective_scan(**kw, backend="triton"), inputs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
+@pytest.mark.parametrize("L", [366, 1000])
+def test_chunked_on_cuda_matches_float64_cpu_recurrence(L):
+    """The pure-PyTorch chunked backend on CUDA tensors (what the GPU runs until a Triton kernel exists)
+    against the float64 recurrence on the CPU: values and gradients. The contraction with C is a matmul,
+    which TF32 would round to 10 mantissa bits, so TF32 is switched off for the check."""
+    cpu = make_inputs(batch=2, d_inner=64, L=L, N=16)
+    cuda = {k: None if v is None else v.cuda() for k, v in cpu.items()}
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in cuda.items()}
+        out = selective_scan(**leaves, backend="chunked")
+        assert out.device.type == "cuda" and scan_backend() == "chunked"
+        leaves64 = {k: None if v is None else v.double().requires_grad_() for k, v in cpu.items()}
+        ref = recurrence64(**leaves64)
+        torch.testing.assert_close(out.cpu().double(), ref, rtol=1e-4, atol=1e-4)
+        grad_out = torch.randn(ref.shape, dtype=torch.float64)
+        names = [k for k, v in leaves.items() if v is not None]
+        grads = torch.autograd.grad(out, [leaves[k] for k in names], grad_out.float().cuda())
+        grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
+        for name, g, g64 in zip(names, grads, grads64):
+            torch.testing.assert_close(g.cpu().double(), g64, rtol=1e-3, atol=1e-4 * max(1.0, g64.abs().max().item()),
+                                       msg=lambda m, name=name: f"gradient of {name}: {m}")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
