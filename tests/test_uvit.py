@@ -104,7 +104,7 @@ def test_skips_are_popped_lifo():
         block.register_forward_pre_hook(lambda mod, args: consumed.append(args[1]))
     model(torch.randn(1, 4, 8, 8), torch.tensor([500.0]), torch.tensor([1]))
     assert len(produced) == len(consumed) == 3
-    for skip, out in zip(consumed, reversed(produced)):
+    for skip, out in zip(consumed, reversed(produced), strict=True):
         assert skip is out
 
 

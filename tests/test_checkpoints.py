@@ -1,0 +1,397 @@
+"""Checkpoint loading: format detection, conversion, resizing, pad layout, clear errors; save/inspect/convert CLI."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models  # noqa: F401  (registers every family)
+from dimbench import checkpoint_cli
+from models.checkpoints import (
+    CheckpointError,
+    choose_pad_layout,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_resized_state_dict,
+    save_checkpoint,
+)
+from models.dim_convert import dimbench_to_official
+from models.registry import create_model
+
+ORACLE = Path("/work/shared/oracles/dim_tiny_official.pt")
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small versions of each family's registered configs (overrides keep architecture names, shrink the sizes).
+TINY_DIT = dict(input_size=16, depth=2, num_classes=10)  # dit_s_8: width 384, patch 8 -> 2x2 tokens
+TINY_UVIT = dict(input_size=8, depth=4, width=64, heads=4, num_classes=10)  # uvit_l_2 structure
+TINY_DIM = dict(input_size=16, in_channels=4, depth=3, width=32, num_classes=10)  # dim_s_2 structure, grid 8
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter N(0, 0.02): zero-initialised paths carry signal, so outputs tell weights apart."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model.eval()
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k].to(sa[k].device)) for k in sa)
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    if not ORACLE.is_file():
+        pytest.skip(f"DiM oracle {ORACLE} not present")
+    return torch.load(ORACLE, weights_only=True)
+
+
+@pytest.fixture
+def dit_file(tmp_path):
+    model = randomize(create_model("dit_s_8", **TINY_DIT))
+    path = tmp_path / "DiT-tiny.pt"
+    torch.save(model.state_dict(), path)  # official naming = the model's own names
+    return model, path
+
+
+@pytest.fixture
+def uvit_file(tmp_path):
+    model = randomize(create_model("uvit_l_2", **TINY_UVIT))
+    path = tmp_path / "nnet_ema.pth"
+    torch.save(model.state_dict(), path)
+    return model, path
+
+
+def official_dim_file(tmp_path: Path, name: str = "dim_s_2", **kwargs) -> tuple[torch.nn.Module, Path]:
+    """A random DiM saved in the official naming, as an nnet_ema.pth file."""
+    model = randomize(create_model(name, **{**TINY_DIM, **kwargs}))
+    path = tmp_path / f"{name}_{model.input_size}_nnet_ema.pth"
+    torch.save(dimbench_to_official(model.state_dict()), path)
+    return model, path
+
+
+# ---------------------------------------------------------------------------------------------------- DiT
+
+
+def test_official_dit_state_dict_loads_strictly(dit_file):
+    source, path = dit_file
+    model = load_checkpoint("dit_s_8", path, depth=2)
+    assert same_weights(source, model) and not model.training
+    assert model.checkpoint_info["format"] == "dit-official" and model.num_classes == 10
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([3.0, 900.0]), torch.tensor([1, 9])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y), source(x, t, y), rtol=0, atol=0)
+
+
+def test_dit_training_checkpoint_prefers_ema(tmp_path):
+    ema = randomize(create_model("dit_s_8", **TINY_DIT), seed=1)
+    raw = randomize(create_model("dit_s_8", **TINY_DIT), seed=2)
+    path = tmp_path / "0400000.pt"
+    # As DiT's train.py writes it, argparse.Namespace included (allowed by name, still weights_only).
+    torch.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": {}, "args": argparse.Namespace(lr=1e-4)},
+               path)  # fmt: skip
+    model = load_checkpoint("dit_s_8", path, depth=2)
+    assert same_weights(ema, model) and not same_weights(raw, model)
+    assert "EMA" in model.checkpoint_info["note"] and "EMA" in inspect_checkpoint(path)["note"]
+
+
+def test_dit_at_larger_input_recomputes_pos_embed(dit_file):
+    from models.dit import sincos_pos_embed_2d
+
+    source, path = dit_file
+    model = load_checkpoint("dit_s_8", path, depth=2, input_size=32)
+    assert model.input_size == 32 and model.pos_embed.shape == (1, 16, 384)
+    torch.testing.assert_close(model.pos_embed[0], sincos_pos_embed_2d(384, 4), rtol=0, atol=0)
+    torch.testing.assert_close(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight, rtol=0, atol=0)
+    assert model(torch.randn(1, 4, 32, 32), torch.tensor([10.0])).shape == (1, 8, 32, 32)
+
+
+# ---------------------------------------------------------------------------------------------------- U-ViT
+
+
+def test_official_uvit_state_dict_loads_strictly(uvit_file):
+    source, path = uvit_file
+    model = load_checkpoint("uvit_l_2", path, depth=4, width=64, heads=4)
+    assert same_weights(source, model)
+    assert model.checkpoint_info["format"] == "uvit-official"
+    assert model.num_classes == 10 and model.label_emb.weight.shape[0] == 11  # null row read as such
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1.0, 1000.0]), torch.tensor([0, 5])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y), source(x, t, y), rtol=0, atol=0)
+
+
+def test_uvit_at_larger_input_resizes_pos_embed(uvit_file):
+    source, path = uvit_file
+    model = load_checkpoint("uvit_l_2", path, depth=4, width=64, heads=4, input_size=16)
+    assert model.pos_embed.shape == (1, 2 + 64, 64)
+    torch.testing.assert_close(model.pos_embed[:, :2], source.pos_embed[:, :2], rtol=0, atol=0)
+    # Halving the 8x8 grid back (bilinear at scale 1/2 = 2x2 average) is not the identity, but it stays close:
+    # the resized table is an interpolation of the original, not a fresh initialisation.
+    assert not torch.equal(model.pos_embed[:, 2:18], source.pos_embed[:, 2:18])
+    assert model(torch.randn(1, 4, 16, 16), torch.tensor([500.0]), torch.tensor([2])).shape == (1, 4, 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------- DiM
+
+
+def test_dim_oracle_loads_through_official_path(tmp_path, oracle):
+    path = tmp_path / "nnet_ema.pth"
+    torch.save(oracle["state_dict"], path)
+    info = inspect_checkpoint(path)
+    assert info["format"] == "dim-official"
+    assert (info["width"], info["depth"], info["patch"], info["grid"], info["classes"]) == (64, 7, 2, 8, 10)
+
+    model = load_checkpoint("dim_s_2", path, depth=7, width=64)  # 4 input channels and 10 classes: from the file
+    assert (model.input_size, model.in_channels, model.num_classes) == (16, 4, 10)
+    assert model.pad_layout == "lateral" and model.checkpoint_info["pad_layout"] == "lateral"
+    # Converted layouts: (1, d, 3) pad vectors -> rows p0..p2; (1, 3, d) q-tokens -> (3, d).
+    sd = oracle["state_dict"]
+    torch.testing.assert_close(model.pad_tokens, sd["a4m_adapter.pad_token"][0].t(), rtol=0, atol=0)
+    torch.testing.assert_close(model.q_tokens, sd["a4m_adapter.pad_token_dec_split"][0], rtol=0, atol=0)
+    # The path end to end (the DiM tests check the match to float32 rounding; here a looser bound suffices).
+    with torch.no_grad():
+        out = model(oracle["inputs"]["x"], oracle["inputs"]["t"], oracle["inputs"]["y"])
+    ref = oracle["output"]
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-4
+
+
+def test_dim_256_grid_checkpoint_runs_at_512(tmp_path):
+    source, path = official_dim_file(tmp_path, input_size=32)  # 16x16 tokens: a "256-px release"
+    model = load_checkpoint("dim_s_2", path, depth=3, width=32, input_size=64)
+    assert model.pad_layout == "cyclic" and "upsampling" in model.checkpoint_info["pad_layout_reason"]
+    assert model.pos_embed.shape == (1, 2 + 32 * 32, 32)
+    torch.testing.assert_close(model.pos_embed[:, :2], source.pos_embed[:, :2], rtol=0, atol=0)
+    with torch.no_grad():
+        out = model(torch.randn(1, 4, 64, 64), torch.tensor([500.0]), torch.tensor([3]))
+    assert out.shape == (1, 4, 64, 64) and torch.isfinite(out).all()
+    # Same size as trained: the 256-px releases' layout.
+    assert load_checkpoint("dim_s_2", path, depth=3, width=32).pad_layout == "lateral"
+
+
+def test_dim_512_finetune_defaults_to_cyclic_and_explicit_wins(tmp_path):
+    _, path = official_dim_file(tmp_path, input_size=64)  # 32x32 tokens: the 512 fine-tune's grid
+    assert load_checkpoint("dim_s_2", path, depth=3, width=32).pad_layout == "cyclic"
+    assert load_checkpoint("dim_s_2", path, depth=3, width=32, pad_layout="lateral").pad_layout == "lateral"
+
+
+def test_choose_pad_layout_rules():
+    assert choose_pad_layout(None, 16, 16)[0] == "lateral"  # 256-px release as trained
+    assert choose_pad_layout(None, 16, 32)[0] == "cyclic"  # 256 -> 512 weak-to-strong / upsampling
+    assert choose_pad_layout(None, 32, 32)[0] == "cyclic"  # 512 fine-tune
+    assert choose_pad_layout(None, 32, 64)[0] == "cyclic"  # 512 -> 1024 training-free upsampling
+    assert choose_pad_layout(None, 16, 16, saved="cyclic")[0] == "cyclic"
+    assert choose_pad_layout("lateral", 32, 64)[0] == "lateral"
+    with pytest.raises(CheckpointError, match="pad_layout must be one of"):
+        choose_pad_layout("zigzag", 16, 16)
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def test_dit_checkpoint_as_dim_fails(dit_file):
+    _, path = dit_file
+    with pytest.raises(CheckpointError, match=rf"{path}: holds a DiT checkpoint .* 'dim_h_2' is a DiM model"):
+        load_checkpoint("dim_h_2", path)
+
+
+def test_width_1024_dim_checkpoint_as_dim_h_fails_naming_parameter(tmp_path):
+    # A DiM-L-width checkpoint (d = 1024 > 512: the split skip fusion), shrunk in depth and classes to stay cheap.
+    with torch.device("meta"):
+        skeleton = create_model("dim_l_2", depth=3, num_classes=10)
+    zero = torch.zeros(())
+    state = {k: zero.expand(v.shape) for k, v in skeleton.state_dict().items()}  # stride-0 views: a tiny file
+    path = tmp_path / "dim_l_nnet_ema.pth"
+    torch.save(dimbench_to_official(state), path)
+    assert inspect_checkpoint(path)["width"] == 1024
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint("dim_h_2", path, depth=3)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: does not fit model 'dim_h_2' (width 1536")
+    assert "parameter 'pos_embed': expected shape (1, 258, 1536), found (1, 258, 1024)" in msg
+
+
+def test_truncated_file_fails(dit_file, tmp_path):
+    _, path = dit_file
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=rf"{cut}: cannot be read as a PyTorch checkpoint \(truncated"):
+        load_checkpoint("dit_s_8", cut, depth=2)
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match=rf"{text}: cannot be read"):
+        inspect_checkpoint(text)
+    with pytest.raises(CheckpointError, match="no such file"):
+        inspect_checkpoint(tmp_path / "missing.pt")
+
+
+def test_missing_unexpected_and_mismatched_parameters(dit_file, tmp_path):
+    source, _ = dit_file
+    sd = source.state_dict()
+    missing = tmp_path / "missing.pt"
+    torch.save({k: v for k, v in sd.items() if k != "blocks.1.mlp.fc2.bias"}, missing)
+    with pytest.raises(CheckpointError, match=r"parameter 'blocks.1.mlp.fc2.bias' \(shape \(384,\)\) is missing"):
+        load_checkpoint("dit_s_8", missing, depth=2)
+
+    extra = tmp_path / "extra.pt"
+    torch.save({**sd, "blocks.0.attn.q_norm.weight": torch.ones(64)}, extra)
+    with pytest.raises(CheckpointError, match=r"1 unexpected parameter\(s\).*'blocks.0.attn.q_norm.weight'"):
+        load_checkpoint("dit_s_8", extra, depth=2)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.save({**sd, "blocks.1.attn.proj.weight": torch.zeros(384, 380)}, wrong)
+    with pytest.raises(CheckpointError, match=r"'blocks.1.attn.proj.weight': expected shape \(384, 384\), found "
+                       r"\(384, 380\)"):  # fmt: skip
+        load_checkpoint("dit_s_8", wrong, depth=2)
+
+    # Another width under the same family: named on its first parameter, before anything is loaded.
+    with pytest.raises(CheckpointError, match=r"expected shape \(1, 4, 768\), found \(1, 4, 384\)"):
+        load_checkpoint("dit_b_8", missing, depth=2)
+
+
+def test_not_a_state_dict_and_wrong_format(dit_file, tmp_path):
+    _, path = dit_file
+    junk = tmp_path / "junk.pt"
+    torch.save({"step": 3, "weights": [1, 2]}, junk)
+    with pytest.raises(CheckpointError, match=rf"{junk}: not a state_dict: entry 'step' is a int"):
+        inspect_checkpoint(junk)
+    unknown = tmp_path / "unknown.pt"
+    torch.save({"encoder.weight": torch.zeros(2)}, unknown)
+    with pytest.raises(CheckpointError, match="not a DiT, U-ViT or DiM state_dict"):
+        inspect_checkpoint(unknown)
+    with pytest.raises(CheckpointError, match="format 'uvit-official' was requested but the file is 'dit-official'"):
+        load_checkpoint("uvit_l_2", path, format="uvit-official")
+    with pytest.raises(CheckpointError, match="unknown model 'dit_q_2'"):
+        load_checkpoint("dit_q_2", path)
+    with pytest.raises(CheckpointError, match="pad_layout applies to DiM models only"):
+        load_checkpoint("dit_s_8", path, depth=2, pad_layout="cyclic")
+
+
+# ---------------------------------------------------------------------------------------------------- save / inspect
+
+
+def test_save_inspect_load_round_trip_dit(dit_file, tmp_path):
+    source, _ = dit_file
+    path = tmp_path / "mine.pt"
+    save_checkpoint(source, path)
+    info = inspect_checkpoint(path)
+    assert info["format"] == "dimbench" and info["model"] == "dit_s_8" and info["family"] == "dit"
+    assert (info["width"], info["depth"], info["patch"], info["grid"], info["in_channels"]) == (384, 2, 8, 2, 4)
+    assert info["classes"] == 10 and info["params"] == sum(p.numel() for p in source.parameters())
+    loaded = load_checkpoint("dit_s_8", path)  # the saved config rebuilds the shrunk depth
+    assert same_weights(source, loaded)
+    with pytest.raises(CheckpointError, match="holds dimbench model 'dit_s_8', not 'dit_s_2'"):
+        load_checkpoint("dit_s_2", path)
+
+
+def test_save_refuses_meta_and_unnamed_models(tmp_path):
+    with torch.device("meta"):
+        meta = create_model("dit_s_8", **TINY_DIT)
+    with pytest.raises(CheckpointError, match="on the meta device"):
+        save_checkpoint(meta, tmp_path / "meta.pt")
+    from models.dit import DiT
+
+    with pytest.raises(CheckpointError, match="no model_name"):
+        save_checkpoint(DiT(input_size=8, patch_size=8, depth=1, width=64, heads=2), tmp_path / "x.pt")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_official_dit_named_like_official_architecture(tmp_path):
+    with torch.device("meta"):
+        skeleton = create_model("dit_xl_2")
+    # A file with the official DiT-XL/2 shapes is recognised by name and counted exactly. Each tensor is a
+    # broadcast view of one zero (stride 0): torch.save stores one element per tensor, so the file is tiny.
+    path = tmp_path / "DiT-XL-2-256x256.pt"
+    zero = torch.zeros((), dtype=torch.float16)
+    torch.save({k: zero.expand(v.shape) for k, v in skeleton.state_dict().items()}, path)
+    assert path.stat().st_size < 1_000_000
+    info = inspect_checkpoint(path)
+    assert info["architecture"] == "DiT-XL/2" and info["params"] == 675_129_632 and info["input_size"] == 32
+
+
+def test_load_resized_state_dict_each_family(tmp_path):
+    dit_small = randomize(create_model("dit_s_8", **TINY_DIT))
+    dit_big = create_model("dit_s_8", **{**TINY_DIT, "input_size": 32})
+    load_resized_state_dict(dit_big, dit_small.state_dict())
+    torch.testing.assert_close(dit_big.final_layer.linear.weight, dit_small.final_layer.linear.weight)
+
+    uvit_small = randomize(create_model("uvit_l_2", **TINY_UVIT))
+    uvit_big = create_model("uvit_l_2", **{**TINY_UVIT, "input_size": 16})
+    load_resized_state_dict(uvit_big, uvit_small.state_dict())
+    assert torch.equal(uvit_big.pos_embed[:, :2], uvit_small.pos_embed[:, :2])
+
+    dim_small = randomize(create_model("dim_s_2", **{**TINY_DIM, "input_size": 32}))
+    dim_big = create_model("dim_s_2", **{**TINY_DIM, "input_size": 64})
+    load_resized_state_dict(dim_big, dimbench_to_official(dim_small.state_dict()))  # official names converted
+    assert torch.equal(dim_big.pad_tokens, dim_small.pad_tokens)
+    assert dim_big.pos_embed.shape == (1, 2 + 32 * 32, 32)
+
+    with pytest.raises(CheckpointError, match=r"state_dict: does not fit .*'blocks.0.attn.qkv.weight'"):
+        load_resized_state_dict(create_model("dit_s_8", **TINY_DIT), {**dit_small.state_dict(),
+                                "blocks.0.attn.qkv.weight": torch.zeros(3, 3)})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_convert_then_inspect(dit_file, tmp_path):
+    source, _ = dit_file
+    saved = tmp_path / "saved.pt"
+    save_checkpoint(source, saved)  # its config keeps the shrunk depth, so the registered name fits it
+    out, err = io.StringIO(), io.StringIO()
+    dest = tmp_path / "converted.pt"
+    rc = checkpoint_cli.convert(str(saved), str(dest), model="dit_s_8", input_size=32, stdout=out, stderr=err)
+    assert rc == 0 and err.getvalue() == ""
+    assert out.getvalue().startswith(f"wrote {dest}: dimbench checkpoint of dit_s_8")
+    assert "input_size 32" in out.getvalue()
+
+    out = io.StringIO()
+    assert checkpoint_cli.inspect(str(dest), stdout=out) == 0
+    text = out.getvalue()
+    assert "format: dimbench" in text and "model: dit_s_8" in text and "input size (grid x patch): 32" in text
+    converted = load_checkpoint("dit_s_8", dest)
+    assert converted.input_size == 32
+    torch.testing.assert_close(converted.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+
+def test_cli_convert_errors_are_one_line_exit_2(dit_file, tmp_path):
+    _, path = dit_file
+    err = io.StringIO()
+    # The architecture comes from the name: the registered 12-block dit_s_8 does not fit a 2-block file.
+    rc = checkpoint_cli.convert(str(path), str(tmp_path / "o.pt"), model="dit_s_8", stderr=err)
+    assert rc == 2 and err.getvalue().count("\n") == 1
+    assert err.getvalue().startswith("dimbench checkpoint convert: error: ") and str(path) in err.getvalue()
+    assert not (tmp_path / "o.pt").exists()
+
+    err = io.StringIO()
+    assert checkpoint_cli.convert(str(path), str(path), model="dit_s_8", stderr=err) == 2
+    assert "must differ" in err.getvalue()
+    err = io.StringIO()
+    assert checkpoint_cli.inspect(str(tmp_path / "nope.pt"), stderr=err) == 2
+    assert "no such file" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+
+
+def test_cli_subprocess_exit_codes(uvit_file, tmp_path):
+    """The argparse wiring end to end: through dimbench.cli when it exists, else the module's own entry."""
+    _, path = uvit_file
+    entry = ["-m", "dimbench.cli", "checkpoint"] if (ROOT / "dimbench" / "cli.py").is_file() else [
+        "-m", "dimbench.checkpoint_cli"]  # fmt: skip
+    ok = _run([*entry, "inspect", str(path), "--json"])
+    assert ok.returncode == 0, ok.stderr
+    assert '"format": "uvit-official"' in ok.stdout and '"class_rows": 11' in ok.stdout
+    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_h_2"])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "U-ViT checkpoint" in bad.stderr
