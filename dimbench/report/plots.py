@@ -1,0 +1,278 @@
+"""Drawing: every plot of the report is a list of :class:`Panel` drawn by :func:`draw_panels`.
+
+The content model (``content.py``) decides *what* to plot and builds panels from the rows; this module only
+decides *how* it looks, so the HTML and the PDF draw the same panels into different containers (a whole
+``Figure`` for the HTML's PNG, a ``SubFigure`` of a PDF page).
+
+Strings drawn here come from user-handed result files: they pass through :func:`mpl_text` so a ``$`` in a model
+name or an error message cannot switch matplotlib into mathtext (which would raise or mangle the text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are rendered headless; never open a window
+
+from matplotlib.figure import FigureBase  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+
+# Per-family colour ramps, so a reader tells DiM from DiT from U-ViT at a glance; models of one family get
+# shades of its ramp. Unknown families (results of models the report does not know) are drawn in greys.
+_FAMILY_COLOURS = {
+    "dim": ["#1f5fa8", "#3d8fd1", "#0b3d70", "#6bb3e8"],
+    "dit": ["#d1521f", "#f08a3c", "#8f2f0b", "#f5b07a"],
+    "uvit": ["#2e8b3a", "#5cbf5f", "#1a5c22", "#98d98e"],
+}
+_OTHER_COLOURS = ["#555555", "#8a5fb5", "#b5478a", "#888888", "#333333"]
+_FAMILY_MARKERS = {"dim": "o", "dit": "s", "uvit": "^"}
+# Line colours for things that are not models (ratio pairs).
+PAIR_COLOURS = ["#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#555555"]
+
+FAIL_MARKER = "X"
+FAIL_COLOUR = "#c0392b"
+
+
+def mpl_text(s: object) -> str:
+    """Make an untrusted string safe to draw: escape ``$`` so mathtext never triggers."""
+    return str(s).replace("\\", "\\\\").replace("$", r"\$")
+
+
+def _plain(v: float, _pos=None) -> str:
+    return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+
+
+def family_of(model: str) -> str:
+    """The family is the model name's prefix (``dim_h_2`` -> ``dim``); the report needs nothing else."""
+    return str(model).split("_", 1)[0].lower()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelStyle:
+    colour: str
+    marker: str
+
+
+def model_styles(models: Sequence[str]) -> dict[str, ModelStyle]:
+    """A stable colour and marker per model: shades of its family's ramp, in the order given."""
+    styles: dict[str, ModelStyle] = {}
+    used: dict[str, int] = {}
+    for m in models:
+        fam = family_of(m)
+        ramp = _FAMILY_COLOURS.get(fam, _OTHER_COLOURS)
+        i = used.get(fam if fam in _FAMILY_COLOURS else "_other", 0)
+        used[fam if fam in _FAMILY_COLOURS else "_other"] = i + 1
+        styles[m] = ModelStyle(ramp[i % len(ramp)], _FAMILY_MARKERS.get(fam, "D"))
+    return styles
+
+
+@dataclasses.dataclass
+class Series:
+    """One line: y over resolution (pixels)."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    colour: str
+    marker: str = "o"
+    linestyle: str = "-"
+    hollow: bool = False  # hollow markers: predicted, not measured
+
+
+@dataclasses.dataclass
+class FailMark:
+    """A point that did not produce a value (OOM or error): drawn as an X at its resolution."""
+
+    x: float
+    status: str  # "oom" | "error" | ...
+    colour: str
+    label: str  # who failed (model), shown in the annotation
+
+
+@dataclasses.dataclass
+class Panel:
+    """One axes: series over resolution, failure marks, optional reference line and marked crossovers."""
+
+    title: str
+    ylabel: str
+    series: list[Series]
+    fails: list[FailMark] = dataclasses.field(default_factory=list)
+    xlabel: str = "resolution (pixels, log scale)"
+    logy: bool = True
+    hline: float | None = None  # e.g. ratio = 1
+    hline_label: str = ""
+    vlines: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)  # (x, label, colour)
+    style_legend: list[tuple[str, str, bool]] = dataclasses.field(default_factory=list)  # (label, ls, hollow)
+    xticks: list[float] | None = None
+
+
+def draw_panels(fig: FigureBase, panels: Sequence[Panel], ncols: int | None = None) -> None:
+    """Draw panels side by side (or in a grid) into a Figure or SubFigure."""
+    n = len(panels)
+    ncols = ncols or min(n, 2)
+    nrows = math.ceil(n / ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    # zip stops at the panels; spare grid cells are hidden below
+    legends = [_draw_panel(ax, panel, legend=n == 1) for ax, panel in zip(axes.flat, panels, strict=False)]
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if n > 1:
+        # Several panels share the model colours: one legend under them all instead of one per panel.
+        merged: dict[str, object] = {}
+        for handles, labels in legends:
+            for h, lab in zip(handles, labels, strict=True):
+                merged.setdefault(lab, h)
+        if merged:
+            fig.legend(list(merged.values()), list(merged), loc="outside lower center", fontsize=7,
+                       ncols=min(len(merged), 5), frameon=False)
+
+
+def _resolution_axis(ax, xs: Sequence[float], ticks: Sequence[float] | None) -> None:
+    """Resolution on a log2 axis with the measured resolutions as the labelled ticks."""
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(ticks or xs))
+    if ticks:
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+        lo, hi = min(ticks), max(ticks)
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+
+
+def _make_headroom(ax, ys: Sequence[float], fraction: float) -> None:
+    """Raise the top of the y axis so the data occupy at most the lower ``fraction`` of it."""
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        span = math.log10(hi) - math.log10(lo)
+        ax.set_ylim(lo, 10 ** (math.log10(lo) + max(span, 1e-9) / fraction))
+    else:
+        ax.set_ylim(lo, lo + (hi - lo) / fraction)
+
+
+def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
+    """Draw one panel; returns its legend entries (drawn in the axes too when ``legend``)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for s in p.series:
+        pts = [(x, y) for x, y in zip(s.x, s.y, strict=True) if y is not None and math.isfinite(y)]
+        if not pts:
+            continue
+        px, py = zip(*sorted(pts), strict=True)
+        xs += px
+        ys += py
+        ax.plot(
+            px,
+            py,
+            linestyle=s.linestyle,
+            marker=s.marker,
+            color=s.colour,
+            markerfacecolor="white" if s.hollow else s.colour,
+            markersize=5,
+            linewidth=1.6,
+            label=mpl_text(s.label),
+        )
+    xs += [f.x for f in p.fails]
+    _resolution_axis(ax, xs, p.xticks)
+    positive = [y for y in ys if y > 0]
+    if p.logy and positive:
+        ax.set_yscale("log")
+        # Plain numbers (0.6, 2, 300) read better than 6x10^-1; minor ticks are labelled only when the axis
+        # spans less than about a decade, where there would otherwise be no label at all.
+        ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+        span = max(positive) / min(positive)
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain) if span < 12 else NullFormatter())
+    if not ys:
+        # Nothing succeeded in this panel: keep the axes (so the failures are visible) and say so.
+        ax.set_ylim(0, 1)
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "no successful measurement", transform=ax.transAxes, ha="center", va="center",
+                color="#777777")
+    if p.hline is not None:
+        ax.axhline(p.hline, color="#444444", linewidth=1, linestyle="--", zorder=0)
+        if p.hline_label:
+            ax.annotate(mpl_text(p.hline_label), (0.01, p.hline), xycoords=("axes fraction", "data"),
+                        xytext=(0, 3), textcoords="offset points", fontsize=7, color="#444444")
+    for x, label, colour in p.vlines:
+        # Labelled in the legend, not on the plot: crossovers of different measures are often close together.
+        ax.axvline(x, color=colour, linewidth=1.3, linestyle=(0, (1, 1.5)), label=mpl_text(f"crossover {label}"))
+    # Failures sit in a band along the top edge (they have no value), stacked when several fail at one
+    # resolution; the y range is stretched so the measured data stay below that band.
+    if p.fails and ys:
+        _make_headroom(ax, ys, 0.78)
+    stack: dict[float, int] = {}
+    lo, hi = ax.get_xlim()
+    for f in p.fails:
+        k = stack.get(f.x, 0)
+        stack[f.x] = k + 1
+        yfrac = 0.94 - 0.07 * k
+        (mark,) = ax.plot([f.x], [yfrac], marker=FAIL_MARKER, color=f.colour, markeredgecolor=FAIL_COLOUR,
+                          markersize=9, linestyle="none", transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+        right_half = math.log(f.x) > (math.log(lo) + math.log(hi)) / 2
+        note = ax.annotate(mpl_text(f"{f.status.upper()} {f.label}"), (f.x, yfrac), xycoords=("data", "axes fraction"),
+                           xytext=(-7 if right_half else 7, -3), textcoords="offset points", fontsize=6.5,
+                           color=FAIL_COLOUR, ha="right" if right_half else "left")
+        # Marks and notes must not make constrained layout shrink the axes.
+        mark.set_in_layout(False)
+        note.set_in_layout(False)
+    ax.set_title(mpl_text(p.title), fontsize=10)
+    ax.set_xlabel(mpl_text(p.xlabel), fontsize=8.5)
+    ax.set_ylabel(mpl_text(p.ylabel), fontsize=8.5)
+    ax.tick_params(labelsize=7.5)
+    ax.grid(True, which="major", alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    for label, ls, hollow in p.style_legend:
+        handles.append(Line2D([], [], color="#333333", linestyle=ls, marker="o",
+                              markerfacecolor="white" if hollow else "#333333", markersize=4))
+        labels.append(mpl_text(label))
+    if p.fails:
+        handles.append(Line2D([], [], color="#999999", marker=FAIL_MARKER, markeredgecolor=FAIL_COLOUR,
+                              linestyle="none", markersize=8))
+        labels.append("OOM / error: no value")
+    if handles and legend:
+        ax.legend(handles, labels, fontsize=6.5, loc="best", framealpha=0.85)
+    return handles, labels
+
+
+@dataclasses.dataclass
+class Curve:
+    """A curve over an arbitrary x (training loss over steps)."""
+
+    label: str
+    x: list[float]
+    y: list[float]
+    colour: str
+
+
+def draw_curves(fig: FigureBase, title: str, xlabel: str, ylabel: str, curves: Sequence[Curve],
+                logy: bool = False) -> None:
+    """Plain line plot (training loss curves)."""
+    ax = fig.subplots()
+    for c in curves:
+        ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, label=mpl_text(c.label))
+    if logy:
+        ax.set_yscale("log")
+    ax.set_title(mpl_text(title), fontsize=10)
+    ax.set_xlabel(mpl_text(xlabel), fontsize=8.5)
+    ax.set_ylabel(mpl_text(ylabel), fontsize=8.5)
+    ax.grid(True, alpha=0.3)
+    ax.tick_params(labelsize=7.5)
+    if curves:
+        ax.legend(fontsize=7)
+
+
+def draw_images(fig: FigureBase, images: Sequence[tuple[str, object]], ncols: int = 4) -> None:
+    """A grid of images (sample grids), each titled."""
+    n = max(len(images), 1)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, (title, img) in zip(axes.flat, images, strict=False):  # spare axes stay off
+        ax.imshow(img)
+        ax.set_title(mpl_text(title), fontsize=8)

@@ -1,0 +1,360 @@
+"""Reports: HTML and PDF from one content model, plots with failures marked, escaping, real renderers.
+
+The full report of a realistic folder (3 models x 4 resolutions, one OOM and one error point) is built once per
+module; the other tests use small folders. The browser and poppler checks run the real tools and are skipped,
+with the reason, only where those tools are not installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import report_fixtures as rf  # noqa: E402
+from matplotlib.figure import Figure as MplFigure  # noqa: E402
+
+from dimbench.report import ReportError, build_report, content, data, pdf  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+PDFTOPPM, PDFINFO, PDFTOTEXT = shutil.which("pdftoppm"), shutil.which("pdfinfo"), shutil.which("pdftotext")
+needs_poppler = pytest.mark.skipif(not (PDFTOPPM and PDFINFO and PDFTOTEXT),
+                                   reason="poppler-utils (pdfinfo, pdftoppm, pdftotext) not installed")
+
+
+class _Doc(HTMLParser):
+    """Collects what the checks need: tags, attributes, text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self.script_tags = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag == "script":
+            self.script_tags += 1
+
+    def handle_data(self, d):
+        self.text.append(d)
+
+
+def parse(html_text: str) -> _Doc:
+    doc = _Doc()
+    doc.feed(html_text)
+    doc.close()
+    return doc
+
+
+def _pdf_pages(path: Path) -> int:
+    out = subprocess.run([PDFINFO, str(path)], capture_output=True, text=True, check=True).stdout
+    return int(next(line.split()[-1] for line in out.splitlines() if line.startswith("Pages:")))
+
+
+def _pdf_text(path: Path) -> str:
+    return subprocess.run([PDFTOTEXT, "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def _assert_not_blank(png: Path) -> None:
+    img = mpimg.imread(png)
+    rgb = img[..., :3].astype(float)
+    assert rgb.std() > 0.05, f"{png} looks blank (pixel std {rgb.std():.4f})"
+    assert (rgb < 0.5).mean() > 0.002, f"{png} has (almost) no dark pixels: no text or lines drawn"
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """The realistic folder, its loaded results and content, and the built report files."""
+    d = rf.write_results(tmp_path_factory.mktemp("results"), rf.realistic_rows())
+    out = d / "out"
+    html_path, pdf_path = build_report(d, out_dir=out)
+    results = data.load(d)
+    report = content.build(results)
+    return {"dir": d, "html": html_path, "pdf": pdf_path, "results": results, "report": report,
+            "text": html_path.read_text(encoding="utf-8")}
+
+
+# ---- HTML -----------------------------------------------------------------------------------------------
+
+
+def test_html_is_one_self_contained_file_with_every_plot(full):
+    doc = parse(full["text"])
+    n_figures = sum(len(s.figures) for s in full["report"].sections)
+    # ratio, GMACs, forward speed, memory, efficiency: one facet each in this folder
+    assert n_figures == 5
+    imgs = [a for t, a in doc.tags if t == "img"]
+    assert len(imgs) == n_figures
+    for a in imgs:
+        assert a["src"].startswith("data:image/png;base64,")
+        assert base64.b64decode(a["src"].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    # Nothing may refer to the network or to other files: every src/href is inline data or an anchor.
+    for tag, attrs in doc.tags:
+        for key in ("src", "href"):
+            if key in attrs:
+                assert attrs[key].startswith(("data:", "#")), (tag, attrs[key][:60])
+    assert any(t == "style" for t, _ in doc.tags)
+    assert doc.script_tags == 0
+    assert "@media print" in full["text"]
+
+
+def test_html_shows_every_model_resolution_and_section(full):
+    text = " ".join(parse(full["text"]).text)
+    for m in rf.MODELS:
+        assert m in text
+    for r in rf.RESOLUTIONS:
+        assert f"{r:,} px" in text or f"{r} px" in text
+    for heading in ("Summary", "DiM vs DiT", "Compute (GMACs)", "Speed: forward pass", "Memory",
+                    "Hardware efficiency", "Failed and skipped points", "Full results", "Method notes",
+                    "Environment"):
+        assert heading in text
+    assert "NVIDIA H100 80GB HBM3" in text  # the environment reached the summary and the table
+
+
+def test_summary_names_the_gmacs_crossover(full):
+    # Independently of the report's code: DiM/DiT GMACs ratio is a straight line in log-log between the two
+    # resolutions around parity, so the crossover is where that line meets ratio 1.
+    q0 = rf.gmacs("dim_h_2", 1024) / rf.gmacs("dit_xl_2", 1024)
+    q1 = rf.gmacs("dim_h_2", 2048) / rf.gmacs("dit_xl_2", 2048)
+    assert q0 > 1 > q1
+    x = 1024 * 2 ** (math.log(q0) / (math.log(q0) - math.log(q1)))
+    summary = full["report"].sections[0]
+    assert summary.heading == "Summary"
+    head = " ".join(summary.highlights)
+    assert f"GMACs above ≈ {x:,.0f} px" in head
+    assert "dit_xl_2 ran out of memory at 2048 px" in head
+    assert "no crossover within the measured range by forward latency" in head
+
+
+def test_failed_points_are_listed_with_messages(full):
+    sec = next(s for s in full["report"].sections if s.heading == "Failed and skipped points")
+    (table,) = sec.tables
+    rows = [[c.text for c in r] for r in table.rows]
+    oom = [r for r in rows if r[0] == "dit_xl_2" and r[5] == "OOM"]
+    err = [r for r in rows if r[0] == "uvit_h_2" and r[5] == "error"]
+    assert len(oom) == 1 and "out of memory" in oom[0][-1]
+    assert len(err) == 1 and err[0][-1] == rf.ERROR_MESSAGE
+    assert sum(r[5] == "skipped" for r in rows) == 12  # NVML memory skipped at every point
+    assert rf.ERROR_MESSAGE in full["text"]
+    assert 'class="num oom"' in full["text"]  # OOM cells flagged in the full tables
+
+
+def test_oom_and_error_points_are_drawn_as_marked_x(full):
+    speed = next(s for s in full["report"].sections if s.heading == "Speed: forward pass")
+    (fig,) = speed.figures
+    latency = fig.panels[0]
+    marks = {(f.label, f.x, f.status) for f in latency.fails}
+    assert marks == {("dit_xl_2", 2048, "oom"), ("uvit_h_2", 2048, "error")}
+    # ... and drawn: an X marker and an annotation per failure, on the real axes.
+    mfig = MplFigure()
+    fig.draw(mfig)
+    ax = mfig.axes[0]
+    xs = [ln for ln in ax.lines if ln.get_marker() == "X"]
+    assert sorted(float(ln.get_xdata()[0]) for ln in xs) == [2048.0, 2048.0]
+    notes = {t.get_text() for t in ax.texts}
+    assert {"OOM dit_xl_2", "ERROR uvit_h_2"} <= notes
+    # the failing models have no plotted value at 2048
+    for line in ax.lines:
+        if line.get_label() in ("dit_xl_2", "uvit_h_2"):
+            assert 2048 not in list(line.get_xdata())
+
+
+def test_memory_plot_distinguishes_measured_and_predicted(full):
+    mem = next(s for s in full["report"].sections if s.heading == "Memory")
+    (panel,) = mem.figures[0].panels
+    styles = {(s.linestyle, s.hollow) for s in panel.series}
+    assert styles == {("-", False), (":", True)}
+    assert any("predicted" in lab for lab, _, _ in panel.style_legend)
+    assert any("measured" in lab for lab, _, _ in panel.style_legend)
+
+
+def test_gmacs_exponent_is_reported_per_model(full):
+    sec = next(s for s in full["report"].sections if s.heading == "Compute (GMACs)")
+    (table,) = sec.tables
+    local = {r[0].text: float(r[5].text) for r in table.rows}
+    # DiM is linear in tokens; the attention models' local exponent is well above 1 at 1024 -> 2048 px.
+    assert abs(local["dim_h_2"] - 1.0) < 1e-3
+    assert local["dit_xl_2"] > 1.4 and local["uvit_h_2"] > 1.4
+    assert "tends to 2" in sec.figures[0].caption
+
+
+# ---- PDF ------------------------------------------------------------------------------------------------
+
+
+@needs_poppler
+def test_pdf_pages_and_text_match_the_content(full):
+    pages = pdf.layout(full["report"])
+    assert _pdf_pages(full["pdf"]) == len(pages) >= 3
+    placed = [b for p in pages for _, b in p.blocks if isinstance(b, pdf.FigureBlock)]
+    assert len(placed) == sum(len(s.figures) for s in full["report"].sections)
+    text = _pdf_text(full["pdf"])
+    for m in rf.MODELS:
+        assert m in text
+    for heading in ("Summary", "Failed and skipped points", "Method notes", "Environment"):
+        assert heading in text
+    assert "OOM" in text and "illegal" in text  # the error message (wrapped in its table cell)
+    assert f"page {len(pages)} of {len(pages)}" in text
+
+
+@needs_poppler
+def test_pdf_first_page_is_not_blank(full, tmp_path):
+    subprocess.run([PDFTOPPM, "-png", "-r", "50", "-f", "1", "-l", "1", str(full["pdf"]), str(tmp_path / "p")],
+                   check=True, timeout=60)
+    (png,) = tmp_path.glob("p*.png")
+    _assert_not_blank(png)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (CI installs Debian's chromium)")
+def test_browser_renders_the_html(full, tmp_path):
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,1600",
+           full["html"].resolve().as_uri()]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert shot.exists(), f"chromium wrote no screenshot (rc {proc.returncode}): {proc.stderr[-2000:]}"
+    _assert_not_blank(shot)
+
+
+# ---- untrusted strings ----------------------------------------------------------------------------------
+
+EVIL_MODEL = 'dim_<script>alert("m")</script>\'x'
+EVIL_ERROR = 'boom <script>alert("e")</script> & \'quotes\' "$x$" <img src=http://x>'
+
+
+def test_every_embedded_string_is_escaped(tmp_path):
+    rows = [r for r in rf.realistic_rows(models=[EVIL_MODEL, "dit_xl_2"], resolutions=[256, 512],
+                                         oom=("none", 0), error=(EVIL_MODEL, 512), error_message=EVIL_ERROR)
+            if r["metric"] in ("gmacs", "latency_ms", "mem_device_gib")]  # fewer plots: a faster test
+    for r in rows:
+        if r["model"] == EVIL_MODEL:
+            r["method"] = 'timer "<em>bold</em>"'
+            r["suite"] = "<u>suite</u>"
+    env = dict(rf.ENVIRONMENT, device_name="<script>alert('env')</script>")
+    d = rf.write_results(tmp_path / "evil", rows, environment=env)
+    html_path, pdf_path = build_report(d)
+    text = html_path.read_text(encoding="utf-8")
+    doc = parse(text)
+    assert doc.script_tags == 0 and "<script" not in text.lower()
+    assert not any(t in ("em", "u") for t, _ in doc.tags)  # no markup from the rows survived
+    assert all(not a.get("src", "data:").startswith("http") for _, a in doc.tags)
+    visible = "".join(doc.text)
+    assert EVIL_MODEL in visible and EVIL_ERROR in visible  # shown literally, after unescaping
+    assert "&lt;script&gt;alert(&quot;e&quot;)&lt;/script&gt;" in text
+    # the PDF draws the same strings as plain text ("$x$" must not turn into mathtext)
+    if PDFTOTEXT:
+        assert "$x$" in _pdf_text(pdf_path)
+
+
+# ---- folders that are partial, broken or missing --------------------------------------------------------
+
+
+def test_missing_or_empty_folder_raises_with_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ReportError, match="nope"):
+        build_report(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ReportError, match="no results.jsonl in .*empty"):
+        build_report(empty)
+    (empty / "results.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(ReportError, match="holds no result rows"):
+        build_report(empty)
+
+
+def test_partial_folder_with_torn_line_and_no_dit(tmp_path):
+    """An interrupted CPU run: one DiM model, counts only, last line cut off, no environment."""
+    rows = [r for r in rf.realistic_rows(models=["dim_h_2", "uvit_h_2"], resolutions=[256, 512])
+            if r["metric"] in ("params", "gmacs")]
+    d = rf.write_results(tmp_path / "partial", rows, environment=None, torn_tail='{"suite": "smo')
+    html_path, pdf_path = build_report(d, out_dir=tmp_path / "out")
+    assert html_path.parent == tmp_path / "out" and pdf_path.exists()
+    rep = content.build(data.load(d))
+    headings = [s.heading for s in rep.sections]
+    assert "DiM vs DiT" not in headings and "Speed: forward pass" not in headings
+    summary = rep.sections[0]
+    assert "no DiM vs DiT comparison" in " ".join(summary.highlights)
+    said = " ".join(summary.paragraphs)
+    assert "last line of results.jsonl is incomplete" in said
+    assert "environment.json is missing" in said
+    assert len(parse(html_path.read_text(encoding="utf-8")).tags) > 0
+
+
+def test_rerun_rows_supersede_earlier_ones(tmp_path):
+    rows = rf.realistic_rows(models=["dim_h_2", "dit_xl_2"], resolutions=[256, 512], oom=("dit_xl_2", 512))
+    # resume re-ran the OOM point with success: the later row wins, and the report says rows were superseded
+    fixed = dict(next(r for r in rows if r["model"] == "dit_xl_2" and r["resolution"] == 512
+                      and r["metric"] == "latency_ms"), status="ok", value=5.0, error=None)
+    d = rf.write_results(tmp_path / "rerun", rows + [fixed])
+    res = data.load(d)
+    facet = next(f for f in res.facets(["latency_ms"]))
+    assert res.values("latency_ms", facet)["dit_xl_2"][512] == 5.0
+    assert any("superseded" in n for n in res.notes)
+
+
+# ---- the analyses ---------------------------------------------------------------------------------------
+
+
+def test_crossings_interpolate_in_log_space():
+    res = [256, 512, 1024, 2048]
+    # ratio = 1000 / res is a straight line in log-log: it crosses 1 at exactly 1000 px, going below.
+    ((x, d),) = content.crossings(res, [1000 / r for r in res])
+    assert x == pytest.approx(1000.0) and d == "below"
+    assert content.crossings(res, [2.0, 1.5, 1.2, 1.1]) == []
+    ((x, d),) = content.crossings(res, [0.5, 0.8, 1.6, 3.0])
+    assert d == "above" and 512 < x < 1024
+
+
+def test_growth_exponent_vs_tokens():
+    res = [256, 512, 1024, 2048]
+    fit, local = content.growth_exponent(res, [3.0 * r**3 for r in res])  # tokens ∝ r², so tokens^1.5
+    assert fit == pytest.approx(1.5) and local == pytest.approx(1.5)
+    assert content.growth_exponent([256], [1.0]) == (None, None)
+
+
+# ---- quality and paper-table rows (future runs) ---------------------------------------------------------
+
+
+def test_quality_and_published_sections_render_when_present(tmp_path):
+    rows = [r for r in rf.realistic_rows(models=["dim_h_2", "dit_xl_2"], resolutions=[256, 512])
+            if r["metric"] == "gmacs"]
+    base = next(r for r in rows if r["model"] == "dit_xl_2" and r["resolution"] == 256 and r["metric"] == "gmacs")
+    for step, loss in ((0, 1.0), (100, 0.5), (200, 0.3)):
+        rows.append(dict(base, metric="train_loss", unit="loss", task="train_step", value=loss,
+                         method="mean MSE over the logging interval", extra={"step": step}))
+    rows.append(dict(base, metric="fid", unit="FID", task="sample", value=9.6, method="50k samples, ADM ref"))
+    rows.append(dict(base, metric="published_gmacs", unit="GMAC", value=118.6, method="paper table",
+                     extra={"source": "Peebles & Xie 2023, Table 4"}))
+    img = np.zeros((8, 8, 3), dtype=np.float32)
+    img[2:6, 2:6] = 1.0
+    d = tmp_path / "q"
+    d.mkdir()
+    mpimg.imsave(d / "grid.png", img)
+    rows.append(dict(base, metric="samples", unit="images", task="sample", value=16, extra={"path": "grid.png"}))
+    rows.append(dict(base, model="dim_h_2", point_key="dim|s", metric="samples", unit="images", task="sample",
+                     value=16, extra={"path": "../../etc/passwd.png"}))
+    rf.write_results(d, rows)
+    rep = content.build(data.load(d))
+    by = {s.heading: s for s in rep.sections}
+    assert "Quality: training loss" in by and "Quality: sample scores" in by and "Measured vs published" in by
+    pub = [[c.text for c in r] for r in by["Measured vs published"].tables[0].rows]
+    expected = (rf.gmacs("dit_xl_2", 256) - 118.6) / 118.6 * 100
+    assert pub[0][0] == "dit_xl_2" and pub[0][5] == f"{expected:+.2f} %"
+    assert "Peebles & Xie 2023, Table 4" in pub[0][6]
+    samples = by["Quality: samples"]
+    assert len(samples.figures) == 1
+    refused = [[c.text for c in r] for r in samples.tables[0].rows]
+    assert refused == [["dim_h_2", "256 px", "../../etc/passwd.png", "not a PNG inside the results folder"]]
+    html_path, pdf_path = build_report(d)
+    assert "Quality: training loss" in html_path.read_text(encoding="utf-8")
+    if PDFTOTEXT:
+        assert "Measured vs published" in _pdf_text(pdf_path)
