@@ -198,6 +198,13 @@ class UViT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, S, S), t (N,) in [1, 1000], y (N,) class indices or None -> epsilon (N, C, S, S)."""
+        if tuple(x.shape[1:]) != (self.in_channels, self.input_size, self.input_size):
+            # Shapes are static, so this check also holds on the meta device.
+            raise ValueError(
+                f"U-ViT built for inputs (N, {self.in_channels}, {self.input_size}, {self.input_size}) got "
+                f"{tuple(x.shape)}; build it with input_size={x.shape[-1]} (load_checkpoint and "
+                "load_resized_state_dict resize the position embedding)"
+            )
         h = self.patch_embed(x)  # (N, T, D)
         # Cast to the parameters' dtype: a no-op under autocast (fp32 parameters, and then torch.cat promotes
         # the bf16 patches to fp32 as in the official code); needed for a model cast to bf16.

@@ -87,6 +87,7 @@ def test_official_dit_state_dict_loads_strictly(dit_file):
     model = load_checkpoint("dit_s_8", path, depth=2)
     assert same_weights(source, model) and not model.training
     assert model.checkpoint_info["format"] == "dit-official" and model.num_classes == 10
+    assert not model.pos_embed.requires_grad  # still the frozen table after loading
     x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([3.0, 900.0]), torch.tensor([1, 9])
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, y), source(x, t, y), rtol=0, atol=0)
@@ -395,3 +396,17 @@ def test_cli_subprocess_exit_codes(uvit_file, tmp_path):
     bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_h_2"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().count("\n") == 0 and "U-ViT checkpoint" in bad.stderr
+
+
+@pytest.mark.cuda
+def test_load_to_cuda_matches_cpu(dit_file, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    source, path = dit_file
+    model = load_checkpoint("dit_s_8", path, depth=2, map_location="cuda")
+    assert next(model.parameters()).device.type == "cuda"
+    x, t, y = torch.randn(2, 4, 16, 16), torch.tensor([3.0, 900.0]), torch.tensor([1, 9])
+    with torch.no_grad():
+        ref = source(x, t, y)
+        out = model(x.cuda(), t.cuda(), y.cuda()).cpu()
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-4

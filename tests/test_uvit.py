@@ -199,6 +199,12 @@ def test_resize_pos_embed_halving_is_2x2_average_and_extras_copied():
     assert torch.equal(rows, rows[:, :1].expand(8, 8, 3))
 
 
+def test_input_of_another_size_is_a_clear_error():
+    model = meta_model("uvit_l_2")
+    with pytest.raises(ValueError, match=r"built for inputs \(N, 4, 32, 32\) got \(1, 4, 64, 64\).*input_size=64"):
+        model(torch.empty(1, 4, 64, 64, device="meta"), torch.empty(1, device="meta"))
+
+
 def test_adapt_state_dict_256_to_512():
     small = tiny(input_size=8)
     big = tiny(input_size=16)
