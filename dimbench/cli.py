@@ -1,0 +1,289 @@
+"""``dimbench``: the command line. A thin front: it parses arguments and calls the rooms that do the work.
+
+    dimbench run SUITE [--out DIR] [--device D] [--fresh] [--retry-errors] [--no-report]
+    dimbench validate SUITE [SUITE ...]
+    dimbench list
+    dimbench env [--json]
+    dimbench report RESULTS_DIR [-o OUT]
+    dimbench checkpoint ...
+
+A user's mistake (bad suite, missing file, bad argument) is one clear line per problem on stderr and exit
+status 2, never a traceback. Ctrl-C stops a run cleanly (status 130): what was measured stays in the results
+file and the message says how to resume. SUITE is a path, or the name of a suite in the project's suites/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dimbench.console import EXIT_INTERRUPTED, EXIT_USAGE, UserError, console
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def suite_dirs() -> list[Path]:
+    """Where `dimbench list` and bare suite names look: ./suites, then the project's suites/."""
+    dirs = []
+    for d in (Path.cwd() / "suites", PROJECT_ROOT / "suites"):
+        if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs]:
+            dirs.append(d)
+    return dirs
+
+
+def resolve_suite(arg: str) -> Path:
+    """A suite path as given, or a bare name ("smoke") found as suites/<name>.yaml."""
+    p = Path(arg)
+    if p.exists() or p.suffix or "/" in arg:
+        return p
+    for d in suite_dirs():
+        candidate = d / f"{arg}.yaml"
+        if candidate.exists():
+            return candidate
+    return p
+
+
+# -------------------------------------------------------------------------------------------------- commands
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dimbench.suite import SuiteError, load_suite
+
+    errors: list[str] = []
+    out = console()
+    for arg in args.suites:
+        try:
+            suite = load_suite(resolve_suite(arg))
+        except SuiteError as exc:
+            errors.extend(exc.errors)
+            continue
+        points = {dev: _count_points(suite, dev) for dev in ("cpu", "cuda")}
+        out.print(f"{suite.path}: ok — suite '{suite.name}', {len(suite.models)} models, "
+                  f"{points['cpu']} points on cpu, {points['cuda']} on cuda")
+    if errors:
+        raise UserError("\n".join(errors))
+    return 0
+
+
+def _count_points(suite, device_type: str) -> int:
+    s = suite.sections[device_type]
+    return sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(suite.models)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dimbench import results
+    from dimbench.runner import Interrupted, Runner, build_report
+    from dimbench.suite import expand, load_suite
+
+    suite = load_suite(resolve_suite(args.suite))
+    plan = expand(suite, device=args.device, out=args.out)
+    out = console()
+    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, argv=["dimbench", *args.argv],
+                    console=out)
+    try:
+        summary = runner.run()
+    except Interrupted as exc:
+        console(stderr=True).print(f"[yellow]{exc}[/]")
+        return EXIT_INTERRUPTED
+
+    keys = {pp.point.key for pp in plan.points}
+    rows = [r for r in results.latest(results.read_rows(summary.results)) if r.get("point_key") in keys]
+    print_summary(out, rows, f"{suite.name} on {plan.device} ({len(keys)} points)")
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "none"
+    out.print(f"Wall time of this run: {summary.wall_s:.1f} s (time.monotonic, runner start to end); "
+              f"{summary.measured_points} points measured, rows written: {counts}")
+    out.print(f"Results: {summary.results}  (environment: {summary.out / results.ENVIRONMENT_FILE})")
+    if not args.no_report:
+        paths, problem = build_report(summary.out)
+        if paths:
+            out.print(f"Report: {paths[0]}  {paths[1]}")
+        else:
+            out.print(f"[yellow]{problem}[/]")
+    return 0
+
+
+def print_summary(out, rows: list[dict], title: str) -> None:
+    from dimbench.console import summary_table
+
+    if not rows:
+        out.print("No results to summarise.")
+        return
+    table, notes, problems, skips = summary_table(rows, title)
+    out.print(table)
+    if notes:
+        out.print("How each column was obtained:")
+        for note in notes:
+            out.print(f"  {note}", markup=False)
+    if problems:
+        out.print(f"[red]Errors and out-of-memory points ({len(problems)}):[/]")
+        for line in problems:
+            out.print(f"  {line}", markup=False)
+    if skips:
+        out.print(f"Skipped cells, by reason ({len(skips)}):")
+        for line in skips[:12]:
+            out.print(f"  {line}", markup=False)
+        if len(skips) > 12:
+            out.print(f"  ... and {len(skips) - 12} more reasons (status 'skipped' rows of results.jsonl)")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    import models
+    from dimbench.metrics import METRICS
+    from dimbench.suite import SuiteError, load_suite
+
+    out = console()
+    t = Table(title="Models (dimbench.models registry)", title_justify="left")
+    for col in ("name", "family", "official config", "patch", "input", "description"):
+        t.add_column(col)
+    for name in models.list_models():
+        info = models.model_info(name)
+        d = info.defaults
+        kind = f"{d['in_channels']}x{d['input_size']}x{d['input_size']} " + ("latents" if info.latent else "pixels")
+        t.add_row(name, info.family, info.official, str(info.patch_size), kind, info.description)
+    out.print(t)
+
+    t = Table(title="Metrics (suite-level names; rows they write)", title_justify="left")
+    for col in ("metric", "rows", "description"):
+        t.add_column(col)
+    for name, m in METRICS.items():
+        t.add_row(name, ", ".join(m.produces), m.description)
+    out.print(t)
+
+    t = Table(title="Suites", title_justify="left")
+    for col in ("file", "name", "description"):
+        t.add_column(col)
+    for d in suite_dirs():
+        for path in sorted(d.glob("*.yaml")):
+            try:
+                suite = load_suite(path)
+                t.add_row(str(path), suite.name, suite.description)
+            except SuiteError as exc:
+                t.add_row(str(path), "[red]invalid[/]", f"{len(exc.errors)} problem(s): dimbench validate {path}")
+    out.print(t)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from dimbench.environment import collect
+
+    record = collect(["dimbench", *args.argv])
+    out = console()
+    if args.json:
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    t = Table(title="dimbench environment", title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value")
+    for k, v in record["versions"].items():
+        t.add_row(f"version: {k}", str(v) if v else "[dim]not installed[/]")
+    t.add_row("devices", ", ".join(["cpu"] + [f"cuda:{d['index']} {d['name']} ({d['memory_total_gib']} GiB, "
+                                              f"sm {d['capability']})" for d in record["cuda_devices"]]))
+    t.add_row("NVIDIA driver", str(record["driver"]))
+    t.add_row("CPU", f"{record['cpu']['processor']}, {record['cpu']['cores']} cores, torch uses "
+                     f"{record['cpu']['torch_threads']} threads")
+    for dev, backends in record["scan_backends"].items():
+        t.add_row(f"scan backends on {dev}", str(backends))
+    t.add_row("scan backend override", str(record["scan_backend_override"] or "none (DIMBENCH_SCAN_BACKEND unset)"))
+    t.add_row("SDPA backends enabled", ", ".join(k for k, v in record["attention_backends_enabled"].items() if v))
+    t.add_row("TF32", ", ".join(f"{k}={v}" for k, v in record["tf32"].items()))
+    git = record["git"]
+    t.add_row("git commit", f"{git['commit']}{' (uncommitted changes)' if git['dirty'] else ''}")
+    out.print(t)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from dimbench.results import RESULTS_FILE
+
+    path = Path(args.results_dir)
+    if not path.is_dir() or not (path / RESULTS_FILE).exists():
+        raise UserError(f"{path}: expected a run folder holding {RESULTS_FILE} (the --out of `dimbench run`)")
+    try:
+        from dimbench.report import build_report
+    except ImportError as exc:
+        raise UserError(f"the report is not available in this installation: {exc}") from None
+    html, pdf = build_report(path, args.output)
+    console().print(f"Report: {html}  {pdf}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dimbench",
+        description="Benchmark diffusion backbones (DiM, DiT, U-ViT) across resolutions; every number says what "
+        "it is and how it was obtained.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run a suite (resumes an interrupted run of the same command)")
+    p.add_argument("suite", metavar="SUITE", help="suite file, or the name of one in suites/")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: the suite's 'out', results/<name>)")
+    p.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N (default: the suite's 'device')")
+    p.add_argument("--fresh", action="store_true", help="start over (old results are kept as results.jsonl.bak)")
+    p.add_argument("--retry-errors", action="store_true", help="measure again the metrics recorded as errors")
+    p.add_argument("--no-report", action="store_true", help="do not build the HTML/PDF report after the run")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check suite files (every problem as FILE:LINE) without running them")
+    p.add_argument("suites", metavar="SUITE", nargs="+")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="registered models, metrics and the suites in suites/")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("env", help="devices, versions, scan and attention backends")
+    p.add_argument("--json", action="store_true", help="print the environment record as JSON")
+    p.set_defaults(func=cmd_env)
+
+    p = sub.add_parser("report", help="build the HTML and PDF report of a run folder")
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
+    p.set_defaults(func=cmd_report)
+
+    try:
+        from dimbench.checkpoint_cli import add_checkpoint_commands
+    except ImportError as exc:
+        reason = str(exc)
+        p = sub.add_parser("checkpoint", help="checkpoint tools (not available in this installation)")
+        p.set_defaults(func=lambda a: _unavailable(f"checkpoint commands are not available: {reason}"))
+    else:
+        add_checkpoint_commands(sub)
+    return parser
+
+
+def _unavailable(message: str) -> int:
+    raise UserError(message)
+
+
+def _error(message: str) -> None:
+    # Plain print: one line per problem, never folded, whatever the terminal width.
+    for line in message.splitlines() or [""]:
+        print(f"dimbench: error: {line}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # usage mistakes: argparse prints usage + one error line, exit 2
+    args.argv = argv
+    try:
+        result = args.func(args)
+    except UserError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        console(stderr=True).print("interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `dimbench list | head`: the reader left; nothing to report
+        return 0
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""How dimbench talks to its user: the error that becomes one line and exit status 2, and rich helpers.
+
+Any part of dimbench (the checkpoint commands too) may raise :class:`UserError` for a mistake the user can fix;
+``dimbench.cli`` prints its message as one line on stderr and exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+EXIT_USAGE = 2  # a user's mistake (bad suite, bad argument, missing file): same status argparse uses
+EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C (128 + SIGINT)
+
+
+class UserError(Exception):
+    """A mistake the user can fix. ``str(error)`` is the whole message; several lines allowed (one per problem)."""
+
+
+def console(stderr: bool = False) -> Console:
+    """A rich console; plain text (no colour codes, no live display) when the stream is not a terminal."""
+    stream = sys.stderr if stderr else sys.stdout
+    # Logs and pipes get a fixed wide layout (rich would assume 80 columns and fold the summary table).
+    width = None if stream.isatty() else 200
+    return Console(file=stream, highlight=False, width=width, soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------------------------ progress
+class _Progress:
+    """A rich progress bar over the points of a run, plus one printed line per finished point."""
+
+    def __init__(self, con: Console, total: int, completed: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = con
+        self.total = total
+        self.done = completed
+        self.progress = Progress(
+            TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=con, transient=True,
+        )
+        self.task = self.progress.add_task("points", total=total, completed=completed)
+
+    def note(self, point, metric: str) -> None:
+        self.progress.update(self.task, description=f"{point.key} · {metric}")
+
+    def finished(self, point, rows: list[dict], seconds: float) -> None:
+        self.done += 1
+        self.progress.update(self.task, advance=1, description="points")
+        counts: dict[str, int] = {}
+        for row in rows:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+        problems = [r for r in rows if r["status"] in ("error", "oom")]
+        style = "red" if problems else "green"
+        line = (f"[{style}]{'✗' if problems else '✓'}[/] [{self.done}/{self.total}] {point.key}  "
+                f"{seconds:.1f} s wall  rows: {', '.join(parts) or 'none'}")
+        if problems:
+            line += f"  ({problems[0]['metric']}: {problems[0]['status']}: {problems[0]['error']})"
+        self.progress.console.print(line, markup=True, highlight=False)
+
+
+class progress_bar:  # noqa: N801 - used as a context manager, like rich's own
+    """``with progress_bar(console, total=N, completed=k) as p: p.note(point, metric); p.finished(...)``."""
+
+    def __init__(self, con: Console, total: int, completed: int = 0):
+        self._p = _Progress(con, total, completed)
+
+    def __enter__(self) -> _Progress:
+        self._p.progress.start()
+        return self._p
+
+    def __exit__(self, *exc) -> None:
+        self._p.progress.stop()
+
+
+# -------------------------------------------------------------------------------------------- summary table
+#: (row metric, column header: unit and how it was obtained, scale applied to the value, format)
+SUMMARY_COLUMNS = (
+    ("params", "params M (counted)", 1e-6, "{:.1f}"),
+    ("gmacs", "GMACs/img (meta count)", None, "{:.1f}"),
+    ("gmacs_fvcore", "GMACs/img (fvcore)", None, "{:.1f}"),
+    ("latency_ms", "fwd ms (median)", 1.0, "{:.1f}"),
+    ("throughput", "fwd img/s", 1.0, "{:.2f}"),
+    ("train_step_ms", "train step ms (median)", 1.0, "{:.1f}"),
+    ("train_throughput", "train img/s", 1.0, "{:.2f}"),
+    ("tflops_achieved", "TFLOP/s (achieved)", 1.0, "{:.1f}"),
+    ("mfu", "MFU % (of bf16 peak)", 1.0, "{:.1f}"),
+    ("mem_predicted_gib", "mem GiB (predicted)", 1.0, "{:.2f}"),
+    ("mem_allocated_gib", "mem GiB (allocated peak)", 1.0, "{:.2f}"),
+    ("mem_device_gib", "mem GiB (NVML device)", 1.0, "{:.2f}"),
+)
+_STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "skipped": "[dim]skipped[/]"}
+
+
+def _per_image(row: dict) -> float:
+    extra = row.get("extra") or {}
+    if extra.get("gmacs_per_image") is not None:
+        return float(extra["gmacs_per_image"])
+    return float(row["value"]) / max(int(row.get("batch") or 1), 1)
+
+
+def summary_table(rows: list[dict], title: str = "Summary"):
+    """A rich Table: one line per point (model, px, batch, dtype), one column per measured row metric.
+
+    ``rows`` should hold one row per (point, metric) (see results.latest). Returns (table, notes, problems,
+    skips): each shown column's full method, the error/oom cells with their message, and the skipped cells
+    grouped by reason, so every cell on screen says how it was obtained or why it is empty.
+    """
+    from rich.table import Table
+
+    points: dict[str, dict] = {}
+    cells: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        points.setdefault(row["point_key"], row)
+        cells[(row["point_key"], row["metric"])] = row
+    present = [c for c in SUMMARY_COLUMNS if any(m == c[0] for _, m in cells)]
+    table = Table(title=title, title_justify="left")
+    for header in ("model", "px", "batch", "dtype", "device"):
+        table.add_column(header, justify="left" if header in ("model", "dtype", "device") else "right")
+    for _, header, _, _ in present:
+        table.add_column(header, justify="right")
+    methods: dict[str, set[str]] = {}
+    problems: list[str] = []
+    skipped: dict[str, list[str]] = {}
+    for key, p in points.items():
+        line = [p["model"], str(p["resolution"]), str(p["batch"]), p["dtype"], p["device"]]
+        for metric, _, scale, fmt in present:
+            row = cells.get((key, metric))
+            if row is None:
+                line.append("")
+            elif row["status"] == "ok" and row.get("value") is not None:
+                value = _per_image(row) if scale is None else float(row["value"]) * scale
+                line.append(fmt.format(value))
+                methods.setdefault(metric, set()).add(row.get("method") or "")
+            else:
+                line.append(_STATUS_CELL.get(row["status"], row["status"]))
+                if row["status"] in ("error", "oom"):
+                    problems.append(f"{key} {metric}: {row['status']}: {row.get('error')}")
+                else:
+                    skipped.setdefault(str(row.get("error")), []).append(f"{key} {metric}")
+        table.add_row(*line)
+    notes = [f"{metric}: {m}" for metric, _, _, _ in present for m in sorted(methods.get(metric, ()))]
+    skips = [f"{len(cells_)} cell(s), e.g. {cells_[0]}: {reason}" for reason, cells_ in skipped.items()]
+    return table, notes, problems, skips

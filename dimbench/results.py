@@ -1,0 +1,183 @@
+"""The results store: an append-only ``results.jsonl`` (one row per point and metric) and ``environment.json``.
+
+The runner is the only writer. Every append is flushed and fsync'ed, so a run killed at any moment leaves at
+most one half-written last line; :func:`read_rows` ignores such a line (with a warning) and
+:func:`repair_torn_tail` cuts it away before a resumed run appends after it. A damaged line anywhere else is
+not guessed around: it is an error that names the file and line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.jsonl"
+ENVIRONMENT_FILE = "environment.json"
+
+#: The row columns of docs/contracts.md, in order.
+COLUMNS = (
+    "suite",
+    "point_key",
+    "model",
+    "resolution",
+    "input_size",
+    "batch",
+    "dtype",
+    "device",
+    "task",
+    "metric",
+    "value",
+    "unit",
+    "status",
+    "method",
+    "started_at",
+    "duration_s",
+    "error",
+    "extra",
+)
+STATUSES = ("ok", "oom", "error", "skipped")
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read as dimbench rows (message names the file and line)."""
+
+
+def results_path(path: str | os.PathLike) -> Path:
+    """``path`` itself when it is a file, else ``path/results.jsonl``."""
+    p = Path(path)
+    return p / RESULTS_FILE if p.is_dir() or p.suffix != ".jsonl" else p
+
+
+def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
+    """Rows, the byte length of the good prefix, and a description of a torn last line (or None)."""
+    data = path.read_bytes()
+    rows: list[dict[str, Any]] = []
+    good = 0
+    lines = data.split(b"\n")
+    # split() leaves one trailing element: b"" when the file ends with a newline, else the unterminated tail.
+    for lineno, raw in enumerate(lines, start=1):
+        is_last = lineno == len(lines)
+        if is_last and raw == b"":
+            break
+        try:
+            row = json.loads(raw)
+            if not isinstance(row, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if is_last:  # unterminated: the writer was killed mid-line
+                return rows, good, f"{path}:{lineno}: ignoring a half-written last line ({exc})"
+            raise ResultsError(
+                f"{path}:{lineno}: not a result row ({exc}); fix the line or start over with --fresh"
+            ) from None
+        if is_last:
+            # A complete JSON object without its newline: the writer died between the object and the newline.
+            return rows, good, f"{path}:{lineno}: ignoring a last line without its newline"
+        rows.append(row)
+        good += len(raw) + 1
+    return rows, good, None
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All rows of a results file (or folder); a torn last line is skipped with a warning; no file: []."""
+    p = results_path(path)
+    if not p.exists():
+        return []
+    rows, _, torn = _parse_lines(p)
+    if torn:
+        warnings.warn(torn, stacklevel=2)
+    return rows
+
+
+def repair_torn_tail(path: str | os.PathLike) -> str | None:
+    """Truncate a half-written last line away (before appending); returns the warning text, or None."""
+    p = results_path(path)
+    if not p.exists():
+        return None
+    _, good, torn = _parse_lines(p)
+    if torn:
+        with open(p, "r+b") as f:
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+    return torn
+
+
+def append_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
+    """Append rows (one JSON object per line), flushed and fsync'ed; returns how many were written."""
+    p = results_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
+    if not text:
+        return 0
+    with open(p, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return text.count("\n")
+
+
+def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[str, str]]:
+    """(point_key, row metric) pairs that a resumed run must not measure again.
+
+    ok, skipped and oom rows are final; error rows too unless ``retry_errors``.
+    """
+    final = {"ok", "skipped", "oom"} if retry_errors else {"ok", "skipped", "oom", "error"}
+    return {(r["point_key"], r["metric"]) for r in rows if r.get("status") in final}
+
+
+def latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (point_key, metric): the last one written (a retried error is superseded by its retry)."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row.get("point_key"), row.get("metric"))
+        last.pop(key, None)  # re-insert so the order is that of the surviving rows
+        last[key] = row
+    return list(last.values())
+
+
+def load(path: str | os.PathLike, *, all_rows: bool = False):
+    """Results as a pandas DataFrame (one row per point and metric, the contract's columns first).
+
+    ``path`` is a run folder or a ``results.jsonl`` file. The file is append-only, so a retried point
+    (``--retry-errors``) leaves its old error row behind: by default only the latest row per (point_key,
+    metric) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
+    """
+    import pandas as pd
+
+    p = results_path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no results file (expected a run folder or a results.jsonl)")
+    rows = read_rows(p)
+    if not all_rows:
+        rows = latest(rows)
+    df = pd.DataFrame(rows)
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series(dtype="object")
+    rest = [c for c in df.columns if c not in COLUMNS]
+    return df[list(COLUMNS) + rest]
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The run folder's environment.json, or None when there is none."""
+    p = Path(path)
+    p = p / ENVIRONMENT_FILE if p.is_dir() or p.suffix != ".json" else p
+    if not p.exists():
+        return None
+    return json.loads(p.read_text(encoding="utf-8"))
