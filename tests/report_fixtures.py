@@ -80,14 +80,18 @@ def realistic_rows(models=MODELS, resolutions=RESOLUTIONS, oom=OOM_POINT, error=
     return rows
 
 
+# The shape of dimbench.environment's record (the report reads gpu_name, driver, cpu, versions, git).
 ENVIRONMENT = {
+    "started_at": "2025-01-01T00:00:00+00:00",
+    "command": "dimbench run suites/resolution_scaling.yaml --out runs/h100",
     "versions": {"python": "3.11.2", "torch": "2.11.0", "cuda": "12.8", "triton": "3.3.0"},
-    "device_name": "NVIDIA H100 80GB HBM3",
+    "device": "cuda",
+    "gpu_name": "NVIDIA H100 80GB HBM3",
     "driver": "570.86",
-    "scan_backend": "mamba_ssm",
-    "attention_backend": "flash",
-    "git_commit": "0123456789abcdef0123",
-    "command": ["dimbench", "run", "suites/resolution_scaling.yaml"],
+    "cpu": {"processor": "x86_64", "cores": 16},
+    "attention_backends_enabled": {"flash": True, "mem_efficient": True, "math": True},
+    "scan_backend_override": None,
+    "git": {"commit": "0123456789abcdef0123", "dirty": False},
 }
 
 

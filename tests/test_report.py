@@ -137,13 +137,16 @@ def test_summary_names_the_gmacs_crossover(full):
 
 def test_failed_points_are_listed_with_messages(full):
     sec = next(s for s in full["report"].sections if s.heading == "Failed and skipped points")
-    (table,) = sec.tables
-    rows = [[c.text for c in r] for r in table.rows]
+    failed, skipped = sec.tables
+    rows = [[c.text for c in r] for r in failed.rows]
+    assert len(rows) == 2  # one line per failed point, its five metrics joined
     oom = [r for r in rows if r[0] == "dit_xl_2" and r[5] == "OOM"]
     err = [r for r in rows if r[0] == "uvit_h_2" and r[5] == "error"]
-    assert len(oom) == 1 and "out of memory" in oom[0][-1]
+    assert len(oom) == 1 and "out of memory" in oom[0][-1] and "latency_ms" in oom[0][6]
     assert len(err) == 1 and err[0][-1] == rf.ERROR_MESSAGE
-    assert sum(r[5] == "skipped" for r in rows) == 12  # NVML memory skipped at every point
+    # NVML memory skipped at all 12 points, for one reason: one grouped line
+    (skip,) = [[c.text for c in r] for r in skipped.rows]
+    assert skip[0] == "mem_device_gib" and skip[1].startswith("12: ") and skip[2] == "nvidia-ml-py is not installed"
     assert rf.ERROR_MESSAGE in full["text"]
     assert 'class="num oom"' in full["text"]  # OOM cells flagged in the full tables
 
@@ -239,7 +242,7 @@ def test_every_embedded_string_is_escaped(tmp_path):
         if r["model"] == EVIL_MODEL:
             r["method"] = 'timer "<em>bold</em>"'
             r["suite"] = "<u>suite</u>"
-    env = dict(rf.ENVIRONMENT, device_name="<script>alert('env')</script>")
+    env = dict(rf.ENVIRONMENT, gpu_name="<script>alert('env')</script>")
     d = rf.write_results(tmp_path / "evil", rows, environment=env)
     html_path, pdf_path = build_report(d)
     text = html_path.read_text(encoding="utf-8")
@@ -266,9 +269,19 @@ def test_missing_or_empty_folder_raises_with_the_path(tmp_path):
     empty.mkdir()
     with pytest.raises(ReportError, match="no results.jsonl in .*empty"):
         build_report(empty)
-    (empty / "results.jsonl").write_text("\n", encoding="utf-8")
+    (empty / "results.jsonl").write_text("", encoding="utf-8")  # created, then the run died
     with pytest.raises(ReportError, match="holds no result rows"):
         build_report(empty)
+
+
+def test_damaged_line_inside_the_file_is_a_clear_error(tmp_path):
+    rows = rf.realistic_rows(models=["dim_h_2"], resolutions=[256])
+    d = rf.write_results(tmp_path / "damaged", rows)
+    lines = (d / "results.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[1] = lines[1][:20]
+    (d / "results.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ReportError, match=r"results\.jsonl.*:2"):
+        build_report(d)
 
 
 def test_partial_folder_with_torn_line_and_no_dit(tmp_path):
@@ -284,7 +297,7 @@ def test_partial_folder_with_torn_line_and_no_dit(tmp_path):
     summary = rep.sections[0]
     assert "no DiM vs DiT comparison" in " ".join(summary.highlights)
     said = " ".join(summary.paragraphs)
-    assert "last line of results.jsonl is incomplete" in said
+    assert "half-written last line" in said
     assert "environment.json is missing" in said
     assert len(parse(html_path.read_text(encoding="utf-8")).tags) > 0
 

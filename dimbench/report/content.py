@@ -186,12 +186,27 @@ def _fail_marks(results: Results, metrics: list[str], facet: Facet, styles) -> l
 
 
 def _model_series(results: Results, metric: str, facet: Facet, styles, labels: dict[str, str] | None = None,
-                  linestyle: str = "-", hollow: bool = False) -> list[Series]:
+                  linestyle: str = "-", hollow: bool = False, spread: bool = False) -> list[Series]:
+    """One series per model; with ``spread``, the rows' p10/p90 (extra ``p10_ms``/``p90_ms``) as bars."""
     out = []
+    bounds = _spread(results, metric, facet) if spread else {}
     for model, by_res in results.values(metric, facet).items():
         rs = sorted(by_res)
-        out.append(Series((labels or {}).get(model, model), rs, [by_res[r] for r in rs], styles[model].colour,
-                          styles[model].marker, linestyle, hollow))
+        s = Series((labels or {}).get(model, model), rs, [by_res[r] for r in rs], styles[model].colour,
+                   styles[model].marker, linestyle, hollow)
+        if all((model, r) in bounds for r in rs):
+            s.spread = [bounds[(model, r)] for r in rs]
+        out.append(s)
+    return out
+
+
+def _spread(results: Results, metric: str, facet: Facet) -> dict[tuple[str, int], tuple[float, float]]:
+    rows = results.select(metric, facet)
+    out = {}
+    for m, r, extra in rows.loc[rows["status"] == "ok", ["model", "resolution", "extra"]].itertuples(index=False):
+        lo, hi = extra.get("p10_ms"), extra.get("p90_ms")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            out.setdefault((m, int(r)), (float(lo), float(hi)))
     return out
 
 
@@ -329,6 +344,20 @@ def _oom_contrast(results: Results, a: str, b: str) -> list[str]:
     return out
 
 
+def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
+    """A caveat when two models see different inputs at the same pixel resolution (pixel vs latent models)."""
+    df = results.df
+    sizes = {m: dict(df.loc[df["model"] == m, ["resolution", "input_size"]].dropna().itertuples(index=False))
+             for m in (a, b)}
+    differ = [r for r in sizes[a] if r in sizes[b] and sizes[a][r] != sizes[b][r]]
+    if not differ:
+        return []
+    r = differ[0]
+    return [f"note that at the same pixel resolution the two models see different inputs (at {r} px: {a} "
+            f"{sizes[a][r]}×{sizes[a][r]}, {b} {sizes[b][r]}×{sizes[b][r]}; a pixel-space vs a latent-space "
+            "model), so the ratio compares different token counts"]
+
+
 def headline(results: Results) -> list[str]:
     """The summary's headline: for each DiM-DiT pair, by which measures DiM overtakes DiT and where."""
     lines = ratio_lines(results)
@@ -359,8 +388,33 @@ def headline(results: Results) -> list[str]:
         if never:
             parts.append(f"no crossover within the measured range by {', '.join(never)}")
         parts += _oom_contrast(results, b, a) + _oom_contrast(results, a, b)
+        parts += _input_mismatch(results, a, b)
         out.append(f"{a} vs {b}: " + "; ".join(parts) + ".")
     return out
+
+
+def describe_device(env: dict, devices: list[str]) -> str:
+    """The hardware in words, from environment.json: GPU name and driver, or the CPU's cores."""
+    parts = []
+    gpu = env.get("gpu_name") or env.get("device_name")
+    if isinstance(gpu, (list, tuple)):
+        gpu = ", ".join(map(str, gpu))
+    if gpu:
+        parts.append(str(gpu))
+    if env.get("driver"):
+        parts.append(f"driver {env['driver']}")
+    cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
+    if "cpu" in devices and cpu:
+        parts.append(f"CPU {cpu.get('processor') or ''} with {cpu.get('cores', '?')} cores".replace("  ", " "))
+    return ", ".join(parts)
+
+
+def _git(env: dict) -> tuple[str, bool]:
+    """(commit, dirty) from environment.json's ``git`` record (or a plain ``git_commit``)."""
+    g = env.get("git")
+    if isinstance(g, dict):
+        return str(g.get("commit") or ""), bool(g.get("dirty"))
+    return str(env.get("git_commit") or ""), False
 
 
 def section_summary(results: Results) -> Section:
@@ -370,9 +424,6 @@ def section_summary(results: Results) -> Section:
     other = int((~df["status"].isin(STATUSES)).sum())
     suites = [s for s in dict.fromkeys(df["suite"]) if s]
     devices = list(dict.fromkeys(df.loc[df["task"] != "count", "device"])) or list(dict.fromkeys(df["device"]))
-    device_name = env.get("device_name") or env.get("device") or env.get("gpu")
-    if isinstance(device_name, dict):
-        device_name = device_name.get("name")
     ran = (f"Suite {', '.join(suites) or '(unnamed)'}: {len(results.models)} model(s) "
            f"({', '.join(results.models)}) at {len(results.resolutions)} resolution(s) "
            f"({', '.join(str(r) for r in results.resolutions)} px); "
@@ -382,13 +433,15 @@ def section_summary(results: Results) -> Section:
            f"memory, {counts['error']} error(s), {counts['skipped']} skipped" + (f", {other} other" if other else "")
            + ".")
     on = f"Device: {', '.join(d for d in devices if d) or 'unknown'}"
-    if device_name:
-        on += f" ({device_name})"
+    described = describe_device(env, devices)
+    if described:
+        on += f" ({described})"
     versions = env.get("versions") if isinstance(env.get("versions"), dict) else {}
     if versions.get("torch"):
         on += f"; torch {versions['torch']}"
-    if env.get("git_commit"):
-        on += f"; dimbench commit {str(env['git_commit'])[:12]}"
+    commit, dirty = _git(env)
+    if commit:
+        on += f"; dimbench commit {commit[:12]}" + (" with uncommitted changes" if dirty else "")
     on += "."
     highlights = headline(results)
     gm = "gmacs" if results.has("gmacs", ok=True) else None
@@ -483,14 +536,18 @@ def _speed_section(results: Results, heading: str, anchor: str, time_metric: str
     figures, tables = [], []
     for facet in results.facets(metrics):
         panels = []
-        for metric in (time_metric, rate_metric):
-            if not results.has(metric):
+        for metric in metrics:
+            if not results.attempted(metric, facet):
                 continue
             unit = results.unit(metric)
             panels.append(Panel(label(metric), f"{label(metric)} [{unit}]",
-                                _model_series(results, metric, facet, styles),
+                                _model_series(results, metric, facet, styles, spread=metric == time_metric),
                                 _fail_marks(results, [metric], facet, styles)))
-        cap = f"{what}, {facet.label()}. " + _method_text(results, metrics, facet)
+        if not panels:
+            continue
+        bars = any(s.spread for p in panels for s in p.series)
+        cap = (f"{what}, {facet.label()}. " + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
+               + _method_text(results, metrics, facet))
         figures.append(_panels_figure(f"{heading} — {facet.label()}", cap, panels))
     paras = []
     if any(f.device == "cpu" for f in results.facets(metrics)):
@@ -606,7 +663,9 @@ def section_efficiency(results: Results) -> Section | None:
     for facet in results.facets(metrics):
         panels = [Panel(label(m), f"{label(m)} [{results.unit(m)}]",
                         _model_series(results, m, facet, styles), _fail_marks(results, [m], facet, styles),
-                        logy=False) for m in metrics]
+                        logy=False) for m in metrics if results.attempted(m, facet)]
+        if not panels:
+            continue
         cap = (f"How close each model runs to the hardware, {facet.label()}: achieved TFLOP/s = counted FLOPs / "
                "measured time; MFU = achieved / the card's peak. " + _method_text(results, metrics, facet))
         figures.append(_panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
@@ -698,16 +757,18 @@ def section_published(results: Results) -> Section | None:
 
 
 def section_failures(results: Results) -> Section:
+    """OOM and errors one line per point and message; skipped rows grouped by their reason (they are many)."""
     df = results.df
     bad = df[df["status"] != "ok"]
-    order = {"oom": 0, "error": 1, "skipped": 3}
+    failed = bad[bad["status"] != "skipped"]
+    skipped = bad[bad["status"] == "skipped"]
     groups: dict[tuple, list[str]] = {}
     first: dict[tuple, tuple] = {}
-    for r in bad.itertuples(index=False):
+    for r in failed.itertuples(index=False):
         k = (r.point_key, r.status, r.error)
         groups.setdefault(k, []).append(r.metric)
         first.setdefault(k, (r.model, r.resolution, r.batch, r.dtype, r.device))
-    keys = sorted(groups, key=lambda k: (order.get(k[1], 2), results.models.index(first[k][0]), first[k][1]))
+    keys = sorted(groups, key=lambda k: (k[1] != "oom", results.models.index(first[k][0]), first[k][1]))
     rows = []
     for k in keys:
         model, res, batch, dtype, device = first[k]
@@ -715,25 +776,51 @@ def section_failures(results: Results) -> Section:
         rows.append([Cell(model), Cell(px(res)), Cell(str(batch)), Cell(dtype), Cell(device),
                      Cell(k[1].upper() if k[1] == "oom" else k[1], status), Cell(", ".join(groups[k])),
                      Cell(k[2] or "(no message recorded)")])
-    n = {s: int((df["status"] == s).sum()) for s in ("oom", "error", "skipped")}
-    para = (f"{n['oom']} row(s) ran out of memory, {n['error']} failed with an error and {n['skipped']} were skipped "
-            "(the metric does not apply there, e.g. a CUDA-only measurement on a CPU run). One line per point, "
-            "status and message; OOM and errors are also marked ✗ in the plots.") if rows else \
-        "Every point produced all its values: nothing ran out of memory, failed or was skipped."
-    tables = [Table("Failed and skipped points, with the recorded message.",
-                    ["model", "resolution", "batch", "dtype", "device", "status", "metrics", "message"], rows,
-                    [False, True, True, False, False, False, False, False])] if rows else []
-    return Section("Failed and skipped points", "failures", [], [para], [], tables)
+    n_oom, n_err, n_skip = int((df["status"] == "oom").sum()), len(failed) - int((df["status"] == "oom").sum()), \
+        len(skipped)
+    paras = [f"{n_oom} row(s) ran out of memory, {n_err} failed with an error and {n_skip} were skipped (the metric "
+             "does not apply there or the suite limited it, e.g. a CUDA-only measurement on a CPU run). OOM and "
+             "errors are also marked ✗ in the plots." if len(bad) else
+             "Every point produced all its values: nothing ran out of memory, failed or was skipped."]
+    tables = []
+    if rows:
+        tables.append(Table("Points that ran out of memory or failed, with the recorded message (one line per "
+                            "point and message).",
+                            ["model", "resolution", "batch", "dtype", "device", "status", "metrics", "message"], rows,
+                            [False, True, True, False, False, False, False, False]))
+    if len(skipped):
+        by_reason: dict[str, tuple[list[str], list[str]]] = {}
+        for r in skipped.itertuples(index=False):
+            metrics, points = by_reason.setdefault(r.error or "(no reason recorded)", ([], []))
+            if r.metric not in metrics:
+                metrics.append(r.metric)
+            point = f"{r.model} @ {r.resolution}"
+            if point not in points:
+                points.append(point)
+        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p)), Cell(reason, "skipped")]
+                 for reason, (m, p) in by_reason.items()]
+        tables.append(Table("Skipped measurements, grouped by the reason recorded.",
+                            ["metrics", "points (model @ px)", "reason"], srows))
+    return Section("Failed and skipped points", "failures", [], paras, [], tables)
 
 
 def section_full_tables(results: Results) -> Section:
-    metrics = [m for m in METRIC_ORDER if results.has(m)]
-    metrics += [m for m in results.metrics() if m not in metrics and m not in SPECIAL_METRICS
-                and not m.startswith(("published_", "fid", "fd_"))]
+    known = [m for m in METRIC_ORDER if m in results.metrics()]
+    known += [m for m in results.metrics() if m not in known and m not in SPECIAL_METRICS
+              and not m.startswith(("published_", "fid", "fd_"))]
+    metrics = [m for m in known if results.has(m)]
     tables = [_pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
-    return Section("Full results", "tables", [], ["Every metric, model × resolution. OOM = out of memory, "
-                                                  "error = failed (message in ‘Failed and skipped points’), "
-                                                  "skipped = not applicable there, — = not run."], [], tables)
+    paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
+             "skipped points’), skipped = not applicable there, — = not run."]
+    never = [m for m in known if m not in metrics]
+    if never:
+        reasons = []
+        for m in never:
+            why = [e for e in dict.fromkeys(results.rows(m)["error"]) if e]
+            reasons.append(f"{m} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1 else "")
+                           + ")" if why else m)
+        paras.append("Skipped at every point, so not tabulated: " + "; ".join(reasons) + ".")
+    return Section("Full results", "tables", [], paras, [], tables)
 
 
 def section_methods(results: Results) -> Section:
@@ -752,11 +839,12 @@ def section_methods(results: Results) -> Section:
         "is where the ratio crosses 1, interpolated linearly between neighbouring resolutions in log resolution "
         "and log ratio.",
     ]
-    env_backends = {k: v for k, v in results.env.items() if "backend" in str(k).lower()}
+    env_backends = [(k, v) for k, v in _flatten(results.env) if "backend" in k.lower()]
     if env_backends:
         paras.append("Backends recorded in the environment: "
-                     + ", ".join(f"{k} = {v}" for k, v in env_backends.items()) + ".")
-    combos = results.df[["metric", "unit", "task", "method"]].drop_duplicates()
+                     + "; ".join(f"{k} = {v}" for k, v in env_backends) + ".")
+    measured = results.df[results.df["status"] != "skipped"]
+    combos = measured[["metric", "unit", "task", "method"]].drop_duplicates()
     rows = []
     for metric, unit, task, method in combos.itertuples(index=False):
         bk = results.backends([metric])

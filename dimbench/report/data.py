@@ -1,8 +1,10 @@
 """Reading a results folder into one clean table, and selecting from it.
 
-The rows come from a user-handed ``results.jsonl`` (one JSON object per line, see docs/contracts.md), so
-nothing about them is trusted: missing columns are added, numbers are coerced, a torn last line (a run killed
-while writing) or a malformed line is skipped *and reported* in :attr:`Results.notes`, never silently.
+The rows come from a user-handed ``results.jsonl`` (one JSON object per line, see docs/contracts.md), read
+with :func:`dimbench.results.load`; nothing about them is trusted: missing columns are added, numbers are
+coerced, rows without a model, metric or resolution are dropped, and each of these is *reported* in
+:attr:`Results.notes`, never silent. A torn last line (a run killed while writing) is noted; a damaged line
+elsewhere is a :class:`ReportError` naming the file and line.
 
 A row's *facet* is what it was measured under: (task, device, dtype, batch). Counted metrics (``task ==
 "count"``: params, FLOPs) do not depend on device or dtype, so when their values agree across those they are
@@ -15,18 +17,18 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from dimbench import results as results_store
+
 from .plots import family_of
 
-COLUMNS = [
-    "suite", "point_key", "model", "resolution", "input_size", "batch", "dtype", "device", "task",
-    "metric", "value", "unit", "status", "method", "started_at", "duration_s", "error", "extra",
-]
-STATUSES = ("ok", "oom", "error", "skipped")
+COLUMNS = list(results_store.COLUMNS)
+STATUSES = results_store.STATUSES
 FAILED = ("oom", "error")
 _FAMILY_ORDER = {"dim": 0, "dit": 1, "uvit": 2}
 
@@ -45,40 +47,6 @@ def model_order(models) -> list[str]:
     return sorted(set(models), key=lambda m: (_FAMILY_ORDER.get(family_of(m), 9), family_of(m), _natural(m)))
 
 
-def read_rows(path: Path) -> tuple[list[dict], list[str]]:
-    """Parse results.jsonl tolerantly: returns the row dicts and notes about lines that were skipped.
-
-    A torn *last* line is the normal trace of an interrupted run; a bad line elsewhere means the file was
-    edited or corrupted. Both are skipped and said.
-    """
-    notes: list[str] = []
-    text = path.read_text(encoding="utf-8", errors="replace")
-    lines = text.splitlines()
-    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
-    rows: list[dict] = []
-    bad: list[int] = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if i == last:
-                notes.append(f"The last line of {path.name} is incomplete (a run was interrupted while writing "
-                             "it); it was ignored.")
-            else:
-                bad.append(i + 1)
-            continue
-        if isinstance(obj, dict):
-            rows.append(obj)
-        else:
-            bad.append(i + 1)
-    if bad:
-        shown = ", ".join(str(b) for b in bad[:8]) + (" ..." if len(bad) > 8 else "")
-        notes.append(f"{len(bad)} line(s) of {path.name} are not JSON objects and were ignored (line {shown}).")
-    return rows, notes
-
-
 def _num(v: Any) -> float | None:
     try:
         f = float(v)
@@ -87,10 +55,9 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def normalise(rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
-    """Rows -> DataFrame with every contract column, typed, one row per (point, metric, step)."""
+def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Every row of the file -> DataFrame with every contract column, typed, one row per (point, metric, step)."""
     notes: list[str] = []
-    df = pd.DataFrame(rows)
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
@@ -104,6 +71,7 @@ def normalise(rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
     df["status"] = df["status"].map(lambda v: str(v) if isinstance(v, str) and v else "unknown")
     df["resolution"] = df["resolution"].map(lambda v: int(round(_num(v))))
     df["batch"] = df["batch"].map(lambda v: int(_num(v)) if _num(v) is not None else 0)
+    df["input_size"] = df["input_size"].map(lambda v: int(_num(v)) if _num(v) is not None else None)
     df["value"] = df["value"].map(_num)
     df["extra"] = df["extra"].map(lambda v: v if isinstance(v, dict) else {})
     df["step"] = df["extra"].map(lambda e: _num(e.get("step")))
@@ -125,13 +93,12 @@ def normalise(rows: list[dict]) -> tuple[pd.DataFrame, list[str]]:
 
 
 def load_environment(directory: Path) -> tuple[dict, list[str]]:
-    path = directory / "environment.json"
-    if not path.exists():
-        return {}, ["environment.json is missing: the device and versions are unknown."]
     try:
-        env = json.loads(path.read_text(encoding="utf-8", errors="replace"))
-    except json.JSONDecodeError as e:
+        env = results_store.read_environment(directory)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return {}, [f"environment.json is not valid JSON ({e}); the device and versions are unknown."]
+    if env is None:
+        return {}, ["environment.json is missing: the device and versions are unknown."]
     if not isinstance(env, dict):
         return {}, ["environment.json is not a JSON object; ignored."]
     return env, []
@@ -186,8 +153,12 @@ class Results:
         return list(dict.fromkeys(self.df["metric"]))
 
     def has(self, metric: str, ok: bool = False) -> bool:
-        rows = self.df[self.df["metric"] == metric]
-        return bool(len(rows)) and (not ok or bool((rows["status"] == "ok").any()))
+        """Whether the metric was attempted somewhere (a row that is not "skipped"), or succeeded (``ok``).
+
+        A metric skipped everywhere (e.g. CUDA-only memory on a CPU run) gets no plot or table of its own; the
+        full-results section lists it with the reasons."""
+        st = self.df.loc[self.df["metric"] == metric, "status"]
+        return bool((st == "ok").any()) if ok else bool((st != "skipped").any())
 
     def rows(self, metric: str) -> pd.DataFrame:
         return self.df[self.df["metric"] == metric]
@@ -203,10 +174,11 @@ class Results:
         return self._collapsible[metric]
 
     def facets(self, metrics: list[str]) -> list[Facet]:
-        """The distinct facets the given metrics were measured under, in a stable order."""
+        """The distinct facets the given metrics were attempted under (skipped rows aside), in a stable order."""
         out: list[Facet] = []
         for metric in metrics:
             rows = self.rows(metric)
+            rows = rows[rows["status"] != "skipped"]
             if not len(rows):
                 continue
             if self.is_collapsible(metric):
@@ -236,6 +208,10 @@ class Results:
             out.setdefault(m, {}).setdefault(int(r), float(v))
         return {m: out[m] for m in self.models if m in out}
 
+    def attempted(self, metric: str, facet: Facet) -> bool:
+        """Whether the metric has a row other than "skipped" under this facet."""
+        return bool((self.select(metric, facet)["status"] != "skipped").any())
+
     def failures(self, metrics: list[str], facet: Facet) -> list[tuple[str, int, str]]:
         """(model, resolution, status) of the OOM / error rows of these metrics under a facet, deduplicated."""
         seen: list[tuple[str, int, str]] = []
@@ -248,11 +224,14 @@ class Results:
         return seen
 
     def methods(self, metric: str, facet: Facet | None = None) -> list[str]:
+        """How the metric's values were obtained (skipped rows measured nothing, so they do not count)."""
         rows = self.rows(metric) if facet is None else self.select(metric, facet)
+        rows = rows[rows["status"] != "skipped"]
         return [m for m in dict.fromkeys(rows["method"]) if m]
 
     def unit(self, metric: str) -> str:
-        units = [u for u in dict.fromkeys(self.rows(metric)["unit"]) if u]
+        rows = self.rows(metric)
+        units = [u for u in dict.fromkeys(rows.loc[rows["status"] != "skipped", "unit"]) if u]
         return " / ".join(units) if units else "unit not recorded"
 
     def backends(self, metrics: list[str], facet: Facet | None = None) -> list[str]:
@@ -270,20 +249,28 @@ class Results:
 def load(directory: str | Path) -> Results:
     """Read a results folder (or its results.jsonl). Raises ReportError naming the path when unusable."""
     p = Path(directory)
-    if p.is_file() and p.name.endswith(".jsonl"):
-        jsonl, p = p, p.parent
-    else:
-        jsonl = p / "results.jsonl"
+    if p.is_file() and p.suffix == ".jsonl":
+        p = p.parent
     if not p.exists():
         raise ReportError(f"results folder not found: {p}")
     if not p.is_dir():
         raise ReportError(f"not a results folder (not a directory): {p}")
+    jsonl = p / results_store.RESULTS_FILE
     if not jsonl.exists():
-        raise ReportError(f"no results.jsonl in {p}: nothing to report (has a suite run into this folder?)")
-    rows, notes = read_rows(jsonl)
-    if not rows:
+        raise ReportError(f"no {jsonl.name} in {p}: nothing to report (has a suite run into this folder?)")
+    # Every row (all_rows): the report keeps one row per (point, metric, step) itself, so that training-loss
+    # rows (one per logged step) survive. A torn last line comes back as a warning; it goes into the notes.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            raw = results_store.load(jsonl, all_rows=True)
+        except results_store.ResultsError as e:
+            raise ReportError(f"{jsonl} cannot be read: {e}") from None
+    notes = [f"{w.message} (a run was interrupted while writing it)." for w in caught
+             if "last line" in str(w.message)]
+    if not len(raw):
         raise ReportError(f"{jsonl} holds no result rows: nothing to report")
-    df, more = normalise(rows)
+    df, more = normalise(raw)
     if not len(df):
         raise ReportError(f"{jsonl} holds no usable result rows: {' '.join(notes + more)}")
     env, env_notes = load_environment(p)

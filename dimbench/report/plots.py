@@ -82,6 +82,7 @@ class Series:
     marker: str = "o"
     linestyle: str = "-"
     hollow: bool = False  # hollow markers: predicted, not measured
+    spread: list[tuple[float, float]] | None = None  # (low, high) per point, drawn as bars (e.g. p10-p90)
 
 
 @dataclasses.dataclass
@@ -159,12 +160,19 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
     xs: list[float] = []
     ys: list[float] = []
     for s in p.series:
-        pts = [(x, y) for x, y in zip(s.x, s.y, strict=True) if y is not None and math.isfinite(y)]
+        pts = [(x, y, b) for x, y, b in zip(s.x, s.y, s.spread or [None] * len(s.x), strict=True)
+               if y is not None and math.isfinite(y)]
         if not pts:
             continue
-        px, py = zip(*sorted(pts), strict=True)
+        pts.sort(key=lambda t: t[0])
+        px, py = [t[0] for t in pts], [t[1] for t in pts]
         xs += px
         ys += py
+        if s.spread:
+            lo = [max(y - b[0], 0.0) for _, y, b in pts]
+            hi = [max(b[1] - y, 0.0) for _, y, b in pts]
+            ax.errorbar(px, py, yerr=[lo, hi], fmt="none", ecolor=s.colour, elinewidth=1, capsize=2.5, alpha=0.8)
+            ys += [b[0] for _, _, b in pts if b[0] > 0] + [b[1] for _, _, b in pts]
         ax.plot(
             px,
             py,
