@@ -203,7 +203,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     n, d = pos_embed.shape[1] - 2, pos_embed.shape[2]
     g = math.isqrt(n)
     if g * g != n:
-        raise ValueError(f"position embedding has {n} grid positions, not a square grid (shape {tuple(pos_embed.shape)})")
+        raise ValueError(f"position embedding {tuple(pos_embed.shape)}: {n} grid positions is not a square grid")
     if (g, g) == tuple(grid):
         return pos_embed
     square = pos_embed[:, 2:].reshape(1, g, g, d).permute(0, 3, 1, 2)
@@ -248,8 +248,8 @@ class MambaMixer(nn.Module):
         self.dt_rank = math.ceil(d_model / 16)
         di = self.d_inner
         self.in_proj = nn.Linear(d_model, 2 * di, bias=False)
-        # Causal padding is applied in forward (left only), so the conv itself has none.
-        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, bias=True)
+        # Causal: padded d_conv-1 on both sides, the last d_conv-1 outputs dropped in forward.
+        self.conv1d = nn.Conv1d(di, di, d_conv, groups=di, padding=d_conv - 1, bias=True)
         self.x_proj = nn.Linear(di, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, di, bias=True)
         self.A_log = nn.Parameter(torch.empty(di, d_state))
@@ -275,10 +275,10 @@ class MambaMixer(nn.Module):
         # One GEMM for the whole batch, laid out (2·d_inner, b·S) so x, z come out with a contiguous last axis.
         xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
         x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
-        x = F.conv1d(F.pad(x, (self.d_conv - 1, 0)), self.conv1d.weight, self.conv1d.bias, groups=di)
-        x = F.silu(x)  # (b, d_inner, S), contiguous
-        x_dbl = torch.matmul(self.x_proj.weight, x)  # (b, R + 2N, S)
-        delta = torch.matmul(self.dt_proj.weight, x_dbl[:, :R])  # (b, d_inner, S); bias added in the scan
+        x = F.silu(self.conv1d(x)[..., :S])  # (b, d_inner, S), contiguous (silu writes a fresh tensor)
+        # Batched products with the weight expanded over the batch: torch.matmul(2-D, 3-D) would copy x.
+        x_dbl = torch.matmul(self.x_proj.weight.expand(b, -1, -1), x)  # (b, R + 2N, S)
+        delta = torch.matmul(self.dt_proj.weight.expand(b, -1, -1), x_dbl[:, :R])  # (b, d_inner, S); bias in scan
         B, C = x_dbl[:, R : R + N], x_dbl[:, R + N :]  # (b, N, S) each
         A = -torch.exp(self.A_log.float())
         y = selective_scan(
