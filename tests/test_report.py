@@ -8,6 +8,7 @@ with the reason, only where those tools are not installed.
 from __future__ import annotations
 
 import base64
+import json
 import math
 import shutil
 import subprocess
@@ -371,3 +372,38 @@ def test_quality_and_published_sections_render_when_present(tmp_path):
     assert "Quality: training loss" in html_path.read_text(encoding="utf-8")
     if PDFTOTEXT:
         assert "Measured vs published" in _pdf_text(pdf_path)
+
+
+# ---- end to end: the real smoke suite through the CLI ---------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_suite_run_builds_a_report_with_every_model_and_resolution(tmp_path):
+    """`dimbench run suites/smoke.yaml` measures for real (a few minutes on a busy 2-core CPU) and builds the
+    report at the end; `dimbench report` rebuilds it elsewhere. Both show every model and resolution run."""
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    suite = root / "suites" / "smoke.yaml"
+    spec = yaml.safe_load(suite.read_text(encoding="utf-8"))
+    out = tmp_path / "smoke"
+    run = subprocess.run([sys.executable, "-m", "dimbench", "run", str(suite), "--out", str(out)], cwd=root,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    again = subprocess.run([sys.executable, "-m", "dimbench", "report", str(out), "-o", str(tmp_path / "again")],
+                           cwd=root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["model"] for r in rows} == set(spec["models"])
+    assert {r["resolution"] for r in rows} == set(spec["resolutions"])
+    for folder in (out, tmp_path / "again"):
+        text = " ".join(parse((folder / "report.html").read_text(encoding="utf-8")).text)
+        for m in spec["models"]:
+            assert m in text
+        for r in spec["resolutions"]:
+            assert f"{r} px" in text
+        assert "Compute (GMACs)" in text  # counts run on every machine
+        if PDFINFO:
+            assert _pdf_pages(folder / "report.pdf") >= 3
