@@ -20,7 +20,7 @@ matplotlib.use("Agg")  # reports are rendered headless; never open a window
 
 from matplotlib.figure import FigureBase  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
 # Per-family colour ramps, so a reader tells DiM from DiT from U-ViT at a glance; models of one family get
 # shades of its ramp. Unknown families (results of models the report does not know) are drawn in greys.
@@ -193,7 +193,14 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
         # spans less than about a decade, where there would otherwise be no label at all.
         ax.yaxis.set_major_formatter(FuncFormatter(_plain))
         span = max(positive) / min(positive)
-        ax.yaxis.set_minor_formatter(FuncFormatter(_plain) if span < 12 else NullFormatter())
+        if span < 12:
+            # Within about a decade the default minor ticks (2..9) can leave a stretch like 1-2 unlabelled.
+            ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
+    if not (p.logy and positive) and ys and min(ys) >= 0:
+        ax.set_ylim(bottom=0)  # a linear axis of a non-negative quantity (utilisation) starts at zero
     if not ys:
         # Nothing succeeded in this panel: keep the axes (so the failures are visible) and say so.
         ax.set_ylim(0, 1)
