@@ -315,6 +315,23 @@ def test_rerun_rows_supersede_earlier_ones(tmp_path):
     assert any("superseded" in n for n in res.notes)
 
 
+def test_plots_are_split_per_dtype_and_batch_and_the_headline_stays_short(tmp_path):
+    rows = []
+    for dtype, batch in (("bfloat16", 1), ("float32", 8)):
+        for r in rf.realistic_rows(models=["dim_h_2", "dit_xl_2"], resolutions=[256, 512, 1024, 2048]):
+            if r["task"] == "count" and dtype != "bfloat16":
+                continue  # counted once, at batch 1
+            rows.append(dict(r, dtype=dtype, batch=batch, point_key=f"{r['model']}|r{r['resolution']}|{dtype}|{batch}"))
+    rep = content.build(data.load(rf.write_results(tmp_path / "facets", rows)))
+    by = {s.heading: s for s in rep.sections}
+    titles = [f.title for f in by["Speed: forward pass"].figures]
+    assert len(titles) == 2 and "bfloat16, batch 1" in titles[0] and "float32, batch 8" in titles[1]
+    assert len(by["DiM vs DiT"].figures) == 2 and len(by["Memory"].figures) == 2
+    assert len(by["Compute (GMACs)"].figures) == 1  # counts do not depend on dtype: one plot
+    (head, *_) = rep.sections[0].highlights
+    assert "forward latency in all 2 settings" in head and head.count("forward latency") == 1
+
+
 # ---- the analyses ---------------------------------------------------------------------------------------
 
 

@@ -358,6 +358,13 @@ def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
             "model), so the ratio compares different token counts"]
 
 
+def _settings(k: int, n: int) -> str:
+    """' in k of n settings' (nothing when the measure was taken under one setting only)."""
+    if n <= 1:
+        return ""
+    return f" in all {n} settings" if k == n else f" in {k} of {n} settings"
+
+
 def headline(results: Results) -> list[str]:
     """The summary's headline: for each DiM-DiT pair, by which measures DiM overtakes DiT and where."""
     lines = ratio_lines(results)
@@ -367,16 +374,33 @@ def headline(results: Results) -> list[str]:
     out = []
     for a, b in dict.fromkeys((ln.dim, ln.dit) for ln in lines):
         mine = [ln for ln in lines if (ln.dim, ln.dit) == (a, b)]
-        n_facets = {m: len({ln.facet for ln in mine if ln.metric == m}) for m in {ln.metric for ln in mine}}
-
-        def name(ln: RatioLine, n_facets=n_facets) -> str:
-            """The measure, and the facet when this measure was taken under several."""
-            return ln.measure + (f" ({ln.facet.label()})" if n_facets[ln.metric] > 1 else "")
-
-        over = [f"{name(ln)} above ≈ {px(x)}" for ln in mine for x, d in ln.cross if d == "below"]
-        behind = [f"{name(ln)} above ≈ {px(x)}" for ln in mine for x, d in ln.cross if d == "above"]
-        ahead = [name(ln) for ln in mine if not ln.cross and all(q < 1 for q in ln.ratio)]
-        never = [f"{name(ln)} ({ln.trend()})" for ln in mine if not ln.cross and not all(q < 1 for q in ln.ratio)]
+        over, ahead, behind, never = [], [], [], []
+        # One phrase per measure; a measure taken under several settings (device, dtype, batch) is summarised
+        # over them (range of crossovers, how many settings), the details being in the DiM vs DiT section.
+        for metric in dict.fromkeys(ln.metric for ln in mine):
+            group = [ln for ln in mine if ln.metric == metric]
+            measure, n = group[0].measure, len(group)
+            downs = [x for ln in group for x, d in ln.cross if d == "below"]
+            ups = [x for ln in group for x, d in ln.cross if d == "above"]
+            if downs:
+                k = len({id(ln) for ln in group for _, d in ln.cross if d == "below"})
+                where = px(downs[0]) if len(downs) == 1 else f"{min(downs):,.0f}–{px(max(downs))}"
+                over.append(f"{measure} above ≈ {where}" + _settings(k, n))
+            if ups:
+                where = px(ups[0]) if len(ups) == 1 else f"{min(ups):,.0f}–{px(max(ups))}"
+                behind.append(f"{measure} above ≈ {where}")
+            flat = [ln for ln in group if not ln.cross]
+            below = [ln for ln in flat if all(q < 1 for q in ln.ratio)]
+            if below:
+                ahead.append(measure + _settings(len(below), n))
+            rest = [ln for ln in flat if ln not in below]
+            if rest:
+                if len(rest) == 1 and n == 1:
+                    never.append(f"{measure} ({rest[0].trend()})")
+                else:
+                    last = [ln.ratio[-1] for ln in rest]
+                    never.append(f"{measure}{_settings(len(rest), n)} (DiM/DiT at the highest resolution "
+                                 f"{min(last):.2f}" + (f"–{max(last):.2f}" if max(last) != min(last) else "") + ")")
         parts = []
         if over:
             parts.append(f"DiM overtakes DiT by {', '.join(over)} (where the DiM/DiT ratio crosses 1, "
@@ -493,10 +517,11 @@ def section_compute(results: Results) -> Section | None:
                "selective scan, and the per-token MLPs of every model); it tends to 2 where attention's quadratic "
                "term dominates (DiT, U-ViT). " + _method_text(results, [metric], facet))
         figures.append(_panels_figure(f"{label(metric)} vs resolution", cap, [panel], (8.5, 5.2)))
-        tables.append(Table(f"Growth of {label(metric)} with the number of tokens — {facet.label()}. Exponent = "
-                            "d log(GMACs) / d log(tokens).",
-                            ["model", "resolutions", "at lowest", "at highest", "exponent (fit)", "exponent (local)"],
-                            exp_rows, [False, False, True, True, True, True]))
+        if exp_rows:
+            tables.append(Table(f"Growth of {label(metric)} with the number of tokens — {facet.label()}. Exponent = "
+                                "d log(GMACs) / d log(tokens).",
+                                ["model", "resolutions", "at lowest", "at highest", "exponent (fit)",
+                                 "exponent (local)"], exp_rows, [False, False, True, True, True, True]))
     paragraphs = ["GMACs count multiply-accumulates, one per multiply-add: the unit the DiT, U-ViT and DiM papers "
                   "call “GFLOPs”. GFLOPs = 2 × GMACs (PyTorch's FlopCounterMode convention); both are in the "
                   "full tables."]
