@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 import report_fixtures as rf  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
-from dimbench.report import ReportError, build_report, content, data, pdf  # noqa: E402
+from dimbench.report import ReportError, analysis, build_report, content, data, pdf  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PDFTOPPM, PDFINFO, PDFTOTEXT = shutil.which("pdftoppm"), shutil.which("pdfinfo"), shutil.which("pdftotext")
@@ -338,18 +338,18 @@ def test_plots_are_split_per_dtype_and_batch_and_the_headline_stays_short(tmp_pa
 def test_crossings_interpolate_in_log_space():
     res = [256, 512, 1024, 2048]
     # ratio = 1000 / res is a straight line in log-log: it crosses 1 at exactly 1000 px, going below.
-    ((x, d),) = content.crossings(res, [1000 / r for r in res])
+    ((x, d),) = analysis.crossings(res, [1000 / r for r in res])
     assert x == pytest.approx(1000.0) and d == "below"
-    assert content.crossings(res, [2.0, 1.5, 1.2, 1.1]) == []
-    ((x, d),) = content.crossings(res, [0.5, 0.8, 1.6, 3.0])
+    assert analysis.crossings(res, [2.0, 1.5, 1.2, 1.1]) == []
+    ((x, d),) = analysis.crossings(res, [0.5, 0.8, 1.6, 3.0])
     assert d == "above" and 512 < x < 1024
 
 
 def test_growth_exponent_vs_tokens():
     res = [256, 512, 1024, 2048]
-    fit, local = content.growth_exponent(res, [3.0 * r**3 for r in res])  # tokens ∝ r², so tokens^1.5
+    fit, local = analysis.growth_exponent(res, [3.0 * r**3 for r in res])  # tokens ∝ r², so tokens^1.5
     assert fit == pytest.approx(1.5) and local == pytest.approx(1.5)
-    assert content.growth_exponent([256], [1.0]) == (None, None)
+    assert analysis.growth_exponent([256], [1.0]) == (None, None)
 
 
 # ---- quality and paper-table rows (future runs) ---------------------------------------------------------

@@ -22,306 +22,37 @@ Row conventions (results.jsonl, see docs/contracts.md) read by the optional sect
 Everything else is a measured metric (names in the contracts) and goes through the plots and full tables.
 """
 
+
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
+from .analysis import RATIO_MEASURES, RatioLine, growth_exponent, ratio_lines
+from .data import STATUSES, Results
+from .document import (
+    MEMORY_METRICS,
+    METRIC_ORDER,
+    SPECIAL_METRICS,
+    Cell,
+    Report,
+    Section,
+    Table,
+    fail_marks,
+    fmt,
+    label,
+    method_text,
+    model_series,
+    panels_figure,
+    pivot_table,
+    px,
+    styles_for,
+)
+from .plots import Panel, Series
+from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 
-from . import plots
-from .data import STATUSES, Facet, Results
-from .plots import FailMark, Panel, Series, family_of
-
-# --------------------------------------------------------------------------------------------------------------
-# The content model
-# --------------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Cell:
-    """A table cell; ``status`` (ok|oom|error|skipped|missing) lets renderers colour failures."""
-
-    text: str
-    status: str = "ok"
-
-
-@dataclasses.dataclass
-class Table:
-    caption: str
-    columns: list[str]
-    rows: list[list[Cell]]
-    numeric: list[bool] | None = None  # right-align these columns
-
-    def __post_init__(self) -> None:
-        self.rows = [[c if isinstance(c, Cell) else Cell(str(c)) for c in row] for row in self.rows]
-        if self.numeric is None:
-            self.numeric = [False] * len(self.columns)
-
-
-@dataclasses.dataclass
-class Figure:
-    """A plot: ``draw(container)`` draws into a matplotlib Figure or SubFigure (each renderer makes its own)."""
-
-    title: str
-    caption: str
-    draw: Callable[[object], None]
-    size: tuple[float, float] = (10.0, 4.6)  # inches, for the HTML image; the PDF fits it to the page
-    panels: list[Panel] | None = None  # what draw() draws, when it is panels (kept for inspection and tests)
-
-
-@dataclasses.dataclass
-class Section:
-    heading: str
-    anchor: str
-    highlights: list[str] = dataclasses.field(default_factory=list)  # the headline, shown boxed
-    paragraphs: list[str] = dataclasses.field(default_factory=list)
-    figures: list[Figure] = dataclasses.field(default_factory=list)
-    tables: list[Table] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class Report:
-    title: str
-    subtitle: str
-    sections: list[Section]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Small helpers
-# --------------------------------------------------------------------------------------------------------------
-
-# Display name, y-axis label for each known metric; unknown metrics show their own name and unit.
-METRIC_LABELS = {
-    "params": "parameters",
-    "params_trainable": "trainable parameters",
-    "gmacs": "GMACs (multiply-accumulates, 1 per multiply-add)",
-    "gflops": "GFLOPs (2 per multiply-add)",
-    "gmacs_fvcore": "GMACs by fvcore (cross-check)",
-    "latency_ms": "forward latency",
-    "throughput": "forward throughput",
-    "train_step_ms": "training-step time",
-    "train_throughput": "training throughput",
-    "mem_predicted_gib": "predicted peak memory (FakeTensor)",
-    "mem_allocated_gib": "allocator peak (max_memory_allocated)",
-    "mem_reserved_gib": "allocator reserved peak (max_memory_reserved)",
-    "mem_device_gib": "device memory used (NVML, incl. CUDA context)",
-    "tflops_achieved": "achieved TFLOP/s",
-    "mfu": "model FLOP utilisation",
-}
-METRIC_ORDER = list(METRIC_LABELS)
-MEMORY_METRICS = [  # (metric, line style, hollow markers = predicted)
-    ("mem_allocated_gib", "-", False),
-    ("mem_reserved_gib", "--", False),
-    ("mem_device_gib", "-.", False),
-    ("mem_predicted_gib", ":", True),
-]
-# Lower-is-better measures compared as a DiM / DiT ratio, with their line style in the ratio plot.
-# Colour per measure; predicted values dotted with hollow markers, as in the memory plot.
-RATIO_MEASURES = [  # (metric, measure, colour, predicted)
-    ("gmacs", "GMACs", "#1d2733", False),
-    ("latency_ms", "forward latency", "#d1521f", False),
-    ("train_step_ms", "training-step time", "#8a5fb5", False),
-    ("mem_allocated_gib", "allocator peak memory", "#2e8b3a", False),
-    ("mem_predicted_gib", "predicted peak memory", "#2e8b3a", True),
-]
-PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]
-SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
-
-
-def label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
-
-
-def fmt(value: float | None, metric: str = "") -> str:
-    """Numbers at a readable precision; parameter counts in millions (the caption says so)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if metric.startswith("params"):
-        return f"{value / 1e6:,.2f} M"
-    a = abs(value)
-    if a >= 1000:
-        return f"{value:,.0f}"
-    if a >= 100:
-        return f"{value:.1f}"
-    if a >= 10:
-        return f"{value:.2f}"
-    if a == 0:
-        return "0"
-    return f"{value:.3g}"
-
-
-def px(res: float) -> str:
-    return f"{res:,.0f} px"
-
-
-def _join(items: Sequence[str], empty: str = "not recorded") -> str:
-    items = [i for i in items if i]
-    return "; ".join(items) if items else empty
-
-
-def _method_text(results: Results, metrics: Sequence[str], facet: Facet | None = None) -> str:
-    """'metric: method' for each metric, plus the backends that ran, for a caption."""
-    parts = []
-    for m in metrics:
-        if results.has(m):
-            parts.append(f"{label(m)}: {_join(results.methods(m, facet))}")
-    backends = results.backends(list(metrics), facet)
-    text = "Method — " + " | ".join(parts) + "."
-    if backends:
-        text += " Backends: " + ", ".join(backends) + "."
-    return text
-
-
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in s.lower()).strip("-")
-
-
-def _fail_marks(results: Results, metrics: list[str], facet: Facet, styles) -> list[FailMark]:
-    return [FailMark(r, s, styles[m].colour if m in styles else "#777777", m)
-            for m, r, s in results.failures(metrics, facet)]
-
-
-def _model_series(results: Results, metric: str, facet: Facet, styles, labels: dict[str, str] | None = None,
-                  linestyle: str = "-", hollow: bool = False, spread: bool = False) -> list[Series]:
-    """One series per model; with ``spread``, the rows' p10/p90 (extra ``p10_ms``/``p90_ms``) as bars."""
-    out = []
-    bounds = _spread(results, metric, facet) if spread else {}
-    for model, by_res in results.values(metric, facet).items():
-        rs = sorted(by_res)
-        s = Series((labels or {}).get(model, model), rs, [by_res[r] for r in rs], styles[model].colour,
-                   styles[model].marker, linestyle, hollow)
-        if all((model, r) in bounds for r in rs):
-            s.spread = [bounds[(model, r)] for r in rs]
-        out.append(s)
-    return out
-
-
-def _spread(results: Results, metric: str, facet: Facet) -> dict[tuple[str, int], tuple[float, float]]:
-    rows = results.select(metric, facet)
-    out = {}
-    for m, r, extra in rows.loc[rows["status"] == "ok", ["model", "resolution", "extra"]].itertuples(index=False):
-        lo, hi = extra.get("p10_ms"), extra.get("p90_ms")
-        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-            out.setdefault((m, int(r)), (float(lo), float(hi)))
-    return out
-
-
-def _styles(results: Results):
-    return plots.model_styles(results.models)
-
-
-def _pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str = "") -> Table:
-    """Model x resolution for one metric and facet; failed cells say OOM / error / skipped."""
-    rows = results.select(metric, facet)
-    resolutions = sorted(set(int(r) for r in rows["resolution"]))
-    models = [m for m in results.models if m in set(rows["model"])]
-    cells: dict[tuple[str, int], Cell] = {}
-    for m, r, v, s in rows[["model", "resolution", "value", "status"]].itertuples(index=False):
-        if (m, int(r)) in cells:
-            continue
-        text = fmt(v, metric) if s == "ok" else {"oom": "OOM", "error": "error", "skipped": "skipped"}.get(s, s)
-        cells[(m, int(r))] = Cell(text, s if s in STATUSES else "error")
-    body = [[Cell(m)] + [cells.get((m, r), Cell("—", "missing")) for r in resolutions] for m in models]
-    unit = results.unit(metric) + (" (shown in millions)" if metric.startswith("params") else "")
-    caption = (f"{label(metric)} [{unit}] — {facet.label()}. Method: {_join(results.methods(metric, facet))}."
-               + (f" {caption_extra}" if caption_extra else ""))
-    return Table(caption, ["model"] + [px(r) for r in resolutions], body, [False] + [True] * len(resolutions))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Analyses shared by sections and the summary
-# --------------------------------------------------------------------------------------------------------------
-
-
-def growth_exponent(res: Sequence[float], values: Sequence[float]) -> tuple[float | None, float | None]:
-    """Exponent of value vs number of tokens (tokens ∝ resolution²): least-squares slope over all points,
-    and the local slope between the two largest resolutions (where the asymptotic term shows)."""
-    pts = sorted((r, v) for r, v in zip(res, values, strict=True) if r > 0 and v > 0)
-    if len(pts) < 2:
-        return None, None
-    lt = np.log(np.array([r for r, _ in pts], dtype=float) ** 2)
-    lv = np.log(np.array([v for _, v in pts], dtype=float))
-    fit = float(np.polyfit(lt, lv, 1)[0])
-    local = float((lv[-1] - lv[-2]) / (lt[-1] - lt[-2]))
-    return fit, local
-
-
-def crossings(res: Sequence[float], ratio: Sequence[float]) -> list[tuple[float, str]]:
-    """Where ratio crosses 1, interpolated linearly in (log resolution, log ratio); with the direction:
-    "below" = the ratio drops below 1 going up in resolution (DiM becomes cheaper), "above" = the reverse."""
-    pts = sorted((r, q) for r, q in zip(res, ratio, strict=True) if r > 0 and q > 0)
-    out: list[tuple[float, str]] = []
-    for (r0, q0), (r1, q1) in zip(pts, pts[1:], strict=False):  # neighbours
-        l0, l1 = math.log(q0), math.log(q1)
-        if l0 == 0 or l0 * l1 >= 0:
-            continue
-        t = l0 / (l0 - l1)
-        x = math.exp(math.log(r0) + t * (math.log(r1) - math.log(r0)))
-        out.append((x, "below" if l1 < 0 else "above"))
-    return out
-
-
-@dataclasses.dataclass
-class RatioLine:
-    dim: str
-    dit: str
-    metric: str
-    measure: str
-    colour: str
-    predicted: bool
-    facet: Facet
-    res: list[int]
-    ratio: list[float]
-    cross: list[tuple[float, str]]
-
-    def trend(self) -> str:
-        lo, hi = self.res[0], self.res[-1]
-        return f"DiM/DiT {self.ratio[0]:.2f} at {lo} px → {self.ratio[-1]:.2f} at {hi} px"
-
-    def sentence(self) -> str:
-        """One line for the DiM vs DiT section: where (if anywhere) DiM overtakes DiT on this measure."""
-        where = self.facet.label()
-        lo, hi = self.res[0], self.res[-1]
-        span = f"{lo}–{hi} px" if lo != hi else f"{lo} px"
-        if self.cross:
-            parts = [f"{self.dim} {'overtakes' if d == 'below' else 'falls behind'} {self.dit} above ≈ {px(x)}"
-                     for x, d in self.cross]
-            return (f"{self.measure} ({where}): " + "; ".join(parts)
-                    + f" (ratio crosses 1, interpolated in log space; {self.trend()}).")
-        if all(q < 1 for q in self.ratio):
-            verdict = f"{self.dim} is ahead of {self.dit} at every resolution measured ({span})"
-        elif all(q > 1 for q in self.ratio):
-            verdict = f"{self.dim} is behind {self.dit} at every resolution measured ({span}); no crossover in range"
-        else:
-            verdict = f"{self.dim} and {self.dit} are level within the range measured ({span})"
-        return f"{self.measure} ({where}): {verdict} ({self.trend()})."
-
-
-def ratio_lines(results: Results) -> list[RatioLine]:
-    """DiM / DiT for every (DiM model, DiT model) pair, lower-is-better measure and facet with common points."""
-    dims = [m for m in results.models if family_of(m) == "dim"]
-    dits = [m for m in results.models if family_of(m) == "dit"]
-    out: list[RatioLine] = []
-    for metric, measure, colour, predicted in RATIO_MEASURES:
-        if not results.has(metric, ok=True):
-            continue
-        for facet in results.facets([metric]):
-            vals = results.values(metric, facet)
-            for a in dims:
-                for b in dits:
-                    common = sorted(set(vals.get(a, {})) & set(vals.get(b, {})))
-                    common = [r for r in common if vals[a][r] > 0 and vals[b][r] > 0]
-                    if not common:
-                        continue
-                    q = [vals[a][r] / vals[b][r] for r in common]
-                    out.append(RatioLine(a, b, metric, measure, colour, predicted, facet, common, q,
-                                         crossings(common, q)))
-    return out
-
+PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per DiM-DiT pair in the ratio plot
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections: one function each
@@ -495,7 +226,7 @@ def section_compute(results: Results) -> Section | None:
     metric = next((m for m in ("gmacs", "gflops") if results.has(m)), None)
     if metric is None:
         return None
-    styles = _styles(results)
+    styles = styles_for(results)
     figures, tables = [], []
     for facet in results.facets([metric]):
         vals = results.values(metric, facet)
@@ -509,14 +240,14 @@ def section_compute(results: Results) -> Section | None:
                              Cell(fmt(by_res[rs[-1]])), Cell("—" if fit is None else f"{fit:.3f}"),
                              Cell("—" if local is None else f"{local:.3f}")])
         panel = Panel(f"{label(metric)} vs resolution — {facet.label()}", f"{label(metric)} [{results.unit(metric)}]",
-                      _model_series(results, metric, facet, styles, labels),
-                      _fail_marks(results, [metric], facet, styles))
+                      model_series(results, metric, facet, styles, labels),
+                      fail_marks(results, [metric], facet, styles))
         cap = (f"Compute per forward pass vs resolution, log-log, {facet.label()}. The legend gives each model's "
                "growth exponent versus the number of tokens (tokens ∝ resolution²): the least-squares slope over "
                "all resolutions and the local slope between the two largest. ≈ 1 means linear in tokens (DiM's "
                "selective scan, and the per-token MLPs of every model); it tends to 2 where attention's quadratic "
-               "term dominates (DiT, U-ViT). " + _method_text(results, [metric], facet))
-        figures.append(_panels_figure(f"{label(metric)} vs resolution", cap, [panel], (8.5, 5.2)))
+               "term dominates (DiT, U-ViT). " + method_text(results, [metric], facet))
+        figures.append(panels_figure(f"{label(metric)} vs resolution", cap, [panel], (8.5, 5.2)))
         if exp_rows:
             tables.append(Table(f"Growth of {label(metric)} with the number of tokens — {facet.label()}. Exponent = "
                                 "d log(GMACs) / d log(tokens).",
@@ -548,16 +279,12 @@ def _fvcore_agreement(results: Results) -> str | None:
             f"common point (largest difference: {worst[1]} at {worst[2]} px).")
 
 
-def _panels_figure(title: str, caption: str, panels: list[Panel], size=(10.0, 4.6)) -> Figure:
-    return Figure(title, caption, lambda fig: plots.draw_panels(fig, panels), size, panels)
-
-
 def _speed_section(results: Results, heading: str, anchor: str, time_metric: str, rate_metric: str,
                    what: str) -> Section | None:
     metrics = [m for m in (time_metric, rate_metric) if results.has(m)]
     if not metrics:
         return None
-    styles = _styles(results)
+    styles = styles_for(results)
     figures, tables = [], []
     for facet in results.facets(metrics):
         panels = []
@@ -566,14 +293,14 @@ def _speed_section(results: Results, heading: str, anchor: str, time_metric: str
                 continue
             unit = results.unit(metric)
             panels.append(Panel(label(metric), f"{label(metric)} [{unit}]",
-                                _model_series(results, metric, facet, styles, spread=metric == time_metric),
-                                _fail_marks(results, [metric], facet, styles)))
+                                model_series(results, metric, facet, styles, spread=metric == time_metric),
+                                fail_marks(results, [metric], facet, styles)))
         if not panels:
             continue
         bars = any(s.spread for p in panels for s in p.series)
         cap = (f"{what}, {facet.label()}. " + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
-               + _method_text(results, metrics, facet))
-        figures.append(_panels_figure(f"{heading} — {facet.label()}", cap, panels))
+               + method_text(results, metrics, facet))
+        figures.append(panels_figure(f"{heading} — {facet.label()}", cap, panels))
     paras = []
     if any(f.device == "cpu" for f in results.facets(metrics)):
         paras.append("CPU timings come from a shared, noisy machine: compare models by their ratio in the same run, "
@@ -597,14 +324,14 @@ def section_memory(results: Results) -> Section | None:
     present = [(m, ls, h) for m, ls, h in MEMORY_METRICS if results.has(m)]
     if not present:
         return None
-    styles = _styles(results)
+    styles = styles_for(results)
     figures = []
     for facet in results.facets([m for m, _, _ in present]):
         series: list[Series] = []
         labelled: set[str] = set()
         legend = []
         for metric, ls, hollow in present:
-            got = _model_series(results, metric, facet, styles, linestyle=ls, hollow=hollow)
+            got = model_series(results, metric, facet, styles, linestyle=ls, hollow=hollow)
             if got:
                 legend.append((label(metric) + (" — predicted" if hollow else " — measured"), ls, hollow))
             for s in got:
@@ -615,12 +342,12 @@ def section_memory(results: Results) -> Section | None:
                     labelled.add(s.label)
                 series.append(s)
         panel = Panel(f"Peak memory — {facet.label()}", "memory [GiB]", series,
-                      _fail_marks(results, [m for m, _, _ in present], facet, styles), style_legend=legend)
+                      fail_marks(results, [m for m, _, _ in present], facet, styles), style_legend=legend)
         cap = (f"Peak memory vs resolution, log-log, {facet.label()}. Line style gives the source: solid = "
                "allocator peak (tensors only), dashed = allocator reserved, dash-dot = NVML device-wide used "
                "(includes the CUDA context), dotted with hollow markers = predicted under FakeTensorMode "
-               "(not measured). " + _method_text(results, [m for m, _, _ in present], facet))
-        figures.append(_panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
+               "(not measured). " + method_text(results, [m for m, _, _ in present], facet))
+        figures.append(panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
     return Section("Memory", "memory", [], [], figures)
 
 
@@ -665,7 +392,7 @@ def section_ratio(results: Results) -> Section | None:
                "measured. Thin dotted vertical lines mark where a ratio crosses 1 (interpolated linearly in log "
                "resolution and log ratio): " + (", ".join(crossed) if crossed else "none in the range measured")
                + ".")
-        figures.append(_panels_figure(f"DiM / DiT ratio — {where}", cap, [panel], (8.5, 5.2)))
+        figures.append(panels_figure(f"DiM / DiT ratio — {where}", cap, [panel], (8.5, 5.2)))
     rows = []
     for ln in lines:
         cross = "; ".join(f"{px(x)} (DiM {'cheaper' if d == 'below' else 'dearer'} above)" for x, d in ln.cross)
@@ -683,102 +410,18 @@ def section_efficiency(results: Results) -> Section | None:
     metrics = [m for m in ("tflops_achieved", "mfu") if results.has(m)]
     if not metrics:
         return None
-    styles = _styles(results)
+    styles = styles_for(results)
     figures = []
     for facet in results.facets(metrics):
         panels = [Panel(label(m), f"{label(m)} [{results.unit(m)}]",
-                        _model_series(results, m, facet, styles), _fail_marks(results, [m], facet, styles),
+                        model_series(results, m, facet, styles), fail_marks(results, [m], facet, styles),
                         logy=False) for m in metrics if results.attempted(m, facet)]
         if not panels:
             continue
         cap = (f"How close each model runs to the hardware, {facet.label()}: achieved TFLOP/s = counted FLOPs / "
-               "measured time; MFU = achieved / the card's peak. " + _method_text(results, metrics, facet))
-        figures.append(_panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
+               "measured time; MFU = achieved / the card's peak. " + method_text(results, metrics, facet))
+        figures.append(panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
     return Section("Hardware efficiency", "efficiency", [], [], figures)
-
-
-def section_train_loss(results: Results) -> Section | None:
-    if not results.has("train_loss", ok=True):
-        return None
-    rows = results.rows("train_loss")
-    rows = rows[(rows["status"] == "ok") & rows["step"].notna()]
-    if not len(rows):
-        return None
-    styles = _styles(results)
-    curves, table_rows = [], []
-    for (model, res), g in rows.groupby(["model", "resolution"], sort=False):
-        g = g.sort_values("step")
-        curves.append(plots.Curve(f"{model} @ {res} px", list(g["step"]), list(g["value"]), styles[model].colour))
-        table_rows.append([Cell(model), Cell(px(res)), Cell(f"{int(g['step'].iloc[-1])}"),
-                           Cell(fmt(float(g["value"].iloc[-1])))])
-    fig = Figure("Training loss", "Training loss per logged step. " + _method_text(results, ["train_loss"]),
-                 lambda f: plots.draw_curves(f, "Training loss", "step", "loss", curves), (8.5, 5.0))
-    table = Table("Last logged training loss.", ["model", "resolution", "step", "loss"], table_rows,
-                  [False, True, True, True])
-    return Section("Quality: training loss", "train-loss", [], [], [fig], [table])
-
-
-def section_samples(results: Results) -> Section | None:
-    if not results.has("samples"):
-        return None
-    import matplotlib.image as mpimg
-
-    rows = results.rows("samples")
-    rows = rows[rows["status"] == "ok"]  # failed sample runs are listed with the other failures
-    images, problems = [], []
-    root = results.dir.resolve()
-    for model, res, extra in rows[["model", "resolution", "extra"]].itertuples(index=False):
-        rel = str(extra.get("path", ""))
-        path = (root / rel).resolve()
-        if not rel or root not in path.parents or path.suffix.lower() != ".png":
-            problems.append([Cell(model), Cell(px(res)), Cell(rel or "(no path)"),
-                             Cell("not a PNG inside the results folder", "error")])
-            continue
-        try:
-            images.append((f"{model} @ {res} px", mpimg.imread(path)))
-        except Exception as e:  # unreadable image: listed with the reason
-            problems.append([Cell(model), Cell(px(res)), Cell(rel), Cell(f"unreadable: {e}", "error")])
-    figures = []
-    if images:
-        figures.append(Figure("Samples", "Generated samples as written by the run (one grid per model and "
-                              "resolution). " + _method_text(results, ["samples"]),
-                              lambda f: plots.draw_images(f, images), (10.0, 3.0 * math.ceil(len(images) / 4))))
-    tables = [Table("Sample files that could not be shown.", ["model", "resolution", "path", "reason"], problems)
-              ] if problems else []
-    return Section("Quality: samples", "samples", [], [], figures, tables)
-
-
-def section_quality_scores(results: Results) -> Section | None:
-    metrics = [m for m in results.metrics() if m == "fid" or m.startswith(("fid_", "fd_"))]
-    if not metrics:
-        return None
-    tables = [_pivot_table(results, m, f, "Lower is better." + ("" if m == "fid" else
-                                                                 " A proxy distance, not the standard FID."))
-              for m in metrics for f in results.facets([m])]
-    return Section("Quality: sample scores", "quality-scores", [], [], [], tables)
-
-
-def section_published(results: Results) -> Section | None:
-    pubs = [m for m in results.metrics() if m.startswith("published_")]
-    if not pubs:
-        return None
-    rows = []
-    for pub in pubs:
-        measured = pub[len("published_"):]
-        for model, res, batch, value, extra in results.rows(pub)[
-                ["model", "resolution", "batch", "value", "extra"]].itertuples(index=False):
-            got = results.rows(measured)
-            got = got[(got["model"] == model) & (got["resolution"] == res) & (got["batch"] == batch)
-                      & (got["status"] == "ok")]
-            mv = float(got["value"].iloc[0]) if len(got) else None
-            diff = (f"{(mv - value) / value * 100:+.2f} %" if mv is not None and value else "—")
-            rows.append([Cell(model), Cell(px(res)), Cell(label(measured)), Cell(fmt(mv, measured),
-                         "ok" if mv is not None else "missing"), Cell(fmt(value, measured)), Cell(diff),
-                         Cell(str(extra.get("source", "source not given")))])
-    table = Table("Measured vs published values (difference = (measured − published) / published).",
-                  ["model", "resolution", "measure", "measured", "published", "difference", "source"], rows,
-                  [False, True, False, True, True, True, False])
-    return Section("Measured vs published", "published", [], [], [], [table])
 
 
 def section_failures(results: Results) -> Section:
@@ -834,7 +477,7 @@ def section_full_tables(results: Results) -> Section:
     known += [m for m in results.metrics() if m not in known and m not in SPECIAL_METRICS
               and not m.startswith(("published_", "fid", "fd_"))]
     metrics = [m for m in known if results.has(m)]
-    tables = [_pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
+    tables = [pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
     paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
              "skipped points’), skipped = not applicable there, — = not run."]
     never = [m for m in known if m not in metrics]

@@ -1,4 +1,4 @@
-"""Render a :class:`~dimbench.report.content.Report` as ONE self-contained HTML file.
+"""Render a :class:`~dimbench.report.document.Report` as ONE self-contained HTML file.
 
 Plots are embedded as base64 PNG (``data:`` URIs), the stylesheet is inline, and nothing refers to the network,
 so the file reads offline and prints (a print stylesheet keeps figures and table rows whole). Every string that
@@ -13,7 +13,7 @@ import io
 
 from matplotlib.figure import Figure as MplFigure
 
-from .content import Cell, Figure, Report, Section, Table
+from .document import Cell, Figure, Report, Section, Table
 
 PNG_DPI = 110
 

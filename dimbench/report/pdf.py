@@ -1,4 +1,4 @@
-"""Render a :class:`~dimbench.report.content.Report` as a multi-page PDF (matplotlib ``PdfPages``, A4 portrait).
+"""Render a :class:`~dimbench.report.document.Report` as a multi-page PDF (matplotlib ``PdfPages``, A4 portrait).
 
 Text, plots and tables flow over the pages in the content's order (tables split between rows, repeating their
 header; a plot moves to the next page whole, its caption under it). :func:`layout` plans the pages before
@@ -21,7 +21,7 @@ from matplotlib.font_manager import FontProperties
 from matplotlib.patches import Rectangle
 from matplotlib.textpath import TextToPath
 
-from .content import Figure, Report, Table
+from .document import Figure, Report, Table
 from .plots import mpl_text
 
 _TEXT_TO_PATH = TextToPath()

@@ -1,0 +1,201 @@
+"""The report's document model (sections of text, figures and tables) and the helpers that fill it.
+
+:mod:`content` decides what the report says and builds a :class:`Report`; :mod:`html` and :mod:`pdf` render
+it. The helpers here turn result rows into the pieces every section uses: labels, number formats, captions
+that say how a value was obtained, plotted series with their failures, and model x resolution tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+from . import plots
+from .data import STATUSES, Facet, Results
+from .plots import FailMark, Panel, Series
+
+# --------------------------------------------------------------------------------------------------------------
+# The content model
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cell:
+    """A table cell; ``status`` (ok|oom|error|skipped|missing) lets renderers colour failures."""
+
+    text: str
+    status: str = "ok"
+
+
+@dataclasses.dataclass
+class Table:
+    caption: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    numeric: list[bool] | None = None  # right-align these columns
+
+    def __post_init__(self) -> None:
+        self.rows = [[c if isinstance(c, Cell) else Cell(str(c)) for c in row] for row in self.rows]
+        if self.numeric is None:
+            self.numeric = [False] * len(self.columns)
+
+
+@dataclasses.dataclass
+class Figure:
+    """A plot: ``draw(container)`` draws into a matplotlib Figure or SubFigure (each renderer makes its own)."""
+
+    title: str
+    caption: str
+    draw: Callable[[object], None]
+    size: tuple[float, float] = (10.0, 4.6)  # inches, for the HTML image; the PDF fits it to the page
+    panels: list[Panel] | None = None  # what draw() draws, when it is panels (kept for inspection and tests)
+
+
+@dataclasses.dataclass
+class Section:
+    heading: str
+    anchor: str
+    highlights: list[str] = dataclasses.field(default_factory=list)  # the headline, shown boxed
+    paragraphs: list[str] = dataclasses.field(default_factory=list)
+    figures: list[Figure] = dataclasses.field(default_factory=list)
+    tables: list[Table] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Report:
+    title: str
+    subtitle: str
+    sections: list[Section]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers
+# --------------------------------------------------------------------------------------------------------------
+
+# Display name, y-axis label for each known metric; unknown metrics show their own name and unit.
+METRIC_LABELS = {
+    "params": "parameters",
+    "params_trainable": "trainable parameters",
+    "gmacs": "GMACs (multiply-accumulates, 1 per multiply-add)",
+    "gflops": "GFLOPs (2 per multiply-add)",
+    "gmacs_fvcore": "GMACs by fvcore (cross-check)",
+    "latency_ms": "forward latency",
+    "throughput": "forward throughput",
+    "train_step_ms": "training-step time",
+    "train_throughput": "training throughput",
+    "mem_predicted_gib": "predicted peak memory (FakeTensor)",
+    "mem_allocated_gib": "allocator peak (max_memory_allocated)",
+    "mem_reserved_gib": "allocator reserved peak (max_memory_reserved)",
+    "mem_device_gib": "device memory used (NVML, incl. CUDA context)",
+    "tflops_achieved": "achieved TFLOP/s",
+    "mfu": "model FLOP utilisation",
+}
+METRIC_ORDER = list(METRIC_LABELS)
+MEMORY_METRICS = [  # (metric, line style, hollow markers = predicted)
+    ("mem_allocated_gib", "-", False),
+    ("mem_reserved_gib", "--", False),
+    ("mem_device_gib", "-.", False),
+    ("mem_predicted_gib", ":", True),
+]
+SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
+
+
+def label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def fmt(value: float | None, metric: str = "") -> str:
+    """Numbers at a readable precision; parameter counts in millions (the caption says so)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if metric.startswith("params"):
+        return f"{value / 1e6:,.2f} M"
+    a = abs(value)
+    if a >= 1000:
+        return f"{value:,.0f}"
+    if a >= 100:
+        return f"{value:.1f}"
+    if a >= 10:
+        return f"{value:.2f}"
+    if a == 0:
+        return "0"
+    return f"{value:.3g}"
+
+
+def px(res: float) -> str:
+    return f"{res:,.0f} px"
+
+
+def join_text(items: Sequence[str], empty: str = "not recorded") -> str:
+    items = [i for i in items if i]
+    return "; ".join(items) if items else empty
+
+
+def method_text(results: Results, metrics: Sequence[str], facet: Facet | None = None) -> str:
+    """'metric: method' for each metric, plus the backends that ran, for a caption."""
+    parts = []
+    for m in metrics:
+        if results.has(m):
+            parts.append(f"{label(m)}: {join_text(results.methods(m, facet))}")
+    backends = results.backends(list(metrics), facet)
+    text = "Method — " + " | ".join(parts) + "."
+    if backends:
+        text += " Backends: " + ", ".join(backends) + "."
+    return text
+
+
+def fail_marks(results: Results, metrics: list[str], facet: Facet, styles) -> list[FailMark]:
+    return [FailMark(r, s, styles[m].colour if m in styles else "#777777", m)
+            for m, r, s in results.failures(metrics, facet)]
+
+
+def model_series(results: Results, metric: str, facet: Facet, styles, labels: dict[str, str] | None = None,
+                  linestyle: str = "-", hollow: bool = False, spread: bool = False) -> list[Series]:
+    """One series per model; with ``spread``, the rows' p10/p90 (extra ``p10_ms``/``p90_ms``) as bars."""
+    out = []
+    bounds = _spread(results, metric, facet) if spread else {}
+    for model, by_res in results.values(metric, facet).items():
+        rs = sorted(by_res)
+        s = Series((labels or {}).get(model, model), rs, [by_res[r] for r in rs], styles[model].colour,
+                   styles[model].marker, linestyle, hollow)
+        if all((model, r) in bounds for r in rs):
+            s.spread = [bounds[(model, r)] for r in rs]
+        out.append(s)
+    return out
+
+
+def _spread(results: Results, metric: str, facet: Facet) -> dict[tuple[str, int], tuple[float, float]]:
+    rows = results.select(metric, facet)
+    out = {}
+    for m, r, extra in rows.loc[rows["status"] == "ok", ["model", "resolution", "extra"]].itertuples(index=False):
+        lo, hi = extra.get("p10_ms"), extra.get("p90_ms")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            out.setdefault((m, int(r)), (float(lo), float(hi)))
+    return out
+
+
+def styles_for(results: Results):
+    return plots.model_styles(results.models)
+
+
+def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str = "") -> Table:
+    """Model x resolution for one metric and facet; failed cells say OOM / error / skipped."""
+    rows = results.select(metric, facet)
+    resolutions = sorted(set(int(r) for r in rows["resolution"]))
+    models = [m for m in results.models if m in set(rows["model"])]
+    cells: dict[tuple[str, int], Cell] = {}
+    for m, r, v, s in rows[["model", "resolution", "value", "status"]].itertuples(index=False):
+        if (m, int(r)) in cells:
+            continue
+        text = fmt(v, metric) if s == "ok" else {"oom": "OOM", "error": "error", "skipped": "skipped"}.get(s, s)
+        cells[(m, int(r))] = Cell(text, s if s in STATUSES else "error")
+    body = [[Cell(m)] + [cells.get((m, r), Cell("—", "missing")) for r in resolutions] for m in models]
+    unit = results.unit(metric) + (" (shown in millions)" if metric.startswith("params") else "")
+    caption = (f"{label(metric)} [{unit}] — {facet.label()}. Method: {join_text(results.methods(metric, facet))}."
+               + (f" {caption_extra}" if caption_extra else ""))
+    return Table(caption, ["model"] + [px(r) for r in resolutions], body, [False] + [True] * len(resolutions))
+
+
+def panels_figure(title: str, caption: str, panels: list[Panel], size=(10.0, 4.6)) -> Figure:
+    return Figure(title, caption, lambda fig: plots.draw_panels(fig, panels), size, panels)
