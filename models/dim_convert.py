@@ -80,6 +80,12 @@ def _check_flat(state_dict: Mapping) -> None:
         )
 
 
+def _listing(names: list[str], limit: int = 8) -> str:
+    """'a, b, c ... (12 in all)' for error messages."""
+    more = f" ... ({len(names)} in all)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
 def _rename(state_dict: Mapping, top: dict[str, str], block: dict[str, str], block_re: re.Pattern, prefix: str,
             naming: str) -> dict[str, torch.Tensor]:  # fmt: skip
     out, unknown = {}, []
@@ -93,34 +99,39 @@ def _rename(state_dict: Mapping, top: dict[str, str], block: dict[str, str], blo
         else:
             unknown.append(name)
     if unknown:
-        raise KeyError(
-            f"unexpected parameter names for {naming} DiM naming: {', '.join(sorted(unknown)[:8])}"
-            + (f" ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
-        )
+        raise KeyError(f"unexpected parameter names for {naming} DiM naming: {_listing(sorted(unknown))}")
     return out
 
 
-def _check_complete(names: set[str], config: dict, naming: str) -> None:
-    """Raise if names the configuration needs are missing."""
-    depth, split = config["depth"], config["width"] > 512
-    expected = set(_TOP) if naming == "official" else set(_TOP.values())
-    for l in range(depth):
-        per_block = ["scale_shift_table", "norm1.norm.weight", *(f"attn1.{n}" for n in _MAMBA)]
-        if l >= (depth + 1) // 2:
-            per_block += [f"skip_linear.{i}.{k}" for i in (0, 1) for k in ("weight", "bias")] if split else [
-                "skip_linear.weight", "skip_linear.bias"]  # fmt: skip
-        if naming == "official":
-            expected |= {f"transformer_blocks.{l}.{n}" for n in per_block}
+def _official_block_names(depth: int, width: int, block: int) -> list[str]:
+    """Official per-block names (after 'transformer_blocks.N.') of block ``block``."""
+    names = ["scale_shift_table", "norm1.norm.weight", *(f"attn1.{n}" for n in _MAMBA)]
+    if block >= (depth + 1) // 2:  # skip consumers
+        if width > 512:
+            names += ["skip_linear.0.weight", "skip_linear.0.bias", "skip_linear.1.weight", "skip_linear.1.bias"]
         else:
-            expected |= {f"blocks.{l}.{_BLOCK[n]}" for n in per_block}
-    missing = sorted(expected - names)
-    extra = sorted(names - expected)
+            names += ["skip_linear.weight", "skip_linear.bias"]
+    return names
+
+
+def _check_complete(names: set[str], config: dict, naming: str) -> None:
+    """Raise KeyError naming what is missing or unexpected for the configuration's architecture."""
+    depth, width = config["depth"], config["width"]
+    if naming == "official":
+        expected = set(_TOP) | {
+            f"transformer_blocks.{l}.{n}" for l in range(depth) for n in _official_block_names(depth, width, l)
+        }
+    else:
+        expected = set(_TOP.values()) | {
+            f"blocks.{l}.{_BLOCK[n]}" for l in range(depth) for n in _official_block_names(depth, width, l)
+        }
+    missing, extra = sorted(expected - names), sorted(names - expected)
     if missing or extra:
-        msg = f"{naming} DiM state_dict (width {config['width']}, depth {depth}) does not match the architecture:"
+        msg = f"{naming} DiM state_dict (width {width}, depth {depth}) does not match the architecture:"
         if missing:
-            msg += f" missing {', '.join(missing[:8])}" + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+            msg += f" missing {_listing(missing)}"
         if extra:
-            msg += f"; unexpected {', '.join(extra[:8])}" + (f" ... ({len(extra)} in all)" if len(extra) > 8 else "")
+            msg += f"; unexpected {_listing(extra)}"
         raise KeyError(msg)
 
 

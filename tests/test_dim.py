@@ -434,6 +434,9 @@ def test_conversion_errors_name_the_problem():
         infer_dim_config({"foo": torch.zeros(1)})
     with pytest.raises(TypeError, match="not tensors"):
         official_to_dimbench({**official, "step": 3})
+    narrow = {k.replace("skip_linear.weight", "skip_linear.0.weight"): v for k, v in official.items()}
+    with pytest.raises(KeyError, match=r"missing transformer_blocks\.3\.skip_linear\.weight"):
+        official_to_dimbench(narrow)  # width 32 fuses skips with one Linear on the concatenation
     bad = dict(official)
     bad["a4m_adapter.pad_token"] = torch.zeros(1, 3, 32)
     with pytest.raises(ValueError, match="pad_token"):
