@@ -6,6 +6,7 @@ Any part of dimbench (the checkpoint commands too) may raise :class:`UserError` 
 
 from __future__ import annotations
 
+import re
 import sys
 
 from rich.console import Console
@@ -78,18 +79,18 @@ class progress_bar:  # noqa: N801 - used as a context manager, like rich's own
 # -------------------------------------------------------------------------------------------- summary table
 #: (row metric, column header: unit and how it was obtained, scale applied to the value, format)
 SUMMARY_COLUMNS = (
-    ("params", "params M (counted)", 1e-6, "{:.1f}"),
-    ("gmacs", "GMACs/img (meta count)", None, "{:.1f}"),
-    ("gmacs_fvcore", "GMACs/img (fvcore)", None, "{:.1f}"),
-    ("latency_ms", "fwd ms (median)", 1.0, "{:.1f}"),
-    ("throughput", "fwd img/s", 1.0, "{:.2f}"),
-    ("train_step_ms", "train step ms (median)", 1.0, "{:.1f}"),
-    ("train_throughput", "train img/s", 1.0, "{:.2f}"),
-    ("tflops_achieved", "TFLOP/s (achieved)", 1.0, "{:.1f}"),
-    ("mfu", "MFU % (of bf16 peak)", 1.0, "{:.1f}"),
-    ("mem_predicted_gib", "mem GiB (predicted)", 1.0, "{:.2f}"),
-    ("mem_allocated_gib", "mem GiB (allocated peak)", 1.0, "{:.2f}"),
-    ("mem_device_gib", "mem GiB (NVML device)", 1.0, "{:.2f}"),
+    ("params", "params M\n(counted)", 1e-6, "{:.1f}"),
+    ("gmacs", "GMACs/img\n(meta count)", None, "{:.1f}"),
+    ("gmacs_fvcore", "GMACs/img\n(fvcore)", None, "{:.1f}"),
+    ("latency_ms", "fwd ms\n(median)", 1.0, "{:.1f}"),
+    ("throughput", "fwd img/s\n(batch/median)", 1.0, "{:.2f}"),
+    ("train_step_ms", "train step ms\n(median)", 1.0, "{:.1f}"),
+    ("train_throughput", "train img/s\n(batch/median)", 1.0, "{:.2f}"),
+    ("tflops_achieved", "TFLOP/s\n(achieved)", 1.0, "{:.1f}"),
+    ("mfu", "MFU %\n(of bf16 peak)", 1.0, "{:.1f}"),
+    ("mem_predicted_gib", "mem GiB\n(predicted)", 1.0, "{:.2f}"),
+    ("mem_allocated_gib", "mem GiB\n(allocated peak)", 1.0, "{:.2f}"),
+    ("mem_device_gib", "mem GiB\n(NVML device)", 1.0, "{:.2f}"),
 )
 _STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "skipped": "[dim]skipped[/]"}
 
@@ -112,15 +113,22 @@ def summary_table(rows: list[dict], title: str = "Summary"):
 
     points: dict[str, dict] = {}
     cells: dict[tuple[str, str], dict] = {}
+    model_order: dict[str, int] = {}
     for row in rows:
         points.setdefault(row["point_key"], row)
         cells[(row["point_key"], row["metric"])] = row
-    present = [c for c in SUMMARY_COLUMNS if any(m == c[0] for _, m in cells)]
+        model_order.setdefault(row["model"], len(model_order))
+    points = dict(sorted(points.items(), key=lambda kv: (
+        model_order[kv[1]["model"]], kv[1]["resolution"], kv[1]["batch"], kv[1]["dtype"], kv[0])))
+    # A column nobody measured (CUDA-only metrics on the CPU, say) would only say "skipped" on every line: it is
+    # left out, and its reason still appears among the skipped notes.
+    measured = {m for (_, m), row in cells.items() if row.get("status") != "skipped"}
+    present = [c for c in SUMMARY_COLUMNS if c[0] in measured]
     table = Table(title=title, title_justify="left")
     for header in ("model", "px", "batch", "dtype", "device"):
         table.add_column(header, justify="left" if header in ("model", "dtype", "device") else "right")
     for _, header, _, _ in present:
-        table.add_column(header, justify="right")
+        table.add_column(header, justify="right", no_wrap=True)
     methods: dict[str, set[str]] = {}
     problems: list[str] = []
     skipped: dict[str, list[str]] = {}
@@ -138,9 +146,13 @@ def summary_table(rows: list[dict], title: str = "Summary"):
                 line.append(_STATUS_CELL.get(row["status"], row["status"]))
                 if row["status"] in ("error", "oom"):
                     problems.append(f"{key} {metric}: {row['status']}: {row.get('error')}")
-                else:
-                    skipped.setdefault(str(row.get("error")), []).append(f"{key} {metric}")
+        for metric, *_ in SUMMARY_COLUMNS:
+            row = cells.get((key, metric))
+            if row is not None and row["status"] == "skipped":
+                # one group per kind of reason: the per-point numbers in it (GMACs, lines) do not split groups
+                kind = re.sub(r"\d+(\.\d+)?", "#", str(row.get("error")))
+                skipped.setdefault(kind, []).append((f"{key} {metric}", str(row.get("error"))))
         table.add_row(*line)
     notes = [f"{metric}: {m}" for metric, _, _, _ in present for m in sorted(methods.get(metric, ()))]
-    skips = [f"{len(cells_)} cell(s), e.g. {cells_[0]}: {reason}" for reason, cells_ in skipped.items()]
+    skips = [f"{len(group)} cell(s), e.g. {group[0][0]}: {group[0][1]}" for group in skipped.values()]
     return table, notes, problems, skips

@@ -42,7 +42,7 @@ class SweepPoint:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SweepPoint":
+    def from_dict(cls, d: dict[str, Any]) -> SweepPoint:
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in fields}
         kwargs["metrics"] = tuple(kwargs.get("metrics", ()))

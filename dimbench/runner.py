@@ -107,30 +107,95 @@ class _SpawnHandle:
         self.proc.wait()
 
 
+class _ForkedProcess:
+    """The runner itself, forked before it starts any thread, running the fork server's loop.
+
+    The runner has already imported torch, the models and the metrics (validation needs them), so its fork
+    serves jobs at once, without the seconds a fresh interpreter spends importing them again.
+    """
+
+    def __init__(self, log: Path, env: dict[str, str]):
+        job_r, job_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        runner = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the server: never returns into the runner's code
+            try:
+                os.setsid()
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.close(job_w)
+                os.close(ctl_r)
+                logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                os.dup2(logfd, 1)  # also releases the runner's stdout/stderr (a pipe someone may wait on)
+                os.dup2(logfd, 2)
+                os.close(logfd)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
+                os.environ.update(env)
+                from dimbench.worker import serve
+
+                serve(os.fdopen(job_r, "r"), os.fdopen(ctl_w, "w", buffering=1), runner, preload=False)
+            finally:
+                os._exit(0)
+        os.close(job_r)
+        os.close(ctl_w)
+        self.pid = pid
+        self.stdin = os.fdopen(job_w, "wb")
+        self.stdout = os.fdopen(ctl_r, "rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("dimbench worker server", timeout)
+            time.sleep(POLL_S)
+        return self.returncode
+
+
 class _ForkServer:
-    """``python -m dimbench.worker --serve``: imports torch and the models once, forks one child per job."""
+    """Forks one child per job from a process that has torch, the models and the metrics imported.
+
+    That process is the runner's own fork when the runner has no thread yet (the normal case), else a fresh
+    ``python -m dimbench.worker --serve``.
+    """
 
     def __init__(self, log: Path, env: dict[str, str]):
         self.log = log
         self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.proc = None
         self.messages: queue.Queue = queue.Queue()
         self.exits: dict[int, int] = {}
         self.dead = False
 
     def start(self) -> None:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dimbench.worker", "--serve"], stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=logf, env={**os.environ, **self.env}, start_new_session=True,
-            )
+        if threading.active_count() == 1:
+            self.proc = _ForkedProcess(self.log, self.env)
+        else:  # forking a process with threads is unsafe (locks held by other threads): a fresh interpreter
+            with open(self.log, "ab") as logf:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "dimbench.worker", "--serve"], stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=logf, env={**os.environ, **self.env}, start_new_session=True,
+                )
         self.dead = False
         self.messages = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc, self.messages), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.proc.stdout, self.messages), daemon=True).start()
 
     @staticmethod
-    def _read(proc: subprocess.Popen, messages: queue.Queue) -> None:
-        for line in proc.stdout:
+    def _read(stream, messages: queue.Queue) -> None:
+        for line in stream:
             try:
                 messages.put(json.loads(line))
             except ValueError:
@@ -148,20 +213,25 @@ class _ForkServer:
             self.exits[msg["pid"]] = msg["returncode"]
         return msg
 
-    def spawn(self, payload: dict) -> int:
-        """Send a job; returns the child's pid. Restarts a dead server first."""
-        if self.proc is None or self.dead or self.proc.poll() is not None:
-            self.start()
-        self.proc.stdin.write((json.dumps(payload) + "\n").encode())
-        self.proc.stdin.flush()
-        deadline = time.monotonic() + 120  # the first job waits for the server's imports
-        while time.monotonic() < deadline:
-            msg = self._next(0.2)
-            if msg is None:
+    def spawn(self, payload: dict, stop: threading.Event) -> int:
+        """Send a job; returns the child's pid. A dead server is restarted (once per call)."""
+        for _attempt in (1, 2):
+            if self.proc is None or self.dead or self.proc.poll() is not None:
+                self.start()
+            try:
+                self.proc.stdin.write((json.dumps(payload) + "\n").encode())
+                self.proc.stdin.flush()
+            except OSError:  # it died since the check
+                self.dead = True
                 continue
-            if msg.get("event") == "spawned":
-                return int(msg["pid"])
-            if self.dead:
+            deadline = time.monotonic() + 120  # a fresh interpreter's first job waits for its imports
+            while time.monotonic() < deadline and not stop.is_set():
+                msg = self._next(0.2)
+                if msg is not None and msg.get("event") == "spawned":
+                    return int(msg["pid"])
+                if self.dead:
+                    break
+            if stop.is_set():
                 break
         raise RuntimeError(f"the worker server did not start a worker (see {self.log})")
 
@@ -180,8 +250,7 @@ class _ForkServer:
                 self.proc.stdin.close()
                 self.proc.wait(timeout=5)
             except (OSError, subprocess.TimeoutExpired):
-                _kill_group(self.proc.pid)
-                self.proc.wait()
+                self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -190,9 +259,9 @@ class _ForkServer:
 
 
 class _ForkHandle:
-    def __init__(self, server: _ForkServer, payload: dict):
+    def __init__(self, server: _ForkServer, payload: dict, stop: threading.Event):
         self.server = server
-        self.pid = server.spawn(payload)
+        self.pid = server.spawn(payload, stop)
 
     def poll(self) -> int | None:
         return self.server.poll(self.pid)
@@ -213,9 +282,9 @@ class _Slot:
         self.method = method
         self.server = _ForkServer(work / f"server-{_slug(name)}.log", env) if method == "fork" else None
 
-    def start(self, payload: dict, log: Path):
+    def start(self, payload: dict, log: Path, stop: threading.Event):
         if self.server is not None:
-            return _ForkHandle(self.server, payload)
+            return _ForkHandle(self.server, payload, stop)
         return _SpawnHandle(payload, log, self.env)
 
     def warm_up(self) -> None:
@@ -398,7 +467,7 @@ class Runner:
         pp = job.plan
         point = pp.point
         timeout = self.plan.settings.timeout
-        deadline = time.monotonic() + timeout
+        deadline = None  # set when the first worker is running: a fork server's one-time imports do not count
         pending = list(job.metrics)
         log = self.out / LOGS / f"{_slug(point.key)}.log"
         attempt = 0
@@ -420,12 +489,16 @@ class Runner:
                 "env": slot.env,
             }
             try:
-                handle = slot.start(payload, log)
+                handle = slot.start(payload, log, self.stop)
             except (OSError, RuntimeError) as exc:
+                if self.stop.is_set():
+                    return
                 self._append([r for m in pending for r in failure_rows(
                     point, self._produces(m), "error", f"could not start a worker: {exc}", now_iso(), 0.0,
                     _suite_task(m))])
                 return
+            if deadline is None:
+                deadline = time.monotonic() + timeout
             outcome = self._follow(handle, events, deadline, point, progress)
             events.unlink(missing_ok=True)
             if outcome["interrupted"]:
@@ -522,8 +595,10 @@ class Runner:
         started_at = now_iso()
         rows = self._prepare_folder()
         slots = _slots(self.plan.device, self.out / WORK)
-        for slot in slots:
-            slot.warm_up()
+        jobs, skip_rows, complete = self._jobs(rows)
+        if jobs:
+            for slot in slots:
+                slot.warm_up()
         interrupted = False
         entry = None
         old_handler = signal.getsignal(signal.SIGTERM)
@@ -531,7 +606,6 @@ class Runner:
             signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             entry = self._environment(started_at)
-            jobs, skip_rows, complete = self._jobs(rows)
             self._append(skip_rows)
             self._announce(jobs, complete, len(slots), slots[0].method)
             self._execute(jobs, slots, complete)

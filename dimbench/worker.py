@@ -17,10 +17,11 @@ Protocol (the runner is the only writer of results.jsonl; the worker only report
 Two ways to start a worker (``dimbench.runner`` picks; ``DIMBENCH_WORKER_START=spawn|fork`` overrides):
 
 - *spawn*: a fresh interpreter per point (always used for CUDA: no CUDA state can leak from a parent).
-- *fork*: ``python -m dimbench.worker --serve`` imports torch, the models and the metrics once, then forks a
-  child per job. The child is just as isolated (own address space, own process group), but starts in
-  milliseconds instead of the ~4 s an interpreter with torch and timm takes: this is what keeps a CPU sweep of a
-  dozen points fast. The server never runs a tensor op itself, so the children inherit no thread pools.
+- *fork*: a fork server that has torch, the models and the metrics imported forks a child per job (the runner's
+  own fork, made before the runner starts any thread; else ``python -m dimbench.worker --serve``). The child is
+  just as isolated (own address space, own process group), but starts in milliseconds instead of the ~4-7 s an
+  interpreter spends importing torch and timm: this is what keeps a CPU sweep of a dozen points fast. The
+  server never runs a tensor op itself, so the children inherit no thread pools.
 
 Testing aid, fault injection: ``DIMBENCH_INJECT_FAULT="SUBSTRING=KIND[;SUBSTRING=KIND...]"`` makes every metric
 whose ``"<point key>#<metric>"`` contains SUBSTRING fail with KIND when it starts: ``error`` (an exception),
@@ -282,16 +283,13 @@ def _spawned_main() -> int:
     return run_job(job)
 
 
-def _serve() -> int:
-    """Fork server: preload, then fork one child per job line on stdin; report pid and exit status.
+def serve(jobs, control, parent: int, *, preload: bool = True) -> None:
+    """The fork server's loop: one JSON job per line on ``jobs``; per job, fork a child that runs it.
 
-    Control messages go to the original stdout (fd 1 is pointed at stderr, so nothing else can corrupt them):
-    ``{"event": "ready"}``, ``{"event": "spawned", "pid": N}``, ``{"event": "exit", "pid": N, "returncode": R}``
-    (R negative: killed by signal -R).
+    Control messages on ``control`` (a line each): ``{"event": "ready"}``, ``{"event": "spawned", "pid": N}``,
+    ``{"event": "exit", "pid": N, "returncode": R}`` (R negative: killed by signal -R). The server exits when
+    ``jobs`` closes or ``parent`` (the runner) goes away, killing a running child with it.
     """
-    control = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    runner = os.getppid()
     child: list[int] = []
 
     def kill_child():
@@ -301,18 +299,19 @@ def _serve() -> int:
             except OSError:
                 pass
 
-    _watch_parent(runner, kill_child)
+    _watch_parent(parent, kill_child)
     preload_error = None
-    try:  # the expensive imports, done once; children inherit them
-        import torch  # noqa: F401
+    if preload:
+        try:  # the expensive imports, done once; children inherit them
+            import torch  # noqa: F401
 
-        import dimbench.metrics  # noqa: F401
-        import models  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - a child will hit (and record) the same error
-        preload_error = first_line(exc)
+            import dimbench.metrics  # noqa: F401
+            import models  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - a child will hit (and record) the same error
+            preload_error = first_line(exc)
     control.write(json.dumps({"event": "ready", "preload_error": preload_error}) + "\n")
 
-    for line in sys.stdin:
+    for line in jobs:
         if not line.strip():
             continue
         job = json.loads(line)
@@ -326,11 +325,10 @@ def _serve() -> int:
                 os.dup2(log, 1)
                 os.dup2(log, 2)
                 os.close(log)
-                sys.stdin.close()
+                jobs.close()
                 control.close()
                 os.environ.update(job.get("env") or {})
-                server = os.getppid()
-                _watch_parent(server, lambda: None)
+                _watch_parent(os.getppid(), lambda: None)
                 status = run_job(job)
             except BaseException:  # noqa: BLE001 - report in the log; the runner records the missing rows
                 traceback.print_exc()
@@ -344,6 +342,14 @@ def _serve() -> int:
         child.clear()
         control.write(json.dumps({"event": "exit", "pid": pid,
                                   "returncode": os.waitstatus_to_exitcode(wait_status)}) + "\n")
+
+
+def _serve() -> int:
+    """``--serve`` in a fresh interpreter: jobs on stdin, control messages on the original stdout (fd 1 is
+    then pointed at stderr, so that nothing else printed can corrupt them)."""
+    control = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    serve(sys.stdin, control, os.getppid())
     return 0
 
 

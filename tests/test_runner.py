@@ -1,0 +1,271 @@
+"""The runner and its workers, end to end through the real CLI: results + environment, faults recorded while
+the sweep goes on, a killed run resumed without recomputing, and the worker's protocol in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli
+from dimbench import results
+from dimbench.metrics import METRICS, Measurement, Metric, SkipMetric
+from dimbench.points import SweepPoint
+from dimbench.worker import parse_faults, run_job
+
+# --------------------------------------------------------------------------------------------- worker, in-process
+
+
+def _point(**kw) -> SweepPoint:
+    base = dict(suite="t", model="dit_s_2", resolution=32, input_size=4, batch=2, dtype="float32", device="cpu",
+                metrics=())
+    base.update(kw)
+    return SweepPoint(**base)
+
+
+def _run(tmp_path, metrics: list[str], **job) -> list[dict]:
+    events = tmp_path / "events.jsonl"
+    job = {"point": _point().to_dict(), "metrics": metrics, "options": {}, "events": str(events), **job}
+    assert run_job(job) == 0
+    return read_jsonl(events)
+
+
+@pytest.fixture
+def fake_metrics(monkeypatch):
+    """Metrics that succeed, skip, fail, run out of memory or return NaN, registered for one test."""
+
+    def ok(point, options):
+        return [Measurement("fake_ms", 12.5, "ms", "made up for a test", {"batch": point.batch})]
+
+    def skip(point, options):
+        raise SkipMetric("does not apply here")
+
+    def boom(point, options):
+        raise ValueError("broken metric\nsecond line")
+
+    def oom(point, options):
+        import torch
+
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    def nan(point, options):
+        return [Measurement("fake_nan", float("nan"), "ms", "made up")]
+
+    for name, fn, produces in (("fake_ok", ok, ("fake_ms",)), ("fake_skip", skip, ("fake_a", "fake_b")),
+                               ("fake_boom", boom, ("fake_c",)), ("fake_oom", oom, ("fake_d",)),
+                               ("fake_nan", nan, ("fake_nan",))):
+        monkeypatch.setitem(METRICS, name, Metric(name, produces, fn, "test metric"))
+
+
+def test_worker_reports_rows_per_metric_and_survives_failures(tmp_path, fake_metrics, capfd):
+    events = _run(tmp_path, ["fake_ok", "fake_skip", "fake_boom", "fake_nan", "fake_ok"])
+    kinds = [e["event"] for e in events]
+    assert kinds == ["start", "rows"] * 5 + ["done"]
+    rows = [r for e in events if e["event"] == "rows" for r in e["rows"]]
+    assert [(r["metric"], r["status"]) for r in rows] == [
+        ("fake_ms", "ok"), ("fake_a", "skipped"), ("fake_b", "skipped"), ("fake_c", "error"), ("fake_nan", "error"),
+        ("fake_ms", "ok")]
+    first = rows[0]
+    assert list(first)[: len(results.COLUMNS)] == list(results.COLUMNS)
+    assert first["point_key"] == "dit_s_2|r32|b2|float32|cpu" and first["value"] == 12.5
+    assert first["task"] == "forward" and first["extra"] == {"batch": 2} and first["duration_s"] >= 0
+    assert rows[1]["error"] == "does not apply here" and rows[1]["value"] is None
+    assert rows[3]["error"] == "ValueError: broken metric"
+    assert "non-finite value nan" in rows[4]["error"]
+    assert "ValueError: broken metric" in capfd.readouterr().err  # the traceback goes to the worker's log
+
+
+def test_worker_stops_after_out_of_memory(tmp_path, fake_metrics):
+    events = _run(tmp_path, ["fake_ok", "fake_oom", "fake_ok"])
+    assert [e["event"] for e in events] == ["start", "rows", "start", "rows", "stop"]
+    oom = events[3]["rows"][0]
+    assert oom["status"] == "oom" and oom["error"].startswith("OutOfMemoryError: CUDA out of memory")
+
+
+def test_worker_budget_skips_with_the_cost(tmp_path, fake_metrics):
+    events = _run(tmp_path, ["fake_ok"], budget={"fake_ok": 15}, gmacs_per_image=10.0)
+    row = events[1]["rows"][0]
+    assert row["status"] == "skipped"
+    assert "10.0 GMACs per image (meta count) x batch 2 = 20.0 > max_gmacs_x_batch 15" in row["error"]
+    events = _run(tmp_path, ["fake_ok"], budget={"fake_ok": 25}, gmacs_per_image=10.0)
+    assert events[-2]["rows"][0]["status"] == "ok"
+
+
+def test_fault_spec_parsing():
+    assert parse_faults("dit_s_2|r64=crash; uvit#flops=hang") == [("dit_s_2|r64", "crash"), ("uvit#flops", "hang")]
+    assert parse_faults("") == []
+    with pytest.raises(ValueError, match="KIND one of error, oom, crash, hang"):
+        parse_faults("dit=explode")
+
+
+# ----------------------------------------------------------------------------------------- end to end (the CLI)
+
+
+def _statuses(out) -> dict[tuple[str, str], dict]:
+    return {(r["point_key"], r["metric"]): r for r in read_jsonl(out / "results.jsonl")}
+
+
+def test_smoke_suite_produces_results_and_environment(tmp_path):
+    out = tmp_path / "smoke"
+    proc = run_cli("run", "smoke", "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    rows = read_jsonl(out / "results.jsonl")
+    df = results.load(out)
+    assert set(df.point_key) == {f"{m}|r{r}|b1|float32|cpu" for m in ("dim_s_2", "dit_s_2", "uvit_s_2")
+                                 for r in (32, 64)}
+    assert len(df) == len(rows)  # nothing measured twice
+    assert not df.status.isin(["error", "oom"]).any(), df[df.status.isin(["error", "oom"])].to_string()
+    ok = df[df.status == "ok"]
+    assert {"params", "gmacs", "gflops", "mem_predicted_gib", "latency_ms", "train_step_ms",
+            "gmacs_fvcore"} <= set(ok.metric)
+    assert (ok.method.str.len() > 0).all() and ok.unit.notna().all()
+    # the budget's skips say why, with the cost
+    skipped_latency = df[(df.metric == "latency_ms") & (df.status == "skipped")]
+    assert len(skipped_latency) == 4 and skipped_latency.error.str.contains("over the suite's budget").all()
+    env = json.loads((out / "environment.json").read_text())
+    for key in ("versions", "git", "tf32", "attention_backends_enabled", "scan_backends", "command", "runs"):
+        assert key in env
+    assert env["versions"]["torch"] and env["command"].startswith("dimbench run smoke")
+    assert env["runs"][0]["wall_s"] > 0 and env["runs"][0]["interrupted"] is False
+    for header in ("GMACs/img", "(meta count)", "mem GiB", "(predicted)", "fwd ms", "(median)"):
+        assert header in proc.stdout
+    assert "How each column was obtained" in proc.stdout and "Wall time of this run" in proc.stdout
+    assert not (out / ".work").exists()
+
+
+def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, write_suite):
+    suite = write_suite(TINY_SUITE.format(timeout=8))
+    out = tmp_path / "out"
+    faults = "dit_s_2=error;uvit_s_2|r32|b1|float32|cpu#flops=crash;dim_s_2|r32|b1|float32|cpu#params=oom"
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report", env=cli_env(DIMBENCH_INJECT_FAULT=faults))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    rows = _statuses(out)
+    dit, uvit, dim = "dit_s_2|r32|b1|float32|cpu", "uvit_s_2|r32|b1|float32|cpu", "dim_s_2|r32|b1|float32|cpu"
+    for metric in ("params", "params_trainable", "gmacs", "gflops"):
+        assert rows[(dit, metric)]["status"] == "error"
+        assert "injected fault 'error'" in rows[(dit, metric)]["error"]
+    # the crash hits flops only: params (measured before it) stays ok
+    assert rows[(uvit, "params")]["status"] == "ok"
+    crash = rows[(uvit, "gmacs")]
+    assert crash["status"] == "error" and "SIGSEGV" in crash["error"] and "while measuring 'flops'" in crash["error"]
+    # out of memory in params: recorded as oom, and flops measured by a fresh worker
+    assert rows[(dim, "params")]["status"] == "oom"
+    assert rows[(dim, "gmacs")]["status"] == "ok" and rows[(dim, "gmacs")]["value"] > 0
+    assert (out / "logs" / "uvit_s_2_r32_b1_float32_cpu.log").exists()
+
+
+def test_hung_worker_is_killed_at_the_timeout(tmp_path, write_suite):
+    suite = write_suite(TINY_SUITE.format(timeout=4).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
+    out = tmp_path / "out"
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report",
+                   env=cli_env(DIMBENCH_INJECT_FAULT="dit_s_2|r32|b1|float32|cpu#params=hang"))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    rows = _statuses(out)
+    dit = "dit_s_2|r32|b1|float32|cpu"
+    assert rows[(dit, "params")]["error"] == "timeout after 4 s"
+    assert rows[(dit, "gmacs")]["status"] == "error"
+    assert rows[(dit, "gmacs")]["error"].startswith("not run: the point's timeout after 4 s")
+    uvit = rows[("uvit_s_2|r32|b1|float32|cpu", "gmacs")]
+    assert uvit["status"] == "ok"  # the next point ran
+
+    # errors are final on a plain resume, measured again with --retry-errors (and only they)
+    retry = run_cli("run", str(suite), "--out", str(out), "--no-report", "--retry-errors")
+    assert retry.returncode == 0, retry.stderr + retry.stdout
+    latest = {(r["point_key"], r["metric"]): r for r in results.latest(results.read_rows(out))}
+    assert latest[(dit, "params")]["status"] == latest[(dit, "gmacs")]["status"] == "ok"
+    assert latest[("uvit_s_2|r32|b1|float32|cpu", "gmacs")] == uvit
+
+
+def _marked_processes(mark: str) -> list[int]:
+    """Pids of live processes whose environment holds ``mark`` (the runner's workers inherit it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc to find leftover workers")
+def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
+    suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
+    out = tmp_path / "out"
+    mark = f"DIMBENCH_TEST_MARK_{uuid.uuid4().hex}"
+    args = [sys.executable, "-m", "dimbench.cli", "run", str(suite), "--out", str(out), "--no-report"]
+    # The second point hangs, so the runner is certainly still running when it is killed.
+    env = cli_env(DIMBENCH_INJECT_FAULT="uvit_s_2=hang", DIMBENCH_TEST_MARK=mark)
+    runner = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dit = "dit_s_2|r32|b1|float32|cpu"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = results.read_rows(out) if (out / "results.jsonl").exists() else []
+            if {r["metric"] for r in done if r["point_key"] == dit} >= {"params", "gmacs"}:
+                break
+            assert runner.poll() is None, "the runner ended before it was killed"
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first point's rows never appeared")
+    finally:
+        runner.kill()  # SIGKILL: no chance to clean up
+        runner.wait()
+    # the workers notice their runner is gone and exit by themselves
+    deadline = time.monotonic() + 10
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _marked_processes(mark) == []
+
+    before = read_jsonl(out / "results.jsonl")
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"suite": "tiny", "point_key": "uvit')  # as if killed in the middle of a write
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "half-written last line" in proc.stdout
+    after = read_jsonl(out / "results.jsonl")
+    assert after[: len(before)] == before  # old rows untouched (same started_at, same values)
+    keys = [(r["point_key"], r["metric"]) for r in after]
+    assert len(keys) == len(set(keys))  # nothing measured twice
+    assert {m for p, m in keys if p == "uvit_s_2|r32|b1|float32|cpu"} == {"params", "params_trainable", "gmacs",
+                                                                          "gflops"}
+    assert "1 already complete (resumed)" in proc.stdout
+    env = json.loads((out / "environment.json").read_text())
+    assert len(env["runs"]) == 2 and env["runs"][0]["finished_at"] is None  # the killed run never finished
+
+    # --fresh starts over, keeping the old file aside
+    fresh = run_cli("run", str(suite), "--out", str(out), "--no-report", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr + fresh.stdout
+    assert read_jsonl(out / "results.jsonl.bak") == after
+    new = read_jsonl(out / "results.jsonl")
+    assert sorted((r["point_key"], r["metric"]) for r in new) == sorted(keys)
+    assert not {r["started_at"] for r in new} & {r["started_at"] for r in after}
+
+
+def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
+    suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "dimbench.cli", "run", str(suite), "--out", str(out), "--no-report"]
+    runner = subprocess.Popen(args, env=cli_env(DIMBENCH_INJECT_FAULT="uvit_s_2=hang"), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if (out / "results.jsonl").exists() and len(results.read_rows(out)) >= 4:
+            break
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    stdout, stderr = runner.communicate(timeout=60)
+    assert runner.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    assert "resume with: dimbench run" in stderr and f"--out {out}" in stderr
+    assert len(results.read_rows(out)) >= 4
+    env = json.loads((out / "environment.json").read_text())
+    assert env["runs"][-1]["interrupted"] is True
