@@ -364,7 +364,7 @@ def test_bf16_autocast_on_cpu_keeps_fp32_residual_stream():
             low = model(x, t, y)
     assert set(stream_dtypes) == {torch.float32}
     rel = ((low.float() - ref).norm() / ref.norm()).item()
-    assert rel < 0.05, f"bf16 autocast relative error {rel:.3g}"
+    assert rel < 2e-2, f"bf16 autocast relative error {rel:.3g}"  # measured ~5e-3
 
 
 def test_init_follows_spec():
@@ -476,4 +476,4 @@ def test_cuda_matches_cpu_in_fp32_and_bf16_autocast(backend, monkeypatch):
     rel32 = ((out32.float().cpu() - ref).norm() / ref.norm()).item()
     rel16 = ((out16.float().cpu() - ref).norm() / ref.norm()).item()
     assert out32.dtype == torch.float32 and rel32 < 1e-4, f"CUDA fp32 vs CPU: relative error {rel32:.3g}"
-    assert rel16 < 5e-2, f"CUDA bf16 autocast vs CPU fp32: relative error {rel16:.3g}"
+    assert rel16 < 2e-2, f"CUDA bf16 autocast vs CPU fp32: relative error {rel16:.3g}"
