@@ -3,7 +3,9 @@ tables). ``html.py`` and ``pdf.py`` only render it, so the two formats never dis
 
 Each section is made by one builder function ``(Results) -> Section | None`` listed in :data:`SECTIONS`;
 ``None`` means "nothing of this kind in the results" and the section is left out. Adding a kind of result
-is adding one function to that list.
+is adding one function to that list. The document model and shared helpers are in ``document.py``, the
+growth-exponent and crossover analyses in ``analysis.py``, the quality and paper-table sections in
+``quality.py``.
 
 Row conventions (results.jsonl, see docs/contracts.md) read by the optional sections:
 

@@ -67,6 +67,8 @@ footer { margin-top: 40px; color: var(--muted); font-size: 12px; }
   h2 { break-after: avoid; page-break-after: avoid; }
   figure, .highlights { break-inside: avoid; page-break-inside: avoid; }
   tr { break-inside: avoid; page-break-inside: avoid; }
+  thead { display: table-header-group; }  /* repeat a split table's header on the next page */
+  caption { break-after: avoid; page-break-after: avoid; }
   .table-wrap { overflow: visible; }
   a { color: inherit; text-decoration: none; }
 }
