@@ -72,8 +72,10 @@ def _count_points(suite, device_type: str) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dimbench import results
     from dimbench.runner import Interrupted, Runner, build_report
-    from dimbench.suite import expand, load_suite
+    from dimbench.suite import check_device, expand, load_suite
 
+    if args.device is not None and not check_device(args.device):  # before the (slow) registry imports
+        raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
     plan = expand(suite, device=args.device, out=args.out)
     out = console()
