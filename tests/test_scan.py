@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.scan import (
@@ -16,8 +15,8 @@ from models.scan import (
     available_backends,
     chunked_scan,
     default_chunk_size,
-    register_backend,
     reference_scan,
+    register_backend,
     scan_backend,
     scan_backward_flops,
     scan_flops,
@@ -80,7 +79,7 @@ def assert_matches_float64(run, inputs, delta_softplus=True, rtol=2e-5, atol=2e-
     names = [k for k, v in leaves.items() if v is not None]
     grads = torch.autograd.grad(out, [leaves[k] for k in names], grad_out.to(out))
     grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
-    for name, g, g64 in zip(names, grads, grads64):
+    for name, g, g64 in zip(names, grads, grads64, strict=True):
         scale = g64.abs().max().item()
         torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-5 * max(1.0, scale),
                                    msg=lambda m, name=name: f"gradient of {name}: {m}")
@@ -121,6 +120,28 @@ def test_chunked_long_sequence_many_chunks():
     assert default_chunk_size(1, 3, 400, 3, torch.device("cpu")) < 400
     out = chunked_scan(**inputs)
     torch.testing.assert_close(out.double(), recurrence64(**inputs), rtol=5e-5, atol=5e-5)
+
+
+def test_chunk_decay_flushes_subnormals_to_zero():
+    """The whole-chunk decay is exactly 0 where exp would be subnormal in float32 (slow on x86), else exp."""
+    from models.scan.chunked import _chunk_decay
+
+    dt_sum = torch.tensor([[[1.0, 5.0, 6.0]]])                        # (batch 1, 1 chunk, d_inner 3)
+    At = torch.tensor([[-10.0, -17.0, -15.0], [-1.0, -1.0, -1.0]])   # (N 2, d_inner 3): args -10, -85, -90; -1, -5, -6
+    expected = torch.exp(dt_sum.unsqueeze(2) * At)
+    expected[0, 0, 0, 2] = 0.0                                        # exp(-90) is subnormal in float32
+    assert 0 < torch.exp(torch.tensor(-90.0)) < torch.finfo(torch.float32).tiny
+    for track in (False, True):
+        torch.testing.assert_close(_chunk_decay(dt_sum, At, track), expected, rtol=0, atol=0)
+
+
+def test_chunked_strong_decay_matches():
+    """Large Δ·|A|: per-step decays are normal floats, but a whole chunk's decay underflows (and is flushed
+    to zero); the output and gradients still match the float64 recurrence."""
+    inputs = make_inputs(L=40, N=4)
+    inputs["A"] = inputs["A"] * 10.0
+    inputs["delta"] = inputs["delta"] + 2.5       # Δ ≈ 2, |A| up to 16: e^-32 per step, e^-250 per chunk of 8
+    assert_matches_float64(lambda **kw: chunked_scan(**kw, chunk_size=8), inputs)
 
 
 def test_chunked_inference_path_equals_autograd_path():
@@ -379,7 +400,7 @@ def test_chunked_on_cuda_matches_float64_cpu_recurrence(L):
         names = [k for k, v in leaves.items() if v is not None]
         grads = torch.autograd.grad(out, [leaves[k] for k in names], grad_out.float().cuda())
         grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
-        for name, g, g64 in zip(names, grads, grads64):
+        for name, g, g64 in zip(names, grads, grads64, strict=True):
             torch.testing.assert_close(g.cpu().double(), g64, rtol=1e-3, atol=1e-4 * max(1.0, g64.abs().max().item()),
                                        msg=lambda m, name=name: f"gradient of {name}: {m}")
     finally:

@@ -1,31 +1,32 @@
 """The ``chunked`` backend: an exact selective scan in about 2·T + K Python steps instead of L (K = ⌈L/T⌉).
 
 Split the sequence into K chunks of T steps (the last one zero-padded: Δ = 0 there, so the padding neither
-decays the state nor feeds it). With x^0 the state of a chunk started from zero and S_k the true state entering
-chunk k, linearity of the recurrence gives, for step t of chunk k,
+decays the state nor feeds it). The recurrence x_t = Ā_t ⊙ x_{t-1} + (Δ_t·u_t) ⊗ B_t is linear in the state, so
+a chunk's end state is its end state from zero plus the start state carried through the whole chunk's decay:
 
-    x_t = x^0_t + P_t ⊙ S_k,        P_t = exp(A · Σ_{s≤t in chunk} Δ_s)   (the decay since the chunk start)
+1. chunk end states from zero, all chunks at once: T sequential steps of the recurrence, E_k = x^0_{T-1}(chunk k);
+2. states entering each chunk: K-1 sequential steps, S_0 = 0, S_{k+1} = G_k ⊙ S_k + E_k, with the whole chunk's
+   decay G_k = exp(A · Σ_{t in chunk k} Δ_t);
+3. outputs: T sequential steps of the same recurrence, all chunks at once, each chunk started from S_k, reading
+   out y_t = C_t · x_t on the way.
 
-so the scan runs in three phases:
+Phases 1 and 3 are the step-by-step recurrence itself (same decays, same order of operations), so the result
+equals the sequential scan up to float32 rounding in G_k (exp of a sum instead of a product of exps). Only G_k
+multiplies many decays; where exp would return a subnormal float32 (< 2**-126), it is set to exactly 0 (see
+``_chunk_decay``), because subnormal arithmetic is ~100x slower on x86 CPUs.
 
-1. intra-chunk: T sequential steps, all K chunks at once, from zero state:
-   x^0_t = exp(Δ_t ⊗ A) ⊙ x^0_{t-1} + (Δ_t·u_t) ⊗ B_t;  y_t = C_t · x^0_t.
-2. across chunks: K-1 sequential steps over the chunk end states E_k = x^0_{T-1}(chunk k):
-   S_0 = 0,  S_{k+1} = G_k ⊙ S_k + E_k,  G_k = exp(A · Σ_{chunk k} Δ)  (the whole chunk's decay).
-3. correction: T steps, all chunks at once: y_t += C_t · (P_t ⊙ S_k)   (chunk 0 has S_0 = 0 and is skipped).
-
-Every factor is exp of a non-positive number when A ≤ 0 (as in Mamba), so nothing overflows; the result equals
-the step-by-step recurrence up to float32 rounding (exp of a sum instead of a product of exps).
+Cost: about 9 passes over batch·L·N·d_inner floats (Δ⊗A, exp, ⊙, +(Δu)⊗B in phases 1 and 3, the C read-out),
+against ~5 for the sequential scan, but in 2·T + K Python steps instead of L.
 
 Layout: the work tensors are (batch, K, N, d_inner), d_inner innermost, so each step's broadcasts run along
 contiguous memory and a step's working set (batch·K·N·d_inner floats) can stay in cache on a CPU. The per-step
 inputs are read from tokens-major copies (batch, K, T, channels) of Δ, Δ·u, B and C. Memory: O(batch·K·N·d_inner)
-for the work tensors plus O(batch·L·d_inner) for those copies; no (batch, d_inner, L, N) tensor is ever built
-in the forward (under autograd each step's tensors are saved, about 3 of that size in total).
+for the work tensors plus O(batch·L·d_inner) for those copies; no (batch, d_inner, L, N) tensor is built in the
+forward (under autograd each step's tensors are saved, about 3 of that size in total).
 
-Chunk size T (``default_chunk_size``): on CUDA ⌈√L⌉, which minimises T + K kernel-launch rounds. On a CPU the
-cost is dominated by memory traffic of the per-step tensors, so K is chosen to keep one (batch, K, N, d_inner)
-tensor near 2**18 floats (1 MiB, so the few live ones fit in L2/L3) while T stays ≥ ⌈√L⌉/2 to bound the Python
+Chunk size T (``default_chunk_size``): on CUDA ⌈√L⌉, which minimises the T + K rounds of kernel launches. On a
+CPU the cost is the memory traffic of the per-step tensors, so K is chosen to keep one (batch, K, N, d_inner)
+tensor near 2**18 floats (1 MiB, so the few live ones stay in cache) while T stays ≥ ⌈√L⌉/2 to bound the Python
 steps; measured on a 2-core Xeon (benchmarks/test_bench_scan.py). Any T ≥ 1 gives the same result.
 """
 
@@ -88,55 +89,63 @@ def _chunked_core(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk_
     dtuc = _to_chunks(dt * u, K, T)
     Bc = _to_chunks(B, K, T)                                  # (batch, K, T, N)
     Cc = _to_chunks(C, K, T)
+    decay = None if track else u.new_empty(batch, K, d_state, d_inner)
 
-    def dt_at(t):   # (batch, K, 1, d_inner)
-        return dtc[:, :, t].unsqueeze(2)
+    def per_step(chunks: slice):
+        """Per-step views for the chunks selected: Δ_t, Δ_t·u_t (batch, k, 1, d_inner), B_t (batch, k, N, 1)."""
+        return zip(dtc[:, chunks].unsqueeze(3).unbind(2), dtuc[:, chunks].unsqueeze(3).unbind(2),
+                   Bc[:, chunks].unsqueeze(4).unbind(2), strict=True)
 
-    def dtu_at(t):  # (batch, K, 1, d_inner)
-        return dtuc[:, :, t].unsqueeze(2)
-
-    def B_at(t):    # (batch, K, N, 1)
-        return Bc[:, :, t].unsqueeze(3)
-
-    def C_at(t):    # (batch, K, 1, N): a row vector per chunk, contracted with the (N, d_inner) state
-        return Cc[:, :, t].unsqueeze(2)
-
-    # Phase 1: intra-chunk recurrence from zero state, all chunks at once.
-    h = dtu_at(0) * B_at(0)                                   # (batch, K, N, d_inner)
-    ys = [torch.matmul(C_at(0), h)]                           # each (batch, K, 1, d_inner)
-    decay = None if track else torch.empty_like(h)
-    for t in range(1, T):
+    def step(h: Tensor, dt_t: Tensor, dtu_t: Tensor, B_t: Tensor) -> Tensor:
+        """x ← exp(Δ_t ⊗ A) ⊙ x + (Δ_t·u_t) ⊗ B_t, h (batch, k, N, d_inner); in place unless autograd records."""
         if track:
-            h = torch.exp(dt_at(t) * At) * h + dtu_at(t) * B_at(t)
+            return torch.exp(dt_t * At) * h + dtu_t * B_t
+        a = decay[:, : h.shape[1]]
+        torch.mul(dt_t, At, out=a).exp_()
+        return h.mul_(a).addcmul_(dtu_t, B_t)
+
+    # Phase 1: end states E_k of chunks 0..K-2 started from zero (the last chunk's is not needed).
+    # Phase 2: S_k, the state entering chunk k: S_0 = 0, S_{k+1} = G_k ⊙ S_k + E_k.
+    if K > 1:
+        steps = per_step(slice(0, K - 1))
+        _, dtu_0, B_0 = next(steps)
+        e = dtu_0 * B_0                                       # (batch, K-1, N, d_inner)
+        for dt_t, dtu_t, B_t in steps:
+            e = step(e, dt_t, dtu_t, B_t)
+        G = _chunk_decay(dtc[:, 1:K - 1].sum(2), At, track)   # chunks 1..K-2, (batch, K-2, N, d_inner)
+        if track:
+            states = [torch.zeros_like(e[:, 0]), e[:, 0]]
+            for k in range(1, K - 1):
+                states.append(G[:, k - 1] * states[-1] + e[:, k])
+            h = torch.stack(states, dim=1)                    # (batch, K, N, d_inner)
         else:
-            torch.mul(dt_at(t), At, out=decay).exp_()
-            h.mul_(decay).addcmul_(dtu_at(t), B_at(t))
-        ys.append(torch.matmul(C_at(t), h))
+            h = torch.cat([torch.zeros_like(e[:, :1]), e], dim=1)
+            for k in range(2, K):
+                h[:, k].addcmul_(G[:, k - 2], h[:, k - 1])
+    else:
+        h = u.new_zeros(batch, 1, d_state, d_inner)
+
+    # Phase 3: rerun every chunk from its true start state, reading out y_t = C_t · x_t.
+    ys = []
+    for (dt_t, dtu_t, B_t), C_t in zip(per_step(slice(0, K)), Cc.unsqueeze(3).unbind(2), strict=True):
+        h = step(h, dt_t, dtu_t, B_t)
+        ys.append(torch.matmul(C_t, h))                       # (batch, K, 1, N) @ (batch, K, N, d_inner)
     Y = torch.cat(ys, dim=2)                                  # (batch, K, T, d_inner)
-    if K == 1:
-        return Y.view(batch, T, d_inner)[:, :length].transpose(1, 2)
-
-    # Phase 2: states entering chunks 1..K-1. E_k = h[:, k] is chunk k's end state from zero start.
-    cdt = dtc.cumsum(2)                                       # Σ_{s≤t in chunk} Δ_s, (batch, K, T, d_inner)
-    G = torch.exp(cdt[:, 1:K - 1, T - 1].unsqueeze(2) * At)   # decay over chunks 1..K-2, (batch, K-2, N, d_inner)
-    if track:
-        states = [h[:, 0]]
-        for k in range(1, K - 1):
-            states.append(G[:, k - 1] * states[-1] + h[:, k])
-        S = torch.stack(states, dim=1)                        # (batch, K-1, N, d_inner)
-    else:
-        S = h[:, :K - 1].clone()                              # S[:, k] holds E_k, becomes S_{k+1}
-        for k in range(1, K - 1):
-            S[:, k].addcmul_(G[:, k - 1], S[:, k - 1])
-
-    # Phase 3: add C_t · (P_t ⊙ S_k) for chunks 1..K-1.
-    if track:
-        corr = [torch.matmul(C_at(t)[:, 1:], torch.exp(dt_cum * At) * S)
-                for t, dt_cum in enumerate(cdt[:, 1:].unsqueeze(3).unbind(2))]
-        Y = torch.cat([Y[:, :1], Y[:, 1:] + torch.cat(corr, dim=2)], dim=1)
-    else:
-        P = torch.empty_like(S)
-        for t in range(T):
-            torch.mul(cdt[:, 1:, t].unsqueeze(2), At, out=P).exp_().mul_(S)
-            Y[:, 1:, t].add_(torch.matmul(C_at(t)[:, 1:], P).squeeze(2))
     return Y.view(batch, K * T, d_inner)[:, :length].transpose(1, 2)
+
+
+#: exp(x) is subnormal in float32 below this (log of the smallest normal float32, 2**-126).
+_LOG_FLOAT32_TINY = -87.3365
+
+
+def _chunk_decay(dt_sum: Tensor, At: Tensor, track: bool) -> Tensor:
+    """exp(Δ-sum ⊗ A) for whole chunks: (batch, k, d_inner) x (N, d_inner) -> (batch, k, N, d_inner).
+
+    A product of T decays can be far below float32's normal range; subnormal numbers cost ~100x on x86 CPUs,
+    so values that exp would return as subnormal (< 2**-126) are returned as exactly 0, as a GPU in
+    flush-to-zero mode does. The dropped part of the state is below 1e-38 times its previous size.
+    """
+    arg = dt_sum.unsqueeze(2) * At
+    if track:
+        return torch.exp(arg).masked_fill(arg < _LOG_FLOAT32_TINY, 0.0)
+    return torch.nn.functional.threshold_(arg, _LOG_FLOAT32_TINY, float("-inf")).exp_()

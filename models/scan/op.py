@@ -12,7 +12,6 @@ A ``torch.library.custom_op`` so that
 The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``).
 """
 
-from typing import Optional
 
 import torch
 from torch import Tensor
@@ -25,7 +24,7 @@ from .registry import get_backend, resolve_backend
 _LAST_BACKEND: list = [None]
 
 
-def scan_backend() -> Optional[str]:
+def scan_backend() -> str | None:
     """Name of the backend that computed the last selective scan in this process (None before any).
 
     Calls on the meta device or under FakeTensorMode compute nothing and do not change it.
@@ -33,9 +32,9 @@ def scan_backend() -> Optional[str]:
     return _LAST_BACKEND[0]
 
 
-def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
-                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None, delta_softplus: bool = True,
-                   backend: Optional[str] = None) -> Tensor:
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = True,
+                   backend: str | None = None) -> Tensor:
     """Selective scan (Mamba-1), computed in float32 whatever the input dtype.
 
     Shapes: u, delta, z (batch, d_inner, L); A (d_inner, N); B, C (batch, N, L); D, delta_bias (d_inner,).
@@ -54,8 +53,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 
 @torch.library.custom_op("dimbench_scan::selective_scan", mutates_args=())
-def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
-             z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool, backend: str) -> Tensor:
+def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+             z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, backend: str) -> Tensor:
     name = resolve_backend(backend, u.device)
     # No autograd state in the forward: the backward recomputes (see the module docstring).
     with torch.no_grad():
@@ -74,26 +73,27 @@ def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
 
 @torch.library.custom_op("dimbench_scan::selective_scan_backward", mutates_args=())
 def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                      D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                      D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
                       delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
     """Gradients (contiguous, each input's dtype) of the inputs among (u, delta, A, B, C, D, z, delta_bias)
     whose ``needs`` flag is set and that are not None, in that order."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     fn = get_backend(resolve_backend(backend, u.device)).fn
     with _autograd_dispatch_enabled(), torch.enable_grad():
-        leaves = [None if t is None else t.detach().requires_grad_(bool(need)) for t, need in zip(inputs, needs)]
-        wrt = [t for t, need in zip(leaves, needs) if t is not None and need]
+        leaves = [None if t is None else t.detach().requires_grad_(bool(need))
+                  for t, need in zip(inputs, needs, strict=True)]
+        wrt = [t for t, need in zip(leaves, needs, strict=True) if t is not None and need]
         out = fn(*leaves, delta_softplus)
         grads = torch.autograd.grad(out, wrt, grad_out, allow_unused=True)
     return [_fresh((torch.zeros_like(x) if g is None else g).contiguous(), inputs + (grad_out,))
-            for g, x in zip(grads, wrt)]
+            for g, x in zip(grads, wrt, strict=True)]
 
 
 @_scan_backward_op.register_fake
 def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, needs):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [torch.empty_like(t, memory_format=torch.contiguous_format)
-            for t, need in zip(inputs, needs) if t is not None and need]
+            for t, need in zip(inputs, needs, strict=True) if t is not None and need]
 
 
 # Custom-op kernels run with the autograd dispatch keys excluded (the op's own autograd formula stands for
@@ -120,7 +120,7 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     inputs = ctx.saved_tensors
-    needs = [bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:8], inputs)]
+    needs = [bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:8], inputs, strict=True)]
     if not any(needs):
         return (None,) * 10
     grads = iter(torch.ops.dimbench_scan.selective_scan_backward(

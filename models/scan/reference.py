@@ -25,7 +25,7 @@ def reference_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     x = u32.new_zeros(batch, d_inner, A32.shape[1])  # state (batch, d_inner, N)
     dtu = dt * u32
     ys = []
-    for dt_t, dtu_t, B_t, C_t in zip(dt.unbind(-1), dtu.unbind(-1), B32.unbind(-1), C32.unbind(-1)):
+    for dt_t, dtu_t, B_t, C_t in zip(dt.unbind(-1), dtu.unbind(-1), B32.unbind(-1), C32.unbind(-1), strict=True):
         decay = torch.exp(dt_t.unsqueeze(-1) * A32)                  # (batch, d_inner, N)
         x = decay * x + dtu_t.unsqueeze(-1) * B_t.unsqueeze(1)
         ys.append(torch.matmul(x, C_t.unsqueeze(-1)).squeeze(-1))    # (batch, d_inner)

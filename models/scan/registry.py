@@ -17,8 +17,8 @@ is no silent fallback. On the meta device nothing runs, so any known name is acc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -1,0 +1,91 @@
+"""CPU micro-benchmarks of the selective scan (pytest-benchmark; not part of CI).
+
+    pytest benchmarks/test_bench_scan.py --benchmark-only --benchmark-group-by=group
+
+Shapes are one DiM-S/2 Mamba layer (d_inner 1024, N 16, batch 1) at 32x32 px (L = 366, sequence of the padded
+16x16 grid) and at the 512 px length L = 1230. What is timed: one forward of the custom op
+``selective_scan`` (float32, under torch.inference_mode, cpu wall clock by pytest-benchmark), for the
+``reference`` and ``chunked`` backends, a sweep of chunk sizes T for ``chunked`` (to justify
+``default_chunk_size``), and forward + backward. CPU timings are for relative comparisons on the machine at hand
+(shared, noisy): compare backends by the ratio within one run, never against a fixed number.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.scan import chunked_scan, default_chunk_size, scan_backend, selective_scan
+
+D_INNER, N = 1024, 16
+LENGTHS = {"32px": 366, "512px": 1230}
+
+
+def _inputs(L: int, batch: int = 1, requires_grad: bool = False):
+    g = torch.Generator().manual_seed(0)
+    t = dict(
+        u=torch.randn(batch, D_INNER, L, generator=g),
+        delta=torch.randn(batch, D_INNER, L, generator=g) - 2.0,
+        A=-torch.arange(1, N + 1, dtype=torch.float32).repeat(D_INNER, 1),  # DiM's initial A = -[1..16]
+        B=torch.randn(batch, N, L, generator=g),
+        C=torch.randn(batch, N, L, generator=g),
+        D=torch.ones(D_INNER),
+        z=torch.randn(batch, D_INNER, L, generator=g),
+        delta_bias=torch.randn(D_INNER, generator=g) * 0.1,
+    )
+    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+
+
+def _info(benchmark, **extra):
+    benchmark.extra_info.update(threads=torch.get_num_threads(), d_inner=D_INNER, d_state=N, batch=1,
+                                dtype="float32", **extra)
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("size", list(LENGTHS))
+def test_scan_forward(benchmark, backend, size):
+    L = LENGTHS[size]
+    t = _inputs(L)
+    benchmark.group = f"scan forward L={L}"
+
+    def run():
+        with torch.inference_mode():
+            return selective_scan(**t, backend=backend)
+
+    rounds = 5 if backend == "reference" else 30
+    out = benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
+    assert out.shape == (1, D_INNER, L) and scan_backend() == backend
+    _info(benchmark, backend=backend, L=L, chunk_size=default_chunk_size(1, D_INNER, L, N, torch.device("cpu")),
+          method=f"cpu wall clock (pytest-benchmark), {rounds} rounds after 2 warm-up, torch.inference_mode")
+
+
+@pytest.mark.parametrize("chunk", [8, 12, 16, 24, 32, 48, 64, 96])
+@pytest.mark.parametrize("size", list(LENGTHS))
+def test_chunk_size_sweep(benchmark, chunk, size):
+    L = LENGTHS[size]
+    t = _inputs(L)
+    benchmark.group = f"chunked T sweep L={L} (default T={default_chunk_size(1, D_INNER, L, N, torch.device('cpu'))})"
+
+    def run():
+        with torch.inference_mode():
+            return chunked_scan(**t, chunk_size=chunk)
+
+    benchmark.pedantic(run, rounds=20, warmup_rounds=2, iterations=1)
+    _info(benchmark, backend="chunked", L=L, chunk_size=chunk,
+          method="cpu wall clock (pytest-benchmark), 20 rounds after 2 warm-up, torch.inference_mode")
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+def test_scan_forward_backward(benchmark, backend):
+    L = LENGTHS["32px"]
+    t = _inputs(L, requires_grad=True)
+    grad = torch.randn(1, D_INNER, L, generator=torch.Generator().manual_seed(1))
+    benchmark.group = f"scan forward+backward L={L}"
+
+    def run():
+        out = selective_scan(**t, backend=backend)
+        return torch.autograd.grad(out, list(t.values()), grad)
+
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
+    _info(benchmark, backend=backend, L=L,
+          method="cpu wall clock (pytest-benchmark), 5 rounds after 1 warm-up, forward + grads of all 8 inputs")
