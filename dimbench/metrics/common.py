@@ -1,0 +1,244 @@
+"""Helpers every metric shares: build the model for a point, make its inputs, resolve device and dtype, and say
+which attention and scan kernels actually ran.
+
+The model is always built in float32; a bfloat16/float16 point runs it under ``torch.autocast`` (the way these
+models are trained and sampled), so the dtype of a point is an autocast dtype, not a parameter dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import models
+from dimbench.metrics.base import DTYPES
+from dimbench.points import SweepPoint
+from models import model_info
+
+# Family conventions for the timestep input (architecture.md): DiM and U-ViT take the DDPM step n in [1, 1000]
+# as a float, DiT takes an integer step in 0 ... 999.
+_T_RANGE = {"dit": (0, 1000, torch.long), "dim": (1, 1001, torch.float32), "uvit": (1, 1001, torch.float32)}
+
+# The aten kernels scaled_dot_product_attention can resolve to, and the name a reader knows them by.
+ATTENTION_KERNELS = {
+    "_scaled_dot_product_flash_attention": "flash",
+    "_scaled_dot_product_efficient_attention": "efficient",
+    "_scaled_dot_product_cudnn_attention": "cudnn",
+    "_scaled_dot_product_flash_attention_for_cpu": "cpu_flash",
+    "_scaled_dot_product_fused_attention_overrideable": "overrideable",
+    "_scaled_dot_product_attention_math": "math",
+}
+
+
+def resolve_device(point: SweepPoint) -> torch.device:
+    """The point's device; a CUDA point on a machine without CUDA is an error, not a silent CPU run."""
+    device = torch.device(point.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"point {point.key} asks for {point.device} but CUDA is not available here")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def resolve_dtype(point: SweepPoint) -> torch.dtype:
+    try:
+        return DTYPES[point.dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {point.dtype!r}; known: {', '.join(DTYPES)}") from None
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """float32 runs as is; a lower precision runs under torch.autocast on the point's device type."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_label(dtype: torch.dtype) -> str:
+    """How the point's dtype was applied, for method strings."""
+    if dtype == torch.float32:
+        return "float32 weights and activations"
+    return f"float32 weights, torch.autocast({str(dtype).replace('torch.', '')})"
+
+
+def tf32_setting() -> dict[str, Any]:
+    """Whether float32 matmuls/convolutions may use TF32 (it changes float32 speed on Ampere and later)."""
+    return {
+        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+# Module-level tensor caches in the model code: (module, attribute). models.dim caches its token index maps per
+# (grid, layout, device). A map first built under FakeTensorMode is a FakeTensor (a later real forward on that
+# device would reuse it and compute nothing), and one first built under inference_mode cannot be saved for
+# backward (a later training step fails). Until the cache guards against both itself, metrics that run in such
+# modes, or need autograd, run with it emptied and put it back afterwards.
+_MODEL_CACHES = (("models.dim", "_MAP_CACHE"),)
+
+
+@contextlib.contextmanager
+def isolated_model_caches():
+    """Run the block with the models' module-level tensor caches empty, and restore their contents after it."""
+    saved = []
+    for module_name, attr in _MODEL_CACHES:
+        cache = getattr(sys.modules.get(module_name), attr, None)
+        if isinstance(cache, dict):
+            saved.append((cache, dict(cache)))
+            cache.clear()
+    try:
+        yield
+    finally:
+        for cache, contents in saved:
+            cache.clear()
+            cache.update(contents)
+
+
+def model_kwargs(point: SweepPoint) -> dict[str, Any]:
+    """create_model keyword arguments for a point (input size, and DiM's pad layout when the point sets one)."""
+    kwargs: dict[str, Any] = {"input_size": point.input_size}
+    if point.pad_layout:
+        if model_info(point.model).family != "dim":
+            raise ValueError(f"pad_layout is a DiM option; {point.model} is not a DiM")
+        kwargs["pad_layout"] = point.pad_layout
+    return kwargs
+
+
+def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: bool = True) -> nn.Module:
+    """Build the point's model on ``device`` in float32, in eval mode.
+
+    On the meta device nothing is allocated and no checkpoint is read (counts do not depend on weights);
+    elsewhere the point's checkpoint, if any, is loaded.
+    """
+    device = torch.device(device)
+    with torch.device(device):
+        model = models.create_model(point.model, **model_kwargs(point))
+    if point.checkpoint and load_weights and device.type != "meta":
+        models.load_checkpoint(model, point.checkpoint)
+    return model.eval()
+
+
+def num_classes(model_name: str) -> int:
+    """Real classes of a class-conditional model; 0 for an unconditional one."""
+    return int(model_info(model_name).defaults.get("num_classes") or 0)
+
+
+def make_inputs(
+    model_name: str,
+    batch: int,
+    input_size: int,
+    device: torch.device | str,
+    *,
+    in_channels: int | None = None,
+    seed: int = 0,
+    shapes_only: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, t, y) for one denoising forward pass of ``model_name``.
+
+    x: (batch, in_channels, input_size, input_size) standard normal; t: in the family's convention; y: random
+    labels for a class-conditional model, None (the null class) for an unconditional one. With ``shapes_only``
+    (implied on the meta device; needed under FakeTensorMode, where no random generator may be created) the
+    tensors are uninitialised: right shapes and dtypes, no values.
+    """
+    info = model_info(model_name)
+    channels = int(in_channels if in_channels is not None else info.defaults["in_channels"])
+    device = torch.device(device)
+    low, high, t_dtype = _T_RANGE[info.family]
+    classes = num_classes(model_name)
+    if shapes_only or device.type == "meta":
+        x = torch.empty(batch, channels, input_size, input_size, device=device)
+        t = torch.empty(batch, device=device, dtype=t_dtype)
+        y = torch.empty(batch, device=device, dtype=torch.long) if classes > 0 else None
+        return x, t, y
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(batch, channels, input_size, input_size, device=device, generator=gen)
+    t = torch.randint(low, high, (batch,), device=device, generator=gen).to(t_dtype)
+    y = torch.randint(0, classes, (batch,), device=device, generator=gen) if classes > 0 else None
+    return x, t, y
+
+
+def point_inputs(point: SweepPoint, model: nn.Module, device: torch.device | str, **kwargs: Any):
+    """make_inputs for a point, with the channel count of the model actually built."""
+    in_channels = getattr(model, "in_channels", None)
+    return make_inputs(point.model, point.batch, point.input_size, device, in_channels=in_channels, **kwargs)
+
+
+class _KernelRecorder(TorchDispatchMode):
+    """Records which attention kernels and custom ops a forward pass dispatched to.
+
+    scaled_dot_product_attention reaches a dispatch mode as one composite op; decomposing it (as
+    FlopCounterMode does) reveals the backend kernel the dispatcher picked for these tensors.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention: set[str] = set()
+        self.custom_ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if not isinstance(func, torch._ops.OpOverload):  # higher-order ops: nothing to record, run as is
+            return func(*args, **kwargs)
+        name = func._overloadpacket.__name__
+        if name in ATTENTION_KERNELS:
+            self.attention.add(ATTENTION_KERNELS[name])
+        elif func.namespace not in ("aten", "prim"):
+            self.custom_ops.add(f"{func.namespace}::{name}")
+        if func is not torch.ops.prim.device.default:
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
+        return func(*args, **kwargs)
+
+
+def probe_backends(run_once) -> dict[str, Any]:
+    """Run ``run_once()`` (one untimed forward) recording the attention kernel and the scan backend that ran.
+
+    Raises if the pass returned a FakeTensor (see :func:`ensure_real`). Returns extra fields: attention_backend
+    ("none" when the model has no SDPA call), scan_backend (None when no scan ran), custom_ops.
+    """
+    recorder = _KernelRecorder()
+    with recorder:
+        out = run_once()
+    ensure_real(out)
+    scan_ran = any(op.startswith("dimbench_scan::") for op in recorder.custom_ops)
+    return {
+        "attention_backend": ",".join(sorted(recorder.attention)) or "none",
+        "scan_backend": models.scan_backend() if scan_ran else None,
+        "custom_ops": sorted(recorder.custom_ops),
+    }
+
+
+def ensure_real(out: Any) -> None:
+    """Raise if a forward that should have computed returned FakeTensors.
+
+    A model that caches tensors made during a FakeTensorMode run (a memory prediction) and reuses them in a
+    later real run silently turns that run fake: no compute, bogus timings. Better an error row than that.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    leaves = torch.utils._pytree.tree_leaves(out)
+    if any(isinstance(leaf, FakeTensor) for leaf in leaves):
+        raise RuntimeError(
+            "the forward pass returned a FakeTensor outside FakeTensorMode: the model reused fake tensors cached "
+            "during an earlier prediction, so nothing was computed"
+        )
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,283 @@
+"""Peak memory of one forward pass: predicted (anywhere) and, on CUDA, measured.
+
+Predicted (``mem_predicted_gib``): the model is built on the meta device, its parameters, buffers and the inputs
+are re-created as FakeTensors on the point's device (no memory, no compute), and one forward pass under
+torch.inference_mode runs under a dispatch mode that adds up the bytes of every live tensor storage (a storage
+counts once however many views share it; a weakref finalizer subtracts it when it dies). The peak over the pass
+is the prediction. It includes parameters, buffers, inputs, activations and outputs; it does not include kernel
+workspaces (cuBLAS/cuDNN, attention kernels' scratch), allocator rounding and caching, or the CUDA context.
+The selective scan is a custom op whose fake kernel only makes its output: when the backend that would run is the
+pure-PyTorch ``chunked`` one, its code is also run once per shape on meta tensors under a second tracker and its
+peak work (output included) is added on top of what is live at the call; for a fused kernel (mamba_ssm, triton)
+or the step-by-step ``reference`` backend only the output counts. The attention
+path the prediction followed is recorded: it matters (the math path materialises the L x L score matrix, flash
+and memory-efficient kernels do not), and on a machine without CUDA a fake CUDA tensor can only take the math
+path, so CUDA points are predicted on the CUDA machine itself.
+
+Measured on CUDA: ``torch.cuda.reset_peak_memory_stats`` then ``max_memory_allocated`` / ``max_memory_reserved``
+around one forward pass (after one warm-up pass); and NVML's device-wide "used" memory after it, which includes
+the CUDA context, the allocator's cache and any other process on the card.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from dimbench.metrics.base import Measurement, Metric
+from dimbench.metrics.common import (
+    ATTENTION_KERNELS,
+    autocast_context,
+    build_model,
+    device_name,
+    isolated_model_caches,
+    point_inputs,
+    precision_label,
+    probe_backends,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+)
+from dimbench.points import SweepPoint
+
+GIB = 2**30
+
+SCAN_OP = torch.ops.dimbench_scan.selective_scan
+# Backends whose Python code is cheap to run on fake tensors (about 2·sqrt(L) steps); "reference" takes L steps.
+TRACED_SCAN_BACKENDS = ("chunked",)
+
+PREDICTED_METHOD = (
+    "FakeTensor predicted peak: live tensor storage over one forward (inference_mode), parameters, buffers, inputs "
+    "and activations included (chunked scan's work tensors too); kernel workspaces, allocator overhead and CUDA "
+    "context excluded"
+)
+
+
+class LiveStorageTracker(TorchDispatchMode):
+    """Tracks the bytes of live tensor storages produced by ops (and by :meth:`track`), and their peak.
+
+    Composite ops are decomposed under the tracker (as FlopCounterMode does) so their intermediates are seen.
+    Storage Python objects are preserved by PyTorch (one per storage), which is what makes the weakref finalizer
+    a reliable "freed" signal.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._alive: set[int] = set()
+        self.attention: set[str] = set()
+        self.scan_backends: dict[str, str] = {}  # backend name -> how its memory was counted
+        self._scan_cache: dict[tuple, int] = {}
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._alive.discard(key)
+        self.live -= nbytes
+
+    def track(self, tensor: Any) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            return
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        if key in self._alive:
+            return
+        nbytes = storage.nbytes()
+        self._alive.add(key)
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(storage, self._free, key, nbytes)
+
+    def _scan_work_bytes(self, args, kwargs) -> int | None:
+        """Peak bytes the selective scan allocates inside one call (its output included), or None when its
+        backend is not traced. Measured by running the chunked backend's Python code on meta tensors (plain meta
+        ops are several times cheaper than fake ones, and a long sequence takes thousands of steps) with the
+        chunk size it would pick on the real device; cached per shape, so 49 identical blocks cost one run."""
+        import models.scan as scan
+
+        backend = args[9] if len(args) > 9 else kwargs.get("backend")
+        if backend not in TRACED_SCAN_BACKENDS:
+            self.scan_backends[str(backend)] = "output only (fused or step-by-step backend: work not traced)"
+            return None
+        self.scan_backends[backend] = "work tensors traced on meta"
+        inputs = args[:8]
+        key = (backend, str(inputs[0].device), bool(args[8]), *(None if t is None else (tuple(t.shape), t.dtype)
+                                                                  for t in inputs))
+        if key not in self._scan_cache:
+            u, A = inputs[0], inputs[2]
+            batch, d_inner, length = u.shape
+            chunk = scan.default_chunk_size(batch, d_inner, length, A.shape[1], u.device)
+            with unset_fake_temporarily():
+                meta = [None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta") for t in inputs]
+                inner = LiveStorageTracker()
+                with inner:
+                    scan.chunked_scan(*meta, delta_softplus=bool(args[8]), chunk_size=chunk)
+            self._scan_cache[key] = inner.peak
+        return self._scan_cache[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if isinstance(func, torch._ops.OpOverload):
+            name = func._overloadpacket.__name__
+            if name in ATTENTION_KERNELS:
+                self.attention.add(ATTENTION_KERNELS[name])
+            if func._overloadpacket is SCAN_OP:
+                work = self._scan_work_bytes(args, kwargs)
+                if work is not None:
+                    self.peak = max(self.peak, self.live + work)
+            if func is not torch.ops.prim.device.default:
+                with self:
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+        out = func(*args, **kwargs)
+        for leaf in tree_leaves(out):
+            self.track(leaf)
+        return out
+
+
+def predict_forward_peak(point: SweepPoint, device: torch.device | str | None = None) -> dict[str, Any]:
+    """Predicted peak bytes of one forward pass at the point (see the module docstring for what it includes).
+
+    ``device`` defaults to the point's device; a CUDA prediction needs the CUDA machine to follow the real
+    attention kernel (on a machine without CUDA SDPA falls back to the math path).
+    """
+    device = torch.device(device if device is not None else point.device)
+    dtype = resolve_dtype(point)
+    model = build_model(point, "meta")
+    names_and_tensors = list(model.named_parameters()) + list(model.named_buffers())
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    tracker = LiveStorageTracker()
+    with fake_mode:
+        state = {n: torch.empty(p.shape, dtype=p.dtype, device=device) for n, p in names_and_tensors}
+        x, t, y = point_inputs(point, model, device, shapes_only=True)
+    for tensor in (*state.values(), x, t, y):
+        tracker.track(tensor)
+    resident = tracker.live
+    with isolated_model_caches(), fake_mode, tracker, torch.inference_mode(), autocast_context(device, dtype):
+        out = torch.func.functional_call(model, state, (x, t, y))
+    return {
+        "peak_bytes": tracker.peak,
+        "resident_bytes": resident,
+        "activation_peak_bytes": tracker.peak - resident,
+        "output_bytes": out.untyped_storage().nbytes(),
+        "attention_path": ",".join(sorted(tracker.attention)) or "none",
+        "scan_memory": tracker.scan_backends,
+        "device": str(device),
+    }
+
+
+def _nvml_used_bytes(device: torch.device) -> tuple[int, str]:
+    """Device-wide used memory from NVML for the torch device, matched by PCI bus id."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        props = torch.cuda.get_device_properties(device)
+        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
+        handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), bus_id
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def measure_cuda_forward_peak(point: SweepPoint) -> dict[str, Any]:
+    """max_memory_allocated / max_memory_reserved of one forward, and NVML device used after it."""
+    device, dtype = resolve_device(point), resolve_dtype(point)
+    model = build_model(point, device)
+    x, t, y = point_inputs(point, model, device)
+
+    def forward():
+        with torch.inference_mode(), autocast_context(device, dtype):
+            return model(x, t, y)
+
+    backends = probe_backends(forward)  # also the warm-up pass (workspaces, kernel selection)
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    out = forward()
+    synchronize(device)
+    allocated = torch.cuda.max_memory_allocated(device)
+    reserved = torch.cuda.max_memory_reserved(device)
+    used, bus_id = _nvml_used_bytes(device)
+    del out
+    return {
+        "allocated_bytes": allocated,
+        "reserved_bytes": reserved,
+        "allocated_before_bytes": before,
+        "nvml_used_bytes": used,
+        "pci_bus_id": bus_id,
+        **backends,
+    }
+
+
+def memory_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+    device, dtype = torch.device(point.device), resolve_dtype(point)
+    if device.type == "cuda":
+        device = resolve_device(point)
+    pred = predict_forward_peak(point, device)
+    common = {"batch": point.batch, "precision": precision_label(dtype)}
+    pred_extra = {
+        **common,
+        "resident_gib": pred["resident_bytes"] / GIB,
+        "activation_peak_gib": pred["activation_peak_bytes"] / GIB,
+        "output_gib": pred["output_bytes"] / GIB,
+        "attention_path": pred["attention_path"],
+        "predicted_for": pred["device"],
+        "scan_memory": pred["scan_memory"],
+    }
+    rows = [Measurement("mem_predicted_gib", pred["peak_bytes"] / GIB, "GiB", PREDICTED_METHOD, pred_extra)]
+    if device.type != "cuda":
+        reason = "CUDA only: measured by the CUDA caching allocator and NVML"
+        for name in ("mem_allocated_gib", "mem_reserved_gib", "mem_device_gib"):
+            rows.append(Measurement(name, None, "GiB", "not measured", status="skipped", error=reason))
+        return rows
+
+    real = measure_cuda_forward_peak(point)
+    extra = {
+        **common,
+        "device_name": device_name(device),
+        "attention_backend": real["attention_backend"],
+        "scan_backend": real["scan_backend"],
+        "allocated_before_gib": real["allocated_before_bytes"] / GIB,
+        "predicted_gib": pred["peak_bytes"] / GIB,
+    }
+    region = "one forward (inference_mode) after one warm-up forward, parameters and inputs included"
+    rows += [
+        Measurement(
+            "mem_allocated_gib",
+            real["allocated_bytes"] / GIB,
+            "GiB",
+            f"torch.cuda.max_memory_allocated over {region}",
+            dict(extra),
+        ),
+        Measurement(
+            "mem_reserved_gib",
+            real["reserved_bytes"] / GIB,
+            "GiB",
+            f"torch.cuda.max_memory_reserved over {region} (allocator cache included)",
+            dict(extra),
+        ),
+        Measurement(
+            "mem_device_gib",
+            real["nvml_used_bytes"] / GIB,
+            "GiB",
+            "NVML device used after one forward: device-wide, includes the CUDA context, the allocator cache and "
+            "other processes on the card",
+            {**extra, "pci_bus_id": real["pci_bus_id"]},
+        ),
+    ]
+    return rows
+
+
+MEMORY = Metric(
+    name="memory",
+    produces=("mem_predicted_gib", "mem_allocated_gib", "mem_reserved_gib", "mem_device_gib"),
+    fn=memory_metric,
+    description="peak memory of one forward: FakeTensor-predicted everywhere; allocator peaks and NVML device "
+    "used on CUDA",
+)
