@@ -270,6 +270,49 @@ def test_bf16_peak_is_measured_once_then_cached(tmp_path, monkeypatch):
     assert not list(tmp_path.glob(".hardware.*"))  # no temporary file left behind
 
 
+def test_nvml_reading_is_matched_to_the_torch_device_by_uuid_or_pci(monkeypatch):
+    """The NVML handle must be the torch device's own (CUDA_VISIBLE_DEVICES renumbers devices); an unmatched
+    device is an error, not another GPU's number. NVML is replaced by a stand-in with two GPUs."""
+    import sys
+    import types
+
+    from dimbench.metrics import memory
+
+    gpus = {"GPU-aaaa": ("00000000:3b:00.0", 5 * 2**30), "GPU-bbbb": ("00000000:86:00.0", 7 * 2**30)}
+
+    class NVMLError(Exception):
+        pass
+
+    def by_uuid(uuid):
+        if uuid not in gpus:
+            raise NVMLError("not found")
+        return uuid
+
+    def by_pci(bus):
+        for uuid, (pci, _) in gpus.items():
+            if pci == bus:
+                return uuid
+        raise NVMLError("not found")
+
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByUUID=by_uuid, nvmlDeviceGetHandleByPciBusId=by_pci,
+        nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=gpus[handle][1]),
+    )  # fmt: skip
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+
+    def props(uuid, bus):
+        return types.SimpleNamespace(uuid=uuid, pci_domain_id=0, pci_bus_id=bus, pci_device_id=0)
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props("bbbb", 0x86))
+    assert memory._nvml_used_bytes(torch.device("cuda", 0)) == (7 * 2**30, "uuid GPU-bbbb")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props("unknown", 0x3B))
+    assert memory._nvml_used_bytes(torch.device("cuda", 0)) == (5 * 2**30, "pci 00000000:3b:00.0")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props("unknown", 0x11))
+    with pytest.raises(RuntimeError, match="NVML found no device"):
+        memory._nvml_used_bytes(torch.device("cuda", 0))
+
+
 # --- CUDA (run by scripts/gpu_check.sh on a GPU machine) -------------------------------------------------------------
 
 

@@ -172,15 +172,35 @@ def predict_forward_peak(point: SweepPoint, device: torch.device | str | None = 
 
 
 def _nvml_used_bytes(device: torch.device) -> tuple[int, str]:
-    """Device-wide used memory from NVML for the torch device, matched by PCI bus id."""
+    """Device-wide used memory from NVML for the torch device, and the NVML identity it was matched by.
+
+    Matched by the GPU's UUID (what CUDA_VISIBLE_DEVICES renumbering cannot change), else by PCI bus id; a device
+    matched by neither is an error, never another GPU's number.
+    """
     import pynvml
 
+    props = torch.cuda.get_device_properties(device)
+    candidates = []
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        candidates.append(("uuid", text if text.startswith("GPU-") else f"GPU-{text}"))
+    if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        candidates.append(("pci", f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"))
     pynvml.nvmlInit()
     try:
-        props = torch.cuda.get_device_properties(device)
-        bus_id = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-        handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), bus_id
+        errors = []
+        for kind, ident in candidates:
+            try:
+                if kind == "uuid":
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(ident)
+                else:
+                    handle = pynvml.nvmlDeviceGetHandleByPciBusId(ident)
+            except pynvml.NVMLError as e:
+                errors.append(f"{kind} {ident}: {e}")
+                continue
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), f"{kind} {ident}"
+        raise RuntimeError(f"NVML found no device for torch {device}: {'; '.join(errors) or 'no identity known'}")
     finally:
         pynvml.nvmlShutdown()
 
@@ -203,14 +223,14 @@ def measure_cuda_forward_peak(point: SweepPoint) -> dict[str, Any]:
     synchronize(device)
     allocated = torch.cuda.max_memory_allocated(device)
     reserved = torch.cuda.max_memory_reserved(device)
-    used, bus_id = _nvml_used_bytes(device)
+    used, nvml_id = _nvml_used_bytes(device)
     del out
     return {
         "allocated_bytes": allocated,
         "reserved_bytes": reserved,
         "allocated_before_bytes": before,
         "nvml_used_bytes": used,
-        "pci_bus_id": bus_id,
+        "nvml_device": nvml_id,
         **backends,
     }
 
@@ -268,7 +288,7 @@ def memory_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measuremen
             "GiB",
             "NVML device used after one forward: device-wide, includes the CUDA context, the allocator cache and "
             "other processes on the card",
-            {**extra, "pci_bus_id": real["pci_bus_id"]},
+            {**extra, "nvml_device": real["nvml_device"]},
         ),
     ]
     return rows

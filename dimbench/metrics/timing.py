@@ -75,10 +75,11 @@ def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repe
     synchronize(device)
     if device.type == "cuda":
         events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-        for start, end in events:
-            start.record()
-            fn()
-            end.record()
+        with torch.cuda.device(device):  # events record on the current device's current stream
+            for start, end in events:
+                start.record()
+                fn()
+                end.record()
         torch.cuda.synchronize(device)
         samples = [start.elapsed_time(end) for start, end in events]
         method = f"cuda events, median of {repeats} after {warmup} warm-up"
