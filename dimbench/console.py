@@ -23,7 +23,7 @@ def console(stderr: bool = False) -> Console:
     """A rich console; plain text (no colour codes, no live display) when the stream is not a terminal."""
     stream = sys.stderr if stderr else sys.stdout
     # Logs and pipes get a fixed wide layout (rich would assume 80 columns and fold the summary table).
-    width = None if stream.isatty() else 200
+    width = None if stream.isatty() else 240
     return Console(file=stream, highlight=False, width=width, soft_wrap=True)
 
 
@@ -124,16 +124,25 @@ def summary_table(rows: list[dict], title: str = "Summary"):
     # left out, and its reason still appears among the skipped notes.
     measured = {m for (_, m), row in cells.items() if row.get("status") != "skipped"}
     present = [c for c in SUMMARY_COLUMNS if c[0] in measured]
+    devices = {p["device"] for p in points.values()}
+    lead = ["model", "px", "batch", "dtype"] + (["device"] if len(devices) > 1 else [])
+    if len(devices) == 1:
+        title = f"{title} — device {devices.pop()}"
     table = Table(title=title, title_justify="left")
-    for header in ("model", "px", "batch", "dtype", "device"):
-        table.add_column(header, justify="left" if header in ("model", "dtype", "device") else "right")
+    for header in lead:
+        longest = max([len(header)] + [len(str(p[header if header != "px" else "resolution"]))
+                                       for p in points.values()])
+        table.add_column(header, justify="right" if header in ("px", "batch") else "left", no_wrap=True,
+                         min_width=longest)
     for _, header, _, _ in present:
         table.add_column(header, justify="right", no_wrap=True)
     methods: dict[str, set[str]] = {}
     problems: list[str] = []
     skipped: dict[str, list[str]] = {}
     for key, p in points.items():
-        line = [p["model"], str(p["resolution"]), str(p["batch"]), p["dtype"], p["device"]]
+        line = [p["model"], str(p["resolution"]), str(p["batch"]), p["dtype"]]
+        if len(lead) > 4:
+            line.append(p["device"])
         for metric, _, scale, fmt in present:
             row = cells.get((key, metric))
             if row is None:

@@ -709,13 +709,14 @@ def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
 
 
 def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None) -> Plan:
-    """The run's points, in order (model, resolution, batch, dtype), for a device (default: the suite's)."""
+    """The run's points, in order (resolution, model, batch, dtype), for a device (default: the suite's)."""
     resolved = resolve_device(device or suite.device)
     settings = suite.settings_for(resolved)
     models_known = known_models()
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
     plans = []
-    for entry, res in itertools.product(suite.models, settings.resolutions):
+    # Resolution-major: a run cut short still holds every model at the resolutions it reached.
+    for res, entry in itertools.product(settings.resolutions, suite.models):
         batches, dtypes = settings.at(settings.batch_sizes, res), settings.at(settings.dtypes, res)
         for batch, dtype in itertools.product(batches, dtypes):
             all_metrics = tuple(dict.fromkeys(suite.base.metrics + settings.metrics))

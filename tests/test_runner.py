@@ -161,6 +161,20 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, write_suite):
     assert (out / "logs" / "uvit_s_2_r32_b1_float32_cpu.log").exists()
 
 
+def test_spawned_workers_record_a_crash_too(tmp_path, write_suite):
+    """The spawn start method (a fresh interpreter per point: what CUDA runs use) reports the same way."""
+    suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2]"))
+    out = tmp_path / "out"
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report",
+                   env=cli_env(DIMBENCH_WORKER_START="spawn", DIMBENCH_INJECT_FAULT="#flops=crash"))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "(workers: spawn)" in proc.stdout
+    rows = _statuses(out)
+    dit = "dit_s_2|r32|b1|float32|cpu"
+    assert rows[(dit, "params")]["status"] == "ok" and rows[(dit, "params")]["value"] > 0
+    assert rows[(dit, "gmacs")]["status"] == "error" and "SIGSEGV" in rows[(dit, "gmacs")]["error"]
+
+
 def test_hung_worker_is_killed_at_the_timeout(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=4).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
     out = tmp_path / "out"
@@ -269,3 +283,51 @@ def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
     assert len(results.read_rows(out)) >= 4
     env = json.loads((out / "environment.json").read_text())
     assert env["runs"][-1]["interrupted"] is True
+
+
+# ----------------------------------------------------------------------------------------------- GPU spreading
+
+
+def test_points_are_spread_over_gpus(monkeypatch, tmp_path):
+    """One worker at a time per GPU, pinned with CUDA_VISIBLE_DEVICES; every point runs exactly once."""
+    import threading
+
+    import torch
+
+    from dimbench import runner as runner_mod
+    from dimbench.suite import expand, parse_suite
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
+    slots = runner_mod._slots("cuda", tmp_path)
+    assert [s.env for s in slots] == [{"CUDA_VISIBLE_DEVICES": g} for g in ("2", "5", "7")]
+    assert {s.method for s in slots} == {"spawn"}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in runner_mod._slots("cuda", tmp_path)] == ["0", "1", "2"]
+    assert [s.env for s in runner_mod._slots("cuda:1", tmp_path)] == [{}]  # a named GPU: no spreading
+
+    suite = parse_suite(TINY_SUITE.format(timeout=10).replace("resolutions: [32]", "resolutions: [32, 64]"),
+                        tmp_path / "s.yaml")
+    plan = expand(suite, device="cpu", out=tmp_path / "out")
+    run = runner_mod.Runner(plan, argv=["dimbench"], build_report=False)
+    seen: list[tuple[str, str]] = []
+    busy: dict[str, int] = {}
+    overlap = threading.Event()
+    lock = threading.Lock()
+
+    def fake_run_point(job, slot, progress):
+        with lock:
+            busy[slot.name] = busy.get(slot.name, 0) + 1
+            assert busy[slot.name] == 1, "two workers on one GPU"
+            if sum(busy.values()) > 1:
+                overlap.set()
+        time.sleep(0.05)
+        with lock:
+            busy[slot.name] -= 1
+            seen.append((slot.name, job.plan.point.key))
+
+    monkeypatch.setattr(run, "_run_point", fake_run_point)
+    jobs, _, _ = run._jobs([])
+    run._execute(jobs, slots, complete=0)
+    assert sorted(k for _, k in seen) == sorted(pp.point.key for pp in plan.points)  # each once
+    assert len({name for name, _ in seen}) == 3 and overlap.is_set()  # all GPUs used, in parallel
