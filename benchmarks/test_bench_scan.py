@@ -37,8 +37,8 @@ def _inputs(L: int, batch: int = 1, requires_grad: bool = False):
 
 
 def _info(benchmark, **extra):
-    benchmark.extra_info.update(threads=torch.get_num_threads(), d_inner=D_INNER, d_state=N, batch=1,
-                                dtype="float32", **extra)
+    benchmark.extra_info.update({"threads": torch.get_num_threads(), "d_inner": D_INNER, "d_state": N, "batch": 1,
+                                 "dtype": "float32", **extra})
 
 
 @pytest.mark.parametrize("backend", ["reference", "chunked"])
@@ -89,3 +89,50 @@ def test_scan_forward_backward(benchmark, backend):
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
     _info(benchmark, backend=backend, L=L,
           method="cpu wall clock (pytest-benchmark), 5 rounds after 1 warm-up, forward + grads of all 8 inputs")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("batch,task", [(1, "forward"), (8, "forward"), (1, "forward+backward")])
+def test_scan_cuda_1536px(benchmark, batch, task):
+    """DiM-H/2 Mamba layer at 1536 px (d_inner 3072, L 9806, N 16) with the pure-PyTorch chunked backend on
+    CUDA (what the GPU runs until a Triton kernel exists): time and peak memory of one call."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    d_inner, L = 3072, 9806
+    g = torch.Generator(device="cuda").manual_seed(0)
+    t = dict(
+        u=torch.randn(batch, d_inner, L, device="cuda", generator=g),
+        delta=torch.randn(batch, d_inner, L, device="cuda", generator=g) - 2.0,
+        A=-torch.arange(1, N + 1, dtype=torch.float32, device="cuda").repeat(d_inner, 1),
+        B=torch.randn(batch, N, L, device="cuda", generator=g),
+        C=torch.randn(batch, N, L, device="cuda", generator=g),
+        D=torch.ones(d_inner, device="cuda"),
+        z=torch.randn(batch, d_inner, L, device="cuda", generator=g),
+        delta_bias=torch.zeros(d_inner, device="cuda"),
+    )
+    backward = task == "forward+backward"
+    for v in t.values():
+        v.requires_grad_(backward)
+    benchmark.group = "scan on CUDA at 1536 px (chunked)"
+
+    def run():
+        if backward:
+            out = selective_scan(**t, backend="chunked")
+            torch.autograd.grad(out, list(t.values()), torch.ones_like(out))
+        else:
+            with torch.inference_mode():
+                selective_scan(**t, backend="chunked")
+        torch.cuda.synchronize()
+
+    run()  # warm-up
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0, iterations=1)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**30
+    inputs = sum(v.numel() * v.element_size() for v in t.values()) / 2**30
+    print(f"\n[{task} batch {batch}] torch.cuda.max_memory_allocated above the inputs: {peak:.2f} GiB "
+          f"(inputs {inputs:.2f} GiB); device {torch.cuda.get_device_name()}")
+    _info(benchmark, backend="chunked", L=L, task=task, peak_gib_above_inputs=round(peak, 3), batch=batch,
+          d_inner=d_inner, device=torch.cuda.get_device_name(),
+          method="wall clock around the call + torch.cuda.synchronize (pytest-benchmark), 3 rounds after 1 "
+                 "warm-up; memory: torch.cuda.max_memory_allocated minus allocated before")
