@@ -125,6 +125,20 @@ def test_train_step_on_dit_trains_on_eps_channels():
     assert rows["train_step_ms"].extra["attention_backend"] == "cpu_flash"
 
 
+def test_a_point_with_a_checkpoint_runs_the_checkpoint_weights(tmp_path):
+    with torch.device("cpu"):
+        source = models.create_model("dit_s_8", input_size=16)
+    torch.nn.init.normal_(source.final_layer.linear.weight)  # zero-initialised in a fresh model
+    models.checkpoints.save_checkpoint(source, tmp_path / "dit.pt")
+    p = point("dit_s_8", 16, batch=1, checkpoint=str(tmp_path / "dit.pt"))
+    loaded = build_model(p, "cpu")
+    assert torch.equal(loaded.final_layer.linear.weight, source.final_layer.linear.weight)
+    assert rows_by_metric("latency", p, {"warmup": 0, "repeats": 1})["latency_ms"].status == "ok"
+    missing = dataclasses.replace(p, checkpoint=str(tmp_path / "absent.pt"))
+    with pytest.raises(Exception, match="absent.pt"):
+        build_model(missing, "cpu")
+
+
 def test_a_forward_after_a_prediction_really_computes():
     """The memory prediction runs under FakeTensorMode; model caches must not turn later real runs fake."""
     p = point("dim_s_2", 4, batch=1)

@@ -114,14 +114,19 @@ def model_kwargs(point: SweepPoint) -> dict[str, Any]:
 def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: bool = True) -> nn.Module:
     """Build the point's model on ``device`` in float32, in eval mode.
 
-    On the meta device nothing is allocated and no checkpoint is read (counts do not depend on weights);
-    elsewhere the point's checkpoint, if any, is loaded.
+    Elsewhere than on the meta device the point's checkpoint, if any, is loaded (models.load_checkpoint: strict,
+    position embedding adapted to the point's input size). On the meta device nothing is allocated and no
+    checkpoint is read: counts depend on the architecture only, which is the registered configuration.
     """
     device = torch.device(device)
-    with torch.device(device):
-        model = models.create_model(point.model, **model_kwargs(point))
     if point.checkpoint and load_weights and device.type != "meta":
-        models.load_checkpoint(model, point.checkpoint)
+        model = models.load_checkpoint(
+            point.model, point.checkpoint, input_size=point.input_size, pad_layout=point.pad_layout,
+            map_location=device,
+        )  # fmt: skip
+    else:
+        with torch.device(device):
+            model = models.create_model(point.model, **model_kwargs(point))
     return model.eval()
 
 
@@ -137,13 +142,15 @@ def make_inputs(
     device: torch.device | str,
     *,
     in_channels: int | None = None,
+    classes: int | None = None,
     seed: int = 0,
     shapes_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(x, t, y) for one denoising forward pass of ``model_name``.
 
     x: (batch, in_channels, input_size, input_size) standard normal; t: in the family's convention; y: random
-    labels for a class-conditional model, None (the null class) for an unconditional one. With ``shapes_only``
+    labels for a class-conditional model, None (the null class) for an unconditional one. ``in_channels`` and
+    ``classes`` default to the registered configuration's (a checkpoint may differ). With ``shapes_only``
     (implied on the meta device; needed under FakeTensorMode, where no random generator may be created) the
     tensors are uninitialised: right shapes and dtypes, no values.
     """
@@ -151,7 +158,7 @@ def make_inputs(
     channels = int(in_channels if in_channels is not None else info.defaults["in_channels"])
     device = torch.device(device)
     low, high, t_dtype = _T_RANGE[info.family]
-    classes = num_classes(model_name)
+    classes = num_classes(model_name) if classes is None else int(classes)
     if shapes_only or device.type == "meta":
         x = torch.empty(batch, channels, input_size, input_size, device=device)
         t = torch.empty(batch, device=device, dtype=t_dtype)
@@ -165,9 +172,11 @@ def make_inputs(
 
 
 def point_inputs(point: SweepPoint, model: nn.Module, device: torch.device | str, **kwargs: Any):
-    """make_inputs for a point, with the channel count of the model actually built."""
-    in_channels = getattr(model, "in_channels", None)
-    return make_inputs(point.model, point.batch, point.input_size, device, in_channels=in_channels, **kwargs)
+    """make_inputs for a point, with the channel and class counts of the model actually built."""
+    in_channels, classes = getattr(model, "in_channels", None), getattr(model, "num_classes", None)
+    return make_inputs(
+        point.model, point.batch, point.input_size, device, in_channels=in_channels, classes=classes, **kwargs
+    )
 
 
 class _KernelRecorder(TorchDispatchMode):

@@ -21,6 +21,7 @@ the CUDA context, the allocator's cache and any other process on the card.
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import Any
 
@@ -208,6 +209,9 @@ def _nvml_used_bytes(device: torch.device) -> tuple[int, str]:
 def measure_cuda_forward_peak(point: SweepPoint) -> dict[str, Any]:
     """max_memory_allocated / max_memory_reserved of one forward, and NVML device used after it."""
     device, dtype = resolve_device(point), resolve_dtype(point)
+    # Blocks cached by earlier metrics in this worker process would count as reserved (and NVML used): free them.
+    gc.collect()
+    torch.cuda.empty_cache()
     model = build_model(point, device)
     x, t, y = point_inputs(point, model, device)
 
