@@ -59,7 +59,7 @@ def test_scan_forward(benchmark, backend, size):
           method=f"cpu wall clock (pytest-benchmark), {rounds} rounds after 2 warm-up, torch.inference_mode")
 
 
-@pytest.mark.parametrize("chunk", [8, 12, 16, 24, 32, 48, 64, 96])
+@pytest.mark.parametrize("chunk", [12, 23, 46, 92, 154])
 @pytest.mark.parametrize("size", list(LENGTHS))
 def test_chunk_size_sweep(benchmark, chunk, size):
     L = LENGTHS[size]

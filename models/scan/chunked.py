@@ -59,7 +59,8 @@ def default_chunk_size(batch: int, d_inner: int, length: int, d_state: int, devi
 def _to_chunks(x: Tensor, chunks: int, chunk: int) -> Tensor:
     """(batch, c, L) -> zero-padded tokens-major (batch, K, T, c) copy."""
     batch, channels, length = x.shape
-    out = x.new_zeros(batch, chunks * chunk, channels)
+    out = x.new_empty(batch, chunks * chunk, channels)
+    out[:, length:].zero_()  # the padding: Δ = 0 there, so it neither decays nor feeds the state
     _copy_transposed(out[:, :length], x)
     return out.view(batch, chunks, chunk, channels)
 
