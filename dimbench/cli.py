@@ -223,7 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("run", help="run a suite (resumes an interrupted run of the same command)")
+    p = sub.add_parser(
+        "run", help="run a suite (resumes an interrupted run of the same command)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Each point runs in its own worker process; results are appended to OUT/results.jsonl as they come\n"
+        "and a re-run of the same command resumes. Environment variables: DIMBENCH_WORKER_START=spawn|fork\n"
+        "(how workers start; default fork on the CPU, spawn on CUDA); testing aid only:\n"
+        "DIMBENCH_INJECT_FAULT='SUBSTRING=error|oom|crash|hang[;...]' makes the metrics whose\n"
+        "'<point key>#<metric>' contains SUBSTRING fail that way (see dimbench/worker.py).",
+    )
     p.add_argument("suite", metavar="SUITE", help="suite file, or the name of one in suites/")
     p.add_argument("--out", metavar="DIR", help="output folder (default: the suite's 'out', results/<name>)")
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N (default: the suite's 'device')")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli_env
+from conftest import cli_env
 from dimbench import cli, runner
 
 BAD_MODEL = "models: [dit_s_2, dit_xxl]\nresolutions: [32]\n"
@@ -44,10 +44,16 @@ def test_user_mistakes_through_the_real_cli_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"dimbench: error: {bad}:1: key 'models[1]': expected a registered model")
     assert "Traceback" not in proc.stderr + proc.stdout
-    # python -m dimbench, a run of a suite that does not exist
-    proc = subprocess.run([sys.executable, "-m", "dimbench", "run", str(tmp_path / "nope.yaml")],
-                          capture_output=True, text=True, env=cli_env(), timeout=120, cwd=ROOT)
-    assert proc.returncode == 2 and proc.stderr == f"dimbench: error: {tmp_path / 'nope.yaml'}: no such suite file\n"
+
+
+def test_python_dash_m_dimbench_is_the_same_cli(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["dimbench", "run", str(tmp_path / "nope.yaml")])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("dimbench", run_name="__main__")
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"dimbench: error: {tmp_path / 'nope.yaml'}: no such suite file\n"
 
 
 def test_bad_device_is_one_line(capsys):

@@ -255,13 +255,19 @@ def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
     env = json.loads((out / "environment.json").read_text())
     assert len(env["runs"]) == 2 and env["runs"][0]["finished_at"] is None  # the killed run never finished
 
-    # --fresh starts over, keeping the old file aside
-    fresh = run_cli("run", str(suite), "--out", str(out), "--no-report", "--fresh")
-    assert fresh.returncode == 0, fresh.stderr + fresh.stdout
-    assert read_jsonl(out / "results.jsonl.bak") == after
-    new = read_jsonl(out / "results.jsonl")
-    assert sorted((r["point_key"], r["metric"]) for r in new) == sorted(keys)
-    assert not {r["started_at"] for r in new} & {r["started_at"] for r in after}
+
+
+def test_fresh_moves_old_results_aside(tmp_path):
+    """--fresh: the next run starts from an empty results file; the old one is kept as results.jsonl.bak."""
+    from dimbench import runner as runner_mod
+    from dimbench.suite import expand, parse_suite
+
+    plan = expand(parse_suite(TINY_SUITE.format(timeout=10), tmp_path / "s.yaml"), device="cpu", out=tmp_path / "o")
+    old = [{"point_key": "dit_s_2|r32|b1|float32|cpu", "metric": "params", "status": "ok", "value": 1.0}]
+    results.append_rows(plan.out, old)
+    assert runner_mod.Runner(plan, argv=["dimbench"])._prepare_folder() == old  # a resume reads them
+    assert runner_mod.Runner(plan, argv=["dimbench"], fresh=True)._prepare_folder() == []
+    assert read_jsonl(plan.out / "results.jsonl.bak") == old and not (plan.out / "results.jsonl").exists()
 
 
 def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
