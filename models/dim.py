@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch._guards import detect_fake_mode
 
 from .layers import timestep_sinusoid
 from .registry import register_model
@@ -176,9 +177,18 @@ _MAP_CACHE: dict[tuple[int, int, str, str], _SequenceMaps] = {}
 
 
 def _sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _SequenceMaps:
+    """Index maps for one grid, cached per (grid, layout, device).
+
+    Built outside inference mode (gather saves its index for backward, so an inference tensor cached by an
+    inference-mode forward would break a later training step), and never cached when built under a fake-tensor
+    mode (a memory prediction would otherwise leave fake maps behind for the next real forward).
+    """
+    faking = detect_fake_mode() is not None
     key = (h, w, layout, str(device))
-    maps = _MAP_CACHE.get(key)
-    if maps is None:
+    maps = None if faking else _MAP_CACHE.get(key)
+    if maps is not None:
+        return maps
+    with torch.inference_mode(False):
         front = torch.arange(N_FRONT)
 
         def full(grid_map: torch.Tensor) -> torch.Tensor:
@@ -189,6 +199,7 @@ def _sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _Sequen
             unpad=(unpad_map(h, w) + N_FRONT).to(device),
             switch={(a, b): full(switch_map(a, b, h, w)) for a in SCAN_CYCLE for b in SCAN_CYCLE if a != b},
         )
+    if not faking:
         _MAP_CACHE[key] = maps
     return maps
 

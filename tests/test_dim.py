@@ -477,3 +477,25 @@ def test_cuda_matches_cpu_in_fp32_and_bf16_autocast(backend, monkeypatch):
     rel16 = ((out16.float().cpu() - ref).norm() / ref.norm()).item()
     assert out32.dtype == torch.float32 and rel32 < 1e-4, f"CUDA fp32 vs CPU: relative error {rel32:.3g}"
     assert rel16 < 2e-2, f"CUDA bf16 autocast vs CPU fp32: relative error {rel16:.3g}"
+
+
+def test_index_maps_survive_fake_and_inference_modes():
+    """A fake-tensor forward must not leave fake maps behind, and maps first built under inference mode must
+    still serve a training step (gather saves its index for backward)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from models import dim as dim_module
+
+    dim_module._MAP_CACHE.clear()
+    torch.manual_seed(0)
+    model = DiM(depth=3, width=32, patch_size=2, input_size=8, in_channels=4, num_classes=10)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500.0])
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_out = model(mode.from_tensor(x), mode.from_tensor(t))
+    assert type(fake_out).__name__ == "FakeTensor"
+    with torch.inference_mode():
+        real_out = model(x, t)
+    assert type(real_out) is torch.Tensor and torch.isfinite(real_out).all()
+    out = model(x, t)
+    out.square().mean().backward()
+    assert model.patch_embed.weight.grad is not None
