@@ -337,3 +337,26 @@ def test_points_are_spread_over_gpus(monkeypatch, tmp_path):
     run._execute(jobs, slots, complete=0)
     assert sorted(k for _, k in seen) == sorted(pp.point.key for pp in plan.points)  # each once
     assert len({name for name, _ in seen}) == 3 and overlap.is_set()  # all GPUs used, in parallel
+
+
+def test_fork_server_in_a_fresh_interpreter(tmp_path):
+    """``python -m dimbench.worker --serve`` (used when the runner already has threads): ready, spawned, exit."""
+    server = subprocess.Popen([sys.executable, "-m", "dimbench.worker", "--serve"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cli_env(), cwd=ROOT)
+    try:
+        assert json.loads(server.stdout.readline())["event"] == "ready"
+        events, log = tmp_path / "ev.jsonl", tmp_path / "w.log"
+        job = {"point": _point().to_dict(), "metrics": ["params"], "options": {}, "events": str(events),
+               "log": str(log)}
+        server.stdin.write(json.dumps(job) + "\n")
+        server.stdin.flush()
+        spawned = json.loads(server.stdout.readline())
+        assert spawned["event"] == "spawned"
+        assert json.loads(server.stdout.readline()) == {"event": "exit", "pid": spawned["pid"], "returncode": 0}
+        got = read_jsonl(events)
+        assert [e["event"] for e in got] == ["start", "rows", "done"]
+        assert got[1]["rows"][0]["metric"] == "params" and got[1]["rows"][0]["value"] > 1e7
+    finally:
+        server.stdin.close()
+        server.wait(timeout=30)
+    assert server.returncode == 0
