@@ -8,7 +8,6 @@ models are trained and sampled), so the dtype of a point is an autocast dtype, n
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Any
 
 import torch
@@ -74,31 +73,6 @@ def tf32_setting() -> dict[str, Any]:
         "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
-
-
-# Module-level tensor caches in the model code: (module, attribute). models.dim caches its token index maps per
-# (grid, layout, device). A map first built under FakeTensorMode is a FakeTensor (a later real forward on that
-# device would reuse it and compute nothing), and one first built under inference_mode cannot be saved for
-# backward (a later training step fails). Until the cache guards against both itself, metrics that run in such
-# modes, or need autograd, run with it emptied and put it back afterwards.
-_MODEL_CACHES = (("models.dim", "_MAP_CACHE"),)
-
-
-@contextlib.contextmanager
-def isolated_model_caches():
-    """Run the block with the models' module-level tensor caches empty, and restore their contents after it."""
-    saved = []
-    for module_name, attr in _MODEL_CACHES:
-        cache = getattr(sys.modules.get(module_name), attr, None)
-        if isinstance(cache, dict):
-            saved.append((cache, dict(cache)))
-            cache.clear()
-    try:
-        yield
-    finally:
-        for cache, contents in saved:
-            cache.clear()
-            cache.update(contents)
 
 
 def model_kwargs(point: SweepPoint) -> dict[str, Any]:

@@ -36,7 +36,6 @@ from dimbench.metrics.common import (
     autocast_context,
     build_model,
     device_name,
-    isolated_model_caches,
     point_inputs,
     precision_label,
     probe_backends,
@@ -159,7 +158,7 @@ def predict_forward_peak(point: SweepPoint, device: torch.device | str | None = 
     for tensor in (*state.values(), x, t, y):
         tracker.track(tensor)
     resident = tracker.live
-    with isolated_model_caches(), fake_mode, tracker, torch.inference_mode(), autocast_context(device, dtype):
+    with fake_mode, tracker, torch.inference_mode(), autocast_context(device, dtype):
         out = torch.func.functional_call(model, state, (x, t, y))
     return {
         "peak_bytes": tracker.peak,

@@ -27,7 +27,6 @@ from dimbench.metrics.common import (
     autocast_context,
     build_model,
     device_name,
-    isolated_model_caches,
     point_inputs,
     precision_label,
     probe_backends,
@@ -174,12 +173,6 @@ def latency_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measureme
 
 def train_step_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
     """train_step_ms and train_throughput: forward + MSE on eps + backward + AdamW step."""
-    # Index maps cached by an earlier inference_mode forward cannot be saved for backward (see common).
-    with isolated_model_caches():
-        return _train_step(point, options)
-
-
-def _train_step(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
     device, dtype = resolve_device(point), resolve_dtype(point)
     warmup, repeats = _options(options)
     # At least one untimed step: AdamW allocates its state on the first step.
