@@ -7,8 +7,9 @@ counts once however many views share it; a weakref finalizer subtracts it when i
 is the prediction. It includes parameters, buffers, inputs, activations and outputs; it does not include kernel
 workspaces (cuBLAS/cuDNN, attention kernels' scratch), allocator rounding and caching, or the CUDA context.
 The selective scan is a custom op whose fake kernel only makes its output: when the backend that would run is the
-pure-PyTorch ``chunked`` one, its code is also run once per shape on meta tensors under a second tracker and its
-peak work (output included) is added on top of what is live at the call; for a fused kernel (mamba_ssm, triton)
+pure-PyTorch ``chunked`` one, its peak work (output included) is estimated once per shape from two short runs of
+its code on meta tensors (see ``LiveStorageTracker._scan_work_bytes``) and added on top of what is live at the
+call; for a fused kernel (mamba_ssm, triton)
 or the step-by-step ``reference`` backend only the output counts. The attention
 path the prediction followed is recorded: it matters (the math path materialises the L x L score matrix, flash
 and memory-efficient kernels do not), and on a machine without CUDA a fake CUDA tensor can only take the math
@@ -94,16 +95,20 @@ class LiveStorageTracker(TorchDispatchMode):
 
     def _scan_work_bytes(self, args, kwargs) -> int | None:
         """Peak bytes the selective scan allocates inside one call (its output included), or None when its
-        backend is not traced. Measured by running the chunked backend's Python code on meta tensors (plain meta
-        ops are several times cheaper than fake ones, and a long sequence takes thousands of steps) with the
-        chunk size it would pick on the real device; cached per shape, so 49 identical blocks cost one run."""
+        backend is not traced; cached per shape, so 49 identical blocks cost one estimate.
+
+        The chunked backend's peak is affine in the chunk length T for a fixed number of chunks K (its work
+        tensors are (batch, K, T, .) copies plus (batch, K, N, d_inner) states), but a CPU-sized T can be
+        thousands of steps. So its Python code runs on meta tensors at T = 4 and T = 8 with the same K as the
+        real call (a few dozen cheap steps), and the line through those two peaks is read at the real T.
+        """
         import models.scan as scan
 
         backend = args[9] if len(args) > 9 else kwargs.get("backend")
         if backend not in TRACED_SCAN_BACKENDS:
             self.scan_backends[str(backend)] = "output only (fused or step-by-step backend: work not traced)"
             return None
-        self.scan_backends[backend] = "work tensors traced on meta"
+        self.scan_backends[backend] = "work tensors traced on meta at two short chunk lengths, extrapolated in T"
         inputs = args[:8]
         key = (backend, str(inputs[0].device), bool(args[8]), *(None if t is None else (tuple(t.shape), t.dtype)
                                                                   for t in inputs))
@@ -111,13 +116,35 @@ class LiveStorageTracker(TorchDispatchMode):
             u, A = inputs[0], inputs[2]
             batch, d_inner, length = u.shape
             chunk = scan.default_chunk_size(batch, d_inner, length, A.shape[1], u.device)
-            with unset_fake_temporarily():
-                meta = [None if t is None else torch.empty(t.shape, dtype=t.dtype, device="meta") for t in inputs]
-                inner = LiveStorageTracker()
-                with inner:
-                    scan.chunked_scan(*meta, delta_softplus=bool(args[8]), chunk_size=chunk)
-            self._scan_cache[key] = inner.peak
+            chunks = -(-length // chunk)
+            if chunk <= 8:
+                self._scan_cache[key] = self._chunked_peak(inputs, bool(args[8]), chunks, chunk, length)
+            else:
+                peaks = {probe: self._chunked_peak(inputs, bool(args[8]), chunks, probe) for probe in (4, 8)}
+                per_step = (peaks[8] - peaks[4]) / 4
+                self._scan_cache[key] = int(peaks[4] + per_step * (chunk - 4))
         return self._scan_cache[key]
+
+    @staticmethod
+    def _chunked_peak(inputs, softplus: bool, chunks: int, chunk: int, length: int | None = None) -> int:
+        """Peak live bytes of one chunked scan on meta tensors of sequence length ``length`` (default K*T)."""
+        import models.scan as scan
+
+        length = chunks * chunk if length is None else length
+        with unset_fake_temporarily():
+            meta = []
+            for t in inputs:
+                if t is None:
+                    meta.append(None)
+                    continue
+                shape = list(t.shape)
+                if t.dim() == 3:  # (batch, channels, L) sequences take the probe length
+                    shape[-1] = length
+                meta.append(torch.empty(shape, dtype=t.dtype, device="meta"))
+            inner = LiveStorageTracker()
+            with inner:
+                scan.chunked_scan(*meta, delta_softplus=softplus, chunk_size=chunk)
+        return inner.peak
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
