@@ -13,8 +13,9 @@ divide and exp as 1 FLOP:
     scan_flops = batch·d_inner·L·(7·N + 1 + 2·[D] + 4·[z])
 
 Not counted: forming Δ (bias add and softplus), which belongs to Δ's projection, as in the literature.
-The chunked backend does about 9 instead of 7 FLOPs per element (it recomputes the chunk-start correction);
-the count describes the operation, not one implementation, so every backend reports the same number.
+The chunked backend does about 12 instead of 7 FLOPs per element (it runs the recurrence twice, once for the
+chunk end states and once for the outputs); the count describes the operation, not one implementation, so every
+backend reports the same number.
 
 The Mamba literature (and the fvcore handler of VMamba/Vim that DiM-era papers used) counts the scan as
 9·B·L·D·N plus B·D·L for D and B·D·L for z, and adds that to multiply-accumulate counts of the matrix products,
