@@ -7,11 +7,11 @@ A ``torch.library.custom_op`` so that
   whichever backend computes it: every backend reports the same count;
 - autograd goes through ``register_autograd``: the forward saves only its inputs; the backward is a second
   custom op, ``dimbench_scan::selective_scan_backward``, that recomputes the chosen backend's forward under
-  autograd and differentiates it (exact, and only one scan's intermediates live at a time).
+  autograd and differentiates it (exact, and only one scan's intermediates live at a time). Its FLOP formula
+  is an estimate, 3x the forward (``flops.scan_backward_flops``).
 
 The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``).
 """
-
 
 import torch
 from torch import Tensor
