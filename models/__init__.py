@@ -8,12 +8,11 @@
 ``models`` imports nothing from ``dimbench``.
 """
 
-from .registry import ModelInfo, create_model, list_models, model_info, register_model
-from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
-
 # Importing the family modules registers their configurations.
 from . import dim, dit, uvit  # noqa: F401,E402
 from .checkpoints import load_checkpoint, load_resized_state_dict  # noqa: E402
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
+from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
 
 __all__ = [
     "ModelInfo",

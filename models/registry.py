@@ -8,7 +8,8 @@ configuration with :func:`register_model`. The builder's keyword defaults *are* 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch.nn as nn
 
