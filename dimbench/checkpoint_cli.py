@@ -21,6 +21,11 @@ from typing import Any, TextIO
 
 from dimbench.console import EXIT_USAGE
 
+# The choices of models.checkpoints, repeated here so that building the parser (every `dimbench` call, even
+# --help) does not import torch and timm; tests/test_checkpoints.py checks they agree.
+FORMATS = ("auto", "dimbench", "dit-official", "uvit-official", "dim-official", "dim-dimbench")
+PAD_LAYOUTS = ("lateral", "cyclic")
+
 EXIT_OK = 0
 
 
@@ -118,8 +123,6 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
 
     Each leaf parser sets ``func``: call ``args.func(args)`` and exit with the status it returns.
     """
-    from models.checkpoints import FORMATS, PAD_LAYOUTS
-
     parser = subparsers.add_parser(
         "checkpoint", help="convert or inspect model checkpoints",
         description="Convert official DiT / U-ViT / DiM checkpoints into dimbench's format, or inspect a file.",

@@ -410,3 +410,12 @@ def test_load_to_cuda_matches_cpu(dit_file, monkeypatch):
         ref = source(x, t, y)
         out = model(x.cuda(), t.cuda(), y.cuda()).cpu()
     assert ((out - ref).norm() / ref.norm()).item() < 1e-4
+
+
+def test_cli_choices_agree_with_the_loader():
+    """The checkpoint CLI repeats the loader's choices (to keep `dimbench --help` free of torch imports)."""
+    import dimbench.checkpoint_cli as cli
+    import models.checkpoints as ckpt
+
+    assert cli.FORMATS == ckpt.FORMATS
+    assert cli.PAD_LAYOUTS == ckpt.PAD_LAYOUTS
