@@ -40,15 +40,24 @@ def _version(module: str) -> str | None:
 
 
 def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """The project's commit and whether the working tree had uncommitted changes (None outside a checkout)."""
+    """The project's commit and whether the working tree had uncommitted changes (None outside a checkout).
+
+    A copy of the tree without its .git folder (a lent GPU machine gets one) can be told its commit through
+    ``DIMBENCH_GIT_COMMIT``; the record then says it was declared, not read from git.
+    """
+    declared = os.environ.get("DIMBENCH_GIT_COMMIT")
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:
+            if declared:
+                return {"commit": declared, "dirty": None, "source": "DIMBENCH_GIT_COMMIT (no .git here)"}
             return {"commit": None, "dirty": None}
         status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                 capture_output=True, text=True, timeout=10)
         return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
     except (OSError, subprocess.SubprocessError):
+        if declared:
+            return {"commit": declared, "dirty": None, "source": "DIMBENCH_GIT_COMMIT (git not runnable)"}
         return {"commit": None, "dirty": None}
 
 

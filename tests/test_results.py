@@ -101,3 +101,14 @@ def test_environment_json_is_written_atomically(tmp_path):
     assert results.read_environment(tmp_path) == {"a": 1}
     assert not list(tmp_path.glob("*.tmp"))
     assert results.read_environment(tmp_path / "other") is None
+
+
+def test_git_commit_can_be_declared_outside_a_checkout(tmp_path, monkeypatch):
+    """A tree copied without .git (a lent GPU machine) records the commit it was told, saying so."""
+    from dimbench.environment import git_commit
+
+    monkeypatch.delenv("DIMBENCH_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path)["commit"] is None
+    monkeypatch.setenv("DIMBENCH_GIT_COMMIT", "abc123")
+    record = git_commit(tmp_path)
+    assert record["commit"] == "abc123" and "DIMBENCH_GIT_COMMIT" in record["source"]
