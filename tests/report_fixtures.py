@@ -3,6 +3,10 @@
 The numbers are realistic in shape, not measurements: GMACs follow a linear term per token plus, for the
 attention models, a quadratic one, anchored on the published DiT-XL/2 counts (118.6 GMACs at 256 px, 524.6 at
 512 px); DiM-H/2 grows linearly and costs more at low resolution, so DiM/DiT crosses 1 between 1024 and 2048 px.
+
+:func:`varying_batch_rows` is shaped like the H200 run of suites/resolution_scaling.yaml: the batch shrinks as
+the resolution grows (32, 8, 2, 1), float32 only at 256 px, DiM's scan on the chunked backend; its per-image
+numbers are those of that run, rounded.
 """
 
 from __future__ import annotations
@@ -78,6 +82,51 @@ def realistic_rows(models=MODELS, resolutions=RESOLUTIONS, oom=OOM_POINT, error=
                 ]
             rows.append(_row(m, r, "mem_device_gib", None, "GiB", "NVML device used", "forward", status="skipped",
                              error="nvidia-ml-py is not installed"))
+    return rows
+
+
+# Per image, at 256 / 512 / 1024 / 1536 px (the H200 run, rounded): GMACs, forward ms, allocator peak GiB (whole
+# batch). GMACs per image cross between 1024 and 1536 px (DiM/DiT 1.31 -> 0.87); times never do.
+VARYING_BATCH = {256: 32, 512: 8, 1024: 2, 1536: 1}
+PER_IMAGE = {
+    "dim_h_2": {"gmacs": [311.1, 1045.6, 3820.3, 8335.9], "ms": [30.2, 107.4, 425.3, 827.8],
+                "gib": [6.44, 5.79, 5.51, 5.70]},
+    "dit_xl_2": {"gmacs": [118.6, 524.5, 2909.2, 9589.5], "ms": [1.0, 4.285, 21.46, 62.97],
+                 "gib": [2.82, 2.82, 2.83, 2.89]},
+    "uvit_h_2": {"gmacs": [133.2, 582.3, 3167.1, 10277.5], "ms": [0.887, 3.793, 20.0, 63.12],
+                 "gib": [2.75, 2.75, 2.76, 2.90]},
+}
+FLOAT32_SLOWDOWN = {"dim_h_2": 1.33, "dit_xl_2": 6.02, "uvit_h_2": 7.37}  # float32 / bfloat16 time at 256 px
+
+
+def varying_batch_rows() -> list[dict]:
+    """3 models x 4 resolutions, one batch per resolution (VARYING_BATCH), as the H200 run recorded them:
+    GMACs / GFLOPs of the whole batch (extra ``gmacs_per_image`` on the GMACs rows only, so both ways of getting
+    per-image counts are used), latency of the whole batch, throughput in img/s, allocator peak of the whole
+    batch; bfloat16 everywhere and float32 (timing and memory) at 256 px only."""
+    rows = []
+    for m, per in PER_IMAGE.items():
+        for i, (r, b) in enumerate(VARYING_BATCH.items()):
+            g = per["gmacs"][i]
+            rows += [
+                _row(m, r, "gmacs", g * b, "GMAC", FLOP_METHOD, "count", batch=b, extra={"gmacs_per_image": g}),
+                _row(m, r, "gflops", 2 * g * b, "GFLOP", FLOP_METHOD, "count", batch=b),
+            ]
+            timing = {"scan_backend": "chunked"} if m.startswith("dim") else {"attention_backend": "cudnn"}
+            for dtype in ("bfloat16", "float32") if r == 256 else ("bfloat16",):
+                ms = per["ms"][i] * (FLOAT32_SLOWDOWN[m] if dtype == "float32" else 1.0)
+                lat = ms * b
+                spread = {"p10_ms": lat * 0.99, "p90_ms": lat * 1.01}
+                rows += [
+                    _row(m, r, "latency_ms", lat, "ms", TIME_METHOD, "forward", batch=b, dtype=dtype,
+                         extra={**timing, **spread}),
+                    _row(m, r, "throughput", 1000.0 / ms, "img/s", TIME_METHOD, "forward", batch=b, dtype=dtype,
+                         extra=timing),
+                    _row(m, r, "mem_allocated_gib", per["gib"][i], "GiB", "torch.cuda.max_memory_allocated",
+                         "forward", batch=b, dtype=dtype, extra=timing),
+                    _row(m, r, "tflops_achieved", 2 * g / ms, "TFLOP/s", "counted FLOPs / cuda-event time",
+                         "forward", batch=b, dtype=dtype, extra=timing),
+                ]
     return rows
 
 

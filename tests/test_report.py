@@ -130,10 +130,16 @@ def test_summary_names_the_gmacs_crossover(full):
     x = 1024 * 2 ** (math.log(q0) / (math.log(q0) - math.log(q1)))
     summary = full["report"].sections[0]
     assert summary.heading == "Summary"
-    head = " ".join(summary.highlights)
-    assert f"GMACs above ≈ {x:,.0f} px" in head
-    assert "dit_xl_2 ran out of memory at 2048 px" in head
-    assert "no crossover within the measured range by forward latency" in head
+    lines = {h.split(":")[0]: h for h in summary.highlights}
+    q256 = rf.gmacs("dim_h_2", 256) / rf.gmacs("dit_xl_2", 256)
+    assert lines["GMACs per image"].startswith(
+        f"GMACs per image: dim_h_2 / dit_xl_2 = {q256:.3g}× at 256 px → {q1:.3g}× at 2,048 px, crossover ≈ "
+        f"{x:,.0f} px (log-interpolated; DiM cheaper above)")
+    assert "dim_h_2 / uvit_h_2 = " in lines["GMACs per image"]  # U-ViT, compared on the same line
+    # dit_xl_2 ran out of memory at 2048 px, so its forward times stop at 1024 px
+    assert "at 1,024 px, no crossover in range" in lines["forward time per image (cuda, bfloat16)"]
+    assert any(h.startswith("dit_xl_2 ran out of memory at 2048 px") for h in summary.highlights)
+    assert any("mamba_ssm backend" in h for h in summary.highlights)  # the scan backend DiM's times ran with
 
 
 def test_failed_points_are_listed_with_messages(full):
@@ -295,8 +301,11 @@ def test_partial_folder_with_torn_line_and_no_dit(tmp_path):
     rep = content.build(data.load(d))
     headings = [s.heading for s in rep.sections]
     assert "DiM vs DiT" not in headings and "Speed: forward pass" not in headings
+    assert "DiM vs U-ViT" in headings  # no DiT: DiM is compared with U-ViT alone
     summary = rep.sections[0]
-    assert "no DiM vs DiT comparison" in " ".join(summary.highlights)
+    assert summary.highlights[0].startswith("GMACs per image: dim_h_2 / uvit_h_2 = ")
+    alone = rf.write_results(tmp_path / "alone", [r for r in rows if r["model"] == "dim_h_2"], environment=None)
+    assert "hold no DiM comparison" in content.build(data.load(alone)).sections[0].highlights[0]
     said = " ".join(summary.paragraphs)
     assert "half-written last line" in said
     assert "environment.json is missing" in said
@@ -328,8 +337,122 @@ def test_plots_are_split_per_dtype_and_batch_and_the_headline_stays_short(tmp_pa
     assert len(titles) == 2 and "bfloat16, batch 1" in titles[0] and "float32, batch 8" in titles[1]
     assert len(by["DiM vs DiT"].figures) == 2 and len(by["Memory"].figures) == 2
     assert len(by["Compute (GMACs)"].figures) == 1  # counts do not depend on dtype: one plot
-    (head, *_) = rep.sections[0].highlights
-    assert "forward latency in all 2 settings" in head and head.count("forward latency") == 1
+    # one headline line per measure, the second dtype on the same line
+    forward = [h for h in rep.sections[0].highlights if "forward time" in h]
+    assert len(forward) == 1 and forward[0].startswith("forward time per image (cuda, bfloat16): ")
+    assert "; float32: dim_h_2 / dit_xl_2 = " in forward[0]
+    assert len(rep.sections[0].highlights) <= 6
+
+
+# ---- a batch that varies with resolution (the suite fills the card at low resolution) --------------------
+
+
+@pytest.fixture(scope="module")
+def varying(tmp_path_factory):
+    """The H200-shaped folder (batch 32 / 8 / 2 / 1 at 256 / 512 / 1024 / 1536 px), loaded and built (no render)."""
+    d = rf.write_results(tmp_path_factory.mktemp("varying"), rf.varying_batch_rows())
+    results = data.load(d)
+    report = content.build(results)
+    return {"results": results, "sections": {s.heading: s for s in report.sections}}
+
+
+def _series(section, title_part: str, panel_title: str | None = None) -> dict[str, dict[int, float]]:
+    """model -> resolution -> plotted value, of the first panel (or the one titled) of the first figure titled."""
+    fig = next(f for f in section.figures if title_part in f.title)
+    panel = next(p for p in fig.panels if panel_title is None or p.title == panel_title)
+    return {s.label.split(" ")[0]: dict(zip(s.x, s.y, strict=True)) for s in panel.series}, panel, fig
+
+
+def test_varying_batch_joins_every_resolution_in_one_per_image_curve(varying):
+    res, by = varying["results"], varying["sections"]
+    every = list(rf.VARYING_BATCH)
+    bf16 = data.Facet("forward", "cuda", "bfloat16", None)
+    assert res.facets(["gmacs"]) == [data.Facet(None, None, None, None)]  # counted: one facet, batch varies
+    assert res.facets(["latency_ms"]) == [bf16, data.Facet("forward", "cuda", "float32", 32)]
+    # GMACs per image: the whole batch's count / batch, one curve over all four resolutions
+    gm, panel, fig = _series(by["Compute (GMACs)"], "GMACs per image")
+    for model, per in rf.PER_IMAGE.items():
+        assert list(gm[model]) == every and [gm[model][r] for r in every] == pytest.approx(per["gmacs"])
+    assert panel.xnotes == {256: "b32", 512: "b8", 1024: "b2", 1536: "b1"}
+    assert "batch varies with resolution" in fig.caption and "values are per image" in fig.caption
+    # forward time per image = latency / batch (p10-p90 bars too); throughput (img/s) as recorded
+    speed = by["Speed: forward pass"]
+    ms, _, fig = _series(speed, "bfloat16", "forward time per image")
+    for model, per in rf.PER_IMAGE.items():
+        assert [ms[model][r] for r in every] == pytest.approx(per["ms"])
+    dim_bars = next(s for s in fig.panels[0].series if s.label == "dim_h_2").spread
+    assert dim_bars[0] == pytest.approx((30.2 * 0.99, 30.2 * 1.01))
+    tput, _, _ = _series(speed, "bfloat16", "forward throughput")
+    assert [tput["dit_xl_2"][r] for r in every] == pytest.approx([1000 / v for v in rf.PER_IMAGE["dit_xl_2"]["ms"]])
+    # float32 was run at 256 px only: a table, not a plot of single dots
+    assert len(speed.figures) == 1 and "measured at 256 px only" in speed.tables[0].caption
+    # memory is for the whole batch: not divided, the batch named at each point
+    mem, panel, fig = _series(by["Memory"], "bfloat16")
+    assert [mem["dim_h_2"][r] for r in every] == pytest.approx(rf.PER_IMAGE["dim_h_2"]["gib"])
+    assert panel.xnotes[256] == "b32" and "not per image" in fig.caption
+    # ... and drawn: the batch is the second line of each resolution's tick label
+    mfig = MplFigure()
+    fig.draw(mfig)
+    assert [t.get_text() for t in mfig.axes[0].get_xticklabels()] == ["256\nb32", "512\nb8", "1024\nb2", "1536\nb1"]
+
+
+def test_varying_batch_ratios_cross_per_image_and_the_summary_stays_short(varying):
+    res = varying["results"]
+    dim, dit = rf.PER_IMAGE["dim_h_2"]["gmacs"], rf.PER_IMAGE["dit_xl_2"]["gmacs"]
+    q = [a / b for a, b in zip(dim, dit, strict=True)]
+    # independently: the log-log line between 1024 and 1536 px meets ratio 1 at
+    x = 1024 * 1.5 ** (math.log(q[2]) / (math.log(q[2]) - math.log(q[3])))
+    assert 1024 < x < 1536
+    (gm,) = [ln for ln in analysis.ratio_lines(res) if ln.metric == "gmacs" and ln.other == "dit_xl_2"]
+    assert gm.res == list(rf.VARYING_BATCH) and gm.ratio == pytest.approx(q)
+    assert gm.batches == ["b32", "b8", "b2", "b1"]
+    ((cx, direction),) = gm.cross
+    assert cx == pytest.approx(x) and direction == "below"
+    summary = varying["sections"]["Summary"]
+    assert len(summary.highlights) <= 6
+    lines = {h.split(":")[0]: h for h in summary.highlights}
+    assert lines["GMACs per image"].startswith(
+        f"GMACs per image: dim_h_2 / dit_xl_2 = {q[0]:.3g}× at 256 px → {q[3]:.3g}× at 1,536 px, "
+        f"crossover ≈ {x:,.0f} px (log-interpolated; DiM cheaper above); dim_h_2 / uvit_h_2 = ")
+    t = [a / b for a, b in zip(rf.PER_IMAGE["dim_h_2"]["ms"], rf.PER_IMAGE["dit_xl_2"]["ms"], strict=True)]
+    fwd = lines["forward time per image (cuda, bfloat16)"]
+    assert f"dim_h_2 / dit_xl_2 = {t[0]:.3g}× at 256 px → {t[3]:.3g}× at 1,536 px, no crossover in range" in fwd
+    f32 = t[0] * rf.FLOAT32_SLOWDOWN["dim_h_2"] / rf.FLOAT32_SLOWDOWN["dit_xl_2"]
+    assert f"; float32 at 256 px only: dim_h_2 / dit_xl_2 = {f32:.3g}×" in fwd
+    # memory compares the whole batch (both models ran the same batch at each resolution)
+    assert any(h.startswith("allocator peak memory (cuda, bfloat16; whole batch, not per image): ")
+               for h in summary.highlights)
+    assert any("chunked backend" in h and "kernel launches" in h for h in summary.highlights)
+    assert "batch varies with resolution: 32 at 256 px, 8 at 512 px, 2 at 1024 px, 1 at 1536 px" in \
+        summary.paragraphs[0]
+    assert "float32 at 256 px only" in summary.paragraphs[0]
+    # the ratio plot joins the four resolutions per measure, one panel per comparator, batches named
+    ratio = varying["sections"]["DiM vs DiT and U-ViT"]
+    (fig,) = ratio.figures
+    assert [p.title for p in fig.panels] == ["DiM / DiT", "DiM / U-ViT"]
+    gmacs_line = next(s for s in fig.panels[0].series if s.label == "GMACs per image")
+    assert gmacs_line.x == list(rf.VARYING_BATCH) and gmacs_line.y == pytest.approx(q)
+    assert fig.panels[0].xnotes == {256: "b32", 512: "b8", 1024: "b2", 1536: "b1"}
+
+
+def test_a_batch_sweep_is_plotted_one_batch_at_a_time(tmp_path):
+    """Several batches at each point: one facet per batch, values as measured; the headline takes the largest."""
+    rows = [dict(r, batch=b, point_key=f"{r['point_key']}|b{b}",
+                 value=None if r["value"] is None else r["value"] * (b if r["metric"] in ("latency_ms", "gmacs")
+                                                                      else 1))
+            for b in (1, 4)
+            for r in rf.realistic_rows(models=["dim_h_2", "dit_xl_2"], resolutions=[256, 512], oom=(), error=())
+            if r["metric"] in ("gmacs", "latency_ms")]
+    res = data.load(rf.write_results(tmp_path / "sweep", rows))
+    assert res.facets(["latency_ms"]) == [data.Facet("forward", "cuda", "bfloat16", b) for b in (1, 4)]
+    four = res.values("latency_ms", data.Facet("forward", "cuda", "bfloat16", 4))
+    assert four["dim_h_2"][512] == pytest.approx(4 * (0.25 + rf.gmacs("dim_h_2", 512) / 300.0))
+    rep = content.build(res)
+    speed = next(s for s in rep.sections if s.heading == "Speed: forward pass")
+    assert [f.title for f in speed.figures] == ["Speed: forward pass — cuda, bfloat16, batch 1",
+                                                "Speed: forward pass — cuda, bfloat16, batch 4"]
+    forward = next(h for h in rep.sections[0].highlights if h.startswith("forward time"))
+    assert forward.startswith("forward time per image (cuda, bfloat16; batch 4, the largest of the sweep): ")
 
 
 # ---- the analyses ---------------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""The analyses behind the headline: growth exponents and where the DiM / DiT ratio crosses 1."""
+"""The analyses behind the headline: growth exponents, and where the ratio of DiM to DiT (and to U-ViT) crosses 1.
+
+Ratios are taken per image (:meth:`~dimbench.report.data.Results.values`) under one facet, so a suite whose
+batch shrinks as the resolution grows still gives one ratio curve over every resolution; at each resolution both
+models ran the same batch, so the ratio per image equals the ratio per pass. Memory (not divisible by the batch)
+is compared only where both models ran the same batch.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,21 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data import Facet, Results
+from .data import PER_PASS_METRICS, Facet, Results, batch_tag
 from .document import px
 from .plots import family_of
 
-# Lower-is-better measures compared as a DiM / DiT ratio, with their colour in the ratio plot; predicted values
+# Lower-is-better measures compared as a DiM / other ratio, with their colour in the ratio plot; predicted values
 # are drawn dotted with hollow markers, as in the memory plot.
 RATIO_MEASURES = [  # (metric, measure, colour, predicted)
-    ("gmacs", "GMACs", "#1d2733", False),
-    ("latency_ms", "forward latency", "#d1521f", False),
-    ("train_step_ms", "training-step time", "#8a5fb5", False),
+    ("gmacs", "GMACs per image", "#1d2733", False),
+    ("latency_ms", "forward time per image", "#d1521f", False),
+    ("train_step_ms", "training-step time per image", "#8a5fb5", False),
     ("mem_allocated_gib", "allocator peak memory", "#2e8b3a", False),
     ("mem_predicted_gib", "predicted peak memory", "#2e8b3a", True),
 ]
+# The families DiM is compared with, in this order, and their display names.
+COMPARATORS = {"dit": "DiT", "uvit": "U-ViT"}
 
 
 def growth_exponent(res: Sequence[float], values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -51,10 +59,16 @@ def crossings(res: Sequence[float], ratio: Sequence[float]) -> list[tuple[float,
     return out
 
 
+def ratio_text(q: float) -> str:
+    return f"{q:.3g}×"
+
+
 @dataclasses.dataclass
 class RatioLine:
+    """DiM value / other model's value over the resolutions both measured under one facet."""
+
     dim: str
-    dit: str
+    other: str
     metric: str
     measure: str
     colour: str
@@ -62,48 +76,76 @@ class RatioLine:
     facet: Facet
     res: list[int]
     ratio: list[float]
+    batches: list[str]  # the batch at each resolution ("b32"; "b8/b4" where the two models differ)
     cross: list[tuple[float, str]]
 
-    def trend(self) -> str:
-        lo, hi = self.res[0], self.res[-1]
-        return f"DiM/DiT {self.ratio[0]:.2f} at {lo} px → {self.ratio[-1]:.2f} at {hi} px"
+    @property
+    def family(self) -> str:
+        return family_of(self.other)
 
-    def sentence(self) -> str:
-        """One line for the DiM vs DiT section: where (if anywhere) DiM overtakes DiT on this measure."""
-        where = self.facet.label()
-        lo, hi = self.res[0], self.res[-1]
-        span = f"{lo}–{hi} px" if lo != hi else f"{lo} px"
+    @property
+    def setting(self) -> str:
+        """Device and dtype ("counted" for counts that hold for any device and dtype)."""
+        return ", ".join(p for p in (self.facet.device, self.facet.dtype) if p) or "counted"
+
+    def whole_batch(self) -> bool:
+        """Whether the values are of the whole batch although the batch varies (memory): then each end of the
+        span names its batch."""
+        return self.facet.batch is None and self.metric not in PER_PASS_METRICS
+
+    def span(self, at: bool = True) -> str:
+        """``2.62× at 256 px → 0.869× at 1,536 px`` (without the resolutions when ``at`` is False)."""
+        def end(i: int) -> str:
+            b = f" ({self.batches[i]})" if self.whole_batch() else ""
+            return ratio_text(self.ratio[i]) + (f" at {px(self.res[i])}" if at else "") + b
+
+        if len(self.res) == 1:
+            return end(0) + ("" if at else f" at {px(self.res[0])}") + " only"
+        return f"{end(0)} → {end(-1)}"
+
+    def verdict(self, short: bool = False) -> str:
+        """Where the ratio crosses 1 (``short``: without how it was found and which way), or that it does not."""
+        if len(self.res) < 2:
+            return ""
         if self.cross:
-            parts = [f"{self.dim} {'overtakes' if d == 'below' else 'falls behind'} {self.dit} above ≈ {px(x)}"
-                     for x, d in self.cross]
-            return (f"{self.measure} ({where}): " + "; ".join(parts)
-                    + f" (ratio crosses 1, interpolated in log space; {self.trend()}).")
+            return " and ".join(f"crossover ≈ {px(x)}" + ("" if short else " (log-interpolated; DiM "
+                                f"{'cheaper' if d == 'below' else 'dearer'} above)") for x, d in self.cross)
         if all(q < 1 for q in self.ratio):
-            verdict = f"{self.dim} is ahead of {self.dit} at every resolution measured ({span})"
-        elif all(q > 1 for q in self.ratio):
-            verdict = f"{self.dim} is behind {self.dit} at every resolution measured ({span}); no crossover in range"
-        else:
-            verdict = f"{self.dim} and {self.dit} are level within the range measured ({span})"
-        return f"{self.measure} ({where}): {verdict} ({self.trend()})."
+            return "DiM cheaper at every resolution, no crossover in range"
+        if all(q > 1 for q in self.ratio):
+            return "no crossover in range"
+        return "level at some resolution, no crossover in range"
+
+    def batch_text(self) -> str:
+        tags = list(dict.fromkeys(self.batches))
+        if self.facet.batch is not None:
+            return str(self.facet.batch)
+        return " → ".join(t.removeprefix("b") for t in (self.batches[0], self.batches[-1])) if len(tags) > 1 \
+            else tags[0].removeprefix("b")
 
 
 def ratio_lines(results: Results) -> list[RatioLine]:
-    """DiM / DiT for every (DiM model, DiT model) pair, lower-is-better measure and facet with common points."""
+    """DiM / other for every DiM model and comparator model (DiT, then U-ViT), lower-is-better measure and facet
+    with common resolutions."""
     dims = [m for m in results.models if family_of(m) == "dim"]
-    dits = [m for m in results.models if family_of(m) == "dit"]
+    others = [m for fam in COMPARATORS for m in results.models if family_of(m) == fam]
     out: list[RatioLine] = []
     for metric, measure, colour, predicted in RATIO_MEASURES:
         if not results.has(metric, ok=True):
             continue
         for facet in results.facets([metric]):
             vals = results.values(metric, facet)
+            bat = results.batches([metric], facet)
             for a in dims:
-                for b in dits:
+                for b in others:
                     common = sorted(set(vals.get(a, {})) & set(vals.get(b, {})))
                     common = [r for r in common if vals[a][r] > 0 and vals[b][r] > 0]
+                    if facet.batch is None and metric not in PER_PASS_METRICS:
+                        common = [r for r in common if bat[a][r] == bat[b][r]]  # whole-batch values: same batch
                     if not common:
                         continue
                     q = [vals[a][r] / vals[b][r] for r in common]
-                    out.append(RatioLine(a, b, metric, measure, colour, predicted, facet, common, q,
+                    tags = [batch_tag({bat[a][r], bat[b][r]}) for r in common]
+                    out.append(RatioLine(a, b, metric, measure, colour, predicted, facet, common, q, tags,
                                          crossings(common, q)))
     return out

@@ -31,7 +31,7 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from .analysis import RATIO_MEASURES, RatioLine, growth_exponent, ratio_lines
+from .analysis import COMPARATORS, RATIO_MEASURES, RatioLine, growth_exponent, ratio_lines, ratio_text
 from .data import STATUSES, Results
 from .document import (
     MEMORY_METRICS,
@@ -41,6 +41,7 @@ from .document import (
     Report,
     Section,
     Table,
+    batch_note,
     fail_marks,
     fmt,
     label,
@@ -48,10 +49,11 @@ from .document import (
     model_series,
     panels_figure,
     pivot_table,
+    point_table,
     px,
     styles_for,
 )
-from .plots import Panel, Series
+from .plots import Panel, Series, family_of
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per DiM-DiT pair in the ratio plot
@@ -91,63 +93,100 @@ def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
             "model), so the ratio compares different token counts"]
 
 
-def _settings(k: int, n: int) -> str:
-    """' in k of n settings' (nothing when the measure was taken under one setting only)."""
-    if n <= 1:
-        return ""
-    return f" in all {n} settings" if k == n else f" in {k} of {n} settings"
+def _best(lines: list[RatioLine]) -> list[RatioLine]:
+    """One line per model pair: the one over the most resolutions (in a batch sweep, then the largest batch)."""
+    out: dict[tuple[str, str], RatioLine] = {}
+    for ln in lines:
+        cur = out.get((ln.dim, ln.other))
+        if cur is None or (len(ln.res), ln.facet.batch or 0) > (len(cur.res), cur.facet.batch or 0):
+            out[(ln.dim, ln.other)] = ln
+    return list(out.values())
+
+
+def _pairs_text(lines: list[RatioLine]) -> str:
+    """``dim / dit = 2.62× at 256 px → 0.869× at 1,536 px, crossover ≈ … (…); dim / uvit = 2.34× → 0.811×,
+    crossover ≈ …``: resolutions and the crossover's explanation are given once when the pairs share them."""
+    parts = []
+    for i, ln in enumerate(lines):
+        same = i > 0 and ln.res == lines[0].res
+        parts.append(f"{ln.dim} / {ln.other} = {ln.span(not same)}"
+                     + (f", {ln.verdict(short=i > 0)}" if ln.verdict() else ""))
+    return "; ".join(parts)
+
+
+def _other_setting(st: str, main: str) -> str:
+    """A setting named by what differs from the main one (``float32`` beside ``cuda, bfloat16``)."""
+    differ = [p for p in st.split(", ") if p not in main.split(", ")]
+    return ", ".join(differ) or st
+
+
+def measure_line(lines: list[RatioLine]) -> str:
+    """One headline line for one measure: its ratios in the setting (device, dtype) that covers the most
+    resolutions, then briefly the other settings."""
+    settings = list(dict.fromkeys(ln.setting for ln in lines))
+    main = max(settings, key=lambda st: max(len(ln.res) for ln in lines if ln.setting == st))
+    first = _best([ln for ln in lines if ln.setting == main])
+    sweep = len({ln.facet.batch for ln in lines if ln.setting == main}) > 1
+    where = [] if main == "counted" else [main]
+    if sweep:
+        where.append(f"batch {first[0].facet.batch}, the largest of the sweep")
+    if first[0].whole_batch():
+        where.append("whole batch, not per image")
+    text = first[0].measure + (f" ({'; '.join(where)})" if where else "") + ": " + _pairs_text(first)
+    for st in settings:
+        if st == main:
+            continue
+        best = _best([ln for ln in lines if ln.setting == st])
+        name = _other_setting(st, main)
+        if all(len(ln.res) == 1 for ln in best) and len({ln.res[0] for ln in best}) == 1:
+            text += f"; {name} at {px(best[0].res[0])} only: " + ", ".join(
+                f"{ln.dim} / {ln.other} = {ratio_text(ln.ratio[0])}" for ln in best)
+        else:
+            text += f"; {name}: " + _pairs_text(best)
+    return text + "."
 
 
 def headline(results: Results) -> list[str]:
-    """The summary's headline: for each DiM-DiT pair, by which measures DiM overtakes DiT and where."""
+    """The summary's headline: one line per measure (DiM / DiT, and DiM / U-ViT where present: the ratio at the
+    lowest and highest resolution and where it crosses 1), then out-of-memory contrasts and caveats."""
     lines = ratio_lines(results)
     if not lines:
-        return ["No DiM model and DiT model share a resolution with a successful measurement, so these results "
-                "hold no DiM vs DiT comparison."]
+        return ["No DiM model shares a resolution with a DiT or U-ViT model with a successful measurement, so "
+                "these results hold no DiM comparison."]
+    measured_memory = any(ln.metric == "mem_allocated_gib" for ln in lines)
     out = []
-    for a, b in dict.fromkeys((ln.dim, ln.dit) for ln in lines):
-        mine = [ln for ln in lines if (ln.dim, ln.dit) == (a, b)]
-        over, ahead, behind, never = [], [], [], []
-        # One phrase per measure; a measure taken under several settings (device, dtype, batch) is summarised
-        # over them (range of crossovers, how many settings), the details being in the DiM vs DiT section.
-        for metric in dict.fromkeys(ln.metric for ln in mine):
-            group = [ln for ln in mine if ln.metric == metric]
-            measure, n = group[0].measure, len(group)
-            downs = [x for ln in group for x, d in ln.cross if d == "below"]
-            ups = [x for ln in group for x, d in ln.cross if d == "above"]
-            if downs:
-                k = len({id(ln) for ln in group for _, d in ln.cross if d == "below"})
-                where = px(downs[0]) if len(downs) == 1 else f"{min(downs):,.0f}–{px(max(downs))}"
-                over.append(f"{measure} above ≈ {where}" + _settings(k, n))
-            if ups:
-                where = px(ups[0]) if len(ups) == 1 else f"{min(ups):,.0f}–{px(max(ups))}"
-                behind.append(f"{measure} above ≈ {where}")
-            flat = [ln for ln in group if not ln.cross]
-            below = [ln for ln in flat if all(q < 1 for q in ln.ratio)]
-            if below:
-                ahead.append(measure + _settings(len(below), n))
-            rest = [ln for ln in flat if ln not in below]
-            if rest:
-                if len(rest) == 1 and n == 1:
-                    never.append(f"{measure} ({rest[0].trend()})")
-                else:
-                    last = [ln.ratio[-1] for ln in rest]
-                    never.append(f"{measure}{_settings(len(rest), n)} (DiM/DiT at the highest resolution "
-                                 f"{min(last):.2f}" + (f"–{max(last):.2f}" if max(last) != min(last) else "") + ")")
-        parts = []
-        if over:
-            parts.append(f"DiM overtakes DiT by {', '.join(over)} (where the DiM/DiT ratio crosses 1, "
-                         "interpolated in log space)")
-        if ahead:
-            parts.append(f"DiM is ahead at every resolution measured by {', '.join(ahead)}")
-        if behind:
-            parts.append(f"DiM falls behind again by {', '.join(behind)}")
-        if never:
-            parts.append(f"no crossover within the measured range by {', '.join(never)}")
-        parts += _oom_contrast(results, b, a) + _oom_contrast(results, a, b)
-        parts += _input_mismatch(results, a, b)
-        out.append(f"{a} vs {b}: " + "; ".join(parts) + ".")
+    for metric, *_ in RATIO_MEASURES:
+        group = [ln for ln in lines if ln.metric == metric]
+        if group and not (metric == "mem_predicted_gib" and measured_memory):  # the measurement suffices
+            out.append(measure_line(group))
+    pairs = list(dict.fromkeys((ln.dim, ln.other) for ln in lines))
+    ooms = [t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)]
+    if ooms:
+        out.append("; ".join(dict.fromkeys(ooms)) + ".")
+    out += [t[0].upper() + t[1:] + "." for a, b in pairs for t in _input_mismatch(results, a, b)]
     return out
+
+
+# How each selective-scan backend (rows' extra["scan_backend"]) bears on DiM's timings.
+SCAN_BACKENDS = {
+    "chunked": "pure PyTorch, slow and bound by kernel launches rather than FLOPs, so DiM's times (and the time "
+               "ratios) are far above what a fused scan kernel gives; GMACs are unaffected",
+    "reference": "the sequential pure-PyTorch recurrence (the test oracle), very slow: DiM's times are not "
+                 "representative; GMACs are unaffected",
+    "mamba_ssm": "mamba-ssm's fused CUDA kernel",
+    "triton": "Triton GPU kernel",
+}
+
+
+def scan_note(results: Results) -> str | None:
+    """Which scan backend DiM's timed rows ran with (a reader needs it next to DiM's timings)."""
+    df = results.df
+    dim = df[(df["model"].map(family_of) == "dim") & (df["status"] == "ok") & (df["task"] != "count")]
+    used = list(dict.fromkeys(str(e["scan_backend"]) for e in dim["extra"] if e.get("scan_backend")))
+    if not used:
+        return None
+    return "DiM's timed rows record its selective scan on " + "; ".join(
+        f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend" for b in used) + "."
 
 
 def describe_device(env: dict, devices: list[str]) -> str:
@@ -174,6 +213,30 @@ def _git(env: dict) -> tuple[str, bool]:
     return str(env.get("git_commit") or ""), False
 
 
+def _batch_text(results: Results) -> str:
+    """``batch 1`` / ``batch 1, 8`` / ``batch varies with resolution: 32 at 256 px, …`` (one batch per resolution)."""
+    df = results.df
+    per_res = df.groupby("resolution")["batch"].unique()
+    batches = sorted(set(int(b) for b in df["batch"]))
+    if len(batches) > 1 and all(len(b) == 1 for b in per_res):
+        return "batch varies with resolution: " + ", ".join(f"{int(b[0])} at {r} px" for r, b in per_res.items())
+    return "batch " + ", ".join(map(str, batches))
+
+
+def _dtype_text(results: Results) -> str:
+    """The dtypes, each with the resolutions it was measured at when not all (``bfloat16, float32 at 256 px
+    only``); counted rows, which hold for any dtype, aside."""
+    df = results.df[results.df["task"] != "count"]
+    if not len(df):
+        df = results.df
+    every = set(df["resolution"])
+    parts = []
+    for d in dict.fromkeys(x for x in df["dtype"] if x):
+        res = sorted(set(df.loc[df["dtype"] == d, "resolution"]))
+        parts.append(d if set(res) == every else f"{d} at {', '.join(map(str, res))} px only")
+    return ", ".join(parts) or "n/a"
+
+
 def section_summary(results: Results) -> Section:
     df = results.df
     env = results.env
@@ -183,9 +246,8 @@ def section_summary(results: Results) -> Section:
     devices = list(dict.fromkeys(df.loc[df["task"] != "count", "device"])) or list(dict.fromkeys(df["device"]))
     ran = (f"Suite {', '.join(suites) or '(unnamed)'}: {len(results.models)} model(s) "
            f"({', '.join(results.models)}) at {len(results.resolutions)} resolution(s) "
-           f"({', '.join(str(r) for r in results.resolutions)} px); "
-           f"batch {', '.join(map(str, sorted(set(df['batch']))))}; "
-           f"dtype {', '.join(dict.fromkeys(d for d in df['dtype'] if d)) or 'n/a'}. "
+           f"({', '.join(str(r) for r in results.resolutions)} px); {_batch_text(results)}; "
+           f"dtype {_dtype_text(results)}. "
            f"{df['point_key'].nunique()} point(s), {len(df)} row(s): {counts['ok']} ok, {counts['oom']} out of "
            f"memory, {counts['error']} error(s), {counts['skipped']} skipped" + (f", {other} other" if other else "")
            + ".")
@@ -212,6 +274,9 @@ def section_summary(results: Results) -> Section:
         if exps:
             highlights.append("GMACs growth at the top of the range (local exponent vs number of tokens; 1 = "
                               "linear, 2 = quadratic): " + ", ".join(exps) + ".")
+    scan = scan_note(results)
+    if scan:
+        highlights.append(scan)
     paragraphs = [ran, on]
     if any(d == "cpu" for d in devices) and results.has("latency_ms"):
         paragraphs.append("Timings here were taken on a CPU: they are for smoke runs and relative comparisons "
@@ -231,6 +296,10 @@ def section_compute(results: Results) -> Section | None:
     styles = styles_for(results)
     figures, tables = [], []
     for facet in results.facets([metric]):
+        if len(results.facet_resolutions([metric], facet)) < 2:
+            tables.append(point_table(results, [metric], facet, "Compute"))
+            continue
+        name = label(metric, facet)
         vals = results.values(metric, facet)
         exp_rows, labels = [], {}
         for model, by_res in vals.items():
@@ -241,17 +310,18 @@ def section_compute(results: Results) -> Section | None:
             exp_rows.append([Cell(model), Cell(f"{rs[0]}–{rs[-1]} px ({len(rs)})"), Cell(fmt(by_res[rs[0]])),
                              Cell(fmt(by_res[rs[-1]])), Cell("—" if fit is None else f"{fit:.3f}"),
                              Cell("—" if local is None else f"{local:.3f}")])
-        panel = Panel(f"{label(metric)} vs resolution — {facet.label()}", f"{label(metric)} [{results.unit(metric)}]",
+        panel = Panel(f"{name} vs resolution — {facet.label()}", f"{name} [{results.unit(metric)}]",
                       model_series(results, metric, facet, styles, labels),
-                      fail_marks(results, [metric], facet, styles))
-        cap = (f"Compute per forward pass vs resolution, log-log, {facet.label()}. The legend gives each model's "
-               "growth exponent versus the number of tokens (tokens ∝ resolution²): the least-squares slope over "
-               "all resolutions and the local slope between the two largest. ≈ 1 means linear in tokens (DiM's "
-               "selective scan, and the per-token MLPs of every model); it tends to 2 where attention's quadratic "
-               "term dominates (DiT, U-ViT). " + method_text(results, [metric], facet))
-        figures.append(panels_figure(f"{label(metric)} vs resolution", cap, [panel], (8.5, 5.2)))
+                      fail_marks(results, [metric], facet, styles), xnotes=results.batch_tags([metric], facet))
+        what = "Compute per image" if facet.batch is None else "Compute per forward pass"
+        cap = (f"{what} vs resolution, log-log, {facet.label()}. " + batch_note([metric], facet)
+               + "The legend gives each model's growth exponent versus the number of tokens (tokens ∝ resolution²): "
+               "the least-squares slope over all resolutions and the local slope between the two largest. ≈ 1 means "
+               "linear in tokens (DiM's selective scan, and the per-token MLPs of every model); it tends to 2 where "
+               "attention's quadratic term dominates (DiT, U-ViT). " + method_text(results, [metric], facet))
+        figures.append(panels_figure(f"{name} vs resolution", cap, [panel], (8.5, 5.2)))
         if exp_rows:
-            tables.append(Table(f"Growth of {label(metric)} with the number of tokens — {facet.label()}. Exponent = "
+            tables.append(Table(f"Growth of {name} with the number of tokens — {facet.label()}. Exponent = "
                                 "d log(GMACs) / d log(tokens).",
                                 ["model", "resolutions", "at lowest", "at highest", "exponent (fit)",
                                  "exponent (local)"], exp_rows, [False, False, True, True, True, True]))
@@ -289,18 +359,23 @@ def _speed_section(results: Results, heading: str, anchor: str, time_metric: str
     styles = styles_for(results)
     figures, tables = [], []
     for facet in results.facets(metrics):
+        if len(results.facet_resolutions(metrics, facet)) < 2:
+            tables.append(point_table(results, metrics, facet, heading))
+            continue
+        tags = results.batch_tags(metrics, facet)
         panels = []
         for metric in metrics:
             if not results.attempted(metric, facet):
                 continue
-            unit = results.unit(metric)
-            panels.append(Panel(label(metric), f"{label(metric)} [{unit}]",
+            name = label(metric, facet)
+            panels.append(Panel(name, f"{name} [{results.unit(metric)}]",
                                 model_series(results, metric, facet, styles, spread=metric == time_metric),
-                                fail_marks(results, [metric], facet, styles)))
+                                fail_marks(results, [metric], facet, styles), xnotes=tags))
         if not panels:
             continue
         bars = any(s.spread for p in panels for s in p.series)
-        cap = (f"{what}, {facet.label()}. " + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
+        cap = (f"{what}, {facet.label()}. " + batch_note(metrics, facet)
+               + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
                + method_text(results, metrics, facet))
         figures.append(panels_figure(f"{heading} — {facet.label()}", cap, panels))
     paras = []
@@ -326,9 +401,13 @@ def section_memory(results: Results) -> Section | None:
     present = [(m, ls, h) for m, ls, h in MEMORY_METRICS if results.has(m)]
     if not present:
         return None
+    names = [m for m, _, _ in present]
     styles = styles_for(results)
-    figures = []
-    for facet in results.facets([m for m, _, _ in present]):
+    figures, tables = [], []
+    for facet in results.facets(names):
+        if len(results.facet_resolutions(names, facet)) < 2:
+            tables.append(point_table(results, names, facet, "Peak memory"))
+            continue
         series: list[Series] = []
         labelled: set[str] = set()
         legend = []
@@ -344,68 +423,78 @@ def section_memory(results: Results) -> Section | None:
                     labelled.add(s.label)
                 series.append(s)
         panel = Panel(f"Peak memory — {facet.label()}", "memory [GiB]", series,
-                      fail_marks(results, [m for m, _, _ in present], facet, styles), style_legend=legend)
-        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. Line style gives the source: solid = "
-               "allocator peak (tensors only), dashed = allocator reserved, dash-dot = NVML device-wide used "
-               "(includes the CUDA context), dotted with hollow markers = predicted under FakeTensorMode "
-               "(not measured). " + method_text(results, [m for m, _, _ in present], facet))
+                      fail_marks(results, names, facet, styles), style_legend=legend,
+                      xnotes=results.batch_tags(names, facet))
+        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. " + batch_note(names, facet)
+               + "Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, "
+               "dash-dot = NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted "
+               "under FakeTensorMode (not measured). " + method_text(results, names, facet))
         figures.append(panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
-    return Section("Memory", "memory", [], [], figures)
+    return Section("Memory", "memory", [], [], figures, tables)
+
+
+def _ratio_heading(lines: list[RatioLine]) -> str:
+    fams = [COMPARATORS[f] for f in COMPARATORS if any(ln.family == f for ln in lines)]
+    return "DiM vs " + " and ".join(fams)
 
 
 def section_ratio(results: Results) -> Section | None:
     lines = ratio_lines(results)
     if not lines:
         return None
-    pairs = list(dict.fromkeys((ln.dim, ln.dit) for ln in lines))
-    marker = {p: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, p in enumerate(pairs)}
-    measure_order = {m[0]: i for i, m in enumerate(RATIO_MEASURES)}
-    # Group lines into plots by measured facet (device, dtype, batch); counted lines join every group of their
-    # batch, or stand alone where nothing was measured at that batch.
-    groups: dict[tuple, list[RatioLine]] = {}
-    for ln in lines:
-        if ln.facet.device is not None:
-            groups.setdefault((ln.facet.device, ln.facet.dtype, ln.facet.batch), []).append(ln)
-    for ln in lines:
-        if ln.facet.device is None:
-            keys = [k for k in groups if k[2] == ln.facet.batch and ln not in groups[k]]
-            if not keys:
-                keys = [(None, None, ln.facet.batch)]
-            for k in keys:
-                groups.setdefault(k, []).append(ln)
+    dims = list(dict.fromkeys(ln.dim for ln in lines))
+    marker = {d: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, d in enumerate(dims)}
+    # One figure per setting (device, dtype); counted lines (any device and dtype, per image) join every one, or
+    # stand alone where nothing was measured. Settings measured at a single resolution are in the table only.
+    settings = list(dict.fromkeys(ln.setting for ln in lines if ln.setting != "counted")) or ["counted"]
     figures = []
-    for (device, dtype, batch), group in groups.items():
-        series, vlines = [], []
-        for ln in sorted(group, key=lambda ln: measure_order[ln.metric]):
-            name = f"{ln.measure}: {ln.dim} / {ln.dit}"
-            if ln.facet.task not in (None, "forward", "count", "train_step"):
-                name += f" ({ln.facet.task})"
-            series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[(ln.dim, ln.dit)],
-                                 ":" if ln.predicted else "-", ln.predicted))
-            for x, _ in ln.cross:
-                vlines.append((x, f"{ln.measure}: {px(x)}", ln.colour))
-        where = ", ".join(str(p) for p in (device, dtype) if p) or "counted"
-        where += f", batch {batch}"
-        panel = Panel(f"DiM / DiT ratio — {where}", "DiM / DiT (lower = DiM cheaper)", series, hline=1.0,
-                      hline_label="parity (ratio 1)", vlines=vlines)
-        crossed = [f"{ln.measure} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
-        cap = (f"Ratio of DiM to DiT per resolution ({where}) for each lower-is-better measure present; below 1 DiM "
-               "needs less. Colour = measure, marker = model pair; dotted lines with hollow markers are predicted, not "
-               "measured. Thin dotted vertical lines mark where a ratio crosses 1 (interpolated linearly in log "
-               "resolution and log ratio): " + (", ".join(crossed) if crossed else "none in the range measured")
-               + ".")
-        figures.append(panels_figure(f"DiM / DiT ratio — {where}", cap, [panel], (8.5, 5.2)))
+    for setting in settings:
+        group = [ln for ln in lines if ln.setting in (setting, "counted")]
+        if len({r for ln in group if ln.setting == setting for r in ln.res}) < 2:
+            continue
+        tags: dict[int, set[str]] = {}
+        for ln in group:
+            if ln.facet.batch is None:
+                for r, t in zip(ln.res, ln.batches, strict=True):
+                    tags.setdefault(r, set()).add(t)
+        sweep = {ln.metric for ln in group if ln.facet.batch is not None
+                 and len({x.facet.batch for x in group if x.metric == ln.metric}) > 1}
+        panels = []
+        for fam, fam_name in COMPARATORS.items():
+            series, vlines = [], []
+            for ln in [ln for ln in group if ln.family == fam]:
+                name = ln.measure + (f" ({ln.dim})" if len(dims) > 1 else "") + (
+                    f" (batch {ln.facet.batch})" if ln.metric in sweep else "")
+                series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.dim],
+                                     ":" if ln.predicted else "-", ln.predicted))
+                vlines += [(x, f"{ln.measure} vs {ln.other}: {px(x)}", ln.colour) for x, _ in ln.cross]
+            if series:
+                panels.append(Panel(f"DiM / {fam_name}", f"DiM / {fam_name} (lower = DiM cheaper)", series, hline=1.0,
+                                    hline_label="parity (ratio 1)", vlines=vlines,
+                                    xnotes={r: "/".join(sorted(t)) for r, t in tags.items()}))
+        crossed = [f"{ln.measure} vs {ln.other} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
+        cap = (f"Ratio of DiM to each comparator model at each resolution ({setting}) for every lower-is-better "
+               "measure present; below 1 DiM needs less. GMACs and times are per image; where the batch varies with "
+               "resolution (shown under each resolution) both models ran the same batch at each point, so the ratio "
+               "is the same per image as per pass, while memory is that of the whole batch. Colour = measure, "
+               "marker = DiM model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
+               "vertical lines mark where a ratio crosses 1 (interpolated linearly in log resolution and log "
+               "ratio): " + (", ".join(crossed) if crossed else "none in the range measured") + ".")
+        size = (8.5, 5.2) if len(panels) == 1 else (11.0, 5.4)
+        figures.append(panels_figure(f"{_ratio_heading(group)} ratio — {setting}", cap, panels, size))
     rows = []
     for ln in lines:
         cross = "; ".join(f"{px(x)} (DiM {'cheaper' if d == 'below' else 'dearer'} above)" for x, d in ln.cross)
-        rows.append([Cell(ln.dim), Cell(ln.dit), Cell(ln.measure), Cell(ln.facet.label()),
+        rows.append([Cell(f"{ln.dim} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
                      Cell(f"{ln.ratio[0]:.3f} at {ln.res[0]} px"), Cell(f"{ln.ratio[-1]:.3f} at {ln.res[-1]} px"),
-                     Cell(cross or "none in range")])
-    table = Table("DiM / DiT ratios and crossover resolutions (ratio = DiM value / DiT value at the same "
-                  "resolution, facet and batch).",
-                  ["DiM", "DiT", "measure", "measured under", "ratio (lowest res.)", "ratio (highest res.)",
+                     Cell(cross or ("single resolution" if len(ln.res) == 1 else "none in range"))])
+    table = Table("Ratios of DiM to the other models and crossover resolutions. Ratio = DiM value / other value at "
+                  "the same resolution, device, dtype and batch; GMACs and times per image (the same ratio as per "
+                  "pass), memory for the whole batch. Batch: at the lowest → highest resolution where it varies.",
+                  ["DiM / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
                    "crossover"], rows)
-    return Section("DiM vs DiT", "ratio", [ln.sentence() for ln in lines], [], figures, [table])
+    paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
+    return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
 
 
 def section_efficiency(results: Results) -> Section | None:
@@ -413,17 +502,22 @@ def section_efficiency(results: Results) -> Section | None:
     if not metrics:
         return None
     styles = styles_for(results)
-    figures = []
+    figures, tables = [], []
     for facet in results.facets(metrics):
+        if len(results.facet_resolutions(metrics, facet)) < 2:
+            tables.append(point_table(results, metrics, facet, "Hardware efficiency"))
+            continue
+        tags = results.batch_tags(metrics, facet)
         panels = [Panel(label(m), f"{label(m)} [{results.unit(m)}]",
                         model_series(results, m, facet, styles), fail_marks(results, [m], facet, styles),
-                        logy=False) for m in metrics if results.attempted(m, facet)]
+                        logy=False, xnotes=tags) for m in metrics if results.attempted(m, facet)]
         if not panels:
             continue
         cap = (f"How close each model runs to the hardware, {facet.label()}: achieved TFLOP/s = counted FLOPs / "
-               "measured time; MFU = achieved / the card's peak. " + method_text(results, metrics, facet))
+               "measured time; MFU = achieved / the card's peak. " + batch_note(metrics, facet)
+               + method_text(results, metrics, facet))
         figures.append(panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
-    return Section("Hardware efficiency", "efficiency", [], [], figures)
+    return Section("Hardware efficiency", "efficiency", [], [], figures, tables)
 
 
 def section_failures(results: Results) -> Section:
@@ -497,7 +591,8 @@ def section_methods(results: Results) -> Section:
     paras = [
         "Counting: GMACs are multiply-accumulates (one per multiply-add), the unit the DiT, U-ViT and DiM papers "
         "report as “GFLOPs”; GFLOPs here are true floating-point operations, 2 per multiply-add (1 MAC = 2 FLOPs). "
-        "Counts are for one forward pass at the stated batch, without classifier-free guidance.",
+        "Counts are for one forward pass at the stated batch, without classifier-free guidance; where the batch "
+        "varies with resolution they are shown per image (the count for the batch / the batch).",
         "Timing: on a GPU with CUDA events after warm-up, the median of repeats; on a CPU with the wall clock. "
         "Throughput is images per second for one denoising forward pass (or one training step). The exact "
         "procedure of every number is in its caption and in the table below.",
@@ -505,9 +600,16 @@ def section_methods(results: Results) -> Section:
         "allocator's free blocks; ‘device’ is NVML's device-wide used memory, including the CUDA context and "
         "anything else on the card; ‘predicted’ is computed under FakeTensorMode without allocating, and is a "
         "prediction, not a measurement.",
-        "Ratios and crossovers: ratio = DiM value / DiT value at the same resolution, facet and batch; a crossover "
-        "is where the ratio crosses 1, interpolated linearly between neighbouring resolutions in log resolution "
-        "and log ratio.",
+        "Batch: a suite may shrink the batch as the resolution grows (to fill the card at low resolution). Plots "
+        "then join the points of different batches per image — GMACs and times divided by the batch; throughput, "
+        "TFLOP/s and MFU are rates and unchanged — and name the batch under each resolution. Memory cannot be "
+        "divided by the batch (weights are paid once) and is shown for the whole batch. A batch sweep (several "
+        "batches at one point) is plotted one batch at a time, as measured.",
+        "Ratios and crossovers: ratio = DiM value / DiT (or U-ViT) value at the same resolution, device, dtype and "
+        "batch, per image for GMACs and times (the same as per pass, both models having run the same batch); a "
+        "crossover is where the ratio crosses 1, interpolated linearly between neighbouring resolutions in log "
+        "resolution and log ratio. The summary's line per measure takes the device and dtype measured at the most "
+        "resolutions (in a batch sweep, the largest batch).",
     ]
     env_backends = [(k, v) for k, v in _flatten(results.env) if "backend" in k.lower()]
     if env_backends:

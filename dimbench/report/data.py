@@ -8,7 +8,17 @@ elsewhere is a :class:`ReportError` naming the file and line.
 
 A row's *facet* is what it was measured under: (task, device, dtype, batch). Counted metrics (``task ==
 "count"``: params, FLOPs) do not depend on device or dtype, so when their values agree across those they are
-collapsed to one facet per batch instead of being plotted once per device.
+collapsed to one facet instead of being plotted once per device.
+
+The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
+
+- the same batch at every point: one facet with that batch, values as measured (one pass over the batch);
+- one batch per point, different across resolutions (a suite that fills the chip at low resolution and shrinks
+  the batch as the tokens grow): one facet with ``batch=None``, whose values are **per image** so that points
+  of different batches join one curve (:func:`per_image_factor`: GMACs and times divided by the batch; rates
+  such as img/s, TFLOP/s and MFU, and memory, as measured; memory is for the whole batch and cannot be
+  normalised, so its plots name the batch at each point);
+- several batches at one point (a batch sweep): one facet per batch, values as measured, as for a fixed batch.
 """
 
 from __future__ import annotations
@@ -30,6 +40,10 @@ from .plots import family_of
 COLUMNS = list(results_store.COLUMNS)
 STATUSES = results_store.STATUSES
 FAILED = ("oom", "error")
+# Metrics that grow with the batch (one pass over it): per image = value / batch. Others are left as measured:
+# rates (img/s, TFLOP/s, MFU) are already per image or batch-independent, parameter counts do not depend on the
+# batch, and memory is not proportional to it (weights and workspaces are paid once per batch).
+PER_PASS_METRICS = ("gmacs", "gflops", "gmacs_fvcore", "latency_ms", "train_step_ms")
 _FAMILY_ORDER = {"dim": 0, "dit": 1, "uvit": 2}
 
 
@@ -104,9 +118,24 @@ def load_environment(directory: Path) -> tuple[dict, list[str]]:
     return env, []
 
 
+def per_image_factor(metric: str, batch: int) -> float | None:
+    """What a value measured at ``batch`` is multiplied by to compare it per image across batches: 1 / batch for
+    the metrics of one pass over the batch (:data:`PER_PASS_METRICS`), 1 for the rest; None when the batch is
+    unknown (recorded as 0) and the metric needs it."""
+    if metric not in PER_PASS_METRICS:
+        return 1.0
+    return 1.0 / batch if batch > 0 else None
+
+
+def batch_tag(batches) -> str:
+    """The batch(es) of one point for a plot label: ``b32``; ``b8/b4`` where the models differ."""
+    return "/".join(f"b{b}" for b in sorted(set(batches), reverse=True))
+
+
 @dataclasses.dataclass(frozen=True)
 class Facet:
-    """What a value was measured under; ``None`` fields match anything (collapsed counted metrics)."""
+    """What a value was measured under; ``None`` fields match anything: device and dtype for collapsed counted
+    metrics, the batch where it varies with resolution (then the facet's values are per image)."""
 
     task: str | None
     device: str | None
@@ -119,8 +148,7 @@ class Facet:
             parts.append(self.device)
         if self.dtype is not None:
             parts.append(self.dtype)
-        if self.batch is not None:
-            parts.append(f"batch {self.batch}")
+        parts.append(f"batch {self.batch}" if self.batch is not None else "batch varies with resolution")
         if self.task is not None and self.task not in ("forward", "count"):
             parts.append(self.task)
         if self.device is None:
@@ -174,7 +202,11 @@ class Results:
         return self._collapsible[metric]
 
     def facets(self, metrics: list[str]) -> list[Facet]:
-        """The distinct facets the given metrics were attempted under (skipped rows aside), in a stable order."""
+        """The distinct facets the given metrics were attempted under (skipped rows aside), in a stable order.
+
+        Per (task, device, dtype), or for all rows of a collapsed counted metric: one facet per batch, except where
+        every point (model, resolution) has a single batch and the batches differ: then one facet whose batch
+        varies with resolution (``batch=None``, values per image). See the module docstring."""
         out: list[Facet] = []
         for metric in metrics:
             rows = self.rows(metric)
@@ -182,14 +214,23 @@ class Results:
             if not len(rows):
                 continue
             if self.is_collapsible(metric):
-                fs = [Facet(None, None, None, int(b)) for b in sorted(set(rows["batch"]))]
+                groups = [((None, None, None), rows)]
             else:
-                combos = rows[["task", "device", "dtype", "batch"]].drop_duplicates()
-                fs = [Facet(t, dv, dt, int(b)) for t, dv, dt, b in combos.itertuples(index=False)]
-            for f in fs:
-                if f not in out:
-                    out.append(f)
+                groups = list(rows.groupby(["task", "device", "dtype"], sort=False))
+            for key, g in groups:
+                batches = sorted(set(int(b) for b in g["batch"]))
+                one_per_point = bool((g.groupby(["model", "resolution"])["batch"].nunique() == 1).all())
+                fs = [Facet(*key, None)] if len(batches) > 1 and one_per_point else [Facet(*key, b) for b in batches]
+                out += [f for f in fs if f not in out]
         return sorted(out, key=lambda f: (f.device or "", f.dtype or "", f.batch or 0, f.task or ""))
+
+    def facet_resolutions(self, metrics: list[str], facet: Facet) -> list[int]:
+        """The resolutions these metrics were attempted at under a facet (skipped rows aside)."""
+        out: set[int] = set()
+        for metric in metrics:
+            rows = self.select(metric, facet)
+            out |= set(int(r) for r in rows.loc[rows["status"] != "skipped", "resolution"])
+        return sorted(out)
 
     def select(self, metric: str, facet: Facet) -> pd.DataFrame:
         rows = self.rows(metric)
@@ -200,13 +241,55 @@ class Results:
         return rows[facet.mask(rows)]
 
     def values(self, metric: str, facet: Facet) -> dict[str, dict[int, float]]:
-        """model -> resolution -> value, for the ok rows of a metric under a facet."""
+        """model -> resolution -> value, for the ok rows of a metric under a facet; per image where the facet's
+        batch varies (the row's ``extra["<metric>_per_image"]`` when recorded, else value x
+        :func:`per_image_factor`)."""
+        out: dict[str, dict[int, float]] = {}
+        for m, r, v, b, extra in self._ok(metric, facet):
+            if facet.batch is None:
+                recorded = _num(extra.get(f"{metric}_per_image"))
+                k = per_image_factor(metric, b)
+                v = recorded if recorded is not None else (v * k if k is not None else None)
+            if v is not None:
+                out.setdefault(m, {}).setdefault(r, float(v))
+        return {m: out[m] for m in self.models if m in out}
+
+    def spread(self, metric: str, facet: Facet) -> dict[tuple[str, int], tuple[float, float]]:
+        """(model, resolution) -> (p10, p90) of the timed repeats (extra ``p10_ms``/``p90_ms``), scaled like
+        :meth:`values`."""
+        out = {}
+        for m, r, _, b, extra in self._ok(metric, facet):
+            lo, hi = _num(extra.get("p10_ms")), _num(extra.get("p90_ms"))
+            k = per_image_factor(metric, b) if facet.batch is None else 1.0
+            if lo is not None and hi is not None and k is not None:
+                out.setdefault((m, r), (lo * k, hi * k))
+        return out
+
+    def batches(self, metrics: list[str], facet: Facet) -> dict[str, dict[int, int]]:
+        """model -> resolution -> batch of the rows (any status but skipped) of these metrics under a facet."""
+        out: dict[str, dict[int, int]] = {}
+        for metric in metrics:
+            rows = self.select(metric, facet)
+            rows = rows[rows["status"] != "skipped"]
+            for m, r, b in rows[["model", "resolution", "batch"]].itertuples(index=False):
+                out.setdefault(m, {}).setdefault(int(r), int(b))
+        return out
+
+    def batch_tags(self, metrics: list[str], facet: Facet) -> dict[int, str]:
+        """resolution -> ``b32`` (the batch there) when the facet's batch varies with resolution, else empty."""
+        if facet.batch is not None:
+            return {}
+        by_res: dict[int, set[int]] = {}
+        for by_model in self.batches(metrics, facet).values():
+            for r, b in by_model.items():
+                by_res.setdefault(r, set()).add(b)
+        return {r: batch_tag(bs) for r, bs in sorted(by_res.items())}
+
+    def _ok(self, metric: str, facet: Facet):
         rows = self.select(metric, facet)
         rows = rows[rows["status"] == "ok"]
-        out: dict[str, dict[int, float]] = {}
-        for m, r, v in rows[["model", "resolution", "value"]].itertuples(index=False):
-            out.setdefault(m, {}).setdefault(int(r), float(v))
-        return {m: out[m] for m in self.models if m in out}
+        for m, r, v, b, extra in rows[["model", "resolution", "value", "batch", "extra"]].itertuples(index=False):
+            yield m, int(r), float(v), int(b), extra
 
     def attempted(self, metric: str, facet: Facet) -> bool:
         """Whether the metric has a row other than "skipped" under this facet."""

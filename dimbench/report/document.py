@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from . import plots
-from .data import STATUSES, Facet, Results
+from .data import PER_PASS_METRICS, STATUSES, Facet, Results
 from .plots import FailMark, Panel, Series
 
 # --------------------------------------------------------------------------------------------------------------
@@ -101,8 +101,44 @@ MEMORY_METRICS = [  # (metric, line style, hollow markers = predicted)
 SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
 
 
-def label(metric: str) -> str:
+# What a metric of one pass over the batch is called once divided by the batch (the facet's batch varies).
+PER_IMAGE_LABELS = {
+    "gmacs": "GMACs per image",
+    "gflops": "GFLOPs per image",
+    "gmacs_fvcore": "GMACs per image by fvcore",
+    "latency_ms": "forward time per image",
+    "train_step_ms": "training-step time per image",
+}
+
+
+def label(metric: str, facet: Facet | None = None) -> str:
+    """The metric's display name; per image where the facet's batch varies and the metric is divided by it."""
+    if facet is not None and facet.batch is None and metric in PER_PASS_METRICS:
+        return PER_IMAGE_LABELS.get(metric, f"{metric} per image")
     return METRIC_LABELS.get(metric, metric)
+
+
+def batch_note(metrics: Sequence[str], facet: Facet) -> str:
+    """For a caption: how the values relate to the batch, when it varies with resolution (else nothing)."""
+    if facet.batch is not None:
+        return ""
+    head = "The batch varies with resolution (shown under each resolution, b32 = batch 32): "
+    if all(m.startswith("mem_") for m in metrics):
+        return (head + "memory is the peak of one pass over the whole batch, not per image — weights and workspaces "
+                "are paid once per batch, so it does not divide by the batch. ")
+    if not any(m in PER_PASS_METRICS for m in metrics):
+        return head + "these are rates, the same per image as per batch, so points of different batches compare. "
+    return (head + "values are per image — GMACs and times are those of one pass over the batch divided by the "
+            "batch; throughput (img/s), TFLOP/s and MFU are rates, the same per image as per batch. ")
+
+
+def as_measured(metric: str) -> str:
+    """What a value of a varying-batch facet is, as measured (the full tables do not divide by the batch)."""
+    if metric in PER_PASS_METRICS:
+        return "values as measured, for one pass over the whole batch (the plots divide them by the batch)"
+    if metric.startswith("mem_"):
+        return "values as measured, for the whole batch"
+    return "values as measured"
 
 
 def fmt(value: float | None, metric: str = "") -> str:
@@ -152,9 +188,10 @@ def fail_marks(results: Results, metrics: list[str], facet: Facet, styles) -> li
 
 def model_series(results: Results, metric: str, facet: Facet, styles, labels: dict[str, str] | None = None,
                   linestyle: str = "-", hollow: bool = False, spread: bool = False) -> list[Series]:
-    """One series per model; with ``spread``, the rows' p10/p90 (extra ``p10_ms``/``p90_ms``) as bars."""
+    """One series per model (per image where the facet's batch varies); with ``spread``, the rows' p10/p90
+    (extra ``p10_ms``/``p90_ms``) as bars."""
     out = []
-    bounds = _spread(results, metric, facet) if spread else {}
+    bounds = results.spread(metric, facet) if spread else {}
     for model, by_res in results.values(metric, facet).items():
         rs = sorted(by_res)
         s = Series((labels or {}).get(model, model), rs, [by_res[r] for r in rs], styles[model].colour,
@@ -162,16 +199,6 @@ def model_series(results: Results, metric: str, facet: Facet, styles, labels: di
         if all((model, r) in bounds for r in rs):
             s.spread = [bounds[(model, r)] for r in rs]
         out.append(s)
-    return out
-
-
-def _spread(results: Results, metric: str, facet: Facet) -> dict[tuple[str, int], tuple[float, float]]:
-    rows = results.select(metric, facet)
-    out = {}
-    for m, r, extra in rows.loc[rows["status"] == "ok", ["model", "resolution", "extra"]].itertuples(index=False):
-        lo, hi = extra.get("p10_ms"), extra.get("p90_ms")
-        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-            out.setdefault((m, int(r)), (float(lo), float(hi)))
     return out
 
 
@@ -192,9 +219,38 @@ def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str 
         cells[(m, int(r))] = Cell(text, s if s in STATUSES else "error")
     body = [[Cell(m)] + [cells.get((m, r), Cell("—", "missing")) for r in resolutions] for m in models]
     unit = results.unit(metric) + (" (shown in millions)" if metric.startswith("params") else "")
-    caption = (f"{label(metric)} [{unit}] — {facet.label()}. Method: {join_text(results.methods(metric, facet))}."
+    tags = results.batch_tags([metric], facet)
+    caption = (f"{label(metric)} [{unit}] — {facet.label()}"
+               + (f". The batch of each resolution in brackets; {as_measured(metric)}" if tags else "")
+               + f". Method: {join_text(results.methods(metric, facet))}."
                + (f" {caption_extra}" if caption_extra else ""))
-    return Table(caption, ["model"] + [px(r) for r in resolutions], body, [False] + [True] * len(resolutions))
+    heads = [px(r) + (f" ({tags[r]})" if r in tags else "") for r in resolutions]
+    return Table(caption, ["model"] + heads, body, [False] + [True] * len(resolutions))
+
+
+def point_table(results: Results, metrics: Sequence[str], facet: Facet, what: str) -> Table:
+    """Model x metric at the one resolution a facet was measured at (a plot of single dots says less)."""
+    metrics = [m for m in metrics if results.attempted(m, facet)]
+    (res,) = results.facet_resolutions(list(metrics), facet)
+    body = []
+    for model in results.models:
+        cells = []
+        for m in metrics:
+            rows = results.select(m, facet)
+            rows = rows[(rows["model"] == model) & (rows["resolution"] == res) & (rows["status"] != "skipped")]
+            if not len(rows):
+                cells.append(Cell("—", "missing"))
+            else:
+                r = rows.iloc[0]
+                ok = r["status"] == "ok"
+                cells.append(Cell(fmt(r["value"], m) if ok else ("OOM" if r["status"] == "oom" else "error"),
+                                  r["status"] if r["status"] in STATUSES else "error"))
+        if any(c.status != "missing" for c in cells):
+            body.append([Cell(model)] + cells)
+    cols = ["model"] + [f"{label(m)} [{results.unit(m)}]" for m in metrics]
+    caption = (f"{what} — {facet.label()}, measured at {px(res)} only, so tabulated rather than plotted. Values as "
+               f"measured. {method_text(results, metrics, facet)}")
+    return Table(caption, cols, body, [False] + [True] * len(metrics))
 
 
 def panels_figure(title: str, caption: str, panels: list[Panel], size=(10.0, 4.6)) -> Figure:

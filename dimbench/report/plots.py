@@ -110,6 +110,8 @@ class Panel:
     vlines: list[tuple[float, str, str]] = dataclasses.field(default_factory=list)  # (x, label, colour)
     style_legend: list[tuple[str, str, bool]] = dataclasses.field(default_factory=list)  # (label, ls, hollow)
     xticks: list[float] | None = None
+    # A second line under a resolution's tick label: the batch there ("b32") when it varies with resolution.
+    xnotes: dict[float, str] = dataclasses.field(default_factory=dict)
 
 
 def draw_panels(fig: FigureBase, panels: Sequence[Panel], ncols: int | None = None) -> None:
@@ -129,17 +131,19 @@ def draw_panels(fig: FigureBase, panels: Sequence[Panel], ncols: int | None = No
             for h, lab in zip(handles, labels, strict=True):
                 merged.setdefault(lab, h)
         if merged:
+            # As many columns as fit the width (about 13 characters an inch at this font size), at most 5.
+            per_row = int(fig.bbox.width / fig.dpi * 13 // (max(len(lab) for lab in merged) + 6))
             fig.legend(list(merged.values()), list(merged), loc="outside lower center", fontsize=7,
-                       ncols=min(len(merged), 5), frameon=False)
+                       ncols=max(1, min(len(merged), 5, per_row)), frameon=False)
 
 
-def _resolution_axis(ax, xs: Sequence[float], ticks: Sequence[float] | None) -> None:
-    """Resolution on a log2 axis with the measured resolutions as the labelled ticks."""
+def _resolution_axis(ax, xs: Sequence[float], ticks: Sequence[float] | None, notes: dict[float, str]) -> None:
+    """Resolution on a log2 axis with the measured resolutions as the labelled ticks (and a note under each)."""
     ax.set_xscale("log", base=2)
     ticks = sorted(set(ticks or xs))
     if ticks:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
-        ax.set_xticklabels([f"{t:g}" for t in ticks])
+        ax.set_xticklabels([mpl_text(f"{t:g}\n{notes[t]}" if t in notes else f"{t:g}") for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())
         lo, hi = min(ticks), max(ticks)
         ax.set_xlim(lo / 1.25, hi * 1.25)
@@ -185,7 +189,7 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
             label=mpl_text(s.label),
         )
     xs += [f.x for f in p.fails]
-    _resolution_axis(ax, xs, p.xticks)
+    _resolution_axis(ax, xs, p.xticks, p.xnotes)
     positive = [y for y in ys if y > 0]
     if p.logy and positive:
         ax.set_yscale("log")
@@ -196,6 +200,10 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
         if span < 12:
             # Within about a decade the default minor ticks (2..9) can leave a stretch like 1-2 unlabelled.
             ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(1.25, 1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+        elif span < 120:
+            # Up to about two decades: label 2 and 5 within each decade too.
+            ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2, 5)))
             ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
         else:
             ax.yaxis.set_minor_formatter(NullFormatter())
@@ -235,9 +243,9 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
         mark.set_in_layout(False)
         note.set_in_layout(False)
     ax.set_title(mpl_text(p.title), fontsize=10)
-    ax.set_xlabel(mpl_text(p.xlabel), fontsize=8.5)
+    ax.set_xlabel(mpl_text(p.xlabel + (" · batch under each" if p.xnotes else "")), fontsize=8.5)
     ax.set_ylabel(mpl_text(p.ylabel), fontsize=8.5)
-    ax.tick_params(labelsize=7.5)
+    ax.tick_params(which="both", labelsize=7.5)
     ax.grid(True, which="major", alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     for label, ls, hollow in p.style_legend:
