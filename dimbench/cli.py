@@ -135,7 +135,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from dimbench.suite import SuiteError, load_suite
 
     out = console()
-    t = Table(title="Models (dimbench.models registry)", title_justify="left")
+    t = Table(title="Models (models registry)", title_justify="left")
     for col in ("name", "family", "official config", "patch", "input", "description"):
         t.add_column(col)
     for name in models.list_models():
