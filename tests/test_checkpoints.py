@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from oracles import oracle_path, require_oracle
 
 import models  # noqa: F401  (registers every family)
 from dimbench import checkpoint_cli
@@ -25,7 +26,7 @@ from models.checkpoints import (
 from models.dim_convert import dimbench_to_official
 from models.registry import create_model
 
-ORACLE = Path("/work/shared/oracles/dim_tiny_official.pt")
+ORACLE = oracle_path("dim_tiny_official.pt")
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small versions of each family's registered configs (overrides keep architecture names, shrink the sizes).
@@ -50,8 +51,9 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.fixture(scope="module")
 def oracle():
+    require_oracle(ORACLE)  # in CI a missing oracle fails here instead of skipping
     if not ORACLE.is_file():
-        pytest.skip(f"DiM oracle {ORACLE} not present")
+        pytest.skip(f"DiM oracle {ORACLE} not present (set DIMBENCH_ORACLES)")
     return torch.load(ORACLE, weights_only=True)
 
 

@@ -1,6 +1,6 @@
 """DiM against the official code: a tiny official model's weights, inputs and outputs.
 
-The oracle (/work/shared/oracles/dim_tiny_official.pt) was produced by the official DiM code on CPU in float32:
+The oracle (shared/oracles/dim_tiny_official.pt beside the checkout) came from the official DiM code (CPU, float32):
 width 64, 7 blocks, 4×16×16 latents, patch 2, 10 classes, lateral pads, random weights in official naming. It
 covers skip fusion for d <= 512 and the lateral layout; integer and fractional t.
 Converted into dimbench's DiM, the same inputs must give the same outputs to float32 rounding.
@@ -8,21 +8,20 @@ Converted into dimbench's DiM, the same inputs must give the same outputs to flo
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
+from oracles import oracle_path, require_oracle
 
 import models
 from models.dim import DiM
 from models.dim_convert import infer_dim_config, is_official_dim, official_to_dimbench
 from models.scan import available_backends
 
-ORACLE = Path("/work/shared/oracles/dim_tiny_official.pt")
+ORACLE = oracle_path("dim_tiny_official.pt")
 TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (the spec's bound for float32 rounding)
 CPU_BACKENDS = [b for b in ("reference", "chunked") if available_backends("cpu")[b][0]]
 
-pytestmark = pytest.mark.skipif(not ORACLE.exists(), reason=f"oracle file {ORACLE} not present")
+pytestmark = require_oracle(ORACLE)
 
 
 @pytest.fixture(autouse=True, scope="module")
