@@ -3,7 +3,7 @@
 Shapes below: b = batch, C = input channels, p = patch, (h, w) = token grid (input side / p), d = width,
 P = (h + 3)(w + 3) = padded grid length, S = 5 + P = sequence length ([t, y, q1, q2, q3, padded grid]).
 
-Forward pass (spec: /work/shared/spec/dim.md):
+Forward pass (spec: shared/spec/dim.md):
 
     x (b, C, h·p, w·p) ─patch conv─► grid (b, h·w, d) + pos ─3×3 dw conv─► pad ─► [t, y, q1..q3, padded grid]
     ─► N blocks, each: [skip fusion] → scan switch → x + (1+gate)·Mamba(RMSNorm(x)·(1+scale)+shift)
