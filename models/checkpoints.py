@@ -25,7 +25,9 @@ import argparse
 import dataclasses
 import math
 import os
+import pickle
 import re
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -104,13 +106,24 @@ def _torch_load(path: str, map_location: Any) -> Any:
         raise CheckpointError(f"{path}: no such file")
     try:
         # DiT's training script stores its argparse.Namespace under "args"; allow exactly that class.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+            # A plain pickle (not torch's zip format) makes torch warn about its protocol before refusing or
+            # reading it; the outcome is reported below, the warning is noise to a user.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure to read is reported the same way, with its cause
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if isinstance(e, pickle.UnpicklingError):
+            # torch's text suggests retrying with weights_only=False, i.e. running code from an untrusted file:
+            # never pass that on. Keep only its diagnosis (e.g. "Unsupported global: ...").
+            lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")]
+            raise CheckpointError(
+                f"{path}: cannot be read as a PyTorch checkpoint (truncated, not a checkpoint, or holding objects "
+                f"other than tensors, which the safe loader refuses): {(lines or ['unpickling refused'])[0][:200]}"
+            ) from e
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, or not a checkpoint?): "
-            f"{type(e).__name__}: {first[:300]}"
+            f"{type(e).__name__}: {first.split('. ')[0][:300]}"
         ) from e
 
 

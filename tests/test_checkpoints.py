@@ -421,3 +421,18 @@ def test_cli_choices_agree_with_the_loader():
 
     assert cli.FORMATS == ckpt.FORMATS
     assert cli.PAD_LAYOUTS == ckpt.PAD_LAYOUTS
+
+
+def test_a_pickled_object_is_refused_without_suggesting_an_unsafe_load(tmp_path):
+    """Checkpoints are untrusted: a pickle holding a callable is refused by the safe loader, and the message
+    must not pass on torch's advice to retry with weights_only=False."""
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"x": os.getcwd}, f)
+    with pytest.raises(CheckpointError) as err:
+        inspect_checkpoint(str(path))
+    message = str(err.value)
+    assert str(path) in message and "safe loader refuses" in message
+    assert "weights_only set to False" not in message and "weights_only=False" not in message
