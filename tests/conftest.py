@@ -60,3 +60,19 @@ def write_suite(tmp_path: Path):
         return path
 
     return write
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, restored after it.
+
+    The models in these tests are tiny: one OpenMP thread is as fast on an idle machine, and on a busy 2-core
+    one the barriers of two spinning threads make small ops take milliseconds each. No result depends on it.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

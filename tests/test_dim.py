@@ -31,13 +31,8 @@ from models.dim_convert import dimbench_to_official, infer_dim_config, is_offici
 META = torch.device("meta")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one OpenMP thread is as fast on an idle machine and ~10× faster on a busy one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One OpenMP thread (tests/conftest.py: tiny models, busy machines).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(module: torch.nn.Module) -> int:

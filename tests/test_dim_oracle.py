@@ -21,16 +21,10 @@ ORACLE = oracle_path("dim_tiny_official.pt")
 TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (the spec's bound for float32 rounding)
 CPU_BACKENDS = [b for b in ("reference", "chunked") if available_backends("cpu")[b][0]]
 
-pytestmark = require_oracle(ORACLE)
+# One OpenMP thread (tests/conftest.py: a tiny model, busy machines).
+pytestmark = [require_oracle(ORACLE), pytest.mark.usefixtures("one_thread")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model: one OpenMP thread is as fast on an idle machine and much faster on a busy one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,14 +21,8 @@ from dimbench.points import SweepPoint
 aten = torch.ops.aten
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers under contention make tiny ops take
-    milliseconds each; results do not depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One OpenMP thread (tests/conftest.py: tiny models, busy machines).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def point(model: str, input_size: int, batch: int = 1, **kw) -> SweepPoint:

@@ -21,14 +21,8 @@ from dimbench.points import SweepPoint
 OPTIONS = {"warmup": 1, "repeats": 3}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP barriers under contention make tiny ops take
-    milliseconds each; no assertion here depends on speed."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# One OpenMP thread (tests/conftest.py: tiny models, busy machines).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def point(model="dit_s_2", input_size=8, batch=2, dtype="float32", device="cpu", **kw) -> SweepPoint:
