@@ -11,11 +11,29 @@
 # Importing the family modules registers their configurations.
 from . import dim, dit, uvit  # noqa: F401,E402
 from .checkpoints import load_checkpoint, load_resized_state_dict  # noqa: E402
-from .registry import ModelInfo, create_model, list_models, model_info, register_model
+from .registry import (  # noqa: E402
+    Family,
+    ModelInfo,
+    Timestep,
+    create_model,
+    family,
+    family_of_model,
+    list_families,
+    list_models,
+    model_info,
+    register_family,
+    register_model,
+)
 from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
 
 __all__ = [
+    "Family",
     "ModelInfo",
+    "Timestep",
+    "family",
+    "family_of_model",
+    "list_families",
+    "register_family",
     "create_model",
     "list_models",
     "model_info",

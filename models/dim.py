@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch._guards import detect_fake_mode
 
 from .layers import timestep_sinusoid
-from .registry import register_model
+from .registry import Family, Timestep, register_family, register_model
 from .scan import selective_scan
 
 __all__ = [
@@ -466,8 +466,21 @@ class DiM(nn.Module):
         return out.reshape(b, C, h * p, w * p)
 
 
+FAMILY = register_family(Family(
+    name="dim",
+    display="DiM",
+    description="Diffusion Mamba (Teng et al., arXiv 2405.14224): multi-directional Mamba scans over a padded "
+    "token grid, local depth-wise convolutions, long skips",
+    timestep=Timestep(1, 1000, integer=False, meaning="DDPM step n in [1, 1000] (float; fractions allowed)"),
+    role="subject",
+    order=0,
+    sizes={(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
+    options={"pad_layout": PAD_LAYOUTS},
+    module_types=(DiM,),
+))
+
 # ----------------------------------------------------------------------------------------------------------------
-# Official configurations (dim.md §4)
+# Official configurations (docs/models.md)
 
 
 @register_model(

@@ -26,7 +26,7 @@ import torch.nn as nn
 from timm.layers import Attention, Mlp, PatchEmbed
 
 from .layers import timestep_sinusoid
-from .registry import register_model
+from .registry import Family, Timestep, register_family, register_model
 
 TIME_FREQ_DIM = 256  # width of DiT's timestep frequency embedding
 
@@ -227,24 +227,27 @@ def adapt_state_dict(model: DiT, state_dict: dict[str, torch.Tensor]) -> dict[st
     return out
 
 
+FAMILY = register_family(Family(
+    name="dit",
+    display="DiT",
+    description="Diffusion Transformer (Peebles & Xie, arXiv 2212.09748): a ViT with adaLN-Zero conditioning",
+    timestep=Timestep(0, 999, integer=True, meaning="DDPM step index in 0 ... 999 (integer)"),
+    role="baseline",
+    order=1,
+    sizes={(12, 384): "S", (12, 768): "B", (24, 1024): "L", (28, 1152): "XL"},
+    module_types=(DiT,),
+))
+
 # ---- official configurations: (depth, width, heads) per size, patch 2/4/8; 4x32x32 latents, 1000 classes ----
 
 _SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
 
-
-def _register(size: str, patch: int) -> None:
-    depth, width, heads = _SIZES[size]
-    official = f"DiT-{size.upper()}/{patch}"
-
-    @register_model(
-        f"dit_{size}_{patch}", family="dit", official=official,
-        description=f"{official}: depth {depth}, width {width}, {heads} heads, learned sigma",
-        input_size=32, in_channels=4, num_classes=1000, patch_size=patch, depth=depth, width=width, heads=heads,
-    )  # fmt: skip
-    def build(**kwargs: Any) -> DiT:
-        return DiT(**kwargs)
-
-
-for _size in _SIZES:
+for _size, (_depth, _width, _heads) in _SIZES.items():
     for _patch in (2, 4, 8):
-        _register(_size, _patch)
+        _official = f"DiT-{_size.upper()}/{_patch}"
+        register_model(
+            f"dit_{_size}_{_patch}", family="dit", official=_official,
+            description=f"{_official}: depth {_depth}, width {_width}, {_heads} heads, learned sigma",
+            input_size=32, in_channels=4, num_classes=1000, patch_size=_patch, depth=_depth, width=_width,
+            heads=_heads,
+        )(DiT)  # fmt: skip

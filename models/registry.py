@@ -1,17 +1,86 @@
-"""Model registry in the spirit of timm's ``create_model``.
+"""Model registry in the spirit of timm's ``create_model``, and the model families.
 
-Each family module (``models.dim``, ``models.dit``, ``models.uvit``) registers one builder per published
-configuration with :func:`register_model`. The builder's keyword defaults *are* the official configuration
-(depth, width, patch, input size, channels, classes); :func:`create_model` only overrides what the caller names.
+A *family* (DiM, DiT, U-ViT, or one a plugin adds) states its facts once, in its own file, as a :class:`Family`:
+display name, the timestep convention of its ``model(x, t, y)``, its published size table, the options a suite
+may set on its models, and its checkpoint support (detection, description, conversion, position-embedding
+resizing; see :mod:`models.checkpoints`). Nothing outside ``models/<family>.py`` branches on a family's name.
+
+Each family file registers one builder per published configuration with :func:`register_model`. The builder's
+keyword defaults *are* the official configuration (depth, width, patch, input size, channels, classes);
+:func:`create_model` only overrides what the caller names.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 import torch.nn as nn
+
+
+@dataclasses.dataclass(frozen=True)
+class Timestep:
+    """The ``t`` a family's models take: the diffusion step in ``first ... last`` (both included), integer or not.
+
+    DiM and U-ViT take the DDPM step n in [1, 1000] as a float (fractions allowed); DiT an integer index in
+    0 ... 999. ``meaning`` says so in words, for documentation and method strings.
+    """
+
+    first: int
+    last: int
+    integer: bool
+    meaning: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.long if self.integer else torch.float32
+
+    def sample(self, batch: int, device: torch.device | str, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(batch,) uniformly drawn whole steps in the family's range, in its dtype."""
+        steps = torch.randint(self.first, self.last + 1, (batch,), device=device, generator=generator)
+        return steps.to(self.dtype)
+
+    def empty(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """(batch,) uninitialised steps of the right dtype (meta device, FakeTensorMode: shapes only)."""
+        return torch.empty(batch, device=device, dtype=self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """What dimbench knows about a model family, declared once in the family's own file.
+
+    ``role`` places the family in comparisons: the ``"subject"`` (DiM) is compared against each ``"baseline"``
+    (DiT, U-ViT) in reports; ``"other"`` families are measured and shown but not compared. ``order`` sorts
+    families in tables and plots. ``sizes`` maps (depth, width) to the published size letter ("XL"), to name
+    what a checkpoint holds. ``options`` lists the constructor options a suite may set on this family's models,
+    with their allowed values (DiM: ``pad_layout``). ``checkpoints`` is the family's
+    :class:`models.checkpoints.CheckpointSupport` (None: the family's weights cannot be loaded from files).
+    ``module_types`` are the classes of the family's models, to tell the family of a built model.
+    """
+
+    name: str
+    display: str
+    description: str
+    timestep: Timestep
+    role: str = "other"
+    order: int = 100
+    sizes: Mapping[tuple[int, int], str] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    module_types: tuple[type, ...] = ()
+    checkpoints: Any = None
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"family {self.name!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
+
+    def size_name(self, depth: int, width: int) -> str | None:
+        """The published size letter for (depth, width), or None for a size of one's own."""
+        return self.sizes.get((depth, width))
+
+
+ROLES = ("subject", "baseline", "other")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +88,7 @@ class ModelInfo:
     """What the registry knows about a name without building the model."""
 
     name: str
-    family: str  # "dim" | "dit" | "uvit"
+    family: str  # a registered Family's name: "dim" | "dit" | "uvit" | a plugin's
     builder: Callable[..., nn.Module]
     defaults: dict[str, Any]  # the official config's keyword arguments
     official: str  # the official config it stands for, or "dimbench" for sizes of our own
@@ -34,12 +103,62 @@ class ModelInfo:
         """True for models on 4-channel VAE latents (pixel side = 8 x input side)."""
         return int(self.defaults["in_channels"]) == 4
 
+    @property
+    def family_info(self) -> Family:
+        return family(self.family)
 
+
+_FAMILIES: dict[str, Family] = {}
 _REGISTRY: dict[str, ModelInfo] = {}
+REQUIRED_DEFAULTS = ("input_size", "in_channels", "num_classes", "patch_size")
+
+
+def register_family(fam: Family) -> Family:
+    """Register a model family (its file does this before registering its models). Returns it."""
+    if fam.name in _FAMILIES and _FAMILIES[fam.name] is not fam:
+        raise ValueError(f"model family {fam.name!r} registered twice")
+    _FAMILIES[fam.name] = fam
+    return fam
+
+
+def family(name: str) -> Family:
+    """The registered family ``name`` (KeyError naming the known ones otherwise)."""
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model family {name!r}; known families: {', '.join(_FAMILIES)}") from None
+
+
+def list_families() -> list[Family]:
+    """Registered families in their display order (then by name)."""
+    return sorted(_FAMILIES.values(), key=lambda f: (f.order, f.name))
+
+
+def family_of_model(model: str | nn.Module) -> Family:
+    """The family of a registered model name, or of a built model (its ``model_name``, else its class)."""
+    if isinstance(model, str):
+        return family(model_info(model).family)
+    name = getattr(model, "model_name", None)
+    if name in _REGISTRY:
+        return family(_REGISTRY[name].family)
+    for fam in _FAMILIES.values():
+        if fam.module_types and isinstance(model, fam.module_types):
+            return fam
+    raise KeyError(f"cannot tell the family of a {type(model).__name__} (no registered family builds it)")
 
 
 def register_model(name: str, *, family: str, official: str, description: str = "", **defaults: Any):
-    """Decorator: register ``builder(**kwargs) -> nn.Module`` under ``name`` with its official defaults."""
+    """Decorator: register ``builder(**kwargs) -> nn.Module`` under ``name`` with its official defaults.
+
+    ``family`` must be registered already; ``defaults`` must include input_size, in_channels, num_classes and
+    patch_size. The builder should be a module-level function or class, so that a worker process can be handed
+    the :class:`ModelInfo` (plugins' models reach workers that way).
+    """
+    if family not in _FAMILIES:
+        raise ValueError(f"model {name!r}: family {family!r} is not registered (register_family first)")
+    missing = [k for k in REQUIRED_DEFAULTS if k not in defaults]
+    if missing:
+        raise ValueError(f"model {name!r}: defaults lack {', '.join(missing)}")
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
@@ -48,6 +167,28 @@ def register_model(name: str, *, family: str, official: str, description: str = 
         return builder
 
     return wrap
+
+
+def adopt(info: ModelInfo, fam: Family) -> None:
+    """Register a model (and its family) handed over from another process, unless already known here.
+
+    A worker process receives the declarations of the model it measures; models registered by a plugin in the
+    runner's process become known in the worker this way, whatever the worker's start method.
+    """
+    _FAMILIES.setdefault(fam.name, fam)
+    _REGISTRY.setdefault(info.name, info)
+
+
+def unregister_model(name: str) -> None:
+    """Remove a registration (tests and plugins that register temporarily)."""
+    _REGISTRY.pop(name, None)
+
+
+def unregister_family(name: str) -> None:
+    """Remove a family and every model of it (tests and plugins that register temporarily)."""
+    for model in [n for n, info in _REGISTRY.items() if info.family == name]:
+        del _REGISTRY[model]
+    _FAMILIES.pop(name, None)
 
 
 def list_models(family: str | None = None) -> list[str]:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .layers import timestep_sinusoid
-from .registry import register_model
+from .registry import Family, Timestep, register_family, register_model
 
 
 class PatchEmbed(nn.Module):
@@ -261,13 +261,22 @@ def adapt_state_dict(model: UViT, state_dict: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
-# ---- official configurations (baselines.md) ----
+FAMILY = register_family(Family(
+    name="uvit",
+    display="U-ViT",
+    description="U-ViT (Bao et al., arXiv 2209.12152): a ViT with every input as a token and long skips",
+    timestep=Timestep(1, 1000, integer=False, meaning="DDPM step n in [1, 1000] (float; fractions allowed)"),
+    role="baseline",
+    order=2,
+    sizes={(12, 512): "S", (16, 768): "M", (20, 1024): "L", (28, 1152): "H"},
+    module_types=(UViT,),
+))
+
+# ---- official configurations (docs/models.md) ----
 
 
 def _register(name: str, official: str, description: str, **defaults: Any) -> None:
-    @register_model(name, family="uvit", official=official, description=description, **defaults)
-    def build(**kwargs: Any) -> UViT:
-        return UViT(**kwargs)
+    register_model(name, family="uvit", official=official, description=description, **defaults)(UViT)
 
 
 _register(
