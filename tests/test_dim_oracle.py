@@ -1,30 +1,29 @@
 """DiM against the official code: a tiny official model's weights, inputs and outputs.
 
-The oracle (shared/oracles/dim_tiny_official.pt beside the checkout) came from the official DiM code (CPU, float32):
-width 64, 7 blocks, 4×16×16 latents, patch 2, 10 classes, lateral pads, random weights in official naming. It
-covers skip fusion for d <= 512 and the lateral layout; integer and fractional t.
+The oracle (tests/data/dim_tiny_official.pt; how it was made: tests/data/README.md) came from the official DiM
+code (CPU, float32): width 64, 7 blocks, 4×16×16 latents, patch 2, 10 classes, lateral pads, random weights in
+official naming. It covers skip fusion for d <= 512 and the lateral layout; integer and fractional t.
 Converted into dimbench's DiM, the same inputs must give the same outputs to float32 rounding.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from oracles import oracle_path, require_oracle
 
 import models
 from models.dim import DiM
 from models.dim_convert import infer_dim_config, is_official_dim, official_to_dimbench
 from models.scan import available_backends
 
-ORACLE = oracle_path("dim_tiny_official.pt")
-TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (the spec's bound for float32 rounding)
+ORACLE = Path(__file__).parent / "data" / "dim_tiny_official.pt"  # committed: missing is a failure
+TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (the bound for float32 rounding)
 CPU_BACKENDS = [b for b in ("reference", "chunked") if available_backends("cpu")[b][0]]
 
 # One OpenMP thread (tests/conftest.py: a tiny model, busy machines).
-pytestmark = [require_oracle(ORACLE), pytest.mark.usefixtures("one_thread")]
-
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
