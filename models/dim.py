@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch._guards import detect_fake_mode
 
 from .layers import timestep_sinusoid
@@ -60,6 +61,7 @@ D_CONV = 3
 D_STATE = 16
 EXPAND = 2
 PAD_LAYOUTS = ("lateral", "cyclic")
+N_COND = 2  # condition tokens (time, class) that have a position embedding, in front of the grid
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -209,17 +211,23 @@ def _sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _Sequen
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1, 2 + g·g, d) -> (1, 2 + h·w, d): grid part resized bilinearly (align_corners=False, no antialias),
-    the 2 condition positions copied."""
-    n, d = pos_embed.shape[1] - 2, pos_embed.shape[2]
-    g = math.isqrt(n)
-    if g * g != n:
+    """(1, 2 + g·g, d) -> (1, 2 + h·w, d): grid part resized bilinearly (align_corners=False, no antialias,
+    computed in float32, returned in the input's dtype), the 2 condition positions copied; the table itself when
+    the grid is already (g, g).
+
+    timm's ``resample_abs_pos_embed`` does exactly this arithmetic (tests/test_checkpoints.py proves it against
+    a plain F.interpolate); see docs/models.md §6.
+    """
+    n = pos_embed.shape[1] - N_COND
+    g = math.isqrt(max(n, 0))
+    if g * g != n or n == 0:
         raise ValueError(f"position embedding {tuple(pos_embed.shape)}: {n} grid positions is not a square grid")
     if (g, g) == tuple(grid):
         return pos_embed
-    square = pos_embed[:, 2:].reshape(1, g, g, d).permute(0, 3, 1, 2)
-    resized = F.interpolate(square, size=tuple(grid), mode="bilinear", align_corners=False, antialias=False)
-    return torch.cat([pos_embed[:, :2], resized.flatten(2).transpose(1, 2)], dim=1)
+    # align_corners is left to its bilinear default (False): older timm versions do not take the argument.
+    return resample_abs_pos_embed(
+        pos_embed, new_size=list(grid), num_prefix_tokens=N_COND, interpolation="bilinear", antialias=False
+    )
 
 
 def adapt_state_dict(model: DiM, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -237,7 +245,7 @@ def adapt_state_dict(model: DiM, state_dict: dict[str, torch.Tensor]) -> dict[st
     out = dict(state_dict)
     if src.shape != want:
         with torch.no_grad():
-            out["pos_embed"] = resize_pos_embed(src.float(), model.grid).to(src.dtype).contiguous()
+            out["pos_embed"] = resize_pos_embed(src, model.grid).contiguous()
     return out
 
 

@@ -23,11 +23,13 @@ fail on a shape mismatch or a missing attribute instead).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 from .layers import timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
@@ -229,16 +231,19 @@ class UViT(nn.Module):
 
 def resize_pos_embed(pos_embed: torch.Tensor, extras: int, grid: int) -> torch.Tensor:
     """(1, extras + g*g, D) -> (1, extras + grid*grid, D): the grid part resized bilinearly (align_corners=False,
-    no antialiasing, computed in float32), the extra-token positions copied."""
-    head, body = pos_embed[:, :extras], pos_embed[:, extras:]
-    old = round(body.shape[1] ** 0.5)
-    if old * old != body.shape[1]:
-        raise ValueError(f"position embedding grid part has {body.shape[1]} tokens, not a square")
-    width = body.shape[-1]
-    img = body.reshape(1, old, old, width).permute(0, 3, 1, 2).float()  # (1, D, g, g)
-    img = F.interpolate(img, size=(grid, grid), mode="bilinear", align_corners=False, antialias=False)
-    body = img.permute(0, 2, 3, 1).reshape(1, grid * grid, width).to(pos_embed.dtype)
-    return torch.cat([head, body], dim=1)
+    no antialiasing, computed in float32, returned in the input's dtype), the extra-token positions copied.
+
+    timm's ``resample_abs_pos_embed`` does exactly this arithmetic (tests/test_checkpoints.py proves it against
+    a plain F.interpolate); see docs/models.md §6.
+    """
+    body = pos_embed.shape[1] - extras
+    old = math.isqrt(max(body, 0))
+    if old * old != body or body == 0:
+        raise ValueError(f"position embedding {tuple(pos_embed.shape)}: grid part has {body} tokens, not a square")
+    # align_corners is left to its bilinear default (False): older timm versions do not take the argument.
+    return resample_abs_pos_embed(
+        pos_embed, new_size=[grid, grid], num_prefix_tokens=extras, interpolation="bilinear", antialias=False
+    )
 
 
 def adapt_state_dict(model: UViT, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import models  # noqa: F401  (registers every family)
 from dimbench import checkpoint_cli
@@ -432,3 +434,36 @@ def test_a_pickled_object_is_refused_without_suggesting_an_unsafe_load(tmp_path)
     message = str(err.value)
     assert str(path) in message and "safe loader refuses" in message
     assert "weights_only set to False" not in message and "weights_only=False" not in message
+
+
+# ------------------------------------------------------------------------------------------------ pos-embed resizing
+
+
+def plain_bilinear(pos: torch.Tensor, extras: int, size: tuple[int, int]) -> torch.Tensor:
+    """The reference: (1, extras + g*g, D) -> (1, extras + h*w, D), grid part as a (1, D, g, g) float32 image
+    through F.interpolate (bilinear, align_corners=False, no antialias), back to pos's dtype; prefix copied."""
+    g, d = math.isqrt(pos.shape[1] - extras), pos.shape[2]
+    image = pos[:, extras:].float().reshape(1, g, g, d).permute(0, 3, 1, 2)
+    image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
+    grid = image.permute(0, 2, 3, 1).reshape(1, size[0] * size[1], d).to(pos.dtype)
+    return torch.cat([pos[:, :extras], grid], dim=1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("old,new", [(4, 8), (8, 4), (8, 5), (6, 9)], ids=["up2", "down2", "down-odd", "up-odd"])
+def test_timm_resample_is_exactly_plain_bilinear(dtype, old, new):
+    """U-ViT's and DiM's resize_pos_embed go through timm's resample_abs_pos_embed: bit-for-bit the plain
+    arithmetic, for both families' prefix counts (U-ViT 1 or 2, DiM 2), up and down, fp32 and bf16."""
+    from models import dim, uvit
+
+    gen = torch.Generator().manual_seed(old * 10 + new)
+    for extras in (1, 2):
+        pos = torch.randn(1, extras + old * old, 24, generator=gen).to(dtype)
+        out = uvit.resize_pos_embed(pos, extras, new)
+        assert out.dtype == dtype and torch.equal(out, plain_bilinear(pos, extras, (new, new)))
+    pos = torch.randn(1, 2 + old * old, 24, generator=gen).to(dtype)
+    for size in ((new, new), (new, new + 3)):  # DiM runs non-square grids too
+        out = dim.resize_pos_embed(pos, size)
+        assert out.dtype == dtype and torch.equal(out, plain_bilinear(pos, 2, size))
+    with pytest.raises(ValueError, match="not a square"):
+        uvit.resize_pos_embed(torch.zeros(1, 2 + 6, 3), 2, 4)
