@@ -1,6 +1,6 @@
 """``dimbench checkpoint convert|inspect``: the checkpoint commands, for ``dimbench.cli`` to mount.
 
-    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--pad-layout lateral|cyclic] [--format F]
+    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--pad-layout LAYOUT] [--format F]
     dimbench checkpoint inspect PATH [--json]
 
 ``convert`` loads any supported checkpoint (official DiT / U-ViT / DiM or dimbench's own; see
@@ -8,7 +8,12 @@
 embedding resized when ``--input-size`` differs from the checkpoint's. ``inspect`` prints what a file holds.
 
 Each command is a function returning an exit status: 0 on success, 2 (with a one-line message on stderr, no
-traceback) for a mistake the user can fix (missing or wrong file, unknown model, checkpoint that does not fit).
+traceback) for a mistake the user can fix (missing or wrong file, unknown model, format or option value,
+checkpoint that does not fit).
+
+The parser names no choices: formats and option values are declared by the model families (docs/models.md §5)
+and checked by the loader, whose error lists the valid ones; building the parser (every ``dimbench`` call, even
+``--help``) must not import torch and timm.
 """
 
 from __future__ import annotations
@@ -20,11 +25,6 @@ import sys
 from typing import Any, TextIO
 
 from dimbench.console import EXIT_USAGE
-
-# The choices of models.checkpoints, repeated here so that building the parser (every `dimbench` call, even
-# --help) does not import torch and timm; tests/test_checkpoints.py checks they agree.
-FORMATS = ("auto", "dimbench", "dit-official", "uvit-official", "dim-official", "dim-dimbench")
-PAD_LAYOUTS = ("lateral", "cyclic")
 
 EXIT_OK = 0
 
@@ -67,43 +67,53 @@ def convert(
         + (f", {info['note']}" if info.get("note") else "")
         + f"); input_size {net.input_size}, {params:,} parameters (counted on the loaded model)"
     )
-    if "pad_layout" in info:
-        line += f", pad layout {info['pad_layout']} ({info['pad_layout_reason']})"
+    for option, value in info.get("options", {}).items():
+        line += f", {_label(option)} {value} ({info[option + '_reason']})"
     print(line, file=stdout or sys.stdout)
     return EXIT_OK
 
 
-def _format_info(info: dict[str, Any]) -> str:
-    labels = {
-        "path": "file", "format": "format", "family": "family", "architecture": "architecture", "model": "model",
-        "width": "width", "depth": "depth", "patch": "patch", "grid": "token grid (side)",
-        "input_size": "input size (grid x patch)", "in_channels": "input channels", "classes": "classes (real)",
-        "class_rows": "class-table rows", "params": "parameters (tensor elements in the file)",
-        "learn_sigma": "learned sigma", "conv": "3x3 output conv", "mlp_time_embed": "time-embedding MLP",
-        "pad_layout": "pad layout", "note": "weights used",
-    }  # fmt: skip
+# Labels of the keys every description has (models.checkpoints.inspect_checkpoint), in display order.
+_LABELS = {
+    "path": "file", "format": "format", "family": "family", "architecture": "architecture", "model": "model",
+    "width": "width", "depth": "depth", "patch": "patch", "grid": "token grid (side)",
+    "input_size": "input size (grid x patch)", "in_channels": "input channels", "classes": "classes (real)",
+    "class_rows": "class-table rows", "params": "parameters (tensor elements in the file)",
+}  # fmt: skip
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def _format_info(info: dict[str, Any], extras: dict[str, str]) -> str:
+    """The description as aligned lines: common keys, then the family's extras (labelled by the family),
+    its options and the note; the saved config is left to --json."""
+    labels = {**_LABELS, **extras}
+    keys = [k for k in _LABELS if k in info] + [k for k in info if k not in _LABELS and k not in ("config", "note")]
     lines = []
-    for key, label in labels.items():
-        if key not in info:
-            continue
+    for key in keys + (["note"] if "note" in info else []):
         value = info[key]
         if key == "params":
             value = f"{value:,}"
         elif key == "classes" and value is None:
-            value = "unknown (U-ViT's class table may end with a null row)"
+            value = "unknown (the class table may or may not end with a null row)"
+        label = "weights used" if key == "note" else labels.get(key, _label(key))
         lines.append(f"{label:>42}: {value}")
     return "\n".join(lines)
 
 
 def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print what the checkpoint at ``path`` holds (see :func:`models.checkpoints.inspect_checkpoint`)."""
+    from models import family
     from models.checkpoints import CheckpointError, inspect_checkpoint
 
     try:
         info = inspect_checkpoint(path)
     except (CheckpointError, OSError) as e:
         return _fail("inspect", str(e), stderr)
-    print(json.dumps(info, indent=2) if as_json else _format_info(info), file=stdout or sys.stdout)
+    extras = dict(family(info["family"]).checkpoints.labels)
+    print(json.dumps(info, indent=2) if as_json else _format_info(info, extras), file=stdout or sys.stdout)
     return EXIT_OK
 
 
@@ -141,10 +151,13 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
     conv.add_argument("--input-size", type=int, default=None, metavar="N",
                       help="input side the model is built for (latent side for latent models); "
                       "default: the checkpoint's")  # fmt: skip
-    conv.add_argument("--pad-layout", choices=PAD_LAYOUTS, default=None,
-                      help="DiM pad layout; default: lateral for 256-px releases, cyclic for the 512 fine-tune "
-                      "or a larger input than the checkpoint's")  # fmt: skip
-    conv.add_argument("--format", choices=FORMATS, default="auto", help="checkpoint format (default: detect)")
+    conv.add_argument("--pad-layout", default=None, metavar="LAYOUT",
+                      help="pad layout of a DiM model (its values: `dimbench list`, model families; a wrong value "
+                      "is answered with the valid ones); default: chosen from the checkpoint's training grid and "
+                      "--input-size (docs/models.md §4.3)")  # fmt: skip
+    conv.add_argument("--format", default="auto", metavar="F",
+                      help="checkpoint format (default: auto, detected; `dimbench checkpoint inspect IN` shows a "
+                      "file's format; a wrong name is answered with the list of formats)")  # fmt: skip
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     conv.set_defaults(func=_convert_command)
 

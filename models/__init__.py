@@ -4,13 +4,24 @@
     >>> models.list_models()                       # every registered configuration
     >>> m = models.create_model("dim_h_2", input_size=64)   # DiM-H/2 on 512 px (64x64 latents)
     >>> eps = m(x, t, y)                           # same call for every family
+    >>> m = models.load_checkpoint("dim_h_2", "nnet_ema.pth", input_size=64)  # official weights, resized
+
+Families, conventions, configurations and checkpoint formats: docs/models.md.
 
 ``models`` imports nothing from ``dimbench``.
 """
 
 # Importing the family modules registers their configurations.
 from . import dim, dit, uvit  # noqa: F401,E402
-from .checkpoints import load_checkpoint, load_resized_state_dict  # noqa: E402
+from .checkpoints import (  # noqa: E402
+    CheckpointError,
+    CheckpointFormat,
+    CheckpointSupport,
+    inspect_checkpoint,
+    load_checkpoint,
+    load_resized_state_dict,
+    save_checkpoint,
+)
 from .registry import (  # noqa: E402
     Family,
     ModelInfo,
@@ -40,6 +51,11 @@ __all__ = [
     "register_model",
     "scan_backend",
     "selective_scan",
+    "CheckpointError",
+    "CheckpointFormat",
+    "CheckpointSupport",
+    "inspect_checkpoint",
     "load_checkpoint",
     "load_resized_state_dict",
+    "save_checkpoint",
 ]

@@ -1,70 +1,189 @@
-"""Checkpoints: load (format detection, conversion, resizing, clear errors), save, inspect.
+"""Checkpoints, the generic part: dimbench's own file format, reading, fit checks, loading, saving, inspecting.
 
-Formats read (always with ``torch.load(..., weights_only=True)``; nothing is downloaded):
+What a family reads is declared in its own file (``models/<family>.py``) as a :class:`CheckpointSupport`, set
+as ``checkpoints=`` of its :class:`models.registry.Family`: the file formats it reads (each a name, a
+``detect`` test and a ``convert`` filter into dimbench's parameter names, in the spirit of timm's per-model
+``checkpoint_filter_fn``), how a state_dict describes its architecture, how the position embedding follows
+another grid, which constructor keywords come from the data, and which family options are chosen at load time.
+This module only iterates over :func:`models.registry.list_families`; see docs/models.md §5 for the formats
+and §6 for position-embedding resizing.
 
-- ``dimbench``: dimbench's own file, a dict ``{"format": "dimbench-checkpoint", "version": 1, "model": name,
-  "family": family, "config": {constructor keyword arguments}, "state_dict": {...}}`` (see :func:`save_checkpoint`).
-- ``dit-official``: DiT's released ``.pt`` files (a plain state_dict), or a DiT training checkpoint holding
-  ``"model"`` and ``"ema"`` state_dicts: then the EMA weights are used (the ones the paper samples with) and
-  :func:`inspect_checkpoint` / ``model.checkpoint_info`` say so.
-- ``uvit-official``: U-ViT's ``nnet.pth`` / ``nnet_ema.pth`` (plain state_dicts, names = dimbench's).
-- ``dim-official``: DiM's ``nnet.pth`` / ``nnet_ema.pth`` (plain state_dicts in the official diffusers-style names),
-  converted with :func:`models.dim_convert.official_to_dimbench`.
-- ``dim-dimbench``: a plain state_dict of dimbench's DiM (dimbench names).
+Formats read (always ``torch.load(..., weights_only=True)``; nothing is downloaded): ``"dimbench"``, dimbench's
+own file, a dict ``{"format": "dimbench-checkpoint", "version": 1, "model": name, "family": family, "config":
+{constructor keyword arguments}, "state_dict": {...}}`` (see :func:`save_checkpoint`), and every format a
+family declares (:data:`FORMATS` lists them all). A training checkpoint holding ``"ema"`` and/or ``"model"``
+state_dicts is read through its EMA weights (the ones papers sample with), and ``note`` says so.
 
-The position embedding follows the requested ``input_size`` when the checkpoint's token grid differs: DiT's fixed
-sin-cos table is recomputed; U-ViT's and DiM's learnable tables are resized bilinearly (condition/extra tokens
-copied). Architecture (width, depth, patch, heads, options) comes from the model name (plus explicit overrides);
-data-shaped settings (input channels, number of classes) come from the checkpoint. Anything that still does not
-fit raises :class:`CheckpointError` naming the file and the first mismatching parameter: there is no partial load.
+Architecture (width, depth, patch, heads, options) comes from the model name plus explicit overrides; data-shaped
+settings (input channels, number of classes) come from the checkpoint. Anything that does not fit raises
+:class:`CheckpointError` naming the file and the first mismatching parameter: there is no partial load.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
 import pickle
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from . import dit, uvit
-from .registry import create_model, model_info
+from .registry import Family, create_model, family, family_of_model, list_families, model_info
 
 __all__ = [
     "CheckpointError",
-    "FORMATS",
+    "CheckpointFormat",
+    "CheckpointSupport",
+    "Checkpoint",
+    "formats",
     "load_checkpoint",
     "load_resized_state_dict",
     "save_checkpoint",
     "inspect_checkpoint",
     "read_checkpoint",
-    "choose_pad_layout",
-]
+]  # and, computed when imported (module __getattr__ below): FORMATS, choose_pad_layout
 
 FORMAT_TAG = "dimbench-checkpoint"
 FORMAT_VERSION = 1
-FORMATS = ("auto", "dimbench", "dit-official", "uvit-official", "dim-official", "dim-dimbench")
-PAD_LAYOUTS = ("lateral", "cyclic")
-DIM_RELEASE_GRID = 16  # token grid of DiM's 256-px releases (4x32x32 latents, patch 2), trained "lateral"
-FAMILY_NAMES = {"dit": "DiT", "uvit": "U-ViT", "dim": "DiM"}
-
-# Published sizes, for naming what a checkpoint holds: (depth, width) -> size letter.
-_SIZES = {
-    "dit": {(12, 384): "S", (12, 768): "B", (24, 1024): "L", (28, 1152): "XL"},
-    "uvit": {(12, 512): "S", (16, 768): "M", (20, 1024): "L", (28, 1152): "H"},
-    "dim": {(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
-}
+DIMBENCH_FORMAT = "dimbench"
+StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read or does not fit the requested model (the message names file and parameter)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a family declares
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointFormat:
+    """One kind of file a family reads: a flat state_dict in some naming.
+
+    ``detect(state_dict) -> bool`` recognises the naming from the keys (cheap: no tensor is read). ``convert``
+    maps it onto dimbench's parameter names and layouts (a new dict; None: the names are dimbench's already);
+    it may raise KeyError/ValueError/TypeError, reported as a CheckpointError naming the file.
+    """
+
+    name: str
+    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    convert: Callable[[Mapping[str, torch.Tensor]], StateDict] | None = None
+    description: str = ""
+
+
+def data_kwargs(description: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The default data-shaped constructor keywords: input channels and real classes, as described."""
+    return {"in_channels": description["in_channels"], "num_classes": description["classes"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSupport:
+    """How a family's weights are read from files (a :class:`models.registry.Family`'s ``checkpoints``).
+
+    - ``formats``: the formats it reads (names unique over all families); with ``format="auto"`` exactly one
+      format of all the registered families must accept a file.
+    - ``describe(state_dict) -> dict``: architecture facts read off tensor shapes of a dimbench-named state_dict:
+      ``width, depth, patch, grid`` (side of the square token grid of the position embedding), ``in_channels``,
+      ``classes`` (real classes, or None when the file cannot tell), ``class_rows`` (rows of the class table;
+      0 = unconditional), plus any family extras (shown by ``dimbench checkpoint inspect`` under ``labels``).
+      Raises KeyError/ValueError for a state_dict that does not describe the family's model.
+    - ``adapt(model, state_dict) -> state_dict``: the state_dict made to fit ``model``'s token grid (position
+      embedding recomputed or resized; a new dict). Raises KeyError/ValueError when it cannot.
+    - ``data_kwargs(description, settings) -> dict``: the constructor keywords that follow the data (input
+      channels, classes); ``settings`` are the model's registered defaults with the caller's overrides.
+    - ``choose_options(given, saved, description, settings) -> {option: (value, reason)}``: the family options
+      (``Family.options``) chosen at load time: ``given`` explicitly, ``saved`` in a dimbench file, the
+      checkpoint's description and the constructor settings about to be used. None: options are taken as given.
+    - ``labels``: display labels of the description's family extras.
+    - ``safe_globals``: classes (never functions) the family's training checkpoints pickle besides tensors,
+      which the safe loader may then rebuild (DiT's ``argparse.Namespace``); anything else is refused.
+    """
+
+    formats: tuple[CheckpointFormat, ...]
+    describe: Callable[[Mapping[str, torch.Tensor]], dict[str, Any]]
+    adapt: Callable[[nn.Module, StateDict], StateDict]
+    data_kwargs: Callable[[Mapping[str, Any], Mapping[str, Any]], dict[str, Any]] = data_kwargs
+    choose_options: Callable[..., dict[str, tuple[Any, str]]] | None = None
+    labels: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    safe_globals: tuple[type, ...] = ()
+
+
+# Helpers for the families' ``describe``.
+
+
+def shape_of(state_dict: Mapping[str, torch.Tensor], name: str) -> tuple[int, ...]:
+    """The shape of ``state_dict[name]`` (KeyError "no 'name'" when absent)."""
+    if name not in state_dict:
+        raise KeyError(f"no {name!r}")
+    return tuple(state_dict[name].shape)
+
+
+def count_indexed(state_dict: Mapping[str, torch.Tensor], prefix: str, suffix: str) -> int:
+    """Number of keys ``{prefix}N{suffix}`` (N an integer), i.e. of blocks that have that parameter."""
+    pattern = re.compile(re.escape(prefix) + r"\d+" + re.escape(suffix))
+    return sum(1 for k in state_dict if pattern.fullmatch(k))
+
+
+def square_side(tokens: int, what: str) -> int:
+    """The side of a square grid of ``tokens`` positions (ValueError naming ``what`` otherwise)."""
+    side = math.isqrt(max(tokens, 0))
+    if side * side != tokens or side == 0:
+        raise ValueError(f"{what} has {tokens} grid positions, not a square grid")
+    return side
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The registered formats
+
+
+def _support(fam: Family, what: str = "") -> CheckpointSupport:
+    if fam.checkpoints is None:
+        raise CheckpointError(f"{what or fam.display + ' models'}: the {fam.display} family declares no checkpoint "
+                              "support (its weights cannot be loaded from files)")  # fmt: skip
+    return fam.checkpoints
+
+
+def _format_table() -> dict[str, tuple[Family, CheckpointFormat]]:
+    """Every declared format by name, in family order."""
+    table: dict[str, tuple[Family, CheckpointFormat]] = {}
+    for fam in list_families():
+        for fmt in fam.checkpoints.formats if fam.checkpoints is not None else ():
+            if fmt.name in table or fmt.name in ("auto", DIMBENCH_FORMAT):
+                raise ValueError(f"checkpoint format {fmt.name!r} of family {fam.name!r} clashes with another format")
+            table[fmt.name] = (fam, fmt)
+    return table
+
+
+def formats() -> tuple[str, ...]:
+    """The values of ``format=``: "auto", "dimbench" and every format the registered families declare."""
+    return ("auto", DIMBENCH_FORMAT, *_format_table())
+
+
+def _readable_families() -> str:
+    names = [f.display for f in list_families() if f.checkpoints is not None]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names) or "no"
+
+
+def __getattr__(name: str) -> Any:
+    # FORMATS is computed when asked, so it lists the formats of families registered after this module loaded
+    # (the family files import this module before they register).
+    if name == "FORMATS":
+        return formats()
+    if name == "choose_pad_layout":  # kept importable from here; DiM's rule lives in models/dim.py
+        from .dim import choose_pad_layout
+
+        return choose_pad_layout
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading
 
 
 @dataclasses.dataclass
@@ -74,7 +193,7 @@ class Checkpoint:
     path: str
     format: str
     family: str
-    state_dict: dict[str, torch.Tensor]
+    state_dict: StateDict
     note: str = ""
     header: dict[str, Any] | None = None  # dimbench files: model, family, config
 
@@ -83,44 +202,30 @@ class Checkpoint:
         return _describe(self)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Reading
-
-
-def _dim():
-    """models.dim, imported on first use (DiT/U-ViT loading does not need it)."""
-    from . import dim
-
-    return dim
-
-
-def _dim_convert():
-    """models.dim_convert (official DiM names), imported on first use."""
-    from . import dim_convert
-
-    return dim_convert
+def _safe_globals() -> list[type]:
+    return [cls for fam in list_families() if fam.checkpoints for cls in fam.checkpoints.safe_globals]
 
 
 def _torch_load(path: str, map_location: Any) -> Any:
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     try:
-        # DiT's training script stores its argparse.Namespace under "args"; allow exactly that class.
-        with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+        # Exactly the classes the families declare (a training script's arguments object, say) are allowed.
+        with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
             # A plain pickle (not torch's zip format) makes torch warn about its protocol before refusing or
             # reading it; the outcome is reported below, the warning is noise to a user.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - every failure to read is reported the same way, with its cause
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        # torch's text may suggest retrying with weights_only=False, i.e. running code from an untrusted file:
+        # never pass that on; keep only its diagnosis.
         if isinstance(e, pickle.UnpicklingError):
-            # torch's text suggests retrying with weights_only=False, i.e. running code from an untrusted file:
-            # never pass that on. Keep only its diagnosis (e.g. "Unsupported global: ...").
             lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")]
             raise CheckpointError(
                 f"{path}: cannot be read as a PyTorch checkpoint (truncated, not a checkpoint, or holding objects "
                 f"other than tensors, which the safe loader refuses): {(lines or ['unpickling refused'])[0][:200]}"
             ) from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}: cannot be read as a PyTorch checkpoint (truncated, or not a checkpoint?): "
             f"{type(e).__name__}: {first.split('. ')[0][:300]}"
@@ -131,17 +236,63 @@ def _is_tensor_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _detect(sd: Mapping[str, torch.Tensor]) -> str | None:
-    """Which naming a flat state_dict uses, or None."""
-    if {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight"} <= sd.keys():
-        return "dit-official"
-    if {"patch_embed.proj.weight", "decoder_pred.weight", "pos_embed"} <= sd.keys():
-        return "uvit-official"
-    if "a4m_adapter.pad_token" in sd and _dim_convert().is_official_dim(sd):
-        return "dim-official"
-    if {"patch_embed.weight", "pos_embed", "pad_tokens"} <= sd.keys():
-        return "dim-dimbench"
-    return None
+def _read_header(path: str, obj: Mapping) -> tuple[dict[str, Any], Mapping]:
+    """(header, state_dict) of a dimbench file, validated."""
+    if obj.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: dimbench checkpoint version {obj.get('version')!r}; this dimbench reads version {FORMAT_VERSION}"
+        )
+    for key, kind in (("model", str), ("family", str), ("config", Mapping), ("state_dict", Mapping)):
+        if not isinstance(obj.get(key), kind):
+            raise CheckpointError(f"{path}: dimbench checkpoint has no valid {key!r} entry")
+    try:
+        _support(family(obj["family"]))
+    except KeyError:
+        raise CheckpointError(f"{path}: dimbench checkpoint of unknown family {obj['family']!r}") from None
+    return {"model": obj["model"], "family": obj["family"], "config": dict(obj["config"])}, obj["state_dict"]
+
+
+def _weights_of(path: str, obj: Mapping) -> tuple[Mapping, str]:
+    """(state_dict, note): a plain state_dict, or the weights of a training checkpoint (EMA preferred)."""
+    sd, note = obj, ""
+    if "ema" in obj and _is_tensor_dict(obj["ema"]):
+        sd, note = obj["ema"], "EMA weights (the checkpoint's 'ema' entry, preferred over 'model')"
+    elif "model" in obj and _is_tensor_dict(obj["model"]):
+        sd, note = obj["model"], "the checkpoint's 'model' entry (no 'ema' entry)"
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{path}: not a state_dict: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor "
+            f"(top-level keys: {', '.join(map(str, list(obj)[:8]))})"
+        )
+    return sd, note
+
+
+def _detect(path: str, sd: Mapping[str, torch.Tensor], requested: str) -> tuple[Family, CheckpointFormat]:
+    """The one declared format whose ``detect`` accepts ``sd`` (the requested one if several do)."""
+    matches = [(fam, fmt) for fam, fmt in _format_table().values() if fmt.detect(sd)]
+    if not matches:
+        raise CheckpointError(
+            f"{path}: not a {_readable_families()} state_dict (first keys: {', '.join(list(sd)[:5]) or 'none'})"
+        )
+    chosen = [m for m in matches if m[1].name == requested] or matches
+    if requested != "auto" and chosen[0][1].name != requested:
+        raise CheckpointError(f"{path}: format {requested!r} was requested but the file is {chosen[0][1].name!r}")
+    if len(chosen) > 1:
+        names = ", ".join(fmt.name for _, fmt in chosen)
+        raise CheckpointError(f"{path}: the state_dict matches several formats ({names}); pass format= to choose")
+    return chosen[0]
+
+
+def _convert(fmt: CheckpointFormat, sd: Mapping[str, torch.Tensor], fam: Family, source: str) -> StateDict:
+    if fmt.convert is None:
+        return dict(sd)
+    try:
+        return fmt.convert(dict(sd))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(
+            f"{source}: {fmt.name} state_dict cannot be converted to dimbench's {fam.display} names: {_msg(e)}"
+        ) from e
 
 
 def read_checkpoint(path: str | os.PathLike, format: str = "auto", map_location: Any = "cpu") -> Checkpoint:
@@ -150,57 +301,23 @@ def read_checkpoint(path: str | os.PathLike, format: str = "auto", map_location:
     ``format`` is "auto" (detect) or one of :data:`FORMATS`, in which case the file must be of that format.
     """
     path = os.fspath(path)
-    if format not in FORMATS:
-        raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of {', '.join(FORMATS)}")
+    known = formats()
+    if format not in known:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; expected one of {', '.join(known)}")
     obj = _torch_load(path, map_location)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, expected a state_dict or a checkpoint dict")
 
-    note, header = "", None
     if obj.get("format") == FORMAT_TAG:
-        if obj.get("version") != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: dimbench checkpoint version {obj.get('version')!r}; this dimbench reads version "
-                f"{FORMAT_VERSION}"
-            )
-        for key, kind in (("model", str), ("family", str), ("config", Mapping), ("state_dict", Mapping)):
-            if not isinstance(obj.get(key), kind):
-                raise CheckpointError(f"{path}: dimbench checkpoint has no valid {key!r} entry")
-        header = {"model": obj["model"], "family": obj["family"], "config": dict(obj["config"])}
-        sd, detected = obj["state_dict"], "dimbench"
-    else:
-        sd = obj
-        if "ema" in obj and _is_tensor_dict(obj["ema"]):
-            sd, note = obj["ema"], "EMA weights (the checkpoint's 'ema' entry, preferred over 'model')"
-        elif "model" in obj and _is_tensor_dict(obj["model"]):
-            sd, note = obj["model"], "the checkpoint's 'model' entry (no 'ema' entry)"
-        bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-        if bad:
-            raise CheckpointError(
-                f"{path}: not a state_dict: entry {bad[0]!r} is a {type(sd[bad[0]]).__name__}, not a tensor "
-                f"(top-level keys: {', '.join(map(str, list(obj)[:8]))})"
-            )
-        detected = _detect(sd)
-        if detected is None:
-            raise CheckpointError(
-                f"{path}: not a DiT, U-ViT or DiM state_dict (first keys: {', '.join(list(sd)[:5]) or 'none'})"
-            )
-    if format != "auto" and format != detected:
-        raise CheckpointError(f"{path}: format {format!r} was requested but the file is {detected!r}")
-
-    if detected == "dimbench":
-        family = header["family"]
-        if family not in FAMILY_NAMES:
-            raise CheckpointError(f"{path}: dimbench checkpoint of unknown family {family!r}")
-    else:
-        family = detected.split("-")[0]
-    sd = dict(sd)
-    if detected == "dim-official":
-        try:
-            sd = _dim_convert().official_to_dimbench(sd)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: official DiM state_dict cannot be converted: {_msg(e)}") from e
-    return Checkpoint(path, detected, family, sd, note, header)
+        header, sd = _read_header(path, obj)
+        if format not in ("auto", DIMBENCH_FORMAT):
+            raise CheckpointError(f"{path}: format {format!r} was requested but the file is {DIMBENCH_FORMAT!r}")
+        return Checkpoint(path, DIMBENCH_FORMAT, header["family"], dict(sd), "", header)
+    if format == DIMBENCH_FORMAT:
+        raise CheckpointError(f"{path}: format 'dimbench' was requested but the file has no dimbench header")
+    sd, note = _weights_of(path, obj)
+    fam, fmt = _detect(path, sd, format)
+    return Checkpoint(path, fmt.name, fam.name, _convert(fmt, sd, fam, path), note)
 
 
 def _msg(e: BaseException) -> str:
@@ -210,61 +327,32 @@ def _msg(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Describing (inspect) — every number read off the tensors' shapes
+# Describing (inspect): every number read off the tensors' shapes
 
-
-def _count_blocks(sd: Mapping[str, torch.Tensor], prefix: str, suffix: str) -> int:
-    """Number of keys ``{prefix}N{suffix}`` (N an integer), i.e. of blocks that have that parameter."""
-    pattern = re.compile(re.escape(prefix) + r"\d+" + re.escape(suffix))
-    return sum(1 for k in sd if pattern.fullmatch(k))
-
-
-def _shape(ckpt: Checkpoint, name: str) -> tuple[int, ...]:
-    if name not in ckpt.state_dict:
-        raise CheckpointError(f"{ckpt.path}: {FAMILY_NAMES[ckpt.family]} state_dict has no {name!r}")
-    return tuple(ckpt.state_dict[name].shape)
+# What every describe() returns, in display order (input_size = grid * patch goes after grid).
+_DESCRIBED = ("width", "depth", "patch", "grid", "in_channels", "classes", "class_rows")
 
 
 def _describe(ckpt: Checkpoint) -> dict[str, Any]:
     """Architecture facts read from the state_dict's shapes (the dimbench header adds model and config)."""
-    sd, fam = ckpt.state_dict, ckpt.family
-    out: dict[str, Any] = {}
-    if fam == "dit":
-        width, in_ch, patch, _ = _shape(ckpt, "x_embedder.proj.weight")
-        depth = _count_blocks(sd, "blocks.", ".attn.qkv.weight")
-        tokens = _shape(ckpt, "pos_embed")[1]
-        rows = _shape(ckpt, "y_embedder.embedding_table.weight")[0]
-        out_ch = _shape(ckpt, "final_layer.linear.weight")[0] // (patch * patch)
-        grid, classes = math.isqrt(tokens), rows - 1
-        out.update(learn_sigma=out_ch == 2 * in_ch)
-    elif fam == "uvit":
-        width, in_ch, patch, _ = _shape(ckpt, "patch_embed.proj.weight")
-        depth = 2 * _count_blocks(sd, "in_blocks.", ".attn.qkv.weight")
-        rows = _shape(ckpt, "label_emb.weight")[0] if "label_emb.weight" in sd else 0
-        extras = 2 if rows else 1
-        grid = math.isqrt(_shape(ckpt, "pos_embed")[1] - extras)
-        classes = None  # U-ViT's table may or may not end with a null row (1001 in the ImageNet-256/512 releases)
-        out.update(conv="final_layer.weight" in sd, mlp_time_embed="time_embed.0.weight" in sd)
-    else:
-        try:
-            cfg = _dim_convert().infer_dim_config(sd)
-        except (KeyError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{ckpt.path}: DiM state_dict does not describe a DiM: {_msg(e)}") from e
-        width, depth, patch, in_ch = cfg["width"], cfg["depth"], cfg["patch_size"], cfg["in_channels"]
-        grid, classes, rows = cfg["grid"], cfg["num_classes"], cfg["num_classes"] + 1
-    size = _SIZES[fam].get((depth, width))
-    family_name = FAMILY_NAMES[fam]
-    arch = f"{family_name}-{size}/{patch}" if size else f"{family_name} (depth {depth}, width {width}, patch {patch})"
-    info = dict(
-        path=ckpt.path, format=ckpt.format, family=fam, architecture=arch, width=width, depth=depth, patch=patch,
-        grid=grid, input_size=grid * patch, in_channels=in_ch, classes=classes, class_rows=rows,
-        params=sum(t.numel() for t in sd.values()),
-    )  # fmt: skip
-    info.update(out)
+    fam = family(ckpt.family)
+    try:
+        facts = dict(_support(fam).describe(ckpt.state_dict))
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{ckpt.path}: does not describe a {fam.display} model: {_msg(e)}") from e
+    width, depth, patch = facts["width"], facts["depth"], facts["patch"]
+    size = fam.size_name(depth, width)
+    arch = f"{fam.display}-{size}/{patch}" if size else f"{fam.display} (depth {depth}, width {width}, patch {patch})"
+    info = dict(path=ckpt.path, format=ckpt.format, family=fam.name, architecture=arch)
+    info.update({k: facts.pop(k) for k in _DESCRIBED[:4]})
+    info["input_size"] = info["grid"] * patch
+    info.update({k: facts.pop(k) for k in _DESCRIBED[4:]})
+    info["params"] = sum(t.numel() for t in ckpt.state_dict.values())
+    info.update(facts)  # the family's extras
     if ckpt.header:
-        info.update(model=ckpt.header["model"], config=ckpt.header["config"])
-        if fam == "dim":
-            info["pad_layout"] = ckpt.header["config"].get("pad_layout")
+        config = ckpt.header["config"]
+        info.update(model=ckpt.header["model"], config=config)
+        info.update({option: config[option] for option in fam.options if option in config})
     if ckpt.note:
         info["note"] = ckpt.note
     return info
@@ -273,12 +361,13 @@ def _describe(ckpt: Checkpoint) -> dict[str, Any]:
 def inspect_checkpoint(path: str | os.PathLike, format: str = "auto") -> dict[str, Any]:
     """What a checkpoint holds, without building a model.
 
-    Keys: path, format, family, architecture (e.g. "DiT-XL/2"), width, depth (DiT/DiM: blocks; U-ViT: the
-    official config's depth, blocks = depth + 1), patch, grid (token-grid side of the position embedding),
-    input_size (= grid * patch), in_channels, classes (real classes; None for U-ViT, whose table may or may not
-    hold a null row), class_rows (rows of the class table; 0 = unconditional), params (tensors' element count,
-    DiT's frozen pos_embed included); plus learn_sigma (DiT), conv / mlp_time_embed (U-ViT), model / config /
-    pad_layout (dimbench files) and note (which weights of a training checkpoint) where they apply.
+    Keys: path, format, family, architecture (e.g. "DiT-XL/2"), width, depth (as the family's configurations
+    count it; U-ViT: blocks = depth + 1), patch, grid (token-grid side of the position embedding), in_channels,
+    classes (real classes; None when the file cannot tell, as for U-ViT's table that may or may not end with a
+    null row), class_rows (rows of the class table; 0 = unconditional), input_size (= grid * patch), params
+    (tensors' element count, DiT's frozen pos_embed included); then the family's extras (its
+    ``CheckpointSupport.labels``), model / config / family options (dimbench files) and note (which weights of a
+    training checkpoint) where they apply.
     """
     return _describe(read_checkpoint(path, format))
 
@@ -287,27 +376,17 @@ def inspect_checkpoint(path: str | os.PathLike, format: str = "auto") -> dict[st
 # Fitting a state_dict to a model
 
 
-def _family_of(model: nn.Module) -> str:
-    if isinstance(model, dit.DiT):
-        return "dit"
-    if isinstance(model, uvit.UViT):
-        return "uvit"
-    if isinstance(model, _dim().DiM):
-        return "dim"
-    name = getattr(model, "model_name", None)
-    if name is not None:
-        return model_info(name).family
-    raise CheckpointError(f"cannot tell the family of a {type(model).__name__} (not a DiT, U-ViT or DiM)")
-
-
-def _adapt(family: str, model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """Resize the position embedding to the model's grid (see the module docstring)."""
+def _family_of(model: nn.Module) -> Family:
     try:
-        if family == "dit":
-            return dit.adapt_state_dict(model, sd)
-        if family == "uvit":
-            return uvit.adapt_state_dict(model, sd)
-        return _dim().adapt_state_dict(model, sd)
+        return family_of_model(model)
+    except KeyError as e:
+        raise CheckpointError(_msg(e)) from None
+
+
+def _adapt(fam: Family, model: nn.Module, sd: StateDict, source: str) -> StateDict:
+    """The state_dict fitted to the model's token grid by the family's ``adapt`` (docs/models.md §6)."""
+    try:
+        return _support(fam).adapt(model, sd)
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{source}: {_msg(e)}") from e
 
@@ -317,6 +396,13 @@ def _same_shape(name: str, want: torch.Size, found: torch.Size, resizable: bool)
     if resizable and name == "pos_embed" and len(want) == len(found) == 3:
         return (want[0], want[2]) == (found[0], found[2])
     return tuple(want) == tuple(found)
+
+
+def _mismatch(name: str, want: torch.Tensor, found: torch.Tensor, resizable: bool) -> str | None:
+    """What is wrong with ``found`` for the model's ``want`` (its shape), or None."""
+    if not _same_shape(name, want.shape, found.shape, resizable):
+        return f"parameter {name!r}: expected shape {tuple(want.shape)}, found {tuple(found.shape)}"
+    return None
 
 
 def _check_fit(
@@ -332,10 +418,8 @@ def _check_fit(
     for name, tensor in own.items():
         if name not in sd:
             problems.append(f"parameter {name!r} (shape {tuple(tensor.shape)}) is missing from the checkpoint")
-        elif not _same_shape(name, tensor.shape, sd[name].shape, resizable):
-            problems.append(
-                f"parameter {name!r}: expected shape {tuple(tensor.shape)}, found {tuple(sd[name].shape)}"
-            )
+        elif (problem := _mismatch(name, tensor, sd[name], resizable)) is not None:
+            problems.append(problem)
     unexpected = [k for k in sd if k not in own]
     if not problems and not unexpected:
         return
@@ -355,25 +439,26 @@ def _model_summary(name: str, model: nn.Module) -> str:
     return f"model {name!r} ({', '.join(bits)})"
 
 
+def _in_family_format(fam: Family, sd: Mapping[str, torch.Tensor]) -> CheckpointFormat | None:
+    return next((fmt for fmt in _support(fam).formats if fmt.detect(sd)), None)
+
+
 def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
     """Load a state_dict trained at another resolution (e.g. a 256-px model's into a 512-px model), strictly.
 
-    Dispatches on the model's family: DiT's fixed sin-cos ``pos_embed`` is recomputed for the model's grid, U-ViT's
-    and DiM's learnable position tables are resized bilinearly (extra/condition tokens copied); every other tensor
-    must match exactly. Official DiM names are converted first. Returns ``model`` (modified in place).
+    Uses the model's family declarations: a state_dict in one of the family's formats is converted to
+    dimbench's names first (e.g. official DiM names), the position embedding follows the model's grid
+    (docs/models.md §6), every other tensor must match exactly. Returns ``model`` (modified in place).
     Raises CheckpointError naming the first mismatching parameter.
     """
-    family = _family_of(model)
+    fam = _family_of(model)
     sd = dict(state_dict)
-    if family == "dim":
-        if _dim_convert().is_official_dim(sd):
-            try:
-                sd = _dim_convert().official_to_dimbench(sd)
-            except (KeyError, ValueError, TypeError) as e:
-                raise CheckpointError(f"state_dict: official DiM names cannot be converted: {_msg(e)}") from e
+    fmt = _in_family_format(fam, sd)
+    if fmt is not None:
+        sd = _convert(fmt, sd, fam, "state_dict")
     what = _model_summary(getattr(model, "model_name", type(model).__name__), model)
     _check_fit(model, sd, "state_dict", what, resizable=True)
-    sd = _adapt(family, model, sd, "state_dict")
+    sd = _adapt(fam, model, sd, "state_dict")
     _check_fit(model, sd, "state_dict", what)
     model.load_state_dict(sd, strict=True)
     return model
@@ -383,33 +468,19 @@ def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
 # Loading
 
 
-def choose_pad_layout(explicit: str | None, checkpoint_grid: int, target_grid: int, saved: str | None = None):
-    """DiM's pad layout for loaded weights, and why: ``(layout, reason)``.
-
-    The layout is not stored in official checkpoints; it follows how the weights are used (dim.md §6, §8):
-    an explicit choice wins; a target grid larger than the checkpoint's training grid means training-free
-    upsampling, run "cyclic"; a dimbench file keeps the layout it was saved with; a checkpoint trained on a grid
-    larger than the 256-px releases' 16x16 (the 512 fine-tune, grid 32) is "cyclic"; otherwise (256-px releases
-    and smaller) "lateral".
-    """
-    if explicit is not None:
-        if explicit not in PAD_LAYOUTS:
-            raise CheckpointError(f"pad_layout must be one of {', '.join(PAD_LAYOUTS)}, got {explicit!r}")
-        return explicit, "given explicitly"
-    if target_grid > checkpoint_grid:
-        return "cyclic", f"input grid {target_grid} > the checkpoint's training grid {checkpoint_grid} (upsampling)"
-    if saved is not None:
-        return saved, "as saved in the dimbench checkpoint"
-    if checkpoint_grid > DIM_RELEASE_GRID:
-        return "cyclic", f"checkpoint trained on a {checkpoint_grid}x{checkpoint_grid} grid (the 512 fine-tune)"
-    return "lateral", (
-        f"checkpoint trained on a {checkpoint_grid}x{checkpoint_grid} grid, not larger than the 256-px releases' "
-        f"{DIM_RELEASE_GRID}x{DIM_RELEASE_GRID} (trained lateral)"
-    )
+def _check_option(name: str, fam: Family, option: str, value: Any) -> None:
+    """Refuse an option the model's family does not declare, or a value it does not allow."""
+    if option not in fam.options:
+        owners = [f.display for f in list_families() if option in f.options]
+        where = f"{' / '.join(owners)} models only" if owners else "no registered model family"
+        raise CheckpointError(f"{option} applies to {where}; {name!r} is a {fam.display} model")
+    allowed = fam.options[option]
+    if value not in allowed:
+        raise CheckpointError(f"{option} must be one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
 def _build_kwargs(name: str, ckpt: Checkpoint, desc: dict[str, Any], input_size: int | None, overrides: dict):
-    """Constructor keywords for ``name`` loaded from ``ckpt`` (before the pad layout)."""
+    """Constructor keywords for ``name`` loaded from ``ckpt`` (before the family options)."""
     if ckpt.header is not None:
         if ckpt.header["model"] != name:
             raise CheckpointError(
@@ -418,17 +489,23 @@ def _build_kwargs(name: str, ckpt: Checkpoint, desc: dict[str, Any], input_size:
             )
         kwargs = dict(ckpt.header["config"])
     else:
-        kwargs = {"in_channels": desc["in_channels"]}
-        if ckpt.family == "uvit":
-            null = overrides.get("null_class", model_info(name).defaults.get("null_class", True))
-            kwargs["num_classes"] = max(desc["class_rows"] - int(bool(null)), 0) if desc["class_rows"] else 0
-        else:
-            kwargs["num_classes"] = desc["classes"]
+        settings = {**model_info(name).defaults, **overrides}
+        kwargs = dict(_support(family(ckpt.family)).data_kwargs(desc, settings))
         kwargs["input_size"] = desc["input_size"]
     if input_size is not None:
         kwargs["input_size"] = int(input_size)
     kwargs.update(overrides)
     return kwargs
+
+
+def _choose_options(fam: Family, given: dict, ckpt: Checkpoint, desc: dict, settings: dict) -> dict:
+    """{option: (value, reason)}: the family's choice, else what was given explicitly."""
+    saved = {k: v for k, v in (ckpt.header or {}).get("config", {}).items() if k in fam.options}
+    hook = _support(fam).choose_options
+    chosen = dict(hook(given, saved, desc, settings)) if hook is not None else {}
+    for option, value in given.items():
+        chosen.setdefault(option, (value, "given explicitly"))
+    return chosen
 
 
 def load_checkpoint(
@@ -445,40 +522,39 @@ def load_checkpoint(
 
     ``input_size``: the model's input side (latent side for latent models); default = the checkpoint's own
     (token grid x patch, or the saved config's). When it differs from the checkpoint's, the position embedding
-    is recomputed (DiT) or resized bilinearly (U-ViT, DiM). ``format``: "auto" or one of :data:`FORMATS`.
-    ``pad_layout`` (DiM only): "lateral" or "cyclic"; default chosen by :func:`choose_pad_layout`.
-    ``map_location``: device of the returned model. ``overrides``: further constructor keywords (e.g. ``depth``,
-    ``width`` for a non-registered size; input channels and classes are read from the checkpoint).
+    follows (docs/models.md §6). ``format``: "auto" or one of :data:`FORMATS`. ``pad_layout``: a family option
+    (``Family.options``; DiM's, "lateral" or "cyclic"), default chosen by the family (docs/models.md §4.3);
+    given for a model whose family does not declare it, it is refused. ``map_location``: device of the returned
+    model. ``overrides``: further constructor keywords (e.g. ``depth``, ``width`` for a non-registered size;
+    input channels and classes are read from the checkpoint).
 
-    The returned model carries ``checkpoint_info`` (path, format, note, pad layout and why). Raises
-    :class:`CheckpointError` for an unreadable file, another family or architecture, missing/unexpected
-    parameters or shape mismatches (naming the file and the first mismatching parameter).
+    The returned model carries ``checkpoint_info`` (path, format, architecture, note, and each family option
+    with ``<option>_reason``). Raises :class:`CheckpointError` for an unreadable file, another family or
+    architecture, missing/unexpected parameters or shape mismatches (naming the file and the first mismatching
+    parameter).
     """
     path = os.fspath(path)
     try:
         info = model_info(name)
-    except KeyError:
-        if name.startswith("dim"):
-            _dim()  # registers the DiM configurations
-        try:
-            info = model_info(name)
-        except KeyError as e:
-            raise CheckpointError(_msg(e)) from None
+    except KeyError as e:
+        raise CheckpointError(_msg(e)) from None
+    fam = family(info.family)
+    _support(fam, repr(name))
+    given = {} if pad_layout is None else {"pad_layout": pad_layout}
+    given.update({k: overrides.pop(k) for k in list(overrides) if k in fam.options})
+    for option, value in given.items():
+        _check_option(name, fam, option, value)
+
     ckpt = read_checkpoint(path, format)
-    if ckpt.family != info.family:
+    if ckpt.family != fam.name:
         raise CheckpointError(
-            f"{path}: holds a {FAMILY_NAMES[ckpt.family]} checkpoint ({ckpt.format}), but {name!r} is a "
-            f"{FAMILY_NAMES[info.family]} model"
+            f"{path}: holds a {family(ckpt.family).display} checkpoint ({ckpt.format}), but {name!r} is a "
+            f"{fam.display} model"
         )
     desc = _describe(ckpt)
     kwargs = _build_kwargs(name, ckpt, desc, input_size, overrides)
-    pad_reason = None
-    if info.family == "dim":
-        saved = ckpt.header["config"].get("pad_layout") if ckpt.header else None
-        target_grid = kwargs["input_size"] // kwargs.get("patch_size", info.patch_size)
-        kwargs["pad_layout"], pad_reason = choose_pad_layout(pad_layout, desc["grid"], target_grid, saved)
-    elif pad_layout is not None:
-        raise CheckpointError(f"pad_layout applies to DiM models only; {name!r} is {FAMILY_NAMES[info.family]}")
+    options = _choose_options(fam, given, ckpt, desc, {**info.defaults, **kwargs})
+    kwargs.update({option: value for option, (value, _) in options.items()})
 
     try:
         with torch.device("meta"):  # shapes only: cheap even for DiM-H, so mismatches are found before any work
@@ -487,10 +563,11 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: cannot build {name!r} with {kwargs}: {_msg(e)}") from e
     # Check before resizing (so a width mismatch is reported on its first parameter), resize, check again.
     what = f"{_model_summary(name, skeleton)}; the checkpoint holds {desc['architecture']} ({ckpt.format})"
-    if ckpt.format == "dim-official":
+    declared = _format_table().get(ckpt.format)
+    if declared is not None and declared[1].convert is not None:
         what += "; names below are dimbench's, after conversion"
     _check_fit(skeleton, ckpt.state_dict, path, what, resizable=True)
-    sd = _adapt(info.family, skeleton, ckpt.state_dict, path)
+    sd = _adapt(fam, skeleton, ckpt.state_dict, path)
     _check_fit(skeleton, sd, path, what)
 
     persistent = set(skeleton.state_dict())
@@ -503,8 +580,9 @@ def load_checkpoint(
     model.load_state_dict(sd, strict=True)
     model.model_name = name
     model.checkpoint_info = dict(path=path, format=ckpt.format, architecture=desc["architecture"], note=ckpt.note)
-    if pad_reason is not None:
-        model.checkpoint_info.update(pad_layout=kwargs["pad_layout"], pad_layout_reason=pad_reason)
+    model.checkpoint_info["options"] = {option: value for option, (value, _) in options.items()}
+    for option, (value, reason) in options.items():
+        model.checkpoint_info.update({option: value, f"{option}_reason": reason})
     return model.eval()
 
 
@@ -512,12 +590,12 @@ def load_checkpoint(
 # Saving
 
 
-def _model_config(model: nn.Module) -> dict[str, Any]:
-    """The constructor keywords that rebuild ``model``: its ``config`` if it keeps one (DiT, U-ViT), else the
-    attributes every family exposes (DiM)."""
+def _model_config(model: nn.Module, fam: Family) -> dict[str, Any]:
+    """The constructor keywords that rebuild ``model``: its ``config`` (every built-in family keeps one), else
+    the attributes a registered model exposes plus its family's options."""
     if isinstance(getattr(model, "config", None), Mapping):
         return dict(model.config)
-    keys = ("input_size", "in_channels", "num_classes", "patch_size", "depth", "width", "pad_layout")
+    keys = ("input_size", "in_channels", "num_classes", "patch_size", "depth", "width", *fam.options)
     return {k: getattr(model, k) for k in keys if hasattr(model, k)}
 
 
@@ -530,7 +608,7 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
     name = getattr(model, "model_name", None)
     if name is None:
         raise CheckpointError("cannot save: the model has no model_name (build it with models.create_model)")
-    family = _family_of(model)
+    fam = _family_of(model)
     state = model.state_dict()
     on_meta = [k for k, v in state.items() if v.device.type == "meta"]
     if on_meta:
@@ -539,8 +617,8 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         "format": FORMAT_TAG,
         "version": FORMAT_VERSION,
         "model": name,
-        "family": family,
-        "config": _model_config(model),
+        "family": fam.name,
+        "config": _model_config(model, fam),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
     }
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 from torch._guards import detect_fake_mode
 
+from . import dim_convert
+from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
 from .scan import selective_scan
@@ -50,6 +53,8 @@ __all__ = [
     "pad_remove",
     "resize_pos_embed",
     "adapt_state_dict",
+    "choose_pad_layout",
+    "RELEASE_GRID",
 ]
 
 # The four scan orders in the order blocks cycle through them: row-major, row-major reversed (whole sequence
@@ -62,6 +67,7 @@ D_STATE = 16
 EXPAND = 2
 PAD_LAYOUTS = ("lateral", "cyclic")
 N_COND = 2  # condition tokens (time, class) that have a position embedding, in front of the grid
+RELEASE_GRID = 16  # token grid of DiM's 256-px releases (4x32x32 latents, patch 2), trained "lateral"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -396,6 +402,14 @@ class DiM(nn.Module):
         self.final_proj = nn.Linear(d, patch_size * patch_size * in_channels)
         self.reset_parameters()
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The constructor keywords that rebuild this model (the pad layout as it is now)."""
+        return dict(
+            input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
+            patch_size=self.patch_size, depth=self.depth, width=self.width, pad_layout=self.pad_layout,
+        )  # fmt: skip
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """dim.md §3: Linear biases 0 (not dt_proj's), tables and tokens normal(0.02), pos embed 0, per-block
@@ -474,6 +488,72 @@ class DiM(nn.Module):
         return out.reshape(b, C, h * p, w * p)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints (docs/models.md §5): official names converted by models.dim_convert; the pad layout chosen at load
+
+
+def choose_pad_layout(explicit: str | None, checkpoint_grid: int, target_grid: int, saved: str | None = None):
+    """DiM's pad layout for loaded weights, and why: ``(layout, reason)`` (docs/models.md §4.3).
+
+    The layout is not stored in official checkpoints; it follows how the weights are used: an explicit choice
+    wins; a target grid larger than the checkpoint's training grid means training-free upsampling, run
+    "cyclic"; a dimbench file keeps the layout it was saved with; a checkpoint trained on a grid larger than the
+    256-px releases' 16x16 (the 512 fine-tune, grid 32) is "cyclic"; otherwise (256-px releases and smaller)
+    "lateral".
+    """
+    if explicit is not None:
+        if explicit not in PAD_LAYOUTS:
+            raise CheckpointError(f"pad_layout must be one of {', '.join(PAD_LAYOUTS)}, got {explicit!r}")
+        return explicit, "given explicitly"
+    if target_grid > checkpoint_grid:
+        return "cyclic", f"input grid {target_grid} > the checkpoint's training grid {checkpoint_grid} (upsampling)"
+    if saved is not None:
+        return saved, "as saved in the dimbench checkpoint"
+    if checkpoint_grid > RELEASE_GRID:
+        return "cyclic", f"checkpoint trained on a {checkpoint_grid}x{checkpoint_grid} grid (the 512 fine-tune)"
+    return "lateral", (
+        f"checkpoint trained on a {checkpoint_grid}x{checkpoint_grid} grid, not larger than the 256-px releases' "
+        f"{RELEASE_GRID}x{RELEASE_GRID} (trained lateral)"
+    )
+
+
+def _choose_options(given: dict, saved: dict, description: dict, settings: dict) -> dict[str, tuple[str, str]]:
+    """The pad layout for a load (models.checkpoints.CheckpointSupport.choose_options)."""
+    target_grid = settings["input_size"] // settings["patch_size"]
+    layout = choose_pad_layout(given.get("pad_layout"), description["grid"], target_grid, saved.get("pad_layout"))
+    return {"pad_layout": layout}
+
+
+def describe_state_dict(state_dict) -> dict[str, Any]:
+    """Architecture facts from a dimbench-named DiM state_dict (models.dim_convert.infer_dim_config)."""
+    cfg = dim_convert.infer_dim_config(state_dict)
+    return dict(
+        width=cfg["width"], depth=cfg["depth"], patch=cfg["patch_size"], grid=cfg["grid"],
+        in_channels=cfg["in_channels"], classes=cfg["num_classes"], class_rows=cfg["num_classes"] + 1,
+    )  # fmt: skip
+
+
+_DIMBENCH_KEYS = {"patch_embed.weight", "pos_embed", "pad_tokens"}
+
+CHECKPOINTS = CheckpointSupport(
+    formats=(
+        CheckpointFormat(
+            "dim-official",
+            detect=dim_convert.is_official_dim,
+            convert=dim_convert.official_to_dimbench,
+            description="DiM's nnet.pth / nnet_ema.pth (official diffusers-style names, converted)",
+        ),
+        CheckpointFormat(
+            "dim-dimbench",
+            detect=lambda sd: _DIMBENCH_KEYS <= sd.keys(),
+            description="a plain state_dict of dimbench's DiM (dimbench names)",
+        ),
+    ),
+    describe=describe_state_dict,
+    adapt=adapt_state_dict,
+    choose_options=_choose_options,
+)
+
 FAMILY = register_family(Family(
     name="dim",
     display="DiM",
@@ -485,6 +565,7 @@ FAMILY = register_family(Family(
     sizes={(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
     options={"pad_layout": PAD_LAYOUTS},
     module_types=(DiM,),
+    checkpoints=CHECKPOINTS,
 ))
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,12 +19,14 @@ the training loop, which replaces labels by ``num_classes``.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import torch
 import torch.nn as nn
 from timm.layers import Attention, Mlp, PatchEmbed
 
+from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
 
@@ -227,6 +229,42 @@ def adapt_state_dict(model: DiT, state_dict: dict[str, torch.Tensor]) -> dict[st
     return out
 
 
+# ---- checkpoints (docs/models.md §5) ----
+
+# DiT's released .pt files and its train.py checkpoints use the model's own names: no conversion.
+_OFFICIAL_KEYS = {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight"}
+
+
+def describe_state_dict(state_dict) -> dict[str, Any]:
+    """Architecture facts from a DiT state_dict's shapes (see models.checkpoints.CheckpointSupport.describe);
+    extra: ``learn_sigma`` (output channels = 2 x input channels)."""
+    width, in_channels, patch, _ = shape_of(state_dict, "x_embedder.proj.weight")
+    rows = shape_of(state_dict, "y_embedder.embedding_table.weight")[0]
+    out_channels = shape_of(state_dict, "final_layer.linear.weight")[0] // (patch * patch)
+    return dict(
+        width=width, depth=count_indexed(state_dict, "blocks.", ".attn.qkv.weight"), patch=patch,
+        grid=square_side(shape_of(state_dict, "pos_embed")[1], "'pos_embed'"), in_channels=in_channels,
+        classes=rows - 1, class_rows=rows, learn_sigma=out_channels == 2 * in_channels,
+    )  # fmt: skip
+
+
+CHECKPOINTS = CheckpointSupport(
+    formats=(
+        CheckpointFormat(
+            "dit-official",
+            detect=lambda sd: _OFFICIAL_KEYS <= sd.keys(),
+            description="DiT's released .pt files (a plain state_dict) or a train.py checkpoint ('model', 'ema')",
+        ),
+    ),
+    describe=describe_state_dict,
+    adapt=adapt_state_dict,
+    labels={"learn_sigma": "learned sigma"},
+    safe_globals=(argparse.Namespace,),  # train.py stores its arguments under "args"
+)
+
+# Official sizes: (depth, width, heads) per size letter (docs/models.md §2.2).
+_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+
 FAMILY = register_family(Family(
     name="dit",
     display="DiT",
@@ -234,13 +272,12 @@ FAMILY = register_family(Family(
     timestep=Timestep(0, 999, integer=True, meaning="DDPM step index in 0 ... 999 (integer)"),
     role="baseline",
     order=1,
-    sizes={(12, 384): "S", (12, 768): "B", (24, 1024): "L", (28, 1152): "XL"},
+    sizes={(depth, width): letter.upper() for letter, (depth, width, _) in _SIZES.items()},
     module_types=(DiT,),
+    checkpoints=CHECKPOINTS,
 ))
 
-# ---- official configurations: (depth, width, heads) per size, patch 2/4/8; 4x32x32 latents, 1000 classes ----
-
-_SIZES = {"s": (12, 384, 6), "b": (12, 768, 12), "l": (24, 1024, 16), "xl": (28, 1152, 16)}
+# ---- official configurations (docs/models.md §2.2): each size with patch 2, 4 and 8 ----
 
 for _size, (_depth, _width, _heads) in _SIZES.items():
     for _patch in (2, 4, 8):

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
 
+from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
 
@@ -266,6 +267,51 @@ def adapt_state_dict(model: UViT, state_dict: dict[str, torch.Tensor]) -> dict[s
     return out
 
 
+# ---- checkpoints (docs/models.md §5) ----
+
+# U-ViT's nnet.pth / nnet_ema.pth use the model's own names: no conversion.
+_OFFICIAL_KEYS = {"patch_embed.proj.weight", "decoder_pred.weight", "pos_embed"}
+
+
+def describe_state_dict(state_dict) -> dict[str, Any]:
+    """Architecture facts from a U-ViT state_dict's shapes (see models.checkpoints.CheckpointSupport.describe).
+
+    ``depth`` is the official config's (2 x in-blocks; blocks = depth + 1). ``classes`` is None: the class table
+    may or may not end with a null row (1001 rows in the ImageNet-256/512 releases, 1000 in ImageNet-64's).
+    Extras: ``conv`` (3x3 output conv), ``mlp_time_embed``.
+    """
+    width, in_channels, patch, _ = shape_of(state_dict, "patch_embed.proj.weight")
+    rows = shape_of(state_dict, "label_emb.weight")[0] if "label_emb.weight" in state_dict else 0
+    extras = 2 if rows else 1  # [class?, time]
+    return dict(
+        width=width, depth=2 * count_indexed(state_dict, "in_blocks.", ".attn.qkv.weight"), patch=patch,
+        grid=square_side(shape_of(state_dict, "pos_embed")[1] - extras, "'pos_embed'"), in_channels=in_channels,
+        classes=None, class_rows=rows, conv="final_layer.weight" in state_dict,
+        mlp_time_embed="time_embed.0.weight" in state_dict,
+    )  # fmt: skip
+
+
+def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """Input channels, and real classes = class rows minus the null row when the model has one
+    (``null_class``, from the registered config or the caller; False for the ImageNet-64 release)."""
+    rows, null = description["class_rows"], bool(settings.get("null_class", True))
+    return {"in_channels": description["in_channels"], "num_classes": max(rows - int(null), 0) if rows else 0}
+
+
+CHECKPOINTS = CheckpointSupport(
+    formats=(
+        CheckpointFormat(
+            "uvit-official",
+            detect=lambda sd: _OFFICIAL_KEYS <= sd.keys(),
+            description="U-ViT's nnet.pth / nnet_ema.pth (plain state_dicts)",
+        ),
+    ),
+    describe=describe_state_dict,
+    adapt=adapt_state_dict,
+    data_kwargs=data_kwargs,
+    labels={"conv": "3x3 output conv", "mlp_time_embed": "time-embedding MLP"},
+)
+
 FAMILY = register_family(Family(
     name="uvit",
     display="U-ViT",
@@ -275,6 +321,7 @@ FAMILY = register_family(Family(
     order=2,
     sizes={(12, 512): "S", (16, 768): "M", (20, 1024): "L", (28, 1152): "H"},
     module_types=(UViT,),
+    checkpoints=CHECKPOINTS,
 ))
 
 # ---- official configurations (docs/models.md) ----

@@ -1,11 +1,17 @@
-"""Checkpoint loading: format detection, conversion, resizing, pad layout, clear errors; save/inspect/convert CLI."""
+"""Checkpoint loading: format detection, conversion, resizing, pad layout, clear errors; save/inspect/convert CLI.
+
+The generic code (models/checkpoints.py) is also driven through a family registered by the test alone, to show
+that a family's declaration in its own file is all the loader needs (docs/models.md §7).
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models  # noqa: F401  (registers every family)
+import models  # registers every family
 from dimbench import checkpoint_cli
 from models.checkpoints import (
     CheckpointError,
@@ -266,7 +272,7 @@ def test_not_a_state_dict_and_wrong_format(dit_file, tmp_path):
         inspect_checkpoint(junk)
     unknown = tmp_path / "unknown.pt"
     torch.save({"encoder.weight": torch.zeros(2)}, unknown)
-    with pytest.raises(CheckpointError, match="not a DiT, U-ViT or DiM state_dict"):
+    with pytest.raises(CheckpointError, match="not a DiM, DiT or U-ViT state_dict"):  # every readable family
         inspect_checkpoint(unknown)
     with pytest.raises(CheckpointError, match="format 'uvit-official' was requested but the file is 'dit-official'"):
         load_checkpoint("uvit_l_2", path, format="uvit-official")
@@ -412,15 +418,6 @@ def test_load_to_cuda_matches_cpu(dit_file, monkeypatch):
     assert ((out - ref).norm() / ref.norm()).item() < 1e-4
 
 
-def test_cli_choices_agree_with_the_loader():
-    """The checkpoint CLI repeats the loader's choices (to keep `dimbench --help` free of torch imports)."""
-    import dimbench.checkpoint_cli as cli
-    import models.checkpoints as ckpt
-
-    assert cli.FORMATS == ckpt.FORMATS
-    assert cli.PAD_LAYOUTS == ckpt.PAD_LAYOUTS
-
-
 def test_a_pickled_object_is_refused_without_suggesting_an_unsafe_load(tmp_path):
     """Checkpoints are untrusted: a pickle holding a callable is refused by the safe loader, and the message
     must not pass on torch's advice to retry with weights_only=False."""
@@ -434,6 +431,16 @@ def test_a_pickled_object_is_refused_without_suggesting_an_unsafe_load(tmp_path)
     message = str(err.value)
     assert str(path) in message and "safe loader refuses" in message
     assert "weights_only set to False" not in message and "weights_only=False" not in message
+
+
+def test_options_a_family_does_not_declare_or_allow_are_refused(dit_file, tmp_path):
+    _, path = official_dim_file(tmp_path)
+    with pytest.raises(CheckpointError, match="pad_layout must be one of lateral, cyclic, got 'zigzag'"):
+        load_checkpoint("dim_s_2", path, depth=3, width=32, pad_layout="zigzag")
+    with pytest.raises(CheckpointError, match="pad_layout applies to DiM models only; 'uvit_l_2' is a U-ViT model"):
+        load_checkpoint("uvit_l_2", dit_file[1], pad_layout="lateral")
+    with pytest.raises(CheckpointError, match=r"unknown checkpoint format 'dim'; expected one of auto, dimbench, "):
+        load_checkpoint("dim_s_2", path, format="dim")
 
 
 # ------------------------------------------------------------------------------------------------ pos-embed resizing
@@ -467,3 +474,145 @@ def test_timm_resample_is_exactly_plain_bilinear(dtype, old, new):
         assert out.dtype == dtype and torch.equal(out, plain_bilinear(pos, 2, size))
     with pytest.raises(ValueError, match="not a square"):
         uvit.resize_pos_embed(torch.zeros(1, 2 + 6, 3), 2, 4)
+
+
+# ---------------------------------------------------------------------------------------------------- declarations
+
+
+def test_formats_and_names_come_from_the_family_declarations():
+    import models.checkpoints as ckpt
+
+    declared = [fmt.name for fam in models.list_families() if fam.checkpoints for fmt in fam.checkpoints.formats]
+    assert ckpt.FORMATS == ("auto", "dimbench", *declared) == ckpt.formats()
+    assert {"dit-official", "uvit-official", "dim-official", "dim-dimbench"} <= set(declared)
+    from models.dim import PAD_LAYOUTS
+
+    assert models.family("dim").options == {"pad_layout": PAD_LAYOUTS}
+    assert not hasattr(checkpoint_cli, "FORMATS") and not hasattr(checkpoint_cli, "PAD_LAYOUTS")
+    # The generic module's code names no family fact (docstrings may give examples): every one comes from a
+    # declaration. Option names are exempt: pad_layout is a keyword of load_checkpoint's public signature.
+    facts = {word for fam in models.list_families() for word in (
+        fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *(v for vs in fam.options.values()
+                                                                             for v in vs))}  # fmt: skip
+    tree = ast.parse((ROOT / "models" / "checkpoints.py").read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr)}  # fmt: skip
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            assert not facts & set(re.findall(r"[\w-]+", node.value)), node.value
+        if isinstance(node, ast.ImportFrom) and node.module in {fam.name for fam in models.list_families()}:
+            assert [a.name for a in node.names] == ["choose_pad_layout"]  # the one re-export, for old callers
+
+
+class ToyNet(torch.nn.Module):
+    """A family of the test's own: patch Linear + a learnable position table + a class table."""
+
+    def __init__(self, *, input_size=4, in_channels=2, num_classes=3, patch_size=1, width=8, depth=1,
+                 flavour="plain"):  # fmt: skip
+        super().__init__()
+        self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
+        self.patch_size, self.width, self.depth, self.flavour = patch_size, width, depth, flavour
+        self.grid = input_size // patch_size
+        self.proj = torch.nn.Linear(in_channels, width)
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, self.grid**2, width))
+        self.classes = torch.nn.Embedding(num_classes + 1, width)
+        self.config = dict(input_size=input_size, in_channels=in_channels, num_classes=num_classes,
+                           patch_size=patch_size, width=width, depth=depth, flavour=flavour)  # fmt: skip
+
+
+def _toy_support():
+    from models.checkpoints import CheckpointFormat, CheckpointSupport
+
+    def describe(sd):
+        width, in_channels = sd["proj.weight"].shape
+        rows = sd["classes.weight"].shape[0]
+        grid = math.isqrt(sd["pos_embed"].shape[1])
+        return dict(width=width, depth=1, patch=1, grid=grid, in_channels=in_channels, classes=rows - 1,
+                    class_rows=rows, toy_extra=True)  # fmt: skip
+
+    def adapt(model, sd):
+        return {**sd, "pos_embed": torch.zeros(model.pos_embed.shape)}  # (model: a meta-device skeleton)
+
+    def choose(given, saved, description, settings):
+        upsampled = settings["input_size"] > description["grid"]
+        flavour = given.get("flavour") or ("wide" if upsampled else saved.get("flavour", "plain"))
+        return {"flavour": (flavour, "upsampled" if upsampled and "flavour" not in given else "chosen")}
+
+    official = CheckpointFormat(
+        "toy-official", detect=lambda sd: any(k.startswith("toy.") for k in sd),
+        convert=lambda sd: {k.removeprefix("toy."): v for k, v in sd.items()},
+    )  # fmt: skip
+    return CheckpointSupport(formats=(official,), describe=describe, adapt=adapt, choose_options=choose,
+                             labels={"toy_extra": "toy extra"})  # fmt: skip
+
+
+@pytest.fixture
+def toy_family():
+    from models.registry import Family, Timestep, register_family, register_model, unregister_family
+
+    fam = register_family(Family(
+        name="toy", display="Toy", description="a test family", timestep=Timestep(0, 9, True, "step"),
+        sizes={(1, 8): "T"}, options={"flavour": ("plain", "wide")}, module_types=(ToyNet,),
+        checkpoints=_toy_support(),
+    ))  # fmt: skip
+    register_model("toy_1", family="toy", official="none", input_size=4, in_channels=2, num_classes=3,
+                   patch_size=1)(ToyNet)  # fmt: skip
+    yield fam
+    unregister_family("toy")
+
+
+def test_a_family_declared_in_its_own_file_needs_nothing_else(toy_family, tmp_path):
+    import models.checkpoints as ckpt
+
+    assert "toy-official" in ckpt.FORMATS
+    source = randomize(ToyNet(num_classes=5))
+    path = tmp_path / "toy.pt"
+    torch.save({f"toy.{k}": v for k, v in source.state_dict().items()}, path)
+    info = inspect_checkpoint(path)
+    assert (info["format"], info["family"], info["architecture"], info["classes"]) == ("toy-official", "toy",
+                                                                                       "Toy-T/1", 5)  # fmt: skip
+    assert info["toy_extra"] is True
+    model = load_checkpoint("toy_1", path)  # classes from the file, flavour by the family's rule
+    assert model.num_classes == 5 and torch.equal(model.classes.weight, source.classes.weight)
+    assert model.checkpoint_info["options"] == {"flavour": "plain"}
+    bigger = load_checkpoint("toy_1", path, input_size=8)
+    assert bigger.flavour == "wide" and bigger.checkpoint_info["flavour_reason"] == "upsampled"
+    assert load_checkpoint("toy_1", path, flavour="wide").checkpoint_info["flavour_reason"] == "chosen"
+    with pytest.raises(CheckpointError, match="flavour must be one of plain, wide, got 'spicy'"):
+        load_checkpoint("toy_1", path, flavour="spicy")
+    with pytest.raises(CheckpointError, match="pad_layout applies to DiM models only; 'toy_1' is a Toy model"):
+        load_checkpoint("toy_1", path, pad_layout="cyclic")
+    with pytest.raises(CheckpointError, match=rf"{path}: holds a Toy checkpoint \(toy-official\), but 'dim_s_2'"):
+        load_checkpoint("dim_s_2", path)
+    saved = tmp_path / "saved.pt"
+    save_checkpoint(bigger, saved)
+    again = load_checkpoint("toy_1", saved)
+    assert again.flavour == "wide" and inspect_checkpoint(saved)["flavour"] == "wide"
+    out = io.StringIO()
+    assert checkpoint_cli.inspect(str(saved), stdout=out) == 0 and "toy extra: True" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- CLI choices
+
+
+def test_checkpoint_parser_imports_neither_torch_nor_timm():
+    code = ("import argparse, sys; from dimbench.checkpoint_cli import add_checkpoint_commands; "
+            "add_checkpoint_commands(argparse.ArgumentParser().add_subparsers()); "
+            "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')); "
+            "print(heavy); sys.exit(1 if heavy else 0)")  # fmt: skip
+    done = _run(["-c", code])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
+    _, path = official_dim_file(tmp_path)
+    err = io.StringIO()
+    rc = checkpoint_cli.convert(str(path), str(tmp_path / "o.pt"), model="dim_s_2", format="dim", stderr=err)
+    assert rc == 2 and err.getvalue().count("\n") == 1
+    assert "unknown checkpoint format 'dim'; expected one of auto, dimbench, dim-official" in err.getvalue()
+    entry = ["-m", "dimbench.cli", "checkpoint"]
+    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_s_2", "--pad-layout", "diag"])
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
+    assert "pad_layout must be one of lateral, cyclic, got 'diag'" in bad.stderr
+    assert not (tmp_path / "o.pt").exists()
