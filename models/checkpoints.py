@@ -27,6 +27,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,10 @@ FORMAT_TAG = "dimbench-checkpoint"
 FORMAT_VERSION = 1
 DIMBENCH_FORMAT = "dimbench"
 StateDict = dict[str, torch.Tensor]
+
+# What torch.save's legacy (pre-zip) format starts with: its magic number, pickled with protocol 2. A file that
+# starts with a pickle opcode but not with this is a plain pickle, not a PyTorch checkpoint.
+_LEGACY_TORCH_HEADER = pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2)[:-1]
 
 
 class CheckpointError(ValueError):
@@ -206,7 +211,19 @@ def _safe_globals() -> list[type]:
     return [cls for fam in list_families() if fam.checkpoints for cls in fam.checkpoints.safe_globals]
 
 
+def _starts_like_plain_pickle(path: str) -> bool:
+    """A pickle (PROTO opcode first) that is neither torch's zip format nor its legacy format."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_TORCH_HEADER))
+    except OSError:
+        return False
+    return head[:1] == b"\x80" and head != _LEGACY_TORCH_HEADER and not zipfile.is_zipfile(path)
+
+
 def _torch_load(path: str, map_location: Any) -> Any:
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (e.g. .../nnet_ema.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
     try:
@@ -219,6 +236,11 @@ def _torch_load(path: str, map_location: Any) -> Any:
     except Exception as e:  # noqa: BLE001 - every failure to read is reported the same way, with its cause
         # torch's text may suggest retrying with weights_only=False, i.e. running code from an untrusted file:
         # never pass that on; keep only its diagnosis.
+        if _starts_like_plain_pickle(path):
+            raise CheckpointError(
+                f"{path}: not a PyTorch checkpoint file but a plain Python pickle (not the format torch.save "
+                "writes), which the safe loader refuses to read; save the weights with torch.save(state_dict, path)"
+            ) from e
         if isinstance(e, pickle.UnpicklingError):
             lines = [line.strip() for line in str(e).splitlines() if line.strip().startswith("Unsupported")]
             raise CheckpointError(
@@ -399,19 +421,23 @@ def _same_shape(name: str, want: torch.Size, found: torch.Size, resizable: bool)
 
 
 def _mismatch(name: str, want: torch.Tensor, found: torch.Tensor, resizable: bool) -> str | None:
-    """What is wrong with ``found`` for the model's ``want`` (its shape), or None."""
+    """What is wrong with ``found`` for the model's ``want`` (shape, then kind of values), or None."""
     if not _same_shape(name, want.shape, found.shape, resizable):
         return f"parameter {name!r}: expected shape {tuple(want.shape)}, found {tuple(found.shape)}"
+    if want.is_floating_point() and not found.is_floating_point():
+        # load_state_dict would silently cast integers to floats: integer weights are a broken export.
+        return f"parameter {name!r}: expected floating-point values, found {found.dtype}"
     return None
 
 
 def _check_fit(
     model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str, resizable: bool = False
 ) -> None:
-    """Raise CheckpointError unless ``sd`` has exactly the model's keys with the model's shapes.
+    """Raise CheckpointError unless ``sd`` has exactly the model's keys, shapes and kinds of values.
 
-    Walks the model's state_dict in order and names the first parameter that is missing or has another shape.
-    With ``resizable``, ``pos_embed`` may differ in its token count (checked before resizing it).
+    Walks the model's state_dict in order and names the first parameter that is missing, has another shape,
+    or holds integers where the model has floats. With ``resizable``, ``pos_embed`` may differ in its token
+    count (checked before resizing it).
     """
     own = model.state_dict()
     problems = []
@@ -434,6 +460,25 @@ def _check_fit(
     raise CheckpointError(f"{source}: does not fit {what}: " + "; ".join(parts))
 
 
+def _non_finite(tensor: torch.Tensor) -> str | None:
+    """"3 of 384 values are NaN" (and/or infinite) for a floating tensor with such values, else None."""
+    if not tensor.is_floating_point() or tensor.device.type == "meta" or bool(torch.isfinite(tensor).all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    inf = int(torch.isinf(tensor).sum())
+    counts = [f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n]
+    return f"{' and '.join(counts)} of {tensor.numel()} values"
+
+
+def _check_finite(sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming the first parameter with NaN or infinite values (a diverged run, a bad
+    export): such weights would load silently and every output would be NaN."""
+    bad = [(name, found) for name, tensor in sd.items() if (found := _non_finite(tensor)) is not None]
+    if bad:
+        more = f" ({len(bad) - 1} more parameter(s) too)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{source}: parameter {bad[0][0]!r} holds non-finite values: {bad[0][1]}{more}")
+
+
 def _model_summary(name: str, model: nn.Module) -> str:
     bits = [f"{k} {getattr(model, k)}" for k in ("width", "depth", "patch_size") if hasattr(model, k)]
     return f"model {name!r} ({', '.join(bits)})"
@@ -449,7 +494,7 @@ def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     Uses the model's family declarations: a state_dict in one of the family's formats is converted to
     dimbench's names first (e.g. official DiM names), the position embedding follows the model's grid
     (docs/models.md §6), every other tensor must match exactly. Returns ``model`` (modified in place).
-    Raises CheckpointError naming the first mismatching parameter.
+    Raises CheckpointError naming the first mismatching parameter (or one with NaN / infinite values).
     """
     fam = _family_of(model)
     sd = dict(state_dict)
@@ -460,6 +505,7 @@ def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
     _check_fit(model, sd, "state_dict", what, resizable=True)
     sd = _adapt(fam, model, sd, "state_dict")
     _check_fit(model, sd, "state_dict", what)
+    _check_finite(sd, "state_dict")
     model.load_state_dict(sd, strict=True)
     return model
 
@@ -530,8 +576,8 @@ def load_checkpoint(
 
     The returned model carries ``checkpoint_info`` (path, format, architecture, note, and each family option
     with ``<option>_reason``). Raises :class:`CheckpointError` for an unreadable file, another family or
-    architecture, missing/unexpected parameters or shape mismatches (naming the file and the first mismatching
-    parameter).
+    architecture, missing/unexpected parameters, shape mismatches, integer or non-finite weights (naming the
+    file and the first such parameter).
     """
     path = os.fspath(path)
     try:
@@ -569,6 +615,7 @@ def load_checkpoint(
     _check_fit(skeleton, ckpt.state_dict, path, what, resizable=True)
     sd = _adapt(fam, skeleton, ckpt.state_dict, path)
     _check_fit(skeleton, sd, path, what)
+    _check_finite(sd, path)
 
     persistent = set(skeleton.state_dict())
     if all(n in persistent for n, _ in skeleton.named_buffers()):

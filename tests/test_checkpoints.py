@@ -433,6 +433,75 @@ def test_a_pickled_object_is_refused_without_suggesting_an_unsafe_load(tmp_path)
     assert "weights_only set to False" not in message and "weights_only=False" not in message
 
 
+def test_a_plain_pickle_is_not_a_pytorch_checkpoint(tmp_path):
+    """pickle.dump output (not torch.save's format) is named as such, not as torch's 'Unsupported operand 149'."""
+    import pickle
+
+    for protocol, payload in ((4, {"a": 1}), (2, {"a": 1}), (5, {"w": torch.ones(3)})):
+        path = tmp_path / f"plain{protocol}.pkl"
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=protocol)
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint("dit_s_8", path)
+        message = str(err.value)
+        assert message.startswith(f"{path}: not a PyTorch checkpoint file but a plain Python pickle"), message
+        assert "safe loader refuses" in message and "weights_only" not in message and "operand" not in message
+    # torch.save's legacy (pre-zip) format is also a pickle stream, and still reads.
+    legacy = tmp_path / "legacy.pt"
+    torch.save(randomize(create_model("dit_s_8", **TINY_DIT)).state_dict(), legacy,
+               _use_new_zipfile_serialization=False)  # fmt: skip
+    assert inspect_checkpoint(legacy)["format"] == "dit-official"
+
+
+def test_a_folder_given_as_checkpoint_says_so(tmp_path):
+    (tmp_path / "nnet_ema.pth").mkdir()  # e.g. an unpacked release, or the run folder instead of its file
+    for call in (lambda p: inspect_checkpoint(p), lambda p: load_checkpoint("dim_h_2", p)):
+        with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'nnet_ema.pth'}: is a folder; expected a checkpoint"):
+            call(tmp_path / "nnet_ema.pth")
+    err = io.StringIO()
+    assert checkpoint_cli.inspect(str(tmp_path), stderr=err) == 2
+    assert "is a folder" in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+def test_integer_weights_are_refused_naming_the_parameter(dit_file, tmp_path):
+    source, _ = dit_file
+    sd = source.state_dict()
+    path = tmp_path / "int.pt"
+    torch.save({**sd, "blocks.1.attn.proj.weight": torch.ones(384, 384, dtype=torch.int64)}, path)
+    expected = r"parameter 'blocks.1.attn.proj.weight': expected floating-point values, found torch.int"
+    with pytest.raises(CheckpointError, match=rf"^{path}: does not fit .*{expected}64"):
+        load_checkpoint("dit_s_8", path, depth=2)
+    target = create_model("dit_s_8", **TINY_DIT)
+    with pytest.raises(CheckpointError, match=rf"^state_dict: does not fit .*{expected}32"):
+        load_resized_state_dict(target, {**sd, "blocks.1.attn.proj.weight": torch.ones(384, 384, dtype=torch.int32)})
+    # Half precision is floating point: it loads (cast to the model's dtype), as official fp16 exports do.
+    half = tmp_path / "half.pt"
+    torch.save({k: v.half() for k, v in sd.items()}, half)
+    assert load_checkpoint("dit_s_8", half, depth=2).blocks[1].attn.proj.weight.dtype == torch.float32
+
+
+def test_non_finite_weights_are_refused_naming_the_parameter(dit_file, tmp_path):
+    source, _ = dit_file
+    sd = source.state_dict()
+    nan = tmp_path / "nan.pt"
+    torch.save({**sd, "blocks.0.mlp.fc1.bias": torch.full((1536,), float("nan"))}, nan)
+    with pytest.raises(CheckpointError, match=rf"^{nan}: parameter 'blocks.0.mlp.fc1.bias' holds non-finite "
+                       r"values: 1536 NaN of 1536 values$"):  # fmt: skip
+        load_checkpoint("dit_s_8", nan, depth=2)
+
+    weight = sd["final_layer.linear.weight"].clone()
+    weight[0, :3] = float("inf")
+    weight[1, 0] = float("nan")
+    bad = {**sd, "final_layer.linear.weight": weight}
+    inf = tmp_path / "inf.pt"
+    torch.save(bad, inf)
+    with pytest.raises(CheckpointError, match=r"'final_layer.linear.weight' holds non-finite values: 1 NaN and 3 "
+                       rf"infinite of {weight.numel()} values"):  # fmt: skip
+        load_checkpoint("dit_s_8", inf, depth=2)
+    with pytest.raises(CheckpointError, match=r"^state_dict: parameter 'final_layer.linear.weight' holds non-finite"):
+        load_resized_state_dict(create_model("dit_s_8", **TINY_DIT), bad)
+
+
 def test_options_a_family_does_not_declare_or_allow_are_refused(dit_file, tmp_path):
     _, path = official_dim_file(tmp_path)
     with pytest.raises(CheckpointError, match="pad_layout must be one of lateral, cyclic, got 'zigzag'"):
