@@ -3,7 +3,7 @@
 Shapes below: b = batch, C = input channels, p = patch, (h, w) = token grid (input side / p), d = width,
 P = (h + 3)(w + 3) = padded grid length, S = 5 + P = sequence length ([t, y, q1, q2, q3, padded grid]).
 
-Forward pass (spec: shared/spec/dim.md):
+Forward pass (docs/models.md §4):
 
     x (b, C, h·p, w·p) ─patch conv─► grid (b, h·w, d) + pos ─3×3 dw conv─► pad ─► [t, y, q1..q3, padded grid]
     ─► N blocks, each: [skip fusion] → scan switch → x + (1+gate)·Mamba(RMSNorm(x)·(1+scale)+shift)
@@ -75,7 +75,7 @@ RELEASE_GRID = 16  # token grid of DiM's 256-px releases (4x32x32 latents, patch
 
 
 def scan_orders(depth: int) -> list[int]:
-    """The scan order each block uses (dim.md §2): values in {0, -2, 1, -1}.
+    """The scan order each block uses (docs/models.md §4.1): values in {0, -2, 1, -1}.
 
     Block 0 uses 0; blocks 1 .. mid-1 cycle forward through SCAN_CYCLE (index l mod 4), mid = 1 + (depth-1)/2;
     the mid block steps back one index and every later block one more; the last block is forced to 0 so that
@@ -412,7 +412,7 @@ class DiM(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """dim.md §3: Linear biases 0 (not dt_proj's), tables and tokens normal(0.02), pos embed 0, per-block
+        """docs/models.md §3: Linear biases 0 (not dt_proj's), tables and tokens normal(0.02), pos embed 0, per-block
         tables randn/√d, Mamba init, everything else PyTorch's default."""
         for m in self.modules():
             if isinstance(m, nn.Linear) and m.bias is not None:
@@ -569,7 +569,7 @@ FAMILY = register_family(Family(
 ))
 
 # ----------------------------------------------------------------------------------------------------------------
-# Official configurations (docs/models.md)
+# Official configurations (docs/models.md §2.1)
 
 
 @register_model(

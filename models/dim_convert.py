@@ -1,4 +1,4 @@
-"""Official DiM parameter names <-> dimbench names (spec: shared/spec/official-dim-checkpoints.md).
+"""Official DiM parameter names <-> dimbench names (the full table: docs/models.md §5.2).
 
 The official release's ``nnet_ema.pth`` files are flat state_dicts with diffusers-style names. Every tensor maps
 one-to-one onto :class:`models.dim.DiM`; only two change layout:

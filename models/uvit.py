@@ -324,7 +324,7 @@ FAMILY = register_family(Family(
     checkpoints=CHECKPOINTS,
 ))
 
-# ---- official configurations (docs/models.md) ----
+# ---- official configurations (docs/models.md §2.3) ----
 
 
 def _register(name: str, official: str, description: str, **defaults: Any) -> None:

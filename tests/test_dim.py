@@ -1,6 +1,6 @@
 """DiM: configurations, token bookkeeping (pads, scan orders, skips), conversion, and real forward/backward.
 
-Expected numbers come from the spec (shared/spec/dim.md §4, official-dim-checkpoints.md), and token layouts
+Expected numbers come from docs/models.md (§2.1 configurations, §5.2 official names), and token layouts
 are written out by hand or derived here independently of models/dim.py's index arithmetic.
 """
 

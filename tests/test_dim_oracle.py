@@ -19,7 +19,7 @@ from models.dim_convert import infer_dim_config, is_official_dim, official_to_di
 from models.scan import available_backends
 
 ORACLE = Path(__file__).parent / "data" / "dim_tiny_official.pt"  # committed: missing is a failure
-TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (the bound for float32 rounding)
+TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (docs/models.md §5.2: float32 rounding)
 CPU_BACKENDS = [b for b in ("reference", "chunked") if available_backends("cpu")[b][0]]
 
 # One OpenMP thread (tests/conftest.py: a tiny model, busy machines).

@@ -13,7 +13,7 @@ from timm.layers import Attention
 import models.dit as dit
 from models.registry import create_model, list_models
 
-# Exact counts of the official code (4x32x32 latents, 1000 classes, frozen pos_embed counted), baselines.md.
+# Exact counts of the official code (4x32x32 latents, 1000 classes, frozen pos_embed counted), docs/models.md §2.2.
 OFFICIAL_COUNTS = {
     ("dit_s_2", 32): 32_963_360,
     ("dit_s_8", 32): 33_148_160,

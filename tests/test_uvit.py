@@ -12,7 +12,7 @@ import models.uvit as uvit
 from models.layers import timestep_sinusoid
 from models.registry import create_model, list_models, model_info
 
-# Exact counts of the official configs (baselines.md).
+# Exact counts of the official configs (docs/models.md §2.3).
 OFFICIAL_COUNTS = {
     "uvit_s_2": 44_255_328,
     "uvit_m_4": 130_940_292,
