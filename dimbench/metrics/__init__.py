@@ -1,7 +1,8 @@
-"""dimbench's suite-level metrics: each turns a SweepPoint into Measurements (see docs/contracts.md).
+"""dimbench's suite-level metrics and their registry (see docs/contracts.md).
 
     >>> from dimbench.metrics import METRICS
-    >>> rows = METRICS["flops"].fn(point, {"warmup": 2, "repeats": 5, "out_dir": "results/run"})
+    >>> rows = METRICS["flops"].measure(point)                  # outside a runner
+    >>> register_metric(MY_METRIC)                              # a metric of one's own (a plugin, a test)
 
 =========== ================================================ ==================================================
 metric      rows                                             how
@@ -14,17 +15,69 @@ train_step  train_step_ms, train_throughput                  forward + MSE + bac
 memory      mem_predicted_gib, mem_allocated_gib,            FakeTensor prediction; CUDA allocator peaks; NVML
             mem_reserved_gib, mem_device_gib
 =========== ================================================ ==================================================
+
+Each metric module declares its :class:`Metric` (rows, options, budget) once; everything else that needs to know
+about a row (the worker's task labels, the summary table, the report) asks :func:`row_declaration`.
 """
 
 from __future__ import annotations
 
-from dimbench.metrics.base import DTYPES, Measurement, Metric, SkipMetric
-from dimbench.metrics.flops import FLOPS
-from dimbench.metrics.fvcore_count import FVCORE
-from dimbench.metrics.memory import MEMORY
-from dimbench.metrics.params import PARAMS
-from dimbench.metrics.timing import LATENCY, TRAIN_STEP
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, SkipMetric, Summary, generic_row
 
-METRICS: dict[str, Metric] = {m.name: m for m in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY)}
+#: name -> Metric, in registration order (the order of summary columns and report measures).
+METRICS: dict[str, Metric] = {}
 
-__all__ = ["DTYPES", "METRICS", "Measurement", "Metric", "SkipMetric"]
+
+def register_metric(metric: Metric) -> Metric:
+    """Add a metric to the registry. Its name and each of its row names must be new."""
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is registered already")
+    taken = {row: m.name for m in METRICS.values() for row in m.produces}
+    clash = [r for r in metric.produces if r in taken]
+    if clash:
+        raise ValueError(f"metric {metric.name!r}: row {clash[0]!r} is declared by metric {taken[clash[0]]!r}")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric (tests and plugins that register for a while)."""
+    METRICS.pop(name, None)
+
+
+def metric_of_row(row: str) -> Metric | None:
+    """The registered metric that declares a row name, or None."""
+    for m in METRICS.values():
+        if row in m.produces:
+            return m
+    return None
+
+
+def row_declaration(row: str, unit: str | None = None, task: str | None = None) -> Row:
+    """The declaration of a row name; for a name no registered metric declares, :func:`generic_row`."""
+    metric = metric_of_row(row)
+    return metric.row(row) if metric is not None else generic_row(row, unit, task)
+
+
+def declared_rows() -> list[Row]:
+    """Every declared row, in registration order."""
+    return [r for m in METRICS.values() for r in m.rows]
+
+
+def _register_builtins() -> None:
+    from dimbench.metrics.flops import FLOPS
+    from dimbench.metrics.fvcore_count import FVCORE
+    from dimbench.metrics.memory import MEMORY
+    from dimbench.metrics.params import PARAMS
+    from dimbench.metrics.timing import LATENCY, TRAIN_STEP
+
+    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY):
+        register_metric(metric)
+
+
+_register_builtins()
+
+__all__ = [
+    "METRICS", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary", "declared_rows",
+    "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
+]

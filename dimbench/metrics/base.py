@@ -1,29 +1,121 @@
-"""What every metric shares: the measurement record, the skip signal, and how a point becomes a model."""
+"""What a metric is: its declaration (the rows it writes, its options, its time budget) and its context.
+
+A metric declares every row it writes once, as a :class:`Row`: name, unit, the label used in tables and plots,
+the task it measures, whether it grows with the batch (per pass) or is already per image, whether it is
+deterministic (gates compare it exactly), how it appears in the run's summary table and in the report's DiM
+ratios. The worker's task labels, the summary table, the report's labels, per-image handling and ratio measures
+are all read from these declarations, so adding a metric is one new file plus its registration
+(:func:`dimbench.metrics.register_metric`).
+
+A metric's function is ``fn(point, ctx) -> list[Measurement] | None``. ``ctx`` (:class:`MetricContext`) holds
+its options and, for long-running tasks (training, sampling), what lets them live in the runner: ``ctx.emit``
+streams rows as they are made (the runner appends each one durably at once), ``ctx.progress`` reports the step,
+rate and latest loss to the runner's display, ``ctx.state_dir`` is a folder of the run kept across interrupts for
+the task's own checkpoint, and ``ctx.on_disk(row, step)`` says which rows a previous, interrupted run already
+wrote (they are never written twice).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-import torch
-
 from dimbench.points import SweepPoint
+from dimbench.schema import Field, Record
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TASKS = ("count", "forward", "train_step", "train", "sample", "evaluate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """How a row appears in the run's summary table: the column header (unit and how it was obtained), a scale
+    applied to the value, the number format, and whether the cell shows the value per image."""
+
+    header: str
+    fmt: str = "{:.1f}"
+    scale: float = 1.0
+    per_image: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    """A lower-is-better measure the report compares as DiM / baseline: its name there and its plot colour."""
+
+    measure: str
+    colour: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row a metric writes.
+
+    ``per_pass``: the value is that of one pass over the batch (GMACs, times), so per image = value / batch;
+    otherwise it is a rate or a quantity that does not divide by the batch (img/s, memory, parameters).
+    ``predicted``: the value is predicted, not measured (drawn hollow and dotted). ``deterministic``: the same
+    code and point always give the same value (counts): regression gates compare it exactly. ``series``: the
+    metric writes this row once per step (``extra["step"]``) as it goes; such rows do not decide whether the
+    metric is complete, its other rows do.
+    """
+
+    name: str
+    unit: str
+    label: str
+    task: str = "forward"
+    per_pass: bool = False
+    per_image_label: str | None = None
+    predicted: bool = False
+    deterministic: bool = False
+    series: bool = False
+    summary: Summary | None = None
+    ratio: Ratio | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"row {self.name!r}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+    def display(self, per_image: bool = False) -> str:
+        """The label; once divided by the batch (``per_image``), the per-image label."""
+        if per_image and self.per_pass:
+            return self.per_image_label or f"{self.label} per image"
+        return self.label
+
+    def per_image(self, value: float | None, batch: int, extra: dict | None = None) -> float | None:
+        """A value of this row per image: ``extra["<name>_per_image"]`` when the metric recorded it, else value /
+        batch for a per-pass row, the value itself for the others; None when it cannot be known."""
+        recorded = (extra or {}).get(f"{self.name}_per_image")
+        if recorded is not None:
+            return float(recorded)
+        if value is None or not self.per_pass:
+            return value
+        return float(value) / batch if batch and batch > 0 else None
+
+
+def generic_row(name: str, unit: str | None = None, task: str | None = None) -> Row:
+    """The declaration assumed for a row no registered metric declares (results of another version, a plugin
+    not loaded here): its own name as label, as measured, not per pass."""
+    return Row(name, unit or "", name, task if task in TASKS else "forward")
 
 
 @dataclasses.dataclass
 class Measurement:
-    """One value a metric produced. The worker adds the point's fields, status and timing to make a row."""
+    """One value a metric produced. The worker adds the point's fields, the declared unit and task, the status
+    and timing to make a result row. Series rows put their step in ``extra["step"]``."""
 
-    metric: str  # row metric name, e.g. "gmacs", "latency_ms"
+    metric: str  # a row name the metric declares, e.g. "gmacs", "latency_ms"
     value: float | None
-    unit: str  # "GMAC", "GFLOP", "ms", "img/s", "GiB", "count", "TFLOP/s", "%"
+    unit: str | None  # None: the declared unit; otherwise it must equal the declared unit
     method: str  # how the value was obtained, in words a reader can check
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
     status: str = "ok"  # "ok" | "skipped" (a metric that cannot apply here says why in error)
     error: str | None = None
+
+    @property
+    def step(self) -> Any:
+        return self.extra.get("step")
 
 
 class SkipMetric(Exception):
@@ -33,12 +125,133 @@ class SkipMetric(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
-    """A suite-level metric: ``fn(point, options) -> list[Measurement]``.
+    """A suite-level metric.
 
-    ``produces`` lists the row metric names it writes (used for resume bookkeeping, reports and docs).
+    ``rows`` declares every row it writes. ``options`` declares the options a suite may set for it under
+    ``options: {<name>: {...}}`` (``timeout`` is every metric's option and need not be declared). ``timeout``
+    is its default time budget in seconds per point: None means the suite's ``timeout``; long tasks set their
+    own (``math.inf``: no limit, the task bounds itself by its options). An option that is also a top-level suite
+    key (``warmup``, ``repeats``) takes that key's value unless ``options.<name>`` sets it. ``long`` marks a task
+    that emits rows and progress as it goes and keeps state in ``ctx.state_dir``.
+
+    The ``fn`` should be a module-level function: the declaration is handed to worker processes.
     """
 
     name: str
-    produces: tuple[str, ...]
-    fn: Callable[[SweepPoint, dict[str, Any]], list[Measurement]]
+    rows: tuple[Row, ...]
+    fn: Callable[[SweepPoint, MetricContext], list[Measurement] | None]
     description: str
+    options: tuple[Field, ...] = ()
+    timeout: float | None = None
+    long: bool = False
+
+    def __post_init__(self) -> None:
+        names = [r.name for r in self.rows]
+        if not names or len(names) != len(set(names)):
+            raise ValueError(f"metric {self.name!r}: rows must be declared, each once (got {names})")
+        if any(f.name == "timeout" for f in self.options):
+            raise ValueError(f"metric {self.name!r}: 'timeout' is every metric's option; set Metric.timeout")
+
+    @property
+    def produces(self) -> tuple[str, ...]:
+        """The names of the rows it writes."""
+        return tuple(r.name for r in self.rows)
+
+    @property
+    def final_rows(self) -> tuple[str, ...]:
+        """The rows that must all be on disk for the metric to be complete at a point (series rows aside)."""
+        return tuple(r.name for r in self.rows if not r.series)
+
+    def row(self, name: str) -> Row:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(f"metric {self.name!r} declares no row {name!r} (it declares {', '.join(self.produces)})")
+
+    def option_record(self) -> Record:
+        """The record a suite's ``options.<name>`` is checked against (its own options plus ``timeout``)."""
+        from dimbench.schema import Number
+
+        timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
+                       + ("none (the task bounds itself)" if self.timeout == math.inf else
+                          f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
+        timeout = Field("timeout", Number(0, "seconds", note=".inf: no limit"), None, timeout_doc)
+        return Record([*self.options, timeout], what=f"options of metric '{self.name}'")
+
+    def measure(self, point: SweepPoint, *, out_dir: str | None = None, **options: Any) -> list[Measurement]:
+        """Run the metric here and now, outside a runner (tests, notebooks): options at their declared defaults
+        unless given; rows a long task emits are collected and returned with the rest."""
+        defaults = self.option_record().defaults()
+        unknown = [k for k in options if k not in defaults]
+        if unknown:
+            raise TypeError(f"metric {self.name!r} has no option {unknown[0]!r} (options: {', '.join(defaults)})")
+        ctx = MetricContext(self, point, {**defaults, **options}, out_dir=out_dir)
+        return ctx.collect(self.fn(point, ctx))
+
+
+class MetricContext:
+    """What a metric's function gets besides its point (see the module docstring).
+
+    ``options``: the metric's options (declared defaults, overridden by the suite). ``out_dir``: the run's
+    folder (None outside a run).
+    """
+
+    def __init__(self, metric: Metric, point: SweepPoint, options: dict[str, Any], *, out_dir: str | None = None,
+                 on_rows: Callable[[list[Measurement]], None] | None = None,
+                 on_progress: Callable[[dict[str, Any]], None] | None = None,
+                 on_disk: Iterable[tuple[str, Any]] = ()):
+        self.metric = metric
+        self.point = point
+        self.options = options
+        self.out_dir = out_dir
+        self._on_rows = on_rows
+        self._on_progress = on_progress
+        self._on_disk = set(on_disk)
+        self._collected: list[Measurement] = []
+
+    @property
+    def state_dir(self) -> Path:
+        """A folder for this metric at this point that survives interrupts and resumes (the task's checkpoint);
+        inside the run's folder, or a temporary folder outside a run. Created on first use."""
+        if getattr(self, "_state_dir", None) is None:
+            if self.out_dir is None:
+                import tempfile
+
+                base = Path(tempfile.mkdtemp(prefix=f"dimbench-{self.metric.name}-"))
+            else:
+                base = Path(self.out_dir) / STATE_DIR / slug(self.point.key) / self.metric.name
+            base.mkdir(parents=True, exist_ok=True)
+            self._state_dir = base
+        return self._state_dir
+
+    def on_disk(self, row: str, step: Any = None) -> bool:
+        """Whether a previous run already wrote this row (at this step): it will not be written again."""
+        return (row, step) in self._on_disk
+
+    def emit(self, *measurements: Measurement) -> None:
+        """Stream rows now: inside a runner each is appended to the results durably before this returns to the
+        worker's next step (rows already on disk are dropped)."""
+        rows = [m for m in measurements if not self.on_disk(m.metric, m.step)]
+        if self._on_rows is None:
+            self._collected.extend(rows)
+        elif rows:
+            self._on_rows(rows)
+
+    def progress(self, step: int, total: int | None = None, **info: Any) -> None:
+        """Report progress (step of total, and anything worth showing: ``loss=0.12``); the runner's display
+        shows it with the rate of steps."""
+        if self._on_progress is not None:
+            self._on_progress({"step": step, "total": total, **info})
+
+    def collect(self, returned: list[Measurement] | None) -> list[Measurement]:
+        """The rows emitted outside a runner followed by those returned at the end."""
+        out, self._collected = self._collected, []
+        return out + list(returned or [])
+
+
+STATE_DIR = "state"
+
+
+def slug(text: str) -> str:
+    """A point key made safe as a file name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")

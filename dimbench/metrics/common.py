@@ -15,13 +15,10 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
-from dimbench.metrics.base import DTYPES
 from dimbench.points import SweepPoint
 from models import model_info
 
-# Family conventions for the timestep input (architecture.md): DiM and U-ViT take the DDPM step n in [1, 1000]
-# as a float, DiT takes an integer step in 0 ... 999.
-_T_RANGE = {"dit": (0, 1000, torch.long), "dim": (1, 1001, torch.float32), "uvit": (1, 1001, torch.float32)}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The aten kernels scaled_dot_product_attention can resolve to, and the name a reader knows them by.
 ATTENTION_KERNELS = {
@@ -66,21 +63,13 @@ def precision_label(dtype: torch.dtype) -> str:
     return f"float32 weights, torch.autocast({str(dtype).replace('torch.', '')})"
 
 
-def tf32_setting() -> dict[str, Any]:
-    """Whether float32 matmuls/convolutions may use TF32 (it changes float32 speed on Ampere and later)."""
-    return {
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-    }
-
-
 def model_kwargs(point: SweepPoint) -> dict[str, Any]:
     """create_model keyword arguments for a point (input size, and DiM's pad layout when the point sets one)."""
     kwargs: dict[str, Any] = {"input_size": point.input_size}
     if point.pad_layout:
-        if model_info(point.model).family != "dim":
-            raise ValueError(f"pad_layout is a DiM option; {point.model} is not a DiM")
+        family = models.family_of_model(point.model)
+        if "pad_layout" not in family.options:
+            raise ValueError(f"pad_layout is not an option of {family.display} models ({point.model})")
         kwargs["pad_layout"] = point.pad_layout
     return kwargs
 
@@ -131,16 +120,16 @@ def make_inputs(
     info = model_info(model_name)
     channels = int(in_channels if in_channels is not None else info.defaults["in_channels"])
     device = torch.device(device)
-    low, high, t_dtype = _T_RANGE[info.family]
+    timestep = models.family(info.family).timestep
     classes = num_classes(model_name) if classes is None else int(classes)
     if shapes_only or device.type == "meta":
         x = torch.empty(batch, channels, input_size, input_size, device=device)
-        t = torch.empty(batch, device=device, dtype=t_dtype)
+        t = timestep.empty(batch, device)
         y = torch.empty(batch, device=device, dtype=torch.long) if classes > 0 else None
         return x, t, y
     gen = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(batch, channels, input_size, input_size, device=device, generator=gen)
-    t = torch.randint(low, high, (batch,), device=device, generator=gen).to(t_dtype)
+    t = timestep.sample(batch, device, gen)
     y = torch.randint(0, classes, (batch,), device=device, generator=gen) if classes > 0 else None
     return x, t, y
 
@@ -153,11 +142,12 @@ def point_inputs(point: SweepPoint, model: nn.Module, device: torch.device | str
     )
 
 
-class _KernelRecorder(TorchDispatchMode):
-    """Records which attention kernels and custom ops a forward pass dispatched to.
+class KernelRecorder(TorchDispatchMode):
+    """Records which attention kernels and custom ops a pass dispatched to; the base of every dispatch mode here.
 
     scaled_dot_product_attention reaches a dispatch mode as one composite op; decomposing it (as
-    FlopCounterMode does) reveals the backend kernel the dispatcher picked for these tensors.
+    FlopCounterMode does) reveals the backend kernel the dispatcher picked for these tensors. Subclasses see
+    each op in :meth:`observe` (before it runs) and each result in :meth:`produced`.
     """
 
     def __init__(self) -> None:
@@ -165,21 +155,26 @@ class _KernelRecorder(TorchDispatchMode):
         self.attention: set[str] = set()
         self.custom_ops: set[str] = set()
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if not isinstance(func, torch._ops.OpOverload):  # higher-order ops: nothing to record, run as is
-            return func(*args, **kwargs)
+    def observe(self, func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> None:
         name = func._overloadpacket.__name__
         if name in ATTENTION_KERNELS:
             self.attention.add(ATTENTION_KERNELS[name])
         elif func.namespace not in ("aten", "prim"):
             self.custom_ops.add(f"{func.namespace}::{name}")
-        if func is not torch.ops.prim.device.default:
-            with self:
-                out = func.decompose(*args, **kwargs)
-            if out is not NotImplemented:
-                return out
-        return func(*args, **kwargs)
+
+    def produced(self, out: Any) -> Any:
+        return out
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if isinstance(func, torch._ops.OpOverload):  # higher-order ops: nothing to record, run as is
+            self.observe(func, args, kwargs)
+            if func is not torch.ops.prim.device.default:
+                with self:
+                    out = func.decompose(*args, **kwargs)
+                if out is not NotImplemented:
+                    return out
+        return self.produced(func(*args, **kwargs))
 
 
 def probe_backends(run_once) -> dict[str, Any]:
@@ -188,7 +183,7 @@ def probe_backends(run_once) -> dict[str, Any]:
     Raises if the pass returned a FakeTensor (see :func:`ensure_real`). Returns extra fields: attention_backend
     ("none" when the model has no SDPA call), scan_backend (None when no scan ran), custom_ops.
     """
-    recorder = _KernelRecorder()
+    recorder = KernelRecorder()
     with recorder:
         out = run_once()
     ensure_real(out)

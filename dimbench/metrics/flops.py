@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_backward_flop_count
 
-from dimbench.metrics.base import Measurement, Metric
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import ATTENTION_KERNELS, build_model, point_inputs
 from dimbench.points import SweepPoint
 
@@ -148,7 +148,7 @@ def count_point_flops(point: SweepPoint) -> FlopCount:
     return count_model_flops(model, x, t, y)
 
 
-def flops_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def flops_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     """gmacs and gflops of one forward pass at the point's batch (per image and per-op breakdown in extra)."""
     count = count_point_flops(point)
     cats = count.by_category()
@@ -172,7 +172,13 @@ def flops_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement
 
 FLOPS = Metric(
     name="flops",
-    produces=("gmacs", "gflops"),
+    rows=(
+        Row("gmacs", "GMAC", "GMACs (multiply-accumulates, 1 per multiply-add)", task="count", per_pass=True,
+            per_image_label="GMACs per image", deterministic=True,
+            summary=Summary("GMACs/img\n(meta count)", per_image=True), ratio=Ratio("GMACs per image", "#1d2733")),
+        Row("gflops", "GFLOP", "GFLOPs (2 per multiply-add)", task="count", per_pass=True,
+            per_image_label="GFLOPs per image", deterministic=True),
+    ),
     fn=flops_metric,
     description="multiply-accumulates and FLOPs of one forward pass at the point's batch, counted on the meta "
     "device with FlopCounterMode (attention and the selective scan included)",

@@ -8,7 +8,8 @@ fvcore traces the model with torch.jit.trace, and tracing does not work on meta 
 kernel rejects traced sizes), so it runs on real CPU tensors: the model is allocated without initialisation and
 zero-filled (a count depends on shapes only), traced at batch 1, and the count scaled by the point's batch (every
 op of these models is linear in the batch). That costs one real forward pass, so points whose meta-device count
-exceeds ``options["fvcore_max_gmacs"]`` per image (default 250) are skipped with that reason. fvcore is optional
+exceeds the metric's option ``max_gmacs`` per image (default 250; a suite sets it under
+``options: {fvcore: {max_gmacs: N}}``) are skipped with that reason. fvcore is optional
 (no release since 2022; absent on the GPU machines): without it the metric is skipped with that reason. Its
 warnings and log lines are kept out of user output.
 """
@@ -26,16 +27,16 @@ from typing import Any
 
 import torch
 
-from dimbench.metrics.base import Measurement, Metric, SkipMetric
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, Summary
 from dimbench.metrics.common import build_model, make_inputs
 from dimbench.metrics.flops import attention_flops, count_point_flops
 from dimbench.points import SweepPoint
+from dimbench.schema import Field, Number
 
 METHOD = (
     "fvcore FlopCountAnalysis (1 MAC = 1 FLOP) with dimbench handlers for SDPA and the selective scan; jit trace of "
     "a zero-filled CPU model at batch 1 (scan output stubbed: shapes only), scaled by the batch"
 )
-DEFAULT_MAX_GMACS = 250.0
 
 SDPA_OP = "aten::scaled_dot_product_attention"
 SCAN_OP = "dimbench_scan::selective_scan"
@@ -151,14 +152,14 @@ def _zeroed_cpu_model(point: SweepPoint):
     return model
 
 
-def fvcore_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def fvcore_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     _import_fvcore()
-    limit = float(options.get("fvcore_max_gmacs", DEFAULT_MAX_GMACS))
+    limit = float(ctx.options["max_gmacs"])
     per_image = count_point_flops(dataclasses.replace(point, batch=1)).gmacs
     if per_image > limit:
         raise SkipMetric(
             f"fvcore traces with a real CPU forward pass; {per_image:.1f} GMACs per image exceeds the limit of "
-            f"{limit:g} (options fvcore_max_gmacs); the meta-device count (flops) covers this point"
+            f"{limit:g} (the suite's options.fvcore.max_gmacs); the meta-device count (flops) covers this point"
         )
     model = _zeroed_cpu_model(point)
     x, t, y = make_inputs(point.model, 1, point.input_size, "cpu", in_channels=getattr(model, "in_channels", None))
@@ -180,7 +181,15 @@ def fvcore_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measuremen
 
 FVCORE = Metric(
     name="fvcore",
-    produces=("gmacs_fvcore",),
+    rows=(
+        Row("gmacs_fvcore", "GMAC", "GMACs by fvcore (cross-check)", task="count", per_pass=True,
+            per_image_label="GMACs per image by fvcore", deterministic=True,
+            summary=Summary("GMACs/img\n(fvcore)", per_image=True)),
+    ),
     fn=fvcore_metric,
     description="cross-check of gmacs with fvcore's FlopCountAnalysis (handlers for SDPA and the scan added)",
+    options=(
+        Field("max_gmacs", Number(0), 250, "GMACs per image (meta count) above which the real CPU trace is "
+              "skipped, said so in the row"),
+    ),
 )

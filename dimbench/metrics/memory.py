@@ -28,12 +28,11 @@ from typing import Any
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from dimbench.metrics.base import Measurement, Metric
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import (
-    ATTENTION_KERNELS,
+    KernelRecorder,
     autocast_context,
     build_model,
     device_name,
@@ -59,10 +58,11 @@ PREDICTED_METHOD = (
 )
 
 
-class LiveStorageTracker(TorchDispatchMode):
+class LiveStorageTracker(KernelRecorder):
     """Tracks the bytes of live tensor storages produced by ops (and by :meth:`track`), and their peak.
 
-    Composite ops are decomposed under the tracker (as FlopCounterMode does) so their intermediates are seen.
+    Composite ops are decomposed under the tracker (as FlopCounterMode does) so their intermediates are seen; the
+    attention kernels the pass took are recorded on the way (:class:`KernelRecorder`).
     Storage Python objects are preserved by PyTorch (one per storage), which is what makes the weakref finalizer
     a reliable "freed" signal.
     """
@@ -72,7 +72,6 @@ class LiveStorageTracker(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self._alive: set[int] = set()
-        self.attention: set[str] = set()
         self.scan_backends: dict[str, str] = {}  # backend name -> how its memory was counted
         self._scan_cache: dict[tuple, int] = {}
 
@@ -146,22 +145,14 @@ class LiveStorageTracker(TorchDispatchMode):
                 scan.chunked_scan(*meta, delta_softplus=softplus, chunk_size=chunk)
         return inner.peak
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if isinstance(func, torch._ops.OpOverload):
-            name = func._overloadpacket.__name__
-            if name in ATTENTION_KERNELS:
-                self.attention.add(ATTENTION_KERNELS[name])
-            if func._overloadpacket is SCAN_OP:
-                work = self._scan_work_bytes(args, kwargs)
-                if work is not None:
-                    self.peak = max(self.peak, self.live + work)
-            if func is not torch.ops.prim.device.default:
-                with self:
-                    out = func.decompose(*args, **kwargs)
-                if out is not NotImplemented:
-                    return out
-        out = func(*args, **kwargs)
+    def observe(self, func, args, kwargs) -> None:
+        super().observe(func, args, kwargs)
+        if func._overloadpacket is SCAN_OP:
+            work = self._scan_work_bytes(args, kwargs)
+            if work is not None:
+                self.peak = max(self.peak, self.live + work)
+
+    def produced(self, out):
         for leaf in tree_leaves(out):
             self.track(leaf)
         return out
@@ -265,7 +256,7 @@ def measure_cuda_forward_peak(point: SweepPoint) -> dict[str, Any]:
     }
 
 
-def memory_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     device, dtype = torch.device(point.device), resolve_dtype(point)
     if device.type == "cuda":
         device = resolve_device(point)
@@ -326,7 +317,15 @@ def memory_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measuremen
 
 MEMORY = Metric(
     name="memory",
-    produces=("mem_predicted_gib", "mem_allocated_gib", "mem_reserved_gib", "mem_device_gib"),
+    rows=(
+        Row("mem_predicted_gib", "GiB", "predicted peak memory (FakeTensor)", predicted=True, deterministic=True,
+            summary=Summary("mem GiB\n(predicted)", "{:.2f}"), ratio=Ratio("predicted peak memory", "#2e8b3a")),
+        Row("mem_allocated_gib", "GiB", "allocator peak (max_memory_allocated)",
+            summary=Summary("mem GiB\n(allocated peak)", "{:.2f}"), ratio=Ratio("allocator peak memory", "#2e8b3a")),
+        Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)"),
+        Row("mem_device_gib", "GiB", "device memory used (NVML, incl. CUDA context)",
+            summary=Summary("mem GiB\n(NVML device)", "{:.2f}")),
+    ),
     fn=memory_metric,
     description="peak memory of one forward: FakeTensor-predicted everywhere; allocator peaks and NVML device "
     "used on CUDA",

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from dimbench.metrics.base import Measurement, Metric
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, Summary
 from dimbench.metrics.common import build_model
 from dimbench.points import SweepPoint
 
@@ -30,7 +30,7 @@ def parameter_counts(model: nn.Module) -> dict[str, Any]:
     return {"total": total, "trainable": trainable, "frozen": frozen, "buffer_elements": buffers}
 
 
-def params_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def params_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     counts = parameter_counts(build_model(point, "meta"))
     extra = {"frozen_parameters": counts["frozen"], "buffer_elements": counts["buffer_elements"]}
     return [
@@ -54,7 +54,11 @@ def params_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measuremen
 
 PARAMS = Metric(
     name="params",
-    produces=("params", "params_trainable"),
+    rows=(
+        Row("params", "count", "parameters", task="count", deterministic=True,
+            summary=Summary("params M\n(counted)", scale=1e-6)),
+        Row("params_trainable", "count", "trainable parameters", task="count", deterministic=True),
+    ),
     fn=params_metric,
     description="parameter counts (total, including frozen tables; and trainable), on the meta device",
 )

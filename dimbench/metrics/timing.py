@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dimbench.metrics.base import Measurement, Metric
+from dimbench.environment import tf32
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import (
     autocast_context,
     build_model,
@@ -33,14 +34,15 @@ from dimbench.metrics.common import (
     resolve_device,
     resolve_dtype,
     synchronize,
-    tf32_setting,
 )
 from dimbench.metrics.flops import count_point_flops
 from dimbench.metrics.hardware import bf16_peak
 from dimbench.points import SweepPoint
+from dimbench.schema import Field, Integer
 
-DEFAULT_WARMUP = 2
-DEFAULT_REPEATS = 5
+#: The timed metrics' options; the suite's top-level ``warmup`` and ``repeats`` keys are these two.
+WARMUP = Field("warmup", Integer(0), 2, "untimed iterations before the timed ones")
+REPEATS = Field("repeats", Integer(1), 5, "timed iterations (the median is reported, with p10/p90/min/max)")
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -92,14 +94,6 @@ def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repe
     return samples, method
 
 
-def _options(options: dict[str, Any]) -> tuple[int, int]:
-    warmup = int(options.get("warmup", DEFAULT_WARMUP))
-    repeats = int(options.get("repeats", DEFAULT_REPEATS))
-    if warmup < 0 or repeats < 1:
-        raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
-    return warmup, repeats
-
-
 def _common_extra(point: SweepPoint, device: torch.device, dtype: torch.dtype, backends: dict, stats: dict) -> dict:
     return {
         **stats,
@@ -107,16 +101,16 @@ def _common_extra(point: SweepPoint, device: torch.device, dtype: torch.dtype, b
         "batch": point.batch,
         "device_name": device_name(device),
         "precision": precision_label(dtype),
-        "tf32": tf32_setting(),
+        "tf32": tf32(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
     }
 
 
-def latency_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def latency_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     """latency_ms and throughput of one forward pass (inference_mode); on CUDA also tflops_achieved and mfu."""
     device, dtype = resolve_device(point), resolve_dtype(point)
-    warmup, repeats = _options(options)
+    warmup, repeats = ctx.options["warmup"], ctx.options["repeats"]
     model = build_model(point, device)
     x, t, y = point_inputs(point, model, device)
 
@@ -144,7 +138,7 @@ def latency_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measureme
 
     flops = count_point_flops(point)
     achieved = flops.flops / median_s / 1e12
-    peak = bf16_peak(device, options.get("out_dir"))
+    peak = bf16_peak(device, ctx.out_dir)
     flop_extra = {
         **extra,
         "counted_gflops": flops.gflops,
@@ -171,10 +165,10 @@ def latency_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measureme
     return rows
 
 
-def train_step_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measurement]:
+def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     """train_step_ms and train_throughput: forward + MSE on eps + backward + AdamW step."""
     device, dtype = resolve_device(point), resolve_dtype(point)
-    warmup, repeats = _options(options)
+    warmup, repeats = ctx.options["warmup"], ctx.options["repeats"]
     # At least one untimed step: AdamW allocates its state on the first step.
     warmup = max(warmup, 1)
     model = build_model(point, device).train()
@@ -215,15 +209,29 @@ def train_step_metric(point: SweepPoint, options: dict[str, Any]) -> list[Measur
 
 LATENCY = Metric(
     name="latency",
-    produces=("latency_ms", "throughput", "tflops_achieved", "mfu"),
+    rows=(
+        Row("latency_ms", "ms", "forward latency", per_pass=True, per_image_label="forward time per image",
+            summary=Summary("fwd ms\n(median)"), ratio=Ratio("forward time per image", "#d1521f")),
+        Row("throughput", "img/s", "forward throughput", summary=Summary("fwd img/s\n(batch/median)", "{:.2f}")),
+        Row("tflops_achieved", "TFLOP/s", "achieved TFLOP/s", summary=Summary("TFLOP/s\n(achieved)")),
+        Row("mfu", "%", "model FLOP utilisation", summary=Summary("MFU %\n(of bf16 peak)")),
+    ),
     fn=latency_metric,
     description="time of one denoising forward pass (median and spread) and images per second; on CUDA also "
     "achieved TFLOP/s and MFU against the measured bf16 peak",
+    options=(WARMUP, REPEATS),
 )
 
 TRAIN_STEP = Metric(
     name="train_step",
-    produces=("train_step_ms", "train_throughput"),
+    rows=(
+        Row("train_step_ms", "ms", "training-step time", task="train_step", per_pass=True,
+            per_image_label="training-step time per image", summary=Summary("train step ms\n(median)"),
+            ratio=Ratio("training-step time per image", "#8a5fb5")),
+        Row("train_throughput", "img/s", "training throughput", task="train_step",
+            summary=Summary("train img/s\n(batch/median)", "{:.2f}")),
+    ),
     fn=train_step_metric,
     description="time of one training step (forward + MSE + backward + AdamW) and images per second",
+    options=(WARMUP, REPEATS),
 )
