@@ -535,6 +535,12 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
 
 _DIMBENCH_KEYS = {"patch_embed.weight", "pos_embed", "pad_tokens"}
 
+# A module-level function, not a lambda: a Family travels to worker processes by pickle.
+def _names_dimbench_dim(state_dict) -> bool:
+    """Whether a state_dict uses dimbench's DiM names."""
+    return _DIMBENCH_KEYS <= state_dict.keys()
+
+
 CHECKPOINTS = CheckpointSupport(
     formats=(
         CheckpointFormat(
@@ -545,7 +551,7 @@ CHECKPOINTS = CheckpointSupport(
         ),
         CheckpointFormat(
             "dim-dimbench",
-            detect=lambda sd: _DIMBENCH_KEYS <= sd.keys(),
+            detect=_names_dimbench_dim,
             description="a plain state_dict of dimbench's DiM (dimbench names)",
         ),
     ),

@@ -248,11 +248,17 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
     )  # fmt: skip
 
 
+# A module-level function, not a lambda: a Family travels to worker processes by pickle.
+def _names_official_dit(state_dict) -> bool:
+    """Whether a state_dict uses DiT's official names."""
+    return _OFFICIAL_KEYS <= state_dict.keys()
+
+
 CHECKPOINTS = CheckpointSupport(
     formats=(
         CheckpointFormat(
             "dit-official",
-            detect=lambda sd: _OFFICIAL_KEYS <= sd.keys(),
+            detect=_names_official_dit,
             description="DiT's released .pt files (a plain state_dict) or a train.py checkpoint ('model', 'ema')",
         ),
     ),

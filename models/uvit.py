@@ -298,11 +298,17 @@ def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[s
     return {"in_channels": description["in_channels"], "num_classes": max(rows - int(null), 0) if rows else 0}
 
 
+# A module-level function, not a lambda: a Family travels to worker processes by pickle.
+def _names_official_uvit(state_dict) -> bool:
+    """Whether a state_dict uses U-ViT's official names."""
+    return _OFFICIAL_KEYS <= state_dict.keys()
+
+
 CHECKPOINTS = CheckpointSupport(
     formats=(
         CheckpointFormat(
             "uvit-official",
-            detect=lambda sd: _OFFICIAL_KEYS <= sd.keys(),
+            detect=_names_official_uvit,
             description="U-ViT's nnet.pth / nnet_ema.pth (plain state_dicts)",
         ),
     ),
