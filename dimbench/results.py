@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from dimbench.console import UserError
+
 RESULTS_FILE = "results.jsonl"
 ENVIRONMENT_FILE = "environment.json"
 
@@ -42,8 +44,12 @@ COLUMNS = (
 STATUSES = ("ok", "oom", "error", "skipped")
 
 
-class ResultsError(ValueError):
-    """A results file that cannot be read as dimbench rows (message names the file and line)."""
+class ResultsError(UserError, ValueError):
+    """A results or environment file that cannot be read (the message names the file and line)."""
+
+
+class ResultsWriteError(UserError, OSError):
+    """Rows could not be appended (disk full, read-only, ...): the file was cut back to its last complete row."""
 
 
 def results_path(path: str | os.PathLike) -> Path:
@@ -107,33 +113,61 @@ def repair_torn_tail(path: str | os.PathLike) -> str | None:
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
-    """Append rows (one JSON object per line), flushed and fsync'ed; returns how many were written."""
+    """Append rows (one JSON object per line), fsync'ed; returns how many were written.
+
+    All or nothing: when the write fails (a full disk, a file-size limit) the file is cut back to where it was,
+    so it never ends in a torn line, and :class:`ResultsWriteError` names the file and the cause.
+    """
     p = results_path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows)
-    if not text:
+    data = "".join(json.dumps(row, sort_keys=False, default=str) + "\n" for row in rows).encode()
+    if not data:
         return 0
-    with open(p, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    return text.count("\n")
+    fd = None
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, start)  # frees space, needs none
+            raise
+    except OSError as exc:
+        raise ResultsWriteError(f"{p}: cannot append result rows ({exc.strerror or exc}); every complete row "
+                                "written before is kept") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return data.count(b"\n")
 
 
-def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[str, str]]:
-    """(point_key, row metric) pairs that a resumed run must not measure again.
+def row_identity(row: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """What makes a row unique in a run folder: (point_key, metric, step); step is None but for series rows."""
+    extra = row.get("extra")
+    return row.get("point_key"), row.get("metric"), extra.get("step") if isinstance(extra, dict) else None
+
+
+FINAL_STATUSES = ("ok", "skipped", "oom", "error")
+
+
+def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[Any, Any, Any]]:
+    """The identities (:func:`row_identity`) of rows a resumed run must not write again.
 
     ok, skipped and oom rows are final; error rows too unless ``retry_errors``.
     """
-    final = {"ok", "skipped", "oom"} if retry_errors else {"ok", "skipped", "oom", "error"}
-    return {(r["point_key"], r["metric"]) for r in rows if r.get("status") in final}
+    final = {"ok", "skipped", "oom"} if retry_errors else set(FINAL_STATUSES)
+    return {row_identity(r) for r in rows if r.get("status") in final}
 
 
 def latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (point_key, metric): the last one written (a retried error is superseded by its retry)."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
+    """One row per identity (point, metric, step): the last one written (a retried error is superseded by its
+    retry; series rows, one per step, all stay)."""
+    last: dict[tuple, dict[str, Any]] = {}
     for row in rows:
-        key = (row.get("point_key"), row.get("metric"))
+        key = row_identity(row)
         last.pop(key, None)  # re-insert so the order is that of the surviving rows
         last[key] = row
     return list(last.values())
@@ -144,7 +178,7 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
 
     ``path`` is a run folder or a ``results.jsonl`` file. The file is append-only, so a retried point
     (``--retry-errors``) leaves its old error row behind: by default only the latest row per (point_key,
-    metric) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
+    metric, step) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
     """
     import pandas as pd
 
@@ -163,21 +197,33 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file; on failure the
+    temporary file is removed and the old file is left as it was (ResultsWriteError names the path)."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResultsWriteError(f"{p}: cannot write ({exc.strerror or exc})") from None
 
 
 def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The run folder's environment.json, or None when there is none."""
+    """The run folder's environment.json, or None when there is none; ResultsError when it is not a JSON object."""
     p = Path(path)
     p = p / ENVIRONMENT_FILE if p.is_dir() or p.suffix != ".json" else p
     if not p.exists():
         return None
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        record = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ResultsError(f"{p}: not readable as JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise ResultsError(f"{p}: expected a JSON object (the run's environment record), got a "
+                           f"{type(record).__name__}")
+    return record

@@ -1,47 +1,46 @@
-"""Run a suite: plan, resume, one isolated worker per point, durable results, progress, summary.
+"""Run a suite: plan against what is already on disk, one isolated worker per point, rows appended durably as
+they arrive, progress, and what the run leaves behind. Process plumbing lives in :mod:`dimbench.processes`, the
+output folder (lock, records, I/O errors) in :mod:`dimbench.runfolder`.
 
-- Every point runs in a worker process (``dimbench.worker``): an out-of-memory error, an exception, a crash
-  (segfault, SIGKILL) or a hang (killed at the suite's per-point ``timeout``) becomes a recorded row with status
-  oom / error and the sweep goes on.
-- The runner is the only writer of ``OUT/results.jsonl``: each metric's rows are appended (flushed and fsync'ed)
-  as soon as the worker reports them.
-- Re-running the same command resumes: a suite-level metric whose rows are already in the file (ok, skipped, oom,
-  and error unless ``retry_errors``) is not measured again. A half-written last line left by a killed run is cut
-  away with a warning. ``fresh`` moves the old results aside (``results.jsonl.bak``) and starts over.
-- ``OUT/environment.json`` holds the environment of the first run and, under ``runs``, one entry per invocation
-  (command, start, wall time, whether it was interrupted; its own environment too when that differs).
-- With several CUDA GPUs and device ``cuda``, points are spread over them: one worker at a time per GPU, pinned
-  with ``CUDA_VISIBLE_DEVICES``.
-- Ctrl-C (or SIGTERM) stops the workers, keeps every row written, and says how to resume.
+- Every point runs in a worker process: an out-of-memory error, an exception, a crash (segfault, SIGKILL) or a
+  hang becomes a recorded row with status oom / error, and the sweep goes on.
+- Rows reach the results file as the worker sends them (a long task streams them while it runs), each append
+  fsync'ed. A row is written once: its identity is (point, metric, step), and a row whose identity is already on
+  disk (final: ok, skipped, oom; error unless ``retry_errors``) is not written again.
+- Resume: a metric is complete at a point when every final row it declares is on disk; only incomplete metrics
+  are measured again (a long task resumes from its own checkpoint in ``OUT/state``). A half-written last line
+  left by a killed run is cut away with a warning.
+- Time budgets are per metric and start when the metric starts: the metric's own (a training run declares none),
+  else ``options.<metric>.timeout``, else the suite's ``timeout``. A metric that runs past it is killed and
+  recorded as an error; the point's other metrics go on in a fresh worker.
+- Ctrl-C or SIGTERM sets a flag that every part of the run watches: workers are killed, every row written stays,
+  the run record is completed, and the message says how to resume (a second Ctrl-C exits at once).
+- With several CUDA GPUs and device ``cuda``, points are spread over them, one worker at a time per GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import queue
-import re
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from dimbench import results as res
+from dimbench import processes
 from dimbench.console import UserError
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
+from dimbench.results import ResultsWriteError, completed, row_identity
+from dimbench.runfolder import RunFolder
 from dimbench.suite import Plan, PointPlan
-from dimbench.worker import failure_rows, gmacs_per_image
+from dimbench.worker import Job, failure_rows, gmacs_per_image
 
-START_ENV = "DIMBENCH_WORKER_START"  # "spawn" | "fork": override how workers start (tests use both)
-POLL_S = 0.05
-LOGS = "logs"
-WORK = ".work"
+POLL_S = 0.1
+IDLE_S = 300.0  # a worker between metrics (starting, or after its last) longer than this is stuck: killed
 
 
 class Interrupted(Exception):
@@ -57,278 +56,358 @@ class RunSummary:
     rows_written: int
     wall_s: float
     counts: dict[str, int]  # status -> rows written by this invocation
-    report: tuple[Path, Path] | None = None
-    report_error: str | None = None
 
 
 @dataclasses.dataclass
-class _Job:
+class _PointJob:
     plan: PointPlan
     metrics: list[str]
-    gmacs_per_image: float | None
 
 
-# ------------------------------------------------------------------------------------------------- workers
-def _slug(key: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", key).strip("_")
+@dataclasses.dataclass
+class _Outcome:
+    """How one worker ended: the metrics it finished, the one it was in, and why it stopped."""
+
+    finished: list[str] = dataclasses.field(default_factory=list)
+    current: str | None = None
+    current_at: str | None = None
+    current_t: float = 0.0
+    ended: str | None = None  # "done" | "stop" (out of memory: the rest in a fresh worker)
+    timed_out: str | None = None  # the metric killed at its budget, or "start-up"
+    interrupted: bool = False
+    returncode: int | None = None
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
+class Runner:
+    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted / UserError."""
+
+    def __init__(self, plan: Plan, *, fresh: bool = False, retry_errors: bool = False, allow_mixed: bool = False,
+                 argv: list[str] | None = None, console=None):
+        from dimbench.console import console as make_console
+        from dimbench.metrics import METRICS
+
+        self.plan = plan
+        self.out = Path(plan.out)
+        self.fresh = fresh
+        self.retry_errors = retry_errors
+        self.allow_mixed = allow_mixed
+        self.argv = list(argv if argv is not None else sys.argv)
+        self.console = console or make_console()
+        self.metrics = dict(METRICS)
+        self.device_type = "cuda" if plan.device.startswith("cuda") else "cpu"
+        self.stop = threading.Event()
+        self.signal_name: str | None = None
+        self.lock = threading.Lock()
+        self.written: list[dict[str, Any]] = []
+        self.write_error: UserError | None = None
+        self.final: set = set()  # identities of the final rows on disk
+        self.disk: dict[str, list[dict[str, Any]]] = {}  # point key -> its rows on disk
+        self.folder: RunFolder | None = None
+
+    # ------------------------------------------------------------------------------------------ the whole run
+    def run(self) -> RunSummary:
+        t0 = time.monotonic()
+        restore = self._catch_signals()
         try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
-
-
-class _SpawnHandle:
-    """A worker in a fresh interpreter, in its own session (Ctrl-C in the terminal reaches only the runner)."""
-
-    def __init__(self, payload: dict, log: Path, env: dict[str, str]):
-        with open(log, "ab") as logf:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dimbench.worker"], stdin=subprocess.PIPE, stdout=logf,
-                stderr=subprocess.STDOUT, env={**os.environ, **env}, start_new_session=True,
-            )
-        self.pid = self.proc.pid
-        try:
-            self.proc.stdin.write(json.dumps(payload).encode())
-            self.proc.stdin.close()
-        except BrokenPipeError:  # died at once; poll() will say how
-            pass
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
-
-    def kill(self) -> None:
-        _kill_group(self.pid)
-        self.proc.wait()
-
-
-class _ForkedProcess:
-    """The runner itself, forked before it starts any thread, running the fork server's loop.
-
-    The runner has already imported torch, the models and the metrics (validation needs them), so its fork
-    serves jobs at once, without the seconds a fresh interpreter spends importing them again.
-    """
-
-    def __init__(self, log: Path, env: dict[str, str]):
-        job_r, job_w = os.pipe()
-        ctl_r, ctl_w = os.pipe()
-        runner = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the server: never returns into the runner's code
+            self.folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
             try:
-                os.setsid()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                os.close(job_w)
-                os.close(ctl_r)
-                logfd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                os.dup2(logfd, 1)  # also releases the runner's stdout/stderr (a pipe someone may wait on)
-                os.dup2(logfd, 2)
-                os.close(logfd)
-                devnull = os.open(os.devnull, os.O_RDONLY)
-                os.dup2(devnull, 0)
-                os.close(devnull)
-                os.environ.update(env)
-                from dimbench.worker import serve
-
-                serve(os.fdopen(job_r, "r"), os.fdopen(ctl_w, "w", buffering=1), runner, preload=False)
+                return self._run(t0)
             finally:
-                os._exit(0)
-        os.close(job_r)
-        os.close(ctl_w)
-        self.pid = pid
-        self.stdin = os.fdopen(job_w, "wb")
-        self.stdout = os.fdopen(ctl_r, "rb")
-        self.returncode: int | None = None
+                self.folder.close()
+        finally:
+            restore()
 
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("dimbench worker server", timeout)
-            time.sleep(POLL_S)
-        return self.returncode
-
-
-class _ForkServer:
-    """Forks one child per job from a process that has torch, the models and the metrics imported.
-
-    That process is the runner's own fork when the runner has no thread yet (the normal case), else a fresh
-    ``python -m dimbench.worker --serve``.
-    """
-
-    def __init__(self, log: Path, env: dict[str, str]):
-        self.log = log
-        self.env = env
-        self.proc = None
-        self.messages: queue.Queue = queue.Queue()
-        self.exits: dict[int, int] = {}
-        self.dead = False
-
-    def start(self) -> None:
-        if threading.active_count() == 1:
-            self.proc = _ForkedProcess(self.log, self.env)
-        else:  # forking a process with threads is unsafe (locks held by other threads): a fresh interpreter
-            with open(self.log, "ab") as logf:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "dimbench.worker", "--serve"], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=logf, env={**os.environ, **self.env}, start_new_session=True,
-                )
-        self.dead = False
-        self.messages = queue.Queue()
-        threading.Thread(target=self._read, args=(self.proc.stdout, self.messages), daemon=True).start()
-
-    @staticmethod
-    def _read(stream, messages: queue.Queue) -> None:
-        for line in stream:
-            try:
-                messages.put(json.loads(line))
-            except ValueError:
-                continue
-        messages.put({"event": "eof"})
-
-    def _next(self, timeout: float) -> dict | None:
+    def _run(self, t0: float) -> RunSummary:
+        folder = self.folder
+        rows, torn = folder.read_rows()
+        if torn:
+            self.console.print(f"[yellow]warning:[/] {torn} (cut away; the metric it belonged to is measured again)")
+        record = folder.environment()
+        folder.check_suite(record, self.plan.suite.name, self.device_type, self.plan.settings.fingerprint(),
+                           self.allow_mixed)
+        self.final = completed(rows, retry_errors=self.retry_errors)
+        for row in rows:
+            self.disk.setdefault(row.get("point_key"), []).append(row)
+        jobs, skip_rows, complete = self._plan()
+        method = processes.start_method(self.plan.device)
+        ctx = processes.context(method) if jobs else None  # a fork server starts now, beside what follows
+        entry = self._record_start(record)
         try:
-            msg = self.messages.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if msg.get("event") == "eof":
-            self.dead = True
-        elif msg.get("event") == "exit":
-            self.exits[msg["pid"]] = msg["returncode"]
-        return msg
+            self._append(skip_rows)
+            slots = processes.slots(self.plan.device)
+            self._announce(jobs, complete, len(slots), method)
+            if jobs and not self.stop.is_set():
+                self._execute(jobs, slots, ctx)
+        finally:
+            wall = time.monotonic() - t0
+            self._record_finish(entry, wall)
+        if self.write_error is not None:
+            raise self.write_error
+        if self.signal_name is not None:
+            raise Interrupted(self._resume_hint())
+        return RunSummary(out=self.out, results=folder.results, points=len(self.plan.points),
+                          measured_points=len(jobs), rows_written=len(self.written), wall_s=wall,
+                          counts=_count(self.written))
 
-    def spawn(self, payload: dict, stop: threading.Event) -> int:
-        """Send a job; returns the child's pid. A dead server is restarted (once per call)."""
-        for _attempt in (1, 2):
-            if self.proc is None or self.dead or self.proc.poll() is not None:
-                self.start()
+    def _catch_signals(self):
+        """Ctrl-C and SIGTERM set the stop flag (a second one exits at once); returns what restores them."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            if self.signal_name is not None:
+                raise KeyboardInterrupt
+            self.signal_name = signal.Signals(signum).name
+            self.stop.set()
+
+        for s in previous:
+            signal.signal(s, on_signal)
+        return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+    # ---------------------------------------------------------------------------------------- what to measure
+    def _complete(self, key: str, metric: str) -> bool:
+        return all((key, row, None) in self.final for row in self.metrics[metric].final_rows)
+
+    def _plan(self) -> tuple[list[_PointJob], list[dict[str, Any]], int]:
+        """Jobs for the incomplete metrics, rows for the skipped ones not on disk yet, and how many points are
+        complete already."""
+        jobs, skip_rows, complete = [], [], 0
+        for pp in self.plan.points:
+            key = pp.point.key
+            for metric, reason in pp.skipped.items():
+                if not self._complete(key, metric):
+                    skip_rows += failure_rows(pp.point, self.metrics[metric], "skipped", reason, now_iso())
+            todo = [m for m in pp.run if not self._complete(key, m)]
+            if todo:
+                jobs.append(_PointJob(pp, todo))
+            else:
+                complete += 1
+        return jobs, skip_rows, complete
+
+    def _append(self, rows: list[dict[str, Any]]) -> None:
+        """Append the rows not on disk yet (durably); a write failure stops the run, losing no complete row."""
+        with self.lock:
+            new = [r for r in rows if row_identity(r) not in self.final]
+            if not new or self.write_error is not None:
+                return
             try:
-                self.proc.stdin.write((json.dumps(payload) + "\n").encode())
-                self.proc.stdin.flush()
-            except OSError:  # it died since the check
-                self.dead = True
-                continue
-            deadline = time.monotonic() + 120  # a fresh interpreter's first job waits for its imports
-            while time.monotonic() < deadline and not stop.is_set():
-                msg = self._next(0.2)
-                if msg is not None and msg.get("event") == "spawned":
-                    return int(msg["pid"])
-                if self.dead:
-                    break
-            if stop.is_set():
-                break
-        raise RuntimeError(f"the worker server did not start a worker (see {self.log})")
+                self.folder.append(new)
+            except ResultsWriteError as exc:
+                self.write_error = UserError(f"{exc}. Free some space (or fix the folder) and run the same command "
+                                             "again: it measures the rest")
+                self.stop.set()
+                return
+            self.written.extend(new)
+            self.final |= completed(new, retry_errors=self.retry_errors)
+            for row in new:
+                self.disk.setdefault(row["point_key"], []).append(row)
 
-    def poll(self, pid: int) -> int | None:
-        while self._next(0) is not None:
-            pass
-        if pid in self.exits:
-            return self.exits.pop(pid)
-        if self.dead:
-            return -signal.SIGKILL  # the server died, and its watchdog-killed child with it
-        return None
+    # ------------------------------------------------------------------------------------------- the workers
+    def _execute(self, jobs: list[_PointJob], slots: list[processes.Slot], ctx) -> None:
+        from dimbench.console import progress_bar
 
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        todo: queue.Queue = queue.Queue()
+        for job in jobs:
+            todo.put(job)
+        errors: list[BaseException] = []
+        with progress_bar(self.console, total=len(self.plan.points),
+                          completed=len(self.plan.points) - len(jobs)) as progress:
+
+            def work(slot: processes.Slot) -> None:
+                while not self.stop.is_set():
+                    try:
+                        job = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    t, before = time.monotonic(), len(self.written)
+                    try:
+                        self._run_point(job, slot, ctx, progress)
+                    except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+                        errors.append(exc)
+                        self.stop.set()
+                        return
+                    if not self.stop.is_set():
+                        progress.finished(job.plan.point, self.written[before:], time.monotonic() - t)
+
+            threads = [threading.Thread(target=work, args=(s,), daemon=True, name=f"dimbench-{s.name}")
+                       for s in slots]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()  # signals only set the stop flag, so the main thread can simply wait
+        if errors:
+            raise errors[0]
+
+    def _worker_job(self, pp: PointPlan, pending: list[str]) -> Job:
+        import models
+
+        point = pp.point
+        on_disk = {m: {(r["metric"], row_identity(r)[2]) for r in self.disk.get(point.key, [])
+                       if row_identity(r) in self.final and r["metric"] in self.metrics[m].produces}
+                   for m in pending}
+        info = models.model_info(point.model)
+        return Job(point=point, metrics=[self.metrics[m] for m in pending],
+                   options={m: self.plan.settings.options[m] for m in pending}, out_dir=str(self.out),
+                   budget={m: b for m, b in pp.budget.items() if m in pending},
+                   gmacs_per_image=gmacs_per_image(self.disk.get(point.key, [])), on_disk=on_disk,
+                   model=(info, info.family_info), env=dict(os.environ))
+
+    def _run_point(self, job: _PointJob, slot: processes.Slot, ctx, progress) -> None:
+        pp, point = job.plan, job.plan.point
+        pending = list(job.metrics)
+        log = self.folder.log(point.key)
+        while pending and not self.stop.is_set():
+            _log_line(log, f"=== {now_iso()} worker ({ctx.get_start_method()}, {slot.name}) for {', '.join(pending)}")
             try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                self.kill()
+                worker = processes.Worker(ctx, self._worker_job(pp, pending), log, slot.env)
+            except Exception as exc:  # noqa: BLE001 - cannot start (no memory for a process, unpicklable metric)
+                self._fail(point, pending, "error", f"could not start a worker: {type(exc).__name__}: {exc}")
+                return
+            outcome = self._follow(worker, point, progress)
+            if outcome.interrupted:
+                return
+            pending = [m for m in pending if m not in outcome.finished]
+            current = outcome.current
+            if outcome.timed_out == "start-up":
+                self._fail(point, pending, "error", f"the worker did not start a metric within {IDLE_S:g} s "
+                           f"(log: {log})")
+                return
+            if outcome.timed_out == "idle":
+                continue  # stuck between two metrics: the rest in a fresh worker
+            if outcome.timed_out:
+                budget = self.plan.settings.timeout_of(current)
+                self._fail(point, [current], "error", f"timeout after {budget:g} s", outcome.current_at,
+                           time.monotonic() - outcome.current_t)
+                pending.remove(current)
+                continue  # the point's other metrics in a fresh worker
+            if outcome.ended == "done":
+                return
+            if outcome.ended == "stop":
+                continue  # out of memory: the rest in a fresh process
+            reason = _exit_reason(outcome.returncode, log)  # died without saying done: crash, kill, failure
+            if current:
+                self._fail(point, [current], "error", f"{reason} while measuring '{current}'", outcome.current_at,
+                           time.monotonic() - outcome.current_t)
+                pending.remove(current)
+            elif not outcome.finished:  # no progress at all: another worker would fail the same way
+                self._fail(point, pending, "error", f"{reason} before measuring anything")
+                return
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            _kill_group(self.proc.pid)
-            self.proc.wait()
+    def _follow(self, worker: processes.Worker, point, progress) -> _Outcome:
+        """Read the worker's events until it ends, runs past a budget, or the run is stopped."""
+        out = _Outcome()
+        deadline = time.monotonic() + IDLE_S
+        while True:
+            for ev in worker.events(POLL_S):
+                kind, metric = ev.get("event"), ev.get("metric")
+                if kind == "start":
+                    out.current, out.current_at, out.current_t = metric, ev.get("started_at"), time.monotonic()
+                    deadline = out.current_t + self.plan.settings.timeout_of(metric)
+                    progress.note(point, metric)
+                elif kind == "rows":
+                    self._append(ev["rows"])
+                elif kind == "progress":
+                    progress.note(point, metric, ev)
+                elif kind == "end":
+                    out.finished.append(metric)
+                    out.current, deadline = None, time.monotonic() + IDLE_S
+                elif kind in ("done", "stop"):
+                    out.ended = kind
+            if worker.ended:
+                out.returncode = worker.exitcode(wait=10)
+                if out.returncode is None:
+                    worker.kill()
+                    out.returncode = worker.exitcode()
+                return out
+            if self.stop.is_set():
+                worker.kill()
+                out.interrupted = True
+                return out
+            if time.monotonic() > deadline:
+                worker.kill()
+                if out.current:
+                    out.timed_out = out.current
+                elif out.ended is None:  # stuck before its first metric, or between two
+                    out.timed_out = "idle" if out.finished else "start-up"
+                return out
+
+    def _fail(self, point, metrics: list[str], status: str, error: str, started_at: str | None = None,
+              duration_s: float = 0.0) -> None:
+        self._append([r for m in metrics for r in failure_rows(point, self.metrics[m], status, error,
+                                                                started_at or now_iso(), duration_s)])
+
+    # ---------------------------------------------------------------------------------------------- records
+    def _record_start(self, record: dict[str, Any] | None) -> dict[str, Any]:
+        """Write (first run) or extend (resume) environment.json; returns this run's entry."""
+        if self.device_type == "cpu":
+            current = collect(self.argv, self.plan.device)
+        else:  # never touch CUDA device state in the runner: it would sit beside the measured workers
+            current = collect_isolated(self.argv, self.plan.device)
+        suite = self.plan.suite
+        entry: dict[str, Any] = {"started_at": now_iso(), "command": current.get("command"), "suite": suite.name,
+                                 "device": self.plan.device, "finished_at": None, "wall_s": None,
+                                 "interrupted": None, "rows_written": None}
+        settings = self.plan.settings.fingerprint()
+        if record is None:
+            record = {**current, "suite": suite.name, "suite_file": str(suite.path), "settings": {}, "runs": []}
+        else:
+            before, now = comparable(record), comparable(current)
+            differ = [k for k in before if before[k] != now[k]]
+            if differ:
+                self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
+                                   f"differ from {self.folder.environment_path}); this run's environment is kept "
+                                   "in its 'runs' entry")
+                entry["environment"] = current
+        known = record.setdefault("settings", {}).setdefault(self.device_type, settings)
+        if known != settings:
+            entry["settings"] = settings  # --allow-mixed: this run's own settings, beside the folder's
+        record.setdefault("runs", []).append(entry)
+        self.folder.write_environment(record)
+        self._record = record
+        return entry
+
+    def _record_finish(self, entry: dict[str, Any], wall_s: float) -> None:
+        entry.update(finished_at=now_iso(), wall_s=round(wall_s, 3), interrupted=self.signal_name is not None,
+                     rows_written=len(self.written))
+        if self.write_error is not None:
+            entry["stopped_by"] = str(self.write_error)
+        try:
+            self.folder.write_environment(self._record)
+        except ResultsWriteError as exc:
+            self.write_error = self.write_error or exc
+
+    def _announce(self, jobs: list[_PointJob], complete: int, nslots: int, method: str) -> None:
+        total = len(self.plan.points)
+        where = f"{nslots} GPUs" if nslots > 1 else self.plan.device
+        line = (f"Suite [bold]{self.plan.suite.name}[/] on {where}: {total} points, {len(jobs)} to measure "
+                f"(workers: {method}), results -> {self.folder.results}")
+        if complete:
+            line += f"; {complete} already complete (resumed)"
+        self.console.print(line)
+
+    def _resume_hint(self) -> str:
+        cmd = [a for a in self.argv if a != "--fresh"]
+        if "--out" not in cmd and not any(a.startswith("--out=") for a in cmd):
+            cmd += ["--out", str(self.out)]
+        return (f"interrupted ({self.signal_name}): {len(self.written)} rows written this time are kept in "
+                f"{self.folder.results}; resume with: {shlex.join(cmd)}")
 
 
-class _ForkHandle:
-    def __init__(self, server: _ForkServer, payload: dict, stop: threading.Event):
-        self.server = server
-        self.pid = server.spawn(payload, stop)
-
-    def poll(self) -> int | None:
-        return self.server.poll(self.pid)
-
-    def kill(self) -> None:
-        _kill_group(self.pid)
-        deadline = time.monotonic() + 10
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(POLL_S)
+def _count(rows: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for row in rows:
+        out[row.get("status")] = out.get(row.get("status"), 0) + 1
+    return out
 
 
-class _Slot:
-    """One worker at a time: the CPU, or one GPU (``env`` pins it with CUDA_VISIBLE_DEVICES)."""
-
-    def __init__(self, name: str, env: dict[str, str], method: str, work: Path):
-        self.name = name
-        self.env = env
-        self.method = method
-        self.server = _ForkServer(work / f"server-{_slug(name)}.log", env) if method == "fork" else None
-
-    def start(self, payload: dict, log: Path, stop: threading.Event):
-        if self.server is not None:
-            return _ForkHandle(self.server, payload, stop)
-        return _SpawnHandle(payload, log, self.env)
-
-    def warm_up(self) -> None:
-        """Start the fork server early, so its imports overlap with the runner's own set-up."""
-        if self.server is not None and self.server.proc is None:
-            self.server.start()
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-    def kill(self) -> None:
-        if self.server is not None:
-            self.server.kill()
-
-
-def _start_method(device: str) -> str:
-    forced = os.environ.get(START_ENV)
-    if forced:
-        if forced not in ("spawn", "fork"):
-            raise UserError(f"{START_ENV}={forced!r}: expected spawn or fork")
-        return forced
-    # CUDA must never be initialised in a parent that forks; the CPU gains a lot from preloaded imports.
-    return "fork" if device == "cpu" and hasattr(os, "fork") else "spawn"
-
-
-def _slots(device: str, work: Path) -> list[_Slot]:
-    method = _start_method(device)
-    if device == "cuda":
-        import torch
-
-        count = torch.cuda.device_count()
-        if count > 1:
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-            ids = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(count)]
-            return [_Slot(f"cuda{i}", {"CUDA_VISIBLE_DEVICES": gpu}, method, work) for i, gpu in enumerate(ids)]
-    return [_Slot(device, {}, method, work)]
-
-
-def _signal_name(rc: int) -> str:
+def _log_line(log: Path, text: str) -> None:
+    """A line in the point's log; best effort (a full disk is reported by the results file, not here)."""
     try:
-        return signal.Signals(-rc).name
-    except ValueError:
-        return f"signal {-rc}"
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError:
+        pass
 
 
 def _log_tail(log: Path) -> str | None:
@@ -341,9 +420,13 @@ def _log_tail(log: Path) -> str | None:
     return lines[-1][:300] if lines else None
 
 
-def _exit_reason(rc: int, log: Path) -> str:
-    if rc < 0:
-        what = f"worker killed by {_signal_name(rc)}"
+def _exit_reason(rc: int | None, log: Path) -> str:
+    if rc is not None and rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        what = f"worker killed by {name}"
         if rc == -signal.SIGSEGV:
             what = "worker crashed (SIGSEGV, segmentation fault)"
         elif rc == -signal.SIGKILL:
@@ -352,365 +435,3 @@ def _exit_reason(rc: int, log: Path) -> str:
         what = f"worker exited with status {rc}"
     tail = _log_tail(log)
     return what + (f"; last log line: {tail}" if tail else "") + f" (log: {log})"
-
-
-# --------------------------------------------------------------------------------------------------- runner
-class Runner:
-    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted."""
-
-    def __init__(self, plan: Plan, *, fresh: bool = False, retry_errors: bool = False,
-                 argv: list[str] | None = None, console=None, build_report: bool = True):
-        from dimbench.console import console as make_console
-
-        self.plan = plan
-        self.out = Path(plan.out)
-        self.results = self.out / res.RESULTS_FILE
-        self.fresh = fresh
-        self.retry_errors = retry_errors
-        self.argv = list(argv if argv is not None else sys.argv)
-        self.console = console or make_console()
-        self.do_report = build_report
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.written: list[dict[str, Any]] = []
-        self.metrics = self._metric_registry()
-
-    @staticmethod
-    def _metric_registry() -> dict[str, Any]:
-        from dimbench.metrics import METRICS
-
-        return dict(METRICS)
-
-    # --- bookkeeping
-    def _produces(self, metric: str) -> tuple[str, ...]:
-        m = self.metrics.get(metric)
-        return tuple(m.produces) if m is not None and m.produces else (metric,)
-
-    def _append(self, rows: list[dict[str, Any]]) -> None:
-        with self.lock:
-            res.append_rows(self.results, rows)
-            self.written.extend(rows)
-
-    def _prepare_folder(self) -> list[dict[str, Any]]:
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / LOGS).mkdir(exist_ok=True)
-        (self.out / WORK).mkdir(exist_ok=True)
-        if self.fresh:
-            for name in (res.RESULTS_FILE, res.ENVIRONMENT_FILE):
-                if (self.out / name).exists():
-                    os.replace(self.out / name, self.out / f"{name}.bak")
-            shutil.rmtree(self.out / LOGS, ignore_errors=True)
-            (self.out / LOGS).mkdir()
-        torn = res.repair_torn_tail(self.results)
-        if torn:
-            self.console.print(f"[yellow]warning:[/] {torn} (cut away; the metric it belonged to is measured again)")
-        try:
-            return res.read_rows(self.results)
-        except res.ResultsError as exc:
-            raise UserError(str(exc)) from None
-
-    def _environment(self, started_at: str) -> dict[str, Any]:
-        """Write (first run) or extend (resume) environment.json; returns the current run's entry."""
-        path = self.out / res.ENVIRONMENT_FILE
-        if self.plan.device == "cpu":
-            current = collect(self.argv, self.plan.device)
-        else:  # never touch CUDA device state in the runner: it would sit beside the measured workers
-            current = collect_isolated(self.argv, self.plan.device)
-        record = res.read_environment(path) if path.exists() else None
-        entry: dict[str, Any] = {"started_at": started_at, "command": current.get("command"),
-                                 "device": self.plan.device, "finished_at": None, "wall_s": None,
-                                 "interrupted": None}
-        if record is None:
-            record = {**current, "suite": self.plan.suite.name, "suite_file": str(self.plan.suite.path), "runs": []}
-        else:
-            before, now = comparable(record), comparable(current)
-            differ = [k for k in before if before[k] != now[k]]
-            if differ:
-                self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
-                                   f"differ from {path}); this run's environment is kept in its 'runs' entry")
-                entry["environment"] = current
-        record.setdefault("runs", []).append(entry)
-        res.write_json_atomic(path, record)
-        self._record = record
-        return entry
-
-    def _finish_environment(self, entry: dict[str, Any], wall_s: float, interrupted: bool, rows: int) -> None:
-        entry.update(finished_at=now_iso(), wall_s=round(wall_s, 3), interrupted=interrupted, rows_written=rows)
-        res.write_json_atomic(self.out / res.ENVIRONMENT_FILE, self._record)
-
-    # --- planning against what is already there
-    def _jobs(self, rows: list[dict[str, Any]]) -> tuple[list[_Job], list[dict[str, Any]], int]:
-        done = res.completed(rows, retry_errors=self.retry_errors)
-        by_key: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_key.setdefault(row.get("point_key"), []).append(row)
-        jobs, skip_rows, complete = [], [], 0
-        for pp in self.plan.points:
-            key = pp.point.key
-
-            def finished(metric: str, key: str = key) -> bool:
-                return any((key, name) in done for name in self._produces(metric))
-
-            for metric, reason in pp.skipped.items():
-                if not finished(metric):
-                    skip_rows += failure_rows(pp.point, self._produces(metric), "skipped", reason, now_iso(), 0.0,
-                                              _suite_task(metric))
-            todo = [m for m in pp.run if not finished(m)]
-            if todo:
-                jobs.append(_Job(pp, todo, gmacs_per_image(by_key.get(key, []))))
-            else:
-                complete += 1
-        return jobs, skip_rows, complete
-
-    # --- one point
-    def _run_point(self, job: _Job, slot: _Slot, progress) -> None:
-        pp = job.plan
-        point = pp.point
-        timeout = self.plan.settings.timeout
-        deadline = None  # set when the first worker is running: a fork server's one-time imports do not count
-        pending = list(job.metrics)
-        log = self.out / LOGS / f"{_slug(point.key)}.log"
-        attempt = 0
-        while pending and not self.stop.is_set():
-            attempt += 1
-            events = self.out / WORK / f"{_slug(point.key)}.{attempt}.events"
-            events.unlink(missing_ok=True)
-            with open(log, "a", encoding="utf-8") as f:
-                f.write(f"=== {now_iso()} worker ({slot.method}, {slot.name}) for {', '.join(pending)}\n")
-            payload = {
-                "point": point.to_dict(),
-                "metrics": pending,
-                "options": {"warmup": self.plan.settings.warmup, "repeats": self.plan.settings.repeats,
-                            "out_dir": str(self.out), "out": str(self.out), "timeout": timeout},
-                "budget": {m: b for m, b in pp.budget.items() if m in pending},
-                "gmacs_per_image": job.gmacs_per_image,
-                "events": str(events),
-                "log": str(log),
-                "env": slot.env,
-            }
-            try:
-                handle = slot.start(payload, log, self.stop)
-            except (OSError, RuntimeError) as exc:
-                if self.stop.is_set():
-                    return
-                self._append([r for m in pending for r in failure_rows(
-                    point, self._produces(m), "error", f"could not start a worker: {exc}", now_iso(), 0.0,
-                    _suite_task(m))])
-                return
-            if deadline is None:
-                deadline = time.monotonic() + timeout
-            outcome = self._follow(handle, events, deadline, point, progress)
-            events.unlink(missing_ok=True)
-            if outcome["interrupted"]:
-                return
-            pending = [m for m in pending if m not in outcome["finished"]]
-            current = outcome["current"]
-            if outcome["timed_out"]:
-                msg = f"timeout after {timeout:g} s"
-                rows = []
-                if current:
-                    rows += failure_rows(point, self._produces(current), "error", msg, outcome["current_at"],
-                                         time.monotonic() - outcome["current_t"], _suite_task(current))
-                for m in pending:
-                    if m != current:
-                        rows += failure_rows(point, self._produces(m), "error",
-                                             f"not run: the point's {msg} (while measuring "
-                                             f"'{current or 'worker start-up'}')", now_iso(), 0.0, _suite_task(m))
-                self._append(rows)
-                return
-            if outcome["ended"] == "done":
-                pending = []  # (a worker that says done has reported every metric it was given)
-            elif outcome["ended"] == "stop":
-                continue  # out of memory: the rest in a fresh process
-            else:  # died without saying done: crash, kill, or failure before the first metric
-                reason = _exit_reason(outcome["returncode"], log)
-                if current:
-                    self._append(failure_rows(point, self._produces(current), "error",
-                                              f"{reason} while measuring '{current}'", outcome["current_at"],
-                                              time.monotonic() - outcome["current_t"], _suite_task(current)))
-                    pending.remove(current)
-                elif not outcome["finished"]:  # no progress at all: retrying would fail the same way
-                    self._append([r for m in pending for r in failure_rows(
-                        point, self._produces(m), "error", f"{reason} before measuring anything", now_iso(), 0.0,
-                        _suite_task(m))])
-                    return
-
-    def _follow(self, handle, events: Path, deadline: float, point, progress) -> dict[str, Any]:
-        """Tail the worker's events until it exits, times out, or the run is stopped."""
-        state: dict[str, Any] = {"finished": [], "current": None, "current_at": None, "current_t": None,
-                                 "ended": None, "returncode": None, "timed_out": False, "interrupted": False}
-        pos = 0
-        buf = b""
-
-        def drain() -> None:
-            nonlocal pos, buf
-            try:
-                with open(events, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-            except FileNotFoundError:
-                return
-            pos += len(chunk)
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                kind = ev.get("event")
-                if kind == "start":
-                    state.update(current=ev["metric"], current_at=ev.get("started_at") or now_iso(),
-                                 current_t=time.monotonic())
-                    if progress is not None:
-                        progress.note(point, ev["metric"])
-                elif kind == "rows":
-                    self._append(ev["rows"])
-                    state["finished"].append(ev["metric"])
-                    state["current"] = None
-                elif kind in ("done", "stop"):
-                    state["ended"] = kind
-
-        while True:
-            drain()
-            rc = handle.poll()
-            if rc is not None:
-                drain()
-                state["returncode"] = rc
-                return state
-            if self.stop.is_set():
-                handle.kill()
-                state["interrupted"] = True
-                return state
-            if time.monotonic() > deadline:
-                handle.kill()
-                drain()
-                state["timed_out"] = state["ended"] is None
-                return state
-            time.sleep(POLL_S)
-
-    # --- the whole run
-    def run(self) -> RunSummary:
-        t0 = time.monotonic()
-        started_at = now_iso()
-        rows = self._prepare_folder()
-        slots = _slots(self.plan.device, self.out / WORK)
-        jobs, skip_rows, complete = self._jobs(rows)
-        if jobs:
-            for slot in slots:
-                slot.warm_up()
-        interrupted = False
-        entry = None
-        old_handler = signal.getsignal(signal.SIGTERM)
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            entry = self._environment(started_at)
-            self._append(skip_rows)
-            self._announce(jobs, complete, len(slots), slots[0].method)
-            self._execute(jobs, slots, complete)
-        except KeyboardInterrupt:
-            interrupted = True
-            self.stop.set()
-        finally:
-            for slot in slots:
-                (slot.kill if interrupted else slot.close)()
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGTERM, old_handler)
-            wall = time.monotonic() - t0
-            if entry is not None:
-                self._finish_environment(entry, wall, interrupted, len(self.written))
-        if interrupted:
-            raise Interrupted(self._resume_hint())
-        summary = RunSummary(out=self.out, results=self.results, points=len(self.plan.points),
-                             measured_points=len(jobs), rows_written=len(self.written), wall_s=wall,
-                             counts=_count(self.written))
-        shutil.rmtree(self.out / WORK, ignore_errors=True)
-        return summary
-
-    def _announce(self, jobs: list[_Job], complete: int, nslots: int, method: str) -> None:
-        total = len(self.plan.points)
-        where = f"{nslots} GPUs" if nslots > 1 else self.plan.device
-        line = (f"Suite [bold]{self.plan.suite.name}[/] on {where}: {total} points, {len(jobs)} to measure "
-                f"(workers: {method}), results -> {self.results}")
-        if complete:
-            line += f"; {complete} already complete (resumed)"
-        self.console.print(line)
-
-    def _execute(self, jobs: list[_Job], slots: list[_Slot], complete: int) -> None:
-        from dimbench.console import progress_bar
-
-        todo: queue.Queue = queue.Queue()
-        for job in jobs:
-            todo.put(job)
-        errors: list[BaseException] = []
-        with progress_bar(self.console, total=len(self.plan.points), completed=complete) as progress:
-
-            def work(slot: _Slot) -> None:
-                while not self.stop.is_set():
-                    try:
-                        job = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    t = time.monotonic()
-                    before = len(self.written)
-                    try:
-                        self._run_point(job, slot, progress)
-                    except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                        errors.append(exc)
-                        self.stop.set()
-                        return
-                    if not self.stop.is_set():
-                        progress.finished(job.plan.point, self.written[before:], time.monotonic() - t)
-
-            threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in slots]
-            for th in threads:
-                th.start()
-            try:
-                for th in threads:
-                    while th.is_alive():
-                        th.join(timeout=0.2)  # a timed join keeps the main thread responsive to Ctrl-C
-            except KeyboardInterrupt:
-                self.stop.set()  # each thread kills its worker at its next poll and records nothing more
-                for th in threads:
-                    th.join(timeout=30)
-                raise
-        if errors:
-            raise errors[0]
-
-    def _resume_hint(self) -> str:
-        cmd = [a for a in self.argv]
-        if "--fresh" in cmd:
-            cmd.remove("--fresh")
-        if "--out" not in cmd and not any(a.startswith("--out=") for a in cmd):
-            cmd += ["--out", str(self.out)]
-        return (f"interrupted: {len(self.written)} rows written this time are kept in {self.results}; "
-                f"resume with: {shlex.join(cmd)}")
-
-
-def _suite_task(metric: str) -> str | None:
-    return {"params": "count", "flops": "count", "fvcore": "count", "train_step": "train_step"}.get(metric)
-
-
-def _count(rows: list[dict[str, Any]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for row in rows:
-        out[row.get("status")] = out.get(row.get("status"), 0) + 1
-    return out
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def build_report(out: Path) -> tuple[tuple[Path, Path] | None, str | None]:
-    """dimbench.report.build_report(out) when the report package is there; (paths, None) or (None, why not)."""
-    try:
-        from dimbench.report import build_report as _build
-    except ImportError as exc:
-        return None, f"report not built: dimbench.report is not available ({exc})"
-    try:
-        html, pdf = _build(out)
-        return (Path(html), Path(pdf)), None
-    except Exception as exc:  # noqa: BLE001 - a report failure is reported, never fatal to the run
-        return None, f"report failed: {type(exc).__name__}: {exc}"

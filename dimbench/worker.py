@@ -1,65 +1,112 @@
-"""Measure one sweep point in a process of its own: ``python -m dimbench.worker``.
+"""Measure one sweep point: the loop a worker process runs (:func:`run_job`), and the result rows it makes.
 
-Isolation is the point: an out-of-memory error, a crash (even a segfault) or a hang at one point must become a
-recorded result while the sweep goes on, and PyTorch often cannot give memory back in-process after an OOM.
+Isolation is the point of the worker process (:mod:`dimbench.processes` starts it): an out-of-memory error, a
+crash (even a segfault) or a hang at one point must become a recorded result while the sweep goes on, and PyTorch
+often cannot give memory back in-process after an OOM.
 
-Protocol (the runner is the only writer of results.jsonl; the worker only reports):
+A job holds the point, the declarations of the metrics to measure (:class:`~dimbench.metrics.Metric` objects, so a
+metric registered by a plugin or a test needs no registry here) and of the point's model, each metric's resolved
+options, budgets, and the rows a previous run already wrote. The worker reports through ``send(event)``, the
+runner being the only writer of results.jsonl:
 
-- The job (one JSON object) arrives on stdin: the point, the suite-level metrics to measure, the metric options,
-  budgets, the path of an *events file* and of a log file.
-- The worker appends one JSON event per line to the events file, flushed as it goes:
-  ``{"event": "start", "metric": m}``, ``{"event": "rows", "metric": m, "rows": [...]}``, then
-  ``{"event": "done"}``; after an out-of-memory error it reports the rows and ``{"event": "stop"}`` and exits,
-  and the runner measures the remaining metrics in a fresh process. A metric that started but never reported
-  rows is what the runner records as the crash / timeout.
-- Its stdout and stderr go to the point's log file (tracebacks of error rows are there).
+- ``{"event": "start", "metric": m, "started_at": ...}`` when a metric starts;
+- ``{"event": "rows", "metric": m, "rows": [...]}`` as rows are made: a long task streams them as it goes, a
+  short metric sends them all at its end;
+- ``{"event": "progress", "metric": m, "step": ..., "total": ..., ...}`` from long tasks;
+- ``{"event": "end", "metric": m}`` once every row of the metric was sent;
+- ``{"event": "done"}`` after the last metric, or ``{"event": "stop", "reason": "oom"}`` after an out-of-memory
+  error (the runner measures the remaining metrics in a fresh process).
 
-Two ways to start a worker (``dimbench.runner`` picks; ``DIMBENCH_WORKER_START=spawn|fork`` overrides):
-
-- *spawn*: a fresh interpreter per point (always used for CUDA: no CUDA state can leak from a parent).
-- *fork*: a fork server that has torch, the models and the metrics imported forks a child per job (the runner's
-  own fork, made before the runner starts any thread; else ``python -m dimbench.worker --serve``). The child is
-  just as isolated (own address space, own process group), but starts in milliseconds instead of the ~4-7 s an
-  interpreter spends importing torch and timm: this is what keeps a CPU sweep of a dozen points fast. The
-  server never runs a tensor op itself, so the children inherit no thread pools.
+A metric that started but never ended is what the runner records as the crash or the timeout.
 
 Testing aid, fault injection: ``DIMBENCH_INJECT_FAULT="SUBSTRING=KIND[;SUBSTRING=KIND...]"`` makes every metric
 whose ``"<point key>#<metric>"`` contains SUBSTRING fail with KIND when it starts: ``error`` (an exception),
 ``oom`` (torch.OutOfMemoryError), ``crash`` (the process kills itself with SIGSEGV) or ``hang`` (it sleeps until
-the runner's per-point timeout kills it). Example: ``DIMBENCH_INJECT_FAULT="dit_s_2|r64=crash"``.
+the runner kills it at the metric's timeout). Example: ``DIMBENCH_INJECT_FAULT="dit_s_2|r64=crash"``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
+
+from dimbench.environment import now_iso
+from dimbench.metrics.base import Measurement, Metric, MetricContext, SkipMetric
+from dimbench.points import SweepPoint
 
 FAULT_ENV = "DIMBENCH_INJECT_FAULT"
 FAULT_KINDS = ("error", "oom", "crash", "hang")
 
-COUNT_ROWS = {"params", "params_trainable", "gmacs", "gflops", "gmacs_fvcore"}
-COUNT_METRICS = {"params", "flops", "fvcore"}
+Send = Callable[[dict[str, Any]], None]
 
 
-def default_task(metric: str) -> str:
-    """The contract's ``task`` of a row: count (params, flops), train_step (train_*), else forward.
-
-    A Measurement may carry its own ``task`` attribute, which wins.
-    """
-    if metric in COUNT_ROWS or metric in COUNT_METRICS:
-        return "count"
-    if metric.startswith("train_"):
-        return "train_step"
-    return "forward"
+# ------------------------------------------------------------------------------------------------------- rows
+def point_fields(point: SweepPoint) -> dict[str, Any]:
+    return {"suite": point.suite, "point_key": point.key, "model": point.model, "resolution": point.resolution,
+            "input_size": point.input_size, "batch": point.batch, "dtype": point.dtype, "device": point.device}
 
 
+def make_row(point: SweepPoint, metric: Metric, m: Measurement, *, started_at: str,
+             duration_s: float) -> dict[str, Any]:
+    """One result row in the contract's column order; unit and task come from the metric's declaration."""
+    declared = metric.row(m.metric)
+    status, value, error = m.status, m.value, m.error
+    if m.unit is not None and m.unit != declared.unit:
+        status, value, error = "error", None, (f"metric '{metric.name}' measured {m.metric} in {m.unit!r}, but "
+                                               f"declares {declared.unit!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        # JSON has no NaN/inf; a non-finite measurement is a failed one, said so rather than written as null-ok
+        status, error, value = "error", f"non-finite value {value!r}", None
+    return {
+        **point_fields(point),
+        "task": declared.task,
+        "metric": m.metric,
+        "value": value if status == "ok" else None,
+        "unit": declared.unit,
+        "status": status,
+        "method": m.method,
+        "started_at": started_at,
+        "duration_s": round(duration_s, 4),
+        "error": error,
+        "extra": m.extra or {},
+    }
+
+
+def failure_rows(point: SweepPoint, metric: Metric, status: str, error: str, started_at: str,
+                 duration_s: float = 0.0, rows: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Rows for a metric that produced nothing (or not these ``rows``): one per final row it declares."""
+    names = metric.final_rows if rows is None else rows
+    return [make_row(point, metric, Measurement(name, None, None, "not measured", status=status, error=error),
+                     started_at=started_at, duration_s=duration_s) for name in names]
+
+
+def gmacs_per_image(rows: list[dict[str, Any]]) -> float | None:
+    """GMACs per image from a ``gmacs`` row (ok) among ``rows``, or None."""
+    from dimbench.metrics import row_declaration
+
+    for row in rows:
+        if row.get("metric") == "gmacs" and row.get("status") == "ok" and row.get("value") is not None:
+            return row_declaration("gmacs").per_image(row["value"], int(row.get("batch") or 1), row.get("extra"))
+    return None
+
+
+def over_budget(point: SweepPoint, limit: float, gmacs: float, how: str = "meta count") -> str | None:
+    """The skip reason when GMACs per image x batch exceeds the suite's ``max_gmacs_x_batch`` (else None)."""
+    cost = gmacs * point.batch
+    if cost <= limit:
+        return None
+    return (f"over the suite's budget: {gmacs:.1f} GMACs per image ({how}) x batch {point.batch} = {cost:.1f} > "
+            f"max_gmacs_x_batch {limit:g}")
+
+
+# ---------------------------------------------------------------------------------------------------- faults
 def parse_faults(spec: str | None) -> list[tuple[str, str]]:
     """``"a=error;b=hang"`` -> [("a", "error"), ("b", "hang")]; a malformed spec is an error (it is a test aid)."""
     out = []
@@ -87,7 +134,7 @@ def inject_fault(faults: list[tuple[str, str]], point_key: str, metric: str) -> 
         if kind == "oom":
             import torch
 
-            raise getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)(message)
+            raise torch.OutOfMemoryError(message)
         print(message, file=sys.stderr, flush=True)
         if kind == "crash":
             signal.signal(signal.SIGSEGV, signal.SIG_DFL)  # die like a real segfault, no Python handler
@@ -101,13 +148,10 @@ def is_oom(exc: BaseException) -> bool:
     """torch's out-of-memory error, or the CPU allocator's failure (a plain RuntimeError)."""
     import torch
 
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if t)
-    if isinstance(exc, oom_types):
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc)
-    return isinstance(exc, (RuntimeError, MemoryError)) and (
-        "can't allocate memory" in text or "out of memory" in text.lower() or isinstance(exc, MemoryError)
-    )
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
 
 
 def first_line(exc: BaseException) -> str:
@@ -115,254 +159,95 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def point_fields(point: Any) -> dict[str, Any]:
-    return {
-        "suite": point.suite,
-        "point_key": point.key,
-        "model": point.model,
-        "resolution": point.resolution,
-        "input_size": point.input_size,
-        "batch": point.batch,
-        "dtype": point.dtype,
-        "device": point.device,
-    }
+# ------------------------------------------------------------------------------------------------------ a job
+@dataclasses.dataclass
+class Job:
+    """What one worker process measures (pickled to it)."""
+
+    point: SweepPoint
+    metrics: list[Metric]
+    options: dict[str, dict[str, Any]]  # metric -> resolved options
+    out_dir: str | None = None
+    budget: dict[str, float] = dataclasses.field(default_factory=dict)  # metric -> max GMACs x batch
+    gmacs_per_image: float | None = None  # known from rows on disk, else measured when a budget needs it
+    on_disk: dict[str, set] = dataclasses.field(default_factory=dict)  # metric -> {(row, step)} already written
+    model: tuple | None = None  # (ModelInfo, Family) of the point's model, for a worker that lacks it
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # the runner's environment at the job's start
 
 
-def make_row(point: Any, metric: str, *, status: str, value: float | None = None, unit: str | None = None,
-             method: str = "not measured", error: str | None = None, extra: dict | None = None,
-             task: str | None = None, started_at: str, duration_s: float) -> dict[str, Any]:
-    """One result row in the contract's column order."""
-    if isinstance(value, float) and not math.isfinite(value):
-        # JSON has no NaN/inf; a non-finite measurement is a failed one, said so rather than written as null-ok
-        status, error, value = "error", f"non-finite value {value!r}", None
-    return {
-        **point_fields(point),
-        "task": task or default_task(metric),
-        "metric": metric,
-        "value": value if status == "ok" else None,
-        "unit": unit,
-        "status": status,
-        "method": method,
-        "started_at": started_at,
-        "duration_s": round(duration_s, 4),
-        "error": error,
-        "extra": extra or {},
-    }
-
-
-def failure_rows(point: Any, produces: tuple[str, ...], status: str, error: str, started_at: str,
-                 duration_s: float, task: str | None = None) -> list[dict[str, Any]]:
-    """Rows for a suite-level metric that produced nothing: one per row metric it would have produced."""
-    return [make_row(point, name, status=status, error=error, started_at=started_at, duration_s=duration_s,
-                     task=task) for name in produces]
-
-
-def gmacs_per_image(rows: list[dict[str, Any]]) -> float | None:
-    """GMACs per image from a flops metric's ``gmacs`` row (extra.gmacs_per_image, else value / batch)."""
-    for row in rows:
-        if row.get("metric") == "gmacs" and row.get("status") == "ok" and row.get("value") is not None:
-            extra = row.get("extra") or {}
-            if extra.get("gmacs_per_image") is not None:
-                return float(extra["gmacs_per_image"])
-            return float(row["value"]) / max(int(row.get("batch") or 1), 1)
-    return None
-
-
-class Events:
-    """Appends events to the job's events file, one flushed JSON line each."""
-
-    def __init__(self, path: str):
-        self._f = open(path, "a", encoding="utf-8")
-
-    def emit(self, **event: Any) -> None:
-        self._f.write(json.dumps(event, default=str) + "\n")
-        self._f.flush()
-
-
-def _now() -> str:
-    from dimbench.environment import now_iso
-
-    return now_iso()
-
-
-def run_job(job: dict[str, Any]) -> int:
-    """Measure the job's metrics at its point, reporting through the events file. Returns the exit status."""
-    events = Events(job["events"])
-    from dimbench.metrics import METRICS, SkipMetric
-    from dimbench.points import SweepPoint
-
-    point = SweepPoint.from_dict(job["point"])
-    options = dict(job.get("options") or {})
-    budget: dict[str, float] = job.get("budget") or {}
-    known_gmacs: float | None = job.get("gmacs_per_image")
+def run_job(job: Job, send: Send) -> int:
+    """Measure the job's metrics at its point, reporting through ``send``. Returns the exit status."""
+    point = job.point
     faults = parse_faults(os.environ.get(FAULT_ENV))
-    produced: list[dict[str, Any]] = []
-
-    for name in job["metrics"]:
-        metric = METRICS[name]
-        started_at = _now()
+    gmacs = job.gmacs_per_image
+    for metric in job.metrics:
+        started_at = now_iso()
         t0 = time.perf_counter()
-        events.emit(event="start", metric=name, started_at=started_at)
-        task = "count" if name in COUNT_METRICS else ("train_step" if name == "train_step" else None)
+        send({"event": "start", "metric": metric.name, "started_at": started_at})
+        sent: set[str] = set()
+
+        def emit(measurements: list[Measurement], metric: Metric = metric, started_at: str = started_at,
+                 t0: float = t0, sent: set = sent) -> None:
+            rows = [make_row(point, metric, m, started_at=started_at, duration_s=time.perf_counter() - t0)
+                    for m in measurements]
+            sent.update(m.metric for m in measurements)
+            send({"event": "rows", "metric": metric.name, "rows": rows})
+
+        ctx = MetricContext(metric, point, job.options.get(metric.name, {}), out_dir=job.out_dir, on_rows=emit,
+                            on_progress=lambda info, name=metric.name: send({"event": "progress", "metric": name,
+                                                                             **info}),
+                            on_disk=job.on_disk.get(metric.name, ()))
         try:
-            inject_fault(faults, point.key, name)
-            if name in budget:
-                skip = _over_budget(point, name, budget[name], known_gmacs, produced, METRICS, options)
-                if skip:
-                    raise SkipMetric(skip)
-            measurements = metric.fn(point, options)
-            duration = time.perf_counter() - t0
-            rows = [
-                make_row(point, m.metric, status=m.status, value=m.value, unit=m.unit, method=m.method,
-                         error=m.error, extra=m.extra, task=getattr(m, "task", None), started_at=started_at,
-                         duration_s=duration)
-                for m in measurements
-            ]
-            if not rows:
-                rows = failure_rows(point, metric.produces, "error", f"metric '{name}' returned no measurement",
-                                    started_at, duration, task)
+            inject_fault(faults, point.key, metric.name)
+            if metric.name in job.budget:
+                how = "meta count"
+                if gmacs is None:
+                    gmacs, how = _count_gmacs(point), "meta count, made for this check"
+                reason = over_budget(point, job.budget[metric.name], gmacs, how)
+                if reason:
+                    raise SkipMetric(reason)
+            returned = metric.fn(point, ctx) or []
+            undeclared = [m.metric for m in returned if m.metric not in metric.produces]
+            if undeclared:
+                raise ValueError(f"metric '{metric.name}' returned row {undeclared[0]!r}, which it does not declare "
+                                 f"(it declares {', '.join(metric.produces)})")
+            if returned:
+                emit(list(returned))
+            missing = [r for r in metric.final_rows if r not in sent and not ctx.on_disk(r)]
+            if missing:
+                send({"event": "rows", "metric": metric.name, "rows": failure_rows(
+                    point, metric, "error", f"metric '{metric.name}' produced no {', '.join(missing)} row",
+                    started_at, time.perf_counter() - t0, tuple(missing))})
+            if gmacs is None:
+                gmacs = gmacs_per_image([make_row(point, metric, m, started_at=started_at, duration_s=0)
+                                         for m in returned if m.metric == "gmacs"])
         except SkipMetric as exc:
-            rows = failure_rows(point, metric.produces, "skipped", str(exc), started_at,
-                                time.perf_counter() - t0, task)
+            _fail(send, point, metric, "skipped", str(exc), started_at, t0, sent)
         except Exception as exc:  # noqa: BLE001 - any failure of a metric is a recorded result
-            oom = is_oom(exc)
             traceback.print_exc()
-            rows = failure_rows(point, metric.produces, "oom" if oom else "error", first_line(exc), started_at,
-                                time.perf_counter() - t0, task)
+            oom = is_oom(exc)
+            _fail(send, point, metric, "oom" if oom else "error", first_line(exc), started_at, t0, sent)
             if oom:
                 # Memory is often not recoverable in-process after an OOM: report, stop, and let the runner
                 # measure the remaining metrics in a fresh process.
-                events.emit(event="rows", metric=name, rows=rows)
-                events.emit(event="stop", reason="oom")
+                send({"event": "end", "metric": metric.name})
+                send({"event": "stop", "reason": "oom"})
                 return 0
-        produced.extend(rows)
-        events.emit(event="rows", metric=name, rows=rows)
-    events.emit(event="done")
+        send({"event": "end", "metric": metric.name})
+    send({"event": "done"})
     return 0
 
 
-def _over_budget(point, name, limit, known_gmacs, produced, metrics, options) -> str | None:
-    """The skip reason when GMACs per image x batch exceeds the suite's limit for ``name`` (else None)."""
-    gmacs = gmacs_per_image(produced) if known_gmacs is None else known_gmacs
-    how = "meta count"
-    if gmacs is None:
-        import dataclasses
-
-        one = dataclasses.replace(point, batch=1)
-        rows = [{"metric": m.metric, "status": m.status, "value": m.value, "batch": 1, "extra": m.extra}
-                for m in metrics["flops"].fn(one, options)]
-        gmacs = gmacs_per_image(rows)
-        how = "meta count, made for this check"
-    if gmacs is None:
-        return None
-    cost = gmacs * point.batch
-    if cost <= limit:
-        return None
-    return (f"over the suite's budget: {gmacs:.1f} GMACs per image ({how}) x batch {point.batch} = {cost:.1f} > "
-            f"max_gmacs_x_batch {limit:g}")
+def _fail(send: Send, point, metric: Metric, status: str, error: str, started_at: str, t0: float, sent: set) -> None:
+    """Failure rows for the final rows the metric has not sent yet."""
+    rest = tuple(r for r in metric.final_rows if r not in sent)
+    if rest:
+        send({"event": "rows", "metric": metric.name,
+              "rows": failure_rows(point, metric, status, error, started_at, time.perf_counter() - t0, rest)})
 
 
-def _watch_parent(parent: int, on_orphan) -> None:
-    """Exit when the parent process goes away (a killed runner must not leave workers measuring on)."""
+def _count_gmacs(point: SweepPoint) -> float | None:
+    """GMACs per image of the point's model, counted at batch 1 on the meta device (for a budget check)."""
+    from dimbench.metrics.flops import count_point_flops
 
-    def loop():
-        while True:
-            if os.getppid() != parent:
-                on_orphan()
-                os._exit(70)
-            time.sleep(0.5)
-
-    threading.Thread(target=loop, daemon=True, name="dimbench-parent-watch").start()
-
-
-def _spawned_main() -> int:
-    """One job from stdin, in this fresh interpreter."""
-    _watch_parent(os.getppid(), lambda: None)
-    job = json.loads(sys.stdin.read())
-    os.environ.update(job.get("env") or {})
-    return run_job(job)
-
-
-def serve(jobs, control, parent: int, *, preload: bool = True) -> None:
-    """The fork server's loop: one JSON job per line on ``jobs``; per job, fork a child that runs it.
-
-    Control messages on ``control`` (a line each): ``{"event": "ready"}``, ``{"event": "spawned", "pid": N}``,
-    ``{"event": "exit", "pid": N, "returncode": R}`` (R negative: killed by signal -R). The server exits when
-    ``jobs`` closes or ``parent`` (the runner) goes away, killing a running child with it.
-    """
-    child: list[int] = []
-
-    def kill_child():
-        for pid in child:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-    _watch_parent(parent, kill_child)
-    preload_error = None
-    if preload:
-        try:  # the expensive imports, done once; children inherit them
-            import torch  # noqa: F401
-
-            import dimbench.metrics  # noqa: F401
-            import models  # noqa: F401
-        except Exception as exc:  # noqa: BLE001 - a child will hit (and record) the same error
-            preload_error = first_line(exc)
-    control.write(json.dumps({"event": "ready", "preload_error": preload_error}) + "\n")
-
-    for line in jobs:
-        if not line.strip():
-            continue
-        job = json.loads(line)
-        pid = os.fork()
-        if pid == 0:  # the child: own process group, own log, the job's environment
-            status = 1
-            try:
-                os.setsid()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                log = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                os.dup2(log, 1)
-                os.dup2(log, 2)
-                os.close(log)
-                jobs.close()
-                control.close()
-                os.environ.update(job.get("env") or {})
-                _watch_parent(os.getppid(), lambda: None)
-                status = run_job(job)
-            except BaseException:  # noqa: BLE001 - report in the log; the runner records the missing rows
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        child[:] = [pid]
-        control.write(json.dumps({"event": "spawned", "pid": pid}) + "\n")
-        _, wait_status = os.waitpid(pid, 0)
-        child.clear()
-        control.write(json.dumps({"event": "exit", "pid": pid,
-                                  "returncode": os.waitstatus_to_exitcode(wait_status)}) + "\n")
-
-
-def _serve() -> int:
-    """``--serve`` in a fresh interpreter: jobs on stdin, control messages on the original stdout (fd 1 is
-    then pointed at stderr, so that nothing else printed can corrupt them)."""
-    control = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    serve(sys.stdin, control, os.getppid())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--serve"]:
-        return _serve()
-    if argv:
-        print("usage: python -m dimbench.worker [--serve]  (a job as JSON on stdin; see the module docstring)",
-              file=sys.stderr)
-        return 2
-    return _spawned_main()
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return count_point_flops(dataclasses.replace(point, batch=1)).gmacs
