@@ -1,8 +1,10 @@
 """``dimbench``: the command line. A thin front: it parses arguments and calls the rooms that do the work.
 
-    dimbench run SUITE [--out DIR] [--device D] [--fresh] [--retry-errors] [--no-report]
+    dimbench [--plugin MODULE ...] COMMAND
+    dimbench run SUITE [--out DIR] [--device D] [--fresh] [--retry-errors] [--allow-mixed] [--no-report]
     dimbench validate SUITE [SUITE ...]
     dimbench list
+    dimbench schema [--markdown]
     dimbench env [--json]
     dimbench report RESULTS_DIR [-o OUT]
     dimbench checkpoint ...
@@ -19,6 +21,7 @@ import sys
 from pathlib import Path
 
 from dimbench.console import EXIT_INTERRUPTED, EXIT_USAGE, UserError, console
+from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,6 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         points = {dev: _count_points(suite, dev) for dev in ("cpu", "cuda")}
         out.print(f"{suite.path}: ok — suite '{suite.name}', {len(suite.models)} models, "
                   f"{points['cpu']} points on cpu, {points['cuda']} on cuda")
+        _print_warnings(suite)
     if errors:
         raise UserError("\n".join(errors))
     return 0
@@ -69,18 +73,24 @@ def _count_points(suite, device_type: str) -> int:
     return sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(suite.models)
 
 
+def _print_warnings(suite) -> None:
+    for line in suite.warnings:
+        print(f"dimbench: {line}", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dimbench import results
-    from dimbench.runner import Interrupted, Runner, build_report
+    from dimbench.runner import Interrupted, Runner
     from dimbench.suite import check_device, expand, load_suite
 
     if args.device is not None and not check_device(args.device):  # before the (slow) registry imports
         raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
+    _print_warnings(suite)
     plan = expand(suite, device=args.device, out=args.out)
     out = console()
-    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, argv=["dimbench", *args.argv],
-                    console=out)
+    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                    argv=["dimbench", *args.argv], console=out)
     try:
         summary = runner.run()
     except Interrupted as exc:
@@ -95,12 +105,22 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{summary.measured_points} points measured, rows written: {counts}")
     out.print(f"Results: {summary.results}  (environment: {summary.out / results.ENVIRONMENT_FILE})")
     if not args.no_report:
-        paths, problem = build_report(summary.out)
-        if paths:
-            out.print(f"Report: {paths[0]}  {paths[1]}")
-        else:
-            out.print(f"[yellow]{problem}[/]")
+        report_after_run(summary.out, out)
     return 0
+
+
+def report_after_run(folder: Path, out) -> bool:
+    """Build the run's report; a failure is said, never fatal (the results are safe; the report can be rebuilt)."""
+    try:
+        from dimbench.report import build_report
+
+        html, pdf = build_report(folder)
+    except Exception as exc:  # noqa: BLE001
+        out.print(f"report not built: {type(exc).__name__}: {exc} (the results are complete; build it again with: "
+                  f"dimbench report {folder})", markup=False, style="yellow")
+        return False
+    out.print(f"Report: {html}  {pdf}")
+    return True
 
 
 def print_summary(out, rows: list[dict], title: str) -> None:
@@ -135,6 +155,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from dimbench.suite import SuiteError, load_suite
 
     out = console()
+    t = Table(title="Model families", title_justify="left")
+    for col in ("family", "name", "role", "timestep t", "suite options", "description"):
+        t.add_column(col)
+    for fam in models.list_families():
+        options = ", ".join(f"{k}: {' | '.join(v)}" for k, v in fam.options.items()) or "—"
+        t.add_row(fam.display, fam.name, fam.role, fam.timestep.meaning, options, fam.description)
+    out.print(t)
+
     t = Table(title="Models (models registry)", title_justify="left")
     for col in ("name", "family", "official config", "patch", "input", "description"):
         t.add_column(col)
@@ -142,14 +170,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         info = models.model_info(name)
         d = info.defaults
         kind = f"{d['in_channels']}x{d['input_size']}x{d['input_size']} " + ("latents" if info.latent else "pixels")
-        t.add_row(name, info.family, info.official, str(info.patch_size), kind, info.description)
+        t.add_row(name, info.family_info.display, info.official, str(info.patch_size), kind, info.description)
     out.print(t)
 
-    t = Table(title="Metrics (suite-level names; rows they write)", title_justify="left")
-    for col in ("metric", "rows", "description"):
+    t = Table(title="Metrics (suite-level names; rows they write: unit, task)", title_justify="left")
+    for col in ("metric", "rows", "options", "description"):
         t.add_column(col)
     for name, m in METRICS.items():
-        t.add_row(name, ", ".join(m.produces), m.description)
+        rows = ", ".join(f"{r.name} ({r.unit}, {r.task})" for r in m.rows)
+        options = ", ".join(f.name for f in m.option_record().fields)
+        t.add_row(name, rows, options, m.description)
     out.print(t)
 
     t = Table(title="Suites", title_justify="left")
@@ -163,6 +193,17 @@ def cmd_list(args: argparse.Namespace) -> int:
             except SuiteError as exc:
                 t.add_row(str(path), "[red]invalid[/]", f"{len(exc.errors)} problem(s): dimbench validate {path}")
     out.print(t)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from dimbench.suite import schema_markdown
+
+    text = schema_markdown()
+    if args.markdown:
+        sys.stdout.write(text)
+    else:
+        console().print(text, markup=False)
     return 0
 
 
@@ -221,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Benchmark diffusion backbones (DiM, DiT, U-ViT) across resolutions; every number says what "
         "it is and how it was obtained.",
     )
+    parser.add_argument("--plugin", metavar="MODULE", action="append", default=[],
+                        help="import MODULE and call its register() (metrics, model families); repeatable. Also "
+                        f"from {PLUGINS_ENV} (comma-separated) and the '{PLUGIN_GROUP}' entry points")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser(
@@ -237,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N (default: the suite's 'device')")
     p.add_argument("--fresh", action="store_true", help="start over (old results are kept as results.jsonl.bak)")
     p.add_argument("--retry-errors", action="store_true", help="measure again the metrics recorded as errors")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="add to a folder that holds another suite's results, or results measured with other "
+                   "settings (refused otherwise)")
     p.add_argument("--no-report", action="store_true", help="do not build the HTML/PDF report after the run")
     p.set_defaults(func=cmd_run)
 
@@ -246,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="registered models, metrics and the suites in suites/")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("schema", help="every key of a suite file: type, default, meaning (and each metric's options)")
+    p.add_argument("--markdown", action="store_true", help="print docs/suite.md as Markdown")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("env", help="devices, versions, scan and attention backends")
     p.add_argument("--json", action="store_true", help="print the environment record as JSON")
@@ -283,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)  # usage mistakes: argparse prints usage + one error line, exit 2
     args.argv = argv
     try:
+        load_plugins(args.plugin)
         result = args.func(args)
     except UserError as exc:
         _error(str(exc))

@@ -29,7 +29,8 @@ def console(stderr: bool = False) -> Console:
 
 # ------------------------------------------------------------------------------------------------ progress
 class _Progress:
-    """A rich progress bar over the points of a run, plus one printed line per finished point."""
+    """A rich progress bar over the points of a run, one printed line per finished point, and for a long task its
+    step, rate and latest loss in the bar's description."""
 
     def __init__(self, con: Console, total: int, completed: int):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,9 +43,14 @@ class _Progress:
             TimeElapsedColumn(), console=con, transient=True,
         )
         self.task = self.progress.add_task("points", total=total, completed=completed)
+        self._steps: dict[tuple[str, str], tuple[float, int]] = {}  # (point, metric) -> first report (time, step)
 
-    def note(self, point, metric: str) -> None:
-        self.progress.update(self.task, description=f"{point.key} · {metric}")
+    def note(self, point, metric: str, info: dict | None = None) -> None:
+        """What runs now; ``info`` is a long task's progress event (step, total, and e.g. loss)."""
+        text = f"{point.key} · {metric}"
+        if info:
+            text += " · " + long_task_status(self._steps, (point.key, metric), info)
+        self.progress.update(self.task, description=text)
 
     def finished(self, point, rows: list[dict], seconds: float) -> None:
         self.done += 1
@@ -62,6 +68,23 @@ class _Progress:
         self.progress.console.print(line, markup=True, highlight=False)
 
 
+def long_task_status(first: dict, key: tuple, info: dict) -> str:
+    """'step 120/1000, 3.2 steps/s, loss 0.1234' from a progress event; the rate since the task's first report
+    in this run (``first`` remembers it per task)."""
+    import time
+
+    step = int(info.get("step") or 0)
+    t0, s0 = first.setdefault(key, (time.monotonic(), step))
+    parts = [f"step {step}" + (f"/{info['total']}" if info.get("total") else "")]
+    elapsed = time.monotonic() - t0
+    if step > s0 and elapsed > 0:
+        parts.append(f"{(step - s0) / elapsed:.3g} steps/s")
+    for name, value in info.items():
+        if name not in ("event", "metric", "step", "total"):
+            parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+    return ", ".join(parts)
+
+
 class progress_bar:  # noqa: N801 - used as a context manager, like rich's own
     """``with progress_bar(console, total=N, completed=k) as p: p.note(point, metric); p.finished(...)``."""
 
@@ -77,33 +100,19 @@ class progress_bar:  # noqa: N801 - used as a context manager, like rich's own
 
 
 # -------------------------------------------------------------------------------------------- summary table
-#: (row metric, column header: unit and how it was obtained, scale applied to the value, format)
-SUMMARY_COLUMNS = (
-    ("params", "params M\n(counted)", 1e-6, "{:.1f}"),
-    ("gmacs", "GMACs/img\n(meta count)", None, "{:.1f}"),
-    ("gmacs_fvcore", "GMACs/img\n(fvcore)", None, "{:.1f}"),
-    ("latency_ms", "fwd ms\n(median)", 1.0, "{:.1f}"),
-    ("throughput", "fwd img/s\n(batch/median)", 1.0, "{:.2f}"),
-    ("train_step_ms", "train step ms\n(median)", 1.0, "{:.1f}"),
-    ("train_throughput", "train img/s\n(batch/median)", 1.0, "{:.2f}"),
-    ("tflops_achieved", "TFLOP/s\n(achieved)", 1.0, "{:.1f}"),
-    ("mfu", "MFU %\n(of bf16 peak)", 1.0, "{:.1f}"),
-    ("mem_predicted_gib", "mem GiB\n(predicted)", 1.0, "{:.2f}"),
-    ("mem_allocated_gib", "mem GiB\n(allocated peak)", 1.0, "{:.2f}"),
-    ("mem_device_gib", "mem GiB\n(NVML device)", 1.0, "{:.2f}"),
-)
 _STATUS_CELL = {"oom": "[red]OOM[/]", "error": "[red]error[/]", "skipped": "[dim]skipped[/]"}
 
 
-def _per_image(row: dict) -> float:
-    extra = row.get("extra") or {}
-    if extra.get("gmacs_per_image") is not None:
-        return float(extra["gmacs_per_image"])
-    return float(row["value"]) / max(int(row.get("batch") or 1), 1)
+def summary_columns() -> list:
+    """The declared rows that have a summary column (Row.summary), in registration order."""
+    from dimbench.metrics import declared_rows
+
+    return [r for r in declared_rows() if r.summary is not None]
 
 
 def summary_table(rows: list[dict], title: str = "Summary"):
-    """A rich Table: one line per point (model, px, batch, dtype), one column per measured row metric.
+    """A rich Table: one line per point (model, px, batch, dtype), one column per measured row metric that
+    declares a summary column (header, scale and format from the declaration).
 
     ``rows`` should hold one row per (point, metric) (see results.latest). Returns (table, notes, problems,
     skips): each shown column's full method, the error/oom cells with their message, and the skipped cells
@@ -123,7 +132,8 @@ def summary_table(rows: list[dict], title: str = "Summary"):
     # A column nobody measured (CUDA-only metrics on the CPU, say) would only say "skipped" on every line: it is
     # left out, and its reason still appears among the skipped notes.
     measured = {m for (_, m), row in cells.items() if row.get("status") != "skipped"}
-    present = [c for c in SUMMARY_COLUMNS if c[0] in measured]
+    columns = summary_columns()
+    present = [c for c in columns if c.name in measured]
     devices = {p["device"] for p in points.values()}
     lead = ["model", "px", "batch", "dtype"] + (["device"] if len(devices) > 1 else [])
     if len(devices) == 1:
@@ -134,8 +144,8 @@ def summary_table(rows: list[dict], title: str = "Summary"):
                                        for p in points.values()])
         table.add_column(header, justify="right" if header in ("px", "batch") else "left", no_wrap=True,
                          min_width=longest)
-    for _, header, _, _ in present:
-        table.add_column(header, justify="right", no_wrap=True)
+    for col in present:
+        table.add_column(col.summary.header, justify="right", no_wrap=True)
     methods: dict[str, set[str]] = {}
     problems: list[str] = []
     skipped: dict[str, list[str]] = {}
@@ -143,25 +153,26 @@ def summary_table(rows: list[dict], title: str = "Summary"):
         line = [p["model"], str(p["resolution"]), str(p["batch"]), p["dtype"]]
         if len(lead) > 4:
             line.append(p["device"])
-        for metric, _, scale, fmt in present:
-            row = cells.get((key, metric))
+        for col in present:
+            row = cells.get((key, col.name))
             if row is None:
                 line.append("")
             elif row["status"] == "ok" and row.get("value") is not None:
-                value = _per_image(row) if scale is None else float(row["value"]) * scale
-                line.append(fmt.format(value))
-                methods.setdefault(metric, set()).add(row.get("method") or "")
+                value = col.per_image(row["value"], int(row.get("batch") or 1), row.get("extra")) \
+                    if col.summary.per_image else float(row["value"])
+                line.append(col.summary.fmt.format(value * col.summary.scale))
+                methods.setdefault(col.name, set()).add(row.get("method") or "")
             else:
                 line.append(_STATUS_CELL.get(row["status"], row["status"]))
                 if row["status"] in ("error", "oom"):
-                    problems.append(f"{key} {metric}: {row['status']}: {row.get('error')}")
-        for metric, *_ in SUMMARY_COLUMNS:
-            row = cells.get((key, metric))
+                    problems.append(f"{key} {col.name}: {row['status']}: {row.get('error')}")
+        for col in columns:
+            row = cells.get((key, col.name))
             if row is not None and row["status"] == "skipped":
                 # one group per kind of reason: the per-point numbers in it (GMACs, lines) do not split groups
                 kind = re.sub(r"\d+(\.\d+)?", "#", str(row.get("error")))
-                skipped.setdefault(kind, []).append((f"{key} {metric}", str(row.get("error"))))
+                skipped.setdefault(kind, []).append((f"{key} {col.name}", str(row.get("error"))))
         table.add_row(*line)
-    notes = [f"{metric}: {m}" for metric, _, _, _ in present for m in sorted(methods.get(metric, ()))]
+    notes = [f"{col.name}: {m}" for col in present for m in sorted(methods.get(col.name, ()))]
     skips = [f"{len(group)} cell(s), e.g. {group[0][0]}: {group[0][1]}" for group in skipped.values()]
     return table, notes, problems, skips
