@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env
-from dimbench import cli, runner
+from dimbench import cli
+from dimbench.console import console
 
 BAD_MODEL = "models: [dit_s_2, dit_xxl]\nresolutions: [32]\n"
 BAD_RES = "models: [dit_xl_2]\nresolutions: [256, 260]\nwarmup: -1\n"
@@ -74,9 +75,25 @@ def test_list_shows_models_metrics_and_suites(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     for text in ("dim_h_2", "imagenet256_H_DiM", "dit_xl_2", "uvit_h_2", "latents", "pixels",  # models
-                 "train_step", "latency_ms, throughput", "meta device",  # metrics
+                 "train_step", "latency_ms (ms, forward)", "meta device",  # metrics
+                 "max_gmacs, timeout",  # a metric's options
+                 "Diffusion Mamba", "DDPM step index in 0 ... 999", "pad_layout: lateral | cyclic",  # families
                  "resolution_scaling", "smoke"):  # suites
         assert text in out, text
+
+
+def test_schema_documents_every_key_from_the_declaration(capsys):
+    """docs/suite.md is generated from the declaration; a key added without regenerating it fails here."""
+    from dimbench.suite import schema_markdown
+
+    assert cli.main(["schema", "--markdown"]) == 0
+    text = capsys.readouterr().out
+    assert text == schema_markdown()
+    assert (Path(__file__).resolve().parents[1] / "docs" / "suite.md").read_text() == text, (
+        "docs/suite.md is stale: regenerate it with `dimbench schema --markdown > docs/suite.md`")
+    for needle in ("| `timeout` | a number of seconds > 0 (.inf: no limit) | `600` |", "### `fvcore`", "| `max_gmacs` |",
+                   "`max_gmacs_x_batch`"):
+        assert needle in text, needle
 
 
 def test_env_shows_versions_devices_and_backends(capsys):
@@ -115,11 +132,17 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(dimbench.report, "build_report", broken)
-    paths, problem = runner.build_report(tmp_path)
-    assert paths is None and problem == "report failed: RuntimeError: no fonts"
+    assert cli.report_after_run(tmp_path, console()) is False
+    assert "report not built: RuntimeError: no fonts" in capsys.readouterr().out
+
+    # a report error meant for the user (an empty results file) is one line and exit 2, no traceback
+    monkeypatch.undo()
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dimbench: error: ") and "no result rows" in err and "Traceback" not in err
 
 
 def test_checkpoint_command_is_registered():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert {"run", "validate", "list", "env", "report", "checkpoint"} <= set(sub.choices)
+    assert {"run", "validate", "list", "schema", "env", "report", "checkpoint"} <= set(sub.choices)

@@ -39,7 +39,7 @@ def point(model: str, input_size: int, batch: int = 1, **kw) -> SweepPoint:
     [("dit_xl_2", 32, 118.6), ("dit_xl_2", 64, 524.6), ("uvit_h_2", 32, 133.3), ("uvit_h_4", 64, 133.3)],
 )
 def test_gmacs_reproduce_published_within_0p2_percent(model, input_size, published):
-    rows = {m.metric: m for m in METRICS["flops"].fn(point(model, input_size), {})}
+    rows = {m.metric: m for m in METRICS["flops"].measure(point(model, input_size))}
     gmacs, gflops = rows["gmacs"], rows["gflops"]
     assert gmacs.unit == "GMAC" and gflops.unit == "GFLOP"
     assert abs(gmacs.value - published) / published < 0.002, gmacs.value
@@ -51,8 +51,8 @@ def test_gmacs_reproduce_published_within_0p2_percent(model, input_size, publish
 
 
 def test_flops_scale_with_batch_and_report_per_image():
-    one = METRICS["flops"].fn(point("dit_s_2", 32, batch=1), {})[0]
-    three = METRICS["flops"].fn(point("dit_s_2", 32, batch=3), {})[0]
+    one = METRICS["flops"].measure(point("dit_s_2", 32, batch=1))[0]
+    three = METRICS["flops"].measure(point("dit_s_2", 32, batch=3))[0]
     assert three.value == pytest.approx(3 * one.value, rel=1e-12)
     assert three.extra["gmacs_per_image"] == pytest.approx(one.value, rel=1e-12)
 
@@ -158,7 +158,7 @@ def test_dim_h_counts_at_1536_px_cost_no_compute():
     [("dit_xl_2", 675_129_632, 256 * 1152), ("uvit_h_2", 500_832_016, 0), ("dim_h_2", 862_407_184, 0)],
 )
 def test_params_equal_official_counts(model, official, frozen):
-    rows = {m.metric: m for m in METRICS["params"].fn(point(model, 32), {})}
+    rows = {m.metric: m for m in METRICS["params"].measure(point(model, 32))}
     assert rows["params"].value == official
     assert rows["params_trainable"].value == official - frozen
     assert rows["params"].unit == "count"
@@ -191,7 +191,7 @@ def test_fvcore_agrees_with_meta_count_for_dit_at_256_and_needs_the_sdpa_handler
 def test_fvcore_metric_row_scales_traced_batch():
     pytest.importorskip("fvcore", reason="fvcore not installed (optional cross-check)")
     p = point("uvit_s_2", 8, batch=3)  # unconditional: traced without y
-    (row,) = METRICS["fvcore"].fn(p, {})
+    (row,) = METRICS["fvcore"].measure(p)
     meta = count_point_flops(p)
     assert row.metric == "gmacs_fvcore" and row.unit == "GMAC"
     assert row.value == pytest.approx(3 * row.extra["gmacs_per_image"])
@@ -213,8 +213,8 @@ def test_fvcore_skips_points_over_its_cost_limit():
     pytest.importorskip("fvcore", reason="fvcore not installed (optional cross-check)")
     from dimbench.metrics import SkipMetric
 
-    with pytest.raises(SkipMetric, match="fvcore_max_gmacs"):
-        METRICS["fvcore"].fn(point("dit_xl_2", 64), {"fvcore_max_gmacs": 200})
+    with pytest.raises(SkipMetric, match="options.fvcore.max_gmacs"):
+        METRICS["fvcore"].measure(point("dit_xl_2", 64), max_gmacs=200)
 
 
 @pytest.mark.slow  # one real CPU forward of DiT-XL/2 at 256 px under jit trace (~6-15 s on 2 cores)

@@ -32,7 +32,9 @@ def point(model="dit_s_2", input_size=8, batch=2, dtype="float32", device="cpu",
 
 
 def rows_by_metric(name: str, p: SweepPoint, options=OPTIONS) -> dict[str, Measurement]:
-    rows = METRICS[name].fn(p, dict(options))
+    metric = METRICS[name]
+    known = {f.name for f in metric.option_record().fields} | {"out_dir"}  # memory has no warmup/repeats
+    rows = metric.measure(p, **{k: v for k, v in options.items() if k in known})
     assert all(isinstance(r, Measurement) for r in rows)
     assert {r.metric for r in rows} <= set(METRICS[name].produces)
     return {r.metric: r for r in rows}

@@ -67,8 +67,10 @@ def test_damaged_middle_line_is_an_error_naming_file_and_line(tmp_path):
 def test_completed_keys_for_resume():
     rows = [row("a", "gmacs"), row("a", "latency_ms", status="error", error="boom"),
             row("b", "gmacs", status="oom", error="x"), row("b", "mfu", status="skipped", error="CUDA only")]
-    assert results.completed(rows) == {("a", "gmacs"), ("a", "latency_ms"), ("b", "gmacs"), ("b", "mfu")}
-    assert results.completed(rows, retry_errors=True) == {("a", "gmacs"), ("b", "gmacs"), ("b", "mfu")}
+    assert results.completed(rows) == {("a", "gmacs", None), ("a", "latency_ms", None), ("b", "gmacs", None),
+                                       ("b", "mfu", None)}
+    assert results.completed(rows, retry_errors=True) == {("a", "gmacs", None), ("b", "gmacs", None),
+                                                          ("b", "mfu", None)}
 
 
 def test_load_returns_contract_columns_and_latest_rows(tmp_path):

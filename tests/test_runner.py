@@ -15,9 +15,9 @@ import pytest
 
 from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli
 from dimbench import results
-from dimbench.metrics import METRICS, Measurement, Metric, SkipMetric
+from dimbench.metrics import METRICS, Measurement, Metric, Row, SkipMetric
 from dimbench.points import SweepPoint
-from dimbench.worker import parse_faults, run_job
+from dimbench.worker import Job, parse_faults, run_job
 
 # --------------------------------------------------------------------------------------------- worker, in-process
 
@@ -29,72 +29,89 @@ def _point(**kw) -> SweepPoint:
     return SweepPoint(**base)
 
 
-def _run(tmp_path, metrics: list[str], **job) -> list[dict]:
-    events = tmp_path / "events.jsonl"
-    job = {"point": _point().to_dict(), "metrics": metrics, "options": {}, "events": str(events), **job}
-    assert run_job(job) == 0
-    return read_jsonl(events)
+def _run(metrics: list[str], **job) -> list[dict]:
+    events: list[dict] = []
+    job = Job(point=_point(), metrics=[METRICS[m] for m in metrics], options={m: {} for m in metrics}, **job)
+    assert run_job(job, events.append) == 0
+    return events
+
+
+def _ok(point, ctx):
+    return [Measurement("fake_ms", 12.5, "ms", "made up for a test", {"batch": point.batch})]
+
+
+def _skip(point, ctx):
+    raise SkipMetric("does not apply here")
+
+
+def _boom(point, ctx):
+    raise ValueError("broken metric\nsecond line")
+
+
+def _oom(point, ctx):
+    import torch
+
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+
+
+def _nan(point, ctx):
+    return [Measurement("fake_nan", float("nan"), "ms", "made up")]
+
+
+def _stray(point, ctx):
+    return [Measurement("not_declared", 1.0, None, "made up")]
+
+
+def _partial(point, ctx):
+    return [Measurement("fake_e", 1.0, None, "made up")]
 
 
 @pytest.fixture
 def fake_metrics(monkeypatch):
-    """Metrics that succeed, skip, fail, run out of memory or return NaN, registered for one test."""
-
-    def ok(point, options):
-        return [Measurement("fake_ms", 12.5, "ms", "made up for a test", {"batch": point.batch})]
-
-    def skip(point, options):
-        raise SkipMetric("does not apply here")
-
-    def boom(point, options):
-        raise ValueError("broken metric\nsecond line")
-
-    def oom(point, options):
-        import torch
-
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-
-    def nan(point, options):
-        return [Measurement("fake_nan", float("nan"), "ms", "made up")]
-
-    for name, fn, produces in (("fake_ok", ok, ("fake_ms",)), ("fake_skip", skip, ("fake_a", "fake_b")),
-                               ("fake_boom", boom, ("fake_c",)), ("fake_oom", oom, ("fake_d",)),
-                               ("fake_nan", nan, ("fake_nan",))):
-        monkeypatch.setitem(METRICS, name, Metric(name, produces, fn, "test metric"))
+    """Metrics that succeed, skip, fail, run out of memory, return NaN, an undeclared row or too few rows."""
+    for name, fn, rows in (("fake_ok", _ok, ("fake_ms",)), ("fake_skip", _skip, ("fake_a", "fake_b")),
+                           ("fake_boom", _boom, ("fake_c",)), ("fake_oom", _oom, ("fake_d",)),
+                           ("fake_nan", _nan, ("fake_nan",)), ("fake_stray", _stray, ("fake_s",)),
+                           ("fake_partial", _partial, ("fake_e", "fake_f"))):
+        declared = tuple(Row(r, "ms", f"{r} label", task="count" if name == "fake_skip" else "forward") for r in rows)
+        monkeypatch.setitem(METRICS, name, Metric(name, declared, fn, "test metric"))
 
 
-def test_worker_reports_rows_per_metric_and_survives_failures(tmp_path, fake_metrics, capfd):
-    events = _run(tmp_path, ["fake_ok", "fake_skip", "fake_boom", "fake_nan", "fake_ok"])
+def test_worker_reports_rows_per_metric_and_survives_failures(fake_metrics, capfd):
+    events = _run(["fake_ok", "fake_skip", "fake_boom", "fake_nan", "fake_stray", "fake_partial", "fake_ok"])
     kinds = [e["event"] for e in events]
-    assert kinds == ["start", "rows"] * 5 + ["done"]
+    assert kinds == ["start", "rows", "end"] * 5 + ["start", "rows", "rows", "end"] + ["start", "rows", "end", "done"]
     rows = [r for e in events if e["event"] == "rows" for r in e["rows"]]
     assert [(r["metric"], r["status"]) for r in rows] == [
         ("fake_ms", "ok"), ("fake_a", "skipped"), ("fake_b", "skipped"), ("fake_c", "error"), ("fake_nan", "error"),
-        ("fake_ms", "ok")]
+        ("fake_s", "error"), ("fake_e", "ok"), ("fake_f", "error"), ("fake_ms", "ok")]
     first = rows[0]
     assert list(first)[: len(results.COLUMNS)] == list(results.COLUMNS)
     assert first["point_key"] == "dit_s_2|r32|b2|float32|cpu" and first["value"] == 12.5
     assert first["task"] == "forward" and first["extra"] == {"batch": 2} and first["duration_s"] >= 0
+    assert rows[1]["task"] == "count"  # the task comes from the declaration of the row
     assert rows[1]["error"] == "does not apply here" and rows[1]["value"] is None
     assert rows[3]["error"] == "ValueError: broken metric"
     assert "non-finite value nan" in rows[4]["error"]
+    assert "returned row 'not_declared', which it does not declare" in rows[5]["error"]
+    assert rows[7]["error"] == "metric 'fake_partial' produced no fake_f row"
     assert "ValueError: broken metric" in capfd.readouterr().err  # the traceback goes to the worker's log
 
 
-def test_worker_stops_after_out_of_memory(tmp_path, fake_metrics):
-    events = _run(tmp_path, ["fake_ok", "fake_oom", "fake_ok"])
-    assert [e["event"] for e in events] == ["start", "rows", "start", "rows", "stop"]
-    oom = events[3]["rows"][0]
+def test_worker_stops_after_out_of_memory(fake_metrics):
+    events = _run(["fake_ok", "fake_oom", "fake_ok"])
+    assert [e["event"] for e in events] == ["start", "rows", "end", "start", "rows", "end", "stop"]
+    oom = events[4]["rows"][0]
     assert oom["status"] == "oom" and oom["error"].startswith("OutOfMemoryError: CUDA out of memory")
 
 
-def test_worker_budget_skips_with_the_cost(tmp_path, fake_metrics):
-    events = _run(tmp_path, ["fake_ok"], budget={"fake_ok": 15}, gmacs_per_image=10.0)
+def test_worker_budget_skips_with_the_cost(fake_metrics):
+    events = _run(["fake_ok"], budget={"fake_ok": 15}, gmacs_per_image=10.0)
     row = events[1]["rows"][0]
     assert row["status"] == "skipped"
     assert "10.0 GMACs per image (meta count) x batch 2 = 20.0 > max_gmacs_x_batch 15" in row["error"]
-    events = _run(tmp_path, ["fake_ok"], budget={"fake_ok": 25}, gmacs_per_image=10.0)
-    assert events[-2]["rows"][0]["status"] == "ok"
+    events = _run(["fake_ok"], budget={"fake_ok": 25}, gmacs_per_image=10.0)
+    assert events[1]["rows"][0]["status"] == "ok"
 
 
 def test_fault_spec_parsing():
@@ -175,7 +192,7 @@ def test_spawned_workers_record_a_crash_too(tmp_path, write_suite):
     assert rows[(dit, "gmacs")]["status"] == "error" and "SIGSEGV" in rows[(dit, "gmacs")]["error"]
 
 
-def test_hung_worker_is_killed_at_the_timeout(tmp_path, write_suite):
+def test_hung_metric_is_killed_at_its_timeout_and_the_point_goes_on(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=4).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
     out = tmp_path / "out"
     proc = run_cli("run", str(suite), "--out", str(out), "--no-report",
@@ -184,8 +201,8 @@ def test_hung_worker_is_killed_at_the_timeout(tmp_path, write_suite):
     rows = _statuses(out)
     dit = "dit_s_2|r32|b1|float32|cpu"
     assert rows[(dit, "params")]["error"] == "timeout after 4 s"
-    assert rows[(dit, "gmacs")]["status"] == "error"
-    assert rows[(dit, "gmacs")]["error"].startswith("not run: the point's timeout after 4 s")
+    assert rows[(dit, "params_trainable")]["error"] == "timeout after 4 s"
+    assert rows[(dit, "gmacs")]["status"] == "ok"  # the budget is per metric: flops ran in a fresh worker
     uvit = rows[("uvit_s_2|r32|b1|float32|cpu", "gmacs")]
     assert uvit["status"] == "ok"  # the next point ran
 
@@ -193,8 +210,9 @@ def test_hung_worker_is_killed_at_the_timeout(tmp_path, write_suite):
     retry = run_cli("run", str(suite), "--out", str(out), "--no-report", "--retry-errors")
     assert retry.returncode == 0, retry.stderr + retry.stdout
     latest = {(r["point_key"], r["metric"]): r for r in results.latest(results.read_rows(out))}
-    assert latest[(dit, "params")]["status"] == latest[(dit, "gmacs")]["status"] == "ok"
+    assert latest[(dit, "params")]["status"] == "ok"
     assert latest[("uvit_s_2|r32|b1|float32|cpu", "gmacs")] == uvit
+    assert len(results.read_rows(out)) == len(rows) + 2  # the two retried rows, nothing else written again
 
 
 def _marked_processes(mark: str) -> list[int]:
@@ -258,16 +276,21 @@ def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
 
 
 def test_fresh_moves_old_results_aside(tmp_path):
-    """--fresh: the next run starts from an empty results file; the old one is kept as results.jsonl.bak."""
-    from dimbench import runner as runner_mod
-    from dimbench.suite import expand, parse_suite
+    """--fresh: the next run starts from nothing; the old results, environment and state are kept as .bak."""
+    from dimbench.runfolder import RunFolder
 
-    plan = expand(parse_suite(TINY_SUITE.format(timeout=10), tmp_path / "s.yaml"), device="cpu", out=tmp_path / "o")
+    out = tmp_path / "o"
     old = [{"point_key": "dit_s_2|r32|b1|float32|cpu", "metric": "params", "status": "ok", "value": 1.0}]
-    results.append_rows(plan.out, old)
-    assert runner_mod.Runner(plan, argv=["dimbench"])._prepare_folder() == old  # a resume reads them
-    assert runner_mod.Runner(plan, argv=["dimbench"], fresh=True)._prepare_folder() == []
-    assert read_jsonl(plan.out / "results.jsonl.bak") == old and not (plan.out / "results.jsonl").exists()
+    results.append_rows(out, old)
+    (out / "state").mkdir()
+    folder = RunFolder(out)
+    assert folder.read_rows() == (old, None)  # a resume reads them
+    folder.close()
+    folder = RunFolder(out, fresh=True)
+    assert folder.read_rows() == ([], None)
+    folder.close()
+    assert read_jsonl(out / "results.jsonl.bak") == old and not (out / "results.jsonl").exists()
+    assert (out / "state.bak").is_dir() and not (out / "state").exists()
 
 
 def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
@@ -300,63 +323,44 @@ def test_points_are_spread_over_gpus(monkeypatch, tmp_path):
 
     import torch
 
+    from dimbench import processes
     from dimbench import runner as runner_mod
+    from dimbench.runfolder import RunFolder
     from dimbench.suite import expand, parse_suite
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
-    slots = runner_mod._slots("cuda", tmp_path)
+    slots = processes.slots("cuda")
     assert [s.env for s in slots] == [{"CUDA_VISIBLE_DEVICES": g} for g in ("2", "5", "7")]
-    assert {s.method for s in slots} == {"spawn"}
+    assert processes.start_method("cuda") == "spawn" and processes.start_method("cpu") == "forkserver"
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in runner_mod._slots("cuda", tmp_path)] == ["0", "1", "2"]
-    assert [s.env for s in runner_mod._slots("cuda:1", tmp_path)] == [{}]  # a named GPU: no spreading
+    assert [s.env["CUDA_VISIBLE_DEVICES"] for s in processes.slots("cuda")] == ["0", "1", "2"]
+    assert [s.env for s in processes.slots("cuda:1")] == [{}]  # a named GPU: no spreading
 
     suite = parse_suite(TINY_SUITE.format(timeout=10).replace("resolutions: [32]", "resolutions: [32, 64]"),
                         tmp_path / "s.yaml")
     plan = expand(suite, device="cpu", out=tmp_path / "out")
-    run = runner_mod.Runner(plan, argv=["dimbench"], build_report=False)
+    run = runner_mod.Runner(plan, argv=["dimbench"])
+    run.folder = RunFolder(plan.out)
     seen: list[tuple[str, str]] = []
     busy: dict[str, int] = {}
-    overlap = threading.Event()
+    together = threading.Barrier(3)  # the first job of each slot waits until all three slots hold one
     lock = threading.Lock()
 
-    def fake_run_point(job, slot, progress):
+    def fake_run_point(job, slot, ctx, progress):
         with lock:
             busy[slot.name] = busy.get(slot.name, 0) + 1
             assert busy[slot.name] == 1, "two workers on one GPU"
-            if sum(busy.values()) > 1:
-                overlap.set()
-        time.sleep(0.05)
+            first = slot.name not in {name for name, _ in seen}
+        if first:
+            together.wait(timeout=60)  # raises BrokenBarrierError unless the three slots run at once
         with lock:
             busy[slot.name] -= 1
             seen.append((slot.name, job.plan.point.key))
 
     monkeypatch.setattr(run, "_run_point", fake_run_point)
-    jobs, _, _ = run._jobs([])
-    run._execute(jobs, slots, complete=0)
+    jobs, _, _ = run._plan()
+    run._execute(jobs, slots, ctx=None)
+    run.folder.close()
     assert sorted(k for _, k in seen) == sorted(pp.point.key for pp in plan.points)  # each once
-    assert len({name for name, _ in seen}) == 3 and overlap.is_set()  # all GPUs used, in parallel
-
-
-def test_fork_server_in_a_fresh_interpreter(tmp_path):
-    """``python -m dimbench.worker --serve`` (used when the runner already has threads): ready, spawned, exit."""
-    server = subprocess.Popen([sys.executable, "-m", "dimbench.worker", "--serve"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=cli_env(), cwd=ROOT)
-    try:
-        assert json.loads(server.stdout.readline())["event"] == "ready"
-        events, log = tmp_path / "ev.jsonl", tmp_path / "w.log"
-        job = {"point": _point().to_dict(), "metrics": ["params"], "options": {}, "events": str(events),
-               "log": str(log)}
-        server.stdin.write(json.dumps(job) + "\n")
-        server.stdin.flush()
-        spawned = json.loads(server.stdout.readline())
-        assert spawned["event"] == "spawned"
-        assert json.loads(server.stdout.readline()) == {"event": "exit", "pid": spawned["pid"], "returncode": 0}
-        got = read_jsonl(events)
-        assert [e["event"] for e in got] == ["start", "rows", "done"]
-        assert got[1]["rows"][0]["metric"] == "params" and got[1]["rows"][0]["value"] > 1e7
-    finally:
-        server.stdin.close()
-        server.wait(timeout=30)
-    assert server.returncode == 0
+    assert len({name for name, _ in seen}) == 3  # all GPUs used, in parallel (the barrier was passed)

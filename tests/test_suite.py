@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from dimbench.console import UserError
-from dimbench.suite import SCHEMA, SuiteError, expand, load_suite, parse_suite
+from dimbench.schema import Record
+from dimbench.suite import SuiteError, SuiteFile, expand, load_suite, parse_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,6 +53,18 @@ BAD = {
                    r"key 'limits.latency.max_gmacs_x_batch': expected a number > 0 .*, got -1"),
     "pad layout": ("models:\n  - {name: dit_s_2, pad_layout: cyclic}\nresolutions: [32]\n", 2,
                    r"key 'models\[0\]\.pad_layout': expected no pad_layout \(a DiM option"),
+    "model twice": ("models:\n  - dit_s_2\n  - dim_s_2\n  - dit_s_2\nresolutions: [32]\n", 4,
+                    r"key 'models\[2\]': expected each model once \(models\[0\] is the same model .*\), got "
+                    r"'dit_s_2' again"),
+    "no models": ("models: []\nresolutions: [32]\n", 1,
+                  r"key 'models': expected a non-empty list .*, got an empty list"),
+    "checkpoint folder": ("models:\n  - {name: dim_s_2, checkpoint: .}\nresolutions: [32]\n", 2,
+                          r"key 'models\[0\]\.checkpoint': expected a weights file .*, got '\.', and .* is a folder"),
+    "alias": ("models: &m [dit_s_2]\nresolutions: [32]\n", 1,
+              r"YAML anchors and aliases \(&name, \*name\) are not accepted in suite files"),
+    "metric option": ("models: [dit_s_2]\nresolutions: [32]\noptions:\n  fvcore: {max_gmac: 3}\n", 4,
+                      r"key 'options.fvcore.max_gmac': expected one of the options of metric 'fvcore' \(max_gmacs, "
+                      r"timeout\), got unknown key 'max_gmac'"),
     "per-resolution table": ("models: [dit_s_2]\nresolutions: [32, 64]\nbatch_sizes: {32: [4]}\n", 3,
                              r"key 'batch_sizes': expected an entry for every resolution \(32, 64\), got none "
                              r"for 64"),
@@ -82,14 +95,20 @@ def test_missing_suite_file_is_a_user_error(tmp_path):
 
 def test_defaults_come_from_the_schema(tmp_path):
     suite = parse_suite("models: [dit_s_2]\nresolutions: [32]\n", tmp_path / "minimal.yaml")
+    schema = {f.name: f.default for f in Record(SuiteFile).fields}
     assert suite.name == "minimal"
     assert suite.out == "results/minimal"
-    assert suite.device == SCHEMA["device"].default
+    assert suite.device == schema["device"]
     s = suite.base
-    assert s.metrics == tuple(SCHEMA["metrics"].default)
-    assert (s.warmup, s.repeats, s.timeout) == (SCHEMA["warmup"].default, SCHEMA["repeats"].default,
-                                                SCHEMA["timeout"].default)
-    assert s.at(s.batch_sizes, 32) == tuple(SCHEMA["batch_sizes"].default)
+    assert s.metrics == tuple(schema["metrics"])
+    assert (s.warmup, s.repeats, s.timeout) == (schema["warmup"], schema["repeats"], schema["timeout"])
+    assert s.at(s.batch_sizes, 32) == tuple(schema["batch_sizes"])
+    assert s.options == {"params": {"timeout": None}, "flops": {"timeout": None}}
+    # each metric's options at their declared defaults; warmup/repeats from the suite's top-level keys
+    opts = parse_suite("models: [dit_s_2]\nresolutions: [32]\nmetrics: [fvcore, latency]\nrepeats: 9\n"
+                       "options:\n  latency: {warmup: 4}\n", tmp_path / "opts.yaml").base
+    assert opts.options == {"fvcore": {"max_gmacs": 250, "timeout": None},
+                         "latency": {"warmup": 4, "repeats": 9, "timeout": None}}
     assert suite.sections["cpu"] == suite.sections["cuda"] == s  # no sections: the same settings everywhere
 
 
