@@ -271,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run a suite (resumes an interrupted run of the same command)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Each point runs in its own worker process; results are appended to OUT/results.jsonl as they come\n"
-        "and a re-run of the same command resumes. Environment variables: DIMBENCH_WORKER_START=spawn|fork\n"
-        "(how workers start; default fork on the CPU, spawn on CUDA); testing aid only:\n"
+        "and a re-run of the same command resumes. Environment variables: DIMBENCH_WORKER_START=spawn|forkserver\n"
+        "(how workers start; default forkserver on the CPU, spawn on CUDA); testing aid only:\n"
         "DIMBENCH_INJECT_FAULT='SUBSTRING=error|oom|crash|hang[;...]' makes the metrics whose\n"
         "'<point key>#<metric>' contains SUBSTRING fail that way (see dimbench/worker.py).",
     )

@@ -21,7 +21,6 @@ output folder (lock, records, I/O errors) in :mod:`dimbench.runfolder`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import queue
 import shlex
 import signal
@@ -251,7 +250,7 @@ class Runner:
                    options={m: self.plan.settings.options[m] for m in pending}, out_dir=str(self.out),
                    budget={m: b for m, b in pp.budget.items() if m in pending},
                    gmacs_per_image=gmacs_per_image(self.disk.get(point.key, [])), on_disk=on_disk,
-                   model=(info, info.family_info), env=dict(os.environ))
+                   model=(info, info.family_info))
 
     def _run_point(self, job: _PointJob, slot: processes.Slot, ctx, progress) -> None:
         pp, point = job.plan, job.plan.point

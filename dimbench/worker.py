@@ -172,7 +172,7 @@ class Job:
     gmacs_per_image: float | None = None  # known from rows on disk, else measured when a budget needs it
     on_disk: dict[str, set] = dataclasses.field(default_factory=dict)  # metric -> {(row, step)} already written
     model: tuple | None = None  # (ModelInfo, Family) of the point's model, for a worker that lacks it
-    env: dict[str, str] = dataclasses.field(default_factory=dict)  # the runner's environment at the job's start
+    env: dict[str, str] = dataclasses.field(default_factory=os.environ.copy)  # the runner's, when the job was made
 
 
 def run_job(job: Job, send: Send) -> int:
