@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 import report_fixtures as rf  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
+from dimbench.console import UserError  # noqa: E402
 from dimbench.report import ReportError, analysis, build_report, content, data, pdf  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -269,6 +270,7 @@ def test_every_embedded_string_is_escaped(tmp_path):
 
 
 def test_missing_or_empty_folder_raises_with_the_path(tmp_path):
+    assert issubclass(ReportError, UserError)  # the command line prints it as one line, exit status 2
     missing = tmp_path / "nope"
     with pytest.raises(ReportError, match="nope"):
         build_report(missing)

@@ -34,6 +34,7 @@ from typing import Any
 import pandas as pd
 
 from dimbench import results as results_store
+from dimbench.console import UserError
 
 from .plots import family_of
 
@@ -47,8 +48,9 @@ PER_PASS_METRICS = ("gmacs", "gflops", "gmacs_fvcore", "latency_ms", "train_step
 _FAMILY_ORDER = {"dim": 0, "dit": 1, "uvit": 2}
 
 
-class ReportError(Exception):
-    """The results folder cannot make a report (missing, empty, unreadable); the message names the path."""
+class ReportError(UserError):
+    """The results folder cannot make a report (missing, empty, unreadable); the message names the path. A
+    :class:`~dimbench.console.UserError`: the command line prints it as one line, no traceback."""
 
 
 def _natural(s: str) -> list[Any]:
