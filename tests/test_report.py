@@ -26,6 +26,7 @@ from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
 from dimbench.console import UserError  # noqa: E402
 from dimbench.report import ReportError, analysis, build_report, content, data, pdf  # noqa: E402
+from dimbench.report.clip import MAX_CHARS  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PDFTOPPM, PDFINFO, PDFTOTEXT = shutil.which("pdftoppm"), shutil.which("pdfinfo"), shutil.which("pdftotext")
@@ -264,6 +265,28 @@ def test_every_embedded_string_is_escaped(tmp_path):
     # the PDF draws the same strings as plain text ("$x$" must not turn into mathtext)
     if PDFTOTEXT:
         assert "$x$" in _pdf_text(pdf_path)
+
+
+def test_a_very_long_field_is_truncated_and_the_report_says_so(tmp_path):
+    """A 10 MB error, method and extra value (and environment field) used to stall the PDF for minutes: each is
+    cut on loading, marked, and counted in the summary's notes."""
+    huge = "Traceback line " * (10_000_000 // 15)
+    rows = [r for r in rf.realistic_rows(models=["dim_h_2", "dit_xl_2"], resolutions=[256, 512])
+            if r["metric"] in ("gmacs", "latency_ms")]
+    rows[0]["method"] = huge
+    rows[1].update(status="error", value=None, error=huge)
+    rows[2]["extra"] = {"scan_backend": huge, huge: 1}
+    env = dict(rf.ENVIRONMENT, command=huge)
+    d = rf.write_results(tmp_path / "huge", rows, environment=env)
+    html_path, pdf_path = build_report(d)
+    text = " ".join(parse(html_path.read_text(encoding="utf-8")).text)
+    marker = f"… [truncated, {len(huge):,} characters]"
+    assert marker in text and huge[:MAX_CHARS] in text
+    assert len(html_path.read_text(encoding="utf-8")) < 2_000_000  # not the 10 MB strings
+    assert f"4 text field(s) of the results longer than {MAX_CHARS:,} characters" in text
+    assert f"1 text field(s) of environment.json longer than {MAX_CHARS:,} characters" in text
+    if PDFTOTEXT:
+        assert "truncated" in _pdf_text(pdf_path)
 
 
 # ---- folders that are partial, broken or missing --------------------------------------------------------

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .analysis import COMPARATORS, RATIO_MEASURES, RatioLine, growth_exponent, ratio_lines, ratio_text
+from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
     MEMORY_METRICS,
@@ -634,7 +635,8 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
         if isinstance(v, dict) and v:
             out += _flatten(v, key + ".")
         elif isinstance(v, (list, tuple)):
-            out.append((key, " ".join(str(x) for x in v)))
+            # each item was capped on loading, but many of them still make a long line
+            out.append((key, Clipper().text(" ".join(str(x) for x in v))))
         else:
             out.append((key, str(v)))
     return out

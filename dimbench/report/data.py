@@ -19,6 +19,8 @@ The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
   such as img/s, TFLOP/s and MFU, and memory, as measured; memory is for the whole batch and cannot be
   normalised, so its plots name the batch at each point);
 - several batches at one point (a batch sweep): one facet per batch, values as measured, as for a fixed batch.
+
+Every string of the rows and of environment.json is capped on loading (:mod:`.clip`), and the notes say so.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import pandas as pd
 from dimbench import results as results_store
 from dimbench.console import UserError
 
+from .clip import Clipper
 from .plots import family_of
 
 COLUMNS = list(results_store.COLUMNS)
@@ -46,6 +49,7 @@ FAILED = ("oom", "error")
 # batch, and memory is not proportional to it (weights and workspaces are paid once per batch).
 PER_PASS_METRICS = ("gmacs", "gflops", "gmacs_fvcore", "latency_ms", "train_step_ms")
 _FAMILY_ORDER = {"dim": 0, "dit": 1, "uvit": 2}
+TEXT_COLUMNS = ("suite", "model", "metric", "unit", "method", "error", "dtype", "device", "task", "started_at")
 
 
 class ReportError(UserError):
@@ -71,19 +75,31 @@ def _num(v: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
+def _text(v: Any, clip: Clipper) -> str:
+    """A text cell: "" for none; strings were capped already, anything else (a list where text belongs) may still
+    make a long string."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return v if isinstance(v, str) else clip.text(str(v))
+
+
 def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Every row of the file -> DataFrame with every contract column, typed, one row per (point, metric, step)."""
+    """Every row of the file -> DataFrame with every contract column, typed, one row per (point, metric, step);
+    every string capped (:mod:`.clip`)."""
     notes: list[str] = []
     for c in COLUMNS:
         if c not in df.columns:
             df[c] = None
     df = df[COLUMNS].copy()
+    clip = Clipper()
+    for c in COLUMNS:
+        df[c] = df[c].map(clip.value)
     usable = df["model"].notna() & df["metric"].notna() & df["resolution"].map(lambda v: _num(v) is not None)
     if (~usable).any():
         notes.append(f"{int((~usable).sum())} row(s) without a model, metric or numeric resolution were ignored.")
     df = df[usable].copy()
-    for c in ("suite", "model", "metric", "unit", "method", "error", "dtype", "device", "task", "started_at"):
-        df[c] = df[c].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    for c in TEXT_COLUMNS:
+        df[c] = df[c].map(lambda v: _text(v, clip))
     df["status"] = df["status"].map(lambda v: str(v) if isinstance(v, str) and v else "unknown")
     df["resolution"] = df["resolution"].map(lambda v: int(round(_num(v))))
     df["batch"] = df["batch"].map(lambda v: int(_num(v)) if _num(v) is not None else 0)
@@ -91,7 +107,7 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     df["value"] = df["value"].map(_num)
     df["extra"] = df["extra"].map(lambda v: v if isinstance(v, dict) else {})
     df["step"] = df["extra"].map(lambda e: _num(e.get("step")))
-    key = df["point_key"].map(lambda v: str(v) if v is not None and v == v else "")
+    key = df["point_key"].map(lambda v: _text(v, clip))
     synth = df["model"] + "|r" + df["resolution"].astype(str) + "|b" + df["batch"].astype(str) + "|" + df["dtype"]
     df["point_key"] = key.where(key != "", synth + "|" + df["device"])
     # A resumed run may re-measure a point (e.g. after an error); the file is append-only, so the last row wins.
@@ -105,19 +121,24 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         df.loc[broken, "status"] = "error"
         df.loc[broken, "error"] = "row says ok but has no numeric value"
         notes.append(f"{int(broken.sum())} row(s) marked ok had no numeric value; shown as errors.")
-    return df.reset_index(drop=True), notes
+    return df.reset_index(drop=True), notes + clip.notes("the results")
 
 
 def load_environment(directory: Path) -> tuple[dict, list[str]]:
+    """environment.json with its strings capped, and notes on what was wrong with it or cut from it."""
     try:
         env = results_store.read_environment(directory)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return {}, [f"environment.json is not valid JSON ({e}); the device and versions are unknown."]
+    except results_store.ResultsError as e:  # newer dimbench.results says so itself (not JSON, not an object)
+        return {}, [f"environment.json cannot be used ({e}); the device and versions are unknown."]
     if env is None:
         return {}, ["environment.json is missing: the device and versions are unknown."]
     if not isinstance(env, dict):
         return {}, ["environment.json is not a JSON object; ignored."]
-    return env, []
+    clip = Clipper()
+    env = clip.value(env)
+    return env, clip.notes("environment.json")
 
 
 def per_image_factor(metric: str, batch: int) -> float | None:
