@@ -289,6 +289,15 @@ def test_a_very_long_field_is_truncated_and_the_report_says_so(tmp_path):
         assert "truncated" in _pdf_text(pdf_path)
 
 
+def test_the_environment_is_read_as_dimbench_writes_it():
+    """gpu_name, driver, cpu, versions, git: {commit, dirty} (dimbench.environment.collect); keys it never writes
+    (device_name, git_commit) are not read."""
+    assert content.describe_device(rf.ENVIRONMENT, ["cuda"]) == "NVIDIA H100 80GB HBM3, driver 570.86"
+    assert content.describe_device({"device_name": "some GPU"}, ["cuda"]) == ""
+    assert content._git(rf.ENVIRONMENT) == ("0123456789abcdef0123", False)
+    assert content._git({"git_commit": "abc"}) == ("", False)
+
+
 # ---- folders that are partial, broken or missing --------------------------------------------------------
 
 

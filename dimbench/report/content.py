@@ -191,9 +191,10 @@ def scan_note(results: Results) -> str | None:
 
 
 def describe_device(env: dict, devices: list[str]) -> str:
-    """The hardware in words, from environment.json: GPU name and driver, or the CPU's cores."""
+    """The hardware in words, from environment.json (dimbench.environment.collect): GPU name and driver, or the
+    CPU's cores."""
     parts = []
-    gpu = env.get("gpu_name") or env.get("device_name")
+    gpu = env.get("gpu_name")
     if isinstance(gpu, (list, tuple)):
         gpu = ", ".join(map(str, gpu))
     if gpu:
@@ -207,11 +208,11 @@ def describe_device(env: dict, devices: list[str]) -> str:
 
 
 def _git(env: dict) -> tuple[str, bool]:
-    """(commit, dirty) from environment.json's ``git`` record (or a plain ``git_commit``)."""
+    """(commit, dirty) from environment.json's ``git`` record."""
     g = env.get("git")
     if isinstance(g, dict):
         return str(g.get("commit") or ""), bool(g.get("dirty"))
-    return str(env.get("git_commit") or ""), False
+    return "", False
 
 
 def _batch_text(results: Results) -> str:
