@@ -8,6 +8,7 @@ with the reason, only where those tools are not installed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import shutil
@@ -24,8 +25,10 @@ import pytest  # noqa: E402
 import report_fixtures as rf  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
+import models  # noqa: E402
 from dimbench.console import UserError  # noqa: E402
-from dimbench.report import ReportError, analysis, build_report, content, data, pdf  # noqa: E402
+from dimbench.metrics import Metric, Ratio, Row, register_metric, unregister_metric  # noqa: E402
+from dimbench.report import ReportError, analysis, build_report, content, data, document, pdf  # noqa: E402
 from dimbench.report.clip import MAX_CHARS  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -66,6 +69,21 @@ def _pdf_pages(path: Path) -> int:
 
 def _pdf_text(path: Path) -> str:
     return subprocess.run([PDFTOTEXT, "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout
+
+
+def _no_model(**_):
+    raise AssertionError("the report never builds a model")
+
+
+@contextlib.contextmanager
+def registered_model(name: str, family: str):
+    """A model name registered in a family for the duration (the report asks the registry, not the name)."""
+    models.register_model(name, family=family, official="test", input_size=32, in_channels=4, num_classes=1000,
+                          patch_size=2)(_no_model)
+    try:
+        yield
+    finally:
+        models.registry.unregister_model(name)
 
 
 def _assert_not_blank(png: Path) -> None:
@@ -253,7 +271,8 @@ def test_every_embedded_string_is_escaped(tmp_path):
             r["suite"] = "<u>suite</u>"
     env = dict(rf.ENVIRONMENT, gpu_name="<script>alert('env')</script>")
     d = rf.write_results(tmp_path / "evil", rows, environment=env)
-    html_path, pdf_path = build_report(d)
+    with registered_model(EVIL_MODEL, "dim"):  # a DiM model, so that its name reaches the comparison too
+        html_path, pdf_path = build_report(d)
     text = html_path.read_text(encoding="utf-8")
     doc = parse(text)
     assert doc.script_tags == 0 and "<script" not in text.lower()
@@ -262,6 +281,7 @@ def test_every_embedded_string_is_escaped(tmp_path):
     visible = "".join(doc.text)
     assert EVIL_MODEL in visible and EVIL_ERROR in visible  # shown literally, after unescaping
     assert "&lt;script&gt;alert(&quot;e&quot;)&lt;/script&gt;" in text
+    assert "DiM vs DiT" in visible and f"{EVIL_MODEL} / dit_xl_2" in visible
     # the PDF draws the same strings as plain text ("$x$" must not turn into mathtext)
     if PDFTOTEXT:
         assert "$x$" in _pdf_text(pdf_path)
@@ -287,6 +307,124 @@ def test_a_very_long_field_is_truncated_and_the_report_says_so(tmp_path):
     assert f"1 text field(s) of environment.json longer than {MAX_CHARS:,} characters" in text
     if PDFTOTEXT:
         assert "truncated" in _pdf_text(pdf_path)
+
+
+# ---- declarations: rows and model families are the registries' --------------------------------------------
+
+
+def _toy_metric(point, ctx):
+    return []
+
+
+TOY = Metric(
+    name="toy",
+    rows=(
+        Row("toy_ms", "ms", "toy latency", per_pass=True, per_image_label="toy time per image",
+            ratio=Ratio("toy time per image", "#123456")),
+        Row("toy_predicted_ms", "ms", "predicted toy latency", predicted=True,
+            ratio=Ratio("predicted toy time", "#654321")),
+        Row("toy_count", "widgets", "toy widgets"),
+    ),
+    fn=_toy_metric,
+    description="a metric a test registers for a while",
+)
+
+
+@pytest.fixture
+def toy_metric():
+    register_metric(TOY)
+    try:
+        yield TOY
+    finally:
+        unregister_metric(TOY.name)
+
+
+def test_a_registered_metric_is_labelled_divided_and_compared_as_declared(tmp_path, toy_metric):
+    """A metric the report has never heard of (a plugin's, here a test's) appears under its declared label,
+    per image where the batch varies, and as a declared ratio measure, with no edit to the report."""
+    rows = rf.varying_batch_rows()
+    toy = []
+    for r in rows:
+        if r["metric"] == "latency_ms" and r["dtype"] == "bfloat16":
+            per_image = r["value"] / r["batch"]
+            toy += [dict(r, metric="toy_ms", method="toy timer", extra={}),
+                    dict(r, metric="toy_predicted_ms", value=per_image, method="toy model", extra={}),
+                    dict(r, metric="toy_count", value=3.0, unit="", method="toy counter", extra={})]
+    res = data.load(rf.write_results(tmp_path / "toy", rows + toy))
+    varies = data.Facet("forward", "cuda", "bfloat16", None)
+    # per pass, so divided by the batch: the per-image times of the latency it was copied from
+    got = res.values("toy_ms", varies)
+    for model, per in rf.PER_IMAGE.items():
+        assert [got[model][r] for r in rf.VARYING_BATCH] == pytest.approx(per["ms"])
+    assert document.label("toy_ms", varies) == "toy time per image" and document.label("toy_ms") == "toy latency"
+    assert document.label("toy_count", varies) == "toy widgets"  # not per pass: as measured
+    assert res.unit("toy_count") == "widgets"  # no unit recorded: the declared one
+    rep = content.build(res)
+    by = {s.heading: s for s in rep.sections}
+    captions = [t.caption for t in by["Full results"].tables]
+    assert any(c.startswith("toy latency [ms] — cuda, bfloat16, batch varies with resolution") and
+               "one pass over the whole batch" in c for c in captions)
+    assert any(c.startswith("toy widgets [widgets]") for c in captions)
+    notes = {r[0].text for r in by["Method notes"].tables[0].rows}
+    assert {"toy latency (toy_ms)", "predicted toy latency (toy_predicted_ms)", "toy widgets (toy_count)"} <= notes
+    # compared as declared: measure, colour, predicted; after the built-in measures (registration order)
+    lines = analysis.ratio_lines(res)
+    toy_lines = [ln for ln in lines if ln.metric == "toy_ms"]
+    assert {ln.measure for ln in toy_lines} == {"toy time per image"} and toy_lines[0].colour == "#123456"
+    latency = {ln.other: ln.ratio for ln in lines if ln.metric == "latency_ms" and ln.facet == varies}
+    assert len(toy_lines) == len(latency) == 2
+    for ln in toy_lines:
+        assert ln.ratio == pytest.approx(latency[ln.other])
+    assert [ln.metric for ln in lines].index("toy_ms") > [ln.metric for ln in lines].index("mem_allocated_gib")
+    assert all(ln.predicted for ln in lines if ln.metric == "toy_predicted_ms")
+    headline = rep.sections[0].highlights
+    assert any(h.startswith("toy time per image (cuda, bfloat16): dim_h_2 / dit_xl_2 = ") for h in headline)
+    # a predicted measure beside a measured one of the same unit (ms) stays out of the headline, as predicted
+    # memory beside the allocator's; it is still in the ratio table
+    assert not any(h.startswith("predicted toy time") for h in headline)
+    ratio_rows = [[c.text for c in r] for r in by["DiM vs DiT and U-ViT"].tables[0].rows]
+    assert any(r[1] == "predicted toy time" for r in ratio_rows)
+
+
+def test_a_model_of_an_unregistered_family_is_grey_and_not_compared(tmp_path):
+    """Families are the registry's, never the name's prefix: an unregistered "dim_..." model (results of another
+    version) is listed last, drawn grey and compared with nothing; a plugin's baseline family is compared."""
+    rows = [r for r in rf.realistic_rows(models=["uvit_h_2", "dim_custom_9", "dit_xl_2", "dim_h_2"],
+                                         resolutions=[256, 512, 1024], oom=(), error=())
+            if r["metric"] in ("gmacs", "latency_ms")]
+    rows += [dict(r, model="toynet_b_2", point_key=r["point_key"].replace("dit_xl_2", "toynet_b_2"))
+             for r in rows if r["model"] == "dit_xl_2"]
+    toyfam = models.Family("toyfam", "ToyNet", "a family a test registers", models.Timestep(0, 999, True, "index"),
+                           role="baseline", order=5)
+    models.register_family(toyfam)
+    try:
+        with registered_model("toynet_b_2", "toyfam"):
+            res = data.load(rf.write_results(tmp_path / "other", rows))
+            assert res.models == ["dim_h_2", "dit_xl_2", "uvit_h_2", "toynet_b_2", "dim_custom_9"]
+            styles = document.styles_for(res)
+            assert (styles["dim_h_2"].colour, styles["dim_h_2"].marker) == ("#1f5fa8", "o")
+            assert (styles["dit_xl_2"].colour, styles["dit_xl_2"].marker) == ("#d1521f", "s")
+            assert (styles["uvit_h_2"].colour, styles["uvit_h_2"].marker) == ("#2e8b3a", "^")
+            assert (styles["dim_custom_9"].colour, styles["dim_custom_9"].marker) == ("#555555", "D")
+            assert styles["toynet_b_2"].marker not in ("o", "s", "^", "D")
+            lines = analysis.ratio_lines(res)
+            assert {(ln.subject, ln.other) for ln in lines} == {
+                ("dim_h_2", "dit_xl_2"), ("dim_h_2", "uvit_h_2"), ("dim_h_2", "toynet_b_2")}
+            rep = content.build(res)
+    finally:
+        models.registry.unregister_family("toyfam")
+    by = {s.heading: s for s in rep.sections}
+    ratio = by["DiM vs DiT, U-ViT and ToyNet"]
+    assert [p.title for p in ratio.figures[0].panels] == ["DiM / DiT", "DiM / U-ViT", "DiM / ToyNet"]
+    said = rep.sections[0].highlights
+    assert not any("dim_custom_9 /" in h or "/ dim_custom_9" in h for h in said)
+    # its rows record a scan backend: the note names it by its own name, not as DiM
+    assert any(h.startswith("The timed rows of DiM and dim_custom_9 record the selective scan") for h in said)
+    # still measured and shown: in the plots (grey) and the full tables
+    speed = by["Speed: forward pass"].figures[0].panels[0]
+    assert next(s for s in speed.series if s.label == "dim_custom_9").colour == "#555555"
+    assert all(r[0].text != "dim_custom_9" or len(r) == 4 for t in by["Full results"].tables for r in t.rows)
+    assert any(r[0].text == "dim_custom_9" for r in by["Full results"].tables[0].rows)
 
 
 def test_the_environment_is_read_as_dimbench_writes_it():

@@ -6,7 +6,9 @@
 
 Both formats are rendered from one content description (``content.build``: sections of text, figures and
 tables), so they always say the same thing. ``data`` reads the folder, ``plots`` draws, ``html`` and ``pdf``
-render. A missing or empty folder raises :class:`ReportError` naming the path.
+render; labels, per-image handling, ratio measures and model families are the declarations' (``declared``). A
+missing or empty folder raises :class:`ReportError` naming the path (a ``UserError``: the command line prints it
+as one line).
 """
 
 from __future__ import annotations

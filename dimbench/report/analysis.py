@@ -1,5 +1,11 @@
 """The analyses behind the headline: growth exponents, and where the ratio of DiM to DiT (and to U-ViT) crosses 1.
 
+Who is compared with whom is the model registry's: each model of the subject family (role ``"subject"``: DiM)
+with each model of a baseline family (role ``"baseline"``: DiT, then U-ViT); models of other or unregistered
+families are not compared. What is compared are the rows that declare a ``ratio`` (lower-is-better measures:
+GMACs, times, memory), in registration order, under the measure name and colour they declare; predicted rows
+are drawn dotted with hollow markers, as in the memory plot.
+
 Ratios are taken per image (:meth:`~dimbench.report.data.Results.values`) under one facet, so a suite whose
 batch shrinks as the resolution grows still gives one ratio curve over every resolution; at each resolution both
 models ran the same batch, so the ratio per image equals the ratio per pass. Memory (not divisible by the batch)
@@ -14,21 +20,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .data import PER_PASS_METRICS, Facet, Results, batch_tag
-from .document import px
-from .plots import family_of
+from dimbench.metrics import Row
+from models import Family
 
-# Lower-is-better measures compared as a DiM / other ratio, with their colour in the ratio plot; predicted values
-# are drawn dotted with hollow markers, as in the memory plot.
-RATIO_MEASURES = [  # (metric, measure, colour, predicted)
-    ("gmacs", "GMACs per image", "#1d2733", False),
-    ("latency_ms", "forward time per image", "#d1521f", False),
-    ("train_step_ms", "training-step time per image", "#8a5fb5", False),
-    ("mem_allocated_gib", "allocator peak memory", "#2e8b3a", False),
-    ("mem_predicted_gib", "predicted peak memory", "#2e8b3a", True),
-]
-# The families DiM is compared with, in this order, and their display names.
-COMPARATORS = {"dit": "DiT", "uvit": "U-ViT"}
+from . import declared
+from .data import Facet, Results, batch_tag
+from .document import px
 
 
 def growth_exponent(res: Sequence[float], values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -65,14 +62,11 @@ def ratio_text(q: float) -> str:
 
 @dataclasses.dataclass
 class RatioLine:
-    """DiM value / other model's value over the resolutions both measured under one facet."""
+    """Subject model's value / baseline model's value over the resolutions both measured under one facet."""
 
-    dim: str
+    subject: str
     other: str
-    metric: str
-    measure: str
-    colour: str
-    predicted: bool
+    row: Row  # the declaration of the compared row: its ratio measure and colour, whether it is predicted
     facet: Facet
     res: list[int]
     ratio: list[float]
@@ -80,8 +74,30 @@ class RatioLine:
     cross: list[tuple[float, str]]
 
     @property
-    def family(self) -> str:
-        return family_of(self.other)
+    def metric(self) -> str:
+        return self.row.name
+
+    @property
+    def measure(self) -> str:
+        return self.row.ratio.measure
+
+    @property
+    def colour(self) -> str:
+        return self.row.ratio.colour
+
+    @property
+    def predicted(self) -> bool:
+        return self.row.predicted
+
+    @property
+    def family(self) -> Family:
+        """The baseline's family."""
+        return declared.family(self.other)
+
+    @property
+    def subject_name(self) -> str:
+        """The subject's family as the text names it ("DiM")."""
+        return declared.family(self.subject).display
 
     @property
     def setting(self) -> str:
@@ -91,7 +107,7 @@ class RatioLine:
     def whole_batch(self) -> bool:
         """Whether the values are of the whole batch although the batch varies (memory): then each end of the
         span names its batch."""
-        return self.facet.batch is None and self.metric not in PER_PASS_METRICS
+        return self.facet.batch is None and not self.row.per_pass
 
     def span(self, at: bool = True) -> str:
         """``2.62× at 256 px → 0.869× at 1,536 px`` (without the resolutions when ``at`` is False)."""
@@ -108,10 +124,10 @@ class RatioLine:
         if len(self.res) < 2:
             return ""
         if self.cross:
-            return " and ".join(f"crossover ≈ {px(x)}" + ("" if short else " (log-interpolated; DiM "
+            return " and ".join(f"crossover ≈ {px(x)}" + ("" if short else f" (log-interpolated; {self.subject_name} "
                                 f"{'cheaper' if d == 'below' else 'dearer'} above)") for x, d in self.cross)
         if all(q < 1 for q in self.ratio):
-            return "DiM cheaper at every resolution, no crossover in range"
+            return f"{self.subject_name} cheaper at every resolution, no crossover in range"
         if all(q > 1 for q in self.ratio):
             return "no crossover in range"
         return "level at some resolution, no crossover in range"
@@ -125,27 +141,27 @@ class RatioLine:
 
 
 def ratio_lines(results: Results) -> list[RatioLine]:
-    """DiM / other for every DiM model and comparator model (DiT, then U-ViT), lower-is-better measure and facet
-    with common resolutions."""
-    dims = [m for m in results.models if family_of(m) == "dim"]
-    others = [m for fam in COMPARATORS for m in results.models if family_of(m) == fam]
+    """Subject / baseline for every subject model and baseline model (DiT's, then U-ViT's), declared ratio row
+    and facet with common resolutions."""
+    subjects = [m for m in results.models if declared.has_role(m, "subject")]
+    others = [m for fam in declared.baselines() for m in results.models if declared.family(m) is fam]
     out: list[RatioLine] = []
-    for metric, measure, colour, predicted in RATIO_MEASURES:
+    for row in declared.ratio_rows():
+        metric = row.name
         if not results.has(metric, ok=True):
             continue
         for facet in results.facets([metric]):
             vals = results.values(metric, facet)
             bat = results.batches([metric], facet)
-            for a in dims:
+            for a in subjects:
                 for b in others:
                     common = sorted(set(vals.get(a, {})) & set(vals.get(b, {})))
                     common = [r for r in common if vals[a][r] > 0 and vals[b][r] > 0]
-                    if facet.batch is None and metric not in PER_PASS_METRICS:
+                    if facet.batch is None and not row.per_pass:
                         common = [r for r in common if bat[a][r] == bat[b][r]]  # whole-batch values: same batch
                     if not common:
                         continue
                     q = [vals[a][r] / vals[b][r] for r in common]
                     tags = [batch_tag({bat[a][r], bat[b][r]}) for r in common]
-                    out.append(RatioLine(a, b, metric, measure, colour, predicted, facet, common, q, tags,
-                                         crossings(common, q)))
+                    out.append(RatioLine(a, b, row, facet, common, q, tags, crossings(common, q)))
     return out

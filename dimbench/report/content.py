@@ -31,12 +31,14 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
-from .analysis import COMPARATORS, RATIO_MEASURES, RatioLine, growth_exponent, ratio_lines, ratio_text
+from models import Family
+
+from . import declared
+from .analysis import RatioLine, growth_exponent, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
     MEMORY_METRICS,
-    METRIC_ORDER,
     SPECIAL_METRICS,
     Cell,
     Report,
@@ -54,10 +56,10 @@ from .document import (
     px,
     styles_for,
 )
-from .plots import Panel, Series, family_of
+from .plots import Panel, Series
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 
-PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per DiM-DiT pair in the ratio plot
+PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections: one function each
@@ -98,9 +100,9 @@ def _best(lines: list[RatioLine]) -> list[RatioLine]:
     """One line per model pair: the one over the most resolutions (in a batch sweep, then the largest batch)."""
     out: dict[tuple[str, str], RatioLine] = {}
     for ln in lines:
-        cur = out.get((ln.dim, ln.other))
+        cur = out.get((ln.subject, ln.other))
         if cur is None or (len(ln.res), ln.facet.batch or 0) > (len(cur.res), cur.facet.batch or 0):
-            out[(ln.dim, ln.other)] = ln
+            out[(ln.subject, ln.other)] = ln
     return list(out.values())
 
 
@@ -110,7 +112,7 @@ def _pairs_text(lines: list[RatioLine]) -> str:
     parts = []
     for i, ln in enumerate(lines):
         same = i > 0 and ln.res == lines[0].res
-        parts.append(f"{ln.dim} / {ln.other} = {ln.span(not same)}"
+        parts.append(f"{ln.subject} / {ln.other} = {ln.span(not same)}"
                      + (f", {ln.verdict(short=i > 0)}" if ln.verdict() else ""))
     return "; ".join(parts)
 
@@ -141,7 +143,7 @@ def measure_line(lines: list[RatioLine]) -> str:
         name = _other_setting(st, main)
         if all(len(ln.res) == 1 for ln in best) and len({ln.res[0] for ln in best}) == 1:
             text += f"; {name} at {px(best[0].res[0])} only: " + ", ".join(
-                f"{ln.dim} / {ln.other} = {ratio_text(ln.ratio[0])}" for ln in best)
+                f"{ln.subject} / {ln.other} = {ratio_text(ln.ratio[0])}" for ln in best)
         else:
             text += f"; {name}: " + _pairs_text(best)
     return text + "."
@@ -151,16 +153,20 @@ def headline(results: Results) -> list[str]:
     """The summary's headline: one line per measure (DiM / DiT, and DiM / U-ViT where present: the ratio at the
     lowest and highest resolution and where it crosses 1), then out-of-memory contrasts and caveats."""
     lines = ratio_lines(results)
+    subject = declared.subject_name()
     if not lines:
-        return ["No DiM model shares a resolution with a DiT or U-ViT model with a successful measurement, so "
-                "these results hold no DiM comparison."]
-    measured_memory = any(ln.metric == "mem_allocated_gib" for ln in lines)
+        baselines = " or ".join(f.display for f in declared.baselines()) or "baseline"
+        return [f"No {subject} model shares a resolution with a {baselines} model with a successful measurement, so "
+                f"these results hold no {subject} comparison."]
+    # A predicted measure is left out where a measured one of the same unit is compared (predicted peak memory
+    # beside the allocator's): the measurement suffices.
+    measured_units = {ln.row.unit for ln in lines if not ln.predicted}
     out = []
-    for metric, *_ in RATIO_MEASURES:
-        group = [ln for ln in lines if ln.metric == metric]
-        if group and not (metric == "mem_predicted_gib" and measured_memory):  # the measurement suffices
+    for row in declared.ratio_rows():
+        group = [ln for ln in lines if ln.metric == row.name]
+        if group and not (row.predicted and row.unit in measured_units):
             out.append(measure_line(group))
-    pairs = list(dict.fromkeys((ln.dim, ln.other) for ln in lines))
+    pairs = list(dict.fromkeys((ln.subject, ln.other) for ln in lines))
     ooms = [t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)]
     if ooms:
         out.append("; ".join(dict.fromkeys(ooms)) + ".")
@@ -168,11 +174,11 @@ def headline(results: Results) -> list[str]:
     return out
 
 
-# How each selective-scan backend (rows' extra["scan_backend"]) bears on DiM's timings.
+# How each selective-scan backend (rows' extra["scan_backend"]) bears on the timings of the models that scan.
 SCAN_BACKENDS = {
-    "chunked": "pure PyTorch, slow and bound by kernel launches rather than FLOPs, so DiM's times (and the time "
+    "chunked": "pure PyTorch, slow and bound by kernel launches rather than FLOPs, so these times (and the time "
                "ratios) are far above what a fused scan kernel gives; GMACs are unaffected",
-    "reference": "the sequential pure-PyTorch recurrence (the test oracle), very slow: DiM's times are not "
+    "reference": "the sequential pure-PyTorch recurrence (the test oracle), very slow: these times are not "
                  "representative; GMACs are unaffected",
     "mamba_ssm": "mamba-ssm's fused CUDA kernel",
     "triton": "Triton GPU kernel",
@@ -180,13 +186,17 @@ SCAN_BACKENDS = {
 
 
 def scan_note(results: Results) -> str | None:
-    """Which scan backend DiM's timed rows ran with (a reader needs it next to DiM's timings)."""
+    """Which scan backend the timed rows that record one ran with (a reader needs it next to those timings)."""
     df = results.df
-    dim = df[(df["model"].map(family_of) == "dim") & (df["status"] == "ok") & (df["task"] != "count")]
-    used = list(dict.fromkeys(str(e["scan_backend"]) for e in dim["extra"] if e.get("scan_backend")))
-    if not used:
+    timed = df[(df["status"] == "ok") & (df["task"] != "count")]
+    scanned = timed[timed["extra"].map(lambda e: bool(e.get("scan_backend")))]
+    if not len(scanned):
         return None
-    return "DiM's timed rows record its selective scan on " + "; ".join(
+    used = list(dict.fromkeys(str(e["scan_backend"]) for e in scanned["extra"]))
+    # Named by family ("DiM's"); a model of no registered family by its own name.
+    ran = set(scanned["model"])
+    who = list(dict.fromkeys(getattr(declared.family(m), "display", m) for m in results.models if m in ran))
+    return f"The timed rows of {declared.and_join(who)} record the selective scan on " + "; ".join(
         f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend" for b in used) + "."
 
 
@@ -400,10 +410,10 @@ def section_training(results: Results) -> Section | None:
 
 
 def section_memory(results: Results) -> Section | None:
-    present = [(m, ls, h) for m, ls, h in MEMORY_METRICS if results.has(m)]
+    present = [(m, ls) for m, ls in MEMORY_METRICS if results.has(m)]
     if not present:
         return None
-    names = [m for m, _, _ in present]
+    names = [m for m, _ in present]
     styles = styles_for(results)
     figures, tables = [], []
     for facet in results.facets(names):
@@ -413,7 +423,8 @@ def section_memory(results: Results) -> Section | None:
         series: list[Series] = []
         labelled: set[str] = set()
         legend = []
-        for metric, ls, hollow in present:
+        for metric, ls in present:
+            hollow = declared.row(metric).predicted
             got = model_series(results, metric, facet, styles, linestyle=ls, hollow=hollow)
             if got:
                 legend.append((label(metric) + (" — predicted" if hollow else " — measured"), ls, hollow))
@@ -427,7 +438,7 @@ def section_memory(results: Results) -> Section | None:
         panel = Panel(f"Peak memory — {facet.label()}", "memory [GiB]", series,
                       fail_marks(results, names, facet, styles), style_legend=legend,
                       xnotes=results.batch_tags(names, facet))
-        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. " + batch_note(names, facet)
+        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. " + batch_note(names, facet, memory=True)
                + "Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, "
                "dash-dot = NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted "
                "under FakeTensorMode (not measured). " + method_text(results, names, facet))
@@ -435,16 +446,22 @@ def section_memory(results: Results) -> Section | None:
     return Section("Memory", "memory", [], [], figures, tables)
 
 
+def _compared(lines: list[RatioLine]) -> list[Family]:
+    """The baseline families these lines compare with, in display order."""
+    return [f for f in declared.baselines() if any(ln.family is f for ln in lines)]
+
+
 def _ratio_heading(lines: list[RatioLine]) -> str:
-    fams = [COMPARATORS[f] for f in COMPARATORS if any(ln.family == f for ln in lines)]
-    return "DiM vs " + " and ".join(fams)
+    """``DiM vs DiT and U-ViT``: the families' display names."""
+    return f"{declared.subject_name()} vs " + declared.and_join([f.display for f in _compared(lines)])
 
 
 def section_ratio(results: Results) -> Section | None:
     lines = ratio_lines(results)
     if not lines:
         return None
-    dims = list(dict.fromkeys(ln.dim for ln in lines))
+    subject = declared.subject_name()
+    dims = list(dict.fromkeys(ln.subject for ln in lines))
     marker = {d: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, d in enumerate(dims)}
     # One figure per setting (device, dtype); counted lines (any device and dtype, per image) join every one, or
     # stand alone where nothing was measured. Settings measured at a single resolution are in the table only.
@@ -462,38 +479,42 @@ def section_ratio(results: Results) -> Section | None:
         sweep = {ln.metric for ln in group if ln.facet.batch is not None
                  and len({x.facet.batch for x in group if x.metric == ln.metric}) > 1}
         panels = []
-        for fam, fam_name in COMPARATORS.items():
+        for fam in _compared(group):
             series, vlines = [], []
-            for ln in [ln for ln in group if ln.family == fam]:
-                name = ln.measure + (f" ({ln.dim})" if len(dims) > 1 else "") + (
+            for ln in [ln for ln in group if ln.family is fam]:
+                name = ln.measure + (f" ({ln.subject})" if len(dims) > 1 else "") + (
                     f" (batch {ln.facet.batch})" if ln.metric in sweep else "")
-                series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.dim],
+                series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.subject],
                                      ":" if ln.predicted else "-", ln.predicted))
                 vlines += [(x, f"{ln.measure} vs {ln.other}: {px(x)}", ln.colour) for x, _ in ln.cross]
             if series:
-                panels.append(Panel(f"DiM / {fam_name}", f"DiM / {fam_name} (lower = DiM cheaper)", series, hline=1.0,
+                pair = f"{subject} / {fam.display}"
+                panels.append(Panel(pair, f"{pair} (lower = {subject} cheaper)", series, hline=1.0,
                                     hline_label="parity (ratio 1)", vlines=vlines,
                                     xnotes={r: "/".join(sorted(t)) for r, t in tags.items()}))
         crossed = [f"{ln.measure} vs {ln.other} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
-        cap = (f"Ratio of DiM to each comparator model at each resolution ({setting}) for every lower-is-better "
-               "measure present; below 1 DiM needs less. GMACs and times are per image; where the batch varies with "
-               "resolution (shown under each resolution) both models ran the same batch at each point, so the ratio "
-               "is the same per image as per pass, while memory is that of the whole batch. Colour = measure, "
-               "marker = DiM model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
+        cap = (f"Ratio of {subject} to each comparator model at each resolution ({setting}) for every "
+               f"lower-is-better measure present; below 1 {subject} needs less. GMACs and times are per image; where "
+               "the batch varies with resolution (shown under each resolution) both models ran the same batch at each "
+               "point, so the ratio is the same per image as per pass, while memory is that of the whole batch. "
+               "Colour = measure, "
+               f"marker = {subject} model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
                "vertical lines mark where a ratio crosses 1 (interpolated linearly in log resolution and log "
                "ratio): " + (", ".join(crossed) if crossed else "none in the range measured") + ".")
         size = (8.5, 5.2) if len(panels) == 1 else (11.0, 5.4)
         figures.append(panels_figure(f"{_ratio_heading(group)} ratio — {setting}", cap, panels, size))
     rows = []
     for ln in lines:
-        cross = "; ".join(f"{px(x)} (DiM {'cheaper' if d == 'below' else 'dearer'} above)" for x, d in ln.cross)
-        rows.append([Cell(f"{ln.dim} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
+        cross = "; ".join(f"{px(x)} ({subject} {'cheaper' if d == 'below' else 'dearer'} above)"
+                          for x, d in ln.cross)
+        rows.append([Cell(f"{ln.subject} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
                      Cell(f"{ln.ratio[0]:.3f} at {ln.res[0]} px"), Cell(f"{ln.ratio[-1]:.3f} at {ln.res[-1]} px"),
                      Cell(cross or ("single resolution" if len(ln.res) == 1 else "none in range"))])
-    table = Table("Ratios of DiM to the other models and crossover resolutions. Ratio = DiM value / other value at "
-                  "the same resolution, device, dtype and batch; GMACs and times per image (the same ratio as per "
-                  "pass), memory for the whole batch. Batch: at the lowest → highest resolution where it varies.",
-                  ["DiM / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
+    table = Table(f"Ratios of {subject} to the other models and crossover resolutions. Ratio = {subject} value / "
+                  "other value at the same resolution, device, dtype and batch; GMACs and times per image (the same "
+                  "ratio as per pass), memory for the whole batch. Batch: at the lowest → highest resolution where it "
+                  "varies.",
+                  [f"{subject} / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
                    "crossover"], rows)
     paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
     return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
@@ -571,7 +592,8 @@ def section_failures(results: Results) -> Section:
 
 
 def section_full_tables(results: Results) -> Section:
-    known = [m for m in METRIC_ORDER if m in results.metrics()]
+    """Every measured row (declared rows in registration order, then the others), model x resolution."""
+    known = [m for m in declared.row_order() if m in results.metrics()]
     known += [m for m in results.metrics() if m not in known and m not in SPECIAL_METRICS
               and not m.startswith(("published_", "fid", "fd_"))]
     metrics = [m for m in known if results.has(m)]
@@ -583,13 +605,17 @@ def section_full_tables(results: Results) -> Section:
         reasons = []
         for m in never:
             why = [e for e in dict.fromkeys(results.rows(m)["error"]) if e]
-            reasons.append(f"{m} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1 else "")
-                           + ")" if why else m)
+            reasons.append(f"{label(m)} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1
+                                                      else "") + ")" if why else label(m))
         paras.append("Skipped at every point, so not tabulated: " + "; ".join(reasons) + ".")
     return Section("Full results", "tables", [], paras, [], tables)
 
 
 def section_methods(results: Results) -> Section:
+    subject = declared.subject_name()
+    baselines = [f.display for f in declared.baselines()]
+    versus = (baselines[0] if baselines else "baseline") + (f" (or {', '.join(baselines[1:])})"
+                                                             if len(baselines) > 1 else "")
     paras = [
         "Counting: GMACs are multiply-accumulates (one per multiply-add), the unit the DiT, U-ViT and DiM papers "
         "report as “GFLOPs”; GFLOPs here are true floating-point operations, 2 per multiply-add (1 MAC = 2 FLOPs). "
@@ -607,7 +633,7 @@ def section_methods(results: Results) -> Section:
         "TFLOP/s and MFU are rates and unchanged — and name the batch under each resolution. Memory cannot be "
         "divided by the batch (weights are paid once) and is shown for the whole batch. A batch sweep (several "
         "batches at one point) is plotted one batch at a time, as measured.",
-        "Ratios and crossovers: ratio = DiM value / DiT (or U-ViT) value at the same resolution, device, dtype and "
+        f"Ratios and crossovers: ratio = {subject} value / {versus} value at the same resolution, device, dtype and "
         "batch, per image for GMACs and times (the same as per pass, both models having run the same batch); a "
         "crossover is where the ratio crosses 1, interpolated linearly between neighbouring resolutions in log "
         "resolution and log ratio. The summary's line per measure takes the device and dtype measured at the most "
@@ -622,8 +648,10 @@ def section_methods(results: Results) -> Section:
     rows = []
     for metric, unit, task, method in combos.itertuples(index=False):
         bk = results.backends([metric])
-        rows.append([Cell(metric), Cell(unit or "—"), Cell(task or "—"), Cell(method or "not recorded"),
-                     Cell(", ".join(bk) or "—")])
+        name = label(metric)
+        unit = unit or declared.row(metric).unit
+        rows.append([Cell(metric if name == metric else f"{name} ({metric})"), Cell(unit or "—"), Cell(task or "—"),
+                     Cell(method or "not recorded"), Cell(", ".join(bk) or "—")])
     table = Table("How each metric was obtained (as recorded in the rows).",
                   ["metric", "unit", "task", "method", "backends"], rows)
     return Section("Method notes", "methods", [], paras, [], [table])

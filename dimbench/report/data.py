@@ -15,9 +15,9 @@ The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
 - the same batch at every point: one facet with that batch, values as measured (one pass over the batch);
 - one batch per point, different across resolutions (a suite that fills the chip at low resolution and shrinks
   the batch as the tokens grow): one facet with ``batch=None``, whose values are **per image** so that points
-  of different batches join one curve (:func:`per_image_factor`: GMACs and times divided by the batch; rates
-  such as img/s, TFLOP/s and MFU, and memory, as measured; memory is for the whole batch and cannot be
-  normalised, so its plots name the batch at each point);
+  of different batches join one curve (:meth:`dimbench.metrics.Row.per_image`: rows declared per pass, GMACs
+  and times, divided by the batch; rates such as img/s, TFLOP/s and MFU, and memory, as measured; memory is for
+  the whole batch and cannot be normalised, so its plots name the batch at each point);
 - several batches at one point (a batch sweep): one facet per batch, values as measured, as for a fixed batch.
 
 Every string of the rows and of environment.json is capped on loading (:mod:`.clip`), and the notes say so.
@@ -37,18 +37,14 @@ import pandas as pd
 
 from dimbench import results as results_store
 from dimbench.console import UserError
+from dimbench.metrics import Row
 
+from . import declared
 from .clip import Clipper
-from .plots import family_of
 
 COLUMNS = list(results_store.COLUMNS)
 STATUSES = results_store.STATUSES
 FAILED = ("oom", "error")
-# Metrics that grow with the batch (one pass over it): per image = value / batch. Others are left as measured:
-# rates (img/s, TFLOP/s, MFU) are already per image or batch-independent, parameter counts do not depend on the
-# batch, and memory is not proportional to it (weights and workspaces are paid once per batch).
-PER_PASS_METRICS = ("gmacs", "gflops", "gmacs_fvcore", "latency_ms", "train_step_ms")
-_FAMILY_ORDER = {"dim": 0, "dit": 1, "uvit": 2}
 TEXT_COLUMNS = ("suite", "model", "metric", "unit", "method", "error", "dtype", "device", "task", "started_at")
 
 
@@ -63,8 +59,12 @@ def _natural(s: str) -> list[Any]:
 
 
 def model_order(models) -> list[str]:
-    """DiM first, then DiT, then U-ViT, then anything else; within a family by name."""
-    return sorted(set(models), key=lambda m: (_FAMILY_ORDER.get(family_of(m), 9), family_of(m), _natural(m)))
+    """By family (the registry's order: DiM, DiT, U-ViT), then by name; models of no registered family last."""
+    def key(m: str) -> tuple:
+        fam = declared.family(m)
+        return (0, fam.order, fam.name, _natural(m)) if fam is not None else (1, 0, "", _natural(m))
+
+    return sorted(set(models), key=key)
 
 
 def _num(v: Any) -> float | None:
@@ -141,15 +141,6 @@ def load_environment(directory: Path) -> tuple[dict, list[str]]:
     return env, clip.notes("environment.json")
 
 
-def per_image_factor(metric: str, batch: int) -> float | None:
-    """What a value measured at ``batch`` is multiplied by to compare it per image across batches: 1 / batch for
-    the metrics of one pass over the batch (:data:`PER_PASS_METRICS`), 1 for the rest; None when the batch is
-    unknown (recorded as 0) and the metric needs it."""
-    if metric not in PER_PASS_METRICS:
-        return 1.0
-    return 1.0 / batch if batch > 0 else None
-
-
 def batch_tag(batches) -> str:
     """The batch(es) of one point for a plot label: ``b32``; ``b8/b4`` where the models differ."""
     return "/".join(f"b{b}" for b in sorted(set(batches), reverse=True))
@@ -214,6 +205,11 @@ class Results:
     def rows(self, metric: str) -> pd.DataFrame:
         return self.df[self.df["metric"] == metric]
 
+    def declaration(self, metric: str) -> Row:
+        """The row's declaration (for a row nobody declares: its own name, the unit recorded, as measured)."""
+        units = [u for u in dict.fromkeys(self.rows(metric)["unit"]) if u]
+        return declared.row(metric, units[0] if units else None)
+
     def is_collapsible(self, metric: str) -> bool:
         """A counted metric whose values agree across device and dtype for each (model, resolution, batch)."""
         if metric not in self._collapsible:
@@ -265,14 +261,13 @@ class Results:
 
     def values(self, metric: str, facet: Facet) -> dict[str, dict[int, float]]:
         """model -> resolution -> value, for the ok rows of a metric under a facet; per image where the facet's
-        batch varies (the row's ``extra["<metric>_per_image"]`` when recorded, else value x
-        :func:`per_image_factor`)."""
+        batch varies (:meth:`dimbench.metrics.Row.per_image`: what the row recorded per image, else a per-pass
+        value / batch)."""
         out: dict[str, dict[int, float]] = {}
+        row = self.declaration(metric)
         for m, r, v, b, extra in self._ok(metric, facet):
             if facet.batch is None:
-                recorded = _num(extra.get(f"{metric}_per_image"))
-                k = per_image_factor(metric, b)
-                v = recorded if recorded is not None else (v * k if k is not None else None)
+                v = _per_image(row, v, b, extra)
             if v is not None:
                 out.setdefault(m, {}).setdefault(r, float(v))
         return {m: out[m] for m in self.models if m in out}
@@ -281,11 +276,13 @@ class Results:
         """(model, resolution) -> (p10, p90) of the timed repeats (extra ``p10_ms``/``p90_ms``), scaled like
         :meth:`values`."""
         out = {}
+        row = self.declaration(metric)
         for m, r, _, b, extra in self._ok(metric, facet):
             lo, hi = _num(extra.get("p10_ms")), _num(extra.get("p90_ms"))
-            k = per_image_factor(metric, b) if facet.batch is None else 1.0
-            if lo is not None and hi is not None and k is not None:
-                out.setdefault((m, r), (lo * k, hi * k))
+            if facet.batch is None and lo is not None and hi is not None:
+                lo, hi = row.per_image(lo, b), row.per_image(hi, b)  # repeats of the pass, not recorded per image
+            if lo is not None and hi is not None:
+                out.setdefault((m, r), (lo, hi))
         return out
 
     def batches(self, metrics: list[str], facet: Facet) -> dict[str, dict[int, int]]:
@@ -336,9 +333,10 @@ class Results:
         return [m for m in dict.fromkeys(rows["method"]) if m]
 
     def unit(self, metric: str) -> str:
+        """The unit(s) the rows recorded, else the declared one."""
         rows = self.rows(metric)
         units = [u for u in dict.fromkeys(rows.loc[rows["status"] != "skipped", "unit"]) if u]
-        return " / ".join(units) if units else "unit not recorded"
+        return " / ".join(units) if units else declared.row(metric).unit or "unit not recorded"
 
     def backends(self, metrics: list[str], facet: Facet | None = None) -> list[str]:
         """``key=value`` for every extra field naming a backend (scan, attention) in these rows."""
@@ -350,6 +348,13 @@ class Results:
                     if "backend" in str(k).lower() and isinstance(v, (str, int, float)):
                         seen[f"{k}={v}"] = None
         return list(seen)
+
+
+def _per_image(row: Row, value: float, batch: int, extra: dict) -> float | None:
+    """The row's value per image; a recorded per-image value that is not a finite number counts as not recorded."""
+    key = f"{row.name}_per_image"
+    recorded = _num(extra.get(key))
+    return row.per_image(value, batch, {key: recorded} if recorded is not None else None)
 
 
 def load(directory: str | Path) -> Results:

@@ -2,7 +2,8 @@
 
 :mod:`content` decides what the report says and builds a :class:`Report`; :mod:`html` and :mod:`pdf` render
 it. The helpers here turn result rows into the pieces every section uses: labels, number formats, captions
-that say how a value was obtained, plotted series with their failures, and model x resolution tables.
+that say how a value was obtained, plotted series with their failures, and model x resolution tables. Labels and
+what divides by the batch are the rows' declarations (:mod:`.declared`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
-from . import plots
-from .data import PER_PASS_METRICS, STATUSES, Facet, Results
+from . import declared, plots
+from .data import STATUSES, Facet, Results
 from .plots import FailMark, Panel, Series
 
 # --------------------------------------------------------------------------------------------------------------
@@ -73,60 +74,36 @@ class Report:
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
 
-# Display name, y-axis label for each known metric; unknown metrics show their own name and unit.
-METRIC_LABELS = {
-    "params": "parameters",
-    "params_trainable": "trainable parameters",
-    "gmacs": "GMACs (multiply-accumulates, 1 per multiply-add)",
-    "gflops": "GFLOPs (2 per multiply-add)",
-    "gmacs_fvcore": "GMACs by fvcore (cross-check)",
-    "latency_ms": "forward latency",
-    "throughput": "forward throughput",
-    "train_step_ms": "training-step time",
-    "train_throughput": "training throughput",
-    "mem_predicted_gib": "predicted peak memory (FakeTensor)",
-    "mem_allocated_gib": "allocator peak (max_memory_allocated)",
-    "mem_reserved_gib": "allocator reserved peak (max_memory_reserved)",
-    "mem_device_gib": "device memory used (NVML, incl. CUDA context)",
-    "tflops_achieved": "achieved TFLOP/s",
-    "mfu": "model FLOP utilisation",
-}
-METRIC_ORDER = list(METRIC_LABELS)
-MEMORY_METRICS = [  # (metric, line style, hollow markers = predicted)
-    ("mem_allocated_gib", "-", False),
-    ("mem_reserved_gib", "--", False),
-    ("mem_device_gib", "-.", False),
-    ("mem_predicted_gib", ":", True),
+# The memory plot's sources: (row, line style); predicted rows are drawn hollow (their declaration says so).
+MEMORY_METRICS = [
+    ("mem_allocated_gib", "-"),
+    ("mem_reserved_gib", "--"),
+    ("mem_device_gib", "-."),
+    ("mem_predicted_gib", ":"),
 ]
 SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
 
 
-# What a metric of one pass over the batch is called once divided by the batch (the facet's batch varies).
-PER_IMAGE_LABELS = {
-    "gmacs": "GMACs per image",
-    "gflops": "GFLOPs per image",
-    "gmacs_fvcore": "GMACs per image by fvcore",
-    "latency_ms": "forward time per image",
-    "train_step_ms": "training-step time per image",
-}
+def per_pass(metric: str) -> bool:
+    """Whether the row is of one pass over the batch (declared), so that it is divided by the batch."""
+    return declared.row(metric).per_pass
 
 
 def label(metric: str, facet: Facet | None = None) -> str:
-    """The metric's display name; per image where the facet's batch varies and the metric is divided by it."""
-    if facet is not None and facet.batch is None and metric in PER_PASS_METRICS:
-        return PER_IMAGE_LABELS.get(metric, f"{metric} per image")
-    return METRIC_LABELS.get(metric, metric)
+    """The metric's declared label; per image where the facet's batch varies and the row is per pass."""
+    return declared.label(metric, per_image=facet is not None and facet.batch is None)
 
 
-def batch_note(metrics: Sequence[str], facet: Facet) -> str:
-    """For a caption: how the values relate to the batch, when it varies with resolution (else nothing)."""
+def batch_note(metrics: Sequence[str], facet: Facet, memory: bool = False) -> str:
+    """For a caption: how the values relate to the batch, when it varies with resolution (else nothing);
+    ``memory``: the caption is the memory plot's."""
     if facet.batch is not None:
         return ""
     head = "The batch varies with resolution (shown under each resolution, b32 = batch 32): "
-    if all(m.startswith("mem_") for m in metrics):
+    if memory:
         return (head + "memory is the peak of one pass over the whole batch, not per image — weights and workspaces "
                 "are paid once per batch, so it does not divide by the batch. ")
-    if not any(m in PER_PASS_METRICS for m in metrics):
+    if not any(per_pass(m) for m in metrics):
         return head + "these are rates, the same per image as per batch, so points of different batches compare. "
     return (head + "values are per image — GMACs and times are those of one pass over the batch divided by the "
             "batch; throughput (img/s), TFLOP/s and MFU are rates, the same per image as per batch. ")
@@ -134,11 +111,9 @@ def batch_note(metrics: Sequence[str], facet: Facet) -> str:
 
 def as_measured(metric: str) -> str:
     """What a value of a varying-batch facet is, as measured (the full tables do not divide by the batch)."""
-    if metric in PER_PASS_METRICS:
+    if per_pass(metric):
         return "values as measured, for one pass over the whole batch (the plots divide them by the batch)"
-    if metric.startswith("mem_"):
-        return "values as measured, for the whole batch"
-    return "values as measured"
+    return "values as measured, not divided by the batch"
 
 
 def fmt(value: float | None, metric: str = "") -> str:
@@ -203,7 +178,7 @@ def model_series(results: Results, metric: str, facet: Facet, styles, labels: di
 
 
 def styles_for(results: Results):
-    return plots.model_styles(results.models)
+    return plots.model_styles(results.models, declared.family_slot)
 
 
 def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str = "") -> Table:

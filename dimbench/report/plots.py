@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import matplotlib
 
@@ -22,15 +22,20 @@ from matplotlib.figure import FigureBase  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator  # noqa: E402
 
-# Per-family colour ramps, so a reader tells DiM from DiT from U-ViT at a glance; models of one family get
-# shades of its ramp. Unknown families (results of models the report does not know) are drawn in greys.
-_FAMILY_COLOURS = {
-    "dim": ["#1f5fa8", "#3d8fd1", "#0b3d70", "#6bb3e8"],
-    "dit": ["#d1521f", "#f08a3c", "#8f2f0b", "#f5b07a"],
-    "uvit": ["#2e8b3a", "#5cbf5f", "#1a5c22", "#98d98e"],
-}
-_OTHER_COLOURS = ["#555555", "#8a5fb5", "#b5478a", "#888888", "#333333"]
-_FAMILY_MARKERS = {"dim": "o", "dit": "s", "uvit": "^"}
+# Colour ramps and markers, one per registered family in its display order (DiM blue circles, DiT orange
+# squares, U-ViT green triangles, then a plugin's families), so a reader tells the families apart at a glance;
+# models of one family get shades of its ramp. Models of no registered family (results of another version) are
+# drawn in greys with diamonds.
+_FAMILY_COLOURS = [
+    ["#1f5fa8", "#3d8fd1", "#0b3d70", "#6bb3e8"],
+    ["#d1521f", "#f08a3c", "#8f2f0b", "#f5b07a"],
+    ["#2e8b3a", "#5cbf5f", "#1a5c22", "#98d98e"],
+    ["#8a5fb5", "#b08ad6", "#5c3a80", "#d2bbe8"],
+    ["#b5478a", "#d977b0", "#7a2a5c", "#ecb3d4"],
+]
+_FAMILY_MARKERS = ["o", "s", "^", "v", "P"]
+_OTHER_COLOURS = ["#555555", "#888888", "#333333", "#aaaaaa"]
+_OTHER_MARKER = "D"
 # Line colours for things that are not models (ratio pairs).
 PAIR_COLOURS = ["#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#555555"]
 
@@ -47,27 +52,25 @@ def _plain(v: float, _pos=None) -> str:
     return f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
 
 
-def family_of(model: str) -> str:
-    """The family is the model name's prefix (``dim_h_2`` -> ``dim``); the report needs nothing else."""
-    return str(model).split("_", 1)[0].lower()
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelStyle:
     colour: str
     marker: str
 
 
-def model_styles(models: Sequence[str]) -> dict[str, ModelStyle]:
-    """A stable colour and marker per model: shades of its family's ramp, in the order given."""
+def model_styles(models: Sequence[str], slot: Callable[[str], int | None]) -> dict[str, ModelStyle]:
+    """A stable colour and marker per model: shades of its family's ramp, in the order given. ``slot(model)`` is
+    the position of the model's family among the registered ones (which ramp and marker), None for a model of
+    no registered family (greys)."""
     styles: dict[str, ModelStyle] = {}
-    used: dict[str, int] = {}
+    used: dict[int | None, int] = {}
     for m in models:
-        fam = family_of(m)
-        ramp = _FAMILY_COLOURS.get(fam, _OTHER_COLOURS)
-        i = used.get(fam if fam in _FAMILY_COLOURS else "_other", 0)
-        used[fam if fam in _FAMILY_COLOURS else "_other"] = i + 1
-        styles[m] = ModelStyle(ramp[i % len(ramp)], _FAMILY_MARKERS.get(fam, "D"))
+        k = slot(m)
+        ramp = _OTHER_COLOURS if k is None else _FAMILY_COLOURS[k % len(_FAMILY_COLOURS)]
+        marker = _OTHER_MARKER if k is None else _FAMILY_MARKERS[k % len(_FAMILY_MARKERS)]
+        i = used.get(k, 0)
+        used[k] = i + 1
+        styles[m] = ModelStyle(ramp[i % len(ramp)], marker)
     return styles
 
 
