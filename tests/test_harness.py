@@ -172,7 +172,7 @@ def test_a_metric_declared_in_one_place_reaches_results_summary_and_report(tmp_p
     captions = [t.caption for s in report.sections for t in s.tables]
     assert any(c.startswith("toy latency [ms]") for c in captions), captions
     methods = next(s for s in report.sections if s.anchor == "methods").tables[0]
-    assert ["toy_ms", "ms", "sample"] in [[c.text for c in row[:3]] for row in methods.rows]
+    assert ["toy latency (toy_ms)", "ms", "sample"] in [[c.text for c in row[:3]] for row in methods.rows]
 
 
 @pytest.mark.usefixtures("toys")
