@@ -14,20 +14,12 @@ import time
 
 import pytest
 
+from nothing_metric import NOTHING, POINT
+
 from dimbench import processes
-from dimbench.metrics import Measurement, Metric, Row
-from dimbench.points import SweepPoint
 from dimbench.worker import Job
 
 ROUNDS = 8
-
-
-def _nothing(point, ctx):
-    return [Measurement("nothing", 0.0, None, "nothing measured: a worker start benchmark")]
-
-
-NOTHING = Metric("nothing", (Row("nothing", "count", "nothing"),), _nothing, "measures nothing")
-POINT = SweepPoint("bench", "dit_s_2", 32, 4, 1, "float32", "cpu", ("nothing",))
 
 
 def _start_and_wait(ctx, log) -> None:

@@ -31,7 +31,7 @@ from dimbench.console import UserError
 START_ENV = "DIMBENCH_WORKER_START"
 START_METHODS = ("forkserver", "spawn")
 #: Imported once by the fork server, inherited by every worker it forks.
-PRELOAD = ["torch", "models", "dimbench.metrics", "dimbench.worker"]
+PRELOAD = ["torch", "models", "dimbench.metrics", "dimbench.worker", "dimbench.processes"]
 ORPHAN_EXIT = 70  # a worker whose runner went away
 
 
