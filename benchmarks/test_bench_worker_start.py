@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from nothing_metric import NOTHING, POINT
 
 from dimbench import processes

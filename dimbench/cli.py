@@ -79,11 +79,16 @@ def _print_warnings(suite) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dimbench import processes
+
+    # The fork server's imports (torch, the models) overlap this process's own, which come next.
+    processes.start_early(args.device)
+
     from dimbench import results
     from dimbench.runner import Interrupted, Runner
     from dimbench.suite import check_device, expand, load_suite
 
-    if args.device is not None and not check_device(args.device):  # before the (slow) registry imports
+    if args.device is not None and not check_device(args.device):
         raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
     _print_warnings(suite)

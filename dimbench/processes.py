@@ -18,10 +18,12 @@ that pipe.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import select
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,15 @@ def context(method: str):
     return ctx
 
 
+def start_early(device: str | None) -> None:
+    """Start the fork server now when the run may use it (not on a CUDA run): its imports then overlap the
+    caller's own (suite validation imports torch and the models too) instead of delaying the first worker."""
+    if (device or "auto").startswith("cuda") or os.environ.get(START_ENV, "forkserver") != "forkserver":
+        return
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context("forkserver")
+
+
 class Slot:
     """Where one worker at a time runs: the CPU, or one GPU (``env`` pins it with CUDA_VISIBLE_DEVICES)."""
 
@@ -79,13 +90,36 @@ def slots(device: str) -> list[Slot]:
     return [Slot(device, {})]
 
 
+_STARTING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_main_module():
+    """Start a worker without the caller's ``__main__``: multiprocessing would run the caller's script again in
+    every worker (a script without a ``__main__`` guard would start a run of its own there; code read from stdin
+    cannot be run at all). A worker needs only dimbench and the modules its job's declarations come from."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    with _STARTING:
+        try:
+            if main is not None:
+                main.__dict__.pop("__file__", None)
+                main.__spec__ = None
+            yield
+        finally:
+            if main is not None:
+                main.__dict__.pop("__spec__", None)
+                main.__dict__.update(saved)
+
+
 class Worker:
     """One worker process measuring one job (:class:`dimbench.worker.Job`)."""
 
     def __init__(self, ctx, job: Any, log: Path, env: dict[str, str]):
         ours, theirs = ctx.Pipe(duplex=True)
         self.process = ctx.Process(target=_worker_main, args=(job, theirs, str(log), env), name="dimbench-worker")
-        self.process.start()
+        with _without_main_module():
+            self.process.start()
         theirs.close()  # only the worker holds its end now: its death is our end-of-file
         self._conn = ours
         self.ended = False  # the pipe reached its end: the worker exited, or is about to

@@ -265,3 +265,20 @@ def test_every_declaration_can_be_handed_to_a_worker():
         assert pickle.loads(pickle.dumps((info, info.family_info)))[0].name == name
     for metric in METRICS.values():
         assert pickle.loads(pickle.dumps(metric)).rows == metric.rows
+
+
+def test_a_script_without_a_main_guard_can_run_a_suite(tmp_path):
+    """Workers never run the caller's ``__main__`` again (multiprocessing would, for a script without an
+    ``if __name__ == "__main__"`` guard: every worker would start a run of its own)."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "from dimbench.runner import Runner\n"
+        "from dimbench.suite import expand, parse_suite\n"
+        f"suite = parse_suite('models: [dit_s_2]\\nresolutions: [32]\\ndevice: cpu\\n', __import__('pathlib').Path("
+        f"{str(tmp_path / 's.yaml')!r}))\n"
+        f"print(Runner(expand(suite, out={str(tmp_path / 'out')!r})).run().counts)\n")
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "{'ok': 4}"
