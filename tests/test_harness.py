@@ -282,3 +282,48 @@ def test_a_script_without_a_main_guard_can_run_a_suite(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "{'ok': 4}"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the fork server through /proc")
+def test_killing_the_fork_server_loses_nothing(tmp_path):
+    """kill -9 of multiprocessing's fork server mid-run: the worker it forked goes on, the next worker gets a new
+    server, and every row is written once."""
+    suite = tmp_path / "long.yaml"
+    suite.write_text(LONG_SUITE.replace("models: [dit_s_2]", "models: [dit_s_2, uvit_s_2]"))
+    out = tmp_path / "out"
+    runner = subprocess.Popen(_cli("run", str(suite), "--out", str(out), "--no-report"), env=_plugin_env(),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # the first point's long task holds at step 7
+            rows = results.read_rows(out) if (out / "results.jsonl").exists() else []
+            if any(r["metric"] == "toy_loss" and r["extra"].get("step") == 7 for r in rows):
+                break
+            assert runner.poll() is None, runner.communicate()
+            time.sleep(0.1)
+        servers = [c for c in _children(runner.pid)
+                   if "multiprocessing.forkserver" in Path(f"/proc/{c}/cmdline").read_bytes().decode(errors="replace")]
+        assert len(servers) == 1, servers
+        os.kill(servers[0], 9)
+        (out / "release").touch()
+        stdout, stderr = runner.communicate(timeout=300)
+    finally:
+        runner.kill()
+    assert runner.returncode == 0, stdout + stderr
+    rows = read_jsonl(out / "results.jsonl")
+    identities = [results.row_identity(r) for r in rows]
+    assert len(identities) == len(set(identities)) and all(r["status"] == "ok" for r in rows), rows
+    for model in ("dit_s_2", "uvit_s_2"):
+        key = f"{model}|r32|b1|float32|cpu"
+        assert sorted(r["extra"]["step"] for r in rows if r["point_key"] == key and r["metric"] == "toy_loss") \
+            == list(range(1, 13))
+        assert {r["metric"] for r in rows if r["point_key"] == key} == {"toy_loss", "toy_steps", "params",
+                                                                          "params_trainable"}
