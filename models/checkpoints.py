@@ -71,15 +71,25 @@ class CheckpointError(ValueError):
 class CheckpointFormat:
     """One kind of file a family reads: a flat state_dict in some naming.
 
-    ``detect(state_dict) -> bool`` recognises the naming from the keys (cheap: no tensor is read). ``convert``
-    maps it onto dimbench's parameter names and layouts (a new dict; None: the names are dimbench's already);
-    it may raise KeyError/ValueError/TypeError, reported as a CheckpointError naming the file.
+    The naming is recognised from the keys (cheap: no tensor is read): a state_dict holding all of ``keys``, or
+    for which ``detect(state_dict)`` is true when the test is more than that. ``convert`` maps it onto dimbench's
+    parameter names and layouts (a new dict; None: the names are dimbench's already); it may raise
+    KeyError/ValueError/TypeError, reported as a CheckpointError naming the file. Functions are module-level: a
+    Family (and so its formats) travels to worker processes by pickle.
     """
 
     name: str
-    detect: Callable[[Mapping[str, torch.Tensor]], bool]
+    keys: frozenset[str] = frozenset()
+    detect: Callable[[Mapping[str, torch.Tensor]], bool] | None = None
     convert: Callable[[Mapping[str, torch.Tensor]], StateDict] | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.keys and self.detect is None:
+            raise ValueError(f"checkpoint format {self.name!r}: give the keys it holds or a detect function")
+
+    def matches(self, state_dict: Mapping[str, torch.Tensor]) -> bool:
+        return self.keys <= state_dict.keys() and (self.detect is None or bool(self.detect(state_dict)))
 
 
 def data_kwargs(description: Mapping[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -292,7 +302,7 @@ def _weights_of(path: str, obj: Mapping) -> tuple[Mapping, str]:
 
 def _detect(path: str, sd: Mapping[str, torch.Tensor], requested: str) -> tuple[Family, CheckpointFormat]:
     """The one declared format whose ``detect`` accepts ``sd`` (the requested one if several do)."""
-    matches = [(fam, fmt) for fam, fmt in _format_table().values() if fmt.detect(sd)]
+    matches = [(fam, fmt) for fam, fmt in _format_table().values() if fmt.matches(sd)]
     if not matches:
         raise CheckpointError(
             f"{path}: not a {_readable_families()} state_dict (first keys: {', '.join(list(sd)[:5]) or 'none'})"
@@ -485,7 +495,7 @@ def _model_summary(name: str, model: nn.Module) -> str:
 
 
 def _in_family_format(fam: Family, sd: Mapping[str, torch.Tensor]) -> CheckpointFormat | None:
-    return next((fmt for fmt in _support(fam).formats if fmt.detect(sd)), None)
+    return next((fmt for fmt in _support(fam).formats if fmt.matches(sd)), None)
 
 
 def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -533,12 +533,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
     )  # fmt: skip
 
 
-_DIMBENCH_KEYS = {"patch_embed.weight", "pos_embed", "pad_tokens"}
-
-# A module-level function, not a lambda: a Family travels to worker processes by pickle.
-def _names_dimbench_dim(state_dict) -> bool:
-    """Whether a state_dict uses dimbench's DiM names."""
-    return _DIMBENCH_KEYS <= state_dict.keys()
+_DIMBENCH_KEYS = frozenset({"patch_embed.weight", "pos_embed", "pad_tokens"})
 
 
 CHECKPOINTS = CheckpointSupport(
@@ -551,7 +546,7 @@ CHECKPOINTS = CheckpointSupport(
         ),
         CheckpointFormat(
             "dim-dimbench",
-            detect=_names_dimbench_dim,
+            keys=_DIMBENCH_KEYS,
             description="a plain state_dict of dimbench's DiM (dimbench names)",
         ),
     ),

@@ -232,7 +232,7 @@ def adapt_state_dict(model: DiT, state_dict: dict[str, torch.Tensor]) -> dict[st
 # ---- checkpoints (docs/models.md §5) ----
 
 # DiT's released .pt files and its train.py checkpoints use the model's own names: no conversion.
-_OFFICIAL_KEYS = {"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight"}
+_OFFICIAL_KEYS = frozenset({"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight"})
 
 
 def describe_state_dict(state_dict) -> dict[str, Any]:
@@ -248,17 +248,12 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
     )  # fmt: skip
 
 
-# A module-level function, not a lambda: a Family travels to worker processes by pickle.
-def _names_official_dit(state_dict) -> bool:
-    """Whether a state_dict uses DiT's official names."""
-    return _OFFICIAL_KEYS <= state_dict.keys()
-
 
 CHECKPOINTS = CheckpointSupport(
     formats=(
         CheckpointFormat(
             "dit-official",
-            detect=_names_official_dit,
+            keys=_OFFICIAL_KEYS,
             description="DiT's released .pt files (a plain state_dict) or a train.py checkpoint ('model', 'ema')",
         ),
     ),

@@ -270,7 +270,7 @@ def adapt_state_dict(model: UViT, state_dict: dict[str, torch.Tensor]) -> dict[s
 # ---- checkpoints (docs/models.md §5) ----
 
 # U-ViT's nnet.pth / nnet_ema.pth use the model's own names: no conversion.
-_OFFICIAL_KEYS = {"patch_embed.proj.weight", "decoder_pred.weight", "pos_embed"}
+_OFFICIAL_KEYS = frozenset({"patch_embed.proj.weight", "decoder_pred.weight", "pos_embed"})
 
 
 def describe_state_dict(state_dict) -> dict[str, Any]:
@@ -298,17 +298,12 @@ def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[s
     return {"in_channels": description["in_channels"], "num_classes": max(rows - int(null), 0) if rows else 0}
 
 
-# A module-level function, not a lambda: a Family travels to worker processes by pickle.
-def _names_official_uvit(state_dict) -> bool:
-    """Whether a state_dict uses U-ViT's official names."""
-    return _OFFICIAL_KEYS <= state_dict.keys()
-
 
 CHECKPOINTS = CheckpointSupport(
     formats=(
         CheckpointFormat(
             "uvit-official",
-            detect=_names_official_uvit,
+            keys=_OFFICIAL_KEYS,
             description="U-ViT's nnet.pth / nnet_ema.pth (plain state_dicts)",
         ),
     ),
