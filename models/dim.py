@@ -24,12 +24,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 from torch._guards import detect_fake_mode
 
 from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
-from .layers import timestep_sinusoid
+from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
 from .scan import selective_scan
 
@@ -217,23 +216,9 @@ def _sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _Sequen
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """(1, 2 + g·g, d) -> (1, 2 + h·w, d): grid part resized bilinearly (align_corners=False, no antialias,
-    computed in float32, returned in the input's dtype), the 2 condition positions copied; the table itself when
-    the grid is already (g, g).
-
-    timm's ``resample_abs_pos_embed`` does exactly this arithmetic (tests/test_checkpoints.py proves it against
-    a plain F.interpolate); see docs/models.md §6.
-    """
-    n = pos_embed.shape[1] - N_COND
-    g = math.isqrt(max(n, 0))
-    if g * g != n or n == 0:
-        raise ValueError(f"position embedding {tuple(pos_embed.shape)}: {n} grid positions is not a square grid")
-    if (g, g) == tuple(grid):
-        return pos_embed
-    # align_corners is left to its bilinear default (False): older timm versions do not take the argument.
-    return resample_abs_pos_embed(
-        pos_embed, new_size=list(grid), num_prefix_tokens=N_COND, interpolation="bilinear", antialias=False
-    )
+    """(1, 2 + g·g, d) -> (1, 2 + h·w, d): the grid part resized bilinearly, the 2 condition positions copied
+    (:func:`models.layers.resize_grid_pos_embed`)."""
+    return resize_grid_pos_embed(pos_embed, N_COND, grid)
 
 
 def adapt_state_dict(model: DiM, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

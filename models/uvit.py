@@ -23,16 +23,14 @@ fail on a shape mismatch or a missing attribute instead).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
-from .layers import timestep_sinusoid
+from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .registry import Family, Timestep, register_family, register_model
 
 
@@ -231,20 +229,9 @@ class UViT(nn.Module):
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, extras: int, grid: int) -> torch.Tensor:
-    """(1, extras + g*g, D) -> (1, extras + grid*grid, D): the grid part resized bilinearly (align_corners=False,
-    no antialiasing, computed in float32, returned in the input's dtype), the extra-token positions copied.
-
-    timm's ``resample_abs_pos_embed`` does exactly this arithmetic (tests/test_checkpoints.py proves it against
-    a plain F.interpolate); see docs/models.md §6.
-    """
-    body = pos_embed.shape[1] - extras
-    old = math.isqrt(max(body, 0))
-    if old * old != body or body == 0:
-        raise ValueError(f"position embedding {tuple(pos_embed.shape)}: grid part has {body} tokens, not a square")
-    # align_corners is left to its bilinear default (False): older timm versions do not take the argument.
-    return resample_abs_pos_embed(
-        pos_embed, new_size=[grid, grid], num_prefix_tokens=extras, interpolation="bilinear", antialias=False
-    )
+    """(1, extras + g*g, D) -> (1, extras + grid*grid, D): the grid part resized bilinearly, the extra-token
+    positions copied (:func:`models.layers.resize_grid_pos_embed`)."""
+    return resize_grid_pos_embed(pos_embed, extras, (grid, grid))
 
 
 def adapt_state_dict(model: UViT, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
