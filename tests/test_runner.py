@@ -299,19 +299,41 @@ def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
     args = [sys.executable, "-m", "dimbench.cli", "run", str(suite), "--out", str(out), "--no-report"]
     runner = subprocess.Popen(args, env=cli_env(DIMBENCH_INJECT_FAULT="uvit_s_2=hang"), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # the event: the first point's rows on disk (never signal before it)
         if (out / "results.jsonl").exists() and len(results.read_rows(out)) >= 4:
             break
+        assert runner.poll() is None, runner.communicate()
         time.sleep(0.2)
+    else:
+        runner.kill()
+        pytest.fail("the first point's rows never appeared")
     runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    stdout, stderr = runner.communicate(timeout=60)
+    stdout, stderr = runner.communicate(timeout=120)
     assert runner.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr
     assert "resume with: dimbench run" in stderr and f"--out {out}" in stderr
     assert len(results.read_rows(out)) >= 4
     env = json.loads((out / "environment.json").read_text())
     assert env["runs"][-1]["interrupted"] is True
+
+
+def test_interrupt_during_start_up_is_clean(tmp_path, write_suite):
+    """Ctrl-C as the run starts (its announcement printed, no worker running yet, or one starting)."""
+    suite = write_suite(TINY_SUITE.format(timeout=120))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "dimbench.cli", "run", str(suite), "--out", str(out), "--no-report"]
+    runner = subprocess.Popen(args, env=cli_env(DIMBENCH_INJECT_FAULT="#params=hang"), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert runner.stdout.readline().startswith("Suite tiny on cpu")  # waits for the event: the run has begun
+    runner.send_signal(signal.SIGINT)
+    stdout, stderr = runner.communicate(timeout=120)
+    assert runner.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and "resume with: dimbench run" in stderr
+    env = json.loads((out / "environment.json").read_text())
+    assert env["runs"][-1]["interrupted"] is True
+    rows = read_jsonl(out / "results.jsonl") if (out / "results.jsonl").exists() else []
+    assert env["runs"][-1]["rows_written"] == len(rows)
 
 
 # ----------------------------------------------------------------------------------------------- GPU spreading
