@@ -6,8 +6,8 @@ dimbench loads, in this order: the installed packages' entry points in the group
 naming such a module), the modules named in ``DIMBENCH_PLUGINS`` (comma-separated), and those given with
 ``dimbench --plugin MODULE``. Plugins are code the user chose to install or name; a suite file cannot load one.
 
-Workers need nothing more: they are handed the declarations of what they measure (the metric and the model),
-so the plugin's functions are imported there by reference.
+Workers load the same plugins (whatever else a plugin registers, a scan backend say, is then there too), and are
+handed the declarations of what they measure (the metric and the model) besides.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def plugin_names(extra: list[str] | None = None) -> list[str]:
     names = [ep.value.split(":")[0] for ep in entry_points(group=PLUGIN_GROUP)]
     names += [n.strip() for n in os.environ.get(PLUGINS_ENV, "").split(",") if n.strip()]
     return list(dict.fromkeys(names + list(extra or [])))
+
+
+def loaded_plugins() -> list[str]:
+    """The plugins loaded in this process so far (a worker loads the same ones)."""
+    return sorted(_loaded)
 
 
 def load_plugins(extra: list[str] | None = None) -> list[str]:

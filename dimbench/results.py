@@ -147,19 +147,32 @@ def append_rows(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> int:
 def row_identity(row: dict[str, Any]) -> tuple[Any, Any, Any]:
     """What makes a row unique in a run folder: (point_key, metric, step); step is None but for series rows."""
     extra = row.get("extra")
-    return row.get("point_key"), row.get("metric"), extra.get("step") if isinstance(extra, dict) else None
+    step = extra.get("step") if isinstance(extra, dict) else None
+    if isinstance(step, (list, dict)):  # a hand-edited file: still an identity, never a crash
+        step = json.dumps(step, sort_keys=True)
+    return row.get("point_key"), row.get("metric"), step
 
 
 FINAL_STATUSES = ("ok", "skipped", "oom", "error")
 
 
-def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[Any, Any, Any]]:
-    """The identities (:func:`row_identity`) of rows a resumed run must not write again.
-
-    ok, skipped and oom rows are final; error rows too unless ``retry_errors``.
-    """
+def final_statuses(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> dict[tuple, str]:
+    """Identity (:func:`row_identity`) -> status of the rows a resumed run must not write again (the latest row of
+    each identity): ok, skipped and oom rows are final; error rows too unless ``retry_errors``."""
     final = {"ok", "skipped", "oom"} if retry_errors else set(FINAL_STATUSES)
-    return {row_identity(r) for r in rows if r.get("status") in final}
+    out: dict[tuple, str] = {}
+    for r in rows:
+        key = row_identity(r)
+        if r.get("status") in final:
+            out[key] = r["status"]
+        else:
+            out.pop(key, None)
+    return out
+
+
+def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[Any, Any, Any]]:
+    """The identities of rows a resumed run must not write again (see :func:`final_statuses`)."""
+    return set(final_statuses(rows, retry_errors=retry_errors))
 
 
 def latest(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -4,15 +4,18 @@ output folder (lock, records, I/O errors) in :mod:`dimbench.runfolder`.
 
 - Every point runs in a worker process: an out-of-memory error, an exception, a crash (segfault, SIGKILL) or a
   hang becomes a recorded row with status oom / error, and the sweep goes on.
-- Rows reach the results file as the worker sends them (a long task streams them while it runs), each append
-  fsync'ed. A row is written once: its identity is (point, metric, step), and a row whose identity is already on
-  disk (final: ok, skipped, oom; error unless ``retry_errors``) is not written again.
-- Resume: a metric is complete at a point when every final row it declares is on disk; only incomplete metrics
-  are measured again (a long task resumes from its own checkpoint in ``OUT/state``). A half-written last line
-  left by a killed run is cut away with a warning.
-- Time budgets are per metric and start when the metric starts: the metric's own (a training run declares none),
-  else ``options.<metric>.timeout``, else the suite's ``timeout``. A metric that runs past it is killed and
-  recorded as an error; the point's other metrics go on in a fresh worker.
+- Rows reach the results file as the worker sends them (a long task streams them while it runs), each batch
+  fsync'ed before the worker is told it may go on, so a task never checkpoints past rows that are not on disk. A
+  row is written once: its identity is (point, metric, step), and a row whose identity is already on disk (final:
+  ok, skipped, oom; error unless ``retry_errors``) is not written again, except that a measurement supersedes a
+  skip.
+- Resume: a metric is complete at a point when every final row it declares is on disk, and they are not all
+  skips (a skip may no longer apply: a suite's limit or device section changed, fvcore got installed); only
+  incomplete metrics are measured again (a long task resumes from its own checkpoint in ``OUT/state``). A
+  half-written last line left by a killed run is cut away with a warning.
+- Time budgets are per metric and start when the metric starts: ``options.<metric>.timeout`` if the suite sets
+  it, else the metric's own (a training task declares none: ``math.inf``), else the suite's ``timeout``. A metric
+  that runs past it is killed and recorded as an error; the point's other metrics go on in a fresh worker.
 - Ctrl-C or SIGTERM sets a flag that every part of the run watches: workers are killed, every row written stays,
   the run record is completed, and the message says how to resume (a second Ctrl-C exits at once).
 - With several CUDA GPUs and device ``cuda``, points are spread over them, one worker at a time per GPU.
@@ -33,7 +36,7 @@ from typing import Any
 from dimbench import processes
 from dimbench.console import UserError
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
-from dimbench.results import ResultsWriteError, completed, row_identity
+from dimbench.results import ResultsWriteError, final_statuses, row_identity
 from dimbench.runfolder import RunFolder
 from dimbench.suite import Plan, PointPlan
 from dimbench.worker import Job, failure_rows, gmacs_per_image
@@ -99,7 +102,7 @@ class Runner:
         self.lock = threading.Lock()
         self.written: list[dict[str, Any]] = []
         self.write_error: UserError | None = None
-        self.final: set = set()  # identities of the final rows on disk
+        self.final: dict[tuple, str] = {}  # identity -> status of the final rows on disk
         self.disk: dict[str, list[dict[str, Any]]] = {}  # point key -> its rows on disk
         self.folder: RunFolder | None = None
 
@@ -124,7 +127,8 @@ class Runner:
         record = folder.environment()
         folder.check_suite(record, self.plan.suite.name, self.device_type, self.plan.settings.fingerprint(),
                            self.allow_mixed)
-        self.final = completed(rows, retry_errors=self.retry_errors)
+        self.final = final_statuses(rows, retry_errors=self.retry_errors)
+        self._check_declarations()
         for row in rows:
             self.disk.setdefault(row.get("point_key"), []).append(row)
         jobs, skip_rows, complete = self._plan()
@@ -165,42 +169,61 @@ class Runner:
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
     # ---------------------------------------------------------------------------------------- what to measure
-    def _complete(self, key: str, metric: str) -> bool:
-        return all((key, row, None) in self.final for row in self.metrics[metric].final_rows)
+    def _on_disk(self, key: str, metric: str) -> list[str | None]:
+        """The status on disk of each final row the metric declares at a point (None: not there)."""
+        return [self.final.get((key, row, None)) for row in self.metrics[metric].final_rows]
 
     def _plan(self) -> tuple[list[_PointJob], list[dict[str, Any]], int]:
         """Jobs for the incomplete metrics, rows for the skipped ones not on disk yet, and how many points are
-        complete already."""
+        complete already. A metric to run whose rows are all skips is run again (its skip may no longer hold)."""
         jobs, skip_rows, complete = [], [], 0
         for pp in self.plan.points:
             key = pp.point.key
             for metric, reason in pp.skipped.items():
-                if not self._complete(key, metric):
+                if None in self._on_disk(key, metric):
                     skip_rows += failure_rows(pp.point, self.metrics[metric], "skipped", reason, now_iso())
-            todo = [m for m in pp.run if not self._complete(key, m)]
+            todo = [m for m in pp.run if None in (on := self._on_disk(key, m)) or set(on) == {"skipped"}]
             if todo:
                 jobs.append(_PointJob(pp, todo))
             else:
                 complete += 1
         return jobs, skip_rows, complete
 
-    def _append(self, rows: list[dict[str, Any]]) -> None:
-        """Append the rows not on disk yet (durably); a write failure stops the run, losing no complete row."""
+    def _append(self, rows: list[dict[str, Any]]) -> bool:
+        """Append the rows not on disk yet, durably; False when they could not be written (the run then stops,
+        having lost no complete row)."""
         with self.lock:
-            new = [r for r in rows if row_identity(r) not in self.final]
-            if not new or self.write_error is not None:
-                return
+            if self.write_error is not None:
+                return False
+            new: dict[tuple, dict[str, Any]] = {}
+            for row in rows:
+                on_disk = self.final.get(row_identity(row))
+                if on_disk is None or (on_disk == "skipped" and row.get("status") != "skipped"):
+                    new.setdefault(row_identity(row), row)  # (the first of two copies in one batch)
+            if not new:
+                return True
             try:
-                self.folder.append(new)
+                self.folder.append(list(new.values()))
             except ResultsWriteError as exc:
                 self.write_error = UserError(f"{exc}. Free some space (or fix the folder) and run the same command "
                                              "again: it measures the rest")
                 self.stop.set()
-                return
-            self.written.extend(new)
-            self.final |= completed(new, retry_errors=self.retry_errors)
-            for row in new:
+                return False
+            self.written.extend(new.values())
+            self.final.update(final_statuses(new.values(), retry_errors=self.retry_errors))
+            for row in new.values():
                 self.disk.setdefault(row["point_key"], []).append(row)
+            return True
+
+    def _check_declarations(self) -> None:
+        """Every metric and model of the plan can be handed to a worker (a UserError names the one that cannot)."""
+        import models
+
+        names = {m for pp in self.plan.points for m in pp.run}
+        processes.pack([self.metrics[m] for m in names])
+        for model in {pp.point.model for pp in self.plan.points}:
+            info = models.model_info(model)
+            processes.pack((info, info.family_info))
 
     # ------------------------------------------------------------------------------------------- the workers
     def _execute(self, jobs: list[_PointJob], slots: list[processes.Slot], ctx) -> None:
@@ -227,7 +250,9 @@ class Runner:
                         self.stop.set()
                         return
                     if not self.stop.is_set():
-                        progress.finished(job.plan.point, self.written[before:], time.monotonic() - t)
+                        key = job.plan.point.key  # (other slots write rows of their own points meanwhile)
+                        rows = [r for r in self.written[before:] if r["point_key"] == key]
+                        progress.finished(job.plan.point, rows, time.monotonic() - t)
 
             threads = [threading.Thread(target=work, args=(s,), daemon=True, name=f"dimbench-{s.name}")
                        for s in slots]
@@ -240,6 +265,7 @@ class Runner:
 
     def _worker_job(self, pp: PointPlan, pending: list[str]) -> Job:
         import models
+        from dimbench.plugins import loaded_plugins
 
         point = pp.point
         on_disk = {m: {(r["metric"], row_identity(r)[2]) for r in self.disk.get(point.key, [])
@@ -250,7 +276,7 @@ class Runner:
                    options={m: self.plan.settings.options[m] for m in pending}, out_dir=str(self.out),
                    budget={m: b for m, b in pp.budget.items() if m in pending},
                    gmacs_per_image=gmacs_per_image(self.disk.get(point.key, [])), on_disk=on_disk,
-                   model=(info, info.family_info))
+                   model=(info, info.family_info), plugins=loaded_plugins())
 
     def _run_point(self, job: _PointJob, slot: processes.Slot, ctx, progress) -> None:
         pp, point = job.plan, job.plan.point
@@ -260,10 +286,14 @@ class Runner:
             _log_line(log, f"=== {now_iso()} worker ({ctx.get_start_method()}, {slot.name}) for {', '.join(pending)}")
             try:
                 worker = processes.Worker(ctx, self._worker_job(pp, pending), log, slot.env)
-            except Exception as exc:  # noqa: BLE001 - cannot start (no memory for a process, unpicklable metric)
+            except Exception as exc:  # noqa: BLE001 - cannot start (no memory for a process, say)
                 self._fail(point, pending, "error", f"could not start a worker: {type(exc).__name__}: {exc}")
                 return
-            outcome = self._follow(worker, point, progress)
+            try:
+                outcome = self._follow(worker, point, progress)
+            finally:
+                if not worker.ended:  # an unexpected error here must not leave the worker measuring on
+                    self._handle_late(worker.kill(), _Outcome(), worker, point, progress)
             if outcome.interrupted:
                 return
             pending = [m for m in pending if m not in outcome.finished]
@@ -299,37 +329,52 @@ class Runner:
         deadline = time.monotonic() + IDLE_S
         while True:
             for ev in worker.events(POLL_S):
-                kind, metric = ev.get("event"), ev.get("metric")
-                if kind == "start":
-                    out.current, out.current_at, out.current_t = metric, ev.get("started_at"), time.monotonic()
-                    deadline = out.current_t + self.plan.settings.timeout_of(metric)
-                    progress.note(point, metric)
-                elif kind == "rows":
-                    self._append(ev["rows"])
-                elif kind == "progress":
-                    progress.note(point, metric, ev)
-                elif kind == "end":
-                    out.finished.append(metric)
-                    out.current, deadline = None, time.monotonic() + IDLE_S
-                elif kind in ("done", "stop"):
-                    out.ended = kind
+                self._handle(ev, out, worker, point, progress)
+                if ev.get("event") == "start":
+                    deadline = out.current_t + self.plan.settings.timeout_of(out.current)
+                elif ev.get("event") == "end":
+                    deadline = time.monotonic() + IDLE_S
             if worker.ended:
                 out.returncode = worker.exitcode(wait=10)
                 if out.returncode is None:
-                    worker.kill()
+                    self._handle_late(worker.kill(), out, worker, point, progress)
                     out.returncode = worker.exitcode()
+                worker.close()
                 return out
             if self.stop.is_set():
-                worker.kill()
+                self._handle_late(worker.kill(), out, worker, point, progress)
                 out.interrupted = True
                 return out
             if time.monotonic() > deadline:
-                worker.kill()
+                self._handle_late(worker.kill(), out, worker, point, progress)
                 if out.current:
                     out.timed_out = out.current
                 elif out.ended is None:  # stuck before its first metric, or between two
                     out.timed_out = "idle" if out.finished else "start-up"
                 return out
+
+    def _handle(self, ev: dict[str, Any], out: _Outcome, worker: processes.Worker, point, progress) -> None:
+        kind, metric = ev.get("event"), ev.get("metric")
+        if kind == "start":
+            out.current, out.current_at, out.current_t = metric, ev.get("started_at"), time.monotonic()
+            progress.note(point, metric)
+        elif kind == "rows":
+            worker.acknowledge(self._append(ev["rows"]))
+        elif kind == "progress":
+            progress.note(point, metric, ev)
+        elif kind == "end":
+            out.finished.append(metric)
+            out.current = None
+        elif kind in ("done", "stop"):
+            out.ended = kind
+
+    def _handle_late(self, events: list[dict[str, Any]], out: _Outcome, worker, point, progress) -> None:
+        """Events a killed worker had sent before it died: its rows are written like any others."""
+        for ev in events:
+            if ev.get("event") == "rows":
+                self._append(ev["rows"])
+            else:
+                self._handle(ev, out, worker, point, progress)
 
     def _fail(self, point, metrics: list[str], status: str, error: str, started_at: str | None = None,
               duration_s: float = 0.0) -> None:
@@ -350,7 +395,9 @@ class Runner:
         settings = self.plan.settings.fingerprint()
         if record is None:
             record = {**current, "suite": suite.name, "suite_file": str(suite.path), "settings": {}, "runs": []}
-        else:
+        elif not self.folder.has_rows():  # an earlier run wrote no row: the folder is this suite's now
+            record.update(suite=suite.name, suite_file=str(suite.path), settings={})
+        if record.get("runs"):
             before, now = comparable(record), comparable(current)
             differ = [k for k in before if before[k] != now[k]]
             if differ:
@@ -358,9 +405,10 @@ class Runner:
                                    f"differ from {self.folder.environment_path}); this run's environment is kept "
                                    "in its 'runs' entry")
                 entry["environment"] = current
-        known = record.setdefault("settings", {}).setdefault(self.device_type, settings)
-        if known != settings:
+        known = record.setdefault("settings", {}).setdefault(self.device_type, {})
+        if any(known[m] != v for m, v in settings.items() if m in known):
             entry["settings"] = settings  # --allow-mixed: this run's own settings, beside the folder's
+        known.update({m: v for m, v in settings.items() if m not in known})  # metrics the suite added
         record.setdefault("runs", []).append(entry)
         self.folder.write_environment(record)
         self._record = record

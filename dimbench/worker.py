@@ -61,6 +61,14 @@ def make_row(point: SweepPoint, metric: Metric, m: Measurement, *, started_at: s
     if m.unit is not None and m.unit != declared.unit:
         status, value, error = "error", None, (f"metric '{metric.name}' measured {m.metric} in {m.unit!r}, but "
                                                f"declares {declared.unit!r}")
+    step = m.extra.get("step") if m.extra else None
+    if declared.series != (isinstance(step, int) and not isinstance(step, bool)):
+        # a row's identity includes its step: without one, every step would be one row; with one on a final row,
+        # that row would never count as written
+        status, value, error = "error", None, (
+            f"metric '{metric.name}': {m.metric} is declared " + ("a series row, one per step, but has no integer "
+                                                                 "extra['step']" if declared.series else
+                                                                 f"once per point, but has a step ({step!r})"))
     if isinstance(value, float) and not math.isfinite(value):
         # JSON has no NaN/inf; a non-finite measurement is a failed one, said so rather than written as null-ok
         status, error, value = "error", f"non-finite value {value!r}", None
@@ -172,11 +180,12 @@ class Job:
     gmacs_per_image: float | None = None  # known from rows on disk, else measured when a budget needs it
     on_disk: dict[str, set] = dataclasses.field(default_factory=dict)  # metric -> {(row, step)} already written
     model: tuple | None = None  # (ModelInfo, Family) of the point's model, for a worker that lacks it
+    plugins: list[str] = dataclasses.field(default_factory=list)  # loaded in the worker first
     env: dict[str, str] = dataclasses.field(default_factory=os.environ.copy)  # the runner's, when the job was made
 
 
-def run_job(job: Job, send: Send) -> int:
-    """Measure the job's metrics at its point, reporting through ``send``. Returns the exit status."""
+def run_job(job: Job, send: Send) -> None:
+    """Measure the job's metrics at its point, reporting through ``send``."""
     point = job.point
     faults = parse_faults(os.environ.get(FAULT_ENV))
     gmacs = job.gmacs_per_image
@@ -193,7 +202,8 @@ def run_job(job: Job, send: Send) -> int:
             sent.update(m.metric for m in measurements)
             send({"event": "rows", "metric": metric.name, "rows": rows})
 
-        ctx = MetricContext(metric, point, job.options.get(metric.name, {}), out_dir=job.out_dir, on_rows=emit,
+        options = {k: v for k, v in job.options.get(metric.name, {}).items() if k != "timeout"}  # the runner's
+        ctx = MetricContext(metric, point, options, out_dir=job.out_dir, on_rows=emit,
                             on_progress=lambda info, name=metric.name: send({"event": "progress", "metric": name,
                                                                              **info}),
                             on_disk=job.on_disk.get(metric.name, ()))
@@ -232,10 +242,9 @@ def run_job(job: Job, send: Send) -> int:
                 # measure the remaining metrics in a fresh process.
                 send({"event": "end", "metric": metric.name})
                 send({"event": "stop", "reason": "oom"})
-                return 0
+                return
         send({"event": "end", "metric": metric.name})
     send({"event": "done"})
-    return 0
 
 
 def _fail(send: Send, point, metric: Metric, status: str, error: str, started_at: str, t0: float, sent: set) -> None:

@@ -131,8 +131,9 @@ class Metric:
     ``options: {<name>: {...}}`` (``timeout`` is every metric's option and need not be declared). ``timeout``
     is its default time budget in seconds per point: None means the suite's ``timeout``; long tasks set their
     own (``math.inf``: no limit, the task bounds itself by its options). An option that is also a top-level suite
-    key (``warmup``, ``repeats``) takes that key's value unless ``options.<name>`` sets it. ``long`` marks a task
-    that emits rows and progress as it goes and keeps state in ``ctx.state_dir``.
+    key (``warmup``, ``repeats``) takes that key's value unless ``options.<name>`` sets it. A long task (training,
+    sampling) is a metric like the others: it streams rows and progress through its context, keeps its checkpoint
+    in ``ctx.state_dir``, declares its per-step rows ``series`` and its budget (``math.inf``: none).
 
     The ``fn`` should be a module-level function: the declaration is handed to worker processes.
     """
@@ -143,12 +144,14 @@ class Metric:
     description: str
     options: tuple[Field, ...] = ()
     timeout: float | None = None
-    long: bool = False
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rows]
         if not names or len(names) != len(set(names)):
             raise ValueError(f"metric {self.name!r}: rows must be declared, each once (got {names})")
+        if all(r.series for r in self.rows):
+            raise ValueError(f"metric {self.name!r}: declare at least one row that is not a series (its presence on "
+                             "disk is what says the metric is complete)")
         if any(f.name == "timeout" for f in self.options):
             raise ValueError(f"metric {self.name!r}: 'timeout' is every metric's option; set Metric.timeout")
 
@@ -181,7 +184,7 @@ class Metric:
     def measure(self, point: SweepPoint, *, out_dir: str | None = None, **options: Any) -> list[Measurement]:
         """Run the metric here and now, outside a runner (tests, notebooks): options at their declared defaults
         unless given; rows a long task emits are collected and returned with the rest."""
-        defaults = self.option_record().defaults()
+        defaults = {k: v for k, v in self.option_record().defaults().items() if k != "timeout"}  # the runner's
         unknown = [k for k in options if k not in defaults]
         if unknown:
             raise TypeError(f"metric {self.name!r} has no option {unknown[0]!r} (options: {', '.join(defaults)})")
@@ -229,8 +232,8 @@ class MetricContext:
         return (row, step) in self._on_disk
 
     def emit(self, *measurements: Measurement) -> None:
-        """Stream rows now: inside a runner each is appended to the results durably before this returns to the
-        worker's next step (rows already on disk are dropped)."""
+        """Stream rows now: inside a runner this returns once they are appended to the results durably, so a
+        checkpoint saved after it never counts rows that are not on disk (rows already on disk are dropped)."""
         rows = [m for m in measurements if not self.on_disk(m.metric, m.step)]
         if self._on_rows is None:
             self._collected.extend(rows)
@@ -253,5 +256,8 @@ STATE_DIR = "state"
 
 
 def slug(text: str) -> str:
-    """A point key made safe as a file name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+    """A point key made safe as a file name; a short hash keeps keys that differ only in punctuation apart
+    (``ckpt=/a/x_y.pt`` and ``ckpt=/a/x/y.pt``), so two points never share a log or a checkpoint."""
+    import hashlib
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]
