@@ -4,7 +4,7 @@
 
 Measured: from asking dimbench.processes for a worker to the worker's first event (its first metric starting),
 for each start method. The fork server's one-time start (its imports of torch, the models and the metrics) is
-paid before the timed rounds and reported apart, as ``server_start_s`` in ``extra_info``: in a run it overlaps the
+paid before the timed rounds and reported apart, as ``first_worker_s`` in ``extra_info``: in a run it overlaps the
 runner's own set-up. CPU wall clock on the machine at hand; never asserted.
 """
 

@@ -59,18 +59,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except SuiteError as exc:
             errors.extend(exc.errors)
             continue
-        points = {dev: _count_points(suite, dev) for dev in ("cpu", "cuda")}
+        points = {dev: suite.point_count(dev) for dev in ("cpu", "cuda")}
         out.print(f"{suite.path}: ok — suite '{suite.name}', {len(suite.models)} models, "
                   f"{points['cpu']} points on cpu, {points['cuda']} on cuda")
         _print_warnings(suite)
     if errors:
         raise UserError("\n".join(errors))
     return 0
-
-
-def _count_points(suite, device_type: str) -> int:
-    s = suite.sections[device_type]
-    return sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(suite.models)
 
 
 def _print_warnings(suite) -> None:
@@ -182,7 +177,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for col in ("metric", "rows", "options", "description"):
         t.add_column(col)
     for name, m in METRICS.items():
-        rows = ", ".join(f"{r.name} ({r.unit}, {r.task})" for r in m.rows)
+        rows = ", ".join(f"{r.name} ({r.unit}, {r.task}" + (", deterministic" if r.deterministic else "")
+                         + (", per step" if r.series else "") + ")" for r in m.rows)
         options = ", ".join(f.name for f in m.option_record().fields)
         t.add_row(name, rows, options, m.description)
     out.print(t)
@@ -255,7 +251,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
-    html, pdf = build_report(path, args.output)
+    try:
+        html, pdf = build_report(path, args.output)
+    except OSError as exc:  # -o naming a file, a read-only folder, a full disk
+        raise UserError(f"{exc.filename or args.output or path}: cannot write the report ({exc.strerror or exc})") \
+            from None
     console().print(f"Report: {html}  {pdf}")
     return 0
 

@@ -31,7 +31,7 @@ from dimbench.metrics.base import STATE_DIR
 LOGS = "logs"
 LOCK_FILE = "run.lock"
 #: What --fresh moves aside (to NAME.bak), so that a new run starts from nothing.
-FRESH_MOVES = (res.RESULTS_FILE, res.ENVIRONMENT_FILE, STATE_DIR)
+FRESH_MOVES = (res.RESULTS_FILE, res.ENVIRONMENT_FILE, STATE_DIR, LOGS)
 
 
 class RunFolder:
@@ -86,7 +86,6 @@ class RunFolder:
                 if dst.is_dir():
                     shutil.rmtree(dst)
                 os.replace(src, dst)
-        shutil.rmtree(self.logs, ignore_errors=True)
 
     # --- reading
     def read_rows(self) -> tuple[list[dict[str, Any]], str | None]:
@@ -101,25 +100,29 @@ class RunFolder:
                     allow_mixed: bool) -> None:
         """Refuse a run of another suite, or of other measurement settings, into a folder that holds results.
 
-        The folder's record (environment.json) names the suite of its first run and, per device type, the
-        settings that change what a measurement gives (dimbench.suite.Settings.fingerprint). ``allow_mixed``
-        accepts the mix (rows already there are kept and not measured again).
+        The folder's record (environment.json) names the suite of its rows and, per device type, the settings
+        that change what a measurement gives (dimbench.suite.Settings.fingerprint: each metric's options). A
+        metric measured on one side only is no conflict (a suite may add metrics). ``allow_mixed`` accepts the
+        mix (rows already there are kept and not measured again).
         """
-        if record is None or allow_mixed or not self.results.exists():
+        if record is None or allow_mixed or not self.has_rows():
             return
         problems = []
         if record.get("suite") not in (None, suite):
             problems.append(f"it holds results of suite '{record.get('suite')}' ({record.get('suite_file')}), "
                             f"this run is suite '{suite}'")
-        before = (record.get("settings") or {}).get(device_type)
-        now = json.loads(json.dumps(settings, default=str))
-        if before is not None and before != now:
-            problems.append(f"its {device_type} rows were measured with other settings: "
-                            + "; ".join(_differences(before, now)))
+        before = (record.get("settings") or {}).get(device_type) or {}
+        common = sorted(set(before) & set(settings))
+        differences = _differences({m: before[m] for m in common}, {m: settings[m] for m in common})
+        if differences:
+            problems.append(f"its {device_type} rows were measured with other settings: " + "; ".join(differences))
         if problems:
             raise UserError(f"{self.path}: " + "; ".join(problems) + ". Mixing would put rows of different "
                             "measurements side by side: give this run another --out, start over here with --fresh "
                             "(the old files are kept as .bak), or pass --allow-mixed to add to it anyway")
+
+    def has_rows(self) -> bool:
+        return self.results.exists() and self.results.stat().st_size > 0
 
     # --- writing
     def append(self, rows: list[dict[str, Any]]) -> int:
@@ -146,7 +149,7 @@ def _read_holder(fd: int) -> str:
 
 
 def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
-    """'options.latency.repeats: 5 there, 2 now' for every leaf that differs."""
+    """'latency.repeats: 5 there, 2 now' for every leaf that differs."""
     if isinstance(before, dict) and isinstance(now, dict):
         out = []
         for k in sorted(set(before) | set(now), key=str):

@@ -233,7 +233,8 @@ class SuiteFile:
     cuda: dict = key(SectionType(), {}, "overrides of the section keys on a CUDA GPU")
 
 
-#: Keys a device section (cpu:, cuda:) may override; limits and options merge per metric with the top level's.
+#: Keys a device section (cpu:, cuda:) may override: its limits replace the top level's rule for each metric it
+#: names; its options are merged key by key over the top level's.
 SECTION_KEYS = ("metrics", "resolutions", "batch_sizes", "dtypes", "warmup", "repeats", "timeout", "limits",
                 "options")
 
@@ -281,12 +282,13 @@ class Settings:
         return METRICS[metric].timeout or self.timeout
 
     def fingerprint(self) -> dict[str, Any]:
-        """The settings that change what a measurement gives (options but timeouts, limits): a run folder
-        refuses another run whose fingerprint differs (see dimbench.runfolder)."""
+        """The settings that change what a measurement gives: each metric's options but its timeout (as JSON
+        would hold them). A run folder refuses another run whose fingerprint differs for a metric both measure
+        (dimbench.runfolder); limits and device sections decide where a metric runs, not what it gives."""
+        import json
+
         options = {m: {k: v for k, v in o.items() if k != "timeout"} for m, o in self.options.items()}
-        limits = {m: {k: v for k, v in dataclasses.asdict(lim).items() if k != "where" and v is not None}
-                  for m, lim in self.limits.items()}
-        return {"options": {m: o for m, o in options.items() if o}, "limits": limits}
+        return json.loads(json.dumps({m: o for m, o in options.items() if o}, default=str))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +301,11 @@ class Suite:
     out: str
     sections: dict[str, Settings]  # "cpu" / "cuda" -> merged settings
     warnings: tuple[str, ...] = ()  # FILE:LINE: warning ... (a suite that runs but is unusually large)
+
+    def point_count(self, device_type: str) -> int:
+        """How many points the suite has on "cpu" or "cuda" (models x resolutions x batch sizes x dtypes)."""
+        s = self.sections[device_type]
+        return sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(self.models)
 
     def settings_for(self, device: str) -> Settings:
         """Merged settings for a resolved device ("cpu", "cuda", "cuda:1")."""
@@ -418,6 +425,8 @@ def parse_suite(text: str, path: Path) -> Suite:
         settings["top"] = _settings(top, data, (), top, problems)
         for section in DEVICE_SECTIONS:
             settings[section] = _settings(sections[section], data.get(section) or {}, (section,), top, problems)
+    if top is not INVALID and INVALID not in sections.values():
+        _check_unmeasured(data, top, sections, problems)
     if problems:
         raise SuiteError(problems.messages())
     name = top.name or path.stem
@@ -431,16 +440,19 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
     limits = {m: dataclasses.replace(rule, where=problems.where(at + ("limits", m)) if "limits" in raw and m in
                                      raw["limits"] else problems.where(("limits", m)))
               for m, rule in ({**top.limits, **values.limits} if at else top.limits).items()}
-    given = {**top.options, **values.options} if at else dict(top.options)
     from dimbench.metrics import METRICS
 
+    # Each option, lowest first: the metric's default, the top-level key of its name (warmup, repeats), the top
+    # level's options.<metric>, then the same two from the device section.
+    layers = [(top, top.options, {"warmup", "repeats"})]
+    if at:
+        layers.append((values, values.options if "options" in raw else {}, {"warmup", "repeats"} & set(raw)))
     options = {}
     for metric in dict.fromkeys(top.metrics + values.metrics):
         resolved = dict(METRICS[metric].option_record().defaults())
-        for name in ("warmup", "repeats"):  # top-level keys that are also the timed metrics' options
-            if name in resolved:
-                resolved[name] = getattr(values, name)
-        resolved.update(given.get(metric, {}))
+        for keys, given, named in layers:
+            resolved.update({k: getattr(keys, k) for k in named if k in resolved})
+            resolved.update(given.get(metric, {}))
         options[metric] = resolved
     for table_key in ("batch_sizes", "dtypes"):
         table = getattr(values, table_key)
@@ -453,6 +465,17 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
     return Settings(metrics=values.metrics, resolutions=values.resolutions, batch_sizes=values.batch_sizes,
                     dtypes=values.dtypes, warmup=values.warmup, repeats=values.repeats, timeout=values.timeout,
                     limits=limits, options=options, metrics_where=metrics_where)
+
+
+def _check_unmeasured(data: dict, top: SuiteFile, sections: dict, problems: _Located) -> None:
+    """limits and options name only metrics the suite measures somewhere (a rule for another would do nothing)."""
+    measured = list(dict.fromkeys(top.metrics + tuple(m for s in sections.values() for m in s.metrics)))
+    for at, raw in [((), data)] + [((s,), data[s]) for s in DEVICE_SECTIONS if isinstance(data.get(s), dict)]:
+        for table in ("limits", "options"):
+            for metric in raw.get(table) or {}:
+                if metric not in measured:
+                    problems.expected(at + (table, metric), f"a metric the suite measures ({', '.join(measured)})",
+                                      metric)
 
 
 def _check_geometry(data: dict, problems: _Located) -> None:
@@ -486,8 +509,7 @@ def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
 
     out = []
     for section in DEVICE_SECTIONS:
-        s = suite.sections[section]
-        points = sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(suite.models)
+        points = suite.point_count(section)
         if points > LARGE_SWEEP_POINTS:
             out.append(f"{problems.where(('resolutions',))}: warning: on {section} this suite has {points} points "
                        f"(models x resolutions x batch sizes x dtypes); each runs in its own worker")
@@ -599,10 +621,13 @@ def schema_markdown() -> str:
              "do not edit by hand.", ""]
     lines += document(Record(SuiteFile), "## Top-level keys")
     lines += ["", f"A device section (`cpu:`, `cuda:`) may override: {', '.join(f'`{k}`' for k in SECTION_KEYS)}. "
-              "Its `limits` and `options` replace the top level's for the metrics it names.", ""]
+              "Its `limits` replace the top level's rule for each metric it names; its `options` are merged key by "
+              "key over the top level's.", ""]
     lines += document(Record(Limit), "## `limits.<metric>`")
     lines += ["", "## `options.<metric>`", "",
-              "Options that are also top-level keys (`warmup`, `repeats`) take the top-level value unless set here."]
+              "Options that are also top-level keys (`warmup`, `repeats`) take the key's value unless set here. "
+              "Each option, lowest first: the metric's default, the top-level key, the top level's `options`, the "
+              "device section's key, the device section's `options`."]
     for name, metric in METRICS.items():
         lines += [""] + document(metric.option_record(), f"### `{name}`")
     return "\n".join(lines) + "\n"

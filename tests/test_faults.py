@@ -76,27 +76,68 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, write_suite):
     _unique(out)
 
 
+TIMED = TWO_MODELS.format(timeout=600).replace("metrics: [params, flops]", "metrics: [params, latency]") + \
+    "warmup: 0\nrepeats: 1\n"
+
+
 def test_another_suite_or_other_settings_are_refused_unless_asked(tmp_path, write_suite):
     out = tmp_path / "out"
-    assert run_cli("run", str(write_suite(TWO_MODELS.format(timeout=600))), "--out", str(out),
-                   "--no-report").returncode == 0
+    assert run_cli("run", str(write_suite(TIMED)), "--out", str(out), "--no-report").returncode == 0
     before = _unique(out)
 
-    other = write_suite(TWO_MODELS.format(timeout=600).replace("name: tiny", "name: other"), "other.yaml")
+    other = write_suite(TIMED.replace("name: tiny", "name: other"), "other.yaml")
     _clean_failure(run_cli("run", str(other), "--out", str(out), "--no-report"),
                    "it holds results of suite 'tiny'", "this run is suite 'other'", "--fresh", "--allow-mixed")
 
-    limited = write_suite(TWO_MODELS.format(timeout=600) + "limits:\n  flops: {models: [dit_s_2]}\n", "limited.yaml")
-    _clean_failure(run_cli("run", str(limited), "--out", str(out), "--no-report"),
-                   "its cpu rows were measured with other settings: limits.flops: null there, "
-                   '{"models": ["dit_s_2"]} now')
+    slower = write_suite(TIMED.replace("repeats: 1", "repeats: 3"), "slower.yaml")
+    _clean_failure(run_cli("run", str(slower), "--out", str(out), "--no-report"),
+                   "its cpu rows were measured with other settings: latency.repeats: 1 there, 3 now")
     assert read_jsonl(out / "results.jsonl") == before  # nothing written by the refused runs
 
-    mixed = run_cli("run", str(limited), "--out", str(out), "--no-report", "--allow-mixed")
+    mixed = run_cli("run", str(slower), "--out", str(out), "--no-report", "--allow-mixed")
     assert mixed.returncode == 0, mixed.stderr
     assert _unique(out) == before  # every point was complete: nothing measured again
     env = json.loads((out / "environment.json").read_text())
-    assert env["runs"][-1]["settings"]["limits"] == {"flops": {"models": ["dit_s_2"]}}
+    assert env["runs"][-1]["settings"]["latency"] == {"warmup": 0, "repeats": 3}
+
+    # a metric added to the suite is no conflict: it is measured, the rest is kept
+    more = write_suite(TIMED.replace("[params, latency]", "[params, latency, flops]"), "more.yaml")
+    assert run_cli("run", str(more), "--out", str(out), "--no-report").returncode == 0
+    rows = _unique(out)
+    assert rows[: len(before)] == before and {r["metric"] for r in rows[len(before):]} == {"gmacs", "gflops"}
+
+
+def test_a_metric_skipped_by_the_suite_is_measured_once_the_suite_asks_for_it(tmp_path, write_suite):
+    out = tmp_path / "out"
+    text = TWO_MODELS.format(timeout=600) + "cpu:\n  metrics: [params]\n"
+    assert run_cli("run", str(write_suite(text)), "--out", str(out), "--no-report").returncode == 0
+    latest = {(r["point_key"], r["metric"]): r for r in results.latest(results.read_rows(out))}
+    assert latest[(DIT, "gmacs")]["status"] == "skipped"
+
+    proc = run_cli("run", str(write_suite(text.replace("[params]", "[params, flops]"))), "--out", str(out),
+                   "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    latest = {(r["point_key"], r["metric"]): r for r in results.latest(results.read_rows(out))}
+    assert latest[(DIT, "gmacs")]["status"] == latest[(UVIT, "gflops")]["status"] == "ok"
+    params = [r for r in read_jsonl(out / "results.jsonl") if r["metric"] == "params"]
+    assert len(params) == 2  # one per point: what was measured is not measured again
+
+
+def test_a_folder_whose_first_run_wrote_nothing_takes_the_next_suite(tmp_path, write_suite):
+    out = tmp_path / "out"
+    first = _start(["run", str(write_suite(TWO_MODELS.format(timeout=600))), "--out", str(out), "--no-report"],
+                   DIMBENCH_INJECT_FAULT="#params=hang")
+    assert first.stdout.readline().startswith("Suite tiny")  # the run began (its record is written), no row yet
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=120)
+    assert not (out / "results.jsonl").exists() or not read_jsonl(out / "results.jsonl")
+
+    other = write_suite(TWO_MODELS.format(timeout=600).replace("name: tiny", "name: other"), "other.yaml")
+    for _ in range(2):  # the run, then its resume
+        proc = run_cli("run", str(other), "--out", str(out), "--no-report")
+        assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "environment.json").read_text())["suite"] == "other"
+    assert len(_unique(out)) == 8
 
 
 # ------------------------------------------------------------------------------------------------ resuming

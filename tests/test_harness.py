@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,7 +117,6 @@ TOY_TRAIN = Metric(
              Field("checkpoint_every", Integer(1), 2, "steps between checkpoints"),
              Field("hold_at", Integer(0), 0, "step at which to wait for OUT/release (0: never)")),
     timeout=math.inf,
-    long=True,
 )
 
 
@@ -235,8 +235,8 @@ def test_long_task_killed_with_sigkill_resumes_from_its_checkpoint(tmp_path):
         runner.kill()  # SIGKILL: no chance to clean up
         runner.wait()
     assert not any(r["metric"] == "toy_steps" for r in before_kill)  # it was cut off mid-way
-    assert json.loads((out / "state" / "dit_s_2_r32_b1_float32_cpu" / "toy_train" / "checkpoint.json")
-                      .read_text()) == {"step": 4}
+    (state,) = (out / "state").glob("dit_s_2_r32_b1_float32_cpu-*")  # the point key as a file name, and its hash
+    assert json.loads((state / "toy_train" / "checkpoint.json").read_text()) == {"step": 4}
 
     (out / "release").touch()
     proc = subprocess.run(args, env=_plugin_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -327,3 +327,82 @@ def test_killing_the_fork_server_loses_nothing(tmp_path):
             == list(range(1, 13))
         assert {r["metric"] for r in rows if r["point_key"] == key} == {"toy_loss", "toy_steps", "params",
                                                                           "params_trainable"}
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment holds ``mark`` (the runner's workers inherit it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
+def test_a_long_task_never_checkpoints_past_rows_that_are_not_on_disk(tmp_path):
+    """The runner is frozen (SIGSTOP: it reads nothing more) and then killed while a long task streams one row and
+    one checkpoint per step: every step up to the last checkpoint must be on disk, since ``ctx.emit`` returns
+    only once the runner has written the rows."""
+    import uuid
+
+    suite = tmp_path / "long.yaml"
+    suite.write_text(LONG_SUITE.replace("{steps: 12, checkpoint_every: 4, hold_at: 7}",
+                                        "{steps: 100000, checkpoint_every: 1, hold_at: 0}"))
+    out = tmp_path / "out"
+    mark = f"DIMBENCH_TEST_MARK_{uuid.uuid4().hex}"
+    runner = subprocess.Popen(_cli("run", str(suite), "--out", str(out), "--no-report"),
+                              env=_plugin_env(DIMBENCH_TEST_MARK=mark), cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # the task is streaming
+            rows = results.read_rows(out) if (out / "results.jsonl").exists() else []
+            if sum(r["metric"] == "toy_loss" for r in rows) >= 20:
+                break
+            assert runner.poll() is None, runner.communicate()[1]
+            time.sleep(0.05)
+        else:
+            pytest.fail("the long task's rows never reached the results file")
+        runner.send_signal(signal.SIGSTOP)
+    finally:
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + 60
+    while _marked(mark) and time.monotonic() < deadline:  # the worker sees its runner gone, and exits
+        time.sleep(0.1)
+    assert _marked(mark) == []
+    (state,) = (out / "state").glob("dit_s_2_r32_b1_float32_cpu-*")
+    last = json.loads((state / "toy_train" / "checkpoint.json").read_text())["step"]
+    on_disk = {r["extra"]["step"] for r in read_jsonl(out / "results.jsonl") if r["metric"] == "toy_loss"}
+    assert set(range(1, last + 1)) <= on_disk, f"checkpoint at step {last}, rows missing: " \
+        f"{sorted(set(range(1, last + 1)) - on_disk)[:10]}"
+
+
+def test_a_metric_defined_in_the_running_script_is_a_clear_error(tmp_path):
+    """Workers cannot import ``__main__``: a metric defined there is refused up front, by name."""
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from dimbench.metrics import Measurement, Metric, Row, register_metric\n"
+        "from dimbench.runner import Runner\n"
+        "from dimbench.suite import expand, parse_suite\n"
+        "def mine(point, ctx):\n"
+        "    return [Measurement('mine_ms', 1.0, None, 'made up')]\n"
+        "if __name__ == '__main__':\n"
+        "    register_metric(Metric('mine', (Row('mine_ms', 'ms', 'mine'),), mine, 'defined in a script'))\n"
+        f"    suite = parse_suite('models: [dit_s_2]\\nresolutions: [32]\\nmetrics: [mine]\\ndevice: cpu\\n', "
+        f"Path({str(tmp_path / 's.yaml')!r}))\n"
+        "    try:\n"
+        f"        Runner(expand(suite, out={str(tmp_path / 'out')!r})).run()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n")
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("UserError mine is defined in the script being run (__main__), which worker "
+                                   "processes do not import: define metrics and models in an importable module")

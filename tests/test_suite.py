@@ -65,6 +65,9 @@ BAD = {
     "metric option": ("models: [dit_s_2]\nresolutions: [32]\noptions:\n  fvcore: {max_gmac: 3}\n", 4,
                       r"key 'options.fvcore.max_gmac': expected one of the options of metric 'fvcore' \(max_gmacs, "
                       r"timeout\), got unknown key 'max_gmac'"),
+    "option of an unmeasured metric": ("models: [dit_s_2]\nresolutions: [32]\noptions:\n  fvcore: {max_gmacs: 3}\n",
+                                       4, r"key 'options.fvcore': expected a metric the suite measures \(params, "
+                                       r"flops\), got 'fvcore'"),
     "per-resolution table": ("models: [dit_s_2]\nresolutions: [32, 64]\nbatch_sizes: {32: [4]}\n", 3,
                              r"key 'batch_sizes': expected an entry for every resolution \(32, 64\), got none "
                              r"for 64"),
@@ -186,3 +189,18 @@ def test_shipped_suites_are_valid_and_plan_as_documented():
 
     smoke = load_suite(ROOT / "suites" / "smoke.yaml")
     assert len(expand(smoke, device="cpu", out="unused").points) == 6
+
+
+def test_device_sections_merge_options_key_by_key(tmp_path):
+    """Each option, lowest first: the metric's default, the top-level key, the top level's options, the section's
+    key, the section's options."""
+    text = ("models: [dit_s_2]\nresolutions: [32]\nmetrics: [latency]\nrepeats: 7\n"
+            "options:\n  latency: {warmup: 4, timeout: 30}\n"
+            "cpu:\n  options:\n    latency: {repeats: 3}\n"
+            "cuda:\n  warmup: 9\n")
+    suite = parse_suite(text, tmp_path / "merge.yaml")
+    assert suite.sections["cpu"].options["latency"] == {"warmup": 4, "repeats": 3, "timeout": 30.0}
+    assert suite.sections["cuda"].options["latency"] == {"warmup": 9, "repeats": 7, "timeout": 30.0}
+    assert suite.sections["cpu"].timeout_of("latency") == 30.0 and suite.sections["cuda"].timeout_of("latency") == 30
+    assert suite.base.timeout_of("latency") == 30.0
+    assert parse_suite("models: [dit_s_2]\nresolutions: [32]\n", tmp_path / "d.yaml").base.timeout_of("params") == 600

@@ -31,11 +31,16 @@ def build_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     out.mkdir(parents=True, exist_ok=True)
     html_path = out / "report.html"
     pdf_path = out / "report.pdf"
-    # Write to a temporary name first so a crash never leaves a half-written report looking complete.
+    # Write to a temporary name first so a crash never leaves a half-written report looking complete, and no
+    # temporary file behind either.
     tmp = html_path.with_suffix(".html.tmp")
-    tmp.write_text(html_render.render(report), encoding="utf-8")
-    tmp.replace(html_path)
     tmp_pdf = pdf_path.with_suffix(".pdf.tmp")
-    pdf_render.render(report, tmp_pdf)
-    tmp_pdf.replace(pdf_path)
+    try:
+        tmp.write_text(html_render.render(report), encoding="utf-8")
+        tmp.replace(html_path)
+        pdf_render.render(report, tmp_pdf)
+        tmp_pdf.replace(pdf_path)
+    finally:
+        for leftover in (tmp, tmp_pdf):
+            leftover.unlink(missing_ok=True)
     return html_path, pdf_path
