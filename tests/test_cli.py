@@ -135,6 +135,13 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     assert cli.report_after_run(tmp_path, console()) is False
     assert "report not built: RuntimeError: no fonts" in capsys.readouterr().out
 
+    # -o naming a file: one line, exit 2, no temporary file left behind
+    monkeypatch.undo()
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(dimbench.report, "build_report", lambda d, o=None: (Path(o) / "report.html").write_text(""))
+    assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.startswith(f"dimbench: error: {tmp_path / 'taken'}")
+
     # a report error meant for the user (an empty results file) is one line and exit 2, no traceback
     monkeypatch.undo()
     assert cli.main(["report", str(tmp_path)]) == 2

@@ -301,6 +301,7 @@ def test_fresh_moves_old_results_aside(tmp_path):
     old = [{"point_key": "dit_s_2|r32|b1|float32|cpu", "metric": "params", "status": "ok", "value": 1.0}]
     results.append_rows(out, old)
     (out / "state").mkdir()
+    (out / "logs").mkdir()
     folder = RunFolder(out)
     assert folder.read_rows() == (old, None)  # a resume reads them
     folder.close()
@@ -309,6 +310,7 @@ def test_fresh_moves_old_results_aside(tmp_path):
     folder.close()
     assert read_jsonl(out / "results.jsonl.bak") == old and not (out / "results.jsonl").exists()
     assert (out / "state.bak").is_dir() and not (out / "state").exists()
+    assert (out / "logs.bak").is_dir() and list((out / "logs").iterdir()) == []  # old rows' log references hold
 
 
 def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
