@@ -58,7 +58,7 @@ def test_flops_scale_with_batch_and_report_per_image():
 
 
 def test_attention_share_grows_with_resolution_as_published():
-    """baselines.md: attention is about 4 % of DiT-XL/2 at 256 px, 37 % at 1024, 70 % at 2048."""
+    """docs/method.md: attention is about 4 % of DiT-XL/2 at 256 px, 37 % at 1024, 70 % at 2048."""
     shares = [count_point_flops(point("dit_xl_2", s)).share("attention") for s in (32, 128, 256)]
     assert shares[0] == pytest.approx(0.04, abs=0.01)
     assert shares[1] == pytest.approx(0.37, abs=0.02)
@@ -135,7 +135,7 @@ def test_scan_counted_per_its_formula_inside_dim():
     mixers = [m for m in model.modules() if hasattr(m, "d_inner") and hasattr(m, "d_state")]
     assert len(mixers) == depth
     grid = input_size // 2
-    length = 2 + 3 + (grid + 3) ** 2  # dim.md: [t, y, q1..q3, padded grid]
+    length = 2 + 3 + (grid + 3) ** 2  # docs/models.md §4: [t, y, q1..q3, padded grid]
     per_block = models.scan.scan_flops(batch, mixers[0].d_inner, length, mixers[0].d_state, True, True)
     assert count.by_op["dimbench_scan.selective_scan"] == depth * per_block
     assert count.by_category()["scan"] == depth * per_block

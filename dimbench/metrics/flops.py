@@ -1,6 +1,6 @@
 """FLOPs per forward pass, counted with torch.utils.flop_counter.FlopCounterMode on the meta device.
 
-Conventions (measurement.md): FlopCounterMode counts 2 FLOPs per multiply-add; the papers' "GFLOPs" are
+Conventions (docs/method.md): FlopCounterMode counts 2 FLOPs per multiply-add; the papers' "GFLOPs" are
 multiply-adds. Both are reported under unambiguous names: ``gflops`` = counted FLOPs / 1e9 and
 ``gmacs`` = counted FLOPs / 2 / 1e9. Only the ops FlopCounterMode has formulas for are counted: matrix products,
 convolutions, attention and the selective scan (a custom op with its own registered formula); elementwise ops,
