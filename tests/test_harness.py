@@ -329,19 +329,6 @@ def test_killing_the_fork_server_loses_nothing(tmp_path):
                                                                           "params_trainable"}
 
 
-def _marked(mark: str) -> list[int]:
-    """Live processes whose environment holds ``mark`` (the runner's workers inherit it)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the workers through /proc")
 def test_a_long_task_never_checkpoints_past_rows_that_are_not_on_disk(tmp_path):
     """The runner is frozen (SIGSTOP: it reads nothing more) and then killed while a long task streams one row and
@@ -371,10 +358,12 @@ def test_a_long_task_never_checkpoints_past_rows_that_are_not_on_disk(tmp_path):
     finally:
         runner.kill()
         runner.wait()
+    from conftest import marked_processes
+
     deadline = time.monotonic() + 60
-    while _marked(mark) and time.monotonic() < deadline:  # the worker sees its runner gone, and exits
+    while marked_processes(mark) and time.monotonic() < deadline:  # the worker sees its runner gone, and exits
         time.sleep(0.1)
-    assert _marked(mark) == []
+    assert marked_processes(mark) == []
     (state,) = (out / "state").glob("dit_s_2_r32_b1_float32_cpu-*")
     last = json.loads((state / "toy_train" / "checkpoint.json").read_text())["step"]
     on_disk = {r["extra"]["step"] for r in read_jsonl(out / "results.jsonl") if r["metric"] == "toy_loss"}

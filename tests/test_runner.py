@@ -4,7 +4,6 @@ the sweep goes on, a killed run resumed without recomputing, and the worker's pr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli
+from conftest import ROOT, TINY_SUITE, cli_env, marked_processes, read_jsonl, run_cli
 from dimbench import results
 from dimbench.metrics import METRICS, Measurement, Metric, Row, SkipMetric
 from dimbench.points import SweepPoint
@@ -233,19 +232,6 @@ def test_hung_metric_is_killed_at_its_timeout_and_the_point_goes_on(tmp_path, wr
     assert len(results.read_rows(out)) == len(rows) + 2  # the two retried rows, nothing else written again
 
 
-def _marked_processes(mark: str) -> list[int]:
-    """Pids of live processes whose environment holds ``mark`` (the runner's workers inherit it)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark.encode() in f.read():
-                    found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc to find leftover workers")
 def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
@@ -271,9 +257,9 @@ def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
         runner.wait()
     # the workers notice their runner is gone and exit by themselves
     deadline = time.monotonic() + 10
-    while _marked_processes(mark) and time.monotonic() < deadline:
+    while marked_processes(mark) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert _marked_processes(mark) == []
+    assert marked_processes(mark) == []
 
     before = read_jsonl(out / "results.jsonl")
     with open(out / "results.jsonl", "a") as f:
