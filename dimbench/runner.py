@@ -133,7 +133,7 @@ class Runner:
             self.disk.setdefault(row.get("point_key"), []).append(row)
         jobs, skip_rows, complete = self._plan()
         method = processes.start_method(self.plan.device)
-        ctx = processes.context(method) if jobs else None  # a fork server starts now, beside what follows
+        ctx = processes.context(method) if jobs else None  # (the CLI may have started the fork server already)
         entry = self._record_start(record)
         try:
             self._append(skip_rows)
