@@ -29,7 +29,7 @@ from torch._guards import detect_fake_mode
 from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
-from .registry import Family, Timestep, register_family, register_model
+from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 from .scan import selective_scan
 
 __all__ = [
@@ -552,6 +552,9 @@ FAMILY = register_family(Family(
     options={"pad_layout": PAD_LAYOUTS},
     module_types=(DiM,),
     checkpoints=CHECKPOINTS,
+    # dim.md §5-7: SD scaled-linear betas, DPM-Solver++ with 50 evaluations, s = 0.4 at 256 px; the fine-tune
+    # at a higher resolution switches the pad layout to cyclic (§6).
+    diffusion=DiffusionRecipe("sd_scaled_linear", "dpm_solver++", 50, 0.4, finetune={"pad_layout": "cyclic"}),
 ))
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -603,4 +606,20 @@ def dim_l_2(**kwargs) -> DiM:
     width=1536,
 )
 def dim_h_2(**kwargs) -> DiM:
+    return DiM(**kwargs)
+
+
+@register_model(
+    "dim_tiny_4",
+    family="dim",
+    official="dimbench",
+    description="dimbench's tiny DiM for CPU quality checks: 5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes",
+    input_size=16,
+    in_channels=1,
+    num_classes=10,
+    patch_size=4,
+    depth=5,
+    width=64,
+)
+def dim_tiny_4(**kwargs) -> DiM:
     return DiM(**kwargs)

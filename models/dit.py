@@ -28,7 +28,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
-from .registry import Family, Timestep, register_family, register_model
+from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 
 TIME_FREQ_DIM = 256  # width of DiT's timestep frequency embedding
 
@@ -276,6 +276,8 @@ FAMILY = register_family(Family(
     sizes={(depth, width): letter.upper() for letter, (depth, width, _) in _SIZES.items()},
     module_types=(DiT,),
     checkpoints=CHECKPOINTS,
+    # baselines.md: linear betas 1e-4 -> 0.02, ε-MSE plus the learned-variance term, 250 DDPM steps, w = 1.5.
+    diffusion=DiffusionRecipe("linear", "ddpm", 250, 0.5),
 ))
 
 # ---- official configurations (docs/models.md §2.2): each size with patch 2, 4 and 8 ----
@@ -289,3 +291,12 @@ for _size, (_depth, _width, _heads) in _SIZES.items():
             input_size=32, in_channels=4, num_classes=1000, patch_size=_patch, depth=_depth, width=_width,
             heads=_heads,
         )(DiT)  # fmt: skip
+
+# ---- dimbench's own size (official="dimbench"): the tiny model of the CPU quality checks, matched to
+# dim_tiny_4 and uvit_tiny_4 (5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes) ----
+register_model(
+    "dit_tiny_4", family="dit", official="dimbench",
+    description="dimbench's tiny DiT for CPU quality checks: 5 blocks, width 64, 4 heads, patch 4, 1-channel 16 px, "
+    "10 classes, learned sigma",
+    input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=5, width=64, heads=4,
+)(DiT)  # fmt: skip

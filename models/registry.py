@@ -48,6 +48,24 @@ class Timestep:
 
 
 @dataclasses.dataclass(frozen=True)
+class DiffusionRecipe:
+    """How a family's official code trains and samples; :mod:`models.diffusion` implements each piece.
+
+    ``schedule`` names a :data:`models.diffusion.SCHEDULES` entry; ``sampler`` one of ``models.diffusion``'s
+    samplers ("dpm_solver++", "dpm_solver", "ddim", "ddpm", "euler_maruyama") with ``sample_steps`` function
+    evaluations; ``guidance`` is the classifier-free guidance scale in the U-ViT/DiM convention
+    (ε = ε_c + s·(ε_c − ε_u); DiT's w = s + 1). ``finetune`` holds the constructor options a model takes when
+    it is fine-tuned from a lower resolution (weak-to-strong; DiM switches its pad layout to "cyclic").
+    """
+
+    schedule: str
+    sampler: str
+    sample_steps: int
+    guidance: float
+    finetune: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """What dimbench knows about a model family, declared once in the family's own file.
 
@@ -57,7 +75,8 @@ class Family:
     what a checkpoint holds. ``options`` lists the constructor options a suite may set on this family's models,
     with their allowed values (DiM: ``pad_layout``). ``checkpoints`` is the family's
     :class:`models.checkpoints.CheckpointSupport` (None: the family's weights cannot be loaded from files).
-    ``module_types`` are the classes of the family's models, to tell the family of a built model.
+    ``module_types`` are the classes of the family's models, to tell the family of a built model. ``diffusion``
+    is its :class:`DiffusionRecipe` (None: dimbench does not train or sample it).
     """
 
     name: str
@@ -70,6 +89,7 @@ class Family:
     options: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     module_types: tuple[type, ...] = ()
     checkpoints: Any = None
+    diffusion: DiffusionRecipe | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

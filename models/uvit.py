@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import resize_grid_pos_embed, timestep_sinusoid
-from .registry import Family, Timestep, register_family, register_model
+from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 
 
 class PatchEmbed(nn.Module):
@@ -310,6 +310,8 @@ FAMILY = register_family(Family(
     sizes={(12, 512): "S", (16, 768): "M", (20, 1024): "L", (28, 1152): "H"},
     module_types=(UViT,),
     checkpoints=CHECKPOINTS,
+    # baselines.md: SD scaled-linear betas (as DiM), DPM-Solver with 50 evaluations, s = 0.4 at 256 px.
+    diffusion=DiffusionRecipe("sd_scaled_linear", "dpm_solver++", 50, 0.4),
 ))
 
 # ---- official configurations (docs/models.md §2.3) ----
@@ -343,4 +345,11 @@ _register(
 _register(
     "uvit_h_4", "imagenet512_uvit_huge", "U-ViT-H/4, ImageNet-512 latents, 1000 classes + null, no output conv",
     input_size=64, in_channels=4, num_classes=1000, patch_size=4, depth=28, width=1152, heads=16, conv=False,
+)  # fmt: skip
+
+# ---- dimbench's own size (official="dimbench"), matched to dim_tiny_4 and dit_tiny_4 ----
+_register(
+    "uvit_tiny_4", "dimbench", "dimbench's tiny U-ViT for CPU quality checks: 5 blocks (config depth 4: 2 in, 1 mid, "
+    "2 out), width 64, 4 heads, patch 4, 1-channel 16 px, 10 classes + null, 3x3 output conv",
+    input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=4, width=64, heads=4, conv=True,
 )  # fmt: skip
