@@ -82,14 +82,30 @@ class Type:
 
 @dataclasses.dataclass(frozen=True)
 class Integer(Type):
+    """An integer >= ``minimum``; ``none`` names what null means, when null is allowed."""
+
     minimum: int | None = None
+    none: str | None = None
 
     @property
     def expected(self) -> str:
-        return "an integer" + (f" >= {self.minimum}" if self.minimum is not None else "")
+        text = "an integer" + (f" >= {self.minimum}" if self.minimum is not None else "")
+        return text + (f", or null ({self.none})" if self.none else "")
 
     def check(self, value, path, problems):
+        if value is None and self.none:
+            return None
         if not is_int(value) or (self.minimum is not None and value < self.minimum):
+            return problems.expected(path, self.expected, value)
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Boolean(Type):
+    expected: str = "true or false"
+
+    def check(self, value, path, problems):
+        if not isinstance(value, bool):
             return problems.expected(path, self.expected, value)
         return value
 
