@@ -1,0 +1,233 @@
+"""The ``train`` metric: train the point's model as a diffusion model, as a long task inside the runner.
+
+At a point it trains from scratch on the suite's data at the point's resolution, with the point's batch (the
+global batch of one optimizer step) and dtype (float32, or autocast in bfloat16/float16). With the option
+``weak_to_strong_from: R`` a point at a resolution above R is a *weak-to-strong* fine-tune instead (dim.md §6):
+the model trained at R px (the same model, batch and dtype, earlier in the run) is loaded into the model for the
+point's grid (position embedding resized by the family's loader; the family's fine-tune options applied, DiM's
+pad layout "cyclic"), its trained weights start both the model and the EMA, and it is fine-tuned with the
+``finetune_*`` options.
+
+The loss of every ``log_every`` steps is streamed as a ``train_loss`` row (with its step) while training goes
+on; the checkpoint (model, EMA, optimizer, step) lives in the metric's state folder and is written at multiples
+of ``log_every``, so an interrupted run resumes where its last checkpoint was and writes the same curve. Other
+metrics at the point (``quality``, ``upsample``) read the trained EMA weights from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import models
+from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
+from dimbench.metrics.common import resolve_device
+from dimbench.points import SweepPoint
+from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from models.diffusion import SCHEDULES
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def train_state_path(out_dir: str | Path, point: SweepPoint) -> Path:
+    """Where the ``train`` metric keeps the training checkpoint of ``point`` in the run folder ``out_dir``."""
+    return Path(out_dir) / STATE_DIR / slug(point.key) / "train" / CHECKPOINT
+
+
+def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
+    """The same model, batch, dtype and device at another resolution."""
+    from dimbench.suite import input_size_for
+
+    return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
+
+
+def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str = "ema",
+                 device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model the ``train`` metric finished at ``point`` (its EMA weights unless ``weights="model"``), in
+    eval mode, and the checkpoint's facts (step, config). RuntimeError when there is none or it is unfinished."""
+    from dimbench.training import load_training_state
+
+    if out_dir is None:
+        raise RuntimeError("needs the run folder (the trained checkpoint is in it): run it in a suite")
+    path = train_state_path(out_dir, point)
+    if not path.exists():
+        raise RuntimeError(f"no trained model for {point.key}: the train metric has not run at this point "
+                           f"(expected {path})")
+    state = load_training_state(path)
+    if int(state["step"]) < int(state["config"]["steps"]):
+        raise RuntimeError(f"the training of {point.key} stopped at step {state['step']} of "
+                           f"{state['config']['steps']}: run the suite again to finish it")
+    with torch.device(device):
+        model = models.create_model(point.model, **_build_kwargs(state["model_config"], point))
+    model.load_state_dict(state[weights])
+    model.model_name = point.model
+    return model.eval(), {"step": int(state["step"]), "config": state["config"]}
+
+
+def _build_kwargs(saved: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
+    kwargs = dict(saved) if saved else {"input_size": point.input_size}
+    kwargs["input_size"] = point.input_size
+    return kwargs
+
+
+def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool):
+    """The :class:`TrainConfig` of this point from the metric's options (``finetune_*`` when fine-tuning)."""
+    from dimbench.training import TrainConfig
+
+    o = ctx.options
+    pick = (lambda k: o[f"finetune_{k}"]) if finetune else (lambda k: o[k])
+    return TrainConfig(
+        steps=pick("steps"), batch=point.batch, lr=pick("lr"), warmup=pick("warmup"),
+        weight_decay=pick("weight_decay"), label_drop=pick("label_drop"), betas=(o["beta1"], o["beta2"]),
+        eps=o["adam_eps"], grad_clip=o["grad_clip"] or None, ema=o["ema"], precision=point.dtype,
+        grad_accum=o["grad_accum"], activation_checkpointing=o["activation_checkpointing"],
+        schedule=o["schedule"] or _family(point).diffusion.schedule, seed=o["seed"], log_every=o["log_every"],
+        checkpoint_every=o["checkpoint_every"],
+    )  # fmt: skip
+
+
+def _family(point: SweepPoint) -> models.Family:
+    fam = models.family_of_model(point.model)
+    if fam.diffusion is None:
+        raise ValueError(f"{fam.display} declares no diffusion recipe (models.registry.DiffusionRecipe)")
+    return fam
+
+
+def build_for_training(model_name: str, input_size: int, *, channels: int, seed: int, device: torch.device,
+                       pad_layout: str | None = None, init_from: torch.nn.Module | None = None,
+                       init_what: str = "") -> tuple[torch.nn.Module, dict | None, str]:
+    """The model to train, its initial state_dict (None: its seeded initialisation) and how it starts, in words.
+
+    With ``init_from`` (a model trained at a lower resolution) this is weak-to-strong (dim.md §6): the family's
+    fine-tune options (DiM: pad layout "cyclic") unless ``pad_layout`` is given, and ``init_from``'s weights
+    loaded with the position embedding resized; they start both the model and its EMA.
+    """
+    fam = models.family_of_model(model_name)
+    if fam.diffusion is None:
+        raise ValueError(f"{fam.display} declares no diffusion recipe (models.registry.DiffusionRecipe)")
+    overrides: dict[str, Any] = dict(fam.diffusion.finetune) if init_from is not None else {}
+    if pad_layout:
+        overrides["pad_layout"] = pad_layout  # an explicit choice wins
+    overrides["in_channels"] = channels
+    if init_from is not None:  # the trained model's own constructor options (classes, channels, sizes)
+        overrides = {**same_architecture(init_from), **overrides}
+    overrides["input_size"] = input_size
+    torch.manual_seed(seed)  # the initial weights follow the seed (the quality metric rebuilds them)
+    with torch.device(device):
+        model = models.create_model(model_name, **overrides)
+    if init_from is None:
+        return model, None, "from scratch"
+    models.load_resized_state_dict(model, init_from.state_dict())
+    changed = ", ".join(f"{k}={v}" for k, v in fam.diffusion.finetune.items())
+    how = f"weak-to-strong: fine-tuned from {init_what} (position embedding resized{', ' + changed if changed else ''})"
+    return model, model.state_dict(), how
+
+
+def same_architecture(model: torch.nn.Module) -> dict[str, Any]:
+    """The constructor options that rebuild ``model`` (its ``config``)."""
+    config = getattr(model, "config", None)
+    if not isinstance(config, dict):
+        raise RuntimeError(f"{type(model).__name__} does not state its constructor options (.config)")
+    return dict(config)
+
+
+def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
+    from dimbench.data import load_data
+    from dimbench.training import Trainer
+
+    device = resolve_device(point)
+    fam = _family(point)
+    source = ctx.options["weak_to_strong_from"]
+    finetune = source is not None and point.resolution > source
+    config = train_config(ctx, point, finetune)
+    data = load_data(ctx.options["data"], point.input_size, "train")
+    low, what = None, ""
+    if finetune:
+        # dim.md §6: the non-EMA weights of the low-resolution run start both the model and its EMA.
+        low, facts = load_trained(ctx.out_dir, point_at(point, source), weights="model")
+        what = f"the {source} px model (its non-EMA weights at step {facts['step']})"
+    model, init_state, start = build_for_training(point.model, point.input_size, channels=data.channels,
+                                                  seed=config.seed, device=device, pad_layout=point.pad_layout,
+                                                  init_from=low, init_what=what)
+    state_path = ctx.state_dir / CHECKPOINT
+    trainer = Trainer(model, data, config, timestep=fam.timestep, device=device, state_path=state_path,
+                      init_state=init_state)
+    method = (f"{config.describe()}; {start}; data {data.source}; loss = ε-MSE"
+              + (" + learned-variance VLB" if _learns_sigma(model, data.channels) else "")
+              + f"; mean over each window of {config.log_every} steps")
+
+    def on_log(step: int, info: dict[str, Any]) -> None:
+        extra = {"step": step, **{k: v for k, v in info.items() if v is not None}}
+        ctx.emit(Measurement("train_loss", float(info["loss"]), None, method, extra))
+
+    def on_step(step: int, loss: float) -> None:
+        ctx.progress(step, config.steps, loss=round(loss, 4))
+
+    result = trainer.run(on_log=on_log, on_step=on_step)
+    last = [log["loss"] for log in result.logs[-5:]]  # the checkpoint keeps the curve, resumed or not
+    final_extra = {"steps": result.steps, "resumed_from": result.resumed_from, "stage": start,
+                   "checkpoint": str(state_path.relative_to(ctx.out_dir)) if ctx.out_dir else str(state_path)}
+    rows = [Measurement("train_loss_final", float(sum(last) / len(last)), None,
+                        f"mean of the last {len(last)} logged windows; {method}", final_extra)]
+    if result.images_per_s is not None:
+        rows.append(Measurement("train_images_per_s", result.images_per_s, None,
+                                f"training images per second: median over the logged windows "
+                                f"(wall clock, checkpoint writes excluded), {device.type}", final_extra))
+    else:
+        rows.append(Measurement("train_images_per_s", None, None, "", final_extra, status="skipped",
+                                error="no window was timed in this invocation"))
+    return rows
+
+
+def _learns_sigma(model: torch.nn.Module, channels: int) -> bool:
+    return int(getattr(model, "out_channels", channels) or channels) == 2 * channels
+
+
+_OPTIONS = (
+    Field("data", Text(), "digits", "training data: `digits` (scikit-learn's bundled 8x8 digits, resized) or a local "
+          "path (a folder of images, .npy / .npz latents)"),
+    Field("steps", Integer(1), 300, "optimizer steps"),
+    Field("lr", Number(0), 2e-4, "peak learning rate (AdamW)"),
+    Field("warmup", Integer(0), 5000, "steps of linear learning-rate warm-up"),
+    Field("weight_decay", Number(-1e-12), 0.03, "AdamW weight decay"),
+    Field("beta1", Number(0), 0.99, "AdamW beta1"),
+    Field("beta2", Number(0), 0.99, "AdamW beta2"),
+    Field("adam_eps", Number(0), 1e-15, "AdamW epsilon"),
+    Field("grad_clip", Number(-1e-12), 1.0, "max global gradient norm (0: no clipping)"),
+    Field("ema", Number(-1e-12), 0.9999, "EMA decay of the weights the samplers use"),
+    Field("label_drop", Number(-1e-12), 0.1, "probability a label is replaced by the null class (for guidance)"),
+    Field("grad_accum", Integer(1), 1, "micro-batches accumulated per optimizer step (batch = the point's)"),
+    Field("activation_checkpointing", Boolean(), False, "recompute each block's activations in the backward"),
+    Field("schedule", Choice(("", *SCHEDULES)), "", "noise schedule; empty: the family's own (DiM, U-ViT: "
+          "sd_scaled_linear; DiT: linear)"),
+    Field("seed", Integer(0), 0, "seed of the initial weights, batches, times, noise and label dropout"),
+    Field("log_every", Integer(1), 10, "steps per logged train_loss row (the mean over them)"),
+    Field("checkpoint_every", Integer(1), 100, "steps between checkpoints (a multiple of log_every)"),
+    Field("weak_to_strong_from", Integer(1, none="no weak-to-strong: every point trains from scratch"), None,
+          "resolution (px) whose trained model starts every point at a higher resolution (weak-to-strong)"),
+    Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
+    Field("finetune_lr", Number(0), 1e-4, "weak-to-strong: learning rate"),
+    Field("finetune_warmup", Integer(0), 2500, "weak-to-strong: warm-up steps"),
+    Field("finetune_weight_decay", Number(-1e-12), 0.0, "weak-to-strong: weight decay"),
+    Field("finetune_label_drop", Number(-1e-12), 0.15, "weak-to-strong: label drop probability"),
+)
+
+TRAIN = Metric(
+    name="train",
+    rows=(
+        Row("train_loss", "loss", "training loss", task="train", series=True),
+        Row("train_loss_final", "loss", "final training loss", task="train",
+            summary=Summary("train loss\n(last windows)", "{:.4f}")),
+        Row("train_images_per_s", "img/s", "training throughput (whole loop)", task="train",
+            summary=Summary("train img/s\n(loop median)", "{:.1f}")),
+    ),
+    fn=train_metric,
+    description="trains the model as a diffusion model (AdamW, warm-up, clipping, EMA, label dropout); streams "
+    "the loss curve; weak-to-strong fine-tuning from a lower resolution with weak_to_strong_from",
+    options=_OPTIONS,
+    timeout=math.inf,
+)

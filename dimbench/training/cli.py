@@ -1,0 +1,175 @@
+"""``dimbench train``: train one model outside a suite, on one device or under torchrun.
+
+    dimbench train dim_tiny_4 --data digits --resolution 16 --steps 300 --batch 64 --out runs/dim16
+    dimbench train dim_tiny_4 --resolution 32 --init-from runs/dim16/checkpoint.pt --out runs/dim32   # weak-to-strong
+    torchrun --nproc_per_node 2 -m dimbench train dit_tiny_4 --batch 128 --out runs/ddp                # DDP
+
+OUT/checkpoint.pt is the training checkpoint (the same run resumes from it: run the command again); the loss of
+every logged window and the final rows go to OUT/results.jsonl like a suite's rows (``dimbench report OUT``
+draws the curve). Under torchrun rank 0 writes; the batch is the global one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import time
+from pathlib import Path
+
+from dimbench.console import UserError, console
+
+
+def add_train_command(sub) -> None:
+    from dimbench.training.trainer import PRECISIONS, TrainConfig
+
+    d = TrainConfig(steps=1, batch=1)
+    p = sub.add_parser("train", help="train a model as a diffusion model (one device, or several under torchrun)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
+    p.add_argument("model", metavar="MODEL", help="registered model name (dimbench list)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder of the checkpoint and results.jsonl")
+    p.add_argument("--data", default="digits", help="digits, or a local folder of images / .npy / .npz latents")
+    p.add_argument("--resolution", type=int, default=None, metavar="PX",
+                   help="image side in pixels (default: the model's input size; latents: the latents' own)")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=64, help="global batch per optimizer step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--betas", type=float, nargs=2, default=d.betas, metavar=("B1", "B2"))
+    p.add_argument("--adam-eps", type=float, default=d.eps)
+    p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0: no clipping")
+    p.add_argument("--ema", type=float, default=d.ema)
+    p.add_argument("--label-drop", type=float, default=d.label_drop)
+    p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
+                   help="autocast dtype (float16 adds a gradient scaler)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--activation-checkpointing", action="store_true", help="recompute block activations")
+    p.add_argument("--schedule", default=None, help="sd_scaled_linear, linear or vpsde (default: the family's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--init-from", metavar="CKPT", default=None,
+                   help="weak-to-strong: a dimbench training checkpoint of this model at a lower resolution")
+    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the family's choice)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    import models
+    from dimbench import results
+    from dimbench.data import load_data
+    from dimbench.metrics.base import Measurement
+    from dimbench.metrics.train import TRAIN, build_for_training
+    from dimbench.points import SweepPoint
+    from dimbench.training import distributed
+    from dimbench.training.trainer import TrainConfig, Trainer, load_training_state
+    from dimbench.worker import make_row
+
+    try:
+        info = models.model_info(args.model)
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from None
+    fam = models.family(info.family)
+    device_type = "cuda" if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    device = torch.device(args.device if args.device not in ("auto",) else device_type)
+    if distributed.launched_by_torchrun():
+        device = distributed.init_from_env(device_type)
+    try:
+        data = load_data(args.data, args.resolution or int(info.defaults["input_size"]), "train")
+        low, what = None, ""
+        if args.init_from:
+            state = _read_checkpoint(args.init_from, load_training_state)
+            with torch.device("cpu"):
+                low = models.create_model(args.model, **state["model_config"])
+            low.load_state_dict(state["model"])
+            what = f"{args.init_from} (non-EMA weights at step {state['step']})"
+        try:
+            config = TrainConfig(
+                steps=args.steps, batch=args.batch, lr=args.lr, betas=tuple(args.betas), eps=args.adam_eps,
+                weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip or None, ema=args.ema,
+                label_drop=args.label_drop, precision=args.precision, grad_accum=args.grad_accum,
+                activation_checkpointing=args.activation_checkpointing,
+                schedule=args.schedule or fam.diffusion.schedule, seed=args.seed, log_every=args.log_every,
+                checkpoint_every=args.checkpoint_every,
+            )  # fmt: skip
+            model, init_state, start = build_for_training(args.model, data.resolution, channels=data.channels,
+                                                          seed=config.seed, device=device, pad_layout=args.pad_layout,
+                                                          init_from=low, init_what=what)
+            model.model_name = args.model
+            out = Path(args.out)
+            trainer = Trainer(model, data, config, timestep=fam.timestep, device=device,
+                              state_path=out / "checkpoint.pt", init_state=init_state)
+        except ValueError as exc:
+            raise UserError(f"dimbench train {args.model}: {exc}") from None
+        # Rows name the image side in pixels: latents (scaled VAE latents) stand for 8x their side.
+        pixels = data.resolution * (8 if data.moments or data.scale != 1.0 else 1)
+        point = SweepPoint(suite="train", model=args.model, resolution=pixels,
+                           input_size=data.resolution, batch=config.batch, dtype=config.precision,
+                           device=device.type, metrics=("train",))
+        method = f"{config.describe()}; {start}; data {data.source}; mean over each window of {config.log_every} steps"
+        rank0 = trainer.dist.rank == 0
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+
+        def write(measurements) -> None:
+            if rank0:
+                results.append_rows(out, [make_row(point, TRAIN, m, started_at=started,
+                                                   duration_s=time.perf_counter() - t0) for m in measurements])
+
+        def on_log(step, log) -> None:
+            write([Measurement("train_loss", float(log["loss"]), None, method,
+                               {"step": step, **{k: v for k, v in log.items() if v is not None}})])
+
+        progress = _Progress(config.steps) if rank0 else None
+        try:
+            result = trainer.run(on_log=on_log, on_step=progress.update if progress else None)
+        finally:
+            if progress:
+                progress.close()
+        last = [log["loss"] for log in result.logs[-5:]]
+        extra = {"steps": result.steps, "resumed_from": result.resumed_from, "stage": start}
+        write([Measurement("train_loss_final", sum(last) / len(last), None,
+                           f"mean of the last {len(last)} logged windows; {method}", extra),
+               Measurement("train_images_per_s", result.images_per_s, None,
+                           f"median over the logged windows (wall clock), {device.type} x {trainer.dist.world_size}",
+                           extra)])
+        if rank0:
+            console().print(f"trained {args.model} to step {result.steps} (from {result.resumed_from}): final loss "
+                            f"{sum(last) / len(last):.4f} (mean of the last {len(last)} windows), "
+                            f"{result.images_per_s or 0:.1f} img/s; checkpoint {out / 'checkpoint.pt'}, rows "
+                            f"{out / 'results.jsonl'}")
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _read_checkpoint(path: str, reader):
+    if not Path(path).is_file():
+        raise UserError(f"--init-from {path}: no such file")
+    try:
+        return reader(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
+        raise UserError(f"--init-from {path}: not a readable dimbench training checkpoint ({exc})") from None
+
+
+class _Progress:
+    """A rich progress bar with the latest loss (rank 0)."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console(stderr=True),
+                             transient=True)
+        self._task = self._bar.add_task("train", total=total, loss="")
+        self._bar.start()
+
+    def update(self, step: int, loss: float) -> None:
+        self._bar.update(self._task, completed=step, loss=f"loss {loss:.4f}")
+
+    def close(self) -> None:
+        self._bar.stop()

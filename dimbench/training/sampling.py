@@ -1,0 +1,129 @@
+"""Generating images from a trained model: which sampler, how many steps, what guidance; optionally at m times
+the trained resolution with Upsample Guidance (dim.md §8); and sample grids as PNG files.
+
+The samplers themselves live in :mod:`models.diffusion` (plain reference implementations); this module picks
+one by name and drives it in batches with a seeded generator, so a sample set is reproducible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from models.registry import Family
+
+SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "dpm_solver", "euler_maruyama")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler by name, its number of network evaluations per sample (per guidance pass) and its
+    classifier-free guidance scale ``s`` in the U-ViT/DiM convention (0: no guidance, one pass)."""
+
+    name: str
+    steps: int
+    guidance: float
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+
+    def describe(self) -> str:
+        from models.diffusion import Guidance
+
+        what = {"ddpm": "DDPM ancestral", "ddim": "DDIM (eta 0)", "dpm_solver++": "DPM-Solver++ (data prediction, "
+                "singlestep fast, order 3)", "dpm_solver": "DPM-Solver (noise prediction, singlestep fast, order 3)",
+                "euler_maruyama": "Euler-Maruyama (VP-SDE)"}[self.name]
+        guided = Guidance(self.guidance).describe() if self.guidance else "no guidance"
+        return f"{what}, {self.steps} steps, {guided}"
+
+
+def sampler_for(family: Family, name: str | None = None, steps: int | None = None,
+                guidance: float | None = None) -> SamplerSpec:
+    """The family's own sampler, steps and guidance (its :class:`models.registry.DiffusionRecipe`), with any of
+    them replaced by what is given."""
+    recipe = family.diffusion
+    if recipe is None and (name is None or steps is None or guidance is None):
+        raise ValueError(f"{family.display} declares no diffusion recipe: give the sampler, steps and guidance")
+    return SamplerSpec(name or recipe.sampler, int(steps or recipe.sample_steps),
+                       float(recipe.guidance if guidance is None else guidance))
+
+
+@torch.no_grad()
+def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels: torch.Tensor | None, count: int,
+             shape: tuple[int, int, int], seed: int, device: torch.device | str = "cpu", batch: int = 250,
+             lowres_model: nn.Module | None = None, upsample: int | None = None,
+             until: float = 0.7) -> torch.Tensor:
+    """``count`` samples (count, C, H, W) in float32 on the CPU, clamped to [-1, 1].
+
+    ``shape`` is (C, H, W) of the generated images; ``labels`` (count,) class indices or None (unconditional).
+    With ``upsample`` = m and ``lowres_model`` (the model at the trained resolution, H/m), the model's ε is
+    corrected by Upsample Guidance while t >= ``until`` (dim.md §8). The initial noise and every sampler's noise
+    come from a generator seeded with ``seed``, batch by batch: the same call gives the same images.
+    """
+    from models.diffusion import Guidance, model_eps, upsample_guidance
+
+    device = torch.device(device)
+    null = int(getattr(model, "num_classes", 0) or 0)
+    guidance = Guidance(spec.guidance) if spec.guidance and labels is not None else None
+    out = []
+    for start in range(0, count, batch):
+        n = min(batch, count - start)
+        g = torch.Generator(device="cpu").manual_seed(int(seed) * 7919 + start)
+        x_T = torch.randn((n, *shape), generator=g).to(device)
+        y = labels[start:start + n].to(device) if labels is not None else None
+        learned = spec.name == "ddpm" and upsample is None
+        eps = model_eps(model, schedule, timestep, y=y, guidance=guidance, null_class=null if guidance else None,
+                        with_variance=learned)
+        if upsample:
+            if lowres_model is None:
+                raise ValueError("upsample needs the model at the trained resolution (lowres_model)")
+            low = model_eps(lowres_model, schedule, timestep, y=y, guidance=guidance,
+                            null_class=null if guidance else None)
+            eps = upsample_guidance(eps, low, schedule, int(upsample), until=until)
+        x = _run_sampler(spec, eps, schedule, x_T, g)
+        out.append(x.float().clamp_(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def _run_sampler(spec: SamplerSpec, eps, schedule, x_T: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    from models import diffusion as d
+
+    if spec.name == "ddpm":
+        return d.ddpm_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+    if spec.name == "ddim":
+        return d.ddim_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+    if spec.name in ("dpm_solver++", "dpm_solver"):
+        return d.dpm_solver_sample(eps, schedule, x_T, steps=spec.steps, order=3,
+                                   predict="data" if spec.name == "dpm_solver++" else "noise")
+    return d.euler_maruyama_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+
+
+def class_labels(count: int, num_classes: int) -> torch.Tensor | None:
+    """0, 1, ..., num_classes-1, 0, 1, ... (count,): every class equally often; None when unconditional."""
+    return torch.arange(count) % num_classes if num_classes > 0 else None
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 10, rows: int | None = None) -> int:
+    """Write the first columns x rows images (C, H, W in [-1, 1]; 1 or 3 channels) as one PNG grid with a
+    1-pixel gap; returns how many images it shows."""
+    import numpy as np
+    from PIL import Image
+
+    n = images.shape[0] if rows is None else min(images.shape[0], columns * rows)
+    rows = -(-n // columns)
+    c, h, w = images.shape[1:]
+    grid = np.ones((rows * (h + 1) - 1, columns * (w + 1) - 1, c), dtype=np.float32)
+    pics = ((images[:n].float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, col = divmod(i, columns)
+        grid[r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = pics[i]
+    arr = (grid * 255).round().astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
+    return n

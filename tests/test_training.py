@@ -1,0 +1,178 @@
+"""The training loop: it learns, it resumes exactly, accumulation / activation checkpointing / DDP change nothing
+but how the work is split, and weak-to-strong starts from the low-resolution weights."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import models
+from dimbench.data import load_digits
+from dimbench.training import TrainConfig, Trainer, load_training_state
+
+#: tiny and fast: 5 blocks, width 64, patch 4, 16x16 one-channel digits
+FAST = "uvit_tiny_4"
+
+
+def make(model_name: str = FAST, *, seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    return models.create_model(model_name, **overrides)
+
+
+def config(**kw) -> TrainConfig:
+    base = dict(steps=20, batch=16, lr=1e-3, warmup=5, ema=0.9, log_every=5, checkpoint_every=10, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(16, "train")
+
+
+def trainer(model_name, data, cfg, state_path=None, **kw) -> Trainer:
+    model = make(model_name)
+    return Trainer(model, data, cfg, timestep=models.family_of_model(model_name).timestep, state_path=state_path,
+                   **kw)
+
+
+def params(model) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dit_tiny_4", "uvit_tiny_4", "dim_tiny_4"])
+def test_short_training_lowers_the_loss(name, digits, one_thread):
+    steps = 40 if name == "dim_tiny_4" else 80
+    t = trainer(name, digits, config(steps=steps, batch=32, log_every=10, checkpoint_every=10))
+    result = t.run()
+    first, last = result.logs[0]["loss"], result.logs[-1]["loss"]
+    # an untrained model predicts ~0 (unit-variance noise: MSE ~1); a few dozen steps must cut that clearly
+    assert last < 0.75 * first, [round(log["loss"], 4) for log in result.logs]
+    if name.startswith("dit"):  # learned sigma: the VLB term is part of the loss and logged
+        assert "vb" in result.logs[-1] and result.logs[-1]["loss"] > result.logs[-1]["mse"]
+
+
+def test_resume_continues_the_same_curve(digits, tmp_path, one_thread):
+    cfg = config(steps=20)
+    straight = trainer(FAST, digits, cfg)
+    full = straight.run()
+
+    path = tmp_path / "ckpt.pt"
+    first = trainer(FAST, digits, config(steps=10), state_path=path)
+    first.run()
+    assert load_training_state(path)["step"] == 10
+    second = trainer(FAST, digits, cfg, state_path=path)  # a new process would do exactly this
+    resumed = second.run()
+    assert resumed.resumed_from == 10
+    assert [log["step"] for log in resumed.logs] == [5, 10, 15, 20]
+    assert [log["loss"] for log in resumed.logs] == [log["loss"] for log in full.logs]
+    assert torch.equal(params(second.model), params(straight.model))
+    assert torch.equal(params(second.ema), params(straight.ema))
+
+
+def test_resume_refuses_a_different_run(digits, tmp_path, one_thread):
+    path = tmp_path / "ckpt.pt"
+    trainer(FAST, digits, config(steps=5, checkpoint_every=5), state_path=path).run()
+    with pytest.raises(ValueError, match="batch"):
+        trainer(FAST, digits, config(steps=10, batch=8, checkpoint_every=5), state_path=path).run()
+
+
+def test_gradient_accumulation_matches_one_batch(digits, one_thread):
+    a = trainer("dit_tiny_4", digits, config(steps=2, grad_accum=1, log_every=1, checkpoint_every=1))
+    b = trainer("dit_tiny_4", digits, config(steps=2, grad_accum=4, log_every=1, checkpoint_every=1))
+    ra, rb = a.run(), b.run()
+    assert torch.allclose(params(a.model), params(b.model), atol=1e-6)
+    assert ra.logs[-1]["loss"] == pytest.approx(rb.logs[-1]["loss"], rel=1e-5)
+
+
+def test_activation_checkpointing_gives_the_same_step(digits, one_thread):
+    a = trainer("dim_tiny_4", digits, config(steps=1, log_every=1, checkpoint_every=1))
+    b = trainer("dim_tiny_4", digits, config(steps=1, log_every=1, checkpoint_every=1, activation_checkpointing=True))
+    a.run(), b.run()
+    assert torch.allclose(params(a.model), params(b.model), atol=1e-6)
+
+
+def test_warmup_then_constant_learning_rate(digits):
+    t = trainer(FAST, digits, config(lr=1e-3, warmup=4))
+    assert [t.lr_at(s) for s in range(6)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+
+
+def test_label_dropout_uses_the_null_class(digits):
+    t = trainer(FAST, digits, config(batch=400, label_drop=0.25))
+    y = torch.cat(t._draw(0)["y"])
+    null = (y == t.num_classes).float().mean().item()
+    assert 0.18 < null < 0.32  # 400 draws at p = 0.25: 4 standard deviations either side
+
+
+def test_ema_follows_the_weights(digits, one_thread):
+    t = trainer(FAST, digits, config(steps=3, ema=0.5, log_every=1, checkpoint_every=1))
+    before = params(t.ema).clone()
+    t.run()
+    after_model, after_ema = params(t.model), params(t.ema)
+    assert not torch.equal(before, after_ema)
+    assert (after_ema - after_model).abs().max() < (before - after_model).abs().max()
+
+
+def test_config_refuses_checkpoints_between_log_windows():
+    with pytest.raises(ValueError, match="multiple of log_every"):
+        TrainConfig(steps=10, batch=4, log_every=4, checkpoint_every=6)
+
+
+def test_weak_to_strong_loads_low_resolution_weights(digits, tmp_path, one_thread):
+    from dimbench.metrics.train import build_for_training
+
+    low = make("dim_tiny_4")
+    model, state, how = build_for_training("dim_tiny_4", 32, channels=1, seed=0, device=torch.device("cpu"),
+                                           init_from=low, init_what="the 16 px model")
+    assert model.pad_layout == "cyclic" and model.input_size == 32  # dim.md §6
+    assert "weak-to-strong" in how and "pad_layout=cyclic" in how
+    low_sd = low.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name != "pos_embed":
+            assert torch.equal(tensor, low_sd[name]), name
+    assert model.pos_embed.shape[1] == 2 + 8 * 8 and low.pos_embed.shape[1] == 2 + 4 * 4
+    assert state is not None and torch.equal(state["pos_embed"], model.pos_embed.detach())
+
+
+# ---- DistributedDataParallel on gloo, two processes ----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        data = load_digits(16, "train")
+        t = trainer("dit_tiny_4", data, config(steps=2, batch=16, log_every=1, checkpoint_every=1))
+        result = t.run()
+        torch.save({"params": params(t.model), "losses": [log["loss"] for log in result.logs]},
+                   os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_the_doubled_batch(digits, tmp_path, one_thread):
+    port = _free_port()
+    mp.start_processes(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert torch.equal(r0["params"], r1["params"])  # DDP keeps the ranks identical
+    # one process, the same global batch of 16 (the two ranks took 8 each)
+    single = trainer("dit_tiny_4", digits, config(steps=2, batch=16, log_every=1, checkpoint_every=1))
+    losses = [log["loss"] for log in single.run().logs]
+    assert torch.allclose(r0["params"], params(single.model), atol=1e-6)
+    assert r0["losses"] == pytest.approx(losses, rel=1e-5)
