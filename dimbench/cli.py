@@ -7,6 +7,7 @@
     dimbench schema [--markdown]
     dimbench env [--json]
     dimbench report RESULTS_DIR [-o OUT]
+    dimbench train MODEL --out DIR [--data digits|PATH] [--steps N] [--batch B] ... (also under torchrun)
     dimbench checkpoint ...
 
 A user's mistake (bad suite, missing file, bad argument) is one clear line per problem on stderr and exit
@@ -311,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", metavar="RESULTS_DIR")
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
+
+    from dimbench.training.cli import add_train_command
+
+    add_train_command(sub)
 
     try:
         from dimbench.checkpoint_cli import add_checkpoint_commands

@@ -14,6 +14,10 @@ latency     latency_ms, throughput, tflops_achieved, mfu     wall clock (CPU) / 
 train_step  train_step_ms, train_throughput                  forward + MSE + backward + AdamW, timed likewise
 memory      mem_predicted_gib, mem_allocated_gib,            FakeTensor prediction; CUDA allocator peaks; NVML
             mem_reserved_gib, mem_device_gib
+train       train_loss (per step), train_loss_final,         diffusion training (a long task; weak-to-strong
+            train_images_per_s                               fine-tuning from a lower resolution)
+quality     fd_proxy, proxy_acc (+ _untrained), samples      samples scored by dimbench's proxy classifier
+upsample    fd_proxy_up{2,3}[_ug], proxy_acc_..., samples_.. 2x / 3x sampling, plain and Upsample Guidance
 =========== ================================================ ==================================================
 
 Each metric module declares its :class:`Metric` (rows, options, budget) once; everything else that needs to know
@@ -69,9 +73,11 @@ def _register_builtins() -> None:
     from dimbench.metrics.fvcore_count import FVCORE
     from dimbench.metrics.memory import MEMORY
     from dimbench.metrics.params import PARAMS
+    from dimbench.metrics.quality import QUALITY, UPSAMPLE
     from dimbench.metrics.timing import LATENCY, TRAIN_STEP
+    from dimbench.metrics.train import TRAIN
 
-    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY):
+    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE):
         register_metric(metric)
 
 

@@ -33,45 +33,91 @@ def section_train_loss(results: Results) -> Section | None:
 
 
 def section_samples(results: Results) -> Section | None:
-    """Sample images written by a run (only PNGs inside the results folder are opened)."""
-    if not results.has("samples"):
+    """Sample grids written by a run: every ``samples*`` row (only PNGs inside the results folder are opened)."""
+    names = [m for m in results.metrics() if m == "samples" or m.startswith("samples_")]
+    if not names:
         return None
     import matplotlib.image as mpimg
 
-    rows = results.rows("samples")
-    rows = rows[rows["status"] == "ok"]  # failed sample runs are listed with the other failures
     images, problems = [], []
     root = results.dir.resolve()
-    for model, res, extra in rows[["model", "resolution", "extra"]].itertuples(index=False):
-        rel = str(extra.get("path", ""))
-        path = (root / rel).resolve()
-        if not rel or root not in path.parents or path.suffix.lower() != ".png":
-            problems.append([Cell(model), Cell(px(res)), Cell(rel or "(no path)"),
-                             Cell("not a PNG inside the results folder", "error")])
-            continue
-        try:
-            images.append((f"{model} @ {res} px", mpimg.imread(path)))
-        except Exception as e:  # unreadable image: listed with the reason
-            problems.append([Cell(model), Cell(px(res)), Cell(rel), Cell(f"unreadable: {e}", "error")])
+    for name in names:
+        rows = results.rows(name)
+        rows = rows[rows["status"] == "ok"]  # failed sample runs are listed with the other failures
+        what = "" if name == "samples" else f" — {label(name)}"
+        for model, res, extra in rows[["model", "resolution", "extra"]].itertuples(index=False):
+            rel = str(extra.get("path", ""))
+            path = (root / rel).resolve()
+            title = f"{model} @ {res} px{what}"
+            if not rel or root not in path.parents or path.suffix.lower() != ".png":
+                problems.append([Cell(title), Cell(rel or "(no path)"),
+                                 Cell("not a PNG inside the results folder", "error")])
+                continue
+            try:
+                images.append((title, mpimg.imread(path)))
+            except Exception as e:  # unreadable image: listed with the reason
+                problems.append([Cell(title), Cell(rel), Cell(f"unreadable: {e}", "error")])
     figures = []
     if images:
-        figures.append(Figure("Samples", "Generated samples as written by the run (one grid per model and "
-                              "resolution). " + method_text(results, ["samples"]),
+        figures.append(Figure("Samples", "Generated samples as written by the run (one grid per model, resolution "
+                              "and stage; one class per column where class-conditional). "
+                              + method_text(results, names),
                               lambda f: plots.draw_images(f, images), (10.0, 3.0 * math.ceil(len(images) / 4))))
-    tables = [Table("Sample files that could not be shown.", ["model", "resolution", "path", "reason"], problems)
+    tables = [Table("Sample files that could not be shown.", ["samples", "path", "reason"], problems)
               ] if problems else []
     return Section("Quality: samples", "samples", [], [], figures, tables)
 
 
 def section_quality_scores(results: Results) -> Section | None:
-    """FID and proxy Fréchet distances, model x resolution."""
+    """FID, and proxy Fréchet distances: the proxy rows as one table per model and stage (with the sampler,
+    steps and guidance that produced each), anything else model x resolution."""
     metrics = [m for m in results.metrics() if m == "fid" or m.startswith(("fid_", "fd_"))]
     if not metrics:
         return None
-    tables = [pivot_table(results, m, f, "Lower is better." + ("" if m == "fid" else
-                                                                 " A proxy distance, not the standard FID."))
-              for m in metrics for f in results.facets([m])]
+    staged = [m for m in metrics if m.startswith("fd_") and _stage_rows(results, m)]
+    tables = [stage_table(results, staged)] if staged else []
+    tables += [pivot_table(results, m, f, "Lower is better." + ("" if m == "fid" else
+                                                                  " A proxy distance, not the standard FID."))
+               for m in metrics if m not in staged for f in results.facets([m])]
     return Section("Quality: sample scores", "quality-scores", [], [], [], tables)
+
+
+def _stage_rows(results: Results, metric: str):
+    rows = results.rows(metric)
+    return [r for r in rows.itertuples(index=False) if isinstance(r.extra, dict) and "stage" in r.extra]
+
+
+def _accuracy_row(fd_metric: str) -> str:
+    """The accuracy row paired with a proxy distance row: fd_proxy_up2 -> proxy_acc_up2."""
+    rest = fd_metric[len("fd_"):]
+    head, _, tail = rest.partition("_")
+    return f"{head}_acc" + (f"_{tail}" if tail else "")
+
+
+def stage_table(results: Results, metrics: list[str]) -> Table:
+    """Model x stage: the proxy distance, the classifier accuracy and how the samples were made."""
+    body = []
+    for model in results.models:
+        for metric in metrics:
+            acc_rows = results.rows(_accuracy_row(metric))
+            for r in _stage_rows(results, metric):
+                if r.model != model:
+                    continue
+                acc = acc_rows[(acc_rows["model"] == model) & (acc_rows["point_key"] == r.point_key)]
+                acc_cell = (Cell(fmt(float(acc["value"].iloc[0]), "proxy_acc")) if len(acc) and
+                            acc["status"].iloc[0] == "ok" else Cell("—", "missing"))
+                e = r.extra
+                fd_cell = Cell(fmt(r.value, metric)) if r.status == "ok" else Cell(r.status, r.status)
+                sampler = f"{e.get('sampler', '?')}, {e.get('sampler_steps', '?')} steps"
+                guidance = (f"s = {e['guidance_s']:g} (w = {e['guidance_w']:g})" if e.get("guidance_s")
+                            else "none")
+                body.append([Cell(model), Cell(str(e["stage"])), Cell(px(e.get("image_px", r.resolution))),
+                             fd_cell, acc_cell, Cell(sampler), Cell(guidance), Cell(str(e.get("n_fake", "")))])
+    return Table("Proxy quality per model and stage: Fréchet distance of dimbench's proxy-classifier features "
+                 "(generated vs held-out real; lower is better; a proxy, NOT the standard FID) and the classifier's "
+                 "accuracy on class-conditional samples (higher is better). " + method_text(results, metrics[:1]),
+                 ["model", "stage", "images", "proxy FD", "accuracy %", "sampler", "guidance", "samples"], body,
+                 [False, False, True, True, True, False, False, True])
 
 
 def section_published(results: Results) -> Section | None:
