@@ -3,6 +3,7 @@ unpickled), the dispatcher, and the messages a user gets for data that cannot be
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 
 import numpy as np
@@ -68,6 +69,14 @@ def test_digits_split_is_the_same_at_every_resolution():
     small, big, original = load_digits(16, "test"), load_digits(32, "test"), load_digits(8, "test")
     assert torch.equal(small.labels, big.labels) and torch.equal(small.labels, original.labels)
     assert torch.equal(small.x, resize(original.x, 16)) and torch.equal(big.x, resize(original.x, 32))
+
+
+def test_digits_test_split_is_pinned():
+    # The split comes from scikit-learn's train_test_split. Should a scikit-learn release ever draw it differently,
+    # classifiers cached from the old train split could have seen the new test images: fail here instead.
+    test = load_digits(8, "test")
+    digest = hashlib.sha256(test.x.numpy().tobytes() + test.labels.numpy().tobytes()).hexdigest()
+    assert digest[:16] == "33576231b95e3be8"
 
 
 def test_digits_split_follows_the_seed():
