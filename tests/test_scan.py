@@ -144,6 +144,122 @@ def test_chunked_strong_decay_matches():
     assert_matches_float64(lambda **kw: chunked_scan(**kw, chunk_size=8), inputs)
 
 
+def _analytic_vs_float64(inputs, delta_softplus=True, needs=(True,) * 8, **kwargs):
+    """chunked_scan_backward's gradients against autograd of the float64 recurrence, for a random grad_out."""
+    from models.scan.chunked import chunked_scan_backward
+
+    leaves64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in inputs.items()}
+    ref = recurrence64(**leaves64, delta_softplus=delta_softplus)
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    names = [k for k, need in zip(NAMES, needs, strict=True) if need and inputs[k] is not None]
+    grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
+    with torch.no_grad():
+        grads = chunked_scan_backward(grad_out.float(), *[inputs[k] for k in NAMES], delta_softplus, list(needs),
+                                      **kwargs)
+    assert len(grads) == len(names)
+    for name, g, g64 in zip(names, grads, grads64, strict=True):
+        assert g.dtype == inputs[name].dtype and g.shape == inputs[name].shape and g.is_contiguous(), name
+        scale = g64.abs().max().item()
+        torch.testing.assert_close(g.double(), g64, rtol=1e-4, atol=1e-5 * max(1.0, scale),
+                                   msg=lambda m, name=name: f"gradient of {name}: {m}")
+    return grads
+
+
+@pytest.mark.parametrize("L,chunk,block", [
+    (1, None, None), (2, 1, 1), (5, 2, 1), (37, None, None), (37, 5, 2), (37, 5, 3), (37, 4, 4), (37, 37, 5),
+    (37, 37, 36), (37, 100, 100), (64, 8, 3), (64, 16, 16), (23, 6, 4),
+])
+@pytest.mark.parametrize("options", [
+    dict(D=True, z=True, delta_bias=True, delta_softplus=True),
+    dict(D=False, z=False, delta_bias=False, delta_softplus=False),
+    dict(D=True, z=False, delta_bias=True, delta_softplus=False),
+    dict(D=False, z=True, delta_bias=False, delta_softplus=True),
+], ids=["all", "none", "D-bias", "z-softplus"])
+def test_chunked_analytic_backward_matches_float64(L, chunk, block, options):
+    """The chunked backend's analytic backward (no autograd through the recurrence) against autograd of the
+    float64 recurrence: every input's gradient, lengths that are and are not multiples of the chunk size T,
+    one chunk, one step per chunk, blocks of S steps that do and do not divide T."""
+    options = dict(options)
+    softplus = options.pop("delta_softplus")
+    inputs = make_inputs(L=L, **options)
+    if not softplus:  # without softplus Δ must already be positive
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    _analytic_vs_float64(inputs, softplus, chunk_size=chunk, block_size=block)
+
+
+@pytest.mark.parametrize("chunk,block", [(8, 8), (8, 3), (40, 7)])
+def test_chunked_analytic_backward_strong_decay(chunk, block):
+    """Large Δ·|A|: whole-chunk decays underflow (flushed to zero) in the adjoint scan's carries too."""
+    inputs = make_inputs(L=40, N=4)
+    inputs["A"] = inputs["A"] * 10.0
+    inputs["delta"] = inputs["delta"] + 2.5
+    _analytic_vs_float64(inputs, chunk_size=chunk, block_size=block)
+
+
+def test_chunked_analytic_backward_long_sequence_slow_decay():
+    """Many chunks and blocks with slow decay: g carries across chunk and block boundaries matter."""
+    inputs = make_inputs(batch=1, d_inner=3, L=300, N=3, z=False)
+    inputs["delta"] = inputs["delta"] - 2.0
+    _analytic_vs_float64(inputs, chunk_size=17, block_size=5)
+
+
+@pytest.mark.parametrize("needs", [
+    (True, False, False, False, False, False, False, False),
+    (False, True, False, False, False, False, False, False),
+    (False, False, True, False, False, False, False, False),
+    (False, False, False, True, True, False, False, False),
+    (False, False, False, False, False, True, True, True),
+    (True, False, True, False, True, False, True, False),
+])
+def test_chunked_analytic_backward_only_needed_gradients(needs):
+    """Only the gradients asked for are returned, in order, with the values of the full computation."""
+    inputs = make_inputs(L=19)
+    full = _analytic_vs_float64(inputs, chunk_size=4, block_size=3)
+    part = _analytic_vs_float64(inputs, needs=needs, chunk_size=4, block_size=3)
+    expected = [g for g, need in zip(full, needs, strict=True) if need]
+    for g, e in zip(part, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+def test_chunked_op_backward_is_analytic(monkeypatch):
+    """Through the op, the chunked backend's backward is chunked_scan_backward: the forward function runs once
+    (the forward), never again for the backward; the gradients match the float64 recurrence."""
+    import dataclasses
+
+    from models.scan import registry
+
+    calls = {"fn": 0, "backward": 0}
+    chunked = registry.get_backend("chunked")
+
+    def fn(*args):
+        calls["fn"] += 1
+        return chunked.fn(*args)
+
+    def backward(*args):
+        calls["backward"] += 1
+        return chunked.backward(*args)
+
+    monkeypatch.setitem(registry._BACKENDS, "chunked", dataclasses.replace(chunked, fn=fn, backward=backward))
+    assert_matches_float64(lambda **kw: selective_scan(**kw, backend="chunked"), make_inputs(L=29))
+    assert calls == {"fn": 1, "backward": 1}
+
+
+def test_chunked_backward_bfloat16_matches_float32():
+    """bf16 inputs: the analytic gradients are the float32 ones of the same (bf16-rounded) numbers, rounded."""
+    inputs = {k: None if v is None else v.bfloat16() for k, v in make_inputs(L=21).items()}
+    grad = torch.randn(2, 5, 21, generator=torch.Generator().manual_seed(3))
+    results = []
+    for dtype in (torch.bfloat16, torch.float32):
+        leaves = {k: None if v is None else v.to(dtype).requires_grad_() for k, v in inputs.items()}
+        out = selective_scan(**leaves, backend="chunked")
+        names = [k for k in NAMES if leaves[k] is not None]
+        results.append(torch.autograd.grad(out, [leaves[k] for k in names], grad.to(dtype)))
+    for name, g16, g32 in zip(names, *results, strict=True):
+        assert g16.dtype == torch.bfloat16, name
+        # grad_out itself is rounded to bf16 in the bf16 call, so allow bf16 rounding on top.
+        torch.testing.assert_close(g16.float(), g32, rtol=2e-2, atol=2e-2 * max(1.0, g32.abs().max().item()))
+
+
 def test_chunked_inference_path_equals_autograd_path():
     """The in-place path (no autograd) and the autograd path compute the same numbers."""
     inputs = make_inputs(L=53)
@@ -357,6 +473,31 @@ def test_register_backend_fills_the_triton_slot(monkeypatch):
     assert not available_backends("cpu")["triton"][0]
     with pytest.raises(ValueError, match="identifier other than 'auto'"):
         register_backend("auto", kernel, lambda device: (True, ""))
+
+
+def test_register_backend_with_analytic_backward(monkeypatch):
+    """A registered backend may bring its own backward; the op calls it instead of differentiating fn."""
+    from models.scan.chunked import chunked_scan_backward
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    calls = []
+
+    def kernel(*args):
+        calls.append("fn")
+        return chunked_scan(*args)
+
+    def backward(*args):
+        calls.append("backward")
+        return chunked_scan_backward(*args)
+
+    with pytest.raises(TypeError, match="callable"):
+        register_backend("triton", kernel, lambda device: (True, ""), backward="no")
+    register_backend("triton", kernel, lambda device: (device.type == "cpu", "test kernel"), backward=backward)
+    try:
+        assert_matches_float64(lambda **kw: selective_scan(**kw, backend="triton"), make_inputs(L=7))
+        assert calls == ["fn", "backward"]
+    finally:
+        unregister_backend("triton")
 
 
 def test_mamba_ssm_backend_when_available():

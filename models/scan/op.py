@@ -6,9 +6,11 @@ A ``torch.library.custom_op`` so that
 - ``FlopCounterMode`` counts it with the registered formula (``models.scan.flops``) without descending into
   whichever backend computes it: every backend reports the same count;
 - autograd goes through ``register_autograd``: the forward saves only its inputs; the backward is a second
-  custom op, ``dimbench_scan::selective_scan_backward``, that recomputes the chosen backend's forward under
-  autograd and differentiates it (exact, and only one scan's intermediates live at a time). Its FLOP formula
-  is an estimate, 3x the forward (``flops.scan_backward_flops``).
+  custom op, ``dimbench_scan::selective_scan_backward``. For a backend with an analytic backward (``chunked``:
+  ``chunked.chunked_scan_backward``, which recomputes the states itself, blockwise, without autograd) it calls
+  that; for the others (``reference``, ``mamba_ssm``, a registered backend without one) it recomputes the
+  backend's forward under autograd and differentiates it. Both are exact, and only one scan's intermediates
+  live at a time. Its FLOP formula is an estimate, 3x the forward (``flops.scan_backward_flops``).
 
 The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``).
 """
@@ -76,9 +78,15 @@ def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: 
                       D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
                       delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
     """Gradients (contiguous, each input's dtype) of the inputs among (u, delta, A, B, C, D, z, delta_bias)
-    whose ``needs`` flag is set and that are not None, in that order."""
+    whose ``needs`` flag is set and that are not None, in that order: the backend's analytic backward if it has
+    one, else autograd of its forward, recomputed here."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
-    fn = get_backend(resolve_backend(backend, u.device)).fn
+    impl = get_backend(resolve_backend(backend, u.device))
+    if impl.backward is not None:
+        with torch.no_grad():
+            grads = impl.backward(grad_out, *inputs, delta_softplus, needs)
+        return [_fresh(g, inputs + (grad_out,)) for g in grads]
+    fn = impl.fn
     with _autograd_dispatch_enabled(), torch.enable_grad():
         leaves = [None if t is None else t.detach().requires_grad_(bool(need))
                   for t, need in zip(inputs, needs, strict=True)]
@@ -97,9 +105,10 @@ def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_sof
 
 
 # Custom-op kernels run with the autograd dispatch keys excluded (the op's own autograd formula stands for
-# them), so ops inside the backward kernel would record nothing. The recompute needs autograd, so the backward
-# kernel lifts that exclusion for its duration. This uses torch._C's dispatch-key guards (private, present
-# and used by torch's own higher-order ops since torch 2.1); tests/test_scan.py checks the gradients.
+# them), so ops inside the backward kernel would record nothing. The recompute (backends without an analytic
+# backward) needs autograd, so the backward kernel lifts that exclusion for its duration. This uses torch._C's
+# dispatch-key guards (private, present and used by torch's own higher-order ops since torch 2.1);
+# tests/test_scan.py checks the gradients.
 _AUTOGRAD_KEYS = (torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradFunctionality)
                   | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradOther)
                   | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradNestedTensor)

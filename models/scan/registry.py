@@ -1,8 +1,11 @@
 """Which selective-scan backends exist, which can run on a device, and which one a call uses.
 
 Backends are functions ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus) -> out`` (shapes as in
-``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd:
-the operator's backward recomputes the chosen backend's forward under autograd and differentiates it.
+``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd.
+A backend may also have an analytic ``backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+needs) -> [grads]`` (the contract of ``dimbench_scan::selective_scan_backward``, see ``op``); the operator's
+backward calls it when present (``chunked`` has one), else recomputes the backend's forward under autograd and
+differentiates it (``reference``, ``mamba_ssm``, and by default a registered one).
 
 Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``mamba_ssm`` (when the package imports and
 the tensors are on CUDA). The ``triton`` slot is reserved for a GPU kernel added later with
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .chunked import chunked_scan
+from .chunked import chunked_scan, chunked_scan_backward
 from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
 from .reference import reference_scan
 
@@ -37,6 +40,7 @@ class Backend:
     fn: Callable
     is_available: Callable[[torch.device], tuple[bool, str]]
     description: str = ""
+    backward: Callable | None = None
 
 
 def _everywhere(device) -> tuple[bool, str]:
@@ -45,7 +49,8 @@ def _everywhere(device) -> tuple[bool, str]:
 
 _BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", reference_scan, _everywhere, "sequential recurrence, L steps (oracle)"),
-    "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan, about 2·√L steps"),
+    "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan, about 2·√L steps",
+                       chunked_scan_backward),
     "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
 }
 
@@ -54,19 +59,20 @@ _TRITON_MISSING = ("no Triton selective-scan kernel is registered yet (a GPU ker
 
 
 def register_backend(name: str, fn: Callable, is_available: Callable, *, description: str = "",
-                     replace: bool = False) -> None:
+                     replace: bool = False, backward: Callable | None = None) -> None:
     """Add a backend (e.g. the "triton" kernel). ``is_available(device) -> (bool, reason)``.
 
-    ``fn`` must follow the backend signature and be differentiable with autograd. Re-registering an existing
-    name raises unless ``replace=True``.
+    ``fn`` must follow the backend signature and be differentiable with autograd. ``backward``, if given, is
+    its analytic backward (see the module docstring); without it the backward differentiates ``fn``.
+    Re-registering an existing name raises unless ``replace=True``.
     """
     if not isinstance(name, str) or not name.isidentifier() or name == "auto":
         raise ValueError(f"register_backend: name must be an identifier other than 'auto'; got {name!r}")
-    if not callable(fn) or not callable(is_available):
-        raise TypeError("register_backend: fn and is_available must be callable")
+    if not callable(fn) or not callable(is_available) or not (backward is None or callable(backward)):
+        raise TypeError("register_backend: fn, is_available (and backward if given) must be callable")
     if name in _BACKENDS and not replace:
         raise ValueError(f"register_backend: a backend named {name!r} is already registered (pass replace=True)")
-    _BACKENDS[name] = Backend(name, fn, is_available, description)
+    _BACKENDS[name] = Backend(name, fn, is_available, description, backward)
 
 
 def unregister_backend(name: str) -> None:
