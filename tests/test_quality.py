@@ -87,7 +87,9 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
 
     assert row(16, "fd_proxy")["status"] == "ok" and row(16, "fd_proxy_untrained")["status"] == "ok"
     w2s = row(32, "fd_proxy")
-    assert w2s["status"] == "ok" and w2s["extra"]["image_px"] == 32
+    assert w2s["status"] == "ok" and w2s["extra"]["image_px"] == 32 and "weak-to-strong" in w2s["extra"]["stage"]
+    skipped = row(32, "fd_proxy_untrained")  # a fine-tune starts from the trained 16 px model, not random weights
+    assert skipped["status"] == "skipped" and "fd_proxy_up2" in skipped["error"]
     assert "weak-to-strong" in row(32, "train_loss_final")["method"]
     for m in (2, 3):
         for ug in ("", "_ug"):

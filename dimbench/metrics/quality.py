@@ -109,10 +109,20 @@ def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     rows: list[Measurement] = []
     ctx.progress(0, 2, stage="trained")
     images = generate(trained, **kw)
-    stage = f"trained ({facts['step']} steps, EMA weights)"
+    stage = (f"weak-to-strong from {facts['meta']['weak_to_strong_from']} px, fine-tuned {facts['step']} steps "
+             "(EMA weights)" if facts["meta"].get("weak_to_strong_from")
+             else f"trained ({facts['step']} steps, EMA weights)")
     rows += _score(ctx, clf, info, images, labels, point.input_size, spec, stage, "fd_proxy", "proxy_acc", common)
     rows.append(_grid(ctx, point, "samples", images, f"{spec.describe()}; {stage}", common))
 
+    source = facts["meta"].get("weak_to_strong_from")
+    if source:
+        # The starting point of a weak-to-strong fine-tune is the trained low-resolution model, not random
+        # weights; its score before fine-tuning is the upsample metric's 2x row at the source point.
+        why = (f"a weak-to-strong point starts from the {source} px model, not from random weights (its score "
+               f"before fine-tuning: fd_proxy_up{point.resolution // source} at {source} px, where measured)")
+        return rows + [Measurement(m, None, None, "", {}, status="skipped", error=why)
+                       for m in ("fd_proxy_untrained", "proxy_acc_untrained")]
     ctx.progress(1, 2, stage="untrained")
     torch.manual_seed(int(facts["config"]["seed"]))  # the trainer's seed: the same initial weights it started from
     with torch.device(device):

@@ -65,7 +65,7 @@ def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str 
         model = models.create_model(point.model, **_build_kwargs(state["model_config"], point))
     model.load_state_dict(state[weights])
     model.model_name = point.model
-    return model.eval(), {"step": int(state["step"]), "config": state["config"]}
+    return model.eval(), {"step": int(state["step"]), "config": state["config"], "meta": state.get("meta", {})}
 
 
 def _build_kwargs(saved: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
@@ -154,8 +154,9 @@ def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
                                                   seed=config.seed, device=device, pad_layout=point.pad_layout,
                                                   init_from=low, init_what=what)
     state_path = ctx.state_dir / CHECKPOINT
+    meta = {"start": start, "weak_to_strong_from": source if finetune else None}
     trainer = Trainer(model, data, config, timestep=fam.timestep, device=device, state_path=state_path,
-                      init_state=init_state)
+                      init_state=init_state, meta=meta)
     method = (f"{config.describe()}; {start}; data {data.source}; loss = ε-MSE"
               + (" + learned-variance VLB" if _learns_sigma(model, data.channels) else "")
               + f"; mean over each window of {config.log_every} steps")

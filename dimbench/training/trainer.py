@@ -99,7 +99,8 @@ class Trainer:
     :class:`models.Timestep` (the network's time convention); ``state_path`` the training checkpoint."""
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, *, timestep, device="cpu",
-                 state_path: str | os.PathLike | None = None, init_state: dict[str, torch.Tensor] | None = None):
+                 state_path: str | os.PathLike | None = None, init_state: dict[str, torch.Tensor] | None = None,
+                 meta: dict[str, Any] | None = None):
         from models.diffusion import make_schedule
 
         self.config = config
@@ -131,6 +132,7 @@ class Trainer:
         self.state_path = Path(state_path) if state_path else None
         self.step = 0
         self.history: list[dict[str, Any]] = []  # every logged window, saved with the checkpoint
+        self.meta = dict(meta or {})  # facts about the run saved with it (how it started, e.g. weak-to-strong)
 
     # ---- public -------------------------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "history": _plain(self.history),
+                "meta": _plain(self.meta),
                 "config": _plain(dataclasses.asdict(self.config)),
                 "model_config": _plain(getattr(self.model, "config", {})),
                 "model_name": str(getattr(self.model, "model_name", "")),
