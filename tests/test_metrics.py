@@ -41,13 +41,16 @@ def rows_by_metric(name: str, p: SweepPoint, options=OPTIONS) -> dict[str, Measu
 
 
 def test_registry_has_the_contract_metrics():
-    assert set(METRICS) == {"params", "flops", "fvcore", "latency", "train_step", "memory"}
+    assert set(METRICS) == {"params", "flops", "fvcore", "latency", "train_step", "memory", "train", "quality",
+                            "upsample"}
     produced = [row for m in METRICS.values() for row in m.produces]
     assert len(produced) == len(set(produced))
     assert set(produced) == {
         "params", "params_trainable", "gmacs", "gflops", "gmacs_fvcore", "latency_ms", "throughput",
         "train_step_ms", "train_throughput", "mem_predicted_gib", "mem_allocated_gib", "mem_reserved_gib",
-        "mem_device_gib", "tflops_achieved", "mfu",
+        "mem_device_gib", "tflops_achieved", "mfu", "train_loss", "train_loss_final", "train_images_per_s",
+        "fd_proxy", "proxy_acc", "fd_proxy_untrained", "proxy_acc_untrained", "samples",
+        *(f"{row}_up{m}{ug}" for row in ("fd_proxy", "proxy_acc", "samples") for m in (2, 3) for ug in ("", "_ug")),
     }  # fmt: skip
     assert all(m.name == name and m.description for name, m in METRICS.items())
 

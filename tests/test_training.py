@@ -44,6 +44,21 @@ def params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
+def test_tiny_models_share_one_shape():
+    """docs/models.md §2.4: 5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes + null, in every family."""
+    counts = {"dim_tiny_4": 228_176, "dit_tiny_4": 407_264, "uvit_tiny_4": 269_594}
+    for name, count in counts.items():
+        with torch.device("meta"):
+            m = models.create_model(name)
+        assert models.model_info(name).official == "dimbench"
+        assert (m.width, m.patch_size, m.in_channels, m.num_classes, m.input_size) == (64, 4, 1, 10, 16)
+        blocks = sum(len(lst) for lst in m.modules() if isinstance(lst, torch.nn.ModuleList)
+                     ) + (1 if name.startswith("uvit") else 0)  # U-ViT's mid block is not in a list
+        assert blocks == 5, name
+        assert sum(p.numel() for p in m.parameters()) == count
+        assert models.family_of_model(name).diffusion is not None
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dit_tiny_4", "uvit_tiny_4", "dim_tiny_4"])
 def test_short_training_lowers_the_loss(name, digits, one_thread):
