@@ -260,6 +260,41 @@ def test_chunked_backward_bfloat16_matches_float32():
         torch.testing.assert_close(g16.float(), g32, rtol=2e-2, atol=2e-2 * max(1.0, g32.abs().max().item()))
 
 
+def test_default_chunk_size_sequential_for_large_steps():
+    """On a CPU, when one step of the plain recurrence is already >= 2**16 floats, T = L (no chunking);
+    below that, at least 4 chunks as before; on CUDA ⌈√L⌉."""
+    cpu = torch.device("cpu")
+    assert default_chunk_size(64, 128, 54, 16, cpu) == 54          # batch·N·d_inner = 2**17
+    assert default_chunk_size(32, 128, 366, 16, cpu) == 366        # 2**16
+    assert default_chunk_size(16, 128, 366, 16, cpu) == 92         # 2**15: 4 chunks
+    assert default_chunk_size(1, 1024, 366, 16, cpu) == 46         # 2**14: 8 chunks
+    assert default_chunk_size(64, 128, 54, 16, torch.device("meta")) == 8
+
+
+def test_backward_block_size():
+    """The backward's block S on a CPU: one block (T) while a block buffer stays under 2**23 floats, else
+    2**20 floats' worth of steps; on other devices ⌈√T⌉."""
+    from models.scan.chunked import _block_size
+
+    cpu = torch.device("cpu")
+    assert _block_size(54, 1 << 17, cpu) == 54          # 54·2**17 < 2**23: one block
+    assert _block_size(366, 1 << 17, cpu) == 8          # 2**20 // 2**17
+    assert _block_size(64, 1 << 17, cpu) == 8           # exactly 2**23: blocks
+    assert _block_size(3, 1 << 30, cpu) == 1
+    assert _block_size(100, 1 << 17, torch.device("meta")) == 10
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 100, 90), (1, 1, 1)])
+def test_copy_transposed_both_strategies(shape):
+    """One 3-D copy (small matrices) and one 2-D copy per batch element (large ones) give the same result."""
+    from models.scan.chunked import _copy_transposed
+
+    src = torch.randn(shape)
+    dst = torch.empty(shape[0], shape[2], shape[1])
+    _copy_transposed(dst, src)
+    assert torch.equal(dst, src.transpose(1, 2))
+
+
 def test_chunked_inference_path_equals_autograd_path():
     """The in-place path (no autograd) and the autograd path compute the same numbers."""
     inputs = make_inputs(L=53)

@@ -30,7 +30,12 @@ tensor near 2**17 floats (512 KiB, so the few live ones stay in a core's L2), bu
 nearly sequential) and at most 2·⌈√L⌉ (so T ≥ √L/2 bounds the Python steps). Measured on the 2-core Xeon
 (benchmarks/test_bench_scan.py, T sweep): with both cores free, T from 23 to 160 changes the time by under 10 %
 at L = 366 and 1230; single-threaded (or with the other core busy) smaller per-step tensors are up to 1.3x
-faster, hence 2**17 rather than 2**18 floats. Any T ≥ 1 gives the same result.
+faster, hence 2**17 rather than 2**18 floats. Exception: when one step of the plain recurrence is already at
+least half that size (batch·N·d_inner ≥ 2**16, e.g. training batches: batch 64, d_inner 128, N 16), T = L
+(K = 1, the plain recurrence): chunking then only adds phase 1's work, and the per-step Python cost is small
+against a step's arithmetic. Measured single-threaded on the 2-core EPYC (forward, and the backward below):
+batch·N·d_inner = 2**16 and 2**17 at L = 54 and 256, T = L is 1.2-1.9x faster than K = 4..8; at 2**15 T = L is
+no slower, at 2**14 (batch 1, d_inner 1024) chunking wins. Any T ≥ 1 gives the same result.
 
 Backward (``chunked_scan_backward``, the op's backward for this backend): analytic, without autograd. With
 g_t = ∂L/∂x_t, the adjoint recurrence is g_t = C_t ⊗ dy_t + Ā_{t+1} ⊙ g_{t+1} (g past the end = 0): the same
@@ -47,8 +52,12 @@ entering every block of S steps (checkpoints, ⌈T/S⌉ step tensors); pass 2 ta
 recomputes a block's x_t and Ā_t from its checkpoint (reading out y_t for the gate and ∂C_t), then runs the
 block's adjoint steps. Work: two forward recurrences (the second with its exps reused by the adjoint steps) plus
 the adjoint steps, about 2x a forward; memory: the checkpoints, 2·S + 1 step tensors for the block and
-O(batch·L·(d_inner + N)) for the per-token inputs and gradients, all float32. S: on a CPU as many steps as
-keep each block buffer near 2**20 floats (4 MiB, in L3), elsewhere ⌈√T⌉. Decays are computed as exp2(Δ ⊗
+O(batch·L·(d_inner + N)) for the per-token inputs and gradients, all float32. S on a CPU: T (one block, no
+pass 1) while a block buffer stays under 2**23 floats (32 MiB, glibc's largest mmap threshold: smaller blocks
+are reused from call to call, larger ones are mapped afresh and their page faults cost more than pass 1; at
+batch 64, d_inner 128, N 16, L = 54 one block was 10-20 % faster than S = 8 single-threaded, at L = 366 it was
+1.9x slower than S = 8), else as many steps as keep each block buffer near 2**20 floats (4 MiB, in L3);
+elsewhere ⌈√T⌉. Decays are computed as exp2(Δ ⊗
 A·log2 e), about 1.8x faster than exp on an AVX2 CPU and equal up to float32 rounding. The result equals the
 gradient of the sequential scan up to float32 rounding (tests/test_scan.py checks it against autograd of a
 float64 recurrence).
@@ -65,9 +74,13 @@ from torch import Tensor
 from .common import finish, prepare, tracking
 
 _LOG2E = 1.4426950408889634
+#: largest matrix (elements) that ``_copy_transposed`` copies with the batch in one 3-D copy.
+SMALL_TRANSPOSE = 1 << 13
 #: target size (floats) of one per-step work tensor on a CPU; see the module docstring.
 CPU_STEP_ELEMS = 1 << 17
-#: target size (floats) of each of the backward's two per-block buffers on a CPU; see the module docstring.
+#: on a CPU the backward recomputes in one block (no checkpoint pass) when a block buffer stays below this many
+#: floats (32 MiB), else in blocks whose buffers hold about CPU_BLOCK_ELEMS floats; see the module docstring.
+CPU_ONE_BLOCK_ELEMS = 1 << 23
 CPU_BLOCK_ELEMS = 1 << 20
 
 
@@ -77,6 +90,8 @@ def default_chunk_size(batch: int, d_inner: int, length: int, d_state: int, devi
     if torch.device(device).type != "cpu":
         return max(1, min(length, root))
     chunks = CPU_STEP_ELEMS // max(1, batch * d_inner * d_state)
+    if chunks <= 2:  # one step of the plain recurrence is already ≥ half the target size: no chunking
+        return max(1, length)
     chunks = min(max(chunks, 4), 2 * root)
     return max(1, min(length, -(-length // chunks)))
 
@@ -115,8 +130,17 @@ def _cols(x: Tensor) -> tuple[Tensor, ...]:
 
 
 def _copy_transposed(dst: Tensor, src: Tensor) -> None:
-    """dst (batch, m, n) ← src (batch, n, m) transposed, one 2-D copy per batch element: PyTorch's CPU copy has
-    a cache-blocked path for a transposed 2-D matrix (4-10x faster here than the same copy done in 3-D)."""
+    """dst (batch, m, n) ← src (batch, n, m) transposed.
+
+    Large matrices: one 2-D copy per batch element, because PyTorch's CPU copy has a cache-blocked path for a
+    transposed 2-D matrix (4-10x faster than the same copy done in 3-D at m·n ≈ 4·10**5). Small ones (m·n up to
+    ``SMALL_TRANSPOSE``): one 3-D copy, since there the per-call cost of the loop dominates (many-batch short
+    sequences: batch 64, 128 channels, L = 54 is 3x faster in one copy; measured single-threaded, both
+    directions, on the 2-core EPYC; from m·n ≈ 1.6·10**4 up the loop is as fast or faster one way or the other).
+    """
+    if dst.shape[1] * dst.shape[2] <= SMALL_TRANSPOSE:
+        dst.copy_(src.transpose(1, 2))
+        return
     for i in range(dst.shape[0]):
         dst[i].copy_(src[i].t())
 
@@ -233,6 +257,8 @@ def _block_size(T: int, step_elems: int, device) -> int:
     """Steps per block of the backward's recompute (see "Backward" in the module docstring)."""
     if torch.device(device).type != "cpu":
         return max(1, min(T, math.isqrt(max(T - 1, 0)) + 1))  # ⌈√T⌉
+    if T * step_elems < CPU_ONE_BLOCK_ELEMS:
+        return T
     return max(1, min(T, CPU_BLOCK_ELEMS // max(1, step_elems)))
 
 
@@ -267,9 +293,10 @@ def chunked_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, d
     See "Backward" in the module docstring. Works in place on its own buffers: call it where autograd does not
     record (the op calls it under ``torch.no_grad``). ``chunk_size`` is T as in ``chunked_scan``;
     ``block_size`` is S, the steps recomputed per block (None: the default; any S ≥ 1 gives the same result).
-    Float32 inside. Memory, in step tensors of batch·K·N·d_inner floats: ⌈T/S⌉ checkpoints plus 2·S + 7 (batch
-    64, d_inner 128, N 16, L 366 on a CPU: T = L, S = 8, 69 of 0.5 MiB, 35 MiB, where all states would be 192 MB),
-    plus about 15 per-token tensors of batch·L·d_inner floats.
+    Float32 inside. Memory, in step tensors of batch·K·N·d_inner floats: ⌈T/S⌉ checkpoints plus 2·S + 7 (on a
+    CPU at batch 64, d_inner 128, N 16: L = 54 is one block, 2·54 + 8 of 0.5 MiB, 58 MiB; L = 366 has S = 8,
+    69 of them, 35 MiB, where all states would be 192 MB), plus about 15 per-token tensors of batch·L·d_inner
+    floats.
     """
     names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
     need = {k: bool(n) and t is not None
