@@ -6,8 +6,11 @@ Shapes are one DiM-S/2 Mamba layer (d_inner 1024, N 16, batch 1) at 32x32 px (L 
 16x16 grid) and at the 512 px length L = 1230. What is timed: one forward of the custom op
 ``selective_scan`` (float32, under torch.inference_mode, cpu wall clock by pytest-benchmark), for the
 ``reference`` and ``chunked`` backends, a sweep of chunk sizes T for ``chunked`` (to justify
-``default_chunk_size``), and forward + backward. CPU timings are for relative comparisons on the machine at hand
-(shared, noisy): compare backends by the ratio within one run, never against a fixed number.
+``default_chunk_size``), and forward + backward. Training shape: one Mamba layer of the tiny DiM trained on the
+CPU (``create_model("dim_s_2", input_size=16, in_channels=1, depth=5, width=64, patch_size=4)``, batch 64:
+d_inner 128, N 16, L 54), forward and backward alone (the backward op given a saved forward), for both
+backends. CPU timings are for relative comparisons on the machine at hand (shared, noisy): compare backends by
+the ratio within one run, never against a fixed number.
 """
 
 from __future__ import annotations
@@ -21,17 +24,17 @@ D_INNER, N = 1024, 16
 LENGTHS = {"32px": 366, "512px": 1230}
 
 
-def _inputs(L: int, batch: int = 1, requires_grad: bool = False):
+def _inputs(L: int, batch: int = 1, requires_grad: bool = False, d_inner: int = D_INNER):
     g = torch.Generator().manual_seed(0)
     t = dict(
-        u=torch.randn(batch, D_INNER, L, generator=g),
-        delta=torch.randn(batch, D_INNER, L, generator=g) - 2.0,
-        A=-torch.arange(1, N + 1, dtype=torch.float32).repeat(D_INNER, 1),  # DiM's initial A = -[1..16]
+        u=torch.randn(batch, d_inner, L, generator=g),
+        delta=torch.randn(batch, d_inner, L, generator=g) - 2.0,
+        A=-torch.arange(1, N + 1, dtype=torch.float32).repeat(d_inner, 1),  # DiM's initial A = -[1..16]
         B=torch.randn(batch, N, L, generator=g),
         C=torch.randn(batch, N, L, generator=g),
-        D=torch.ones(D_INNER),
-        z=torch.randn(batch, D_INNER, L, generator=g),
-        delta_bias=torch.randn(D_INNER, generator=g) * 0.1,
+        D=torch.ones(d_inner),
+        z=torch.randn(batch, d_inner, L, generator=g),
+        delta_bias=torch.randn(d_inner, generator=g) * 0.1,
     )
     return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
 
@@ -89,6 +92,35 @@ def test_scan_forward_backward(benchmark, backend):
     benchmark.pedantic(run, rounds=5, warmup_rounds=1, iterations=1)
     _info(benchmark, backend=backend, L=L,
           method="cpu wall clock (pytest-benchmark), 5 rounds after 1 warm-up, forward + grads of all 8 inputs")
+
+
+#: one Mamba layer of the tiny DiM of CPU training runs (see the module docstring): batch, d_inner, L.
+TRAIN_BATCH, TRAIN_D_INNER, TRAIN_L = 64, 128, 54
+
+
+@pytest.mark.parametrize("backend", ["reference", "chunked"])
+@pytest.mark.parametrize("task", ["forward", "backward"])
+def test_scan_training_shape(benchmark, backend, task):
+    """Forward (with autograd recording, as in training) or backward alone: the backward of one saved forward,
+    run with retain_graph so each round times the same backward op."""
+    t = _inputs(TRAIN_L, batch=TRAIN_BATCH, requires_grad=True, d_inner=TRAIN_D_INNER)
+    grad = torch.randn(TRAIN_BATCH, TRAIN_D_INNER, TRAIN_L, generator=torch.Generator().manual_seed(1))
+    benchmark.group = f"scan training shape batch {TRAIN_BATCH} d_inner {TRAIN_D_INNER} L={TRAIN_L} {task}"
+    if task == "forward":
+        def run():
+            return selective_scan(**t, backend=backend)
+    else:
+        out = selective_scan(**t, backend=backend)
+
+        def run():
+            return torch.autograd.grad(out, list(t.values()), grad, retain_graph=True)
+
+    rounds = 5 if backend == "reference" else 20
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=2, iterations=1)
+    _info(benchmark, backend=backend, L=TRAIN_L, batch=TRAIN_BATCH, d_inner=TRAIN_D_INNER, task=task,
+          chunk_size=default_chunk_size(TRAIN_BATCH, TRAIN_D_INNER, TRAIN_L, N, torch.device("cpu")),
+          method=f"cpu wall clock (pytest-benchmark), {rounds} rounds after 2 warm-up; forward with inputs "
+                 "requiring grad; backward: grads of all 8 inputs from one saved forward (retain_graph)")
 
 
 @pytest.mark.cuda
