@@ -49,7 +49,7 @@ def _everywhere(device) -> tuple[bool, str]:
 
 _BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", reference_scan, _everywhere, "sequential recurrence, L steps (oracle)"),
-    "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan, about 2·√L steps",
+    "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan (2·T + K steps), analytic backward",
                        chunked_scan_backward),
     "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
 }
