@@ -276,8 +276,9 @@ FAMILY = register_family(Family(
     sizes={(depth, width): letter.upper() for letter, (depth, width, _) in _SIZES.items()},
     module_types=(DiT,),
     checkpoints=CHECKPOINTS,
-    # baselines.md: linear betas 1e-4 -> 0.02, ε-MSE plus the learned-variance term, 250 DDPM steps, w = 1.5.
-    diffusion=DiffusionRecipe("linear", "ddpm", 250, 0.5),
+    # baselines.md: linear betas 1e-4 -> 0.02, ε-MSE plus the learned-variance term, 250 DDPM steps, w = 1.5
+    # on the first 3 latent channels.
+    diffusion=DiffusionRecipe("linear", "ddpm", 250, 0.5, guided_channels=3),
 ))
 
 # ---- official configurations (docs/models.md §2.2): each size with patch 2, 4 and 8 ----

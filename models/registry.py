@@ -55,7 +55,10 @@ class DiffusionRecipe:
     samplers ("dpm_solver++", "dpm_solver", "ddim", "ddpm", "euler_maruyama") with ``sample_steps`` function
     evaluations; ``guidance`` is the classifier-free guidance scale in the U-ViT/DiM convention
     (ε = ε_c + s·(ε_c − ε_u); DiT's w = s + 1). ``finetune`` holds the constructor options a model takes when
-    it is fine-tuned from a lower resolution (weak-to-strong; DiM switches its pad layout to "cyclic").
+    it runs above the resolution it was trained at: fine-tuned from a lower resolution (weak-to-strong) or
+    sampled there without training (Upsample Guidance); DiM switches its pad layout to "cyclic" for both.
+    ``guided_channels``: guidance acts on only the first this many channels when the model has more (DiT
+    guides 3 of its 4 latent channels); None: all.
     """
 
     schedule: str
@@ -63,6 +66,7 @@ class DiffusionRecipe:
     sample_steps: int
     guidance: float
     finetune: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    guided_channels: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -650,19 +650,22 @@ def test_upsample_guidance(m):
         t = torch.full((2,), t_value, dtype=torch.float64)
         eps = fn(x, t)
         (x_lo, tau), = lo.calls
-        k = min(math.floor(1000 * t_value), 999)  # the official step reading ⌊N·t⌋
-        ab = float(sched.alphas_cumprod[k])
+        # dim.md §8 / the official code: ᾱ at DDPM step ⌊N·t⌋ of the table over steps 0 … N (step 0: ᾱ = 1),
+        # i.e. step n is alphas_cumprod[n - 1] here (t = 1 reads step 1000 = the last entry)
+        k = math.floor(1000 * t_value)
+        ab = float(sched.alphas_cumprod[k - 1])
         torch.testing.assert_close(x_lo, F.avg_pool2d(x, m) / math.sqrt(ab + (1 - ab) / m**2))
         # By construction the pooled guided ε is the low-resolution ε over m.
         torch.testing.assert_close(F.avg_pool2d(eps, m), torch.sin(0.7 * x_lo) / m, rtol=0, atol=1e-6)
         assert bool((tau <= t).all()) and bool((tau == tau[0]).all())
         # τ = step/999 for the step whose SNR is closest to m²·SNR(t) (for m >= 2 that step is well below
         # ⌊N·t⌋, so the clamp τ <= t does not bind; test_upsample_guidance_clamps_tau covers it).
-        snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
+        ab_steps = [1.0] + sched.alphas_cumprod.tolist()  # steps 0 … 1000
+        snr = torch.tensor([a / (1 - a) if a < 1 else math.inf for a in ab_steps], dtype=torch.float64)
         target = m**2 * snr[k]
-        step = round(float(tau[0]) * 999)
+        step = round(float(tau[0]) * 999)  # τ = 1 − idx/999 with idx searching steps 999 … 0
         assert float(tau[0]) < t_value and float(tau[0]) == pytest.approx(step / 999, abs=1e-12)
-        assert float((snr[step] - target).abs()) == float((snr - target).abs().min())
+        assert float((snr[step] - target).abs()) == float((snr[:1000] - target).abs().min())
 
     # A mixed batch: only the samples at t >= until are guided.
     lo.calls.clear()

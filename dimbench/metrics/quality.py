@@ -154,18 +154,22 @@ def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     total = 2 * len(UPSAMPLE_FACTORS)
     for i, m in enumerate(UPSAMPLE_FACTORS):
         size = m * point.input_size
+        # Above its trained resolution a model takes its family's options for that (DiM: cyclic pads, dim.md §1,
+        # §8); the low-resolution pass runs the model as trained.
+        above = dict(fam.diffusion.finetune) if fam.diffusion else {}
         with torch.device(device):
-            high = models.create_model(point.model, **{**config, "input_size": size}).eval()
+            high = models.create_model(point.model, **{**config, **above, "input_size": size}).eval()
             low = models.create_model(point.model, **config).eval()
         models.load_resized_state_dict(high, trained.state_dict())
         # dim.md §8: the low-resolution pass uses the resized table resized back, as the official code does.
         models.load_resized_state_dict(low, high.state_dict())
-        common = {"trained_px": point.input_size, "factor": m, "trained_steps": facts["step"]}
+        common = {"trained_px": point.input_size, "factor": m, "trained_steps": facts["step"], **above}
         for j, guided in enumerate((False, True)):
             ctx.progress(2 * i + j, total, factor=m, upsample_guidance=guided)
             suffix = f"_up{m}" + ("_ug" if guided else "")
+            options = "".join(f", {k}={v}" for k, v in above.items())
             stage = (f"trained at {point.input_size} px, sampled at {size} px ({m}x) with its position embedding "
-                     "resized" + (f", Upsample Guidance while t >= {ctx.options['until']:g}" if guided
+                     f"resized{options}" + (f", Upsample Guidance while t >= {ctx.options['until']:g}" if guided
                                   else ", no Upsample Guidance"))
             images = generate(high, schedule=schedule, timestep=fam.timestep, spec=spec, labels=labels, count=n,
                               shape=(high.in_channels, size, size), seed=ctx.options["sample_seed"], device=device,

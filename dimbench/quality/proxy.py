@@ -2,7 +2,8 @@
 dimbench trains itself, and that classifier's accuracy on class-conditional samples.
 
 This is not FID (no Inception network, no standard reference statistics): its rows carry their own name
-(``fd_digits``, "digits Fréchet distance"), and its numbers are comparable only with each other, for the same
+(``fd_proxy*``, "proxy Fréchet distance"; ``proxy_acc*`` for the accuracy), and its numbers are comparable
+only with each other, for the same
 classifier (same seed and steps). The classifier sees 1x32x32 images in [-1, 1] (any input resolution is resized to
 ``FEATURE_RES``); its features are the activations of its penultimate layer (64 values, >= 0), as FID reads
 Inception's last layer before the classifier (pool3).

@@ -300,5 +300,6 @@ def draw_images(fig: FigureBase, images: Sequence[tuple[str, object]], ncols: in
     for ax in axes.flat:
         ax.set_axis_off()
     for ax, (title, img) in zip(axes.flat, images, strict=False):  # spare axes stay off
-        ax.imshow(img)
+        # one-channel images (grey digits) read back as 2-D arrays: grey, not a false-colour map
+        ax.imshow(img, cmap="gray" if getattr(img, "ndim", 3) == 2 else None)
         ax.set_title(mpl_text(title), fontsize=8)

@@ -1,8 +1,9 @@
 """``dimbench train``: train one model outside a suite, on one device or under torchrun.
 
-    dimbench train dim_tiny_4 --data digits --resolution 16 --steps 300 --batch 64 --out runs/dim16
-    dimbench train dim_tiny_4 --resolution 32 --init-from runs/dim16/checkpoint.pt --out runs/dim32   # weak-to-strong
-    torchrun --nproc_per_node 2 -m dimbench train dit_tiny_4 --batch 128 --out runs/ddp                # DDP
+    dimbench train dim_tiny_4 --resolution 16 --steps 300 --lr 2e-3 --warmup 30 --ema 0.99 --out runs/dim16
+    dimbench train dim_tiny_4 --resolution 32 --steps 60 --warmup 10 --ema 0.99 \
+        --init-from runs/dim16/checkpoint.pt --out runs/dim32                       # weak-to-strong (dim.md §6)
+    torchrun --nproc_per_node 2 -m dimbench.cli train dit_tiny_4 --batch 128 --out runs/ddp   # DDP
 
 OUT/checkpoint.pt is the training checkpoint (the same run resumes from it: run the command again); the loss of
 every logged window and the final rows go to OUT/results.jsonl like a suite's rows (``dimbench report OUT``
@@ -13,10 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import pickle
 import time
 from pathlib import Path
 
 from dimbench.console import UserError, console
+
+#: dim.md §6: the weak-to-strong fine-tune's recipe, the defaults under --init-from
+FINETUNE = {"lr": 1e-4, "warmup": 2500, "weight_decay": 0.0, "label_drop": 0.15}
 
 
 def add_train_command(sub) -> None:
@@ -29,17 +34,22 @@ def add_train_command(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder of the checkpoint and results.jsonl")
     p.add_argument("--data", default="digits", help="digits, or a local folder of images / .npy / .npz latents")
     p.add_argument("--resolution", type=int, default=None, metavar="PX",
-                   help="image side in pixels (default: the model's input size; latents: the latents' own)")
+                   help="image side in pixels for image data (default: the model's input size); latents must "
+                   "match the model's input size (or 8x it in pixels)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64, help="global batch per optimizer step")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (default {d.lr:g}; {FINETUNE['lr']:g} with --init-from, dim.md §6)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help=f"warm-up steps (default {d.warmup}; {FINETUNE['warmup']} with --init-from)")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help=f"default {d.weight_decay:g}; {FINETUNE['weight_decay']:g} with --init-from")
     p.add_argument("--betas", type=float, nargs=2, default=d.betas, metavar=("B1", "B2"))
     p.add_argument("--adam-eps", type=float, default=d.eps)
     p.add_argument("--grad-clip", type=float, default=d.grad_clip, help="0: no clipping")
     p.add_argument("--ema", type=float, default=d.ema)
-    p.add_argument("--label-drop", type=float, default=d.label_drop)
+    p.add_argument("--label-drop", type=float, default=None,
+                   help=f"default {d.label_drop:g}; {FINETUNE['label_drop']:g} with --init-from")
     p.add_argument("--precision", choices=list(PRECISIONS), default="float32",
                    help="autocast dtype (float16 adds a gradient scaler)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
@@ -82,16 +92,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         data = load_data(args.data, args.resolution or int(info.defaults["input_size"]), "train")
         low, what = None, ""
         if args.init_from:
-            state = _read_checkpoint(args.init_from, load_training_state)
-            with torch.device("cpu"):
-                low = models.create_model(args.model, **state["model_config"])
-            low.load_state_dict(state["model"])
-            what = f"{args.init_from} (non-EMA weights at step {state['step']})"
+            low, what = _init_model(args.init_from, args.model, load_training_state)
+        recipe = FINETUNE if args.init_from else {"lr": TrainConfig.lr, "warmup": TrainConfig.warmup,
+                                                   "weight_decay": TrainConfig.weight_decay,
+                                                   "label_drop": TrainConfig.label_drop}
+        chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in recipe.items()}
+        if chosen["warmup"] > args.steps:
+            console(stderr=True).print(f"warning: warm-up ({chosen['warmup']} steps) is longer than the run "
+                                       f"({args.steps} steps): the learning rate never reaches {chosen['lr']:g}")
         try:
             config = TrainConfig(
-                steps=args.steps, batch=args.batch, lr=args.lr, betas=tuple(args.betas), eps=args.adam_eps,
-                weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip or None, ema=args.ema,
-                label_drop=args.label_drop, precision=args.precision, grad_accum=args.grad_accum,
+                steps=args.steps, batch=args.batch, lr=chosen["lr"], betas=tuple(args.betas), eps=args.adam_eps,
+                weight_decay=chosen["weight_decay"], warmup=chosen["warmup"], grad_clip=args.grad_clip or None,
+                ema=args.ema, label_drop=chosen["label_drop"], precision=args.precision, grad_accum=args.grad_accum,
                 activation_checkpointing=args.activation_checkpointing,
                 schedule=args.schedule or fam.diffusion.schedule, seed=args.seed, log_every=args.log_every,
                 checkpoint_every=args.checkpoint_every,
@@ -127,6 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress = _Progress(config.steps) if rank0 else None
         try:
             result = trainer.run(on_log=on_log, on_step=progress.update if progress else None)
+        except (ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as exc:
+            if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+                raise
+            # a checkpoint of another run, model or shape in OUT, or an unreadable one: the user's to sort out
+            raise UserError(f"{out / 'checkpoint.pt'}: cannot continue this run: {_first_line(exc)} (another --out, "
+                            "or delete the folder to start over)") from None
         finally:
             if progress:
                 progress.close()
@@ -147,13 +166,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_checkpoint(path: str, reader):
+def _init_model(path: str, model_name: str, reader):
+    """The model of a training checkpoint at a lower resolution (its non-EMA weights), and how to name it."""
+    import torch
+
+    import models
+
     if not Path(path).is_file():
         raise UserError(f"--init-from {path}: no such file")
     try:
-        return reader(path)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input, said in one line
-        raise UserError(f"--init-from {path}: not a readable dimbench training checkpoint ({exc})") from None
+        state = reader(path)
+        saved = state.get("model_name")
+        if saved and saved != model_name:
+            raise ValueError(f"it holds {saved}, not {model_name}")
+        with torch.device("cpu"):
+            low = models.create_model(model_name, **state["model_config"])
+        low.load_state_dict(state["model"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable or unfitting file is the user's input, in one line
+        raise UserError(f"--init-from {path}: not a usable dimbench training checkpoint of {model_name} "
+                        f"({_first_line(exc)})") from None
+    return low, f"{path} (non-EMA weights at step {state['step']})"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 class _Progress:

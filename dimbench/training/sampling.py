@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+import models
 from models.registry import Family
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "dpm_solver", "euler_maruyama")
@@ -70,7 +71,14 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
 
     device = torch.device(device)
     null = int(getattr(model, "num_classes", 0) or 0)
-    guidance = Guidance(spec.guidance) if spec.guidance and labels is not None else None
+    try:
+        recipe = models.family_of_model(model).diffusion
+    except KeyError:  # a module no registered family builds: no family recipe to follow
+        recipe = None
+    subset = recipe.guided_channels if recipe else None
+    channels = subset if subset is not None and shape[0] > subset else None  # DiT: 3 of 4 latent channels
+    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    _check_pair(spec, schedule)
     out = []
     for start in range(0, count, batch):
         n = min(batch, count - start)
@@ -89,6 +97,17 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
         x = _run_sampler(spec, eps, schedule, x_T, g)
         out.append(x.float().clamp_(-1, 1).cpu())
     return torch.cat(out)
+
+
+def _check_pair(spec: SamplerSpec, schedule) -> None:
+    """Euler-Maruyama integrates the continuous VP-SDE; DDPM and DDIM step a discrete schedule."""
+    continuous = not hasattr(schedule, "alphas_cumprod")
+    if spec.name == "euler_maruyama" and not continuous:
+        raise ValueError(f"sampler euler_maruyama needs the continuous VP-SDE; this model was trained with the "
+                         f"{schedule.name} schedule (use dpm_solver++, dpm_solver, ddim or ddpm)")
+    if spec.name in ("ddpm", "ddim") and continuous:
+        raise ValueError(f"sampler {spec.name} steps a discrete schedule; this model was trained with the VP-SDE "
+                         "(use euler_maruyama, dpm_solver++ or dpm_solver)")
 
 
 def _run_sampler(spec: SamplerSpec, eps, schedule, x_T: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -15,8 +15,9 @@ What one optimizer step does (dim.md §5, baselines.md for DiT):
 
 Logging: every ``log_every`` steps ``on_log(step, info)`` gets the mean loss of the steps since the last log
 (and mse, vb, lr, grad norm, images/s of the window). Checkpoints (model, EMA, optimizer, grad scaler, step)
-are written atomically every ``checkpoint_every`` steps and at the end, always at a multiple of ``log_every``,
-so a resumed run logs the same windows with the same values as an uninterrupted one.
+are written atomically every ``checkpoint_every`` steps (a multiple of ``log_every``) and at the last step, so
+a resumed run logs the same windows with the same values as an uninterrupted one. A checkpoint resumes only a
+run with the same settings and data (the length and the saving interval may change).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ import torch.nn as nn
 
 from dimbench.data import Dataset
 from dimbench.training.distributed import DistributedInfo, distributed_info
+
+#: config fields a resumed run may change: how long it runs, how often it saves, and how the backward stores
+#: activations (the same arithmetic either way)
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "activation_checkpointing")
 
 #: precision name -> autocast dtype (None: float32, no autocast)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -121,9 +126,10 @@ class Trainer:
         self.model = model.to(self.device).train()
         if init_state is not None:
             model.load_state_dict(init_state)
+        # The EMA copy first: a deep copy of checkpointed blocks would keep calling the live blocks' forwards.
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if config.activation_checkpointing:
             enable_activation_checkpointing(self.model)
-        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.ddp = self._wrap(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.betas,
                                            eps=config.eps, weight_decay=config.weight_decay)
@@ -132,7 +138,8 @@ class Trainer:
         self.state_path = Path(state_path) if state_path else None
         self.step = 0
         self.history: list[dict[str, Any]] = []  # every logged window, saved with the checkpoint
-        self.meta = dict(meta or {})  # facts about the run saved with it (how it started, e.g. weak-to-strong)
+        # facts about the run saved with it: how it started (e.g. weak-to-strong) and the data it reads
+        self.meta = {"data": f"{data.source} ({len(data)} examples)", **(meta or {})}
 
     # ---- public -------------------------------------------------------------------------------------------
 
@@ -236,11 +243,22 @@ class Trainer:
     def load_state(self) -> int:
         """Restore a checkpoint written by :meth:`save_state`; returns its step."""
         state = load_training_state(self.state_path)
-        for key in ("batch", "seed", "schedule", "grad_accum", "log_every", "label_drop"):
+        # Everything but the run's length and how often it saves must match, or the curve would change meaning
+        # (and the optimizer's own state would silently bring back the old betas, eps and weight decay).
+        for key in (f.name for f in dataclasses.fields(self.config)):
+            if key in RESUMABLE_CHANGES:
+                continue
             if state["config"].get(key) != _plain(getattr(self.config, key)):
                 raise ValueError(f"{self.state_path}: the checkpoint was trained with {key} = "
                                  f"{state['config'].get(key)!r}, this run asks for {getattr(self.config, key)!r}; "
                                  "resuming would not continue the same run")
+        saved_data = state.get("meta", {}).get("data")
+        if saved_data is not None and saved_data != self.meta.get("data"):
+            raise ValueError(f"{self.state_path}: the checkpoint was trained on {saved_data!r}, this run reads "
+                             f"{self.meta.get('data')!r}")
+        model_name = str(getattr(self.model, "model_name", ""))
+        if state.get("model_name") and model_name and state["model_name"] != model_name:
+            raise ValueError(f"{self.state_path}: the checkpoint holds {state['model_name']}, not {model_name}")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -365,26 +365,28 @@ def upsample_guidance(
     eps_hi: the (guided) model at the full resolution (B, C, m·h, m·w); eps_lo: the same model at the training
     resolution (B, C, h, w); both take continuous times and only their ε is used. For samples with t >= until:
 
-    * ᾱ_t and SNR(t) = ᾱ_t/(1 − ᾱ_t) are read at discrete step k = ⌊N·t⌋ (clamped into 0 … N−1), the official
-      reading (one step off the continuous view's t_k = (k+1)/N; kept as released);
+    * ᾱ_t and SNR(t) = ᾱ_t/(1 − ᾱ_t) are read at DDPM step k = ⌊N·t⌋ in the official numbering: a table of steps
+      0 … N with ᾱ_0 = 1 (β_0 = 0 prepended), so step k is ``alphas_cumprod[k − 1]`` (t = 1 reads step N);
     * x_lo = AvgPool_m(x_t)/√P_t with P_t = ᾱ_t + (1 − ᾱ_t)/m²: averaging m² pixels keeps the signal and divides
       the noise variance by m², so dividing by √P_t gives a unit-variance input of SNR m²·SNR(t);
-    * τ: the discrete step whose SNR is closest to m²·SNR(t), searched over steps N−1 … 0 with τ = 1 − idx/(N−1)
-      for search position idx (= step/(N−1)), clamped to τ ≤ t;
+    * τ: the step whose SNR is closest to m²·SNR(t), searched over steps N−1 … 0 of that table (step 0: SNR = ∞)
+      with τ = 1 − idx/(N−1) for search position idx (= step/(N−1)), clamped to τ ≤ t;
     * ε̂ = ε_hi + NearestUp_m(ε_lo(x_lo, τ)/m − AvgPool_m(ε_hi)), so AvgPool_m(ε̂) = ε_lo/m exactly.
 
     Other samples get ε_hi unchanged (eps_lo is not called when no sample needs it).
     """
     n = schedule.num_steps
-    snr_table = schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod)  # float64 (N,), SNR of step i
-    snr_search = snr_table.flip(0)  # position idx holds step N-1-idx: the official search order 999 … 0
+    # The official tables are indexed by DDPM step 0 … N, with step 0 the clean data (ᾱ = 1, SNR = ∞).
+    ab_steps = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alphas_cumprod.to(torch.float64)])
+    snr_steps = ab_steps / (1.0 - ab_steps)  # (N+1,), inf at step 0
+    snr_search = snr_steps[:n].flip(0)  # position idx holds step N-1-idx: the official search order 999 … 0
 
     def low_res_time(t: Tensor) -> tuple[Tensor, Tensor]:
         """(ᾱ_t, τ) as float64 (B,) on the CPU for continuous times t (B,)."""
         t = t.detach().to("cpu", torch.float64)
-        k = torch.floor(n * t).clamp(0, n - 1).long()
-        ab = schedule.alphas_cumprod[k]
-        target = m**2 * snr_table[k]
+        k = torch.floor(n * t).clamp(1, n).long()  # t >= until > 0: step 0 (no noise) never applies
+        ab = ab_steps[k]
+        target = m**2 * snr_steps[k]
         idx = torch.argmin((snr_search[None, :] - target[:, None]).abs(), dim=1).to(torch.float64)
         tau = torch.minimum(1.0 - idx / (n - 1), t)
         return ab, tau
