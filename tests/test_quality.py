@@ -47,7 +47,7 @@ def test_a_few_hundred_steps_score_clearly_better_than_untrained(one_thread):
 
 QUALITY_SUITE = """\
 name: quality_test
-models: [dit_tiny_4]
+models: [dim_tiny_4, dit_tiny_4]
 resolutions: [16, 32]
 batch_sizes: [16]
 metrics: [train, quality, upsample]
@@ -70,7 +70,7 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
     first = run_cli("run", str(suite), "--out", str(out), "--no-report", env=env, timeout=600)
     assert first.returncode == 0, first.stderr
     rows = read_jsonl(out / "results.jsonl")
-    assert [r["status"] for r in rows if r["metric"] == "fd_proxy" and r["resolution"] == 16] == ["error"]
+    assert [r["status"] for r in rows if r["metric"] == "fd_proxy" and r["resolution"] == 16] == ["error"] * 2
     losses_before = [r for r in rows if r["metric"] == "train_loss"]
 
     second = run_cli("run", str(suite), "--out", str(out), "--retry-errors", timeout=600)
@@ -79,11 +79,15 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
     latest = {(r["point_key"], r["metric"], r["extra"].get("step")): r for r in rows}
     # training was not repeated: the loss rows are those of the first run, once each
     assert [r for r in rows if r["metric"] == "train_loss"] == losses_before
-    assert sorted((r["resolution"], r["extra"]["step"]) for r in losses_before) == [
-        (16, 5), (16, 10), (32, 5)]
+    assert sorted((r["model"], r["resolution"], r["extra"]["step"]) for r in losses_before) == sorted(
+        (m, res, step) for m in ("dim_tiny_4", "dit_tiny_4") for res, step in ((16, 5), (16, 10), (32, 5)))
 
-    def row(res: int, metric: str) -> dict:
-        return next(r for (k, m, _), r in latest.items() if m == metric and f"|r{res}|" in k)
+    def row(res: int, metric: str, model: str = "dit_tiny_4") -> dict:
+        return next(r for (k, m, _), r in latest.items() if m == metric and k.startswith(f"{model}|r{res}|"))
+
+    # DiM above its trained grid: cyclic pads, in the weak-to-strong fine-tune and in training-free upsampling
+    assert "pad_layout=cyclic" in row(32, "train_loss_final", "dim_tiny_4")["method"]
+    assert row(16, "fd_proxy_up3_ug", "dim_tiny_4")["extra"]["pad_layout"] == "cyclic"
 
     assert row(16, "fd_proxy")["status"] == "ok" and row(16, "fd_proxy_untrained")["status"] == "ok"
     w2s = row(32, "fd_proxy")
@@ -121,6 +125,16 @@ def test_dimbench_train_command_resumes_and_reports(tmp_path):
     assert all(json.dumps(r) for r in rows) and (out / "checkpoint.pt").is_file()
 
 
+def test_dimbench_train_refuses_to_resume_another_run(tmp_path):
+    out = tmp_path / "train"
+    args = ["train", "dit_tiny_4", "--steps", "2", "--warmup", "1", "--log-every", "1", "--checkpoint-every", "1",
+            "--out", str(out)]
+    assert run_cli(*args, "--batch", "4").returncode == 0
+    other = run_cli(*args, "--batch", "8")
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "checkpoint.pt: cannot continue this run" in other.stderr and "batch" in other.stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--data", "/nonexistent/images"], "/nonexistent/images"),
     (["--init-from", "/nonexistent/ckpt.pt"], "--init-from /nonexistent/ckpt.pt: no such file"),
@@ -135,6 +149,38 @@ def test_dimbench_train_bad_input_is_one_clear_line(tmp_path, args, message):
 def test_dimbench_train_unknown_model(tmp_path):
     result = run_cli("train", "no_such_model", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "unknown model 'no_such_model'" in result.stderr
+
+
+def test_sampler_must_suit_the_schedule():
+    from models.diffusion import make_schedule
+
+    model = models.create_model("uvit_tiny_4").eval()
+    kw = dict(timestep=models.family("uvit").timestep, labels=None, count=1, shape=(1, 16, 16), seed=0)
+    with pytest.raises(ValueError, match="euler_maruyama needs the continuous VP-SDE"):
+        generate(model, schedule=make_schedule("sd_scaled_linear"), spec=SamplerSpec("euler_maruyama", 2, 0), **kw)
+    with pytest.raises(ValueError, match="ddim steps a discrete schedule"):
+        generate(model, schedule=make_schedule("vpsde"), spec=SamplerSpec("ddim", 2, 0), **kw)
+
+
+def test_dit_guides_its_first_three_latent_channels(monkeypatch):
+    """baselines.md: DiT applies guidance to the first 3 of its 4 latent channels; on 1-channel digits, to all."""
+    import models.diffusion as diffusion
+    from models.diffusion import make_schedule
+
+    seen = []
+    real = diffusion.model_eps
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("guidance"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "model_eps", spy)
+    for channels in (4, 1):
+        model = models.create_model("dit_tiny_4", in_channels=channels).eval()
+        generate(model, schedule=make_schedule("linear"), timestep=models.family("dit").timestep,
+                 spec=SamplerSpec("ddim", 2, 0.5), labels=class_labels(2, 10), count=2,
+                 shape=(channels, 16, 16), seed=0)
+    assert [g.channels for g in seen] == [3, None] and all(g.s == 0.5 for g in seen)
 
 
 def test_sampler_spec_states_both_guidance_conventions():

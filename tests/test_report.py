@@ -679,7 +679,7 @@ def test_quality_and_published_sections_render_when_present(tmp_path):
     samples = by["Quality: samples"]
     assert len(samples.figures) == 1
     refused = [[c.text for c in r] for r in samples.tables[0].rows]
-    assert refused == [["dim_h_2", "256 px", "../../etc/passwd.png", "not a PNG inside the results folder"]]
+    assert refused == [["dim_h_2 @ 256 px", "../../etc/passwd.png", "not a PNG inside the results folder"]]
     html_path, pdf_path = build_report(d)
     assert "Quality: training loss" in html_path.read_text(encoding="utf-8")
     if PDFTOTEXT:

@@ -110,6 +110,14 @@ def test_activation_checkpointing_gives_the_same_step(digits, one_thread):
     b = trainer("dim_tiny_4", digits, config(steps=1, log_every=1, checkpoint_every=1, activation_checkpointing=True))
     a.run(), b.run()
     assert torch.allclose(params(a.model), params(b.model), atol=1e-6)
+    # the EMA copy runs its own weights, not the checkpointed live blocks'
+    x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([1, 2])
+    with torch.no_grad():
+        before = b.ema(x, t, y)
+        for p in b.model.parameters():
+            p.add_(1.0)
+        assert torch.equal(b.ema(x, t, y), before)
+        assert torch.allclose(before, a.ema(x, t, y), atol=1e-5)
 
 
 def test_warmup_then_constant_learning_rate(digits):

@@ -94,28 +94,40 @@ def _accuracy_row(fd_metric: str) -> str:
     return f"{head}_acc" + (f"_{tail}" if tail else "")
 
 
+def _stage_rank(metric: str) -> tuple[int, str]:
+    """Untrained, trained (then weak-to-strong, by resolution), then 2x / 3x plain and guided."""
+    if metric.endswith("_untrained"):
+        return (0, metric)
+    if "_up" in metric:
+        return (2, metric)
+    return (1, metric)
+
+
 def stage_table(results: Results, metrics: list[str]) -> Table:
     """Model x stage: the proxy distance, the classifier accuracy and how the samples were made."""
     body = []
     for model in results.models:
+        found = []
         for metric in metrics:
             acc_rows = results.rows(_accuracy_row(metric))
             for r in _stage_rows(results, metric):
-                if r.model != model:
-                    continue
-                acc = acc_rows[(acc_rows["model"] == model) & (acc_rows["point_key"] == r.point_key)]
-                acc_cell = (Cell(fmt(float(acc["value"].iloc[0]), "proxy_acc")) if len(acc) and
-                            acc["status"].iloc[0] == "ok" else Cell("—", "missing"))
-                e = r.extra
-                fd_cell = Cell(fmt(r.value, metric)) if r.status == "ok" else Cell(r.status, r.status)
-                sampler = f"{e.get('sampler', '?')}, {e.get('sampler_steps', '?')} steps"
-                guidance = (f"s = {e['guidance_s']:g} (w = {e['guidance_w']:g})" if e.get("guidance_s")
-                            else "none")
-                body.append([Cell(model), Cell(str(e["stage"])), Cell(px(e.get("image_px", r.resolution))),
-                             fd_cell, acc_cell, Cell(sampler), Cell(guidance), Cell(str(e.get("n_fake", "")))])
-    return Table("Proxy quality per model and stage: Fréchet distance of dimbench's proxy-classifier features "
-                 "(generated vs held-out real; lower is better; a proxy, NOT the standard FID) and the classifier's "
-                 "accuracy on class-conditional samples (higher is better). " + method_text(results, metrics[:1]),
+                if r.model == model:
+                    found.append((_stage_rank(metric), int(r.resolution), metric, r, acc_rows))
+        for _, _, _, r, acc_rows in sorted(found, key=lambda f: f[:3]):
+            acc = acc_rows[(acc_rows["model"] == model) & (acc_rows["point_key"] == r.point_key)]
+            acc_cell = (Cell(f"{float(acc['value'].iloc[0]):.1f}") if len(acc) and acc["status"].iloc[0] == "ok"
+                        else Cell("—", "missing"))
+            e = r.extra
+            fd_cell = Cell(f"{float(r.value):.1f}") if r.status == "ok" else Cell(r.status, r.status)
+            sampler = f"{e.get('sampler', '?')}, {e.get('sampler_steps', '?')} steps"
+            guidance = f"s = {e['guidance_s']:g} (w = {e['guidance_w']:g})" if e.get("guidance_s") else "none"
+            body.append([Cell(model), Cell(str(e["stage"])), Cell(px(e.get("image_px", r.resolution))),
+                         fd_cell, acc_cell, Cell(sampler), Cell(guidance), Cell(str(e.get("n_fake", "")))])
+    return Table("Proxy quality per model and stage: Fréchet distance of the features of dimbench's own small "
+                 "classifier, trained on the digits' train split, between generated images and the held-out real "
+                 "digits (lower is better; a proxy, NOT the standard FID; comparable only within this run's "
+                 "classifier and sample counts), and that classifier's accuracy on class-conditional samples "
+                 "(higher is better; 10 % is chance). Each row's full method is in the Methods section.",
                  ["model", "stage", "images", "proxy FD", "accuracy %", "sampler", "guidance", "samples"], body,
                  [False, False, True, True, True, False, False, True])
 
