@@ -17,6 +17,7 @@ Every row says which sampler, steps and guidance produced it (method, and ``extr
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -88,23 +89,47 @@ def _grid(ctx: MetricContext, point: SweepPoint, row: str, images: torch.Tensor,
                        {**extra, "path": str(rel)})
 
 
-def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import class_labels, generate
+@dataclasses.dataclass
+class _Setup:
+    """What both metrics start from: the trained model and how to sample and score it."""
+
+    device: torch.device
+    family: models.Family
+    classifier: Any
+    classifier_info: dict[str, Any]
+    trained: torch.nn.Module
+    facts: dict[str, Any]
+    schedule: Any
+    spec: Any
+    count: int
+    labels: torch.Tensor | None
+
+
+def _setup(point: SweepPoint, ctx: MetricContext) -> _Setup:
+    from dimbench.training.sampling import class_labels
     from models.diffusion import make_schedule
 
     if ctx.options["data"] != "digits":
         raise SkipMetric("the proxy metric's classifier is trained on the digits; other data has no proxy yet")
     device = resolve_device(point)
-    fam = models.family_of_model(point.model)
     clf, info = _classifier(ctx)
     trained, facts = load_trained(ctx.out_dir, point, device=device)
-    schedule = make_schedule(facts["config"]["schedule"])
-    spec = _spec(ctx, point)
     n = ctx.options["samples"]
-    labels = class_labels(n, int(getattr(trained, "num_classes", 0) or 0))
+    return _Setup(device, models.family_of_model(point.model), clf, info, trained, facts,
+                  make_schedule(facts["config"]["schedule"]), _spec(ctx, point), n,
+                  class_labels(n, int(getattr(trained, "num_classes", 0) or 0)))
+
+
+def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
+    from dimbench.training.sampling import generate
+
+    st = _setup(point, ctx)
+    device, fam, trained, facts = st.device, st.family, st.trained, st.facts
+    clf, info = st.classifier, st.classifier_info
+    spec, n, labels = st.spec, st.count, st.labels
     shape = (trained.in_channels, point.input_size, point.input_size)
     common = {"trained_steps": facts["step"]}
-    kw = dict(schedule=schedule, timestep=fam.timestep, spec=spec, labels=labels, count=n, shape=shape,
+    kw = dict(schedule=st.schedule, timestep=fam.timestep, spec=spec, labels=labels, count=n, shape=shape,
               seed=ctx.options["sample_seed"], device=device)
     rows: list[Measurement] = []
     ctx.progress(0, 2, stage="trained")
@@ -134,21 +159,14 @@ def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import class_labels, generate
-    from models.diffusion import make_schedule
+    from dimbench.training.sampling import generate
 
-    if ctx.options["data"] != "digits":
-        raise SkipMetric("the proxy metric's classifier is trained on the digits; other data has no proxy yet")
-    device = resolve_device(point)
-    fam = models.family_of_model(point.model)
-    clf, info = _classifier(ctx)
-    trained, facts = load_trained(ctx.out_dir, point, device=device)
-    schedule = make_schedule(facts["config"]["schedule"])
-    if not hasattr(schedule, "alphas_cumprod"):
+    st = _setup(point, ctx)
+    if not hasattr(st.schedule, "alphas_cumprod"):
         raise SkipMetric("Upsample Guidance reads a discrete schedule; this model was trained on a continuous one")
-    spec = _spec(ctx, point)
-    n = ctx.options["samples"]
-    labels = class_labels(n, int(getattr(trained, "num_classes", 0) or 0))
+    device, fam, trained, facts = st.device, st.family, st.trained, st.facts
+    clf, info = st.classifier, st.classifier_info
+    schedule, spec, n, labels = st.schedule, st.spec, st.count, st.labels
     config = same_architecture(trained)
     rows: list[Measurement] = []
     total = 2 * len(UPSAMPLE_FACTORS)
