@@ -64,7 +64,26 @@ def _log_alpha_from_lambda(lam: Tensor) -> Tensor:
     return -0.5 * torch.logaddexp(torch.zeros_like(lam), -2.0 * lam)
 
 
-class DiscreteSchedule:
+class _ContinuousView:
+    """α(t), σ(t) and λ(t) of a schedule, from its ``log_alpha(t)`` (both schedules share these)."""
+
+    def log_alpha(self, t: Tensor | float) -> Tensor:
+        raise NotImplementedError
+
+    def alpha(self, t: Tensor | float) -> Tensor:
+        """α(t) = exp(log α(t)), float64."""
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Tensor | float) -> Tensor:
+        """σ(t) = √(1 − α(t)²), float64."""
+        return _sigma_from_log_alpha(self.log_alpha(t))
+
+    def lambda_(self, t: Tensor | float) -> Tensor:
+        """λ(t) = log α(t) − log σ(t), float64 (decreasing in t)."""
+        return _lambda_from_log_alpha(self.log_alpha(t))
+
+
+class DiscreteSchedule(_ContinuousView):
     """N-step DDPM schedule. Index i = 0..N-1 stands for β_{i+1}; alphas_cumprod[i] = Π_{k<=i} (1-β_k).
 
     Attributes: ``name``; ``num_steps`` = N; ``betas`` and ``alphas_cumprod``, float64 (N,) on the CPU;
@@ -137,18 +156,6 @@ class DiscreteSchedule:
         t = _as_time(t)
         return _interp(t, self._t_knots.to(t.device), self._log_alpha_knots.to(t.device))
 
-    def alpha(self, t: Tensor | float) -> Tensor:
-        """α(t) = exp(log α(t)), float64."""
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        """σ(t) = √(1 − α(t)²), float64."""
-        return _sigma_from_log_alpha(self.log_alpha(t))
-
-    def lambda_(self, t: Tensor | float) -> Tensor:
-        """λ(t) = log α(t) − log σ(t), float64 (decreasing in t)."""
-        return _lambda_from_log_alpha(self.log_alpha(t))
-
     def inverse_lambda(self, lam: Tensor | float) -> Tensor:
         """The t with λ(t) = lam, float64: log α from λ in closed form, then the piecewise-linear t(log α)."""
         log_alpha = _log_alpha_from_lambda(_as_time(lam))
@@ -172,7 +179,7 @@ class DiscreteSchedule:
         return torch.round(t * self.num_steps - 1.0).clamp(0, self.num_steps - 1).to(torch.long)
 
 
-class VPSDE:
+class VPSDE(_ContinuousView):
     """Continuous VP-SDE (DiM-S / U-ViT on CIFAR-10): β(t) = β_min + t(β_max − β_min),
     log α(t) = −(β_max−β_min)t²/4 − β_min t/2.
 
@@ -202,15 +209,6 @@ class VPSDE:
         """log α(t) = −¼ (β_max − β_min) t² − ½ β_min t (= −½ ∫_0^t β), float64."""
         t = _as_time(t)
         return -0.25 * (self.beta_max - self.beta_min) * t**2 - 0.5 * self.beta_min * t
-
-    def alpha(self, t: Tensor | float) -> Tensor:
-        return torch.exp(self.log_alpha(t))
-
-    def sigma(self, t: Tensor | float) -> Tensor:
-        return _sigma_from_log_alpha(self.log_alpha(t))
-
-    def lambda_(self, t: Tensor | float) -> Tensor:
-        return _lambda_from_log_alpha(self.log_alpha(t))
 
     def inverse_lambda(self, lam: Tensor | float) -> Tensor:
         """Closed form: with L = log(1 + e^{−2λ}) = −2 log α, solve ½(β_max−β_min)t² + β_min t = L for t ≥ 0.
