@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import statistics
+
 import pytest
 import torch
 
@@ -47,7 +49,8 @@ def test_registry_has_the_contract_metrics():
     assert len(produced) == len(set(produced))
     assert set(produced) == {
         "params", "params_trainable", "gmacs", "gflops", "gmacs_fvcore", "latency_ms", "throughput",
-        "train_step_ms", "train_throughput", "mem_predicted_gib", "mem_allocated_gib", "mem_reserved_gib",
+        "latency_rel", "train_step_ms", "train_throughput", "train_step_rel", "mem_predicted_gib", "mem_allocated_gib",
+        "mem_reserved_gib",
         "mem_device_gib", "tflops_achieved", "mfu", "train_loss", "train_loss_final", "train_images_per_s",
         "fd_proxy", "proxy_acc", "fd_proxy_untrained", "proxy_acc_untrained", "samples",
         *(f"{row}_up{m}{ug}" for row in ("fd_proxy", "proxy_acc", "samples") for m in (2, 3) for ug in ("", "_ug")),
@@ -96,6 +99,13 @@ def test_latency_rows_on_a_tiny_model():
     # CUDA-only rows are skipped rows with a reason, not missing.
     for name in ("tflops_achieved", "mfu"):
         assert rows[name].status == "skipped" and rows[name].value is None and "CUDA only" in rows[name].error
+    # The time relative to the reference matmul timed in the same rounds: what regression gates compare.
+    rel = rows["latency_rel"]
+    assert rel.status == "ok" and rel.unit == "x ref"
+    ref = rel.extra["reference_samples_ms"]
+    assert len(ref) == 3 and all(r > 0 for r in ref)
+    assert rel.value == pytest.approx(statistics.median(s / r for s, r in zip(e["samples_ms"], ref, strict=True)))
+    assert "float32 matmul 512x512x512 on cpu" in rel.method and rel.extra["reference"] in rel.method
 
 
 def test_latency_bf16_runs_under_autocast_and_dim_records_its_scan_backend():
@@ -117,6 +127,8 @@ def test_train_step_rows_and_it_follows_an_inference_forward_of_dim():
     assert thr.value == pytest.approx(1 / (step.value / 1e3))
     assert "backward + AdamW" in step.method
     assert "median of 1 after 1 warm-up" in step.method  # at least one untimed step (optimizer state)
+    rel = rows["train_step_rel"]
+    assert rel.value == pytest.approx(step.value / rel.extra["reference_samples_ms"][0]) and rel.unit == "x ref"
 
 
 def test_train_step_on_dit_trains_on_eps_channels():

@@ -26,7 +26,18 @@ about a row (the worker's task labels, the summary table, the report) asks :func
 
 from __future__ import annotations
 
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, SkipMetric, Summary, generic_row
+from dimbench.metrics.base import (
+    EXACT,
+    Gate,
+    Measurement,
+    Metric,
+    MetricContext,
+    Ratio,
+    Row,
+    SkipMetric,
+    Summary,
+    generic_row,
+)
 
 #: name -> Metric, in registration order (the order of summary columns and report measures).
 METRICS: dict[str, Metric] = {}
@@ -84,6 +95,6 @@ def _register_builtins() -> None:
 _register_builtins()
 
 __all__ = [
-    "METRICS", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary", "declared_rows",
+    "EXACT", "METRICS", "Gate", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary", "declared_rows",
     "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
 ]

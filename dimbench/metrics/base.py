@@ -50,6 +50,32 @@ class Ratio:
 
 
 @dataclasses.dataclass(frozen=True)
+class Gate:
+    """How ``dimbench gate`` compares a row with its baseline (see :mod:`dimbench.gates`).
+
+    ``tolerance``: the largest relative change that passes (0.3 = 30 %; 0 = exactly equal). ``worse``: the
+    direction that fails ("higher" for times and memory, "lower" for rates); None: a change either way fails
+    (counts: a count that moves means the model is no longer the one baselined). ``same_device``: the value
+    depends on the hardware (timings, measured memory), so it is compared only when the run and its baseline
+    come from the same device class; counts compare anywhere.
+    """
+
+    tolerance: float
+    worse: str | None = None
+    same_device: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
+            raise ValueError(f"Gate.tolerance must be a finite number >= 0, got {self.tolerance!r}")
+        if self.worse not in (None, "higher", "lower"):
+            raise ValueError(f"Gate.worse must be 'higher', 'lower' or None, got {self.worse!r}")
+
+
+#: The gate of a deterministic row that declares none: exact equality, either direction fails.
+EXACT = Gate(0.0)
+
+
+@dataclasses.dataclass(frozen=True)
 class Row:
     """One row a metric writes.
 
@@ -58,7 +84,8 @@ class Row:
     ``predicted``: the value is predicted, not measured (drawn hollow and dotted). ``deterministic``: the same
     code and point always give the same value (counts): regression gates compare it exactly. ``series``: the
     metric writes this row once per step (``extra["step"]``) as it goes; such rows do not decide whether the
-    metric is complete, its other rows do.
+    metric is complete, its other rows do. ``gate``: how regression gates compare it (:class:`Gate`); a
+    deterministic row without one is compared exactly, any other row without one is not gated.
     """
 
     name: str
@@ -72,10 +99,16 @@ class Row:
     series: bool = False
     summary: Summary | None = None
     ratio: Ratio | None = None
+    gate: Gate | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"row {self.name!r}: task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+    @property
+    def gate_policy(self) -> Gate | None:
+        """The gate this row is compared under: its own, :data:`EXACT` for a deterministic row, else None."""
+        return self.gate if self.gate is not None else (EXACT if self.deterministic else None)
 
     def display(self, per_image: bool = False) -> str:
         """The label; once divided by the batch (``per_image``), the per-image label."""

@@ -30,7 +30,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_leaves
 
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import (
     KernelRecorder,
     autocast_context,
@@ -318,10 +318,13 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 MEMORY = Metric(
     name="memory",
     rows=(
+        # Gated within 1 %: the prediction follows the model's tensors exactly but also torch's kernels' scratch.
         Row("mem_predicted_gib", "GiB", "predicted peak memory (FakeTensor)", predicted=True, deterministic=True,
-            summary=Summary("mem GiB\n(predicted)", "{:.2f}"), ratio=Ratio("predicted peak memory", "#2e8b3a")),
+            summary=Summary("mem GiB\n(predicted)", "{:.2f}"), ratio=Ratio("predicted peak memory", "#2e8b3a"),
+            gate=Gate(0.01, worse="higher")),
         Row("mem_allocated_gib", "GiB", "allocator peak (max_memory_allocated)",
-            summary=Summary("mem GiB\n(allocated peak)", "{:.2f}"), ratio=Ratio("allocator peak memory", "#2e8b3a")),
+            summary=Summary("mem GiB\n(allocated peak)", "{:.2f}"), ratio=Ratio("allocator peak memory", "#2e8b3a"),
+            gate=Gate(0.02, worse="higher", same_device=True)),
         Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)"),
         Row("mem_device_gib", "GiB", "device memory used (NVML, incl. CUDA context)",
             summary=Summary("mem GiB\n(NVML device)", "{:.2f}")),

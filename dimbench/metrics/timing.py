@@ -5,6 +5,11 @@ side-by-side ratios only (shared, noisy machines). CUDA: a pair of CUDA events a
 back to back on the stream after warm-up and a synchronize, read after a final synchronize. Both report the
 median, with p10/p90/min/max and every sample in extra.
 
+Each repeat is followed by one run of a fixed reference workload (a matrix product of a set size, see
+:func:`reference_workload`), timed the same way; ``latency_rel`` and ``train_step_rel`` are the median over
+repeats of (time / reference time of the same round). Those ratios are what ``dimbench gate`` compares: they
+cancel most of a machine's speed and load, which absolute times on a shared machine do not.
+
 Before warm-up, one untimed probe pass records which attention kernel and which scan backend ran (it goes
 through a Python dispatch mode, so it is never timed).
 
@@ -16,14 +21,14 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dimbench.environment import tf32
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import (
     autocast_context,
     build_model,
@@ -69,29 +74,83 @@ def summarize_ms(samples_ms: list[float]) -> dict[str, Any]:
 
 def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], str]:
     """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls; returns (samples in ms, method)."""
+    (samples,), method = time_interleaved([fn], device, warmup, repeats)
+    return samples, method
+
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int,
+                     repeats: int) -> tuple[list[list[float]], str]:
+    """Time several callables in turn: each round runs every one once (fn0, fn1, fn0, fn1, ...), so all of them
+    see the same machine state (clock, load, thermal); ``warmup`` untimed rounds first. Returns the samples in
+    ms of each callable, in ``fns`` order, and the method."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(warmup):
-        fn()
+        for fn in fns:
+            fn()
     synchronize(device)
     if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+        events = [[(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in fns]
+                  for _ in range(repeats)]
         with torch.cuda.device(device):  # events record on the current device's current stream
-            for start, end in events:
-                start.record()
-                fn()
-                end.record()
+            for round_events in events:
+                for fn, (start, end) in zip(fns, round_events, strict=True):
+                    start.record()
+                    fn()
+                    end.record()
         torch.cuda.synchronize(device)
-        samples = [start.elapsed_time(end) for start, end in events]
+        samples = [[events[r][i][0].elapsed_time(events[r][i][1]) for r in range(repeats)] for i in range(len(fns))]
         method = f"cuda events, median of {repeats} after {warmup} warm-up"
     else:
-        samples = []
+        samples = [[] for _ in fns]
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
+            for fn, out in zip(fns, samples, strict=True):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
         method = f"{device.type} wall clock (perf_counter), median of {repeats} after {warmup} warm-up"
     return samples, method
+
+
+# The reference workload timed between the model's repeats. Regression gates compare time ratios (model time /
+# reference time) rather than times: a slower or busier machine slows both, so the ratio moves much less than
+# either time (docs/method.md). A fixed-size matrix product in a fixed dtype: CPU float32 512^3 (0.27 GFLOP, a few
+# ms on one core), CUDA bfloat16 4096^3 (137 GFLOP, ~0.2 ms on an H100).
+REFERENCE_SIDE = {"cpu": 512, "cuda": 4096}
+
+
+def reference_workload(device: torch.device) -> tuple[Callable[[], Any], str]:
+    """The reference matrix product on ``device`` and its description (recorded in every timed row)."""
+    side = REFERENCE_SIDE.get(device.type, REFERENCE_SIDE["cpu"])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(side, side, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(side, side, generator=g).to(device=device, dtype=dtype)
+
+    def matmul() -> torch.Tensor:
+        with torch.inference_mode():
+            return a @ b
+
+    name = str(dtype).removeprefix("torch.")
+    return matmul, f"{name} matmul {side}x{side}x{side} on {device.type}, timed after each repeat"
+
+
+def relative_times(samples_ms: list[float], reference_ms: list[float]) -> float:
+    """Median over repeats of (model time / the reference time of the same round)."""
+    return statistics.median(s / r for s, r in zip(samples_ms, reference_ms, strict=True))
+
+
+def _time_against_reference(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int):
+    """Time ``fn`` interleaved with the reference workload: (stats of fn, timer method, the relative-time
+    Measurement fields (value, method, extra))."""
+    reference, reference_desc = reference_workload(device)
+    (samples, ref_samples), timer = time_interleaved([fn, reference], device, warmup, repeats)
+    ref_stats = summarize_ms(ref_samples)
+    relative = relative_times(samples, ref_samples)
+    rel_extra = {"reference": reference_desc, "reference_median_ms": ref_stats["median_ms"],
+                 "reference_samples_ms": ref_samples}
+    rel_method = f"median over repeats of (time / the reference's time in the same round); reference: {reference_desc}"
+    return summarize_ms(samples), timer, (relative, rel_method, rel_extra)
 
 
 def _common_extra(point: SweepPoint, device: torch.device, dtype: torch.dtype, backends: dict, stats: dict) -> dict:
@@ -119,14 +178,14 @@ def latency_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
             return model(x, t, y)
 
     backends = probe_backends(forward)
-    samples, timer = time_callable(forward, device, warmup, repeats)
-    stats = summarize_ms(samples)
+    stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(forward, device, warmup, repeats)
     method = f"{timer} (+1 untimed probe pass); one forward pass, inference_mode, {precision_label(dtype)}"
     extra = _common_extra(point, device, dtype, backends, stats)
     median_s = stats["median_ms"] / 1e3
     rows = [
         Measurement("latency_ms", stats["median_ms"], "ms", method, extra),
         Measurement("throughput", point.batch / median_s, "img/s", f"batch / median latency; {method}", dict(extra)),
+        Measurement("latency_rel", relative, "x ref", f"{rel_method}; {method}", {**extra, **rel_extra}),
     ]
     if device.type != "cuda":
         reason = "CUDA only: achieved TFLOP/s and MFU are reported against a measured GPU bf16 peak"
@@ -188,8 +247,7 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
         return loss.detach()
 
     backends = probe_backends(step)
-    samples, timer = time_callable(step, device, warmup, repeats)
-    stats = summarize_ms(samples)
+    stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(step, device, warmup, repeats)
     method = (
         f"{timer} (+1 untimed probe step); forward + MSE on eps + backward + AdamW step (torch defaults, no grad "
         f"scaler), {precision_label(dtype)}"
@@ -204,6 +262,7 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
             f"batch / median step time; {method}",
             dict(extra),
         ),
+        Measurement("train_step_rel", relative, "x ref", f"{rel_method}; {method}", {**extra, **rel_extra}),
     ]
 
 
@@ -215,6 +274,11 @@ LATENCY = Metric(
         Row("throughput", "img/s", "forward throughput", summary=Summary("fwd img/s\n(batch/median)", "{:.2f}")),
         Row("tflops_achieved", "TFLOP/s", "achieved TFLOP/s", summary=Summary("TFLOP/s\n(achieved)")),
         Row("mfu", "%", "model FLOP utilisation", summary=Summary("MFU %\n(of bf16 peak)")),
+        # What regression gates compare: a ratio measured in one run cancels most of the machine's speed and load.
+        # 30 %: what a shared 2-core machine needs; a suite's baseline may set it tighter for a quiet GPU.
+        Row("latency_rel", "x ref", "forward time / reference matmul time", per_pass=True,
+            per_image_label="forward time per image / reference matmul time",
+            gate=Gate(0.30, worse="higher", same_device=True)),
     ),
     fn=latency_metric,
     description="time of one denoising forward pass (median and spread) and images per second; on CUDA also "
@@ -230,6 +294,9 @@ TRAIN_STEP = Metric(
             ratio=Ratio("training-step time per image", "#8a5fb5")),
         Row("train_throughput", "img/s", "training throughput", task="train_step",
             summary=Summary("train img/s\n(batch/median)", "{:.2f}")),
+        Row("train_step_rel", "x ref", "training-step time / reference matmul time", task="train_step",
+            per_pass=True, per_image_label="training-step time per image / reference matmul time",
+            gate=Gate(0.30, worse="higher", same_device=True)),
     ),
     fn=train_step_metric,
     description="time of one training step (forward + MSE + backward + AdamW) and images per second",
