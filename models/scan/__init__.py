@@ -7,7 +7,9 @@
 
 Modules: ``op`` (custom op, autograd, FLOP formula, public wrapper), ``registry`` (backends, availability,
 resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``mamba_ssm_backend``
-(optional CUDA kernel), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
+(optional CUDA kernel), ``triton_scan`` (the built-in ``triton`` backend: a fused Triton kernel, forward and
+analytic backward, on CUDA; on the CPU under TRITON_INTERPRET=1 only; its kernels are in ``triton_kernels``,
+loaded only when they run), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
 """
 
 from .chunked import chunked_scan, default_chunk_size
@@ -22,6 +24,7 @@ from .registry import (
     resolve_backend,
     unregister_backend,
 )
+from .triton_scan import triton_scan, triton_scan_backward, triton_status
 
 __all__ = [
     "ENV_VAR",
@@ -36,5 +39,8 @@ __all__ = [
     "scan_backward_flops",
     "scan_flops",
     "selective_scan",
+    "triton_scan",
+    "triton_scan_backward",
+    "triton_status",
     "unregister_backend",
 ]

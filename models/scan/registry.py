@@ -4,15 +4,19 @@ Backends are functions ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 ``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd.
 A backend may also have an analytic ``backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 needs) -> [grads]`` (the contract of ``dimbench_scan::selective_scan_backward``, see ``op``); the operator's
-backward calls it when present (``chunked`` has one), else recomputes the backend's forward under autograd and
-differentiates it (``reference``, ``mamba_ssm``, and by default a registered one).
+backward calls it when present (``chunked`` and ``triton`` have one), else recomputes the backend's forward under
+autograd and differentiates it (``reference``, ``mamba_ssm``, and by default a registered one).
 
 Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``mamba_ssm`` (when the package imports and
-the tensors are on CUDA). The ``triton`` slot is reserved for a GPU kernel added later with
-``register_backend("triton", fn, is_available)``; until then it is reported unavailable, with that reason.
+the tensors are on CUDA), ``triton`` (``models.scan.triton_scan``: a fused Triton kernel with an analytic
+backward; available on CUDA when triton imports, and on the CPU only under TRITON_INTERPRET=1, Triton's slow
+interpreter, for tests; triton itself is imported only when that availability is asked or a kernel runs, so
+the package imports and works without it).
+``register_backend("triton", ...)`` puts another kernel in that slot (it takes precedence over the built-in one);
+``unregister_backend("triton")`` brings the built-in one back.
 
 Resolution (``resolve_backend``): None or "auto" means the environment variable ``DIMBENCH_SCAN_BACKEND`` when
-set, else automatic: on CUDA mamba_ssm if available, else triton if registered and available, else chunked;
+set, else automatic: on CUDA mamba_ssm if available, else triton if available, else chunked;
 on any other device chunked. A backend named explicitly (argument or environment) that cannot run raises: there
 is no silent fallback. On the meta device nothing runs, so any known name is accepted there.
 """
@@ -28,6 +32,7 @@ import torch
 from .chunked import chunked_scan, chunked_scan_backward
 from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
 from .reference import reference_scan
+from .triton_scan import triton_scan, triton_scan_backward, triton_status
 
 ENV_VAR = "DIMBENCH_SCAN_BACKEND"
 #: names with a reserved meaning; "auto" is not a backend but a request for automatic choice.
@@ -54,8 +59,9 @@ _BACKENDS: dict[str, Backend] = {
     "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
 }
 
-_TRITON_MISSING = ("no Triton selective-scan kernel is registered yet (a GPU kernel fills this slot with "
-                   "models.scan.register_backend('triton', fn, is_available))")
+#: the built-in kernel of the "triton" slot, used while no other one is registered under that name.
+_BUILTIN_TRITON = Backend("triton", triton_scan, triton_status, "fused Triton kernel, analytic backward",
+                          triton_scan_backward)
 
 
 def register_backend(name: str, fn: Callable, is_available: Callable, *, description: str = "",
@@ -76,7 +82,8 @@ def register_backend(name: str, fn: Callable, is_available: Callable, *, descrip
 
 
 def unregister_backend(name: str) -> None:
-    """Remove a backend added with ``register_backend`` (the built-in ones cannot be removed)."""
+    """Remove a backend added with ``register_backend`` (the built-in ones cannot be removed; removing a kernel
+    registered as "triton" brings back the built-in one)."""
     if name in ("reference", "chunked", "mamba_ssm"):
         raise ValueError(f"unregister_backend: {name!r} is built in")
     _BACKENDS.pop(name, None)
@@ -90,15 +97,13 @@ def known_backends() -> list[str]:
 def get_backend(name: str) -> Backend:
     if name not in _BACKENDS:
         if name == "triton":
-            raise RuntimeError(f"scan backend 'triton' cannot run: {_TRITON_MISSING}")
+            return _BUILTIN_TRITON
         raise ValueError(f"unknown scan backend {name!r}; known: {', '.join(['auto', *known_backends()])}")
     return _BACKENDS[name]
 
 
 def backend_status(name: str, device) -> tuple[bool, str]:
     """(can ``name`` run on ``device``, reason)."""
-    if name == "triton" and name not in _BACKENDS:
-        return False, _TRITON_MISSING
     ok, reason = get_backend(name).is_available(torch.device(device))
     return bool(ok), str(reason)
 
@@ -134,6 +139,6 @@ def resolve_backend(requested: str | None, device) -> str:
 def _auto(device: torch.device) -> str:
     if device.type == "cuda":
         for name in ("mamba_ssm", "triton"):
-            if name in _BACKENDS and backend_status(name, device)[0]:
+            if backend_status(name, device)[0]:
                 return name
     return "chunked"

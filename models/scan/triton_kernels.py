@@ -6,12 +6,17 @@ Index conventions, shared by every kernel: one program handles the batch element
 channels ``d`` and (where it has one) the chunk ``k`` of ``T`` steps [t0, t1); its state tile is (BD, BN), BN
 the next power of two ≥ N, padded channels and states masked (loaded as 0, so they stay 0 and feed nothing).
 Pointers: u, delta, z, go, du, ddelta, dz, out (batch, D, L); B, C, dB, dC (batch, N, L); A, A2 (= A·log2 e),
-dA (D, N); Dp, bias, dD, dbias (D,); chunk tensors E, S, Hh, H (batch, K, D, N) and dtsum (batch, K, D), all
-contiguous. All arithmetic is float32; low-precision inputs are cast after loading.
+dA transposed, (N, D); Dp, bias, dD, dbias (D,); chunk tensors E, S, Hh, H (batch, K, N, D) and dtsum
+(batch, K, D); the backward's scratch (programs, T + 1, BN, BD); all contiguous. Every (BD, BN) tile in memory is
+contiguous along d, not n, on purpose: Triton picks a tile's register layout from its memory accesses, and this
+puts the channels across threads and a channel's N states inside one thread, so per-channel work (softplus,
+gate, loads of u, Δ, z) is not repeated for every state and the sums over N need no shuffles. All arithmetic is float32; low-precision inputs are cast after loading.
 """
 
 import triton
 import triton.language as tl
+
+LN2 = tl.constexpr(0.6931471805599453)
 
 
 @triton.jit
@@ -71,7 +76,7 @@ def chunk_summary_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, z_ptr, go_ptr, 
     n = tl.arange(0, BN)
     md, mn = d < D, n < N
     m2 = md[:, None] & mn[None, :]
-    A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
+    A2 = tl.load(A2_ptr + n[None, :] * D + d[:, None], mask=m2, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=md, other=0.0)
     else:
@@ -99,7 +104,7 @@ def chunk_summary_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, z_ptr, go_ptr, 
             Ct = tl.load(C_row + t, mask=mn, other=0.0).to(tl.float32)
             P = P * a
             hh += P * (dy[:, None] * Ct[None, :])
-    off = ((b * K + k) * D + d[:, None]) * N + n[None, :]
+    off = ((b * K + k) * N + n[None, :]) * D + d[:, None]
     tl.store(E_ptr + off, h, mask=m2)
     if ADJOINT:
         tl.store(Hh_ptr + off, hh, mask=m2)
@@ -119,23 +124,23 @@ def carry_kernel(E_ptr, Hh_ptr, dtsum_ptr, A2_ptr, S_ptr, H_ptr, D, N, K,
     n = tl.arange(0, BN)
     md, mn = d < D, n < N
     m2 = md[:, None] & mn[None, :]
-    A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
+    A2 = tl.load(A2_ptr + n[None, :] * D + d[:, None], mask=m2, other=0.0)
     run = tl.zeros([BD, BN], tl.float32)
     for k in range(0, K - 1):
-        off = ((b * K + k) * D + d[:, None]) * N + n[None, :]
+        off = ((b * K + k) * N + n[None, :]) * D + d[:, None]
         tl.store(S_ptr + off, run, mask=m2)
         G = tl.exp2(A2 * tl.load(dtsum_ptr + (b * K + k) * D + d, mask=md, other=0.0)[:, None])
         run = G * run + tl.load(E_ptr + off, mask=m2, other=0.0)
-    tl.store(S_ptr + ((b * K + K - 1) * D + d[:, None]) * N + n[None, :], run, mask=m2)
+    tl.store(S_ptr + ((b * K + K - 1) * N + n[None, :]) * D + d[:, None], run, mask=m2)
     if ADJOINT:
         run = tl.zeros([BD, BN], tl.float32)
         for i in range(0, K - 1):
             k = K - 1 - i
-            off = ((b * K + k) * D + d[:, None]) * N + n[None, :]
+            off = ((b * K + k) * N + n[None, :]) * D + d[:, None]
             tl.store(H_ptr + off, run, mask=m2)
             G = tl.exp2(A2 * tl.load(dtsum_ptr + (b * K + k) * D + d, mask=md, other=0.0)[:, None])
             run = tl.load(Hh_ptr + off, mask=m2, other=0.0) + G * run
-        tl.store(H_ptr + (b * K * D + d[:, None]) * N + n[None, :], run, mask=m2)
+        tl.store(H_ptr + (b * K * N + n[None, :]) * D + d[:, None], run, mask=m2)
 
 
 @triton.jit
@@ -151,7 +156,7 @@ def forward_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, bias_p
     n = tl.arange(0, BN)
     md, mn = d < D, n < N
     m2 = md[:, None] & mn[None, :]
-    A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
+    A2 = tl.load(A2_ptr + n[None, :] * D + d[:, None], mask=m2, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=md, other=0.0)
     else:
@@ -167,7 +172,7 @@ def forward_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, bias_p
     B_row = B_ptr + b * N * L + n * L
     C_row = C_ptr + b * N * L + n * L
     if HAS_INIT:
-        h = tl.load(S_ptr + ((b * K + k) * D + d[:, None]) * N + n[None, :], mask=m2, other=0.0)
+        h = tl.load(S_ptr + ((b * K + k) * N + n[None, :]) * D + d[:, None], mask=m2, other=0.0)
     else:
         h = tl.zeros([BD, BN], tl.float32)
     t0 = k * T
@@ -184,7 +189,7 @@ def forward_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, bias_p
 
 
 @triton.jit
-def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, go_ptr, bias_ptr,
+def backward_kernel(u_ptr, delta_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr, go_ptr, bias_ptr,
                     S_ptr, H_ptr, scratch_ptr,
                     du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr,
                     D, L, N, T, K, n_dblocks, n_tiles,
@@ -201,7 +206,7 @@ def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr
     pid = tl.program_id(0)
     n = tl.arange(0, BN)
     mn = n < N
-    loc = tl.arange(0, BD)[:, None] * BN + n[None, :]
+    loc = n[None, :] * BD + tl.arange(0, BD)[:, None]
     slot = scratch_ptr + pid.to(tl.int64) * (T + 1) * BD * BN
     for tile in range(pid, n_tiles, tl.num_programs(0)):
         k = tile % K
@@ -210,8 +215,7 @@ def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr
         d = pd * BD + tl.arange(0, BD)
         md = d < D
         m2 = md[:, None] & mn[None, :]
-        A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
-        A2 = tl.load(A2_ptr + d[:, None] * N + n[None, :], mask=m2, other=0.0)
+        A2 = tl.load(A2_ptr + n[None, :] * D + d[:, None], mask=m2, other=0.0)
         if HAS_BIAS:
             bias = tl.load(bias_ptr + d, mask=md, other=0.0)
         else:
@@ -224,7 +228,7 @@ def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr
         u_row, delta_row, z_row, go_row = u_ptr + row, delta_ptr + row, z_ptr + row, go_ptr + row
         nrow = b * N * L + n * L
         B_row, C_row = B_ptr + nrow, C_ptr + nrow
-        coff = ((b * K + k) * D + d[:, None]) * N + n[None, :]
+        coff = ((b * K + k) * N + n[None, :]) * D + d[:, None]
         t0 = k * T
         t1 = tl.minimum(t0 + T, L)
 
@@ -270,7 +274,7 @@ def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr
             dA_acc += q * dt[:, None]
             p = tl.sum(g * Bt[None, :], axis=1)
             tl.atomic_add(dB_ptr + nrow + t, tl.sum(g * (dt * uu)[:, None], axis=0), mask=mn, sem="relaxed")
-            ddt = tl.sum(q * A, axis=1) + p * uu
+            ddt = tl.sum(q * A2, axis=1) * LN2 + p * uu   # Σ_n Q A, with A = A2·ln 2 (one tile fewer)
             if SOFTPLUS:
                 ddt = tl.where(raw > 20.0, ddt, ddt * _sigmoid(raw))
             du = p * dt + Dv * dy
@@ -278,7 +282,7 @@ def backward_kernel(u_ptr, delta_ptr, A_ptr, A2_ptr, B_ptr, C_ptr, Dp_ptr, z_ptr
             tl.store(ddelta_ptr + row + t, ddt.to(ddelta_ptr.dtype.element_ty), mask=md)
             dbias_acc += ddt
             g_next = a * g
-        tl.atomic_add(dA_ptr + d[:, None] * N + n[None, :], dA_acc, mask=m2, sem="relaxed")
+        tl.atomic_add(dA_ptr + n[None, :] * D + d[:, None], dA_acc, mask=m2, sem="relaxed")
         if HAS_D:
             tl.atomic_add(dD_ptr + d, dD_acc, mask=md, sem="relaxed")
         if HAS_BIAS:

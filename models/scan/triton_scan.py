@@ -12,7 +12,7 @@ sequence is cut into K chunks of T steps and the grid is (batch, ⌈D/BD⌉, K):
 
 1. ``chunk_summary_kernel``: each chunk from a zero state: its end state E_k and Σ_t Δ_t (no outputs);
 2. ``carry_kernel``: K sequential steps per (batch, channel block), S_{k+1} = exp(A·ΣΔ_k) ⊙ S_k + E_k: the state
-   S_k entering every chunk, (batch, K, D, N) float32;
+   S_k entering every chunk, (batch, K, N, D) float32 (d innermost: see ``triton_kernels``);
 3. ``forward_kernel``: each chunk again from S_k, writing the outputs.
 
 Inside a chunk the loop is sequential (one step: an exp per (channel, state), a few multiply-adds, a sum over N),
@@ -29,7 +29,7 @@ first recomputes the chunk-boundary states, the adjoint's as well: ``chunk_summa
 per chunk E_k, ΣΔ and Hh_k = Σ_t (Π_{s≤t} Ā_s) ⊙ C_t ⊗ dy_t (the adjoint g_t = C_t ⊗ dy_t + Ā_{t+1} ⊙ g_{t+1} is
 linear too, and its chunk decay is the same exp(A·ΣΔ_k)), computed forward in time in the same loop;
 ``carry_kernel`` then gives S_k and H_k = Ā_{t1} ⊙ g_{t1} (what enters chunk k from the right). Saved between
-launches: S, H (batch, K, D, N) float32 and their inputs E, Hh, ΣΔ, nothing per step. ``backward_kernel`` then
+launches: S, H (batch, K, N, D) float32 and their inputs E, Hh, ΣΔ, nothing per step. ``backward_kernel`` then
 needs, for each step t taken backward, x_{t-1} (for Q_t = g_t ⊙ Ā_t ⊙ x_{t-1}, the gradient through the decay)
 while g runs backward in time and x forward; a sequential loop cannot index registers by step, and recomputing
 x_{t-1} from S_k at every step is quadratic in T. So each program recomputes its chunk's states forward into a
@@ -164,8 +164,8 @@ class _Prepared:
         self.u, self.delta = u.contiguous(), delta.contiguous()
         self.B, self.C = B.contiguous(), C.contiguous()
         self.z = None if z is None else z.contiguous()
-        self.A = A.float().contiguous()
-        self.A2 = (self.A * _LOG2E).contiguous()                       # decays as exp2(Δ·A·log2 e)
+        self.A2 = (A.float().t() * _LOG2E).contiguous()                # (N, D), see triton_kernels; decays
+        self.A_shape = tuple(A.shape)                                    # as exp2(Δ·A·log2 e)
         self.D = None if D is None else D.float().contiguous()
         self.bias = None if delta_bias is None else delta_bias.float().contiguous()
         self.softplus = bool(delta_softplus)
@@ -184,7 +184,7 @@ class _Prepared:
         """Phases 1 and 2: (S, H) (batch, K, D, N) float32, the states entering each chunk (and, with ``go``, the
         adjoint entering from the right); H is None without ``go``."""
         adjoint = go is not None
-        shape = (self.batch, K, self.d_inner, self.N)
+        shape = (self.batch, K, self.N, self.d_inner)
         E = self.u.new_empty(shape, dtype=torch.float32)
         Hh = torch.empty_like(E) if adjoint else E
         dtsum = self.u.new_empty((self.batch, K, self.d_inner), dtype=torch.float32)
@@ -243,7 +243,7 @@ def triton_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, de
     input's dtype (the contract of ``chunked.chunked_scan_backward``). See "Backward" in the module docstring.
 
     ``chunk_size``: T (None: ``BWD_CHUNK``); ``programs``: persistent programs (None: the default). Any values
-    give the same result up to float32 rounding. Memory: S, H, E, Hh (batch, K, D, N) float32, the scratch
+    give the same result up to float32 rounding. Memory: S, H, E, Hh (batch, K, N, D) float32, the scratch
     (programs · (T + 1) · BLOCK_D · N floats), float32 dA, dB, dC, dD, d delta_bias, and du, d delta, dz in the
     inputs' dtypes. Every gradient is computed whatever ``needs`` says (one kernel computes them together).
     """
@@ -263,18 +263,18 @@ def triton_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, de
     f32 = {"dtype": torch.float32, "device": p.u.device}
     du, ddelta = torch.empty_like(p.u), torch.empty_like(p.delta)
     dz = torch.empty_like(p.z) if p.z is not None else None
-    dA = torch.zeros(p.A.shape, **f32)
+    dA = torch.zeros(p.A_shape[::-1], **f32)                         # (N, D)
     dB, dC = torch.zeros(p.B.shape, **f32), torch.zeros(p.C.shape, **f32)
     dD = torch.zeros(p.d_inner, **f32)
     dbias = torch.zeros(p.d_inner, **f32)
     tiles = p.batch * p.n_dblocks * K
     nprog = programs or _backward_programs(p.u.device, p.interpret, tiles)
-    scratch = p.u.new_empty((nprog, T + 1, BLOCK_D, p.BN), dtype=torch.float32)
+    scratch = p.u.new_empty((nprog, T + 1, p.BN, BLOCK_D), dtype=torch.float32)
     p.kernels.backward_kernel[(nprog,)](
-        p.u, p.delta, p.A, p.A2, p.B, p.C, p.dummy(p.D), p.dummy(p.z), go, p.dummy(p.bias),
+        p.u, p.delta, p.A2, p.B, p.C, p.dummy(p.D), p.dummy(p.z), go, p.dummy(p.bias),
         p.dummy(S), p.dummy(H), scratch, du, ddelta, p.dummy(dz), dA, dB, dC, dD, dbias,
         p.d_inner, p.length, p.N, T, K, p.n_dblocks, tiles,
         HAS_INIT=S is not None, HAS_D=p.D is not None, HAS_Z=p.z is not None, HAS_BIAS=p.bias is not None,
         SOFTPLUS=p.softplus, BD=BLOCK_D, BN=p.BN, **p.launch())
-    grads = {"u": du, "delta": ddelta, "A": dA, "B": dB, "C": dC, "D": dD, "z": dz, "delta_bias": dbias}
+    grads = {"u": du, "delta": ddelta, "A": dA.t(), "B": dB, "C": dC, "D": dD, "z": dz, "delta_bias": dbias}
     return [grads[k].to(t.dtype).contiguous() for k, t in zip(names, inputs, strict=True) if need[k]]
