@@ -10,7 +10,8 @@ dA transposed, (N, D); Dp, bias, dD, dbias (D,); chunk tensors E, S, Hh, H (batc
 (batch, K, D); the backward's scratch (programs, T + 1, BN, BD); all contiguous. Every (BD, BN) tile in memory is
 contiguous along d, not n, on purpose: Triton picks a tile's register layout from its memory accesses, and this
 puts the channels across threads and a channel's N states inside one thread, so per-channel work (softplus,
-gate, loads of u, Δ, z) is not repeated for every state and the sums over N need no shuffles. All arithmetic is float32; low-precision inputs are cast after loading.
+gate, loads of u, Δ, z) is not repeated for every state and the sums over N need no shuffles (checked in the
+TTGIR: threadsPerWarp [32, 1]). All arithmetic is float32; low-precision inputs are cast after loading.
 """
 
 import triton
