@@ -9,6 +9,8 @@
     dimbench report RESULTS_DIR [-o OUT]
     dimbench train MODEL --out DIR [--data digits|PATH] [--steps N] [--batch B] ... (also under torchrun)
     dimbench checkpoint ...
+    dimbench gate RESULTS_DIR --baseline FILE [--tolerance METRIC=REL] [--markdown F] [--json F]  (exit 1: regression)
+    dimbench baseline RESULTS_DIR -o FILE [--replace]
 
 A user's mistake (bad suite, missing file, bad argument) is one clear line per problem on stderr and exit
 status 2, never a traceback. Ctrl-C stops a run cleanly (status 130): what was measured stays in the results
@@ -313,9 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
 
+    from dimbench.gates.cli import add_gate_commands
     from dimbench.training.cli import add_train_command
 
     add_train_command(sub)
+    add_gate_commands(sub)
 
     try:
         from dimbench.checkpoint_cli import add_checkpoint_commands

@@ -142,6 +142,20 @@ def scan_backends(device: str) -> Any:
         return f"unavailable: {type(exc).__name__}: {exc}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo on Linux; the platform's processor string
+    elsewhere. Regression gates compare timings only between runs on the same model (see dimbench.gates)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
 def collect(argv: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """The environment record. ``device`` (resolved, e.g. "cuda") selects which scan backends are listed."""
     import torch
@@ -155,8 +169,8 @@ def collect(argv: list[str] | None = None, device: str | None = None) -> dict[st
         "command": shlex.join(argv if argv is not None else sys.argv),
         "cwd": os.getcwd(),
         "platform": platform.platform(),
-        "cpu": {"processor": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                "torch_threads": torch.get_num_threads()},
+        "cpu": {"processor": platform.processor() or platform.machine(), "model": cpu_model(),
+                "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,

@@ -1,0 +1,281 @@
+"""The baseline file: what a gate compares a run with.
+
+A baseline is a JSON object (an untrusted file: read with ``json``, every field checked before use)::
+
+    {"format": "dimbench-baseline", "version": 1, "created_at": "...", "suite": "ci_counts",
+     "source": {"results": "...", "git": {...}, "versions": {...}, "device_classes": {"cpu": "cpu: AMD EPYC, 2 threads"}},
+     "tolerances": {"latency_rel": 0.3, ...},
+     "entries": [{"point_key": "dit_s_2|r32|b1|float32|cpu", "model": "dit_s_2", "resolution": 32, "batch": 1,
+                  "dtype": "float32", "device": "cpu", "device_class": "cpu: AMD EPYC, 2 threads",
+                  "metric": "gmacs", "value": 0.1, "unit": "GMAC", "status": "ok", "method": "..."}, ...]}
+
+Entries are the final rows of the gated metrics (those whose declaration has a gate policy, see
+:mod:`dimbench.gates`), one per (point, metric): ok values, and oom or skipped points as such (an oom point that
+starts to fit is an improvement; a point that starts to run out of memory is a regression). Error rows are left
+out with a warning: a baseline holds results, not failures. ``tolerances`` are the declared ones at the time the
+baseline was written, kept in the file so that a team can tighten or widen one by editing it (the command line's
+``--tolerance`` overrides both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from dimbench.console import UserError
+from dimbench.metrics import row_declaration
+from dimbench.results import ResultsError, read_environment, read_rows, results_path
+
+FORMAT = "dimbench-baseline"
+VERSION = 1
+#: statuses a baseline entry may have (errors are never baselined).
+ENTRY_STATUSES = ("ok", "oom", "skipped")
+
+
+class BaselineError(UserError, ValueError):
+    """An unreadable, malformed or mismatched baseline, or results a baseline cannot be made of (exit 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One gated row of the baseline (or of a run, for comparison)."""
+
+    point_key: str
+    model: str
+    resolution: int
+    batch: int
+    dtype: str
+    device: str
+    device_class: str
+    metric: str
+    value: float | None
+    unit: str
+    status: str
+    method: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return self.point_key, self.metric
+
+    def point_label(self) -> str:
+        return f"{self.model} {self.resolution}px b{self.batch} {self.dtype} {self.device}"
+
+
+@dataclasses.dataclass
+class Baseline:
+    entries: dict[tuple[str, str], Entry]
+    tolerances: dict[str, float]
+    suite: str
+    created_at: str
+    source: dict[str, Any]
+    path: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_at": self.created_at,
+            "suite": self.suite,
+            "source": self.source,
+            "tolerances": dict(sorted(self.tolerances.items())),
+            "entries": [dataclasses.asdict(e) for _, e in sorted(self.entries.items())],
+        }
+
+
+def device_class(env: dict[str, Any] | None, device: str) -> str:
+    """What timings depend on: the GPU's name for a CUDA row, the CPU model and thread count for a CPU row."""
+    env = env or {}
+    if str(device).startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        name = next((d.get("name") for d in env.get("cuda_devices") or [] if isinstance(d, dict)
+                     and d.get("index") == index), None) or env.get("gpu_name")
+        return f"cuda: {name}" if name else "cuda: unknown GPU"
+    cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
+    model = cpu.get("model") or cpu.get("processor") or "unknown CPU"
+    return f"cpu: {model}, {cpu.get('torch_threads', '?')} threads"
+
+
+@dataclasses.dataclass
+class Run:
+    """A run folder's gated final rows, its environment, its suite name(s) and what to warn about."""
+
+    entries: dict[tuple[str, str], Entry]
+    env: dict[str, Any]
+    suites: list[str]
+    warnings: list[str]
+
+
+def run_entries(results_dir: str | os.PathLike) -> Run:
+    """The gated final rows of a run folder ({(point_key, metric): Entry}), with its environment.
+
+    The last row of each identity wins (a resumed run with ``--retry-errors`` appends the new value after the
+    error); series rows (per step) are not gated. Error rows are returned too (status "error"): the gate treats
+    a point that now fails as a regression.
+    """
+    folder = Path(results_dir)
+    if not results_path(folder).exists():
+        raise BaselineError(f"{folder}: no {results_path(folder).name} here (expected the output folder of "
+                            "`dimbench run`)")
+    try:
+        rows = read_rows(folder)
+        env = read_environment(folder) or {}
+    except ResultsError as exc:
+        raise BaselineError(str(exc)) from None
+    warnings = [] if env else [f"{folder}: no environment.json: the device class is unknown, so timings and "
+                               "measured memory are not compared"]
+    entries: dict[tuple[str, str], Entry] = {}
+    suites = sorted({str(r.get("suite")) for r in rows if r.get("suite")})
+    for row in rows:
+        extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
+        if extra.get("step") is not None:
+            continue
+        metric = str(row.get("metric"))
+        if row_declaration(metric).gate_policy is None:
+            continue
+        value = row.get("value")
+        entry = Entry(
+            point_key=str(row.get("point_key")), model=str(row.get("model")), resolution=int(row.get("resolution")
+                                                                                               or 0),
+            batch=int(row.get("batch") or 0), dtype=str(row.get("dtype")), device=str(row.get("device")),
+            device_class=device_class(env, str(row.get("device"))) if env else "unknown", metric=metric,
+            value=float(value) if isinstance(value, (int, float)) and row.get("status") == "ok" else None,
+            unit=str(row.get("unit") or ""), status=str(row.get("status")), method=str(row.get("method") or ""),
+        )
+        entries[entry.identity] = entry
+    return Run(entries, env, suites, warnings)
+
+
+def build_baseline(results_dir: str | os.PathLike, previous: Baseline | None = None) -> tuple[Baseline, list[str]]:
+    """A baseline of a run folder; with ``previous``, an update of it: this run's points replace theirs, the
+    other points are kept. Returns (baseline, warnings)."""
+    run = run_entries(results_dir)
+    entries, env, warnings = run.entries, run.env, run.warnings
+    errors = [e for e in entries.values() if e.status == "error"]
+    if errors:
+        warnings.append(f"{len(errors)} error row(s) not baselined (a baseline holds results, not failures), e.g. "
+                        f"{errors[0].metric} at {errors[0].point_label()}; rerun with --retry-errors to measure them")
+    kept = {k: e for k, e in entries.items() if e.status in ENTRY_STATUSES}
+    if not kept:
+        raise BaselineError(f"{results_dir}: no gated rows to baseline (the gated metrics are those with a gate "
+                            "policy: counts, predicted and measured memory, timings relative to the reference)")
+    suites = run.suites
+    merged = dict(previous.entries) if previous else {}
+    points = {e.point_key for e in kept.values()}
+    merged = {k: e for k, e in merged.items() if e.point_key not in points}
+    merged.update(kept)
+    tolerances = dict(previous.tolerances) if previous else {}
+    for metric in {e.metric for e in kept.values()}:
+        policy = row_declaration(metric).gate_policy
+        tolerances.setdefault(metric, policy.tolerance)
+    classes = {e.device: e.device_class for e in kept.values()}
+    source = {
+        "results": str(Path(results_dir).resolve()),
+        "command": env.get("command"),
+        "git": env.get("git"),
+        "versions": env.get("versions"),
+        "device_classes": dict(sorted(classes.items())),
+    }
+    suite = ", ".join(suites) or (previous.suite if previous else "")
+    if previous and previous.suite and previous.suite != suite:
+        suite = ", ".join(sorted({*previous.suite.split(", "), *suites}))
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return Baseline(merged, tolerances, suite, now, source), warnings
+
+
+def write_baseline(baseline: Baseline, path: str | os.PathLike) -> Path:
+    """Write atomically (a temporary file renamed over the old one): a killed write never leaves half a file."""
+    p = Path(path)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(baseline.to_json(), indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise BaselineError(f"{p}: cannot write the baseline ({exc.strerror or exc})") from None
+    baseline.path = p
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def load_baseline(path: str | os.PathLike) -> Baseline:
+    """Read and check a baseline file; every problem names the file and the key (BaselineError, exit 2)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BaselineError(f"{p}: no such baseline file (write one with `dimbench baseline RESULTS_DIR -o {p}`)") \
+            from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BaselineError(f"{p}: not readable as JSON ({exc})") from None
+    check = _Checker(p)
+    if not isinstance(data, dict):
+        check.fail("", "a JSON object (a dimbench baseline)", data)
+    if data.get("format") != FORMAT:
+        check.fail("format", f"{FORMAT!r} (a file written by `dimbench baseline`)", data.get("format"))
+    if data.get("version") != VERSION:
+        check.fail("version", f"{VERSION} (this dimbench reads baseline version {VERSION})", data.get("version"))
+    tolerances = check.mapping(data, "tolerances")
+    for metric, tol in tolerances.items():
+        if not _number(tol) or tol < 0:
+            check.fail(f"tolerances.{metric}", "a number >= 0 (a relative change: 0.3 = 30 %)", tol)
+    raw = data.get("entries")
+    if not isinstance(raw, list):
+        check.fail("entries", "a list of baseline entries", raw)
+    entries: dict[tuple[str, str], Entry] = {}
+    for i, item in enumerate(raw):
+        entry = check.entry(item, f"entries[{i}]")
+        if entry.identity in entries:
+            check.fail(f"entries[{i}]", f"one entry per (point, metric); {entry.identity} appears twice", item)
+        entries[entry.identity] = entry
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    return Baseline(entries, {k: float(v) for k, v in tolerances.items()}, str(data.get("suite") or ""),
+                    str(data.get("created_at") or ""), source, p)
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class _Checker:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, key: str, expected: str, got: Any) -> None:
+        shown = json.dumps(got)[:80] if not isinstance(got, str) else repr(got[:80])
+        where = f"key '{key}': " if key else ""
+        raise BaselineError(f"{self.path}: {where}expected {expected}, got {shown}")
+
+    def mapping(self, data: dict, key: str) -> dict:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(key, "an object", value)
+        return value
+
+    def entry(self, item: Any, key: str) -> Entry:
+        if not isinstance(item, dict):
+            self.fail(key, "an object", item)
+        fields = {}
+        for name, kind in (("point_key", str), ("model", str), ("dtype", str), ("device", str),
+                           ("device_class", str), ("metric", str), ("unit", str), ("status", str)):
+            if not isinstance(item.get(name), kind):
+                self.fail(f"{key}.{name}", "a string", item.get(name))
+            fields[name] = item[name]
+        for name in ("resolution", "batch"):
+            if not isinstance(item.get(name), int) or isinstance(item.get(name), bool):
+                self.fail(f"{key}.{name}", "an integer", item.get(name))
+            fields[name] = item[name]
+        if fields["status"] not in ENTRY_STATUSES:
+            self.fail(f"{key}.status", " or ".join(map(repr, ENTRY_STATUSES)), fields["status"])
+        value = item.get("value")
+        if fields["status"] == "ok" and not _number(value):
+            self.fail(f"{key}.value", "a finite number (the entry's status is ok)", value)
+        if fields["status"] != "ok" and value is not None:
+            self.fail(f"{key}.value", f"null (the entry's status is {fields['status']})", value)
+        method = item.get("method", "")
+        return Entry(**fields, value=float(value) if value is not None else None,
+                     method=method if isinstance(method, str) else "")

@@ -1,0 +1,283 @@
+"""Regression gates: `dimbench baseline` and `dimbench gate`, end to end and verdict by verdict.
+
+End to end, through the real CLI: a probe model (declared here; the CLI loads this module as a plugin,
+``--plugin test_gate``) is run, baselined, run again unchanged (the gate passes), run slowed (its forward does
+ten times the work: the timing ratio to the reference matmul fails) and run larger (wider: params and GMACs
+change). Timing ratios on a busy machine are noisy, so the slowed run is 10x the work against a tolerance of
+2x: the verdict does not depend on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
+from dimbench.gates.baseline import BaselineError, Entry, Run
+from dimbench.gates.render import as_json, markdown
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# ----------------------------------------------------------------------------------- the probe model (a plugin)
+REPEAT_ENV, WIDTH_ENV = "GATE_PROBE_REPEAT", "GATE_PROBE_WIDTH"
+
+
+class GateProbe(nn.Module):
+    """(N, C, S, S) -> (N, C, S, S): two 1x1 convs around ``repeat`` passes of elementwise work on a fixed
+    buffer. The elementwise work is not counted by the FLOP counter, so the repeat count (``GATE_PROBE_REPEAT``)
+    slows the model without changing its counts; the width (``GATE_PROBE_WIDTH``) changes its counts."""
+
+    def __init__(self, *, input_size: int = 16, in_channels: int = 1, num_classes: int = 0, patch_size: int = 1):
+        super().__init__()
+        width = int(os.environ.get(WIDTH_ENV, "16"))
+        self.repeat = int(os.environ.get(REPEAT_ENV, "2"))
+        self.input_size, self.in_channels, self.num_classes, self.patch_size = input_size, in_channels, 0, 1
+        self.embed = nn.Conv2d(in_channels, width, 1)
+        self.out = nn.Conv2d(width, in_channels, 1)
+        self.register_buffer("work", torch.linspace(0, 1, 1 << 18), persistent=False)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        acc = self.work
+        for _ in range(self.repeat):
+            acc = torch.sin(acc) * 1.0001
+        return self.out(self.embed(x)) + acc[0] * 0
+
+
+PROBE_FAMILY = models.Family(
+    name="gateprobe", display="GateProbe", description="a probe model of the gate tests",
+    timestep=models.Timestep(0, 9, integer=True, meaning="ignored"), role="other", order=60,
+    module_types=(GateProbe,),
+)
+
+
+def register() -> None:
+    """The plugin entry point (``dimbench --plugin test_gate``)."""
+    if "gateprobe" not in [f.name for f in models.list_families()]:
+        models.register_family(PROBE_FAMILY)
+        models.register_model("gateprobe_s", family="gateprobe", official="dimbench", description="gate probe",
+                              input_size=16, in_channels=1, num_classes=0, patch_size=1)(GateProbe)
+
+
+SUITE = """\
+name: gate_probe
+models: [gateprobe_s]
+resolutions: [16]
+metrics: [params, flops, latency]
+device: cpu
+warmup: 2
+repeats: 7
+"""
+
+
+def _dimbench(*args: str, **env: str):
+    import subprocess
+
+    from conftest import cli_env
+
+    return subprocess.run([sys.executable, "-m", "dimbench.cli", "--plugin", "test_gate", *args],
+                          env=cli_env(PYTHONPATH=str(ROOT / "tests"), **env), cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _run(tmp_path: Path, name: str, **env: str) -> Path:
+    suite = tmp_path / "gate_probe.yaml"
+    suite.write_text(SUITE)
+    out = tmp_path / name
+    proc = _dimbench("run", str(suite), "--out", str(out), "--no-report", **env)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def probe_runs(tmp_path_factory):
+    """Four runs of the probe suite: the baseline's, an unchanged one, a slowed one and a larger one."""
+    tmp = tmp_path_factory.mktemp("gate")
+    return {
+        "base": _run(tmp, "base"),
+        "same": _run(tmp, "same"),
+        "slow": _run(tmp, "slow", **{REPEAT_ENV: "20"}),
+        "wide": _run(tmp, "wide", **{WIDTH_ENV: "32"}),
+        "tmp": tmp,
+    }
+
+
+def _baseline_file(probe_runs) -> Path:
+    path = probe_runs["tmp"] / "baseline.json"
+    proc = _dimbench("baseline", str(probe_runs["base"]), "-o", str(path), "--replace")
+    assert proc.returncode == 0, proc.stderr
+    assert "written: 5 entries, 1 points" in proc.stdout  # params, params_trainable, gmacs, gflops, latency_rel
+    return path
+
+
+def test_unchanged_run_passes(probe_runs):
+    baseline = _baseline_file(probe_runs)
+    proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dimbench gate: PASS" in proc.stdout and "5 ok" in proc.stdout
+    data = load_baseline(baseline)
+    assert {e.metric for e in data.entries.values()} == {"params", "params_trainable", "gmacs", "gflops",
+                                                         "latency_rel"}
+    assert data.tolerances["latency_rel"] == 0.30 and data.tolerances["gmacs"] == 0.0
+
+
+def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
+    baseline = _baseline_file(probe_runs)
+    md, js = probe_runs["tmp"] / "slow.md", probe_runs["tmp"] / "slow.json"
+    proc = _dimbench("gate", str(probe_runs["slow"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2",
+                     "--markdown", str(md), "--json", str(js))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "dimbench gate: FAIL" in proc.stdout
+    result = json.loads(js.read_text())
+    failed = [r for r in result["rows"] if r["verdict"] in result["failing_verdicts"]]
+    assert {(r["point"], r["metric"]) for r in failed} == {("gateprobe_s 16px b1 float32 cpu", "latency_rel")}
+    assert all(r["verdict"] == "regressed" and r["change"] > 2 for r in failed)
+    # The counts of the slowed model did not move: only its time did.
+    assert all(r["verdict"] == "ok" for r in result["rows"] if r["metric"] != "latency_rel")
+    text = md.read_text()
+    assert text.startswith("**dimbench gate: FAIL") and "| gateprobe_s 16px b1 float32 cpu | latency_rel |" in text
+
+
+def test_larger_model_fails_naming_metric_and_point(probe_runs):
+    baseline = _baseline_file(probe_runs)
+    proc = _dimbench("gate", str(probe_runs["wide"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if "gateprobe_s 16px" in ln]
+    assert any("params" in ln and "changed" in ln and "+48 (+98 %)" in ln for ln in lines), proc.stdout  # 16 -> 32 wide: 49 -> 97
+    assert any("gmacs" in ln and "changed" in ln for ln in lines), proc.stdout
+
+
+def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, tmp_path):
+    cases = {
+        "not json": ("{", "not readable as JSON"),
+        "wrong kind": ('{"format": "other"}', "key 'format': expected 'dimbench-baseline'"),
+        "bad value": (None, "key 'entries[0].value': expected a finite number"),
+    }
+    good = json.loads(_baseline_file(probe_runs).read_text())
+    for name, (text, message) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.json"
+        if text is None:
+            bad = json.loads(json.dumps(good))
+            bad["entries"][0]["value"] = "12"
+            text = json.dumps(bad)
+        path.write_text(text)
+        proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(path))
+        assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
+        assert str(path) in proc.stderr and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    other = json.loads(json.dumps(good))
+    for e in other["entries"]:
+        e["point_key"] = e["point_key"].replace("gateprobe_s", "dit_xl_2")
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(path))
+    assert proc.returncode == 2 and "mismatched baseline" in proc.stderr and "none in common" in proc.stderr
+    for args, message in (((str(tmp_path / "nowhere"), "--baseline", str(path)), "no results.jsonl here"),
+                          ((str(probe_runs["same"]), "--baseline", str(tmp_path / "none.json")),
+                           "no such baseline file"),
+                          ((str(probe_runs["same"]), "--baseline", str(path), "--tolerance", "latency_rel"),
+                           "expected METRIC=RELATIVE_CHANGE")):
+        proc = _dimbench("gate", *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_baseline_update_replaces_the_runs_points_and_keeps_the_others(probe_runs, tmp_path):
+    path = tmp_path / "b.json"
+    first, _ = build_baseline(probe_runs["base"])
+    # A point of another run that the update must keep, and a tolerance edited by hand.
+    other = {(k[0].replace("r16", "r64"), k[1]): dataclasses.replace(e, point_key=k[0].replace("r16", "r64"),
+                                                                       resolution=64) for k, e in first.entries.items()}
+    first.entries.update(other)
+    first.tolerances["latency_rel"] = 0.5
+    write_baseline(first, path)
+    proc = _dimbench("baseline", str(probe_runs["wide"]), "-o", str(path))
+    assert proc.returncode == 0 and "updated" in proc.stdout, proc.stdout + proc.stderr
+    updated = load_baseline(path)
+    assert len(updated.entries) == 10 and updated.tolerances["latency_rel"] == 0.5  # the hand edit is kept
+    assert updated.entries[("gateprobe_s|r64|b1|float32|cpu", "params")] == other[("gateprobe_s|r64|b1|float32|cpu", "params")]
+    assert updated.entries[("gateprobe_s|r16|b1|float32|cpu", "params")].value > first.entries[
+        ("gateprobe_s|r16|b1|float32|cpu", "params")].value
+
+
+# ------------------------------------------------------------------------------------- verdicts, one by one
+def _entry(point="m|r16|b1|float32|cpu", metric="gmacs", value=1.0, status="ok", device_class="cpu: X, 2 threads",
+           unit="GMAC") -> Entry:
+    return Entry(point, "m", 16, 1, "float32", "cpu", device_class, metric, value if status == "ok" else None,
+                 unit, status)
+
+
+def _gate(base: list[Entry], now: list[Entry], **kwargs):
+    from dimbench.gates.baseline import Baseline
+
+    baseline = Baseline({e.identity: e for e in base}, {}, "s", "", {}, Path("base.json"))
+    run = Run({e.identity: e for e in now}, {}, ["s"], [])
+    return compare(baseline, run, "run", **kwargs)
+
+
+def _verdicts(result) -> dict[tuple[str, str], str]:
+    return {(v.point_key, v.metric): v.verdict for v in result.verdicts}
+
+
+def test_timings_from_another_device_class_are_not_compared_but_counts_are():
+    base = [_entry(metric="latency_rel", value=1.0, unit="x ref"), _entry(value=2.0)]
+    now = [_entry(metric="latency_rel", value=9.0, unit="x ref", device_class="cpu: Y, 2 threads"),
+           _entry(value=2.5, device_class="cpu: Y, 2 threads")]
+    result = _gate(base, now)
+    assert _verdicts(result) == {("m|r16|b1|float32|cpu", "latency_rel"): "not compared",
+                                 ("m|r16|b1|float32|cpu", "gmacs"): "changed"}
+    assert not result.passed
+    assert any("device class differs: baseline 'cpu: X, 2 threads', run 'cpu: Y, 2 threads'" in n
+               for n in result.notes)
+
+
+def test_direction_tolerance_and_overrides():
+    base = [_entry(metric="latency_rel", value=1.0, unit="x ref"), _entry(metric="mem_predicted_gib", value=2.0)]
+    faster = [_entry(metric="latency_rel", value=0.5, unit="x ref"), _entry(metric="mem_predicted_gib", value=2.01)]
+    assert set(_verdicts(_gate(base, faster)).values()) == {"improved", "ok"}  # memory +0.5 % within 1 %
+    slower = [_entry(metric="latency_rel", value=1.25, unit="x ref"), _entry(metric="mem_predicted_gib", value=2.1)]
+    v = _verdicts(_gate(base, slower))
+    assert v[("m|r16|b1|float32|cpu", "latency_rel")] == "ok"  # +25 % within the declared 30 %
+    assert v[("m|r16|b1|float32|cpu", "mem_predicted_gib")] == "regressed"
+    tight = _verdicts(_gate(base, slower, overrides={"latency_rel": 0.1}))
+    assert tight[("m|r16|b1|float32|cpu", "latency_rel")] == "regressed"
+
+
+def test_out_of_memory_errors_new_and_removed_points():
+    base = [_entry("a|r16|b1|float32|cpu"), _entry("b|r16|b1|float32|cpu", status="oom"),
+            _entry("c|r16|b1|float32|cpu")]
+    now = [_entry("a|r16|b1|float32|cpu", status="oom"), _entry("b|r16|b1|float32|cpu"),
+           _entry("d|r16|b1|float32|cpu")]
+    result = _gate(base, now)
+    assert _verdicts(result) == {("a|r16|b1|float32|cpu", "gmacs"): "regressed",
+                                 ("b|r16|b1|float32|cpu", "gmacs"): "improved",
+                                 ("c|r16|b1|float32|cpu", "gmacs"): "removed",
+                                 ("d|r16|b1|float32|cpu", "gmacs"): "new"}
+    assert [v.verdict for v in result.failed] == ["regressed"]
+    strict = _gate(base[1:], now[1:], fail_on_new=True, fail_on_removed=True)
+    assert sorted(v.verdict for v in strict.failed) == ["new", "removed"]
+    errored = _gate(base[:1], [_entry("a|r16|b1|float32|cpu", status="error")])
+    assert [v.verdict for v in errored.failed] == ["regressed"] and "error" in errored.failed[0].note
+
+
+def test_markdown_escapes_table_syntax_and_html_and_json_serialises():
+    base = Entry("k", "a|b<i>", 16, 1, "float32", "cpu", "cpu: X", "gmacs", 1.0, "GMAC", "ok")
+    result = _gate([base], [dataclasses.replace(base, value=3.0)])
+    text = markdown(result)
+    assert "| a\\|b&lt;i> 16px b1 float32 cpu | gmacs | 1 GMAC | 3 GMAC | +200 % | exact | changed" in text
+    assert "<i>" not in text
+    data = json.loads(json.dumps(as_json(result)))
+    assert data["passed"] is False and data["counts"]["changed"] == 1 and data["rows"][0]["change"] == 2.0
+
+
+def test_baseline_of_a_run_without_gated_rows_is_refused(tmp_path):
+    (tmp_path / "results.jsonl").write_text(json.dumps({"point_key": "k", "metric": "latency_ms", "status": "ok",
+                                                        "value": 1.0, "model": "m", "resolution": 1, "batch": 1,
+                                                        "dtype": "float32", "device": "cpu"}) + "\n")
+    with pytest.raises(BaselineError, match="no gated rows"):
+        build_baseline(tmp_path)
