@@ -7,7 +7,7 @@
 
 Modules: ``op`` (custom op, autograd, FLOP formula, public wrapper), ``registry`` (backends, availability,
 resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``mamba_ssm_backend``
-(optional CUDA kernel), ``triton_scan`` (the built-in ``triton`` backend: a fused Triton kernel, forward and
+(optional CUDA kernel), ``triton_backend`` (the built-in ``triton`` backend: a fused Triton kernel, forward and
 analytic backward, on CUDA; on the CPU under TRITON_INTERPRET=1 only; its kernels are in ``triton_kernels``,
 loaded only when they run), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
 """
@@ -24,7 +24,7 @@ from .registry import (
     resolve_backend,
     unregister_backend,
 )
-from .triton_scan import triton_scan, triton_scan_backward, triton_status
+from .triton_backend import triton_scan, triton_scan_backward, triton_status
 
 __all__ = [
     "ENV_VAR",

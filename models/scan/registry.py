@@ -8,7 +8,7 @@ backward calls it when present (``chunked`` and ``triton`` have one), else recom
 autograd and differentiates it (``reference``, ``mamba_ssm``, and by default a registered one).
 
 Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``mamba_ssm`` (when the package imports and
-the tensors are on CUDA), ``triton`` (``models.scan.triton_scan``: a fused Triton kernel with an analytic
+the tensors are on CUDA), ``triton`` (``models.scan.triton_backend``: a fused Triton kernel with an analytic
 backward; available on CUDA when triton imports, and on the CPU only under TRITON_INTERPRET=1, Triton's slow
 interpreter, for tests; triton itself is imported only when that availability is asked or a kernel runs, so
 the package imports and works without it).
@@ -32,7 +32,7 @@ import torch
 from .chunked import chunked_scan, chunked_scan_backward
 from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
 from .reference import reference_scan
-from .triton_scan import triton_scan, triton_scan_backward, triton_status
+from .triton_backend import triton_scan, triton_scan_backward, triton_status
 
 ENV_VAR = "DIMBENCH_SCAN_BACKEND"
 #: names with a reserved meaning; "auto" is not a backend but a request for automatic choice.

@@ -1,5 +1,5 @@
-"""Triton kernels of the ``triton`` scan backend (see ``triton_scan`` for the design, the launch code and the
-reasons). Never imported directly: ``triton_scan._kernels(interpret)`` loads this file once per mode (compiled or
+"""Triton kernels of the ``triton`` scan backend (see ``triton_backend`` for the design, the launch code and the
+reasons). Never imported directly: ``triton_backend._kernels(interpret)`` loads this file once per mode (compiled or
 interpreted) as its own module, because ``@triton.jit`` decides at decoration time whether to interpret.
 
 Index conventions, shared by every kernel: one program handles the batch element ``b``, a block of ``BD``

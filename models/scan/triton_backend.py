@@ -41,12 +41,14 @@ reductions (dA, dD, d delta_bias) are float32 atomic adds, so the last bits of t
 run to run. Exps: 3 per (channel, state, step) in the backward (summary, forward phase, backward phase), 1 + (K-1)/K
 in the forward.
 
-Interpreter and compiled modes. ``@triton.jit`` reads TRITON_INTERPRET when it decorates, so the kernels
-(``triton_kernels``) are not imported as a module: ``_kernels(interpret)`` loads that file once per mode as its own
-module, with TRITON_INTERPRET set accordingly while it is executed (and checks that the mode took). CPU tensors
-run the interpreter (correctness only, slow; ``triton_status`` allows it only when TRITON_INTERPRET=1, so the
-interpreter is never used by accident), CUDA tensors the compiled kernels (the interpreter if TRITON_INTERPRET=1,
-as Triton itself does). Tests may therefore switch the variable within one process.
+Interpreter and compiled modes. ``@triton.jit`` reads TRITON_INTERPRET when it decorates, and triton decorates its
+own library (tl.zeros, the combine functions of tl.sum, ...) when it is first imported; an interpreted kernel cannot
+call a compiled library function, nor the reverse. So the mode is one per process, fixed by TRITON_INTERPRET at
+triton's first import (``_interpreted``). ``triton_status`` admits CPU tensors only when that mode is the
+interpreter (and TRITON_INTERPRET=1 still set), and says why not otherwise; the kernels are loaded on first use
+by ``_kernels()`` from ``triton_kernels.py`` with TRITON_INTERPRET set to that mode while the file is executed,
+so they always match triton's library, whatever the variable says by then. Tests therefore run the interpreter
+in a subprocess started with TRITON_INTERPRET=1 (tests/test_scan_triton.py).
 """
 
 from __future__ import annotations
@@ -91,32 +93,51 @@ def _interpret_env() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def _interpreted() -> bool:
+    """Whether this process's triton was imported as the interpreter (TRITON_INTERPRET=1 at its first import).
+
+    Fixed for the process: triton.language's own library functions (tl.zeros, tl.sum's combine, ...) are
+    decorated when triton is imported, and an interpreted kernel cannot call compiled ones, nor the reverse.
+    """
+    from triton.language import zeros
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(zeros, InterpretedFunction)
+
+
 def triton_status(device) -> tuple[bool, str]:
-    """(can the Triton kernel run on ``device``, reason)."""
+    """(can the Triton kernel run on ``device``, reason). Imports triton (once) if it was not imported yet."""
     ok, reason = _import_triton()
     if not ok:
         return False, reason
     device = torch.device(device)
+    interpreted = _interpreted()
     if device.type == "cuda":
+        if interpreted:
+            return True, "Triton interpreter on CUDA tensors (TRITON_INTERPRET=1; correctness only, slow)"
         return True, "fused Triton kernel on CUDA"
     if device.type == "cpu" and _interpret_env():
-        return True, "Triton interpreter (correctness only, slow)"
+        if interpreted:
+            return True, "Triton interpreter (correctness only, slow)"
+        return False, ("TRITON_INTERPRET=1 was set after this process imported triton in compiled mode; the "
+                       "interpreter needs it set before triton's first import")
     return False, (f"no Triton kernel can run on {device}: it needs a CUDA device, or TRITON_INTERPRET=1 for "
                    "Triton's interpreter on the CPU (correctness only, slow); another kernel can fill the slot "
                    "with models.scan.register_backend('triton', fn, is_available)")
 
 
-@functools.lru_cache(maxsize=2)
-def _kernels(interpret: bool):
-    """The kernel module, loaded from ``triton_kernels.py`` as compiled (JITFunction) or interpreted kernels."""
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    """The kernel module, loaded from ``triton_kernels.py`` in the mode triton was imported in."""
     ok, reason = _import_triton()
     if not ok:
         raise RuntimeError(reason)
-    from triton.runtime.interpreter import InterpretedFunction
-
-    name = f"{__package__}._triton_kernels_{'interpreted' if interpret else 'compiled'}"
+    interpret = _interpreted()
+    name = f"{__package__}._triton_kernels"
     spec = importlib.util.spec_from_file_location(name, _KERNELS_FILE)
     module = importlib.util.module_from_spec(spec)
+    # @triton.jit reads TRITON_INTERPRET when it decorates: make it agree with triton's own library whatever the
+    # variable says now (it may have changed since triton was imported), then restore it.
     old = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
@@ -127,22 +148,13 @@ def _kernels(interpret: bool):
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
+    from triton.runtime.interpreter import InterpretedFunction
+
     if isinstance(module.forward_kernel, InterpretedFunction) != interpret:
         sys.modules.pop(name, None)
-        raise RuntimeError("triton scan: could not load the kernels in "
-                           f"{'interpreted' if interpret else 'compiled'} mode (triton.knobs.runtime.interpret "
-                           "is set in code and overrides TRITON_INTERPRET)")
+        raise RuntimeError("triton scan: the kernels did not load in triton's mode (triton.knobs.runtime.interpret "
+                           "set in code overrides TRITON_INTERPRET)")
     return module
-
-
-def _mode(device: torch.device) -> bool:
-    """True to interpret: CPU tensors always (``triton_status`` admits them only with TRITON_INTERPRET=1),
-    CUDA tensors when TRITON_INTERPRET=1."""
-    if device.type == "cuda":
-        return _interpret_env()
-    if device.type == "cpu":
-        return True
-    raise RuntimeError(f"triton scan: tensors on {device} (needs CUDA, or the CPU with TRITON_INTERPRET=1)")
 
 
 def default_chunk_size(batch: int, d_inner: int, length: int) -> int:
@@ -173,8 +185,13 @@ class _Prepared:
         self.N = A.shape[1]
         self.BN = _block_n(self.N)
         self.n_dblocks = -(-self.d_inner // BLOCK_D)
-        self.interpret = _mode(u.device)
-        self.kernels = _kernels(self.interpret)
+        if u.device.type not in ("cuda", "cpu"):
+            raise RuntimeError(f"triton scan: tensors on {u.device} (needs CUDA, or the CPU under TRITON_INTERPRET=1)")
+        self.kernels = _kernels()
+        self.interpret = _interpreted()
+        if u.device.type == "cpu" and not self.interpret:
+            raise RuntimeError("triton scan: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before "
+                               "triton's first import)")
 
     def dummy(self, t):
         """A pointer argument for an absent optional tensor (never read: its flag is off)."""
