@@ -29,6 +29,7 @@ from torch._guards import detect_fake_mode
 from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
+from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 from .scan import selective_scan
 
@@ -282,19 +283,25 @@ class MambaMixer(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         b, S, d = h.shape
         di, R, N = self.d_inner, self.dt_rank, self.d_state
-        # One GEMM for the whole batch, laid out (2·d_inner, b·S) so x, z come out with a contiguous last axis.
-        xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
-        x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
-        x = F.silu(self.conv1d(x)[..., :S])  # (b, d_inner, S), contiguous (silu writes a fresh tensor)
-        # Batched products with the weight expanded over the batch: torch.matmul(2-D, 3-D) would copy x.
-        x_dbl = torch.matmul(self.x_proj.weight.expand(b, -1, -1), x)  # (b, R + 2N, S)
-        delta = torch.matmul(self.dt_proj.weight.expand(b, -1, -1), x_dbl[:, :R])  # (b, d_inner, S); bias in scan
-        B, C = x_dbl[:, R : R + N], x_dbl[:, R + N :]  # (b, N, S) each
-        A = -torch.exp(self.A_log.float())
-        y = selective_scan(
-            x, delta, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True
-        )  # (b, d_inner, S), already multiplied by SiLU(z)
-        return F.linear(y.transpose(1, 2), self.out_proj.weight)  # (b, S, d)
+        with component("in_proj"):
+            # One GEMM for the whole batch, laid out (2·d_inner, b·S) so x, z come out with a contiguous last axis.
+            xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
+            x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
+        with component("conv1d"):
+            x = F.silu(self.conv1d(x)[..., :S])  # (b, d_inner, S), contiguous (silu writes a fresh tensor)
+        with component("ssm_proj"):
+            # Batched products with the weight expanded over the batch: torch.matmul(2-D, 3-D) would copy x.
+            x_dbl = torch.matmul(self.x_proj.weight.expand(b, -1, -1), x)  # (b, R + 2N, S)
+            # (b, d_inner, S); dt_proj's bias is added inside the scan
+            delta = torch.matmul(self.dt_proj.weight.expand(b, -1, -1), x_dbl[:, :R])
+            B, C = x_dbl[:, R : R + N], x_dbl[:, R + N :]  # (b, N, S) each
+            A = -torch.exp(self.A_log.float())
+        with component("scan"):
+            y = selective_scan(
+                x, delta, A, B, C, D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True
+            )  # (b, d_inner, S), already multiplied by SiLU(z)
+        with component("out_proj"):
+            return F.linear(y.transpose(1, 2), self.out_proj.weight)  # (b, S, d)
 
 
 class SkipFusion(nn.Module):
@@ -333,9 +340,12 @@ class DiMBlock(nn.Module):
         self.skip = SkipFusion(width) if consumes_skip else None
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = (self.mod_table + c).unsqueeze(2).unbind(1)  # (b, 1, d) each
-        h = torch.addcmul(shift, self.norm(x), 1 + scale)
-        return torch.addcmul(x, self.mixer(h), 1 + gate)
+        with component("norm_mod"):
+            shift, scale, gate = (self.mod_table + c).unsqueeze(2).unbind(1)  # (b, 1, d) each
+            h = torch.addcmul(shift, self.norm(x), 1 + scale)
+        h = self.mixer(h)
+        with component("residual"):
+            return torch.addcmul(x, h, 1 + gate)
 
 
 class DiM(nn.Module):
@@ -436,41 +446,51 @@ class DiM(nn.Module):
         if t.shape != (b,) or y.shape != (b,):
             raise ValueError(f"t and y must have shape ({b},) (or t scalar); got {tuple(t.shape)}, {tuple(y.shape)}")
 
-        # Conditioning: shared modulation c (b, 3, d); time token = raw sinusoid (b, d); class token (b, d).
-        t_sin = timestep_sinusoid(t, d).to(dtype)
-        y_tok = self.y_token(y)
-        e = self.t_mlp(timestep_sinusoid(t, 256).to(dtype)) + self.y_mod(y)
-        c = self.adaln(F.silu(e)).view(b, 3, d)
+        with component("conditioning"):
+            # Conditioning: shared modulation c (b, 3, d); time token = raw sinusoid (b, d); class token (b, d).
+            t_sin = timestep_sinusoid(t, d).to(dtype)
+            y_tok = self.y_token(y)
+            e = self.t_mlp(timestep_sinusoid(t, 256).to(dtype)) + self.y_mod(y)
+            c = self.adaln(F.silu(e)).view(b, 3, d)
 
-        pos = resize_pos_embed(self.pos_embed, (h, w))  # returns the parameter itself on the native grid
-        grid = self.patch_embed(x).flatten(2).transpose(1, 2).to(dtype) + pos[:, 2:]  # (b, h·w, d)
-        grid = self._smooth(self.smooth_in, grid, h, w)
-        cond = torch.stack([t_sin, y_tok], dim=1) + pos[:, :2]  # (b, 2, d)
+        with component("patch_embed"):
+            pos = resize_pos_embed(self.pos_embed, (h, w))  # returns the parameter itself on the native grid
+            grid = self.patch_embed(x).flatten(2).transpose(1, 2).to(dtype) + pos[:, 2:]  # (b, h·w, d)
+        with component("grid_conv"):
+            grid = self._smooth(self.smooth_in, grid, h, w)
+        with component("conditioning"):
+            cond = torch.stack([t_sin, y_tok], dim=1) + pos[:, :2]  # (b, 2, d)
 
-        maps = _sequence_maps(h, w, self.pad_layout, x.device)
-        source = torch.cat(
-            [cond, self.q_tokens.expand(b, -1, -1), grid, self.pad_tokens.expand(b, -1, -1)], dim=1
-        )
-        seq = source.index_select(1, maps.build)  # (b, S, d) in scan order 0
+        with component("pad"):
+            maps = _sequence_maps(h, w, self.pad_layout, x.device)
+            source = torch.cat(
+                [cond, self.q_tokens.expand(b, -1, -1), grid, self.pad_tokens.expand(b, -1, -1)], dim=1
+            )
+            seq = source.index_select(1, maps.build)  # (b, S, d) in scan order 0
 
         skips: list[torch.Tensor] = []
         order = 0
         for l, blk in enumerate(self.blocks):
             if blk.skip is not None:
-                seq = blk.skip(seq, skips.pop())
+                with component("skip_fusion"):
+                    seq = blk.skip(seq, skips.pop())
             if self.orders[l] != order:
-                seq = seq.index_select(1, maps.switch[(order, self.orders[l])])
+                with component("scan_switch"):
+                    seq = seq.index_select(1, maps.switch[(order, self.orders[l])])
                 order = self.orders[l]
             seq = blk(seq, c)
             if l in self._producers:
                 skips.append(seq)
 
-        grid = seq.index_select(1, maps.unpad)  # the last block scans in order 0 (row-major)
-        grid = self._smooth(self.smooth_out, grid, h, w)
-        shift, scale = self.final_mod(F.silu(t_sin + y_tok)).unsqueeze(1).chunk(2, dim=-1)  # (b, 1, d) each
-        out = self.final_proj(torch.addcmul(shift, self.final_norm(grid), 1 + scale))  # (b, h·w, p·p·C)
-        out = out.view(b, h, w, p, p, C).permute(0, 5, 1, 3, 2, 4)
-        return out.reshape(b, C, h * p, w * p)
+        with component("pad"):
+            grid = seq.index_select(1, maps.unpad)  # the last block scans in order 0 (row-major)
+        with component("grid_conv"):
+            grid = self._smooth(self.smooth_out, grid, h, w)
+        with component("final_layer"):
+            shift, scale = self.final_mod(F.silu(t_sin + y_tok)).unsqueeze(1).chunk(2, dim=-1)  # (b, 1, d) each
+            out = self.final_proj(torch.addcmul(shift, self.final_norm(grid), 1 + scale))  # (b, h·w, p·p·C)
+            out = out.view(b, h, w, p, p, C).permute(0, 5, 1, 3, 2, 4)
+            return out.reshape(b, C, h * p, w * p)
 
 
 # ----------------------------------------------------------------------------------------------------------------

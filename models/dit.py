@@ -28,6 +28,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
+from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 
 TIME_FREQ_DIM = 256  # width of DiT's timestep frequency embedding
@@ -111,10 +112,19 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = x + gate_a.unsqueeze(1) * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
-        x = x + gate_m.unsqueeze(1) * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
-        return x
+        with component("norm_mod"):
+            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=1)
+            h = _modulate(self.norm1(x), shift_a, scale_a)
+        with component("attention"):
+            h = self.attn(h)
+        with component("residual"):
+            x = x + gate_a.unsqueeze(1) * h
+        with component("norm_mod"):
+            h = _modulate(self.norm2(x), shift_m, scale_m)
+        with component("mlp"):
+            h = self.mlp(h)
+        with component("residual"):
+            return x + gate_m.unsqueeze(1) * h
 
 
 class FinalLayer(nn.Module):
@@ -210,11 +220,14 @@ class DiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, S, S), t (N,) in 0...999, y (N,) class indices or None (null class) -> (N, C_out, S, S)."""
-        h = self.x_embedder(x) + self.pos_embed  # (N, T, D)
-        c = self.t_embedder(t) + self.y_embedder(y, x.shape[0], x.device)  # (N, D)
+        with component("patch_embed"):
+            h = self.x_embedder(x) + self.pos_embed  # (N, T, D)
+        with component("conditioning"):
+            c = self.t_embedder(t) + self.y_embedder(y, x.shape[0], x.device)  # (N, D)
         for block in self.blocks:
             h = block(h, c)
-        return self.unpatchify(self.final_layer(h, c))
+        with component("final_layer"):
+            return self.unpatchify(self.final_layer(h, c))
 
 
 def adapt_state_dict(model: DiT, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import resize_grid_pos_embed, timestep_sinusoid
+from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 
 
@@ -97,9 +98,20 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         if self.skip_linear is not None:
-            x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+            with component("skip_fusion"):
+                x = self.skip_linear(torch.cat([x, skip], dim=-1))
+        with component("norm_mod"):
+            h = self.norm1(x)
+        with component("attention"):
+            h = self.attn(h)
+        with component("residual"):
+            x = x + h
+        with component("norm_mod"):
+            h = self.norm2(x)
+        with component("mlp"):
+            h = self.mlp(h)
+        with component("residual"):
+            return x + h
 
 
 class UViT(nn.Module):
@@ -206,15 +218,18 @@ class UViT(nn.Module):
                 f"{tuple(x.shape)}; build it with input_size={x.shape[-1]} (load_checkpoint and "
                 "load_resized_state_dict resize the position embedding)"
             )
-        h = self.patch_embed(x)  # (N, T, D)
-        # Cast to the parameters' dtype: a no-op under autocast (fp32 parameters, and then torch.cat promotes
-        # the bf16 patches to fp32 as in the official code); needed for a model cast to bf16.
-        time_token = self.time_embed(timestep_sinusoid(t, self.width).to(self.pos_embed.dtype)).unsqueeze(1)
-        tokens = [time_token, h]
-        class_token = self._class_token(y, x.shape[0], x.device)
-        if class_token is not None:
-            tokens.insert(0, class_token)
-        h = torch.cat(tokens, dim=1) + self.pos_embed  # (N, E + T, D)
+        with component("patch_embed"):
+            h = self.patch_embed(x)  # (N, T, D)
+        with component("conditioning"):
+            # Cast to the parameters' dtype: a no-op under autocast (fp32 parameters, and then torch.cat promotes
+            # the bf16 patches to fp32 as in the official code); needed for a model cast to bf16.
+            time_token = self.time_embed(timestep_sinusoid(t, self.width).to(self.pos_embed.dtype)).unsqueeze(1)
+            tokens = [time_token, h]
+            class_token = self._class_token(y, x.shape[0], x.device)
+            if class_token is not None:
+                tokens.insert(0, class_token)
+        with component("patch_embed"):
+            h = torch.cat(tokens, dim=1) + self.pos_embed  # (N, E + T, D)
 
         skips = []
         for block in self.in_blocks:
@@ -224,8 +239,9 @@ class UViT(nn.Module):
         for block in self.out_blocks:
             h = block(h, skips.pop())
 
-        h = self.decoder_pred(self.norm(h))[:, self.extras :]  # (N, T, p*p*C)
-        return self.final_layer(self.unpatchify(h))
+        with component("final_layer"):
+            h = self.decoder_pred(self.norm(h))[:, self.extras :]  # (N, T, p*p*C)
+            return self.final_layer(self.unpatchify(h))
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, extras: int, grid: int) -> torch.Tensor:
