@@ -84,11 +84,12 @@ def _register_builtins() -> None:
     from dimbench.metrics.fvcore_count import FVCORE
     from dimbench.metrics.memory import MEMORY
     from dimbench.metrics.params import PARAMS
+    from dimbench.metrics.profile import PROFILE
     from dimbench.metrics.quality import QUALITY, UPSAMPLE
     from dimbench.metrics.timing import LATENCY, TRAIN_STEP
     from dimbench.metrics.train import TRAIN
 
-    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE):
+    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE):
         register_metric(metric)
 
 
