@@ -8,6 +8,7 @@
     dimbench env [--json]
     dimbench report RESULTS_DIR [-o OUT]
     dimbench train MODEL --out DIR [--data digits|PATH] [--steps N] [--batch B] ... (also under torchrun)
+    dimbench profile MODEL --resolution PX [--device D] [--dtype bf16] [--batch B] [--out DIR]
     dimbench checkpoint ...
     dimbench gate RESULTS_DIR --baseline FILE [--tolerance METRIC=REL] [--markdown F] [--json F]  (exit 1: regression)
     dimbench baseline RESULTS_DIR -o FILE [--replace]
@@ -316,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     from dimbench.gates.cli import add_gate_commands
+    from dimbench.profile_cli import add_profile_command
     from dimbench.training.cli import add_train_command
 
     add_train_command(sub)
+    add_profile_command(sub)
     add_gate_commands(sub)
 
     try:
