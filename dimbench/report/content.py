@@ -57,6 +57,7 @@ from .document import (
     styles_for,
 )
 from .plots import Panel, Series
+from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
@@ -596,7 +597,9 @@ def section_full_tables(results: Results) -> Section:
     known = [m for m in declared.row_order() if m in results.metrics()]
     known += [m for m in results.metrics() if m not in known and m not in SPECIAL_METRICS
               and not m.startswith(("published_", "fid", "fd_"))]
-    metrics = [m for m in known if results.has(m)]
+    # A series row has many values per point (one per step or component): a model x resolution cell cannot hold
+    # them; its own section shows them.
+    metrics = [m for m in known if results.has(m) and not results.declaration(m).series]
     tables = [pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
     paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
              "skipped points’), skipped = not applicable there, — = not run."]
@@ -690,6 +693,7 @@ SECTIONS: list[Callable[[Results], Section | None]] = [
     section_training,
     section_memory,
     section_efficiency,
+    section_profile,
     section_train_loss,
     section_samples,
     section_quality_scores,
