@@ -26,8 +26,7 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 
 
 def add_profile_command(sub) -> None:
-    from dimbench.metrics.profile import CPU_MAX_GFLOP, ENERGY_SECONDS
-    from dimbench.metrics.timing import REPEATS, WARMUP
+    from dimbench.metrics.profile import CPU_MAX_GFLOP, ENERGY_SECONDS, REPEATS, WARMUP
 
     p = sub.add_parser("profile", help="time, FLOPs, bytes and energy of one forward pass, per model component",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])

@@ -59,15 +59,18 @@ from dimbench.metrics.common import (
     synchronize,
 )
 from dimbench.metrics.flops import _CUSTOM_MAPPING
-from dimbench.metrics.timing import REPEATS, WARMUP
 from dimbench.points import SweepPoint
-from dimbench.schema import Field, Number
+from dimbench.schema import Field, Integer, Number
 from models.profiling import COMPONENTS, PREFIX
 
 PROFILE_DIR = "profiles"
 FORWARD_RANGE = PREFIX + "forward"
 NAMED = tuple(c for c in COMPONENTS if c != "other")
 
+#: The suite's top-level ``warmup`` and ``repeats`` keys set these too (same names as the timed metrics' options).
+WARMUP = Field("warmup", Integer(0), 2, "untimed forward passes before the profiled ones (after one probe pass)")
+REPEATS = Field("repeats", Integer(1), 5, "profiled forward passes (each component's mean over them is reported: "
+                "means add up to the forward's)")
 CPU_MAX_GFLOP = Field(
     "cpu_max_gflop", Number(0, "GFLOP"), 200.0,
     "on the CPU, the largest forward pass (meta-count GFLOP at the point's batch) that is timed; above it the time "
