@@ -96,20 +96,21 @@ def make_inputs(batch=2, d_inner=5, L=37, N=4, *, D=True, z=True, delta_bias=Tru
                 dtype=torch.float32, strong=False, device="cpu"):
     """Random inputs with A < 0 and moderate Δ, so the state survives many steps and a wrong chunk carry shows.
     Without softplus Δ is given positive. ``strong``: DiM's A = -[1..N] and Δ up to ~3, so decays underflow."""
-    g = torch.Generator().manual_seed(seed)
-    delta = torch.randn(batch, d_inner, L, generator=g) * 0.5 - 1.0
+    g = torch.Generator(device=device).manual_seed(seed)     # drawn on the device: DiM-H's sizes are large
+    kw = {"generator": g, "device": device}
+    delta = torch.randn(batch, d_inner, L, **kw) * 0.5 - 1.0
     if not softplus:
         delta = F.softplus(delta)
     t = {
-        "u": torch.randn(batch, d_inner, L, generator=g),
+        "u": torch.randn(batch, d_inner, L, **kw),
         "delta": delta + 3.0 if strong else delta,
-        "A": (-torch.arange(1, N + 1).float().repeat(d_inner, 1) if strong
-              else -(torch.rand(d_inner, N, generator=g) * 1.5 + 0.1)),
-        "B": torch.randn(batch, N, L, generator=g),
-        "C": torch.randn(batch, N, L, generator=g),
-        "D": torch.randn(d_inner, generator=g) if D else None,
-        "z": torch.randn(batch, d_inner, L, generator=g) if z else None,
-        "delta_bias": torch.randn(d_inner, generator=g) * 0.3 if delta_bias else None,
+        "A": (-torch.arange(1, N + 1, device=device).float().repeat(d_inner, 1) if strong
+              else -(torch.rand(d_inner, N, **kw) * 1.5 + 0.1)),
+        "B": torch.randn(batch, N, L, **kw),
+        "C": torch.randn(batch, N, L, **kw),
+        "D": torch.randn(d_inner, **kw) if D else None,
+        "z": torch.randn(batch, d_inner, L, **kw) if z else None,
+        "delta_bias": torch.randn(d_inner, **kw) * 0.3 if delta_bias else None,
     }
     return {k: None if v is None else v.to(device=device, dtype=dtype if k in BIG else torch.float32)
             for k, v in t.items()}

@@ -1,6 +1,7 @@
 """Triton kernels of the ``triton`` scan backend (see ``triton_backend`` for the design, the launch code and the
-reasons). Never imported directly: ``triton_backend._kernels(interpret)`` loads this file once per mode (compiled or
-interpreted) as its own module, because ``@triton.jit`` decides at decoration time whether to interpret.
+reasons). Never imported directly: ``triton_backend._kernels()`` loads this file on first use, with
+TRITON_INTERPRET set to the mode triton itself was imported in, because ``@triton.jit`` decides at decoration time
+whether to interpret.
 
 Index conventions, shared by every kernel: one program handles the batch element ``b``, a block of ``BD``
 channels ``d`` and (where it has one) the chunk ``k`` of ``T`` steps [t0, t1); its state tile is (BD, BN), BN
