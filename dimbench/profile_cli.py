@@ -136,7 +136,8 @@ def print_profile(con, result, table, rows) -> None:
         (f", at {timed.resolution} px" if timed is not point else "") + ")"
     heads = [("component", "left"), (time_head, "right"), ("share %\n(of time)", "right"),
              (f"GFLOPs\n(meta, {point.resolution} px)", "right"),
-             (f"GB moved\n(meta, {point.resolution} px)", "right"),
+             (f"GB moved\n(meta, {point.resolution} px)", "right"), ("FLOP %\n(meta)", "right"),
+             ("bytes %\n(meta)", "right"),
              ("achieved\nGFLOP/s", "right"), ("intensity\nFLOP/byte", "right")]
     for head, justify in heads:
         t.add_column(head, justify=justify, no_wrap=True)
@@ -146,9 +147,11 @@ def print_profile(con, result, table, rows) -> None:
 
     for r in table:
         t.add_row(r["component"], num(r["ms"], "{:.3f}"), num(r["share_pct"], "{:.1f}"), num(r["gflop"], "{:.4g}"),
-                  num(r["gbytes"], "{:.4g}"), num(r["achieved_gflops"], "{:.1f}"), num(r["intensity"], "{:.1f}"))
+                  num(r["gbytes"], "{:.4g}"), num(r["flop_share_pct"], "{:.1f}"), num(r["byte_share_pct"], "{:.1f}"),
+                  num(r["achieved_gflops"], "{:.1f}"), num(r["intensity"], "{:.1f}"))
     t.add_row("total", num(sum(r["ms"] for r in table), "{:.3f}"), "100.0",
-              num(sum(r["gflop"] for r in table), "{:.4g}"), num(sum(r["gbytes"] for r in table), "{:.4g}"), "", "",
+              num(sum(r["gflop"] for r in table), "{:.4g}"), num(sum(r["gbytes"] for r in table), "{:.4g}"), "100.0",
+              "100.0", "", "",
               style="bold")
     con.print(t)
     lines = [

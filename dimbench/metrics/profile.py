@@ -429,14 +429,19 @@ def profile_model(model: torch.nn.Module, inputs: tuple, device: torch.device, d
 
 def _range_totals_us(prof, cuda: bool) -> dict[str, float]:
     """Total time of each named range (µs, summed over its calls): on CUDA the device time of the kernels launched
-    inside it (``device_time_total`` of the profiler's averaged events: its kernels and its children's); on the CPU
-    its duration on the calling thread, which is the profiler's CPU time total (self + children). The CPU totals are
-    read from the raw profiler events: building the profiler's Python event tree first (``key_averages``) takes
-    longer than the profiled passes when an op-heavy backend (the chunked scan) makes hundreds of thousands of
-    events."""
-    if cuda:
-        return {e.key: float(e.device_time_total) for e in prof.key_averages() if e.key.startswith(PREFIX)}
+    inside it (``device_time_total`` of the range's CPU-side event: its kernels and its children's; the GPU-side
+    copies of user ranges, which span the gaps between kernels too, are left out); on the CPU its duration on the
+    calling thread, which is the profiler's CPU time total (self + children). The CPU totals are read from the raw
+    profiler events: building the profiler's Python event tree first takes longer than the profiled passes when an
+    op-heavy backend (the chunked scan) makes hundreds of thousands of events."""
     totals: dict[str, float] = collections.defaultdict(float)
+    if cuda:
+        from torch.autograd import DeviceType
+
+        for event in prof.events():
+            if event.device_type == DeviceType.CPU and event.name.startswith(PREFIX):
+                totals[event.name] += float(event.device_time_total)
+        return dict(totals)
     for event in prof.profiler.kineto_results.events():
         name = event.name()
         if name.startswith(PREFIX):
