@@ -44,7 +44,7 @@ def rows_by_metric(name: str, p: SweepPoint, options=OPTIONS) -> dict[str, Measu
 
 def test_registry_has_the_contract_metrics():
     assert set(METRICS) == {"params", "flops", "fvcore", "latency", "train_step", "memory", "train", "quality",
-                            "upsample", "profile"}
+                            "upsample", "profile", "published", "gmacs_variants"}
     produced = [row for m in METRICS.values() for row in m.produces]
     assert len(produced) == len(set(produced))
     assert set(produced) == {
@@ -54,6 +54,8 @@ def test_registry_has_the_contract_metrics():
         "mem_device_gib", "tflops_achieved", "mfu", "train_loss", "train_loss_final", "train_images_per_s",
         "fd_proxy", "proxy_acc", "fd_proxy_untrained", "proxy_acc_untrained", "samples",
         *(f"{row}_up{m}{ug}" for row in ("fd_proxy", "proxy_acc", "samples") for m in (2, 3) for ug in ("", "_ug")),
+        "published_params", "published_gmacs", "published_throughput", "published_fid",
+        "gmacs_no_scan", "gmacs_no_dwconv", "gmacs_mamba_fused", "gmacs_unpadded", "gmacs_input_7_8",
         "profile_forward_ms", "profile_ms", "profile_share", "profile_gflop", "profile_gbytes", "profile_energy_j",
     }  # fmt: skip
     assert all(m.name == name and m.description for name, m in METRICS.items())

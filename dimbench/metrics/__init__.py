@@ -10,14 +10,19 @@ metric      rows                                             how
 params      params, params_trainable                         meta-device model
 flops       gmacs, gflops                                    FlopCounterMode on the meta device
 fvcore      gmacs_fvcore                                     fvcore FlopCountAnalysis (+ SDPA and scan handlers)
-latency     latency_ms, throughput, tflops_achieved, mfu     wall clock (CPU) / CUDA events; MFU vs measured peak
-train_step  train_step_ms, train_throughput                  forward + MSE + backward + AdamW, timed likewise
+latency     latency_ms, throughput, tflops_achieved, mfu,    wall clock (CPU) / CUDA events; MFU vs measured peak;
+            latency_rel                                      _rel: time / a reference matmul timed in the same rounds
+train_step  train_step_ms, train_throughput, train_step_rel  forward + MSE + backward + AdamW, timed likewise
 memory      mem_predicted_gib, mem_allocated_gib,            FakeTensor prediction; CUDA allocator peaks; NVML
             mem_reserved_gib, mem_device_gib
 train       train_loss (per step), train_loss_final,         diffusion training (a long task; weak-to-strong
             train_images_per_s                               fine-tuning from a lower resolution)
 quality     fd_proxy, proxy_acc (+ _untrained), samples      samples scored by dimbench's proxy classifier
 upsample    fd_proxy_up{2,3}[_ug], proxy_acc_..., samples_.. 2x / 3x sampling, plain and Upsample Guidance
+profile     profile_* (per component)                        torch.profiler ranges, meta counts, NVML energy
+published   published_{params,gmacs,throughput,fid}          the papers' numbers (dimbench/paper), not measured
+gmacs_vari… gmacs_no_scan, gmacs_no_dwconv,                  DiM's count under the hypotheses that could
+            gmacs_mamba_fused, gmacs_unpadded, ..._7_8      explain a published count (per named component)
 =========== ================================================ ==================================================
 
 Each metric module declares its :class:`Metric` (rows, options, budget) once; everything else that needs to know
@@ -80,22 +85,25 @@ def declared_rows() -> list[Row]:
 
 
 def _register_builtins() -> None:
+    from dimbench.metrics.count_variants import GMACS_VARIANTS
     from dimbench.metrics.flops import FLOPS
     from dimbench.metrics.fvcore_count import FVCORE
     from dimbench.metrics.memory import MEMORY
     from dimbench.metrics.params import PARAMS
     from dimbench.metrics.profile import PROFILE
+    from dimbench.metrics.published import PUBLISHED
     from dimbench.metrics.quality import QUALITY, UPSAMPLE
     from dimbench.metrics.timing import LATENCY, TRAIN_STEP
     from dimbench.metrics.train import TRAIN
 
-    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE):
+    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE, PUBLISHED,
+                   GMACS_VARIANTS):
         register_metric(metric)
 
 
 _register_builtins()
 
 __all__ = [
-    "EXACT", "METRICS", "Gate", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary", "declared_rows",
-    "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
+    "EXACT", "METRICS", "Gate", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary",
+    "declared_rows", "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
 ]

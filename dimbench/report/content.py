@@ -56,6 +56,7 @@ from .document import (
     px,
     styles_for,
 )
+from .paper import section_paper_tables
 from .plots import Panel, Series
 from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
@@ -697,6 +698,7 @@ SECTIONS: list[Callable[[Results], Section | None]] = [
     section_train_loss,
     section_samples,
     section_quality_scores,
+    section_paper_tables,
     section_published,
     section_failures,
     section_full_tables,

@@ -142,6 +142,8 @@ def section_published(results: Results) -> Section | None:
         measured = pub[len("published_"):]
         for model, res, batch, value, extra in results.rows(pub)[
                 ["model", "resolution", "batch", "value", "extra"]].itertuples(index=False):
+            if extra.get("table_id") or value is None or value != value:
+                continue  # a row of dimbench's own paper tables: laid out in the "Paper tables" section
             got = results.rows(measured)
             got = got[(got["model"] == model) & (got["resolution"] == res) & (got["batch"] == batch)
                       & (got["status"] == "ok")]
@@ -150,6 +152,8 @@ def section_published(results: Results) -> Section | None:
             rows.append([Cell(model), Cell(px(res)), Cell(label(measured)), Cell(fmt(mv, measured),
                          "ok" if mv is not None else "missing"), Cell(fmt(value, measured)), Cell(diff),
                          Cell(str(extra.get("source", "source not given")))])
+    if not rows:
+        return None
     table = Table("Measured vs published values (difference = (measured − published) / published).",
                   ["model", "resolution", "measure", "measured", "published", "difference", "source"], rows,
                   [False, True, False, True, True, True, False])
