@@ -1,6 +1,6 @@
 """The named ranges (models/profiling.py) cost nothing measurable when nobody profiles (pytest-benchmark; not CI).
 
-    pytest benchmarks/test_bench_profiling.py --benchmark-only --benchmark-group-by=param:model
+    pytest benchmarks/test_bench_profiling.py --benchmark-only --benchmark-columns=median,iqr,min
 
 Per model, the same forward pass three ways: as shipped (ranges present, off), with ``component`` replaced by a
 bare function returning a ``nullcontext`` (``stubbed``: the least a ``with`` site can cost), and with the ranges on
