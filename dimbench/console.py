@@ -127,20 +127,28 @@ def summary_table(rows: list[dict], title: str = "Summary"):
         points.setdefault(row["point_key"], row)
         cells[(row["point_key"], row["metric"])] = row
         model_order.setdefault(row["model"], len(model_order))
+    def compiled(row: dict) -> str:
+        extra = row.get("extra")
+        return str(extra.get("compile") or "eager") if isinstance(extra, dict) else "eager"
+
     points = dict(sorted(points.items(), key=lambda kv: (
-        model_order[kv[1]["model"]], kv[1]["resolution"], kv[1]["batch"], kv[1]["dtype"], kv[0])))
+        model_order[kv[1]["model"]], kv[1]["resolution"], kv[1]["batch"], kv[1]["dtype"], compiled(kv[1]) != "eager",
+        kv[0])))
     # A column nobody measured (CUDA-only metrics on the CPU, say) would only say "skipped" on every line: it is
     # left out, and its reason still appears among the skipped notes.
     measured = {m for (_, m), row in cells.items() if row.get("status") != "skipped"}
     columns = summary_columns()
     present = [c for c in columns if c.name in measured]
     devices = {p["device"] for p in points.values()}
-    lead = ["model", "px", "batch", "dtype"] + (["device"] if len(devices) > 1 else [])
+    modes = {compiled(p) for p in points.values()}
+    lead = (["model", "px", "batch", "dtype"] + (["device"] if len(devices) > 1 else [])
+            + (["compile"] if modes != {"eager"} else []))
     if len(devices) == 1:
         title = f"{title} — device {devices.pop()}"
     table = Table(title=title, title_justify="left")
     for header in lead:
-        longest = max([len(header)] + [len(str(p[header if header != "px" else "resolution"]))
+        longest = max([len(header)] + [len(compiled(p) if header == "compile" else
+                                           str(p[header if header != "px" else "resolution"]))
                                        for p in points.values()])
         table.add_column(header, justify="right" if header in ("px", "batch") else "left", no_wrap=True,
                          min_width=longest)
@@ -151,8 +159,10 @@ def summary_table(rows: list[dict], title: str = "Summary"):
     skipped: dict[str, list[str]] = {}
     for key, p in points.items():
         line = [p["model"], str(p["resolution"]), str(p["batch"]), p["dtype"]]
-        if len(lead) > 4:
+        if "device" in lead:
             line.append(p["device"])
+        if "compile" in lead:
+            line.append(compiled(p))
         for col in present:
             row = cells.get((key, col.name))
             if row is None:

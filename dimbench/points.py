@@ -12,7 +12,8 @@ class SweepPoint:
 
     ``resolution`` is in pixels; ``input_size`` is the side the model sees (latent side = resolution / 8 for
     latent models). ``task`` is what is measured at this point ("forward", "train_step", ...: the metric set
-    decides); ``checkpoint`` an optional local weights path.
+    decides); ``checkpoint`` an optional local weights path; ``compile`` the torch.compile mode the timed metrics run the
+    model under (None: eager).
     """
 
     suite: str
@@ -25,6 +26,7 @@ class SweepPoint:
     metrics: tuple[str, ...]
     checkpoint: str | None = None
     pad_layout: str | None = None  # DiM only: "lateral" | "cyclic" (None: the model's default)
+    compile: str | None = None  # torch.compile mode ("default", "max-autotune", ...); None: eager (not compiled)
 
     @property
     def key(self) -> str:
@@ -34,6 +36,8 @@ class SweepPoint:
             parts.append(f"ckpt={self.checkpoint}")
         if self.pad_layout:
             parts.append(f"pad={self.pad_layout}")
+        if self.compile:  # only when compiled: an eager point keeps the key it always had
+            parts.append(f"compile={self.compile}")
         return "|".join(parts)
 
     def to_dict(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from dimbench.console import UserError
+from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
 from dimbench.points import SweepPoint
 from dimbench.schema import (
@@ -91,6 +92,8 @@ MODEL_NAME = Choice(registered_models, "a registered model")
 METRIC_NAME = Choice(registered_metrics, "a registered metric")
 DTYPE = Choice(DTYPE_NAMES, "a dtype")
 RESOLUTIONS = ListOf(Integer(1), "a non-empty list of positive integers (pixels)")
+#: ``eager`` (not compiled) or a torch.compile mode.
+COMPILE_SETTING = Choice(("eager", *COMPILE_MODES), "eager or a torch.compile mode")
 
 
 # ----------------------------------------------------------------------------------------------- declarations
@@ -102,6 +105,8 @@ class Limit:
     batch_sizes: tuple[int, ...] | None = key(ListOf(Integer(1)), None, "only at these batch sizes")
     dtypes: tuple[str, ...] | None = key(ListOf(DTYPE), None, "only in these dtypes")
     models: tuple[str, ...] | None = key(ListOf(MODEL_NAME), None, "only for these models")
+    compile: tuple[str, ...] | None = key(ListOf(COMPILE_SETTING), None,
+                                          "only in these compile settings (eager, or torch.compile modes)")
     max_gmacs_x_batch: float | None = key(
         Number(0, note="GMACs per image x batch"), None,
         "only where GMACs per image (meta count) x batch is at most this (the worker checks; the skipped row gives "
@@ -201,7 +206,7 @@ class SectionType(Type):
 
 
 LIMITS = MapOf(METRIC_NAME, lambda metric: Record(Limit, what="limit keys"),
-               "a mapping {metric: {resolutions, batch_sizes, dtypes, models, max_gmacs_x_batch}}")
+               "a mapping {metric: {resolutions, batch_sizes, dtypes, models, compile, max_gmacs_x_batch}}")
 OPTIONS = MapOf(METRIC_NAME, metric_options, "a mapping {metric: {option: value}} (dimbench schema lists them)")
 
 
@@ -218,6 +223,13 @@ class SuiteFile:
     batch_sizes: dict = key(PerResolution(ListOf(Integer(1))), [1], "batch sizes (per resolution when a mapping)")
     dtypes: dict = key(PerResolution(ListOf(DTYPE)), ["float32"],
                        "compute dtypes (lower precisions run under torch.autocast with float32 weights)")
+    compile: tuple[str, ...] = key(
+        ListOf(COMPILE_SETTING), ["eager"],
+        "how the timed metrics (latency, train_step, measured memory) run the model: `eager`, or a torch.compile "
+        "mode (`default`, `reduce-overhead`, `max-autotune`, `max-autotune-no-cudagraphs`: `torch.compile(model, "
+        "mode=...)`, whole model); each setting is its own sweep point (key `...|compile=MODE`; an eager point's "
+        "key has no compile part). Compilation is never timed (first call before the warm-up; its wall time is in "
+        "the rows' extra). Counting metrics (params, flops, predicted memory) run at the eager point only")
     device: str = key(Text("auto, cpu, cuda or cuda:N", check_device), "auto",
                       "where to run; auto = cuda when available, else cpu (`dimbench run --device` overrides)")
     metrics: tuple[str, ...] = key(ListOf(METRIC_NAME), ["params", "flops"], "suite-level metrics to measure")
@@ -235,8 +247,8 @@ class SuiteFile:
 
 #: Keys a device section (cpu:, cuda:) may override: its limits replace the top level's rule for each metric it
 #: names; its options are merged key by key over the top level's.
-SECTION_KEYS = ("metrics", "resolutions", "batch_sizes", "dtypes", "warmup", "repeats", "timeout", "limits",
-                "options")
+SECTION_KEYS = ("metrics", "resolutions", "batch_sizes", "dtypes", "compile", "warmup", "repeats", "timeout",
+                "limits", "options")
 
 
 def section_record() -> Record:
@@ -262,6 +274,7 @@ class Settings:
     resolutions: tuple[int, ...]
     batch_sizes: dict
     dtypes: dict
+    compile: tuple[str, ...]
     warmup: int
     repeats: int
     timeout: float
@@ -303,9 +316,11 @@ class Suite:
     warnings: tuple[str, ...] = ()  # FILE:LINE: warning ... (a suite that runs but is unusually large)
 
     def point_count(self, device_type: str) -> int:
-        """How many points the suite has on "cpu" or "cuda" (models x resolutions x batch sizes x dtypes)."""
+        """How many points the suite has on "cpu" or "cuda" (models x resolutions x batch sizes x dtypes x compile
+        settings)."""
         s = self.sections[device_type]
-        return sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(self.models)
+        return (sum(len(s.at(s.batch_sizes, r)) * len(s.at(s.dtypes, r)) for r in s.resolutions) * len(self.models)
+                * len(s.compile))
 
     def settings_for(self, device: str) -> Settings:
         """Merged settings for a resolved device ("cpu", "cuda", "cuda:1")."""
@@ -461,9 +476,13 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             where = at + (table_key,) if table_key in raw else (table_key,)
             problems.expected(where, f"an entry for every resolution ({', '.join(map(str, values.resolutions))})",
                               None, f"none for {', '.join(map(str, missing))}")
+    if len(set(values.compile)) < len(values.compile):
+        where = at + ("compile",) if "compile" in raw else ("compile",)
+        twice = [c for c in dict.fromkeys(values.compile) if values.compile.count(c) > 1]
+        problems.expected(where, "each compile setting once", list(values.compile), f"{', '.join(twice)} twice")
     metrics_where = problems.where(at + ("metrics",) if "metrics" in raw else ("metrics",))
     return Settings(metrics=values.metrics, resolutions=values.resolutions, batch_sizes=values.batch_sizes,
-                    dtypes=values.dtypes, warmup=values.warmup, repeats=values.repeats, timeout=values.timeout,
+                    dtypes=values.dtypes, compile=values.compile, warmup=values.warmup, repeats=values.repeats, timeout=values.timeout,
                     limits=limits, options=options, metrics_where=metrics_where)
 
 
@@ -571,7 +590,8 @@ def input_size_for(model: str, resolution: int) -> int:
 
 def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
     for attr, value, unit in (("resolutions", point.resolution, " px"), ("batch_sizes", point.batch, ""),
-                              ("dtypes", point.dtype, ""), ("models", point.model, "")):
+                              ("dtypes", point.dtype, ""), ("models", point.model, ""),
+                              ("compile", point.compile or "eager", "")):
         allowed = getattr(limit, attr)
         if allowed is not None and value not in allowed:
             shown = ", ".join(f"{a}{unit}" for a in allowed)
@@ -580,20 +600,24 @@ def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
 
 
 def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None) -> Plan:
-    """The run's points, in order (resolution, model, batch, dtype), for a device (default: the suite's)."""
+    """The run's points, in order (compile setting, resolution, model, batch, dtype), for a device (default: the
+    suite's)."""
+    from dimbench.metrics import METRICS
+
     resolved = resolve_device(device or suite.device)
     settings = suite.settings_for(resolved)
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
     all_metrics = tuple(dict.fromkeys(suite.base.metrics + settings.metrics))
     plans = []
-    # Resolution-major: a run cut short still holds every model at the resolutions it reached.
-    for res, entry in itertools.product(settings.resolutions, suite.models):
+    # Compile setting first (as listed: eager, then the compiled ones), then resolution-major: a run cut short
+    # still holds every model at the resolutions it reached, eager before compiled.
+    for mode, res, entry in itertools.product(settings.compile, settings.resolutions, suite.models):
         batches, dtypes = settings.at(settings.batch_sizes, res), settings.at(settings.dtypes, res)
         for batch, dtype in itertools.product(batches, dtypes):
             point = SweepPoint(
                 suite=suite.name, model=entry.name, resolution=res, input_size=input_size_for(entry.name, res),
                 batch=batch, dtype=dtype, device=resolved, metrics=all_metrics, checkpoint=entry.checkpoint,
-                pad_layout=entry.pad_layout,
+                pad_layout=entry.pad_layout, compile=None if mode == "eager" else mode,
             )
             run, skipped, budget = [], {}, {}
             for metric in all_metrics:
@@ -601,6 +625,9 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
                 if metric not in settings.metrics:
                     skipped[metric] = (f"not measured on {device_type}: the suite's {device_type} section "
                                        f"({settings.metrics_where}) leaves it out")
+                elif point.compile and not METRICS[metric].compiles:
+                    skipped[metric] = (f"not run compiled: {metric} does not run the model under torch.compile "
+                                       "(its value does not depend on it); see the eager point")
                 elif limit and _limit_reason(limit, point):
                     skipped[metric] = _limit_reason(limit, point)
                 else:

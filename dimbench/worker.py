@@ -83,7 +83,8 @@ def make_row(point: SweepPoint, metric: Metric, m: Measurement, *, started_at: s
         "started_at": started_at,
         "duration_s": round(duration_s, 4),
         "error": error,
-        "extra": m.extra or {},
+        # A compiled point's rows say so in extra (the report's facets tell compiled from eager by it).
+        "extra": {**(m.extra or {}), "compile": point.compile} if point.compile else m.extra or {},
     }
 
 

@@ -191,25 +191,34 @@ def _sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _Sequen
     inference-mode forward would break a later training step), and never cached when built under a fake-tensor
     mode (a memory prediction would otherwise leave fake maps behind for the next real forward).
     """
-    faking = detect_fake_mode() is not None
     key = (h, w, layout, str(device))
+    if torch.compiler.is_compiling():
+        # Traced by torch.compile: maps cached by an earlier eager forward are read as constants, else built in
+        # the graph; no fake-mode test (Dynamo's fake tensors are its own) and no cache write (no side effect).
+        maps = _MAP_CACHE.get(key)
+        return maps if maps is not None else _build_sequence_maps(h, w, layout, device)
+    faking = detect_fake_mode() is not None
     maps = None if faking else _MAP_CACHE.get(key)
     if maps is not None:
         return maps
     with torch.inference_mode(False):
-        front = torch.arange(N_FRONT)
-
-        def full(grid_map: torch.Tensor) -> torch.Tensor:
-            return torch.cat([front, grid_map + N_FRONT]).to(device)
-
-        maps = _SequenceMaps(
-            build=full(pad_source_map(h, w, layout)),
-            unpad=(unpad_map(h, w) + N_FRONT).to(device),
-            switch={(a, b): full(switch_map(a, b, h, w)) for a in SCAN_CYCLE for b in SCAN_CYCLE if a != b},
-        )
+        maps = _build_sequence_maps(h, w, layout, device)
     if not faking:
         _MAP_CACHE[key] = maps
     return maps
+
+
+def _build_sequence_maps(h: int, w: int, layout: str, device: torch.device) -> _SequenceMaps:
+    front = torch.arange(N_FRONT)
+
+    def full(grid_map: torch.Tensor) -> torch.Tensor:
+        return torch.cat([front, grid_map + N_FRONT]).to(device)
+
+    return _SequenceMaps(
+        build=full(pad_source_map(h, w, layout)),
+        unpad=(unpad_map(h, w) + N_FRONT).to(device),
+        switch={(a, b): full(switch_map(a, b, h, w)) for a in SCAN_CYCLE for b in SCAN_CYCLE if a != b},
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -168,6 +168,11 @@ class Metric:
     sampling) is a metric like the others: it streams rows and progress through its context, keeps its checkpoint
     in ``ctx.state_dir``, declares its per-step rows ``series`` and its budget (``math.inf``: none).
 
+    ``compiles``: the metric runs the model under the point's ``compile`` setting (torch.compile, see
+    :func:`dimbench.metrics.common.compile_model`); a metric that does not (counts, predictions, long tasks) is
+    skipped at a compiled point, with the reason: torch.compile does not change what it measures, which the eager
+    point of the same suite holds.
+
     The ``fn`` should be a module-level function: the declaration is handed to worker processes.
     """
 
@@ -177,6 +182,7 @@ class Metric:
     description: str
     options: tuple[Field, ...] = ()
     timeout: float | None = None
+    compiles: bool = False
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.rows]

@@ -8,6 +8,7 @@ models are trained and sampled), so the dtype of a point is an autocast dtype, n
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import torch
@@ -91,6 +92,59 @@ def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: 
         with torch.device(device):
             model = models.create_model(point.model, **model_kwargs(point))
     return model.eval()
+
+
+#: torch.compile modes a suite's ``compile`` key may name (besides "eager": not compiled).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+#: Environment variable naming another torch.compile backend than inductor ("aot_eager", "eager": for tests and
+#: debugging; the mode then does not apply). Recorded in every compiled row's method.
+COMPILE_BACKEND_ENV = "DIMBENCH_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+
+
+def compile_label(point: SweepPoint) -> str:
+    """How the point runs its model, for method strings: ``torch.compile(mode='default', whole model)`` or
+    ``eager (not compiled)``."""
+    if not point.compile:
+        return "eager (not compiled)"
+    backend = compile_backend()
+    return f"torch.compile(mode={point.compile!r}, whole model" + (
+        ")" if backend == "inductor" else f", backend={backend!r} from ${COMPILE_BACKEND_ENV}: mode not applied)")
+
+
+def compile_model(model: nn.Module, point: SweepPoint) -> nn.Module:
+    """What a timed metric runs at this point: the model itself at an eager point; at a compiled point
+    ``torch.compile(model, mode=point.compile)``, a wrapper that shares its parameters and compiles on its first
+    call (the metrics make that call outside the timed region, see :func:`first_call`).
+
+    Counting metrics never compile: a count or a FakeTensor prediction is the same for the compiled model."""
+    if not point.compile:
+        return model
+    if point.compile not in COMPILE_MODES:
+        raise ValueError(f"unknown torch.compile mode {point.compile!r}; known: {', '.join(COMPILE_MODES)}")
+    backend = compile_backend()
+    if backend != "inductor":
+        return torch.compile(model, backend=backend)
+    return torch.compile(model, mode=point.compile)
+
+
+def first_call(fn, point: SweepPoint, device: torch.device) -> dict[str, Any]:
+    """At a compiled point, make the first (compiling) call of ``fn`` untimed and say how long it took: extra
+    fields {compile, compile_first_call_s}. Nothing at an eager point."""
+    if not point.compile:
+        return {}
+    import time
+
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return {"compile": point.compile, "compile_backend": compile_backend(),
+            "compile_first_call_s": time.perf_counter() - t0}
 
 
 def num_classes(model_name: str) -> int:

@@ -35,7 +35,10 @@ from dimbench.metrics.common import (
     KernelRecorder,
     autocast_context,
     build_model,
+    compile_label,
+    compile_model,
     device_name,
+    first_call,
     point_inputs,
     precision_label,
     probe_backends,
@@ -230,13 +233,15 @@ def measure_cuda_forward_peak(point: SweepPoint) -> dict[str, Any]:
     gc.collect()
     torch.cuda.empty_cache()
     model = build_model(point, device)
+    run = compile_model(model, point)
     x, t, y = point_inputs(point, model, device)
 
-    def forward():
+    def forward(net=run):
         with torch.inference_mode(), autocast_context(device, dtype):
-            return model(x, t, y)
+            return net(x, t, y)
 
-    backends = probe_backends(forward)  # also the warm-up pass (workspaces, kernel selection)
+    backends = probe_backends(lambda: forward(model))  # also the warm-up pass (workspaces, kernel selection)
+    backends.update(first_call(forward, point, device))  # compiled: the compiling call, before the peak is reset
     synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
@@ -260,8 +265,18 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     device, dtype = torch.device(point.device), resolve_dtype(point)
     if device.type == "cuda":
         device = resolve_device(point)
-    pred = predict_forward_peak(point, device)
     common = {"batch": point.batch, "precision": precision_label(dtype)}
+    if point.compile:
+        # The prediction follows the eager model's tensors; the eager point of the suite holds it.
+        rows = [Measurement("mem_predicted_gib", None, "GiB", "not measured", status="skipped",
+                            error="predicted for the eager model only (FakeTensor run of its tensors); see the eager "
+                            "point")]
+        if device.type != "cuda":
+            reason = "CUDA only: measured by the CUDA caching allocator and NVML"
+            return rows + [Measurement(name, None, "GiB", "not measured", status="skipped", error=reason)
+                           for name in ("mem_allocated_gib", "mem_reserved_gib", "mem_device_gib")]
+        return rows + _measured_rows(point, device, common, None)
+    pred = predict_forward_peak(point, device)
     pred_extra = {
         **common,
         "resident_gib": pred["resident_bytes"] / GIB,
@@ -278,6 +293,11 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
             rows.append(Measurement(name, None, "GiB", "not measured", status="skipped", error=reason))
         return rows
 
+    return rows + _measured_rows(point, device, common, pred["peak_bytes"] / GIB)
+
+
+def _measured_rows(point: SweepPoint, device: torch.device, common: dict,
+                   predicted_gib: float | None) -> list[Measurement]:
     real = measure_cuda_forward_peak(point)
     extra = {
         **common,
@@ -285,10 +305,15 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
         "attention_backend": real["attention_backend"],
         "scan_backend": real["scan_backend"],
         "allocated_before_gib": real["allocated_before_bytes"] / GIB,
-        "predicted_gib": pred["peak_bytes"] / GIB,
+        "predicted_gib": predicted_gib,
     }
-    region = "one forward (inference_mode) after one warm-up forward, parameters and inputs included"
-    rows += [
+    if point.compile:
+        extra.update(compile=point.compile, compile_first_call_s=real["compile_first_call_s"])
+    region = ("one forward (inference_mode) after one warm-up forward, parameters and inputs included, "
+              f"{compile_label(point)}")
+    if point.compile:
+        region += " (after its first, compiling call)"
+    return [
         Measurement(
             "mem_allocated_gib",
             real["allocated_bytes"] / GIB,
@@ -312,7 +337,6 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
             {**extra, "nvml_device": real["nvml_device"]},
         ),
     ]
-    return rows
 
 
 MEMORY = Metric(
@@ -332,4 +356,5 @@ MEMORY = Metric(
     fn=memory_metric,
     description="peak memory of one forward: FakeTensor-predicted everywhere; allocator peaks and NVML device "
     "used on CUDA",
+    compiles=True,
 )

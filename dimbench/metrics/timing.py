@@ -13,6 +13,11 @@ cancel most of a machine's speed and load, which absolute times on a shared mach
 Before warm-up, one untimed probe pass records which attention kernel and which scan backend ran (it goes
 through a Python dispatch mode, so it is never timed).
 
+At a compiled point (the suite's ``compile`` key) the timed passes run ``torch.compile(model, mode=...)``; the
+probe pass runs the eager model (a dispatch mode does not see inside compiled code), and the first compiled call,
+which compiles, is made before the warm-up and never timed (its wall time is ``extra.compile_first_call_s``);
+at least one warm-up iteration follows it (CUDA-graph modes record there).
+
 On CUDA the forward metric also reports achieved TFLOP/s (the meta-device FLOP count of this forward divided by
 the median time) and MFU (achieved / the card's measured dense bf16 matmul peak, see hardware.py).
 """
@@ -32,7 +37,10 @@ from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Rati
 from dimbench.metrics.common import (
     autocast_context,
     build_model,
+    compile_label,
+    compile_model,
     device_name,
+    first_call,
     point_inputs,
     precision_label,
     probe_backends,
@@ -166,21 +174,30 @@ def _common_extra(point: SweepPoint, device: torch.device, dtype: torch.dtype, b
     }
 
 
+def _compile_note(point: SweepPoint) -> str:
+    return " and 1 untimed first compiled call, which compiles" if point.compile else ""
+
+
 def latency_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     """latency_ms and throughput of one forward pass (inference_mode); on CUDA also tflops_achieved and mfu."""
     device, dtype = resolve_device(point), resolve_dtype(point)
     warmup, repeats = ctx.options["warmup"], ctx.options["repeats"]
     model = build_model(point, device)
+    run = compile_model(model, point)
     x, t, y = point_inputs(point, model, device)
 
-    def forward() -> torch.Tensor:
+    def forward(net: torch.nn.Module = run) -> torch.Tensor:
         with torch.inference_mode(), autocast_context(device, dtype):
-            return model(x, t, y)
+            return net(x, t, y)
 
-    backends = probe_backends(forward)
+    backends = probe_backends(lambda: forward(model))
+    compiled = first_call(forward, point, device)
+    if compiled:
+        warmup = max(warmup, 1)
     stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(forward, device, warmup, repeats)
-    method = f"{timer} (+1 untimed probe pass); one forward pass, inference_mode, {precision_label(dtype)}"
-    extra = _common_extra(point, device, dtype, backends, stats)
+    method = (f"{timer} (+1 untimed probe pass{_compile_note(point)}); one forward pass, inference_mode, "
+              f"{precision_label(dtype)}, {compile_label(point)}")
+    extra = {**_common_extra(point, device, dtype, backends, stats), **compiled}
     median_s = stats["median_ms"] / 1e3
     rows = [
         Measurement("latency_ms", stats["median_ms"], "ms", method, extra),
@@ -231,14 +248,15 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
     # At least one untimed step: AdamW allocates its state on the first step.
     warmup = max(warmup, 1)
     model = build_model(point, device).train()
+    run = compile_model(model, point)
     x, t, y = point_inputs(point, model, device)
     noise = torch.randn_like(x)
     channels = x.shape[1]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def step() -> torch.Tensor:
+    def step(net: torch.nn.Module = run) -> torch.Tensor:
         with autocast_context(device, dtype):
-            out = model(x, t, y)
+            out = net(x, t, y)
         # DiT predicts (eps, sigma) on 2C channels: the loss is on the eps half, as in its simple loss term.
         loss = F.mse_loss(out[:, :channels].float(), noise)
         optimizer.zero_grad(set_to_none=True)
@@ -246,13 +264,14 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
         optimizer.step()
         return loss.detach()
 
-    backends = probe_backends(step)
+    backends = probe_backends(lambda: step(model))
+    compiled = first_call(step, point, device)
     stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(step, device, warmup, repeats)
     method = (
-        f"{timer} (+1 untimed probe step); forward + MSE on eps + backward + AdamW step (torch defaults, no grad "
-        f"scaler), {precision_label(dtype)}"
+        f"{timer} (+1 untimed probe step{_compile_note(point)}); forward + MSE on eps + backward + AdamW step "
+        f"(torch defaults, no grad scaler), {precision_label(dtype)}, {compile_label(point)}"
     )
-    extra = _common_extra(point, device, dtype, backends, stats)
+    extra = {**_common_extra(point, device, dtype, backends, stats), **compiled}
     return [
         Measurement("train_step_ms", stats["median_ms"], "ms", method, extra),
         Measurement(
@@ -284,6 +303,7 @@ LATENCY = Metric(
     description="time of one denoising forward pass (median and spread) and images per second; on CUDA also "
     "achieved TFLOP/s and MFU against the measured bf16 peak",
     options=(WARMUP, REPEATS),
+    compiles=True,
 )
 
 TRAIN_STEP = Metric(
@@ -301,4 +321,5 @@ TRAIN_STEP = Metric(
     fn=train_step_metric,
     description="time of one training step (forward + MSE + backward + AdamW) and images per second",
     options=(WARMUP, REPEATS),
+    compiles=True,
 )

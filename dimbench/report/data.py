@@ -6,7 +6,9 @@ coerced, rows without a model, metric or resolution are dropped, and each of the
 :attr:`Results.notes`, never silent. A torn last line (a run killed while writing) is noted; a damaged line
 elsewhere is a :class:`ReportError` naming the file and line.
 
-A row's *facet* is what it was measured under: (task, device, dtype, batch). Counted metrics (``task ==
+A row's *facet* is what it was measured under: (task, device, dtype, batch, compile). ``compile`` is the
+torch.compile mode of a compiled point (``extra.compile``; column ``compile``, "eager" when absent): where a
+folder holds compiled rows, eager and compiled values are separate facets (eager-vs-eager, compiled-vs-compiled). Counted metrics (``task ==
 "count"``: params, FLOPs) do not depend on device or dtype, so when their values agree across those they are
 collapsed to one facet instead of being plotted once per device.
 
@@ -107,6 +109,7 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     df["value"] = df["value"].map(_num)
     df["extra"] = df["extra"].map(lambda v: v if isinstance(v, dict) else {})
     df["step"] = df["extra"].map(lambda e: _num(e.get("step")))
+    df["compile"] = df["extra"].map(lambda e: _text(e.get("compile"), clip) or "eager")
     key = df["point_key"].map(lambda v: _text(v, clip))
     synth = df["model"] + "|r" + df["resolution"].astype(str) + "|b" + df["batch"].astype(str) + "|" + df["dtype"]
     df["point_key"] = key.where(key != "", synth + "|" + df["device"])
@@ -155,6 +158,7 @@ class Facet:
     device: str | None
     dtype: str | None
     batch: int | None
+    compile: str | None = None  # "eager" or a torch.compile mode; None where the folder has no compiled rows
 
     def label(self) -> str:
         parts = []
@@ -162,6 +166,8 @@ class Facet:
             parts.append(self.device)
         if self.dtype is not None:
             parts.append(self.dtype)
+        if self.compile is not None:
+            parts.append("eager" if self.compile == "eager" else f"torch.compile(mode={self.compile})")
         parts.append(f"batch {self.batch}" if self.batch is not None else "batch varies with resolution")
         if self.task is not None and self.task not in ("forward", "count"):
             parts.append(self.task)
@@ -171,7 +177,7 @@ class Facet:
 
     def mask(self, df: pd.DataFrame) -> pd.Series:
         m = pd.Series(True, index=df.index)
-        for f in ("task", "device", "dtype", "batch"):
+        for f in ("task", "device", "dtype", "batch", "compile"):
             v = getattr(self, f)
             if v is not None:
                 m &= df[f] == v
@@ -227,21 +233,25 @@ class Results:
         every point (model, resolution) has a single batch and the batches differ: then one facet whose batch
         varies with resolution (``batch=None``, values per image). See the module docstring."""
         out: list[Facet] = []
+        mixed = bool((self.df["compile"] != "eager").any())  # compiled rows here: eager facets say "eager"
         for metric in metrics:
             rows = self.rows(metric)
             rows = rows[rows["status"] != "skipped"]
             if not len(rows):
                 continue
             if self.is_collapsible(metric):
-                groups = [((None, None, None), rows)]
+                groups = [((None, None, None, None), rows)]
             else:
-                groups = list(rows.groupby(["task", "device", "dtype"], sort=False))
-            for key, g in groups:
+                groups = list(rows.groupby(["task", "device", "dtype", "compile"], sort=False))
+            for (task, device, dtype, compiled), g in groups:
+                compiled = compiled if mixed else None
                 batches = sorted(set(int(b) for b in g["batch"]))
                 one_per_point = bool((g.groupby(["model", "resolution"])["batch"].nunique() == 1).all())
-                fs = [Facet(*key, None)] if len(batches) > 1 and one_per_point else [Facet(*key, b) for b in batches]
+                sizes = [None] if len(batches) > 1 and one_per_point else batches
+                fs = [Facet(task, device, dtype, b, compiled) for b in sizes]
                 out += [f for f in fs if f not in out]
-        return sorted(out, key=lambda f: (f.device or "", f.dtype or "", f.batch or 0, f.task or ""))
+        return sorted(out, key=lambda f: (f.device or "", f.dtype or "", f.compile not in (None, "eager"),
+                                          f.compile or "", f.batch or 0, f.task or ""))
 
     def facet_resolutions(self, metrics: list[str], facet: Facet) -> list[int]:
         """The resolutions these metrics were attempted at under a facet (skipped rows aside)."""
