@@ -96,9 +96,9 @@ esac
 
 begin "suite $SUITE on $DEVICE"
 left=$((BUDGET_S - SECONDS - REPORT_RESERVE_S))
-suite_cap=${SUITE_TIMEOUT:-$left}
-[ "$suite_cap" -gt "$left" ] && suite_cap=$left
+suite_cap=$left
 [ "$suite_cap" -lt 30 ] && suite_cap=30
+[ -n "${SUITE_TIMEOUT:-}" ] && [ "$SUITE_TIMEOUT" -lt "$suite_cap" ] && suite_cap=$SUITE_TIMEOUT
 echo "suite time cap: ${suite_cap} s (budget ${BUDGET_S} s, ${SECONDS} s used, ${REPORT_RESERVE_S} s kept for the report)"
 # SIGTERM at the cap: the runner stops its workers and keeps every row written; the report is built below.
 timeout -k 20 "$suite_cap" $PY -m dimbench.cli run "$SUITE" --out "$RUN" --device "$DEVICE" --no-report 2>&1 \
