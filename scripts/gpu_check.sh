@@ -3,9 +3,11 @@
 #   1. environment (gpu_info.txt, commit.txt)
 #   2. the CUDA tests, the Triton scan's included (pytest -m cuda; cap PYTEST_TIMEOUT=150 s)
 #   3. the scan microbenchmark at DiM-H's shapes (scan_bench.json; cap BENCH_TIMEOUT=90 s)
-#   4. suites/resolution_scaling.yaml on the GPU: bfloat16, eager points first, then the same points under
+#   4. per-component profiles (issue 13) of DiM-H/2, DiT-XL/2 and U-ViT-H/2 at 256 and 1536 px in bfloat16
+#      (profiles/: results.jsonl, Chrome traces, memory snapshots, NVML energy; cap PROFILE_TIMEOUT=75 s)
+#   5. suites/resolution_scaling.yaml on the GPU: bfloat16, eager points first, then the same points under
 #      torch.compile (the suite's cuda section: compile [eager, default]); capped by what is left of the budget
-#   5. the report (rebuilt from whatever the suite wrote, so a suite cut short still gives one)
+#   6. the report (rebuilt from whatever the suite wrote, so a suite cut short still gives one)
 #
 #   scripts/gpu_check.sh OUTDIR
 #
@@ -13,7 +15,7 @@
 # nvidia-ml-py already there; fvcore and mamba-ssm absent, so those paths report themselves unavailable).
 # Results are written under results/gpu_check (kept on a warm machine, so a second call resumes) and copied to
 # OUTDIR at the end: steps.txt (seconds per step), commit.txt, gpu_info.txt, pytest_cuda.log, scan_bench.json,
-# scan_bench.log, suite.log, report.log, results.jsonl, environment.json, hardware.json, report.html, report.pdf,
+# scan_bench.log, profiles/ and profile.log, suite.log, report.log, results.jsonl, environment.json, hardware.json, report.html, report.pdf,
 # logs.tar.gz (the workers' logs).
 #
 # The copy of the tree on a lent machine has no .git: pass the commit it was made from, e.g.
@@ -93,6 +95,19 @@ case $rc in
   124) end "scan microbenchmark" "cut short by the timeout" ;;
   *) end "scan microbenchmark" "exit $rc" ;;
 esac
+
+begin "component profiles"
+# One `dimbench profile` per model and size, in one capped loop: what is done when the cap hits is kept. On the
+# CPU dry run only a small model is profiled (the point is to run the step, not to measure).
+if [ "$DEVICE" = cpu ]; then PROFILES="dit_s_2:32"; else
+  PROFILES=${PROFILES:-"dim_h_2:256 dit_xl_2:256 uvit_h_2:256 dim_h_2:1536 dit_xl_2:1536 uvit_h_2:1536"}; fi
+timeout -k 10 "${PROFILE_TIMEOUT:-75}" bash -c '
+  for spec in $0; do
+    $1 -m dimbench.cli profile "${spec%%:*}" --resolution "${spec##*:}" --device "$2" --dtype bf16 \
+      --repeats 3 --energy-seconds 2 --out "$3/profiles" || echo "profile $spec: exit $?"
+  done' "$PROFILES" "$PY" "$DEVICE" "$OUT" > "$OUT/profile.log" 2>&1
+rc=$?
+end "component profiles" "exit $rc$([ "$rc" = 124 ] && echo ': cut short by the timeout, finished profiles kept')"
 
 begin "suite $SUITE on $DEVICE"
 left=$((BUDGET_S - SECONDS - REPORT_RESERVE_S))
