@@ -10,6 +10,7 @@
     dimbench train MODEL --out DIR [--data digits|PATH] [--steps N] [--batch B] ... (also under torchrun)
     dimbench profile MODEL --resolution PX [--device D] [--dtype bf16] [--batch B] [--out DIR]
     dimbench checkpoint ...
+    dimbench fid-stats IMAGE_FOLDER -o FILE.npz --inception-weights PATH [--resolution PX]
     dimbench gate RESULTS_DIR --baseline FILE [--tolerance METRIC=REL] [--markdown F] [--json F]  (exit 1: regression)
     dimbench baseline RESULTS_DIR -o FILE [--replace]
 
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
 
+    from dimbench.fid_cli import add_fid_commands
     from dimbench.gates.cli import add_gate_commands
     from dimbench.profile_cli import add_profile_command
     from dimbench.training.cli import add_train_command
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_command(sub)
     add_profile_command(sub)
     add_gate_commands(sub)
+    add_fid_commands(sub)
 
     try:
         from dimbench.checkpoint_cli import add_checkpoint_commands

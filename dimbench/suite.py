@@ -469,6 +469,16 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             resolved.update({k: getattr(keys, k) for k in named if k in resolved})
             resolved.update(given.get(metric, {}))
         options[metric] = resolved
+        # A metric may check its resolved options as a whole (required local files, their checksums): every
+        # problem is then reported here, before any point runs.
+        check = getattr(METRICS[metric], "check_options", None)
+        if check is not None and metric in values.metrics:
+            given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
+                     (("options", metric), top.options)]
+            for option, message in check(resolved, [entry.name for entry in top.models]):
+                where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
+                             ("options", metric) if metric in top.options else ("metrics",))
+                problems.append((where, message))
     for table_key in ("batch_sizes", "dtypes"):
         table = getattr(values, table_key)
         missing = [r for r in values.resolutions if None not in table and r not in table]

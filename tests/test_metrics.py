@@ -44,7 +44,7 @@ def rows_by_metric(name: str, p: SweepPoint, options=OPTIONS) -> dict[str, Measu
 
 def test_registry_has_the_contract_metrics():
     assert set(METRICS) == {"params", "flops", "fvcore", "latency", "train_step", "memory", "train", "quality",
-                            "upsample", "profile", "published", "gmacs_variants"}
+                            "upsample", "profile", "published", "gmacs_variants", "fid"}
     produced = [row for m in METRICS.values() for row in m.produces]
     assert len(produced) == len(set(produced))
     assert set(produced) == {
@@ -57,6 +57,7 @@ def test_registry_has_the_contract_metrics():
         "published_params", "published_gmacs", "published_throughput", "published_fid",
         "gmacs_no_scan", "gmacs_no_dwconv", "gmacs_mamba_fused", "gmacs_unpadded", "gmacs_input_7_8",
         "profile_forward_ms", "profile_ms", "profile_share", "profile_gflop", "profile_gbytes", "profile_energy_j",
+        "fid", "inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid",
     }  # fmt: skip
     assert all(m.name == name and m.description for name, m in METRICS.items())
 

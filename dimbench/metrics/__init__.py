@@ -23,6 +23,8 @@ profile     profile_* (per component)                        torch.profiler rang
 published   published_{params,gmacs,throughput,fid}          the papers' numbers (dimbench/paper), not measured
 gmacs_vari… gmacs_no_scan, gmacs_no_dwconv,                  DiM's count under the hypotheses that could
             gmacs_mamba_fused, gmacs_unpadded, ..._7_8      explain a published count (per named component)
+fid         fid, inception_score, kid, precision, recall,    checkpoint sampled N times, decoded, torch-fidelity's
+            sample_s_per_image, samples_fid                  Inception features vs reference .npz (local files)
 =========== ================================================ ==================================================
 
 Each metric module declares its :class:`Metric` (rows, options, budget) once; everything else that needs to know
@@ -86,6 +88,7 @@ def declared_rows() -> list[Row]:
 
 def _register_builtins() -> None:
     from dimbench.metrics.count_variants import GMACS_VARIANTS
+    from dimbench.metrics.fid import FID
     from dimbench.metrics.flops import FLOPS
     from dimbench.metrics.fvcore_count import FVCORE
     from dimbench.metrics.memory import MEMORY
@@ -97,7 +100,7 @@ def _register_builtins() -> None:
     from dimbench.metrics.train import TRAIN
 
     for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE, PUBLISHED,
-                   GMACS_VARIANTS):
+                   GMACS_VARIANTS, FID):
         register_metric(metric)
 
 

@@ -1,0 +1,119 @@
+"""The option types of the ``fid`` metric: local paths (checked when the suite is read: relative to the suite's
+folder, must exist) and the guidance table; and the up-front check of the options as a whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dimbench.schema import INVALID, Type, describe, is_int, is_number
+
+
+def _resolve(value: str, problems) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else Path(getattr(problems, "base_dir", Path.cwd())) / p
+
+
+class LocalPath(Type):
+    """A local file or folder (relative paths start at the suite's folder); "" = not given."""
+
+    def __init__(self, kind: str = "file", what: str = "a local file"):
+        self.kind = kind
+        self.what = what
+
+    @property
+    def expected(self) -> str:
+        return f"{self.what} (a path; relative paths start at the suite's folder; \"\": none)"
+
+    def check(self, value, path, problems):
+        if not isinstance(value, str):
+            return problems.expected(path, self.expected, value)
+        if not value:
+            return ""
+        resolved = _resolve(value, problems)
+        ok = resolved.is_dir() if self.kind == "folder" else resolved.is_file()
+        if not ok:
+            state = "does not exist" if not resolved.exists() else f"is not a {self.kind}"
+            return problems.expected(path, self.expected, value, f"{value!r}, and {resolved} {state}")
+        return str(resolved.resolve())
+
+
+class PathPerResolution(LocalPath):
+    """One local file for every resolution, or a mapping {resolution: file}; returned as a str or {int: str}."""
+
+    @property
+    def expected(self) -> str:
+        return f"{self.what}, or a mapping {{resolution: such a file}} (relative paths start at the suite's folder)"
+
+    def check(self, value, path, problems):
+        if isinstance(value, dict):
+            out = {}
+            for res, item in value.items():
+                if not is_int(res) or res < 1:
+                    problems.expected(path + (res,), "a resolution in pixels as the key", res)
+                    out[res] = INVALID
+                else:
+                    out[res] = LocalPath(self.kind, self.what).check(item, path + (res,), problems)
+            return INVALID if INVALID in out.values() else out
+        return super().check(value, path, problems)
+
+
+class GuidanceTable(Type):
+    """null (the family's own scale), a number, {resolution: number}, or {model: number or {resolution: number}}."""
+
+    expected = ("null, a guidance scale s >= 0, a mapping {resolution: s}, or {model name: s or {resolution: s}} "
+                "(U-ViT/DiM convention; DiT's w = s + 1)")
+
+    def check(self, value, path, problems):
+        if value is None:
+            return None
+        if is_number(value) and value >= 0:
+            return float(value)
+        if not isinstance(value, dict) or not value:
+            return problems.expected(path, self.expected, value)
+        out: dict = {}
+        for k, v in value.items():
+            if is_int(k) and k >= 1 and is_number(v) and v >= 0:
+                out[k] = float(v)
+            elif isinstance(k, str) and (is_number(v) and v >= 0):
+                out[k] = float(v)
+            elif isinstance(k, str) and isinstance(v, dict) and v and all(
+                    is_int(r) and r >= 1 and is_number(s) and s >= 0 for r, s in v.items()):
+                out[k] = {r: float(s) for r, s in v.items()}
+            else:
+                return problems.expected(path + (k,), "s >= 0 (under a resolution) or a model's s / {resolution: s}",
+                                         v, f"{describe(v)} under {describe(k)}")
+        return out
+
+
+def guidance_for(table: Any, model: str, resolution: int) -> float | None:
+    """The scale a guidance table gives a model at a resolution; None: the table says nothing (family's own)."""
+    if table is None or isinstance(table, float):
+        return table
+    entry = table.get(model, table)
+    if isinstance(entry, float):
+        return entry
+    value = entry.get(resolution)
+    return None if value is None or isinstance(value, dict) else float(value)
+
+
+def reference_for(reference: Any, resolution: int) -> str | None:
+    if isinstance(reference, dict):
+        return reference.get(resolution)
+    return reference or None
+
+
+class UpsampleTable(Type):
+    """{resolution: source resolution} (integers, source < resolution); {} or null: no upsampling."""
+
+    expected = "a mapping {resolution: the lower checkpoint resolution it is upsampled from} (pixels)"
+
+    def check(self, value, path, problems):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return problems.expected(path, self.expected, value)
+        for k, v in value.items():
+            if not (is_int(k) and is_int(v) and 1 <= v < k):
+                return problems.expected(path + (k,), "a lower resolution (pixels) under a resolution", v)
+        return dict(value)

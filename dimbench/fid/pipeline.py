@@ -1,0 +1,190 @@
+"""Sample, decode, extract: the long part of FID, in durable chunks.
+
+Images are made in chunks of ``batch`` consecutive indices (chunk k = indices k·batch ... k·batch + batch − 1).
+Image i starts from noise drawn from its own generator, seeded from (seed, i), and has class label
+i mod num_classes (every class equally often); the samplers dimbench scores FID with (DPM-Solver(++), DDIM with
+η = 0) draw no other noise, so image i is the same whichever run, rank or chunk makes it. (DDPM's per-step noise
+comes from a generator seeded from (seed, first index of the chunk): the same as long as ``batch`` is.)
+
+Each finished chunk's Inception features (pool3 and unbiased logits), its indices and its wall times go to
+``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
+not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
+made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded.
+
+Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 0 reads them all after a barrier
+(one node: the state folder is shared).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
+#: preempted job would stop; the resume test uses it.
+KILL_ENV = "DIMBENCH_FID_KILL_AFTER_CHUNKS"
+GRID_IMAGES = 40
+
+
+@dataclasses.dataclass
+class SampleJob:
+    model: torch.nn.Module
+    schedule: Any
+    timestep: Any
+    spec: Any  # dimbench.training.sampling.SamplerSpec
+    shape: tuple[int, int, int]  # (C, H, W) of what the model generates (latents or pixels)
+    num_classes: int
+    count: int
+    batch: int
+    seed: int
+    device: torch.device
+    decode: Callable[[torch.Tensor], torch.Tensor]  # model output -> images in [-1, 1]
+    extractor: Any
+    lowres_model: torch.nn.Module | None = None
+    upsample: int | None = None
+    until: float = 0.7
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # what job.json records
+
+
+def image_seed(seed: int, index: int, stream: int = 0) -> int:
+    """A 63-bit seed for image ``index`` of run ``seed`` (independent streams via numpy's SeedSequence)."""
+    return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def initial_noise(seed: int, indices, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(image_seed(seed, i)))
+                        for i in indices])
+
+
+@torch.no_grad()
+def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
+    """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
+    from dimbench.training.sampling import _check_pair, _run_sampler
+    from models.diffusion import Guidance, model_eps, upsample_guidance
+
+    model, spec = job.model, job.spec
+    _check_pair(spec, job.schedule)
+    x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
+    labels = torch.tensor([i % job.num_classes for i in indices], device=job.device) if job.num_classes else None
+    try:
+        import models
+
+        recipe = models.family_of_model(model).diffusion
+    except KeyError:
+        recipe = None
+    subset = recipe.guided_channels if recipe else None
+    channels = subset if subset is not None and job.shape[0] > subset else None
+    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    null = job.num_classes if guidance else None
+    eps = model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
+                    with_variance=spec.name == "ddpm" and not job.upsample)
+    if job.upsample:
+        low = model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null)
+        eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
+    g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
+    return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def chunk_path(state: Path, k: int) -> Path:
+    return state / f"chunk_{k:06d}.npz"
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
+    """Keep the chunks in ``state`` only if they were made with ``settings``; True when some were discarded."""
+    state.mkdir(parents=True, exist_ok=True)
+    manifest = state / "job.json"
+    text = json.dumps(settings, sort_keys=True, default=str)
+    if manifest.exists() and manifest.read_text() == text:
+        return False
+    stale = list(state.glob("chunk_*.npz")) + list(state.glob("grid.npy"))
+    for p in stale:
+        p.unlink()
+    tmp = manifest.with_name(f"job.json.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, manifest)
+    return bool(stale)
+
+
+def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
+        progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
+    """Make and score this rank's missing chunks. Returns what this process did: generated, resumed (images
+    found on disk for its chunks), times."""
+    from dimbench.fid.inception import extract, to_uint8
+
+    chunks = -(-job.count // job.batch)
+    mine = [k for k in range(chunks) if k % world == rank]
+    done = [k for k in mine if chunk_path(state, k).exists()]
+    resumed = sum(min(job.batch, job.count - k * job.batch) for k in done)
+    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
+    generated, written = 0, 0
+    total_mine = sum(min(job.batch, job.count - k * job.batch) for k in mine)
+    for k in mine:
+        if chunk_path(state, k).exists():
+            continue
+        indices = list(range(k * job.batch, min(job.count, (k + 1) * job.batch)))
+        _sync(job.device)
+        t0 = time.perf_counter()
+        raw = sample_chunk(job, indices)
+        _sync(job.device)
+        t1 = time.perf_counter()
+        images = job.decode(raw)
+        _sync(job.device)
+        t2 = time.perf_counter()
+        pixels = to_uint8(images)
+        pool, logits = extract(job.extractor, pixels)
+        t3 = time.perf_counter()
+        if k == 0:
+            np.save(state / "grid.npy", pixels[:GRID_IMAGES].numpy())
+        _save_npz(chunk_path(state, k), pool=pool.astype(np.float32), logits=logits.astype(np.float32),
+                  indices=np.asarray(indices, np.int64), sample_s=np.float64(t1 - t0), decode_s=np.float64(t2 - t1),
+                  extract_s=np.float64(t3 - t2), image_px=np.int64(pixels.shape[-1]))
+        generated += len(indices)
+        written += 1
+        if progress is not None:
+            progress(resumed + generated, total_mine, {"chunk": k, "img_per_s": len(indices) / max(t3 - t0, 1e-9)})
+        if kill_after and written >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return {"generated": generated, "resumed": resumed, "chunks": chunks}
+
+
+def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
+    """Every chunk's features and times, in index order (rank 0, after all ranks finished)."""
+    chunks = -(-count // batch)
+    pools, logits = [], []
+    sample_s = decode_s = extract_s = 0.0
+    image_px = None
+    for k in range(chunks):
+        p = chunk_path(state, k)
+        if not p.exists():
+            raise RuntimeError(f"chunk {k} of {chunks} is missing in {state} (a rank did not finish)")
+        with np.load(p, allow_pickle=False) as z:
+            pools.append(z["pool"])
+            logits.append(z["logits"])
+            sample_s += float(z["sample_s"])
+            decode_s += float(z["decode_s"])
+            extract_s += float(z["extract_s"])
+            image_px = int(z["image_px"])
+    return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "sample_s": sample_s,
+            "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}

@@ -1,0 +1,84 @@
+"""Reference statistics for FID: the ADM evaluator's batches, U-ViT's ``fid_stats_*.npz``, dimbench's own.
+
+- ADM (guided-diffusion's evaluations, e.g. ``VIRTUAL_imagenet256_labeled.npz``): ``arr_0`` the reference images
+  (n, H, W, 3) uint8, plus ``mu``, ``sigma`` (pool3 statistics) and ``mu_s``, ``sigma_s`` (spatial features,
+  sFID; not used here). ``mu``/``sigma`` are used when present; else they are computed from ``arr_0``.
+- U-ViT (``fid_stats_imagenet256_guided_diffusion.npz``, ...): ``mu``, ``sigma``.
+- ``dimbench fid-stats``: ``mu``, ``sigma``, ``count``, ``weights_sha256``.
+
+Files are read with ``numpy.load(allow_pickle=False)``; a missing or unreadable file or a missing key is a
+UserError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dimbench.console import UserError
+
+
+@dataclasses.dataclass
+class Reference:
+    path: str
+    layout: str  # "adm", "uvit" or "dimbench": which keys it holds
+    mu: np.ndarray | None
+    sigma: np.ndarray | None
+    images: np.ndarray | None  # (n, H, W, 3) uint8 (ADM's arr_0), or None
+    count: int | None
+
+    def describe(self) -> str:
+        held = "mu/sigma" if self.mu is not None else "no statistics"
+        if self.images is not None:
+            held += f" and {len(self.images)} reference images {self.images.shape[1]}x{self.images.shape[2]}"
+        return f"{self.path} ({self.layout} layout: {held})"
+
+
+def read_reference(path: str | os.PathLike) -> Reference:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"reference statistics {p}: no such file (expected an ADM reference batch .npz, U-ViT's "
+                        "fid_stats_*.npz or one written by `dimbench fid-stats`)")
+    try:
+        data = np.load(p, allow_pickle=False)
+        keys = set(data.files)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is the user's input
+        raise UserError(f"reference statistics {p}: not a readable .npz ({type(exc).__name__}: {exc})") from None
+    try:
+        mu = sigma = images = None
+        if "mu" in keys or "sigma" in keys:
+            for k in ("mu", "sigma"):
+                if k not in keys:
+                    raise UserError(f"reference statistics {p}: has key '{'sigma' if k == 'mu' else 'mu'}' but no "
+                                    f"key '{k}' (keys: {', '.join(sorted(keys))})")
+            mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+            if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+                raise UserError(f"reference statistics {p}: key 'mu' must be (F,) and 'sigma' (F, F), got "
+                                f"{mu.shape} and {sigma.shape}")
+        if "arr_0" in keys:
+            images = data["arr_0"]
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+                raise UserError(f"reference statistics {p}: key 'arr_0' must hold uint8 images (n, H, W, 3), got "
+                                f"{images.dtype} {images.shape}")
+        if mu is None and images is None:
+            raise UserError(f"reference statistics {p}: no key 'mu'/'sigma' (U-ViT, dimbench) and no key 'arr_0' "
+                            f"(ADM reference images); keys: {', '.join(sorted(keys)) or 'none'}")
+        layout = "adm" if images is not None else ("dimbench" if "weights_sha256" in keys else "uvit")
+        count = int(data["count"]) if "count" in keys else (len(images) if images is not None else None)
+    except (ValueError, OSError) as exc:  # a truncated member, a pickled object array refused
+        raise UserError(f"reference statistics {p}: unreadable ({type(exc).__name__}: {exc})") from None
+    return Reference(str(p), layout, mu, sigma, images, count)
+
+
+def write_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, count: int, weights_sha256: str,
+                source: str) -> None:
+    """mu, sigma, count, weights_sha256 and source as an .npz (atomically: temporary file, then rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + f".tmp-{os.getpid()}.npz")
+    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), count=np.int64(count),
+             weights_sha256=np.str_(weights_sha256), source=np.str_(source))
+    os.replace(tmp, p)

@@ -1,0 +1,321 @@
+"""FID pipeline, offline, on the CPU: an Inception network of torch-fidelity's architecture with random weights
+saved by the test, a tiny diffusers VAE with random weights saved to a folder, reference statistics written by
+the test (ADM and U-ViT key layouts) and a tiny latent DiT checkpoint; rows through a real `dimbench run`, resume
+after a kill, the scores against torch-fidelity's own functions, and the clear messages for missing or wrong
+files."""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_env, read_jsonl, run_cli
+
+pytest.importorskip("torch_fidelity")
+pytest.importorskip("diffusers")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """Files a user would provide, made small and random: Inception weights, VAE folder, checkpoint, references."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from diffusers import AutoencoderKL
+
+    import models
+    from dimbench.fid import inception
+
+    root = tmp_path_factory.mktemp("fid_assets")
+    torch.manual_seed(0)
+    cls = fe.FeatureExtractorInceptionV3
+    with pytest.MonkeyPatch.context() as mp:  # build the architecture without any weights to load
+        mp.setattr(fe, "load_state_dict_from_url", lambda *a, **k: {})
+        mp.setattr(cls, "load_state_dict", lambda self, *a, **k: None)
+        net = cls(inception.EXTRACTOR_NAME, [inception.POOL])
+    for mod in net.modules():  # variance-keeping init, so features of a random net are not vanishingly small
+        if isinstance(mod, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(mod.weight, nonlinearity="relu")
+    weights = root / "inception.pth"
+    torch.save(net.state_dict(), weights)
+
+    vae_dir = root / "vae"
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=32, sample_size=16)
+    vae.save_pretrained(vae_dir)
+
+    with torch.device("cpu"):
+        model = models.create_model("dit_tiny_4", input_size=8, in_channels=4, num_classes=10)
+    ckpt = root / "dit_tiny_latent.pt"
+    models.save_checkpoint(model, ckpt)
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(24, 16, 16, 3), dtype=np.uint8)
+    adm = root / "VIRTUAL_tiny_labeled.npz"  # ADM's layout: images, plus statistics (here of random features)
+    np.savez(adm, arr_0=images, mu=rng.normal(size=2048), sigma=np.eye(2048) * 0.5,
+             mu_s=np.zeros(3), sigma_s=np.eye(3))
+    adm_images_only = root / "adm_images_only.npz"
+    np.savez(adm_images_only, arr_0=images)
+    uvit = root / "fid_stats_tiny.npz"
+    np.savez(uvit, mu=rng.normal(size=2048), sigma=np.eye(2048))
+    return {"root": root, "weights": weights, "sha": _sha256(weights), "vae": vae_dir, "ckpt": ckpt, "adm": adm,
+            "adm_images_only": adm_images_only, "uvit": uvit, "images": images}
+
+
+def _suite(assets, out: Path, *, reference=None, weights=None, sha=None, samples=24, batch=8, extra="") -> Path:
+    text = f"""\
+    name: fid_tiny
+    models: [{{name: dit_tiny_4, checkpoint: {assets['ckpt']}}}]
+    resolutions: [8]
+    metrics: [fid]
+    device: cpu
+    options:
+      fid:
+        inception_weights: {weights or assets['weights']}
+        inception_sha256: {sha or assets['sha']}
+        reference: {reference or assets['adm']}
+        vae: {assets['vae']}
+        samples: {samples}
+        batch: {batch}
+        sampler: dpm_solver++
+        steps: 3
+        guidance: 0.4
+    {extra}"""
+    path = out / "suite.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- scores
+def test_scores_equal_torch_fidelity_on_identical_features():
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_isc import isc_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    from dimbench.fid import scores
+    from dimbench.quality.frechet import gaussian_stats
+
+    rng = np.random.default_rng(1)
+    fake = rng.normal(size=(300, 64)).astype(np.float32)
+    real = (rng.normal(size=(250, 64)) * 1.2 + 0.3).astype(np.float32)
+    logits = rng.normal(size=(300, 1008)).astype(np.float32)
+    ref = fid_features_to_statistics(torch.from_numpy(real.astype(np.float64)))
+    theirs = fid_statistics_to_metric(fid_features_to_statistics(torch.from_numpy(fake.astype(np.float64))), ref,
+                                      verbose=False)[KEY_METRIC_FID]
+    mu, sigma = gaussian_stats(real)
+    ours = scores.all_scores(fake, logits, mu, sigma, real)
+    assert ours["fid"] == pytest.approx(theirs, rel=1e-9, abs=1e-9)
+    # FID of a set against itself is 0 within rounding.
+    assert scores.fid(fake, *gaussian_stats(fake)) == pytest.approx(0.0, abs=1e-9)
+    # IS, KID, precision/recall are torch-fidelity's own functions on the same features.
+    isc = isc_features_to_metric(torch.from_numpy(logits), 10, True, 2020)
+    assert ours["is_mean"] == isc["inception_score_mean"] and ours["is_std"] == isc["inception_score_std"]
+    kid = kid_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), kid_subsets=100,
+                                 kid_subset_size=250, kid_kernel="poly", kid_kernel_poly_degree=3,
+                                 kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=2020, verbose=False)
+    assert ours["kid_mean"] == kid["kernel_inception_distance_mean"]
+    prc = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3,
+                                 prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    assert (ours["precision"], ours["recall"]) == (prc["precision"], prc["recall"])
+
+
+def test_reference_layouts(assets, tmp_path):
+    from dimbench.console import UserError
+    from dimbench.fid.reference import read_reference
+
+    adm = read_reference(assets["adm"])
+    assert adm.layout == "adm" and adm.mu.shape == (2048,) and adm.images.shape == (24, 16, 16, 3)
+    only = read_reference(assets["adm_images_only"])
+    assert only.mu is None and only.count == 24
+    uvit = read_reference(assets["uvit"])
+    assert uvit.layout == "uvit" and uvit.images is None and uvit.sigma.shape == (2048, 2048)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, mu=np.zeros(4))
+    with pytest.raises(UserError, match=r"bad\.npz.*no key 'sigma'"):
+        read_reference(bad)
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    with pytest.raises(UserError, match="pickled.npz"):
+        read_reference(pickled)
+    with pytest.raises(UserError, match="missing.npz: no such file"):
+        read_reference(tmp_path / "missing.npz")
+
+
+# ----------------------------------------------------------------------------------------- end to end
+def test_run_writes_rows_and_resumes_after_a_kill(assets, tmp_path):
+    suite = _suite(assets, tmp_path)
+    out = tmp_path / "out"
+    killed = run_cli("run", str(suite), "--out", str(out), "--no-report",
+                     env=cli_env(DIMBENCH_FID_KILL_AFTER_CHUNKS="1"))
+    assert killed.returncode == 0, killed.stderr  # the runner records the crash as an error row and goes on
+    state = next((out / "state").glob("*/fid"))
+    assert sorted(p.name for p in state.glob("chunk_*.npz")) == ["chunk_000000.npz"]
+    assert all(r["status"] == "error" for r in read_jsonl(out / "results.jsonl") if r["metric"] == "fid")
+
+    resumed = run_cli("run", str(suite), "--out", str(out), "--retry-errors")
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+    rows = {r["metric"]: r for r in read_jsonl(out / "results.jsonl") if r["status"] != "error"}
+    fid = rows["fid"]
+    assert fid["status"] == "ok" and fid["value"] >= 0, fid
+    assert fid["extra"]["resumed_images"] == 8 and fid["extra"]["generated_this_run"] == 16  # nothing redone
+    assert fid["extra"]["n_fake"] == 24 and fid["extra"]["checkpoint_sha256"] == _sha256(assets["ckpt"])
+    for word in ("DPM-Solver++", "3 steps", "s = 0.4", "24 samples", "seed 0", str(assets["ckpt"]),
+                 assets["sha"], "inception.pth", "VIRTUAL_tiny_labeled.npz"):
+        assert word in fid["method"], word
+    for row in ("inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid"):
+        assert rows[row]["status"] == "ok", rows[row]
+    assert rows["sample_s_per_image"]["value"] > 0 and rows["sample_s_per_image"]["unit"] == "s"
+    assert (out / rows["samples_fid"]["extra"]["path"]).is_file()
+
+    # The features on disk equal what an uninterrupted run makes: image i depends on (seed, i) only.
+    from dimbench.fid import pipeline
+
+    feats = pipeline.gather(state, 24, 8)
+    with np.load(state / "chunk_000001.npz") as z:
+        assert list(z["indices"]) == list(range(8, 16))
+    assert feats["pool"].shape == (24, 2048) and np.isfinite(feats["pool"]).all()
+    a = pipeline.initial_noise(0, [9, 10], (4, 8, 8))
+    b = pipeline.initial_noise(0, [10], (4, 8, 8))
+    assert torch.equal(a[1], b[0])
+
+    # The report shows the scores and the grid.
+    from dimbench.report import build_report
+
+    html, _ = build_report(out)
+    text = Path(html).read_text()
+    assert "FID" in text and "Inception Score" in text
+
+
+def test_uvit_statistics_skip_kid_and_precision(assets, tmp_path):
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=8, input_size=8, batch=1, dtype="float32",
+                       device="cpu", metrics=("fid",), checkpoint=str(assets["ckpt"]))
+    rows = FID.measure(point, out_dir=str(tmp_path), inception_weights=str(assets["weights"]),
+                       inception_sha256=assets["sha"], reference=str(assets["uvit"]), vae=str(assets["vae"]),
+                       samples=4, batch=4, sampler="ddim", steps=2)
+    by = {r.metric: r for r in rows}
+    assert by["fid"].status == "ok" and by["inception_score"].status == "ok"
+    assert by["kid"].status == "skipped" and "statistics only" in by["kid"].error
+    assert by["fid"].extra["reference_layout"] == "uvit"
+
+
+# ------------------------------------------------------------------------------------------ user errors
+def test_missing_paths_are_named_before_any_point_runs(assets, tmp_path):
+    suite = _suite(assets, tmp_path, reference=tmp_path / "nope.npz", weights=tmp_path / "no_weights.pth")
+    text = suite.read_text().replace(str(assets["vae"]), str(tmp_path / "no_vae"))
+    suite.write_text(text)
+    done = run_cli("run", str(suite), "--out", str(tmp_path / "o"))  # validation names all three, then stops
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    for name in ("no_weights.pth", "nope.npz", "no_vae"):
+        assert name in done.stderr, (name, done.stderr)
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("models: [dit_xl_2]\nresolutions: [256]\nmetrics: [fid]\n")
+    done = run_cli("validate", str(bare))
+    assert done.returncode == 2
+    for key in ("options.fid.inception_weights", "options.fid.reference", "options.fid.vae", "6726825d"):
+        assert key in done.stderr, (key, done.stderr)
+
+
+def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
+    wrong = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save({"x": torch.zeros(3)}, wrong)
+    suite = _suite(assets, tmp_path, weights=wrong, sha="6726825d")
+    done = run_cli("validate", str(suite))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "wrong file" in done.stderr and "6726825d" in done.stderr and str(wrong) in done.stderr
+    assert _sha256(wrong) in done.stderr
+
+    from dimbench.console import UserError
+    from dimbench.fid import inception
+
+    with pytest.raises(UserError, match="do not fit"):  # the right hash claimed for a file of other weights
+        inception.load_extractor(wrong, _sha256(wrong))
+
+
+def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(assets["images"][:6]):
+        Image.fromarray(img).save(folder / f"{i}.png")
+    out = tmp_path / "stats.npz"
+    done = run_cli("fid-stats", str(folder), "-o", str(out), "--inception-weights", str(assets["weights"]),
+                   "--inception-sha256", assets["sha"], "--resolution", "16")
+    assert done.returncode == 0, done.stderr
+    with np.load(out, allow_pickle=False) as z:
+        assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048) and int(z["count"]) == 6
+        assert str(z["weights_sha256"]) == assets["sha"]
+    from dimbench.fid.reference import read_reference
+
+    assert read_reference(out).layout == "dimbench"
+    missing = run_cli("fid-stats", str(folder), "-o", str(out), "--inception-weights", str(tmp_path / "w.pth"))
+    assert missing.returncode == 2 and "w.pth: no such file" in missing.stderr and "6726825d" in missing.stderr
+
+
+def test_skipped_when_torch_fidelity_does_not_import(assets, tmp_path, monkeypatch):
+    import builtins
+
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+
+    real_import = builtins.__import__
+
+    def refuse(name, *args, **kwargs):
+        if name.startswith("torch_fidelity"):
+            raise ImportError("No module named 'torch_fidelity'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=8, input_size=8, batch=1, dtype="float32",
+                       device="cpu", metrics=("fid",), checkpoint=str(assets["ckpt"]))
+    from dimbench.metrics.base import SkipMetric
+
+    with pytest.raises(SkipMetric, match="not available: torch-fidelity does not import"):
+        FID.measure(point, out_dir=str(tmp_path))
+
+
+def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(tmp_path):
+    import re
+
+    from conftest import ROOT
+
+    suite = ROOT / "suites" / "fid_imagenet.yaml"
+    done = run_cli("validate", str(suite))
+    if done.returncode != 0:  # the files are not on this machine (the usual case)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        for name in ("weights-inception-2015-12-05-6726825d.pth", "imagenet256_H_DiM/nnet_ema.pth",
+                     "imagenet512_H_DiM_ft/nnet_ema.pth", "fid_stats_imagenet256_guided_diffusion.npz",
+                     "sd-vae-ft-ema"):
+            assert name in done.stderr, name
+    # With every named file in place (dummies; the weights' checksum set to the dummy's) it validates.
+    copy = tmp_path / "suites" / "fid_imagenet.yaml"
+    copy.parent.mkdir()
+    text = suite.read_text()
+    body = "\n".join(line.split("#")[0] for line in text.splitlines())  # the keys, not the comments
+    for rel in set(re.findall(r"\.\./fid_files/[^\s,}]+", body)):
+        path = tmp_path / "suites" / rel
+        if rel.endswith("sd-vae-ft-ema"):
+            path.mkdir(parents=True, exist_ok=True)
+            (path / "config.json").write_text("{}")
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"dummy")
+    weights = tmp_path / "fid_files" / "weights-inception-2015-12-05-6726825d.pth"
+    text = text.replace("    inception_weights:", f"    inception_sha256: {_sha256(weights)}\n    inception_weights:")
+    copy.write_text(text)
+    done = run_cli("validate", str(copy))
+    assert done.returncode == 0, done.stderr
