@@ -1,15 +1,17 @@
 """CPU micro-benchmarks of one block of each model family, and of each scan backend that runs here
 (pytest-benchmark). The regression gate for them is tox's ``bench-gate`` environment:
 
-    tox -e bench-gate        # compares with baselines/benchmarks (fails when a median is 50 % slower)
-    pytest benchmarks/test_bench_blocks.py --benchmark-only --benchmark-storage=file://baselines/benchmarks \
-        --benchmark-save=baseline      # refresh the baseline, deliberately, on the machine that gates
+    tox -e bench-gate        # compares with baselines/benchmarks/*/0001_baseline.json (fails when a median is
+                             # 50 % slower, or when the baseline comes from another CPU model or core count)
+    rm -r baselines/benchmarks && OMP_NUM_THREADS=1 pytest benchmarks/test_bench_blocks.py --benchmark-only \
+        --benchmark-storage=file://baselines/benchmarks --benchmark-save=baseline   # refresh it, deliberately
 
 Shapes: the S-size blocks (width 384 for DiT and U-ViT as in DiT-S / U-ViT-S's heads of 64; DiM-S's width 512)
 over 256 tokens (a 16x16 grid, DiM's padded sequence 366), batch 1, float32, forward under inference_mode. A
 block is the unit all three families repeat, so a change to one shows here before it shows in a whole model. The
 scan backends run one Mamba layer of DiM-S (d_inner 1024, N 16, L 366). CPU wall clock: compare within one
-machine only (the baseline's machine id is part of its path).
+machine only (benchmarks/conftest.py refuses a baseline from another CPU model or core count; the storage path
+also holds the Python version).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import torch.nn as nn
 
 import models
 from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
-from dimbench.gates.baseline import BaselineError, Entry, Run
+from dimbench.console import UserError
+from dimbench.gates.baseline import BaselineError, Entry, Run, run_entries
 from dimbench.gates.render import as_json, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
     # The counts of the slowed model did not move: only its time did.
     assert all(r["verdict"] == "ok" for r in result["rows"] if r["metric"] != "latency_rel")
     text = md.read_text()
-    assert text.startswith("**dimbench gate: FAIL") and "| gateprobe_s 16px b1 float32 cpu | latency_rel |" in text
+    assert text.startswith("**dimbench gate: FAIL") and "| gateprobe\\_s 16px b1 float32 cpu | latency\\_rel |" in text
 
 
 def test_larger_model_fails_naming_metric_and_point(probe_runs):
@@ -281,3 +282,91 @@ def test_baseline_of_a_run_without_gated_rows_is_refused(tmp_path):
                                                         "dtype": "float32", "device": "cpu"}) + "\n")
     with pytest.raises(BaselineError, match="no gated rows"):
         build_baseline(tmp_path)
+
+
+def test_a_value_that_is_not_a_finite_number_fails_the_gate(tmp_path):
+    """An ok row with NaN, inf or null must never pass as 'improved' (NaN compares false with everything)."""
+    good = {"suite": "s", "point_key": "m|r16|b1|float32|cpu", "model": "m", "resolution": 16, "batch": 1,
+            "dtype": "float32", "device": "cpu", "metric": "mem_predicted_gib", "status": "ok", "value": 2.0,
+            "unit": "GiB"}
+    base_dir, run_dir = tmp_path / "base", tmp_path / "run"
+    for d, value in ((base_dir, 2.0), (run_dir, None)):
+        d.mkdir()
+    (base_dir / "results.jsonl").write_text(json.dumps(good) + "\n")
+    baseline, _ = build_baseline(base_dir)
+    for bad in ("NaN", "Infinity", "null", "true"):
+        (run_dir / "results.jsonl").write_text(json.dumps(good).replace("2.0", bad) + "\n")
+        run = run_entries(run_dir)
+        result = compare(baseline, run, str(run_dir))
+        assert [v.verdict for v in result.verdicts] == ["regressed"], bad
+        assert any("not a finite number" in w for w in run.warnings), bad
+
+
+def test_malformed_result_rows_name_file_and_line(tmp_path):
+    row = {"suite": "s", "point_key": "k", "model": "m", "resolution": "abc", "batch": 1, "dtype": "float32",
+           "device": "cpu", "metric": "gmacs", "status": "ok", "value": 1.0}
+    (tmp_path / "results.jsonl").write_text(json.dumps(dict(row, resolution=16)) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(BaselineError, match=r"results.jsonl:2: key 'resolution': expected an integer"):
+        run_entries(tmp_path)
+    (tmp_path / "results.jsonl").write_text(json.dumps(dict(row, resolution=16, status="weird")) + "\n")
+    with pytest.raises(BaselineError, match=r"results.jsonl:1: key 'status': expected one of ok, oom"):
+        run_entries(tmp_path)
+
+
+def test_a_measure_that_disappears_at_a_point_that_ran_regresses():
+    base = [_entry(), _entry(metric="params", value=10.0, unit="count")]
+    now_skipped = [_entry(), _entry(metric="params", status="skipped", unit="count")]
+    assert _verdicts(_gate(base, now_skipped))[("m|r16|b1|float32|cpu", "params")] == "regressed"
+    now_missing = [_entry()]
+    result = _gate(base, now_missing)
+    assert _verdicts(result)[("m|r16|b1|float32|cpu", "params")] == "regressed"
+    assert "not measured in this run" in result.failed[0].note
+
+
+def test_status_changes_on_another_device_class_are_not_compared_either():
+    other = "cpu: Y, 2 threads"
+    base = [_entry(metric="latency_rel", value=1.0, unit="x ref"), _entry(metric="mem_allocated_gib", status="oom")]
+    now = [_entry(metric="latency_rel", status="oom", unit="x ref", device_class=other),
+           _entry(metric="mem_allocated_gib", value=1.0, device_class=other)]
+    assert set(_verdicts(_gate(base, now)).values()) == {"not compared"}
+    # ... but an error is an error on any device.
+    errored = [_entry(metric="latency_rel", status="error", unit="x ref", device_class=other)]
+    assert [v.verdict for v in _gate(base[:1], errored).verdicts] == ["regressed"]
+
+
+def test_predicted_memory_depends_on_the_card_only_on_cuda():
+    def mem(device, cls, value):
+        return Entry(f"m|r16|b1|float32|{device}", "m", 16, 1, "float32", device, cls, "mem_predicted_gib", value,
+                     "GiB", "ok")
+    cpu = _gate([mem("cpu", "cpu: X", 1.0)], [mem("cpu", "cpu: Y", 1.5)])
+    assert [v.verdict for v in cpu.verdicts] == ["regressed"]  # the CPU prediction is machine-independent
+    gpu = _gate([mem("cuda", "cuda: A100", 1.0)], [mem("cuda", "cuda: H200", 1.5)])
+    assert [v.verdict for v in gpu.verdicts] == ["not compared"]
+
+
+def test_zero_baseline_and_tolerance_typos():
+    v = _gate([_entry(value=0.0)], [_entry(value=0.5)])
+    assert v.verdicts[0].verdict == "changed" and v.verdicts[0].change == float("inf")
+    assert _gate([_entry(value=0.0)], [_entry(value=0.0)]).verdicts[0].verdict == "ok"
+    with pytest.raises(UserError, match="'latency_ref' is not a gated metric"):
+        _gate([_entry()], [_entry()], overrides={"latency_ref": 0.5})
+
+
+def test_point_labels_tell_compiled_points_apart():
+    e = _entry("m|r16|b1|float32|cuda|compile=default")
+    assert e.point_label() == "m 16px b1 float32 cpu compile=default"
+
+
+def test_baseline_update_replaces_per_measure_and_keeps_provenance(tmp_path):
+    def write(d, rows):
+        d.mkdir()
+        (d / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    row = {"suite": "s", "point_key": "m|r16|b1|float32|cpu", "model": "m", "resolution": 16, "batch": 1,
+           "dtype": "float32", "device": "cpu", "status": "ok", "unit": ""}
+    write(tmp_path / "a", [dict(row, metric="gmacs", value=1.0), dict(row, metric="latency_rel", value=5.0)])
+    write(tmp_path / "b", [dict(row, metric="gmacs", value=1.0)])  # a counting run at the same point
+    first, _ = build_baseline(tmp_path / "a")
+    updated, warnings = build_baseline(tmp_path / "b", first)
+    assert {k[1] for k in updated.entries} == {"gmacs", "latency_rel"}  # the timing entry is not lost
+    assert any("latency_rel" in w and "--replace" in w for w in warnings)
+    assert updated.source["earlier"][0]["results"] == first.source["results"]

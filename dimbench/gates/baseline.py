@@ -29,7 +29,7 @@ from typing import Any
 
 from dimbench.console import UserError
 from dimbench.metrics import row_declaration
-from dimbench.results import ResultsError, read_environment, read_rows, results_path
+from dimbench.results import STATUSES, ResultsError, read_environment, read_rows, results_path
 
 FORMAT = "dimbench-baseline"
 VERSION = 1
@@ -63,7 +63,9 @@ class Entry:
         return self.point_key, self.metric
 
     def point_label(self) -> str:
-        return f"{self.model} {self.resolution}px b{self.batch} {self.dtype} {self.device}"
+        """"dit_s_2 32px b1 float32 cpu", plus what else tells the point apart (compile=, pad=, ckpt=)."""
+        settings = self.point_key.split("|")[5:]  # the key's optional parts (dimbench.points.SweepPoint.key)
+        return " ".join([f"{self.model} {self.resolution}px b{self.batch} {self.dtype} {self.device}", *settings])
 
 
 @dataclasses.dataclass
@@ -92,8 +94,9 @@ def device_class(env: dict[str, Any] | None, device: str) -> str:
     env = env or {}
     if str(device).startswith("cuda"):
         index = int(device.split(":")[1]) if ":" in device else 0
-        name = next((d.get("name") for d in env.get("cuda_devices") or [] if isinstance(d, dict)
-                     and d.get("index") == index), None) or env.get("gpu_name")
+        devices = env.get("cuda_devices") if isinstance(env.get("cuda_devices"), list) else []
+        name = next((d.get("name") for d in devices if isinstance(d, dict) and d.get("index") == index), None) \
+            or env.get("gpu_name")
         return f"cuda: {name}" if name else "cuda: unknown GPU"
     cpu = env.get("cpu") if isinstance(env.get("cpu"), dict) else {}
     model = cpu.get("model") or cpu.get("processor") or "unknown CPU"
@@ -130,29 +133,53 @@ def run_entries(results_dir: str | os.PathLike) -> Run:
                                "measured memory are not compared"]
     entries: dict[tuple[str, str], Entry] = {}
     suites = sorted({str(r.get("suite")) for r in rows if r.get("suite")})
-    for row in rows:
+    source = results_path(folder)
+    for lineno, row in enumerate(rows, start=1):  # read_rows keeps every line but a torn last one, in order
         extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
         if extra.get("step") is not None:
             continue
-        metric = str(row.get("metric"))
-        if row_declaration(metric).gate_policy is None:
+        metric = row.get("metric")
+        if not isinstance(metric, str) or row_declaration(metric).gate_policy is None:
             continue
-        value = row.get("value")
-        entry = Entry(
-            point_key=str(row.get("point_key")), model=str(row.get("model")), resolution=int(row.get("resolution")
-                                                                                               or 0),
-            batch=int(row.get("batch") or 0), dtype=str(row.get("dtype")), device=str(row.get("device")),
-            device_class=device_class(env, str(row.get("device"))) if env else "unknown", metric=metric,
-            value=float(value) if isinstance(value, (int, float)) and row.get("status") == "ok" else None,
-            unit=str(row.get("unit") or ""), status=str(row.get("status")), method=str(row.get("method") or ""),
-        )
+        entry = _row_entry(row, metric, env, f"{source}:{lineno}")
+        if entry.status == "error" and row.get("status") == "ok":
+            warnings.append(f"{source}:{lineno}: {metric} at {entry.point_label()} is not a finite number "
+                            f"({row.get('value')!r}): counted as an error")
         entries[entry.identity] = entry
     return Run(entries, env, suites, warnings)
 
 
+def _row_entry(row: dict[str, Any], metric: str, env: dict[str, Any], where: str) -> Entry:
+    """The Entry of one result row; a row that is not a well-formed result names its file and line (exit 2). An
+    ok row whose value is not a finite number becomes an error entry: the gate must not pass it."""
+    def need(key: str, kind: type, what: str) -> Any:
+        value = row.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BaselineError(f"{where}: key '{key}': expected {what}, got {json.dumps(value)[:60]}")
+        return value
+
+    status = need("status", str, "a status string")
+    if status not in STATUSES:
+        raise BaselineError(f"{where}: key 'status': expected one of {', '.join(STATUSES)}, got {status!r}")
+    value = row.get("value")
+    finite = _number(value)
+    if status == "ok" and not finite:
+        status = "error"
+    device = need("device", str, "a device string")
+    return Entry(
+        point_key=need("point_key", str, "a point key string"), model=need("model", str, "a model name"),
+        resolution=need("resolution", int, "an integer"), batch=need("batch", int, "an integer"),
+        dtype=need("dtype", str, "a dtype string"), device=device,
+        device_class=device_class(env, device) if env else "unknown", metric=metric,
+        value=float(value) if status == "ok" else None, unit=str(row.get("unit") or ""), status=status,
+        method=str(row.get("method") or ""),
+    )
+
+
 def build_baseline(results_dir: str | os.PathLike, previous: Baseline | None = None) -> tuple[Baseline, list[str]]:
-    """A baseline of a run folder; with ``previous``, an update of it: this run's points replace theirs, the
-    other points are kept. Returns (baseline, warnings)."""
+    """A baseline of a run folder; with ``previous``, an update of it: each (point, metric) this run measured
+    replaces its entry, every other entry is kept (and said, when it sits at a point of this run: ``--replace``
+    drops such stale entries). Returns (baseline, warnings)."""
     run = run_entries(results_dir)
     entries, env, warnings = run.entries, run.env, run.warnings
     errors = [e for e in entries.values() if e.status == "error"]
@@ -163,26 +190,29 @@ def build_baseline(results_dir: str | os.PathLike, previous: Baseline | None = N
     if not kept:
         raise BaselineError(f"{results_dir}: no gated rows to baseline (the gated metrics are those with a gate "
                             "policy: counts, predicted and measured memory, timings relative to the reference)")
-    suites = run.suites
     merged = dict(previous.entries) if previous else {}
     points = {e.point_key for e in kept.values()}
-    merged = {k: e for k, e in merged.items() if e.point_key not in points}
+    stale = [e for k, e in merged.items() if e.point_key in points and k not in kept]
+    if stale:
+        warnings.append(f"{len(stale)} entr(ies) at this run's points that it did not measure are kept from the "
+                        f"previous baseline, e.g. {stale[0].metric} at {stale[0].point_label()} (--replace drops them)")
     merged.update(kept)
     tolerances = dict(previous.tolerances) if previous else {}
     for metric in {e.metric for e in kept.values()}:
-        policy = row_declaration(metric).gate_policy
-        tolerances.setdefault(metric, policy.tolerance)
-    classes = {e.device: e.device_class for e in kept.values()}
+        tolerances.setdefault(metric, row_declaration(metric).gate_policy.tolerance)
     source = {
         "results": str(Path(results_dir).resolve()),
         "command": env.get("command"),
         "git": env.get("git"),
         "versions": env.get("versions"),
-        "device_classes": dict(sorted(classes.items())),
+        "device_classes": dict(sorted({e.device: e.device_class for e in kept.values()}.items())),
+        "points": len(points),
+        "entries": len(kept),
     }
-    suite = ", ".join(suites) or (previous.suite if previous else "")
-    if previous and previous.suite and previous.suite != suite:
-        suite = ", ".join(sorted({*previous.suite.split(", "), *suites}))
+    if previous:  # kept entries came from earlier runs: their provenance stays in the file
+        source["earlier"] = [*previous.source.get("earlier", []), {k: v for k, v in previous.source.items()
+                                                                   if k != "earlier"}]
+    suite = ", ".join(sorted({*(previous.suite.split(", ") if previous and previous.suite else []), *run.suites}))
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return Baseline(merged, tolerances, suite, now, source), warnings
 

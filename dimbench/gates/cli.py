@@ -32,10 +32,10 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     for line in warnings:
         out.print(Text(f"warning: {line}", style="yellow"))
     write_baseline(baseline, target)
-    before = len(previous.entries) if previous else 0
-    how = (f"updated ({before} entries before; this run's {len({e.point_key for e in baseline.entries.values()})} "
-           "point(s) replaced theirs)" if previous else "written")
-    classes = "; ".join(baseline.source["device_classes"].values())
+    measured = baseline.source
+    how = (f"updated ({len(previous.entries)} entries before; this run's {measured['entries']} entries at "
+           f"{measured['points']} point(s) replaced or added)" if previous else "written")
+    classes = "; ".join(measured["device_classes"].values())
     out.print(Text(f"Baseline {target} {how}: {len(baseline.entries)} entries, "
                    f"{len({e.point_key for e in baseline.entries.values()})} points, device class(es) {classes}"))
     return 0

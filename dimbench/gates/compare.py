@@ -4,13 +4,14 @@ Verdicts:
 
 - ``ok``: within tolerance (or the same oom / skipped status as the baseline);
 - ``regressed``: worse than the tolerance allows in the declared direction (slower, larger), or the point now
-  runs out of memory or fails; fails the gate;
+  runs out of memory or fails (an ok row whose value is not a finite number counts as a failure), or a measure
+  the baseline has is now skipped or missing at a point that still ran; fails the gate;
 - ``changed``: a count that moved either way beyond its (usually zero) tolerance; fails the gate;
 - ``improved``: better than the tolerance in the other direction, or an oom point that now fits; passes;
 - ``not compared``: a hardware-dependent row (timing, measured memory) from another device class than the
-  baseline's; passes, and the gate says why;
-- ``new`` / ``removed``: a point or metric in only one of the two; reported, and fails the gate only when asked
-  (``fail_on_new`` / ``fail_on_removed``).
+  baseline's, whatever its status; passes, and the gate says why;
+- ``new`` / ``removed``: a point (or a measure that was not an ok value) in only one of the two; reported, and
+  fails the gate only when asked (``fail_on_new`` / ``fail_on_removed``).
 """
 
 from __future__ import annotations
@@ -91,11 +92,16 @@ def _policy(metric: str, baseline: Baseline, overrides: dict[str, float]) -> Gat
     return dataclasses.replace(base, tolerance=tolerance)
 
 
+def _other_class(base: Entry, now: Entry, gate: Gate) -> str | None:
+    """Why a hardware-dependent row is not compared (another or an unknown device class), or None."""
+    if gate.needs_same_device(now.device) and (base.device_class != now.device_class
+                                               or "unknown" in (base.device_class, now.device_class)):
+        return f"device class differs: baseline {base.device_class!r}, run {now.device_class!r}"
+    return None
+
+
 def _numeric(base: Entry, now: Entry, gate: Gate) -> tuple[float | None, str, str]:
-    """(relative change, verdict, note) of two ok values under ``gate``."""
-    if gate.same_device and (base.device_class != now.device_class or "unknown" in (base.device_class,
-                                                                                    now.device_class)):
-        return None, "not compared", f"device class differs: baseline {base.device_class!r}, run {now.device_class!r}"
+    """(relative change, verdict, note) of two ok values under ``gate`` (same device class checked before)."""
     b, n = float(base.value), float(now.value)
     change = (n - b) / abs(b) if b != 0 else (0.0 if n == 0 else math.copysign(math.inf, n))
     if abs(change) <= gate.tolerance * (1 + 1e-9) + 1e-12:  # the slack absorbs float rounding of exact values
@@ -110,9 +116,11 @@ def _by_status(base: Entry, now: Entry) -> tuple[str, str]:
     """Verdict and note when at least one of the two is not an ok value."""
     pair = (base.status, now.status)
     if now.status == "error":
-        return "regressed", "the run recorded an error at this point"
+        return "regressed", "the run recorded an error at this point (or a value that is not a finite number)"
     if pair == ("ok", "oom"):
         return "regressed", "out of memory now"
+    if pair == ("ok", "skipped"):
+        return "regressed", "skipped now, measured in the baseline (re-baseline if that is meant)"
     if pair == ("oom", "ok"):
         return "improved", "fits in memory now"
     if base.status == now.status:
@@ -122,10 +130,20 @@ def _by_status(base: Entry, now: Entry) -> tuple[str, str]:
     return "removed", f"{now.status} now, {base.status} in the baseline"
 
 
+def check_tolerances(overrides: dict[str, float], baseline: Baseline) -> None:
+    """A ``--tolerance`` for a metric that is neither gated nor in the baseline is a typo, not a setting."""
+    known = {e.metric for e in baseline.entries.values()}
+    for metric in overrides:
+        if metric not in known and row_declaration(metric).gate_policy is None:
+            raise UserError(f"--tolerance {metric}=...: {metric!r} is not a gated metric of this baseline "
+                            f"(its metrics: {', '.join(sorted(known))})")
+
+
 def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str, float] | None = None,
             fail_on_new: bool = False, fail_on_removed: bool = False) -> GateResult:
     """Compare a run's gated rows with the baseline (see the module docstring for the verdicts)."""
     overrides = overrides or {}
+    check_tolerances(overrides, baseline)
     where = baseline.path or "the baseline"
     if not baseline.entries:
         raise BaselineError(f"{where}: holds no entries; write it from a run with `dimbench baseline`")
@@ -138,7 +156,7 @@ def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str,
             f"{len(run_points)} of suite {', '.join(run.suites) or '?'!r}"
             + (f" (e.g. {sorted(run_points)[0]})" if run_points else "") + ", none in common")
     notes = list(run.warnings)
-    if baseline.suite and run.suites and baseline.suite not in run.suites:
+    if baseline.suite and run.suites and not set(baseline.suite.split(", ")) & set(run.suites):
         notes.append(f"the baseline was written from suite {baseline.suite!r}, the run is of "
                      f"{', '.join(run.suites)!r}: only the points they share are compared")
     verdicts: list[Verdict] = []
@@ -146,11 +164,19 @@ def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str,
         now = run.entries.get(key)
         gate = _policy(base.metric, baseline, overrides)
         if now is None:
-            note = ("not measured in this run" if base.point_key in run_points
-                    else "point not in this run")
-            verdicts.append(_verdict(base, None, None, gate.tolerance, "removed", note))
+            if base.point_key in run_points and base.status == "ok":  # the point ran, this measure is gone
+                verdict, note = "regressed", "not measured in this run, measured in the baseline"
+            else:
+                verdict, note = "removed", ("not measured in this run" if base.point_key in run_points
+                                            else "point not in this run")
+            verdicts.append(_verdict(base, None, None, gate.tolerance, verdict, note))
             continue
-        if base.status == "ok" and now.status == "ok":
+        other_class = _other_class(base, now, gate)
+        if now.status == "error":
+            change, (verdict, note) = None, _by_status(base, now)
+        elif other_class:
+            change, verdict, note = None, "not compared", other_class
+        elif base.status == "ok" and now.status == "ok":
             change, verdict, note = _numeric(base, now, gate)
         else:
             change, (verdict, note) = None, _by_status(base, now)

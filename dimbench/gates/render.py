@@ -91,8 +91,13 @@ def print_result(out, result: GateResult, show_all: bool = False) -> None:
                    style="bold green" if result.passed else "bold red"))
 
 
+_MD_SPECIAL = "\\`*_[]|"
+
+
 def _md(cell: str) -> str:
-    return cell.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    """A table cell as literal text: Markdown's inline syntax and the table's pipes escaped, HTML neutralised."""
+    out = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in cell)
+    return out.replace("<", "&lt;").replace("\n", " ")
 
 
 def markdown(result: GateResult, show_all: bool = False) -> str:

@@ -57,18 +57,25 @@ class Gate:
     direction that fails ("higher" for times and memory, "lower" for rates); None: a change either way fails
     (counts: a count that moves means the model is no longer the one baselined). ``same_device``: the value
     depends on the hardware (timings, measured memory), so it is compared only when the run and its baseline
-    come from the same device class; counts compare anywhere.
+    come from the same device class; counts compare anywhere; "cuda": only CUDA rows depend on the card (the
+    memory prediction follows the attention kernel and scan backend a GPU would run).
     """
 
     tolerance: float
     worse: str | None = None
-    same_device: bool = False
+    same_device: bool | str = False  # True, False, or "cuda": the same device class for CUDA rows only
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
             raise ValueError(f"Gate.tolerance must be a finite number >= 0, got {self.tolerance!r}")
         if self.worse not in (None, "higher", "lower"):
             raise ValueError(f"Gate.worse must be 'higher', 'lower' or None, got {self.worse!r}")
+        if self.same_device not in (True, False, "cuda"):
+            raise ValueError(f"Gate.same_device must be True, False or 'cuda', got {self.same_device!r}")
+
+    def needs_same_device(self, device: str) -> bool:
+        """Whether a row on ``device`` is compared only within one device class."""
+        return self.same_device is True or (self.same_device == "cuda" and str(device).startswith("cuda"))
 
 
 #: The gate of a deterministic row that declares none: exact equality, either direction fails.
