@@ -1,11 +1,19 @@
-"""``dimbench fid-stats``: FID reference statistics (mu, sigma of Inception pool3 features) of an image folder.
+"""``dimbench fid-stats``: FID reference statistics of an image folder; ``dimbench fid``: the fid metric on one
+model outside a suite, on one device or on several GPUs under torchrun.
 
     dimbench fid-stats data/imagenet_val_256 -o stats/my_val_256.npz \
         --inception-weights weights/weights-inception-2015-12-05-6726825d.pth --resolution 256
 
-The folder is read like training data (dimbench.data: flat or class subfolders; center crop, bicubic resize to
---resolution). The .npz holds mu, sigma, count, weights_sha256 and source; the fid metric's `reference` option
-reads it. Nothing is downloaded: a missing or wrong weights file is named with the expected checksum (exit 2).
+    torchrun --nproc_per_node 8 -m dimbench.cli fid dim_h_2 --resolution 256 \
+        --checkpoint fid_files/dim/imagenet256_H_DiM/nnet_ema.pth --guidance 0.4 --out runs/fid_dim256 \
+        --inception-weights fid_files/weights-inception-2015-12-05-6726825d.pth \
+        --reference fid_files/fid_stats_imagenet256_guided_diffusion.npz --vae fid_files/sd-vae-ft-ema
+
+fid-stats reads the folder like training data (dimbench.data: flat or class subfolders; center crop, bicubic
+resize to --resolution) and writes mu, sigma, count, weights_sha256 and source; the fid metric's `reference`
+option reads it. `dimbench fid` writes OUT/results.jsonl (rank 0) and keeps its chunks in OUT/state/ (run the
+same command again to resume); each torchrun rank samples its own chunks. Nothing is downloaded: a missing or
+wrong file is named (with the expected checksum for the weights), exit 2, before any sampling.
 """
 
 from __future__ import annotations
@@ -32,6 +40,25 @@ def add_fid_commands(sub) -> None:
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.set_defaults(func=cmd_fid_stats)
+
+    p = sub.add_parser("fid", help="FID of one checkpoint at one resolution (the fid metric; also under torchrun)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[2])
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--resolution", type=int, required=True, metavar="PX")
+    p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights file (official or dimbench format)")
+    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the checkpoint's choice)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
+    for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler"):
+        p.add_argument(f"--{name}", default=None)
+    for name in ("samples", "batch", "decode-batch", "seed", "steps"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    for name in ("guidance", "upsample-guidance", "until"):
+        p.add_argument(f"--{name}", type=float, default=None)
+    p.add_argument("--upsample-from", type=int, default=None, metavar="PX",
+                   help="the checkpoint's resolution when --resolution is a multiple of it (training-free upsampling)")
+    p.add_argument("--random-weights", action="store_true")
+    p.set_defaults(func=cmd_fid)
 
 
 def cmd_fid_stats(args: argparse.Namespace) -> int:
@@ -62,4 +89,74 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
         raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     console().print(f"{args.output}: mu/sigma of {len(pool)} images ({data.source}); Inception weights "
                     f"{args.inception_weights} (SHA256 {digest})", markup=False)
+    return 0
+
+
+def cmd_fid(args: argparse.Namespace) -> int:
+    import datetime
+    import time
+    from pathlib import Path
+
+    import torch
+
+    import models
+    from dimbench import results
+    from dimbench.metrics.base import MetricContext, SkipMetric
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+    from dimbench.schema import Problems, Record
+    from dimbench.suite import input_size_for
+    from dimbench.training import distributed
+    from dimbench.worker import make_row
+
+    if args.model not in models.list_models():
+        raise UserError(f"{args.model}: not a registered model (dimbench list)")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+    given = {k: getattr(args, k) for k in ("inception_weights", "inception_sha256", "reference", "vae", "sampler",
+                                           "upsample_sampler", "samples", "batch", "decode_batch", "seed", "steps",
+                                           "guidance", "upsample_guidance", "until")
+             if getattr(args, k) is not None}
+    if args.upsample_from:
+        given["upsample_from"] = {args.resolution: args.upsample_from}
+    given["random_weights"] = bool(args.random_weights)
+    fields = [f for f in FID.option_record().fields if f.name != "timeout"]
+    problems = Problems()
+    options = Record(fields, "options").check(given, (), problems)
+    messages = [m for _, m in problems]
+    if not messages:
+        messages = [m for _, m in FID.check_options(options, [args.model])]
+    if messages:
+        raise UserError("\n".join(m.replace("key 'options.fid.", "--").replace("key '", "--") for m in messages))
+    device_type = "cuda" if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()) \
+        else "cpu"
+    if distributed.launched_by_torchrun():
+        distributed.init_from_env(device_type)  # sets this rank's GPU; the point names the device type only
+    try:
+        point = SweepPoint(suite="fid", model=args.model, resolution=args.resolution,
+                           input_size=input_size_for(args.model, args.resolution), batch=1, dtype="float32",
+                           device=device_type if distributed.launched_by_torchrun() else
+                           (device_type if args.device == "auto" else args.device), metrics=("fid",),
+                           checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                           pad_layout=args.pad_layout)
+        out = Path(args.out)
+        rank0 = distributed.distributed_info().rank == 0
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        ctx = MetricContext(FID, point, options, out_dir=str(out),
+                            on_progress=(lambda info: console(stderr=True).print(
+                                f"fid: {info['step']}/{info['total']} images", markup=False)) if rank0 else None)
+        try:
+            rows = ctx.collect(FID.fn(point, ctx))
+        except SkipMetric as exc:
+            raise UserError(f"fid {args.model} at {args.resolution} px: not scored: {exc}") from None
+        if rank0:
+            results.append_rows(out, [make_row(point, FID, m, started_at=started, duration_s=time.perf_counter() - t0)
+                                      for m in rows])
+            for m in rows:
+                shown = f"{m.value:.4g}" if m.value is not None else f"{m.status}: {m.error}"
+                console().print(f"{m.metric}: {shown}", markup=False)
+            console().print(f"rows: {out / results.RESULTS_FILE}", markup=False)
+    finally:
+        distributed.shutdown()
     return 0

@@ -196,19 +196,30 @@ def test_run_writes_rows_and_resumes_after_a_kill(assets, tmp_path):
     assert "FID sample grid" in text
 
 
-def test_uvit_statistics_skip_kid_and_precision(assets, tmp_path):
-    from dimbench.metrics.fid import FID
-    from dimbench.points import SweepPoint
+def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, tmp_path):
+    """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
+    U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped."""
+    import subprocess
+    import sys
 
-    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=8, input_size=8, batch=1, dtype="float32",
-                       device="cpu", metrics=("fid",), checkpoint=str(assets["ckpt"]))
-    rows = FID.measure(point, out_dir=str(tmp_path), inception_weights=str(assets["weights"]),
-                       inception_sha256=assets["sha"], reference=str(assets["uvit"]), vae=str(assets["vae"]),
-                       samples=4, batch=4, sampler="ddim", steps=2)
-    by = {r.metric: r for r in rows}
-    assert by["fid"].status == "ok" and by["inception_score"].status == "ok"
-    assert by["kid"].status == "skipped" and "statistics only" in by["kid"].error
-    assert by["fid"].extra["reference_layout"] == "uvit"
+    from conftest import ROOT
+
+    out = tmp_path / "out"
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "dimbench.cli", "fid", "dit_tiny_4", "--resolution", "8", "--checkpoint", str(assets["ckpt"]),
+           "--out", str(out), "--device", "cpu", "--inception-weights", str(assets["weights"]),
+           "--inception-sha256", assets["sha"], "--reference", str(assets["uvit"]), "--vae", str(assets["vae"]),
+           "--samples", "8", "--batch", "2", "--sampler", "ddim", "--steps", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cli_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_jsonl(out / "results.jsonl")
+    by = {r["metric"]: r for r in rows}
+    assert len(rows) == len(by) == 7  # written once, by rank 0
+    assert by["fid"]["status"] == "ok" and by["inception_score"]["status"] == "ok"
+    assert by["fid"]["extra"]["world_size"] == 2 and by["fid"]["extra"]["n_fake"] == 8
+    assert by["fid"]["extra"]["reference_layout"] == "uvit"
+    assert by["kid"]["status"] == "skipped" and "statistics only" in by["kid"]["error"]
+    assert len(list(out.glob("state/*/fid/chunk_*.npz"))) == 4
 
 
 # ------------------------------------------------------------------------------------------ user errors
