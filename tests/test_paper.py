@@ -119,3 +119,37 @@ def test_paper_tables_suite_end_to_end_report(tmp_path):
     fid = [[c.text for c in r] for r in by_caption["Published FID-50K on ImageNet (class-conditional, with guidance)"]
            .rows]
     assert all(r[2].startswith("not measured") for r in fid)
+
+
+def test_published_values_must_be_quoted_to_keep_their_precision():
+    from dimbench.paper import PublishedDataError, _parse
+
+    table = {"tables": {"t": {"title": "T", "source": {"paper": "P", "table": "1"}, "measures": {"gmacs": "G"},
+                              "rows": [{"label": "x", "model": "dit_s_2", "resolution": 256, "gmacs": 19.70}]}}}
+    with pytest.raises(PublishedDataError, match=r"tables.t.rows\[0\].gmacs: expected the value as printed"):
+        _parse(table)
+    table["tables"]["t"]["rows"][0]["gmacs"] = "19.70"
+    assert _parse(table)["t"].rows[0].values["gmacs"] == Decimal("19.70")
+
+
+def test_throughput_ratios_use_eager_batch_64_float32_cuda_rows_only(tmp_path):
+    import report_fixtures as rf
+
+    rows = []
+    for model, imgs in (("dim_h_2", 30.0), ("dit_xl_2", 80.0)):
+        rows.append(rf._row(model, 256, "throughput", imgs, "img/s", "cuda events", "forward", batch=64,
+                            dtype="float32", device="cuda"))
+        # A compiled run of the same point (faster) must not be compared with the papers' eager numbers.
+        compiled = rf._row(model, 256, "throughput", imgs * (3 if model == "dim_h_2" else 2), "img/s", "cuda events", "forward", batch=64,
+                           dtype="float32", device="cuda", extra={"compile": "default"})
+        rows.append(dict(compiled, point_key=compiled["point_key"] + "|compile=default"))
+    rows.append(rf._row("dim_h_2", 256, "published_throughput", 25.06, "img/s", "published", "forward",
+                        extra={"table_id": "third_party_throughput"}))
+    rf.write_results(tmp_path, rows)
+    section = {s.heading: s for s in content.build(data.load(tmp_path)).sections}["Paper tables"]
+    ratios = next(t for t in section.tables if t.caption.startswith("Throughput ratios"))
+    dit = next([c.text for c in r] for r in ratios.rows if r[0].text == "DiM-H/2 / dit_xl_2" and r[1].text == "256 px")
+    published = 25.06 / 76.90
+    assert dit[2:] == [f"{published:.3f}", f"{30 / 80:.3f}", f"{(30 / 80 - published) / published * 100:+.1f} %"]
+    uvit = next([c.text for c in r] for r in ratios.rows if r[0].text == "DiM-H/2 / uvit_h_2")
+    assert uvit[3].startswith("not measured")

@@ -91,7 +91,12 @@ def _parse(data: Any) -> dict[str, PublishedTable]:
             measures = dict(t["measures"])
             rows = []
             for i, r in enumerate(t["rows"]):
-                values = {m: Decimal(str(r[m])) for m in measures if m in r}
+                values = {}
+                for m in (m for m in measures if m in r):
+                    if not isinstance(r[m], str):  # a YAML number loses its printed precision ("19.70" -> 19.7)
+                        raise PublishedDataError(f"{where}.rows[{i}].{m}: expected the value as printed, a quoted "
+                                                 f"string, got {r[m]!r}")
+                    values[m] = Decimal(r[m])
                 if not values:
                     raise PublishedDataError(f"{where}.rows[{i}]: no value for any of {list(measures)}")
                 rows.append(PublishedRow(str(r["label"]), str(r["model"]), int(r["resolution"]), values))
