@@ -12,8 +12,8 @@ class SweepPoint:
 
     ``resolution`` is in pixels; ``input_size`` is the side the model sees (latent side = resolution / 8 for
     latent models). ``task`` is what is measured at this point ("forward", "train_step", ...: the metric set
-    decides); ``checkpoint`` an optional local weights path; ``compile`` the torch.compile mode the timed metrics run the
-    model under (None: eager).
+    decides); ``checkpoint`` an optional local weights path; ``compile`` the torch.compile mode the timed metrics
+    run the model under (None: eager).
     """
 
     suite: str

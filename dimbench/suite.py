@@ -492,7 +492,8 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
         problems.expected(where, "each compile setting once", list(values.compile), f"{', '.join(twice)} twice")
     metrics_where = problems.where(at + ("metrics",) if "metrics" in raw else ("metrics",))
     return Settings(metrics=values.metrics, resolutions=values.resolutions, batch_sizes=values.batch_sizes,
-                    dtypes=values.dtypes, compile=values.compile, warmup=values.warmup, repeats=values.repeats, timeout=values.timeout,
+                    dtypes=values.dtypes, compile=values.compile, warmup=values.warmup, repeats=values.repeats,
+                    timeout=values.timeout,
                     limits=limits, options=options, metrics_where=metrics_where)
 
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 
 import models
-from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
 from dimbench.console import UserError
+from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
 from dimbench.gates.baseline import BaselineError, Entry, Run, run_entries
 from dimbench.gates.render import as_json, markdown
 
@@ -151,7 +151,8 @@ def test_larger_model_fails_naming_metric_and_point(probe_runs):
     proc = _dimbench("gate", str(probe_runs["wide"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if "gateprobe_s 16px" in ln]
-    assert any("params" in ln and "changed" in ln and "+48 (+98 %)" in ln for ln in lines), proc.stdout  # 16 -> 32 wide: 49 -> 97
+    # 16 -> 32 wide: 49 -> 97 parameters
+    assert any("params" in ln and "changed" in ln and "+48 (+98 %)" in ln for ln in lines), proc.stdout
     assert any("gmacs" in ln and "changed" in ln for ln in lines), proc.stdout
 
 
@@ -201,7 +202,8 @@ def test_baseline_update_replaces_the_runs_points_and_keeps_the_others(probe_run
     assert proc.returncode == 0 and "updated" in proc.stdout, proc.stdout + proc.stderr
     updated = load_baseline(path)
     assert len(updated.entries) == 10 and updated.tolerances["latency_rel"] == 0.5  # the hand edit is kept
-    assert updated.entries[("gateprobe_s|r64|b1|float32|cpu", "params")] == other[("gateprobe_s|r64|b1|float32|cpu", "params")]
+    kept = ("gateprobe_s|r64|b1|float32|cpu", "params")
+    assert updated.entries[kept] == other[kept]
     assert updated.entries[("gateprobe_s|r16|b1|float32|cpu", "params")].value > first.entries[
         ("gateprobe_s|r16|b1|float32|cpu", "params")].value
 
@@ -290,8 +292,8 @@ def test_a_value_that_is_not_a_finite_number_fails_the_gate(tmp_path):
             "dtype": "float32", "device": "cpu", "metric": "mem_predicted_gib", "status": "ok", "value": 2.0,
             "unit": "GiB"}
     base_dir, run_dir = tmp_path / "base", tmp_path / "run"
-    for d, value in ((base_dir, 2.0), (run_dir, None)):
-        d.mkdir()
+    base_dir.mkdir()
+    run_dir.mkdir()
     (base_dir / "results.jsonl").write_text(json.dumps(good) + "\n")
     baseline, _ = build_baseline(base_dir)
     for bad in ("NaN", "Infinity", "null", "true"):

@@ -3,7 +3,8 @@
 A baseline is a JSON object (an untrusted file: read with ``json``, every field checked before use)::
 
     {"format": "dimbench-baseline", "version": 1, "created_at": "...", "suite": "ci_counts",
-     "source": {"results": "...", "git": {...}, "versions": {...}, "device_classes": {"cpu": "cpu: AMD EPYC, 2 threads"}},
+     "source": {"results": "...", "git": {...}, "versions": {...},
+                "device_classes": {"cpu": "cpu: AMD EPYC, 2 threads"}},
      "tolerances": {"latency_rel": 0.3, ...},
      "entries": [{"point_key": "dit_s_2|r32|b1|float32|cpu", "model": "dit_s_2", "resolution": 32, "batch": 1,
                   "dtype": "float32", "device": "cpu", "device_class": "cpu: AMD EPYC, 2 threads",

@@ -8,9 +8,9 @@ elsewhere is a :class:`ReportError` naming the file and line.
 
 A row's *facet* is what it was measured under: (task, device, dtype, batch, compile). ``compile`` is the
 torch.compile mode of a compiled point (``extra.compile``; column ``compile``, "eager" when absent): where a
-folder holds compiled rows, eager and compiled values are separate facets (eager-vs-eager, compiled-vs-compiled). Counted metrics (``task ==
-"count"``: params, FLOPs) do not depend on device or dtype, so when their values agree across those they are
-collapsed to one facet instead of being plotted once per device.
+folder holds compiled rows, eager and compiled values are separate facets (eager-vs-eager,
+compiled-vs-compiled). Counted metrics (``task == "count"``: params, FLOPs) do not depend on device or dtype, so
+when their values agree across those they are collapsed to one facet instead of being plotted once per device.
 
 The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
 

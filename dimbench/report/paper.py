@@ -53,7 +53,7 @@ def _deviation(measured: float, published) -> Cell:
 
 def paper_table(results: Results, table: PublishedTable) -> Table:
     columns = ["model"]
-    for measure, heading in table.measures.items():
+    for heading in table.measures.values():
         columns += [f"{heading}: published", "measured", "deviation"]
     body = []
     for row in table.rows:
