@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import time
 from pathlib import Path
@@ -67,6 +68,10 @@ def _point(args: argparse.Namespace):
         raise UserError(f"--batch {args.batch}: expected a positive number of images")
     if args.repeats < 1 or args.warmup < 0:
         raise UserError("--repeats must be >= 1 and --warmup >= 0")
+    if not (math.isfinite(args.cpu_max_gflop) and args.cpu_max_gflop > 0):
+        raise UserError(f"--cpu-max-gflop {args.cpu_max_gflop}: expected a number of GFLOP > 0")
+    if not (math.isfinite(args.energy_seconds) and args.energy_seconds >= 0):
+        raise UserError(f"--energy-seconds {args.energy_seconds}: expected a number of seconds >= 0")
     dtype = DTYPE_NAMES.get(args.dtype.lower())
     if dtype is None:
         raise UserError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPE_NAMES)}")
@@ -132,7 +137,7 @@ def print_profile(con, result, table, rows) -> None:
     title = (f"{point.model}: one forward pass per component — {point.resolution} px, batch {point.batch}, "
              f"{point.dtype}, {result['device']}")
     t = Table(title=title, title_justify="left")
-    time_head = "time ms\n(" + ("CUDA kernels" if timing.kind.startswith("cuda") else "CPU self+children") + \
+    time_head = "time ms\n(" + ("CUDA kernels" if timing.kind.startswith("cuda") else "CPU range wall time") + \
         (f", at {timed.resolution} px" if timed is not point else "") + ")"
     heads = [("component", "left"), (time_head, "right"), ("share %\n(of time)", "right"),
              (f"GFLOPs\n(meta, {point.resolution} px)", "right"),

@@ -4,7 +4,7 @@
 #   2. the CUDA tests, the Triton scan's included (pytest -m cuda; cap PYTEST_TIMEOUT=150 s)
 #   3. the scan microbenchmark at DiM-H's shapes (scan_bench.json; cap BENCH_TIMEOUT=90 s)
 #   4. per-component profiles (issue 13) of DiM-H/2, DiT-XL/2 and U-ViT-H/2 at 256 and 1536 px in bfloat16
-#      (profiles/: results.jsonl, Chrome traces, memory snapshots, NVML energy; cap PROFILE_TIMEOUT=75 s)
+#      (profiles/: results.jsonl, Chrome traces, memory snapshots, NVML energy; cap PROFILE_TIMEOUT=120 s)
 #   5. suites/resolution_scaling.yaml on the GPU: bfloat16, eager points first, then the same points under
 #      torch.compile (the suite's cuda section: compile [eager, default]); capped by what is left of the budget
 #   6. the report (rebuilt from whatever the suite wrote, so a suite cut short still gives one)
@@ -101,7 +101,7 @@ begin "component profiles"
 # CPU dry run only a small model is profiled (the point is to run the step, not to measure).
 if [ "$DEVICE" = cpu ]; then PROFILES="dit_s_2:32"; else
   PROFILES=${PROFILES:-"dim_h_2:256 dit_xl_2:256 uvit_h_2:256 dim_h_2:1536 dit_xl_2:1536 uvit_h_2:1536"}; fi
-timeout -k 10 "${PROFILE_TIMEOUT:-75}" bash -c '
+timeout -k 10 "${PROFILE_TIMEOUT:-120}" bash -c '
   for spec in $0; do
     $1 -m dimbench.cli profile "${spec%%:*}" --resolution "${spec##*:}" --device "$2" --dtype bf16 \
       --repeats 3 --energy-seconds 2 --out "$3/profiles" || echo "profile $spec: exit $?"

@@ -74,7 +74,7 @@ def test_every_named_component_has_a_positive_time(profiled, model):
     steps = [m.extra["step"] for m in _rows(by_model[model], "profile_ms")]
     assert steps == sorted(set(steps)) and steps == [list(COMPONENTS).index(c) for c in times]
     (fwd,) = _rows(by_model[model], "profile_forward_ms")
-    assert fwd.extra["time_kind"] == "cpu time (self + children)" and fwd.extra["timed_resolution"] == 16
+    assert fwd.extra["time_kind"] == "cpu range wall time (self + children)" and fwd.extra["timed_resolution"] == 16
     assert fwd.extra["scan_backend"] == ("chunked" if model.startswith("dim") else None)
     assert fwd.extra["attention_backend"] == ("none" if model.startswith("dim") else "cpu_flash")
 
@@ -99,11 +99,13 @@ def test_component_flops_add_up_to_the_flops_metric(profiled, model):
     flops = {m.extra["component"]: m.value for m in _rows(by_model[model], "profile_gflop")}
     (gflops,) = [m for m in FLOPS.measure(_point(model)) if m.metric == "gflops"]
     assert sum(flops.values()) == pytest.approx(gflops.value, rel=1e-12)
+    assert flops.get("other", 0) == 0  # the named ranges cover every counted operation
     heavy = {"scan", "in_proj", "out_proj"} if model.startswith("dim") else {"attention", "mlp"}
     assert all(flops[c] > 0 for c in heavy)
     assert all(flops[c] == 0 for c in ("pad", "scan_switch", "residual") if c in flops)  # data movement only
     moved = {m.extra["component"]: m.value for m in _rows(by_model[model], "profile_gbytes")}
     assert all(moved[c] > 0 for c in EXPECTED[model])
+    assert moved.get("other", 0) == 0  # ... and every byte-moving one
     (fwd,) = _rows(by_model[model], "profile_forward_ms")
     assert fwd.extra["gbytes"] == pytest.approx(sum(moved.values()))
     for row in fwd.extra["components"]:  # the roofline's coordinates where a component has FLOPs and a time
@@ -198,7 +200,7 @@ def test_the_cli_profiles_end_to_end(tmp_path):
     r = run_cli("profile", "dit_tiny_4", "--resolution", "16", "--batch", "2", "--warmup", "0", "--repeats", "1",
                 "--out", str(out))
     assert r.returncode == 0, r.stderr
-    for text in ("attention", "mlp", "share %", "GFLOPs", "CPU self+children", "CPU time of each named range",
+    for text in ("attention", "mlp", "share %", "GFLOPs", "CPU range wall time", "wall time of each named range",
                  "backends: scan=none ran", "attention=cpu_flash", "energy per image: not available:", "trace"):
         assert text in r.stdout, text
     rows = results.read_rows(out)

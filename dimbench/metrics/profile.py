@@ -7,9 +7,10 @@ is ``other``). Three measurements, each labelled in its rows:
 - **Time per component**: one untimed probe pass (records the scan and attention backends), warm-up passes, then
   ``repeats`` forward passes under ``torch.profiler`` with the ranges open. On CUDA a component's time is the
   **CUDA kernel time** of the kernels launched inside its range (the profiler's device time of the range and its
-  children); on the CPU it is the range's **CPU time, self + children**. Each is the mean over the repeats (means
-  add up; medians would not). ``other`` = the whole forward's range − the named ranges, so the components and
-  ``other`` add up to the whole forward exactly; the named ranges can never exceed it (they are disjoint and
+  children); on the CPU it is the range's **wall time on the calling thread** (the profiler's CPU total, self +
+  children; with several threads it is still elapsed time, not CPU-seconds summed over threads). Each is the
+  mean over the repeats (means add up; medians would not). ``other`` = the whole forward's range − the named
+  ranges, so the components and ``other`` add up to the whole forward exactly; the named ranges can never exceed it (they are disjoint and
   nested in it). The profiler's own bookkeeping is inside those times: compare components with each other, and
   use the ``latency`` metric for the un-profiled speed. A Chrome/Perfetto trace of the profiled passes is saved
   beside the results; on CUDA also a memory snapshot (``torch.cuda.memory._record_memory_history`` over one extra
@@ -367,7 +368,7 @@ class Timing:
 
     ms: dict[str, float]
     forward_ms: float
-    kind: str  # "cuda kernel time" | "cpu time (self + children)"
+    kind: str  # "cuda kernel time" | "cpu range wall time (self + children)"
     method: str
     backends: dict[str, Any]
     trace: Path | None = None
@@ -406,10 +407,11 @@ def profile_model(model: torch.nn.Module, inputs: tuple, device: torch.device, d
     forward_ms = totals.get(FORWARD_RANGE, 0.0) / repeats / 1e3
     ms = {c: totals[PREFIX + c] / repeats / 1e3 for c in NAMED if PREFIX + c in totals}
     ms["other"] = max(forward_ms - sum(ms.values()), 0.0)
-    kind = "cuda kernel time" if cuda else "cpu time (self + children)"
+    kind = "cuda kernel time" if cuda else "cpu range wall time (self + children)"
     method = (f"torch.profiler, mean of {repeats} forward passes after {warmup} warm-up (+1 untimed probe pass); "
               + ("CUDA kernel time of the kernels launched inside each named range" if cuda else
-                 f"CPU time of each named range, self + children, {torch.get_num_threads()} threads")
+                 "wall time of each named range on the calling thread (the profiler's CPU total, self + children), "
+                 f"{torch.get_num_threads()} threads")
               + f"; 'other' = whole forward − named ranges; {precision_label(dtype)}; {device_name(device)}")
     timing = Timing(ms, forward_ms, kind, method, backends)
     if folder is not None:

@@ -226,8 +226,13 @@ def section_profile(results: Results) -> Section | None:
         if roof:
             roofs.setdefault(roof.get("device", e["device"]), roof)
     for device, roof in roofs.items():
-        paras.append(f"Roofline ceilings on {device}: {float(roof['peak_gflops']):,.0f} GFLOP/s "
-                     f"({roof.get('peak_method', '?')}) and {float(roof['bandwidth_gbps']):,.0f} GB/s "
+        try:  # a results file of another version, or hand-edited: say what is missing rather than fail
+            peak, bandwidth = float(roof["peak_gflops"]), float(roof["bandwidth_gbps"])
+        except (KeyError, TypeError, ValueError):
+            paras.append(f"Roofline ceilings on {device}: recorded incompletely, not used.")
+            continue
+        paras.append(f"Roofline ceilings on {device}: {peak:,.0f} GFLOP/s "
+                     f"({roof.get('peak_method', '?')}) and {bandwidth:,.0f} GB/s "
                      f"({roof.get('bandwidth_method', '?')}), both measured by dimbench in the profiled process.")
     if not roofs:
         paras.append("No roofline ceilings were recorded with these rows: the roofline shows the points only.")
