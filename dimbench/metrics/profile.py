@@ -11,8 +11,8 @@ is ``other``). Three measurements, each labelled in its rows:
   children; with several threads it is still elapsed time, not CPU-seconds summed over threads). Each is the
   mean over the repeats (means add up; medians would not). ``other`` = the whole forward's range − the named
   ranges, so the components and ``other`` add up to the whole forward exactly; the named ranges can never
-  exceed it (they are disjoint and nested in it). The profiler's own bookkeeping is inside those times: compare components with each other, and
-  use the ``latency`` metric for the un-profiled speed. A Chrome/Perfetto trace of the profiled passes is saved
+  exceed it (they are disjoint and nested in it). The profiler's own bookkeeping is inside those times: compare
+  components with each other, and use the ``latency`` metric for the un-profiled speed. A Chrome/Perfetto trace of the profiled passes is saved
   beside the results; on CUDA also a memory snapshot (``torch.cuda.memory._record_memory_history`` over one extra
   pass; open it at https://pytorch.org/memory_viz).
 - **FLOPs and bytes per component**, on the meta device (free at any size): FLOPs by the same FlopCounterMode
