@@ -12,9 +12,9 @@ is ``other``). Three measurements, each labelled in its rows:
   mean over the repeats (means add up; medians would not). ``other`` = the whole forward's range − the named
   ranges, so the components and ``other`` add up to the whole forward exactly; the named ranges can never
   exceed it (they are disjoint and nested in it). The profiler's own bookkeeping is inside those times: compare
-  components with each other, and use the ``latency`` metric for the un-profiled speed. A Chrome/Perfetto trace of the profiled passes is saved
-  beside the results; on CUDA also a memory snapshot (``torch.cuda.memory._record_memory_history`` over one extra
-  pass; open it at https://pytorch.org/memory_viz).
+  components with each other, and use the ``latency`` metric for the un-profiled speed. A Chrome/Perfetto trace of the
+  profiled passes is saved beside the results; on CUDA also a memory snapshot
+  (``torch.cuda.memory._record_memory_history`` over one extra pass; open it at https://pytorch.org/memory_viz).
 - **FLOPs and bytes per component**, on the meta device (free at any size): FLOPs by the same FlopCounterMode
   and attention mapping as the ``flops`` metric (so they add up to its number), attributed to the innermost open
   range; bytes moved by a dispatch mode above it that charges every non-view op with its tensor inputs read once
