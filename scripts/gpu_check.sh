@@ -75,7 +75,7 @@ end "environment" "$(head -1 "$OUT/commit.txt")"
 
 begin "CUDA tests"
 if [ "$HAS_CUDA" = 1 ]; then
-  timeout -k 10 "${PYTEST_TIMEOUT:-150}" $PY -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 \
+  timeout -k 10 "${PYTEST_TIMEOUT:-150}" $PY -m pytest -q -rs -m cuda tests -p no:cacheprovider 2>&1 \
     | tee "$OUT/pytest_cuda.log"
   rc=${PIPESTATUS[0]}
   end "CUDA tests" "exit $rc$([ "$rc" = 124 ] && echo ': cut short by the timeout')"

@@ -16,8 +16,9 @@ the package imports and works without it).
 ``unregister_backend("triton")`` brings the built-in one back.
 
 Resolution (``resolve_backend``): None or "auto" means the environment variable ``DIMBENCH_SCAN_BACKEND`` when
-set, else automatic: on CUDA mamba_ssm if available, else triton if available, else chunked;
-on any other device chunked. A backend named explicitly (argument or environment) that cannot run raises: there
+set, else automatic: on CUDA mamba_ssm if available, else triton if available as the compiled kernel (never
+Triton's interpreter, which TRITON_INTERPRET=1 would also allow on CUDA tensors), else chunked; on any other
+device chunked. A backend named explicitly (argument or environment) that cannot run raises: there
 is no silent fallback. On the meta device nothing runs, so any known name is accepted there.
 """
 
@@ -139,6 +140,9 @@ def resolve_backend(requested: str | None, device) -> str:
 def _auto(device: torch.device) -> str:
     if device.type == "cuda":
         for name in ("mamba_ssm", "triton"):
-            if backend_status(name, device)[0]:
+            ok, reason = backend_status(name, device)
+            # Under TRITON_INTERPRET=1 the triton backend also runs on CUDA tensors, thousands of times slower: a
+            # correctness tool that is only ever used when named, never chosen automatically.
+            if ok and "interpreter" not in reason.lower():
                 return name
     return "chunked"
