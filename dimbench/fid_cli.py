@@ -125,7 +125,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     options = Record(fields, "options").check(given, (), problems)
     messages = [m for _, m in problems]
     if not messages:
-        messages = [m for _, m in FID.check_options(options, [args.model])]
+        messages = [m for _, m in FID.check_options(options, [args.model], [args.resolution])]
     if messages:
         raise UserError("\n".join(m.replace("key 'options.fid.", "--").replace("key '", "--") for m in messages))
     device_type = "cuda" if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()) \

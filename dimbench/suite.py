@@ -25,6 +25,7 @@ line map explode). Every problem of a file is reported at once, each as ``FILE:L
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import os
 import re
@@ -475,7 +476,10 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
         if check is not None and metric in values.metrics:
             given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
                      (("options", metric), top.options)]
-            for option, message in check(resolved, [entry.name for entry in top.models]):
+            args = [resolved, [entry.name for entry in top.models]]
+            if len(inspect.signature(check).parameters) >= 3:  # also given the resolutions (fid's reference table)
+                args.append(values.resolutions)
+            for option, message in check(*args):
                 where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
                              ("options", metric) if metric in top.options else ("metrics",))
                 problems.append((where, message))

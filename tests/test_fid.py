@@ -313,7 +313,8 @@ def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(t
                      "imagenet512_H_DiM_ft/nnet_ema.pth", "fid_stats_imagenet256_guided_diffusion.npz",
                      "sd-vae-ft-ema"):
             assert name in done.stderr, name
-    # With every named file in place (dummies; the weights' checksum set to the dummy's) it validates.
+    # With every named file in place as a dummy (the weights' checksum set to the dummy's), validation opens the
+    # reference files and refuses them; with well-formed statistics (mu (2048,), sigma (2048, 2048)) it passes.
     copy = tmp_path / "suites" / "fid_imagenet.yaml"
     copy.parent.mkdir()
     text = suite.read_text()
@@ -330,4 +331,38 @@ def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(t
     text = text.replace("    inception_weights:", f"    inception_sha256: {_sha256(weights)}\n    inception_weights:")
     copy.write_text(text)
     done = run_cli("validate", str(copy))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "fid_stats_imagenet256_guided_diffusion.npz: not an .npz archive" in done.stderr, done.stderr
+    assert "fid_imagenet.yaml:" in done.stderr  # FILE:LINE of the suite's reference key
+    for rel in set(re.findall(r"\.\./fid_files/[^\s,}]+\.npz", body)):
+        np.savez(tmp_path / "suites" / rel, mu=np.zeros(2048, np.float32), sigma=np.eye(2048, dtype=np.float32))
+    done = run_cli("validate", str(copy))
     assert done.returncode == 0, done.stderr
+
+
+def test_reference_contents_and_resolutions_are_checked_before_any_point_runs(assets, tmp_path):
+    """Keys and shapes of every reference file, and a {resolution: file} table covering every resolution, are
+    checked by `dimbench validate` (and `run`) before sampling: each message names the file, the key, FILE:LINE."""
+    from dimbench.fid.reference import check_reference_file
+
+    wrong_shape = tmp_path / "wrong_shape.npz"
+    np.savez(wrong_shape, mu=np.zeros(64), sigma=np.eye(64))
+    no_keys = tmp_path / "no_keys.npz"
+    np.savez(no_keys, features=np.zeros((3, 2048)))
+    bad_images = tmp_path / "bad_images.npz"
+    np.savez(bad_images, arr_0=np.zeros((4, 8, 8, 3), np.float32))
+    table = f"{{8: {wrong_shape}, 16: {no_keys}, 24: {bad_images}}}"
+    suite = _suite(assets, tmp_path, reference=table)
+    suite.write_text(suite.read_text().replace("resolutions: [8]", "resolutions: [8, 16, 24, 32]"))
+    done = run_cli("run", str(suite), "--out", str(tmp_path / "o"))
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    for path, words in ((wrong_shape, ("key 'mu'", "(2048,)", "(64,)")), (no_keys, ("no keys 'mu'/'sigma'",
+                        "features")), (bad_images, ("key 'arr_0'", "uint8", "float32"))):
+        line = next((x for x in lines if str(path) in x), "")
+        for word in ("suite.yaml:", *words):
+            assert word in line, (word, done.stderr)
+    assert "names no file for 32 px" in done.stderr, done.stderr
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+    assert check_reference_file(assets["adm"]) is None and check_reference_file(assets["uvit"]) is None
+    assert check_reference_file(assets["adm_images_only"]) is None

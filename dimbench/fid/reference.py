@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,58 @@ def read_reference(path: str | os.PathLike) -> Reference:
     except (ValueError, OSError) as exc:  # a truncated member, a pickled object array refused
         raise UserError(f"reference statistics {p}: unreadable ({type(exc).__name__}: {exc})") from None
     return Reference(str(p), layout, mu, sigma, images, count)
+
+
+#: The length of the Inception pool3 feature vector a reference's mu/sigma must describe.
+FEATURES = 2048
+
+
+def _member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) of the array ``key`` of an .npz from its .npy header only: the data are not read."""
+    fmt = np.lib.format
+    with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as f:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return tuple(shape), np.dtype(dtype)
+
+
+def check_reference_file(path: str | os.PathLike) -> str | None:
+    """What makes ``path`` unusable as FID reference statistics, or None: an .npz (read with
+    ``allow_pickle=False``) holding ``mu`` (2048,) and ``sigma`` (2048, 2048), or, without them, ADM's ``arr_0``
+    images (n, H, W, 3) uint8. ``arr_0`` is checked from its header only (ADM's batches hold 10,000 images)."""
+    p = Path(path)
+    where = f"reference statistics {p}"
+    if not p.is_file():
+        return f"{where}: no such file"
+    if not zipfile.is_zipfile(p):
+        return (f"{where}: not an .npz archive (expected an ADM reference batch, U-ViT's fid_stats_*.npz or one "
+                "written by `dimbench fid-stats`)")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            keys = set(data.files)
+            listing = ", ".join(sorted(keys)) or "none"
+            if "mu" in keys or "sigma" in keys:
+                for k in ("mu", "sigma"):
+                    if k not in keys:
+                        return f"{where}: has key '{'sigma' if k == 'mu' else 'mu'}' but no key '{k}' (keys: {listing})"
+                for k, want in (("mu", (FEATURES,)), ("sigma", (FEATURES, FEATURES))):
+                    shape, dtype = _member_header(p, k)
+                    if shape != want or dtype.kind not in "fiu":
+                        return (f"{where}: key '{k}' must be a {want} array of numbers (Inception pool3 "
+                                f"statistics), got {dtype} {shape}")
+                    data[k]  # reads it: a truncated or damaged member is found here, not after sampling
+                return None
+            if "arr_0" in keys:
+                shape, dtype = _member_header(p, "arr_0")
+                if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or shape[0] < 2:
+                    return (f"{where}: key 'arr_0' (ADM reference images, used since the file has no 'mu'/'sigma') "
+                            f"must hold at least 2 uint8 images (n, H, W, 3), got {dtype} {shape}")
+                return None
+            return (f"{where}: no keys 'mu'/'sigma' (U-ViT, dimbench) and no key 'arr_0' (ADM reference images); "
+                    f"keys: {listing}")
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        return f"{where}: unreadable ({type(exc).__name__}: {exc})"
 
 
 def write_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, count: int, weights_sha256: str,

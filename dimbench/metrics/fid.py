@@ -55,10 +55,13 @@ def _file_sha256(path: str) -> str:
 class FidMetric(Metric):
     """A Metric whose paths the suite's validation checks as a whole (required ones given, the weights' hash)."""
 
-    def check_options(self, options: dict[str, Any], model_names: list[str]) -> list[tuple[str, str]]:
-        """(option, message) for each problem of the resolved options: what a run would stop on."""
+    def check_options(self, options: dict[str, Any], model_names: list[str],
+                      resolutions: list[int] | tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+        """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
+        file is opened (keys, shapes) and a {resolution: file} mapping must cover every one of ``resolutions``."""
         from dimbench.console import UserError
         from dimbench.fid import inception
+        from dimbench.fid.reference import check_reference_file
 
         problems = []
         weights = options.get("inception_weights") or ""
@@ -74,6 +77,18 @@ class FidMetric(Metric):
         if not options.get("reference"):
             problems.append(("reference", "key 'options.fid.reference': expected the reference statistics .npz "
                              "(ADM reference batch or U-ViT fid_stats_*.npz), or {resolution: file}, got nothing"))
+        else:
+            reference = options["reference"]
+            files = list(reference.values()) if isinstance(reference, dict) else [reference]
+            for file in dict.fromkeys(f for f in files if isinstance(f, str) and f and os.path.exists(f)):
+                message = check_reference_file(file)  # a missing file is the path type's message already
+                if message:
+                    problems.append(("reference", f"key 'options.fid.reference': {message}"))
+            missing = [r for r in (resolutions or ()) if isinstance(reference, dict) and r not in reference]
+            if missing:
+                problems.append(("reference", f"key 'options.fid.reference': names no file for "
+                                 f"{', '.join(map(str, missing))} px (the suite's resolutions: "
+                                 f"{', '.join(map(str, resolutions))})"))
         latent = [m for m in model_names if m in models.list_models() and models.model_info(m).latent]
         if latent and not options.get("vae"):
             problems.append(("vae", f"key 'options.fid.vae': expected the local VAE folder (diffusers "
@@ -169,10 +184,8 @@ def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     if reason:
         raise SkipMetric(f"{UNAVAILABLE} ({reason})")
     o = ctx.options
-    problems = FID.check_options(o, [point.model])
+    problems = FID.check_options(o, [point.model], [point.resolution])
     ref_path = reference_for(o["reference"], point.resolution)
-    if o["reference"] and not ref_path:
-        problems.append(("reference", f"options.fid.reference names no file for {point.resolution} px"))
     if problems:
         raise UserError("; ".join(m for _, m in problems))
     device = resolve_device(point)
