@@ -196,6 +196,53 @@ def test_run_writes_rows_and_resumes_after_a_kill(assets, tmp_path):
     assert "FID sample grid" in text
 
 
+def _tiny_job(count: int, batch: int, **kw):
+    """A SampleJob on a 1-channel 4 px dit_tiny_4 with random weights (2 DDIM steps) and no Inception network."""
+    import models
+    from dimbench.fid import pipeline
+    from dimbench.training.sampling import SamplerSpec
+    from models.diffusion import make_schedule
+
+    torch.manual_seed(0)
+    model = models.create_model("dit_tiny_4", input_size=4, in_channels=1, num_classes=10).eval()
+    fam = models.family_of_model("dit_tiny_4")
+    return pipeline.SampleJob(model=model, schedule=make_schedule(fam.diffusion.schedule), timestep=fam.timestep,
+                              spec=SamplerSpec("ddim", 2, 0.0), shape=(1, 4, 4), num_classes=10, count=count,
+                              batch=batch, seed=0, device=torch.device("cpu"), decode=lambda x: x.clamp(-1, 1),
+                              extractor=None, **kw)
+
+
+def _fake_extract(net, images, batch=100):
+    """Stand-in features: each image's pixels (so an image's features tell which image it is)."""
+    flat = images.float().flatten(1).numpy()
+    return np.tile(flat, (1, -(-2048 // flat.shape[1])))[:, :2048], np.zeros((len(flat), 1008), np.float32)
+
+
+def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tmp_path, monkeypatch):
+    """A chunk is done only when its indices are those of this run's (count, batch): resuming with fewer or more
+    samples redoes the last chunk, and every index 0 ... N-1 is scored exactly once. A temporary file left by a
+    killed write is removed and never taken for a chunk."""
+    from dimbench.fid import inception, pipeline
+
+    monkeypatch.setattr(inception, "extract", _fake_extract)
+    state = tmp_path / "state"
+    pipeline.prepare_state(state, {"k": 1})
+    did = pipeline.run(_tiny_job(12, 4), state)
+    assert did == {"generated": 12, "resumed": 0, "chunks": 3}
+    full = pipeline.gather(state, 12, 4)
+    (state / ".tmp-999-chunk_000003.npz").write_bytes(b"half")  # killed writes, in this and the old naming
+    (state / "chunk_000004.npz.tmp-999.npz").write_bytes(b"half")
+    pipeline.prepare_state(state, {"k": 1})
+    assert sorted(p.name for p in state.iterdir()) == ["chunk_000000.npz", "chunk_000001.npz", "chunk_000002.npz",
+                                                       "grid.npy", "job.json"]
+    for count, generated in ((10, 2), (14, 6)):  # 10: chunk 2 holds 8-11, must hold 8-9; 14: 8-11, then 12-13
+        did = pipeline.run(_tiny_job(count, 4), state)
+        assert (did["generated"], did["resumed"]) == (generated, 8), (count, did)
+        feats = pipeline.gather(state, count, 4)
+        assert feats["indices"].tolist() == list(range(count)) and feats["pool"].shape == (count, 2048)
+        assert np.array_equal(feats["pool"][:min(count, 12)], full["pool"][:min(count, 12)])  # same images
+
+
 def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
     U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped."""

@@ -9,7 +9,10 @@ comes from a generator seeded from (seed, first index of the chunk): the same as
 Each finished chunk's Inception features (pool3 and unbiased logits), its indices and its wall times go to
 ``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
 not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
-made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded.
+made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded. A chunk is done only
+when its ``indices`` are exactly k·batch ... min(count, (k+1)·batch) − 1 of this run: a chunk left by a run with
+another ``samples`` is redone (overwritten), and chunks beyond this run's count are not read. Temporary files
+(``.tmp-<pid>-chunk_<k>.npz``) left by a killed write are removed when the state is prepared.
 
 Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 0 reads them all after a barrier
 (one node: the state folder is shared).
@@ -103,8 +106,27 @@ def chunk_path(state: Path, k: int) -> Path:
     return state / f"chunk_{k:06d}.npz"
 
 
+def chunk_indices(k: int, count: int, batch: int) -> list[int]:
+    """The image indices chunk k holds in a run of ``count`` images in chunks of ``batch``."""
+    return list(range(k * batch, min(count, (k + 1) * batch)))
+
+
+def chunk_done(state: Path, k: int, count: int, batch: int) -> bool:
+    """True when chunk k is on disk, readable, and holds exactly the indices it should in this run (a chunk of a
+    run with another ``samples`` or ``batch`` holds others: it is redone)."""
+    p = chunk_path(state, k)
+    if not p.exists():
+        return False
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return z["indices"].tolist() == chunk_indices(k, count, batch)
+    except Exception:  # noqa: BLE001 - a damaged chunk is redone
+        return False
+
+
 def _save_npz(path: Path, **arrays) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}.npz")
+    # ".tmp-" first: a half-written file never matches the chunk glob (chunk_*.npz); prepare_state removes it
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     np.savez(tmp, **arrays)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
@@ -116,6 +138,8 @@ def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
     state.mkdir(parents=True, exist_ok=True)
     manifest = state / "job.json"
     text = json.dumps(settings, sort_keys=True, default=str)
+    for p in list(state.glob(".tmp-*")) + list(state.glob("*.tmp*")):  # left by a write that was killed
+        p.unlink(missing_ok=True)
     if manifest.exists() and manifest.read_text() == text:
         return False
     stale = list(state.glob("chunk_*.npz")) + list(state.glob("grid.npy"))
@@ -135,15 +159,15 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
 
     chunks = -(-job.count // job.batch)
     mine = [k for k in range(chunks) if k % world == rank]
-    done = [k for k in mine if chunk_path(state, k).exists()]
-    resumed = sum(min(job.batch, job.count - k * job.batch) for k in done)
+    done = {k for k in mine if chunk_done(state, k, job.count, job.batch)}
+    resumed = sum(len(chunk_indices(k, job.count, job.batch)) for k in done)
     kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     generated, written = 0, 0
     total_mine = sum(min(job.batch, job.count - k * job.batch) for k in mine)
     for k in mine:
-        if chunk_path(state, k).exists():
+        if k in done:
             continue
-        indices = list(range(k * job.batch, min(job.count, (k + 1) * job.batch)))
+        indices = chunk_indices(k, job.count, job.batch)  # a chunk of other indices is overwritten
         _sync(job.device)
         t0 = time.perf_counter()
         raw = sample_chunk(job, indices)
@@ -172,7 +196,7 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
 def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
     """Every chunk's features and times, in index order (rank 0, after all ranks finished)."""
     chunks = -(-count // batch)
-    pools, logits = [], []
+    pools, logits, indices = [], [], []
     sample_s = decode_s = extract_s = 0.0
     image_px = None
     for k in range(chunks):
@@ -180,11 +204,16 @@ def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
         if not p.exists():
             raise RuntimeError(f"chunk {k} of {chunks} is missing in {state} (a rank did not finish)")
         with np.load(p, allow_pickle=False) as z:
+            if z["indices"].tolist() != chunk_indices(k, count, batch):
+                raise RuntimeError(f"chunk {k} in {state} holds images {z['indices'].tolist()[:3]}..., not those of "
+                                   f"a run of {count} in chunks of {batch} (a rank did not finish)")
+            indices.append(z["indices"])
             pools.append(z["pool"])
             logits.append(z["logits"])
             sample_s += float(z["sample_s"])
             decode_s += float(z["decode_s"])
             extract_s += float(z["extract_s"])
             image_px = int(z["image_px"])
-    return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "sample_s": sample_s,
+    return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "indices": np.concatenate(indices),
+            "sample_s": sample_s,
             "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}
