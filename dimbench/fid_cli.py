@@ -51,7 +51,7 @@ def add_fid_commands(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler"):
         p.add_argument(f"--{name}", default=None)
-    for name in ("samples", "batch", "decode-batch", "seed", "steps"):
+    for name in ("samples", "batch", "decode-batch", "seed", "steps", "upsample-steps"):
         p.add_argument(f"--{name}", type=int, default=None)
     for name in ("guidance", "upsample-guidance", "until"):
         p.add_argument(f"--{name}", type=float, default=None)
@@ -115,10 +115,10 @@ def cmd_fid(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     given = {k: getattr(args, k) for k in ("inception_weights", "inception_sha256", "reference", "vae", "sampler",
                                            "upsample_sampler", "samples", "batch", "decode_batch", "seed", "steps",
-                                           "guidance", "upsample_guidance", "until")
+                                           "upsample_steps", "guidance", "upsample_guidance", "until")
              if getattr(args, k) is not None}
     if args.upsample_from:
-        given["upsample_from"] = {args.resolution: args.upsample_from}
+        given["upsample_from"] = {args.model: {args.resolution: args.upsample_from}}
     given["random_weights"] = bool(args.random_weights)
     fields = [f for f in FID.option_record().fields if f.name != "timeout"]
     problems = Problems()

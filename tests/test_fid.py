@@ -243,6 +243,39 @@ def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tm
         assert np.array_equal(feats["pool"][:min(count, 12)], full["pool"][:min(count, 12)])  # same images
 
 
+def test_training_free_upsampling_only_for_the_models_named_with_the_papers_settings(assets, tmp_path):
+    """A tiny DiM whose checkpoint is at 8 px, scored at 16 px: training-free upsampling x2 with Upsample Guidance,
+    DPM-Solver 50 steps, s = 3.0 (dim.md §8; not the family's own steps). A DiT checkpoint at 8 px is not
+    upsampled to 16 px, since upsample_from names only the DiM."""
+    import models
+    from dimbench.metrics.base import SkipMetric
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "dim_tiny_8px.pt"
+    models.save_checkpoint(models.create_model("dim_tiny_4", input_size=8), ckpt)
+    options = dict(inception_weights=str(assets["weights"]), inception_sha256=assets["sha"],
+                   reference=str(assets["uvit"]), samples=10, batch=10, upsample_from={"dim_tiny_4": {16: 8}})
+    point = SweepPoint(suite="t", model="dim_tiny_4", resolution=16, input_size=16, batch=1, dtype="float32",
+                       device="cpu", metrics=("fid",), checkpoint=str(ckpt))
+    rows = {m.metric: m for m in FID.measure(point, out_dir=str(tmp_path / "out"), **options)}
+    fid = rows["fid"]
+    assert fid.status == "ok" and fid.value is not None, fid
+    for word in ("Upsample Guidance", "x2", "DPM-Solver (noise prediction", "50 steps", "s = 3"):
+        assert word in fid.method, (word, fid.method)
+    extra = fid.extra
+    assert (extra["sampler"], extra["sampler_steps"], extra["guidance_s"]) == ("dpm_solver", 50, 3.0)
+    assert extra["upsample_factor"] == 2
+
+    dit_ckpt = tmp_path / "dit_tiny_8px.pt"
+    models.save_checkpoint(models.create_model("dit_tiny_4", input_size=8), dit_ckpt)
+    dit = SweepPoint(suite="t", model="dit_tiny_4", resolution=16, input_size=16, batch=1, dtype="float32",
+                     device="cpu", metrics=("fid",), checkpoint=str(dit_ckpt))
+    with pytest.raises(SkipMetric, match="gives dit_tiny_4 at 16 px no source resolution"):
+        FID.measure(dit, out_dir=str(tmp_path / "out"), **options)
+
+
 def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
     U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped."""

@@ -104,16 +104,33 @@ def reference_for(reference: Any, resolution: int) -> str | None:
 
 
 class UpsampleTable(Type):
-    """{resolution: source resolution} (integers, source < resolution); {} or null: no upsampling."""
+    """{model: {resolution: source resolution}} (integers, source < resolution); {} or null: no upsampling.
 
-    expected = "a mapping {resolution: the lower checkpoint resolution it is upsampled from} (pixels)"
+    Per model, because training-free upsampling is a claim of the models it is named for (DiM, dim.md §8): a
+    model not named is not sampled above its checkpoint's resolution (its points there are skipped)."""
+
+    expected = ("a mapping {model name: {resolution: the lower checkpoint resolution it is upsampled from}} "
+                "(pixels), e.g. {dim_h_2: {1024: 512, 1536: 512}}")
 
     def check(self, value, path, problems):
         if value is None:
             return {}
         if not isinstance(value, dict):
             return problems.expected(path, self.expected, value)
-        for k, v in value.items():
-            if not (is_int(k) and is_int(v) and 1 <= v < k):
-                return problems.expected(path + (k,), "a lower resolution (pixels) under a resolution", v)
-        return dict(value)
+        out = {}
+        for model, table in value.items():
+            if not isinstance(model, str):
+                return problems.expected(path + (model,), "a model name (training-free upsampling applies to the "
+                                         "models named here only)", model)
+            if not isinstance(table, dict) or not table:
+                return problems.expected(path + (model,), "a mapping {resolution: lower resolution}", table)
+            for k, v in table.items():
+                if not (is_int(k) and is_int(v) and 1 <= v < k):
+                    return problems.expected(path + (model, k), "a lower resolution (pixels) under a resolution", v)
+            out[model] = dict(table)
+        return out
+
+
+def upsample_source(table: Any, model: str, resolution: int) -> int | None:
+    """The checkpoint resolution ``model`` is upsampled from to ``resolution``, or None (not upsampled)."""
+    return ((table or {}).get(model) or {}).get(resolution)

@@ -3,8 +3,9 @@
 For a point (model, resolution, the suite's ``checkpoint:``) it samples ``samples`` images (50,000 for the paper
 number) with the family's published sampler settings (DiffusionRecipe: DiM and U-ViT DPM-Solver++ 50 steps, DiT
 DDPM 250; the guidance scale per model and resolution from the ``guidance`` option, else the family's), or, at a
-multiple of the checkpoint's own resolution (1024 / 1536 px from the 512 model), by training-free upsampling with
-Upsample Guidance (dim.md §8: DPM-Solver 50 steps, noise prediction, s = 3.0); decodes latents with the local
+multiple of the checkpoint's own resolution (1024 / 1536 px from the 512 model) and only for the models
+``upsample_from`` names (DiM in suites/fid_imagenet.yaml), by training-free upsampling with Upsample Guidance
+(dim.md §8: DPM-Solver 50 steps, noise prediction, s = 3.0); decodes latents with the local
 Stable Diffusion VAE (diffusers, scale 0.18215); extracts torch-fidelity's TF-2015-12-05 Inception features from
 the local weights file; scores against the reference statistics (ADM / U-ViT .npz). A long task: progress, the
 features saved per chunk in ``ctx.state_dir`` (a killed run resumes without re-generating scored images), the
@@ -34,6 +35,7 @@ from dimbench.fid.options import (
     UpsampleTable,
     guidance_for,
     reference_for,
+    upsample_source,
 )
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.points import SweepPoint
@@ -114,11 +116,12 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
     per_px = point.resolution / point.input_size  # 8 for latent models, 1 for pixel models
     native_px = int(round(native * per_px))
     if point.input_size != native:
-        source = (o["upsample_from"] or {}).get(point.resolution)
+        source = upsample_source(o["upsample_from"], point.model, point.resolution)
         if source != native_px or point.input_size % native:
             raise SkipMetric(f"the checkpoint is a {native_px} px model; options.fid.upsample_from gives "
-                             f"{point.resolution} px " + (f"from {source} px checkpoints" if source else
-                                                          "no source resolution") + ": not scored here")
+                             f"{point.model} at {point.resolution} px " +
+                             (f"from {source} px checkpoints" if source else "no source resolution (training-free "
+                              "upsampling runs only for the models it names)") + ": not scored here")
     facts = {"checkpoint": point.checkpoint, "checkpoint_sha256": _file_sha256(point.checkpoint)}
     own = models.load_checkpoint(point.model, point.checkpoint, pad_layout=point.pad_layout, map_location=device)
     if point.input_size == native:
@@ -194,8 +197,7 @@ def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     num_classes = int(getattr(model, "num_classes", 0) or 0)
     recipe = fam.diffusion
     if m:
-        spec = SamplerSpec(o["upsample_sampler"], int(o["steps"] or (recipe.sample_steps if recipe else 50)),
-                           float(o["upsample_guidance"]))
+        spec = SamplerSpec(o["upsample_sampler"], int(o["upsample_steps"]), float(o["upsample_guidance"]))
         stage = (f"training-free upsampling x{m} from the checkpoint's {facts['trained_input_size']}-side model "
                  f"(position embedding resized), Upsample Guidance while t >= {o['until']:g}")
     else:
@@ -316,15 +318,19 @@ def _options() -> tuple[Field, ...]:
         Field("seed", Integer(0), 0, "seed of every image's initial noise (image i: seeded by (seed, i))"),
         Field("sampler", Choice(("", *SAMPLERS)), "", "sampler at the checkpoint's own resolution; empty: the "
               "family's (DiM, U-ViT: DPM-Solver++; DiT: DDPM)"),
-        Field("steps", Integer(0), 0, "network evaluations per sample; 0: the family's (50; DiT 250)"),
+        Field("steps", Integer(0), 0, "network evaluations per sample at the checkpoint's own resolution; 0: the "
+              "family's (50; DiT 250)"),
         Field("guidance", GuidanceTable(), None, "classifier-free guidance s at the checkpoint's own resolution: "
               "null = the family's own, a number, {resolution: s} or {model: s or {resolution: s}}"),
         Field("upsample_sampler", Choice(SAMPLERS), "dpm_solver", "sampler above the checkpoint's resolution "
               "(dim.md §8: DPM-Solver, noise prediction)"),
+        Field("upsample_steps", Integer(1), 50, "network evaluations per sample above the checkpoint's "
+              "resolution (dim.md §8: 50)"),
         Field("upsample_guidance", Number(0), 3.0, "guidance s above the checkpoint's resolution (dim.md §8: 3.0)"),
-        Field("upsample_from", UpsampleTable(), {1024: 512, 1536: 512},
-              "resolution -> the checkpoint resolution it is sampled from by training-free upsampling (dim.md §8); "
-              "a point whose checkpoint is at another resolution is skipped"),
+        Field("upsample_from", UpsampleTable(), {},
+              "{model: {resolution: the checkpoint resolution it is sampled from}} by training-free upsampling "
+              "(dim.md §8; e.g. {dim_h_2: {1024: 512, 1536: 512}}); only the models named are upsampled, a point "
+              "whose checkpoint is at another resolution is skipped"),
         Field("until", Number(0), 0.7, "Upsample Guidance acts while t >= this (the noisiest 30 %)"),
         Field("random_weights", Boolean(), False, "score a model without checkpoint on seeded random weights "
               "(a pipeline speed check; its FID means nothing)"),
