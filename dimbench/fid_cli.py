@@ -57,6 +57,8 @@ def add_fid_commands(sub) -> None:
         p.add_argument(f"--{name}", type=float, default=None)
     p.add_argument("--upsample-from", type=int, default=None, metavar="PX",
                    help="the checkpoint's resolution when --resolution is a multiple of it (training-free upsampling)")
+    p.add_argument("--labels", choices=("random", "balanced"), default=None,
+                   help="class labels: random (uniform, seeded per image; default, as the papers) or balanced")
     p.add_argument("--random-weights", action="store_true")
     p.set_defaults(func=cmd_fid)
 
@@ -115,7 +117,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     given = {k: getattr(args, k) for k in ("inception_weights", "inception_sha256", "reference", "vae", "sampler",
                                            "upsample_sampler", "samples", "batch", "decode_batch", "seed", "steps",
-                                           "upsample_steps", "guidance", "upsample_guidance", "until")
+                                           "upsample_steps", "guidance", "upsample_guidance", "until", "labels")
              if getattr(args, k) is not None}
     if args.upsample_from:
         given["upsample_from"] = {args.model: {args.resolution: args.upsample_from}}

@@ -1,10 +1,12 @@
 """Sample, decode, extract: the long part of FID, in durable chunks.
 
 Images are made in chunks of ``batch`` consecutive indices (chunk k = indices k·batch ... k·batch + batch − 1).
-Image i starts from noise drawn from its own generator, seeded from (seed, i), and has class label
-i mod num_classes (every class equally often); the samplers dimbench scores FID with (DPM-Solver(++), DDIM with
-η = 0) draw no other noise, so image i is the same whichever run, rank or chunk makes it. (DDPM's per-step noise
-comes from a generator seeded from (seed, first index of the chunk): the same as long as ``batch`` is.)
+Image i starts from noise drawn from its own generator, seeded from (seed, i), and has class label drawn
+uniformly at random from a generator seeded from (seed, i, 2) (``labels="random"``, as DiT, U-ViT and ADM sample)
+or i mod num_classes (``labels="balanced"``: every class equally often); the samplers dimbench scores FID with
+(DPM-Solver(++), DDIM with η = 0) draw no other noise, so image i is the same whichever run, rank or chunk makes
+it. (DDPM's per-step noise comes from a generator seeded from (seed, first index of the chunk): the same as long
+as ``batch`` is.)
 
 Each finished chunk's Inception features (pool3 and unbiased logits), its indices and its wall times go to
 ``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
@@ -56,6 +58,7 @@ class SampleJob:
     upsample: int | None = None
     until: float = 0.7
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # what job.json records
+    labels: str = "random"  # "random" (uniform, seeded per image) or "balanced" (i mod num_classes)
 
 
 def image_seed(seed: int, index: int, stream: int = 0) -> int:
@@ -68,6 +71,19 @@ def initial_noise(seed: int, indices, shape: tuple[int, ...]) -> torch.Tensor:
                         for i in indices])
 
 
+LABEL_MODES = ("random", "balanced")
+
+
+def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> list[int]:
+    """Image i's class: uniform from a generator seeded by (seed, i, 2) ("random"), or i mod num_classes
+    ("balanced"). Either depends on (seed, i) only, so a resumed or multi-rank run gives each image its label."""
+    if mode == "balanced":
+        return [i % num_classes for i in indices]
+    if mode != "random":
+        raise ValueError(f"labels must be one of {', '.join(LABEL_MODES)}, got {mode!r}")
+    return [int(np.random.default_rng(image_seed(seed, i, 2)).integers(num_classes)) for i in indices]
+
+
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
@@ -77,7 +93,8 @@ def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     model, spec = job.model, job.spec
     _check_pair(spec, job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
-    labels = torch.tensor([i % job.num_classes for i in indices], device=job.device) if job.num_classes else None
+    labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
+              if job.num_classes else None)
     try:
         import models
 

@@ -186,6 +186,9 @@ def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     reason = inception.available()
     if reason:
         raise SkipMetric(f"{UNAVAILABLE} ({reason})")
+    if point.dtype != "float32":
+        raise SkipMetric(f"FID samples in float32 only (the papers' numbers; no autocast here): this point's dtype "
+                         f"is {point.dtype} (give the fid metric dtypes: [float32])")
     o = ctx.options
     problems = FID.check_options(o, [point.model], [point.resolution])
     ref_path = reference_for(o["reference"], point.resolution)
@@ -207,13 +210,16 @@ def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     decode, decoded = _decoder(o, model, device)
     extractor, weights_sha = inception.load_extractor(o["inception_weights"], o["inception_sha256"], device)
     shape = (int(model.in_channels), point.input_size, point.input_size)
+    subset = recipe.guided_channels if recipe else None
+    channels = subset if subset is not None and shape[0] > subset else None  # DiT: 3 of its 4 latent channels
     settings = {"model": point.model, "point": point.key, **facts, "sampler": spec.name, "steps": spec.steps,
                 "guidance": spec.guidance, "seed": o["seed"], "batch": o["batch"], "shape": shape, "vae": o["vae"],
-                "inception_sha256": weights_sha, "upsample": m, "until": o["until"] if m else None}
+                "inception_sha256": weights_sha, "upsample": m, "until": o["until"] if m else None,
+                "labels": o["labels"]}
     job = pipeline.SampleJob(model=model, schedule=make_schedule(recipe.schedule), timestep=fam.timestep, spec=spec,
                              shape=shape, num_classes=num_classes, count=o["samples"], batch=o["batch"],
                              seed=o["seed"], device=device, decode=decode, extractor=extractor, lowres_model=low,
-                             upsample=m, until=o["until"], settings=settings)
+                             upsample=m, until=o["until"], settings=settings, labels=o["labels"])
     dist = distributed_info()
     state = ctx.state_dir
     if dist.rank == 0:
@@ -224,12 +230,35 @@ def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     dist.barrier()
     if dist.rank != 0:
         return []
-    return _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did, dist.world_size,
+    sampled = spec.describe(channels if num_classes else None)
+    return _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_path, did, dist.world_size,
                  extractor, num_classes, m, read_reference, all_scores, save_grid)
 
 
-def _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did, world, extractor, num_classes,
-          m, read_reference, all_scores, save_grid) -> list[Measurement]:
+#: The classifier-free guidance s (U-ViT/DiM convention) of the published FID-50K rows
+#: (dimbench/paper/published.yaml, table fid): DiM and U-ViT 0.4 at 256 px and 0.7 at 512 px (dim.md §7,
+#: baselines.md), DiT cfg 1.5 (s = 0.5). The sampler and steps are the family's DiffusionRecipe.
+PUBLISHED_GUIDANCE = {("dim_h_2", 256): 0.4, ("dim_h_2", 512): 0.7, ("uvit_l_2", 256): 0.4, ("uvit_h_2", 256): 0.4,
+                      ("uvit_l_4", 512): 0.7, ("uvit_h_4", 512): 0.7, ("dit_xl_2", 256): 0.5, ("dit_xl_2", 512): 0.5}
+#: dim.md §8: training-free upsampling as published (DPM-Solver noise prediction, 50 steps, s = 3.0, t >= 0.7).
+PUBLISHED_UPSAMPLING = ("dpm_solver", 50, 3.0, 0.7)
+
+
+def comparable_to_published(point: SweepPoint, o: dict, spec, m: int | None, n: int, checkpoint: str | None) -> bool:
+    """True only when a row measures what a published FID-50K does: a real checkpoint, 50,000 samples, random
+    labels, float32, and the paper's sampler, steps and guidance (at an upsampled resolution: dim.md §8's)."""
+    if not checkpoint or n != 50000 or o["labels"] != "random" or point.dtype != "float32":
+        return False
+    if m:
+        return (spec.name, spec.steps, spec.guidance, float(o["until"])) == PUBLISHED_UPSAMPLING
+    recipe = models.family_of_model(point.model).diffusion
+    guidance = PUBLISHED_GUIDANCE.get((point.model, point.resolution))
+    return (recipe is not None and guidance is not None and spec.name == recipe.sampler
+            and spec.steps == recipe.sample_steps and math.isclose(spec.guidance, guidance))
+
+
+def _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_path, did, world, extractor,
+          num_classes, m, read_reference, all_scores, save_grid) -> list[Measurement]:
     from dimbench.fid import pipeline
 
     feats = pipeline.gather(ctx.state_dir, o["samples"], o["batch"])
@@ -246,9 +275,19 @@ def _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did
     scores = all_scores(feats["pool"], feats["logits"], mu, sigma, real)
     ckpt = (f"checkpoint {facts['checkpoint']} (SHA256 {facts['checkpoint_sha256']})" if facts.get("checkpoint")
             else "random weights (no checkpoint: a pipeline check, not a quality number)")
-    how = (f"{spec.describe()}; {n} samples (seed {o['seed']}, image i from its own noise seeded by (seed, i), "
-           f"labels i mod {num_classes or 1}), {stage}; {decoded}; {ckpt}; Inception pool3 features of "
-           f"torch-fidelity's TF-2015-12-05 port, weights {o['inception_weights']} (SHA256 {weights_sha}); "
+    if not num_classes:
+        labels = "unconditional"
+    elif o["labels"] == "balanced":
+        labels = (f"balanced labels i mod {num_classes} (DiT, U-ViT and ADM sample uniformly random labels "
+                  "instead)")
+    else:
+        labels = f"labels uniformly random in 0..{num_classes - 1}, seeded by (seed, i) (as DiT, U-ViT and ADM)"
+    how = (f"{sampled}; {n} samples in float32, in chunks of {o['batch']} images (options.fid.batch; the point's "
+           f"batch is not used) (seed {o['seed']}, image i from its own noise seeded by (seed, i), {labels}), "
+           f"{stage}; {decoded}; {ckpt}; Inception pool3 features of torch-fidelity's TF-2015-12-05 port, weights "
+           f"{o['inception_weights']} (SHA256 {weights_sha}), with torch-fidelity's preprocessing (TF1-style "
+           "bilinear resize to 299 px, (x - 128) / 128) as ADM's TensorFlow evaluator does; pytorch-fid (which "
+           "made U-ViT's fid_stats_*.npz) resizes with PyTorch's bilinear and differs slightly; "
            f"reference {ref.describe()}, statistics from {stats_from}")
     extra = {"stage": stage, "sampler": spec.name, "sampler_steps": spec.steps, "guidance_s": spec.guidance,
              "guidance_w": spec.guidance + 1, "image_px": feats["image_px"], "n_fake": n,
@@ -256,7 +295,9 @@ def _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did
              "checkpoint_sha256": facts.get("checkpoint_sha256"), "inception_weights": o["inception_weights"],
              "inception_sha256": weights_sha, "reference": ref.path, "reference_layout": ref.layout,
              "vae": o["vae"] or None, "upsample_factor": m, "world_size": world,
-             "generated_this_run": did["generated"], "resumed_images": did["resumed"]}
+             "generated_this_run": did["generated"], "resumed_images": did["resumed"], "labels": o["labels"],
+             "batch": o["batch"], "random_weights": not facts.get("checkpoint"),
+             "comparable_to_published": comparable_to_published(point, o, spec, m, n, facts.get("checkpoint"))}
     rows = [Measurement("fid", scores["fid"], None, "Fréchet Inception distance (dimbench.quality.frechet on "
                         "pool3 features, unbiased covariance); " + how, extra),
             Measurement("inception_score", scores["is_mean"], None, "Inception Score (torch-fidelity's "
@@ -278,7 +319,8 @@ def _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did
     spent = feats["sample_s"] + feats["decode_s"]
     rows.append(Measurement("sample_s_per_image", spent / n, None,
                             f"wall clock of sampling + decoding summed over all chunks (every run and rank) / {n} "
-                            f"images, batch {o['batch']}, {spec.describe()} on {point.device}; Inception extraction "
+                            f"images, batch {o['batch']} (options.fid.batch), float32, {sampled} on {point.device}; "
+                            "Inception extraction "
                             f"not included ({feats['extract_s'] / n:.3g} s/image)",
                             {**extra, "sample_s": feats["sample_s"], "decode_s": feats["decode_s"],
                              "extract_s": feats["extract_s"], "per": "GPU-seconds per image when world_size > 1"}))
@@ -290,8 +332,9 @@ def _rows(ctx, point, o, spec, stage, decoded, facts, weights_sha, ref_path, did
         rel = Path(SAMPLES_DIR) / slug(point.key) / "samples_fid.png"
         pixels = torch.from_numpy(np.load(grid, allow_pickle=False)).float() / 127.5 - 1
         shown = save_grid(pixels, Path(ctx.out_dir) / rel, columns=10, rows=4)
-        rows.append(Measurement("samples_fid", float(shown), None, f"the first {shown} of the FID samples (label i "
-                                "mod classes: one class per column when 10 divides them); " + how,
+        rows.append(Measurement("samples_fid", float(shown), None, f"the first {shown} of the FID samples (" +
+                                ("label i mod classes: one class per column when 10 divides them" if
+                                 o["labels"] == "balanced" else "random labels") + "); " + how,
                                 {**extra, "path": str(rel)}))
     return rows
 
@@ -316,6 +359,8 @@ def _options() -> tuple[Field, ...]:
         Field("batch", Integer(1), 50, "images per sampling chunk (the unit of resume and of the progress)"),
         Field("decode_batch", Integer(1), 8, "latents per VAE decode call"),
         Field("seed", Integer(0), 0, "seed of every image's initial noise (image i: seeded by (seed, i))"),
+        Field("labels", Choice(("random", "balanced")), "random", "class labels: random = uniform per image, "
+              "seeded by (seed, i) (as DiT, U-ViT and ADM sample; resume stays exact); balanced = i mod classes"),
         Field("sampler", Choice(("", *SAMPLERS)), "", "sampler at the checkpoint's own resolution; empty: the "
               "family's (DiM, U-ViT: DPM-Solver++; DiT: DDPM)"),
         Field("steps", Integer(0), 0, "network evaluations per sample at the checkpoint's own resolution; 0: the "

@@ -34,13 +34,14 @@ class SamplerSpec:
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
 
-    def describe(self) -> str:
+    def describe(self, channels: int | None = None) -> str:
+        """In words; ``channels``: guidance acts on the first this many channels only (DiT: 3 of 4)."""
         from models.diffusion import Guidance
 
         what = {"ddpm": "DDPM ancestral", "ddim": "DDIM (eta 0)", "dpm_solver++": "DPM-Solver++ (data prediction, "
                 "singlestep fast, order 3)", "dpm_solver": "DPM-Solver (noise prediction, singlestep fast, order 3)",
                 "euler_maruyama": "Euler-Maruyama (VP-SDE)"}[self.name]
-        guided = Guidance(self.guidance).describe() if self.guidance else "no guidance"
+        guided = Guidance(self.guidance, channels).describe() if self.guidance else "no guidance"
         return f"{what}, {self.steps} steps, {guided}"
 
 
