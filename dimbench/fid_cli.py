@@ -71,6 +71,8 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     from dimbench.fid.reference import write_stats
     from dimbench.quality.frechet import gaussian_stats
 
+    if not inception.is_sha256_prefix(args.inception_sha256):
+        raise UserError(f"--inception-sha256: expected {inception.SHA256_PREFIX_TEXT}, got {args.inception_sha256!r}")
     reason = inception.available()
     if reason:
         raise UserError(f"fid-stats is not available: {reason}")

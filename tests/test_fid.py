@@ -380,6 +380,20 @@ def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
         inception.load_extractor(wrong, _sha256(wrong))
 
 
+def test_inception_sha256_must_be_at_least_8_hex_digits():
+    from dimbench.metrics.fid import FID
+    from dimbench.schema import Problems, Record
+
+    fields = [f for f in FID.option_record().fields if f.name == "inception_sha256"]
+    for value, ok in (("6726825d", True), ("6726825d" * 8, True), ("abc", False), ("6726825D", False),
+                      ("zz26825d", False), ("6726825d ", False), ("6726825d" * 8 + "0", False)):
+        problems = Problems()
+        Record(fields, "options").check({"inception_sha256": value}, (), problems)
+        assert (not problems) == ok, (value, [m for _, m in problems])
+        if not ok:
+            assert "8 to 64 lowercase hex digits" in " ".join(m for _, m in problems)
+
+
 def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     from PIL import Image
 

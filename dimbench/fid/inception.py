@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -40,6 +41,14 @@ PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 POOL = "2048"
 LOGITS = "logits_unbiased"
 EXTRACTOR_NAME = "inception-v3-compat"  # torch-fidelity's registered name of this network
+
+
+SHA256_PREFIX_TEXT = "8 to 64 lowercase hex digits [0-9a-f] (the start, or all, of a SHA256)"
+
+
+def is_sha256_prefix(value: str) -> bool:
+    """At least 8 (at most 64) lowercase hex digits: a prefix too short to tell files apart is refused."""
+    return re.fullmatch(r"[0-9a-f]{8,64}", value) is not None
 
 
 def available() -> str | None:

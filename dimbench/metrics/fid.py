@@ -340,14 +340,14 @@ def _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_
 
 
 def _options() -> tuple[Field, ...]:
-    from dimbench.fid.inception import EXPECTED_SHA256_PREFIX
+    from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
     from dimbench.training.sampling import SAMPLERS
 
     return (
         Field("inception_weights", LocalPath("file", "the FID Inception weights file"), "",
               "torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or pytorch-fid's "
               "pt_inception-2015-12-05-6726825d.pth); required, never downloaded"),
-        Field("inception_sha256", Text("hex digits"), EXPECTED_SHA256_PREFIX,
+        Field("inception_sha256", Text(SHA256_PREFIX_TEXT, rule=is_sha256_prefix), EXPECTED_SHA256_PREFIX,
               "the start (or all) of the weights file's SHA256; a file that does not match is refused"),
         Field("reference", PathPerResolution("file", "a reference statistics .npz"), "",
               "ADM reference batch (arr_0 images, mu, sigma) or U-ViT fid_stats_*.npz (mu, sigma) or `dimbench "
