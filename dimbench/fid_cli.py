@@ -9,11 +9,12 @@ model outside a suite, on one device or on several GPUs under torchrun.
         --inception-weights fid_files/weights-inception-2015-12-05-6726825d.pth \
         --reference fid_files/fid_stats_imagenet256_guided_diffusion.npz --vae fid_files/sd-vae-ft-ema
 
-fid-stats reads the folder like training data (dimbench.data: flat or class subfolders; center crop, bicubic
-resize to --resolution) and writes mu, sigma, count, weights_sha256 and source; the fid metric's `reference`
-option reads it. `dimbench fid` writes OUT/results.jsonl (rank 0) and keeps its chunks in OUT/state/ (run the
-same command again to resume); each torchrun rank samples its own chunks. Nothing is downloaded: a missing or
-wrong file is named (with the expected checksum for the weights), exit 2, before any sampling.
+fid-stats streams the folder (flat or class subfolders; center crop, bicubic resize to --resolution, as
+dimbench.data reads images), --batch images at a time, keeping only their Inception features, and writes mu,
+sigma, count, weights_sha256 and source; the fid metric's `reference` option reads it. `dimbench fid` writes
+OUT/results.jsonl (rank 0) and keeps its chunks in OUT/state/ (run the same command again to resume); each
+torchrun rank samples its own chunks. Nothing is downloaded: a missing or wrong file is named (with the expected
+checksum for the weights), exit 2, before any sampling.
 """
 
 from __future__ import annotations
@@ -63,35 +64,64 @@ def add_fid_commands(sub) -> None:
     p.set_defaults(func=cmd_fid)
 
 
+def _image_files(folder: str) -> list:
+    """The image files of a folder, flat or in class subfolders at any depth (hidden names skipped), sorted."""
+    from pathlib import Path
+
+    from dimbench.data import IMAGE_SUFFIXES
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise UserError(f"{folder}: " + ("not a folder" if root.exists() else "no such folder") +
+                        " (expected a folder of images, flat or in class subfolders)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if len(files) < 2:
+        raise UserError(f"{folder}: statistics need at least 2 images ({'/'.join(IMAGE_SUFFIXES)}), found "
+                        f"{len(files)}")
+    return files
+
+
 def cmd_fid_stats(args: argparse.Namespace) -> int:
+    """Streams the folder: ``--batch`` images are read, resized and passed through Inception at a time, and only
+    their pool3 features (2048 float32 per image: 400 MB for 50,000) are kept, never the images themselves."""
+    import numpy as np
     import torch
 
-    from dimbench.data import DataError, load_image_folder
+    from dimbench.data import DataError, _read_image
     from dimbench.fid import inception
     from dimbench.fid.reference import write_stats
     from dimbench.quality.frechet import gaussian_stats
 
+    for name, value in (("--batch", args.batch), ("--resolution", args.resolution)):
+        if value < 1:
+            raise UserError(f"{name}: expected a whole number >= 1, got {value}")
     if not inception.is_sha256_prefix(args.inception_sha256):
         raise UserError(f"--inception-sha256: expected {inception.SHA256_PREFIX_TEXT}, got {args.inception_sha256!r}")
     reason = inception.available()
     if reason:
         raise UserError(f"fid-stats is not available: {reason}")
     inception.check_weights_file(args.inception_weights, args.inception_sha256)  # before reading any image
+    files = _image_files(args.folder)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        data = load_image_folder(args.folder, args.resolution)
-    except DataError as exc:
-        raise UserError(str(exc)) from None
-    if data.x.shape[0] < 2:
-        raise UserError(f"{args.folder}: statistics need at least 2 images, found {data.x.shape[0]}")
     net, digest = inception.load_extractor(args.inception_weights, args.inception_sha256, device)
-    pool, _ = inception.extract(net, inception.to_uint8(data.x), batch=args.batch)
+    pools = []
+    for start in range(0, len(files), args.batch):
+        try:
+            pixels = np.stack([_read_image(f, args.resolution, 3) for f in files[start:start + args.batch]])
+        except DataError as exc:
+            raise UserError(str(exc)) from None
+        pool, _ = inception.extract(net, torch.from_numpy(pixels).permute(0, 3, 1, 2), batch=args.batch)
+        pools.append(pool)
+    pool = np.concatenate(pools)
     mu, sigma = gaussian_stats(pool)
+    source = (f"image folder {args.folder} ({len(files)} images), center crop + bicubic resize to "
+              f"{args.resolution}x{args.resolution} px, RGB uint8")
     try:
-        write_stats(args.output, mu, sigma, len(pool), digest, data.source)
+        write_stats(args.output, mu, sigma, len(pool), digest, source)
     except OSError as exc:
         raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
-    console().print(f"{args.output}: mu/sigma of {len(pool)} images ({data.source}); Inception weights "
+    console().print(f"{args.output}: mu/sigma of {len(pool)} images ({source}); Inception weights "
                     f"{args.inception_weights} (SHA256 {digest})", markup=False)
     return 0
 

@@ -403,7 +403,7 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
         Image.fromarray(img).save(folder / f"{i}.png")
     out = tmp_path / "stats.npz"
     done = run_cli("fid-stats", str(folder), "-o", str(out), "--inception-weights", str(assets["weights"]),
-                   "--inception-sha256", assets["sha"], "--resolution", "16")
+                   "--inception-sha256", assets["sha"], "--resolution", "16", "--batch", "4")  # 2 batches
     assert done.returncode == 0, done.stderr
     with np.load(out, allow_pickle=False) as z:
         assert z["mu"].shape == (2048,) and z["sigma"].shape == (2048, 2048) and int(z["count"]) == 6
@@ -413,6 +413,30 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     assert read_reference(out).layout == "dimbench"
     missing = run_cli("fid-stats", str(folder), "-o", str(out), "--inception-weights", str(tmp_path / "w.pth"))
     assert missing.returncode == 2 and "w.pth: no such file" in missing.stderr and "6726825d" in missing.stderr
+
+    # The statistics are those of the images' features, read --batch images at a time (never the whole folder).
+    from dimbench.fid import inception
+    from dimbench.fid_cli import cmd_fid_stats
+    from dimbench.quality.frechet import gaussian_stats
+
+    net, _ = inception.load_extractor(assets["weights"], assets["sha"])
+    pool, _ = inception.extract(net, torch.from_numpy(assets["images"][:6]).permute(0, 3, 1, 2))
+    with np.load(out, allow_pickle=False) as z:
+        mu, _ = gaussian_stats(pool)
+        assert np.allclose(z["mu"], mu, rtol=1e-5, atol=1e-6)
+
+    import argparse
+
+    from dimbench.console import UserError
+
+    base = dict(folder=str(folder), output=str(out), inception_weights=str(assets["weights"]),
+                inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu")
+    for change, message in (({"batch": 0}, "--batch: expected a whole number >= 1, got 0"),
+                            ({"resolution": -3}, "--resolution: expected a whole number >= 1, got -3"),
+                            ({"inception_sha256": "67"}, "--inception-sha256: expected 8 to 64")):
+        with pytest.raises(UserError, match=message) as err:
+            cmd_fid_stats(argparse.Namespace(**{**base, **change}))
+        assert "\n" not in str(err.value)
 
 
 def test_skipped_when_torch_fidelity_does_not_import(assets, tmp_path, monkeypatch):
