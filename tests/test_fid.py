@@ -151,17 +151,28 @@ def test_reference_layouts(assets, tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- end to end
-def test_run_writes_rows_and_resumes_after_a_kill(assets, tmp_path):
+@pytest.fixture(scope="module")
+def resumed(assets, tmp_path_factory):
+    """A `dimbench run` killed after its first chunk, then resumed: (out folder, killed run, resumed run). The
+    torchrun test samples the same images uninterrupted and compares the features."""
+    tmp_path = tmp_path_factory.mktemp("fid_resumed")
     suite = _suite(assets, tmp_path)
     out = tmp_path / "out"
     killed = run_cli("run", str(suite), "--out", str(out), "--no-report",
                      env=cli_env(DIMBENCH_FID_KILL_AFTER_CHUNKS="1"))
+    chunks_after_kill = sorted(p.name for p in out.glob("state/*/fid/chunk_*.npz"))
+    rows_after_kill = read_jsonl(out / "results.jsonl") if (out / "results.jsonl").exists() else []
+    done = run_cli("run", str(suite), "--out", str(out), "--retry-errors", "--no-report")
+    return out, killed, chunks_after_kill, rows_after_kill, done
+
+
+def test_run_writes_rows_and_resumes_after_a_kill(assets, resumed):
+    out, killed, chunks_after_kill, rows_after_kill, resumed = resumed
     assert killed.returncode == 0, killed.stderr  # the runner records the crash as an error row and goes on
     state = next((out / "state").glob("*/fid"))
-    assert sorted(p.name for p in state.glob("chunk_*.npz")) == ["chunk_000000.npz"]
-    assert all(r["status"] == "error" for r in read_jsonl(out / "results.jsonl") if r["metric"] == "fid")
+    assert chunks_after_kill == ["chunk_000000.npz"]
+    assert all(r["status"] == "error" for r in rows_after_kill if r["metric"] == "fid")
 
-    resumed = run_cli("run", str(suite), "--out", str(out), "--retry-errors", "--no-report")
     assert resumed.returncode == 0, resumed.stderr + resumed.stdout
     rows = {r["metric"]: r for r in read_jsonl(out / "results.jsonl") if r["status"] != "error"}
     fid = rows["fid"]
@@ -180,12 +191,12 @@ def test_run_writes_rows_and_resumes_after_a_kill(assets, tmp_path):
     assert rows["sample_s_per_image"]["value"] > 0 and rows["sample_s_per_image"]["unit"] == "s"
     assert (out / rows["samples_fid"]["extra"]["path"]).is_file()
 
-    # The features on disk equal what an uninterrupted run makes: image i depends on (seed, i) only.
+    # The resumed run continued where the killed one stopped; that its features equal an uninterrupted run's is
+    # checked by the torchrun test, which samples the same 16 images in one go.
     from dimbench.fid import pipeline
 
     feats = pipeline.gather(state, 16, 8)
-    with np.load(state / "chunk_000001.npz") as z:
-        assert list(z["indices"]) == list(range(8, 16))
+    assert feats["indices"].tolist() == list(range(16))
     assert feats["pool"].shape == (16, 2048) and np.isfinite(feats["pool"]).all()
     a = pipeline.initial_noise(0, [9, 10], (4, 8, 8))
     b = pipeline.initial_noise(0, [10], (4, 8, 8))
@@ -319,30 +330,41 @@ def test_labels_comparability_dtype_and_guided_channels():
     assert "channels" not in SamplerSpec("ddpm", 250, 0.5).describe()
 
 
-def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, tmp_path):
+def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
-    U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped."""
+    U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped.
+    It samples the suite run's 16 images without interruption: the killed-and-resumed run's features equal its."""
+    import socket
     import subprocess
     import sys
 
     from conftest import ROOT
+    from dimbench.fid import pipeline
 
+    with socket.socket() as sock:  # a free port, not a fixed one another job may hold
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     out = tmp_path / "out"
-    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "dimbench.cli", "fid", "dit_tiny_4", "--resolution", "8", "--checkpoint", str(assets["ckpt"]),
            "--out", str(out), "--device", "cpu", "--inception-weights", str(assets["weights"]),
            "--inception-sha256", assets["sha"], "--reference", str(assets["uvit"]), "--vae", str(assets["vae"]),
-           "--samples", "8", "--batch", "2", "--sampler", "ddim", "--steps", "2"]
+           "--samples", "16", "--batch", "8", "--sampler", "dpm_solver++", "--steps", "3", "--guidance", "0.4"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cli_env(), cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_jsonl(out / "results.jsonl")
     by = {r["metric"]: r for r in rows}
     assert len(rows) == len(by) == 7  # written once, by rank 0
     assert by["fid"]["status"] == "ok" and by["inception_score"]["status"] == "ok"
-    assert by["fid"]["extra"]["world_size"] == 2 and by["fid"]["extra"]["n_fake"] == 8
+    assert by["fid"]["extra"]["world_size"] == 2 and by["fid"]["extra"]["n_fake"] == 16
     assert by["fid"]["extra"]["reference_layout"] == "uvit"
     assert by["kid"]["status"] == "skipped" and "statistics only" in by["kid"]["error"]
-    assert len(list(out.glob("state/*/fid/chunk_*.npz"))) == 4
+    assert len(list(out.glob("state/*/fid/chunk_*.npz"))) == 2
+
+    whole = pipeline.gather(next(out.glob("state/*/fid")), 16, 8)
+    parts = pipeline.gather(next((resumed[0] / "state").glob("*/fid")), 16, 8)
+    assert np.allclose(whole["pool"], parts["pool"], rtol=1e-5, atol=1e-6)
+    assert np.allclose(whole["logits"], parts["logits"], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ user errors
