@@ -154,3 +154,23 @@ def test_throughput_ratios_use_eager_batch_64_float32_cuda_rows_only(tmp_path):
     assert dit[2:] == [f"{published:.3f}", f"{30 / 80:.3f}", f"{(30 / 80 - published) / published * 100:+.1f} %"]
     uvit = next([c.text for c in r] for r in ratios.rows if r[0].text == "DiM-H/2 / uvit_h_2")
     assert uvit[3].startswith("not measured")
+
+
+def test_fid_rows_are_set_beside_published_values_only_when_comparable(tmp_path):
+    import report_fixtures as rf
+
+    def fid(model, res, value, **extra):
+        row = rf._row(model, res, "fid", value, "FID", "fid", "sample", dtype="float32", batch=1, extra=extra)
+        return dict(row, point_key=row["point_key"] + f"|ckpt={model}.pt")
+
+    rows = [fid("dim_h_2", 256, 2.5, comparable_to_published=True, n_fake=50000),
+            fid("dit_xl_2", 256, 40.0, comparable_to_published=False, n_fake=1000, random_weights=True),
+            rf._row("dim_h_2", 256, "published_fid", 2.21, "FID", "published", "evaluate",
+                    extra={"table_id": "fid"})]
+    rf.write_results(tmp_path, rows)
+    section = {s.heading: s for s in content.build(data.load(tmp_path)).sections}["Paper tables"]
+    table = next(t for t in section.tables if t.caption.startswith("Published FID-50K"))
+    cells = {r[0].text: [c.text for c in r] for r in table.rows}
+    assert cells["DiM-H/2 (256 px, 625K steps)"][2] == "2.50"
+    assert cells["DiT-XL/2 (256 px, cfg 1.5)"][2:] == ["40.00 measured, not comparable (random weights, N = 1,000)",
+                                                      "—"]

@@ -39,7 +39,27 @@ def _measured(results: Results, model: str, resolution: int, measure: str, table
         df = df[df["dtype"] == table.dtype]
     if table.device:
         df = df[df["device"].astype(str).str.startswith(table.device)]
+    if measure == "fid":  # only a row that measured what the paper did (the fid metric says so)
+        df = df[df["extra"].map(lambda e: e.get("comparable_to_published") is True)]
     return float(df["value"].iloc[-1]) if len(df) else None
+
+
+def _not_comparable(results: Results, model: str, resolution: int, measure: str) -> str | None:
+    """For an FID measured under other conditions than the paper's: what was measured, and why it is not set beside
+    the published number (FID-1K is biased upwards; random weights mean nothing)."""
+    if measure != "fid" or not results.has("fid"):
+        return None
+    df = results.rows("fid")
+    df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
+    if not len(df):
+        return None
+    value, extra = float(df["value"].iloc[-1]), df["extra"].iloc[-1]
+    why = ", ".join(x for x in (
+        "random weights" if extra.get("random_weights") else "",
+        f"N = {extra['n_fake']:,}" if extra.get("n_fake") not in (None, 50000) else "",
+        "other sampler, steps, guidance, labels or dtype than the paper's" if extra.get("n_fake") == 50000
+        and not extra.get("random_weights") else "") if x)
+    return f"{value:.2f} measured, not comparable ({why or 'conditions not recorded'})"
 
 
 def _deviation(measured: float, published) -> Cell:
@@ -65,7 +85,8 @@ def paper_table(results: Results, table: PublishedTable) -> Table:
             if published is None:
                 cells += [Cell(_value(measured, measure) if measured is not None else "—"), Cell("—")]
             elif measured is None:
-                cells += [Cell(NOT_MEASURED.get(measure, "not measured"), "missing"), Cell("—")]
+                other = _not_comparable(results, row.model, row.resolution, measure)
+                cells += [Cell(other or NOT_MEASURED.get(measure, "not measured"), "missing"), Cell("—")]
             else:
                 cells += [Cell(_value(measured, measure)), _deviation(measured, published)]
         body.append(cells)
