@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from scan_oracle import recurrence64
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.scan import (
@@ -44,26 +45,6 @@ def make_inputs(batch=2, d_inner=5, L=37, N=4, *, D=True, z=True, delta_bias=Tru
         "delta_bias": torch.randn(d_inner, generator=g) * 0.3 if delta_bias else None,
     }
     return {k: None if v is None else v.to(device=device, dtype=dtype) for k, v in t.items()}
-
-
-def recurrence64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
-    """The specification, one step at a time, in float64 (differentiable)."""
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    dt = delta + delta_bias.double()[:, None] if delta_bias is not None else delta
-    if delta_softplus:
-        dt = torch.log1p(torch.exp(dt))  # softplus, written out (no threshold: inputs here are moderate)
-    x = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64, device=u.device)
-    ys = []
-    for t in range(u.shape[-1]):
-        x = torch.exp(dt[:, :, t, None] * A) * x + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        ys.append((x * C[:, None, :, t]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + D.double()[:, None] * u
-    if z is not None:
-        zz = z.double()
-        out = out * zz * torch.sigmoid(zz)
-    return out
 
 
 def assert_matches_float64(run, inputs, delta_softplus=True, rtol=2e-5, atol=2e-5):

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from scan_oracle import recurrence64
 
 from models.scan import (
     ENV_VAR,
@@ -114,25 +115,6 @@ def make_inputs(batch=2, d_inner=5, L=37, N=4, *, D=True, z=True, delta_bias=Tru
     }
     return {k: None if v is None else v.to(device=device, dtype=dtype if k in BIG else torch.float32)
             for k, v in t.items()}
-
-
-def recurrence64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
-    """The specification, one step at a time, in float64 (differentiable); softplus as torch's (threshold 20)."""
-    u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
-    dt = delta + delta_bias.double()[:, None] if delta_bias is not None else delta
-    if delta_softplus:
-        dt = F.softplus(dt)
-    x = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float64, device=u.device)
-    ys = []
-    for t in range(u.shape[-1]):
-        x = torch.exp(dt[:, :, t, None] * A) * x + (dt[:, :, t] * u[:, :, t])[:, :, None] * B[:, None, :, t]
-        ys.append((x * C[:, None, :, t]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + D.double()[:, None] * u
-    if z is not None:
-        out = out * F.silu(z.double())
-    return out
 
 
 def rel_err(x, ref) -> float:
