@@ -106,7 +106,9 @@ class CheckpointSupport:
     - ``describe(state_dict) -> dict``: architecture facts read off tensor shapes of a dimbench-named state_dict:
       ``width, depth, patch, grid`` (side of the square token grid of the position embedding), ``in_channels``,
       ``classes`` (real classes, or None when the file cannot tell), ``class_rows`` (rows of the class table;
-      0 = unconditional), plus any family extras (shown by ``dimbench checkpoint inspect`` under ``labels``).
+      0 = unconditional), plus any family extras (shown by ``dimbench checkpoint inspect`` under ``labels``),
+      and optionally ``architecture``, the family's own name for what the file holds (default
+      "<display>-<size>/<patch>").
       Raises KeyError/ValueError for a state_dict that does not describe the family's model.
     - ``adapt(model, state_dict) -> state_dict``: the state_dict made to fit ``model``'s token grid (position
       embedding recomputed or resized; a new dict). Raises KeyError/ValueError when it cannot.
@@ -375,6 +377,7 @@ def _describe(ckpt: Checkpoint) -> dict[str, Any]:
     width, depth, patch = facts["width"], facts["depth"], facts["patch"]
     size = fam.size_name(depth, width)
     arch = f"{fam.display}-{size}/{patch}" if size else f"{fam.display} (depth {depth}, width {width}, patch {patch})"
+    arch = facts.pop("architecture", None) or arch  # a family without patches names its own (DiCo-XL)
     info = dict(path=ckpt.path, format=ckpt.format, family=fam.name, architecture=arch)
     info.update({k: facts.pop(k) for k in _DESCRIBED[:4]})
     info["input_size"] = info["grid"] * patch
