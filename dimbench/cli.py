@@ -165,7 +165,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         t.add_column(col)
     for fam in models.list_families():
         options = ", ".join(f"{k}: {' | '.join(v)}" for k, v in fam.options.items()) or "—"
-        t.add_row(fam.display, fam.name, fam.role, fam.timestep.meaning, options, fam.description)
+        role = f"{fam.role}, ADAPTATION" if fam.adaptation else fam.role  # not an official configuration
+        t.add_row(fam.display, fam.name, role, fam.timestep.meaning, options, fam.description)
     out.print(t)
 
     t = Table(title="Models (models registry)", title_justify="left")

@@ -79,13 +79,25 @@ def make_row(point: SweepPoint, metric: Metric, m: Measurement, *, started_at: s
         "value": value if status == "ok" else None,
         "unit": declared.unit,
         "status": status,
-        "method": m.method,
+        "method": m.method + adaptation_note(point.model),
         "started_at": started_at,
         "duration_s": round(duration_s, 4),
         "error": error,
         # A compiled point's rows say so in extra (the report's facets tell compiled from eager by it).
         "extra": {**(m.extra or {}), "compile": point.compile} if point.compile else m.extra or {},
     }
+
+
+def adaptation_note(model: str) -> str:
+    """"; model: ADAPTATION ..." for a model of a family that adapts a published design (models.Family.adaptation),
+    so that no row of it reads as a measurement of an official configuration; "" otherwise."""
+    import models  # already imported wherever rows are made (the metrics import it)
+
+    try:
+        adaptation = models.family_of_model(model).adaptation
+    except KeyError:  # a model this process does not register: nothing to add
+        return ""
+    return f"; model: {adaptation}" if adaptation else ""
 
 
 def failure_rows(point: SweepPoint, metric: Metric, status: str, error: str, started_at: str,

@@ -12,7 +12,7 @@ Families, conventions, configurations and checkpoint formats: docs/models.md.
 """
 
 # Importing the family modules registers their configurations.
-from . import dico, dim, dit, uvit  # noqa: F401,E402
+from . import dico, dig, dim, dit, sana, uvit  # noqa: F401,E402
 from .checkpoints import (  # noqa: E402
     CheckpointError,
     CheckpointFormat,

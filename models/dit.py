@@ -245,7 +245,10 @@ def adapt_state_dict(model: DiT, state_dict: dict[str, torch.Tensor]) -> dict[st
 # ---- checkpoints (docs/models.md §5) ----
 
 # DiT's released .pt files and its train.py checkpoints use the model's own names: no conversion.
-_OFFICIAL_KEYS = frozenset({"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight"})
+# The softmax-attention qkv and the per-block adaLN tell DiT from the peers that share its embedder and final-layer
+# names (DiG: GLA projections; SANA-cc: a shared t_block and per-block tables).
+_OFFICIAL_KEYS = frozenset({"x_embedder.proj.weight", "t_embedder.mlp.0.weight", "final_layer.linear.weight",
+                            "blocks.0.attn.qkv.weight", "blocks.0.adaLN_modulation.1.weight"})
 
 
 def describe_state_dict(state_dict) -> dict[str, Any]:

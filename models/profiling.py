@@ -24,20 +24,25 @@ import torch
 COMPONENTS: dict[str, str] = {
     "patch_embed": "patch embedding: patch conv, position embedding, token assembly",
     "conditioning": "timestep sinusoid and MLP, label embedding, shared modulation (DiM), condition tokens",
-    "grid_conv": "DiM's 3x3 depth-wise convs over the token grid (after the patch embedding, before the final layer)",
+    "grid_conv": "3x3 depth-wise convs over the token grid: DiM's (after the patch embedding, before the final "
+                 "layer), DiG's per block (in the block's scan order)",
     "pad": "DiM's sequence build with pad insertion, and pad removal after the last block",
-    "scan_switch": "DiM's re-ordering of the sequence from one scan order to the next",
-    "skip_fusion": "long-skip fusion (DiM, U-ViT)",
+    "scan_switch": "re-ordering of the sequence from one scan order to the next (DiM; DiG's reversal and transpose)",
+    "skip_fusion": "long-skip fusion (DiM, U-ViT, DiG's skip variants)",
     "norm_mod": "per block: norm and modulation (adaLN Linear for DiT, RMSNorm·(1+scale)+shift for DiM)",
     "in_proj": "DiM per block: Mamba in-projection to x and z",
     "conv1d": "DiM per block: causal depth-wise conv1d and SiLU",
     "ssm_proj": "DiM per block: x_proj and dt_proj (Δ, B, C), A = -exp(A_log)",
     "scan": "DiM per block: the selective scan op (SiLU(z) gate and D skip inside)",
     "out_proj": "DiM per block: Mamba out-projection",
-    "attention": "DiT / U-ViT per block: qkv projection, scaled-dot-product attention, output projection",
-    "mlp": "DiT / U-ViT per block: MLP (fc1, GELU, fc2)",
+    "attention": "per block: qkv projection, attention, output projection (DiT / U-ViT softmax attention, DiG's "
+                 "gated linear attention with its gate and norm, SANA-cc's ReLU linear attention)",
+    "mlp": "per block: MLP (DiT / U-ViT fc1, GELU, fc2; DiG's SwiGLU; SANA-cc's Mix-FFN; DiCo's 1x1-conv FFN)",
     "residual": "per block: the (gated) residual add, x + gate·f(x) (DiM, DiT) or x + f(x) (U-ViT)",
-    "final_layer": "final norm and modulation, output Linear, unpatchify (U-ViT: its 3x3 output conv)",
+    "final_layer": "final norm and modulation, output Linear, unpatchify (U-ViT: its 3x3 output conv; DiCo: 3x3)",
+    "conv_module": "DiCo per block: the conv module in place of attention (1x1 conv, 3x3 depth-wise conv, GELU, "
+                   "compact channel attention, 1x1 conv)",
+    "resample": "DiCo: down/up-sampling convs with PixelUnshuffle/PixelShuffle, skip concatenation, 1x1 reduce convs",
     "other": "whatever ran outside every named range",
 }
 

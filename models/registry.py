@@ -80,7 +80,10 @@ class Family:
     with their allowed values (DiM: ``pad_layout``). ``checkpoints`` is the family's
     :class:`models.checkpoints.CheckpointSupport` (None: the family's weights cannot be loaded from files).
     ``module_types`` are the classes of the family's models, to tell the family of a built model. ``diffusion``
-    is its :class:`DiffusionRecipe` (None: dimbench does not train or sample it).
+    is its :class:`DiffusionRecipe` (None: dimbench does not train or sample it). ``adaptation``: empty for a
+    family of official configurations; otherwise the family is dimbench's adaptation of a published design (no
+    official configuration exists) and this says so and what was changed: ``dimbench list`` and every result
+    row's method repeat it.
     """
 
     name: str
@@ -94,6 +97,7 @@ class Family:
     module_types: tuple[type, ...] = ()
     checkpoints: Any = None
     diffusion: DiffusionRecipe | None = None
+    adaptation: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

@@ -21,7 +21,8 @@ from .document import Cell, Figure, Section, Table, fmt, px, styles_for
 # every chart; names outside the list get grey.
 _COMPONENT_COLOURS = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
-    "#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#86bcb6", "#499894", "#bab0ac",
+    "#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#86bcb6", "#499894", "#6b8e23", "#c4a000",
+    "#bab0ac",
 ]
 
 
