@@ -25,6 +25,8 @@ gmacs_vari… gmacs_no_scan, gmacs_no_dwconv,                  DiM's count under
             gmacs_mamba_fused, gmacs_unpadded, ..._7_8      explain a published count (per named component)
 fid         fid, inception_score, kid, precision, recall,    checkpoint sampled N times, decoded, torch-fidelity's
             sample_s_per_image, samples_fid                  Inception features vs reference .npz (local files)
+gmacs_conv… gmacs_torchprofile, gmacs_fvcore_fused           the count under other papers' conventions (DiCo's
+                                                             torchprofile, DiG's fvcore on a fused MLP)
 =========== ================================================ ==================================================
 
 Each metric module declares its :class:`Metric` (rows, options, budget) once; everything else that needs to know
@@ -87,6 +89,7 @@ def declared_rows() -> list[Row]:
 
 
 def _register_builtins() -> None:
+    from dimbench.metrics.conventions import GMACS_CONVENTIONS
     from dimbench.metrics.count_variants import GMACS_VARIANTS
     from dimbench.metrics.fid import FID
     from dimbench.metrics.flops import FLOPS
@@ -100,7 +103,7 @@ def _register_builtins() -> None:
     from dimbench.metrics.train import TRAIN
 
     for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE, PUBLISHED,
-                   GMACS_VARIANTS, FID):
+                   GMACS_VARIANTS, FID, GMACS_CONVENTIONS):
         register_metric(metric)
 
 

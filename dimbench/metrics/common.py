@@ -33,14 +33,35 @@ ATTENTION_KERNELS = {
 
 
 def resolve_device(point: SweepPoint) -> torch.device:
-    """The point's device; a CUDA point on a machine without CUDA is an error, not a silent CPU run."""
+    """The point's device; a CUDA point on a machine without CUDA is an error, not a silent CPU run.
+
+    On CUDA it also pins TF32 (:func:`pin_tf32`), so every model computes float32 the same way."""
     device = torch.device(point.device)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"point {point.key} asks for {point.device} but CUDA is not available here")
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
+        pin_tf32()
     return device
+
+
+#: What :func:`pin_tf32` guarantees, for the timed rows' methods.
+TF32_PINNED = "TF32 off for matmuls and cuDNN convolutions alike (pinned together)"
+
+
+def pin_tf32() -> None:
+    """TF32 off for CUDA matmuls and for cuDNN convolutions, together.
+
+    torch's defaults differ (matmul TF32 off, cuDNN TF32 on): a convolutional model (DiCo, whose own harness timed
+    it that way) would run its convolutions in TF32 while a transformer runs true float32. Both off is the
+    float32 the papers' "fp32" tables claim; the rows record the flags (extra.tf32)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer torch prefers its fp32_precision settings; the flags still rule
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def resolve_dtype(point: SweepPoint) -> torch.dtype:
@@ -235,16 +256,19 @@ def probe_backends(run_once) -> dict[str, Any]:
     """Run ``run_once()`` (one untimed forward) recording the attention kernel and the scan backend that ran.
 
     Raises if the pass returned a FakeTensor (see :func:`ensure_real`). Returns extra fields: attention_backend
-    ("none" when the model has no SDPA call), scan_backend (None when no scan ran), custom_ops.
+    ("none" when the model has no SDPA call), scan_backend (None when no scan ran), gla_backend (DiG's gated
+    linear attention, models.gla; None when none ran), custom_ops.
     """
     recorder = KernelRecorder()
     with recorder:
         out = run_once()
     ensure_real(out)
     scan_ran = any(op.startswith("dimbench_scan::") for op in recorder.custom_ops)
+    gla_ran = any(op.startswith("dimbench_gla::") for op in recorder.custom_ops)
     return {
         "attention_backend": ",".join(sorted(recorder.attention)) or "none",
         "scan_backend": models.scan_backend() if scan_ran else None,
+        "gla_backend": models.gla.gla_backend() if gla_ran else None,
         "custom_ops": sorted(recorder.custom_ops),
     }
 

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from dimbench.environment import tf32
 from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
 from dimbench.metrics.common import (
+    TF32_PINNED,
     autocast_context,
     build_model,
     compile_label,
@@ -174,6 +175,10 @@ def _common_extra(point: SweepPoint, device: torch.device, dtype: torch.dtype, b
     }
 
 
+def _tf32_note(device: torch.device) -> str:
+    return f", {TF32_PINNED}" if device.type == "cuda" else ""
+
+
 def _compile_note(point: SweepPoint) -> str:
     return " and 1 untimed first compiled call, which compiles" if point.compile else ""
 
@@ -196,7 +201,7 @@ def latency_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
         warmup = max(warmup, 1)
     stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(forward, device, warmup, repeats)
     method = (f"{timer} (+1 untimed probe pass{_compile_note(point)}); one forward pass, inference_mode, "
-              f"{precision_label(dtype)}, {compile_label(point)}")
+              f"{precision_label(dtype)}{_tf32_note(device)}, {compile_label(point)}")
     extra = {**_common_extra(point, device, dtype, backends, stats), **compiled}
     median_s = stats["median_ms"] / 1e3
     rows = [
@@ -269,7 +274,7 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
     stats, timer, (relative, rel_method, rel_extra) = _time_against_reference(step, device, warmup, repeats)
     method = (
         f"{timer} (+1 untimed probe step{_compile_note(point)}); forward + MSE on eps + backward + AdamW step "
-        f"(torch defaults, no grad scaler), {precision_label(dtype)}, {compile_label(point)}"
+        f"(torch defaults, no grad scaler), {precision_label(dtype)}{_tf32_note(device)}, {compile_label(point)}"
     )
     extra = {**_common_extra(point, device, dtype, backends, stats), **compiled}
     return [
