@@ -52,13 +52,15 @@ ADAPTATION = ("ADAPTATION of SANA (no official class-conditional SANA exists): S
 def relu_linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     """SANA's ReLU linear attention, (B, H, N, d) x3 -> (B, H, N, d), float32 (see the module docstring).
 
-    ReLU is applied in the inputs' dtype, then the core runs in float32 with autocast off; the result is float32.
+    ReLU is applied in the inputs' dtype, then the core runs in float32 with autocast off; the result is float32
+    (float64 for float64 inputs).
     """
     q, k = F.relu(q), F.relu(k)
     # Autocast exists for real devices only; on the meta device there is nothing to turn off.
     no_autocast = torch.autocast(q.device.type, enabled=False) if q.device.type in ("cuda", "cpu") else nullcontext()
     with no_autocast:
-        q, k, v = q.float(), k.float(), v.float()
+        dtype = torch.promote_types(q.dtype, torch.float32)  # float32 (float64 stays float64, for the tests)
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         v = F.pad(v, (0, 1), value=1.0)  # (B, H, N, d + 1): the last channel sums the scores
         state = v.transpose(-1, -2) @ k  # (B, H, d + 1, d)
         out = q @ state.transpose(-1, -2)  # (B, H, N, d + 1)

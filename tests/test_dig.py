@@ -152,7 +152,8 @@ def test_scan_orders_cycle_through_the_four_directions():
     expected = [raster, raster[::-1], column, column[::-1]] * 2
     assert seen == expected
     assert final == raster  # depth ≡ 0 (mod 4): back in raster order before unpatchify
-    assert reorient(torch.arange(16.0).reshape(1, 16, 1), 1, 4)[0, :, 0].long().tolist() == column[::-1]  # flip, then transpose
+    after_odd = reorient(torch.arange(16.0).reshape(1, 16, 1), 1, 4)[0, :, 0].long().tolist()
+    assert after_odd == column[::-1]  # reversed, then transposed
 
 
 def test_skip_alignment_is_the_released_one():
@@ -187,7 +188,8 @@ def test_official_initialisation():
     deep = DiG(input_size=8, num_classes=10, width=32, heads=2, depth=8, skip="skipzero")
     fusion = deep.blocks[5].skip_linear
     assert torch.equal(fusion.weight, torch.cat([torch.eye(32), torch.zeros(32, 32)], dim=1))
-    assert DiG(input_size=8, width=32, heads=2, depth=8, skip="skip").blocks[5].skip_linear.weight[:, 32:].abs().sum() > 0
+    xavier = DiG(input_size=8, width=32, heads=2, depth=8, skip="skip").blocks[5].skip_linear
+    assert xavier.weight[:, 32:].abs().sum() > 0
 
 
 def test_depth_must_bring_the_output_back_to_raster_order():

@@ -60,6 +60,7 @@ from .paper import section_paper_tables
 from .plots import Panel, Series
 from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
+from .reference_ratio import section_reference_ratio
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
 
@@ -689,6 +690,7 @@ def section_environment(results: Results) -> Section:
 SECTIONS: list[Callable[[Results], Section | None]] = [
     section_summary,
     section_ratio,
+    section_reference_ratio,
     section_compute,
     section_speed,
     section_training,

@@ -32,8 +32,10 @@ _FAMILY_COLOURS = [
     ["#2e8b3a", "#5cbf5f", "#1a5c22", "#98d98e"],
     ["#8a5fb5", "#b08ad6", "#5c3a80", "#d2bbe8"],
     ["#b5478a", "#d977b0", "#7a2a5c", "#ecb3d4"],
+    ["#17807e", "#3fb8b5", "#0b4f4e", "#8fd9d6"],
+    ["#a08a00", "#d4b81c", "#6b5c00", "#e8d98a"],
 ]
-_FAMILY_MARKERS = ["o", "s", "^", "v", "P"]
+_FAMILY_MARKERS = ["o", "s", "^", "v", "P", "h", "*"]
 _OTHER_COLOURS = ["#555555", "#888888", "#333333", "#aaaaaa"]
 _OTHER_MARKER = "D"
 # Line colours for things that are not models (ratio pairs).
