@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
-from .dit import FinalLayer, LabelEmbedder, TimestepEmbedder, adapt_state_dict, sincos_pos_embed_2d
+from .dit import DiT, DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, adapt_state_dict, sincos_pos_embed_2d
 from .gla import gated_linear_attention
 from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
@@ -56,10 +56,6 @@ SKIP_KINDS = ("none", "skip", "skipzero")
 def mlp_hidden(width: int) -> int:
     """SwiGLU width: 2/3 of 4C, rounded up to a multiple of 256 (L: 2816, not 2730)."""
     return 256 * math.ceil(int(width * 4 * 2 / 3) / 256)
-
-
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 class RMSNormSwishGate(nn.Module):
@@ -120,12 +116,12 @@ class SwiGLU(nn.Module):
         return self.down_proj((F.silu(gate.float()) * up.float()).to(gate.dtype))
 
 
-class DiGBlock(nn.Module):
+class DiGBlock(DiTBlock):
     """(N, T, C), c (N, C) [, skip (N, T, C)] -> (N, T, C), all in the block's scan order on a ``grid`` x ``grid``
-    token grid."""
+    token grid: DiT's adaLN-Zero block (its forward) with GLA and SwiGLU, then the depth-wise conv."""
 
     def __init__(self, width: int, heads: int, grid: int, skip: bool = False):
-        super().__init__()
+        nn.Module.__init__(self)  # DiT's layers are replaced, not built
         self.grid = grid
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.attn = GatedLinearAttention(width, heads)
@@ -139,19 +135,7 @@ class DiGBlock(nn.Module):
         if self.skip_linear is not None:
             with component("skip_fusion"):
                 x = self.skip_linear(torch.cat([x, skip], dim=-1))
-        with component("norm_mod"):
-            shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)
-            h = _modulate(self.norm1(x), shift1, scale1)
-        with component("attention"):
-            h = self.attn(h)
-        with component("residual"):
-            x = x + gate1.unsqueeze(1) * h
-        with component("norm_mod"):
-            h = _modulate(self.norm2(x), shift2, scale2)
-        with component("mlp"):
-            h = self.mlp(h)
-        with component("residual"):
-            x = x + gate2.unsqueeze(1) * h
+        x = super().forward(x, c)
         with component("grid_conv"):
             n, tokens, width = x.shape
             grid = x.reshape(n, self.grid, self.grid, width).permute(0, 3, 1, 2)
@@ -268,10 +252,7 @@ class DiG(nn.Module):
                     block.skip_linear.weight[:, : self.width] = torch.eye(self.width)
                     nn.init.zeros_(block.skip_linear.bias)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, p*p*C_out) -> (N, C_out, S, S), as DiT."""
-        n, g, p, c = x.shape[0], self.grid, self.patch_size, self.out_channels
-        return x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)
+    unpatchify = DiT.unpatchify  # (N, T, p*p*C_out) -> (N, C_out, S, S), as DiT
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, S, S), t (N,) in 0...999, y (N,) class indices or None (null class) -> (N, C_out, S, S)."""

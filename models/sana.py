@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of
-from .dit import LabelEmbedder, TimestepEmbedder
+from .dit import DiT, LabelEmbedder, TimestepEmbedder
 from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 
@@ -221,10 +221,7 @@ class SanaCC(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, T, p*p*C_out) -> (N, C_out, S, S), as DiT."""
-        n, g, p, c = x.shape[0], self.grid, self.patch_size, self.out_channels
-        return x.reshape(n, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4).reshape(n, c, g * p, g * p)
+    unpatchify = DiT.unpatchify  # (N, T, p*p*C_out) -> (N, C_out, S, S), as DiT
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, S, S), t (N,) in 0...999, y (N,) class indices or None (null class) -> (N, C_out, S, S)."""

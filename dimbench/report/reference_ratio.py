@@ -98,7 +98,8 @@ def section_reference_ratio(results: Results) -> Section | None:
         panels = []
         for measure in dict.fromkeys(ln.measure for ln in group):
             mine = [ln for ln in group if ln.measure == measure]
-            series = [Series(ln.subject + (f" (batch {ln.facet.batch})" if ln.facet.batch else ""), ln.res, ln.ratio,
+            several = len({ln.facet.batch for ln in mine}) > 1  # name the batch only where it tells lines apart
+            series = [Series(ln.subject + (f" (batch {ln.facet.batch})" if several else ""), ln.res, ln.ratio,
                              styles[ln.subject].colour, styles[ln.subject].marker, ":" if ln.predicted else "-",
                              ln.predicted) for ln in mine]
             vlines = [(x, f"{ln.subject}: {px(x)}", styles[ln.subject].colour) for ln in mine for x, _ in ln.cross]
