@@ -65,3 +65,25 @@ def test_peer_tables_name_registered_models_and_their_conventions():
     assert tables()["dico_throughput"].batch == 64 and tables()["dico_throughput"].device == "cuda"
     assert "TF32" in tables()["dico_throughput"].source.note
     assert tables()["dico_counts"].rows[3].values["gmacs_torchprofile"] == Decimal("87.30")
+
+
+def test_tf32_is_pinned_off_for_matmuls_and_convolutions_together():
+    """torch's defaults differ (cuDNN TF32 on, matmul off): a CUDA point turns both off, and says so."""
+    import warnings
+
+    import torch
+
+    from dimbench.environment import tf32
+    from dimbench.metrics import common
+
+    before = tf32()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+            common.pin_tf32()
+            assert not tf32()["cudnn_allow_tf32"] and not tf32()["cuda_matmul_allow_tf32"]
+        finally:
+            torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
+            torch.backends.cuda.matmul.allow_tf32 = before["cuda_matmul_allow_tf32"]
+    assert "matmuls and cuDNN convolutions" in common.TF32_PINNED

@@ -112,3 +112,10 @@ def test_it_is_labelled_an_adaptation_everywhere():
     assert models.model_info("sana_xl_2_cc").official.startswith("adaptation")
     assert "ADAPTATION" in models.model_info("sana_xl_2_cc").description
     assert not any(models.family(f).adaptation for f in ("dico", "dig", "dit", "uvit", "dim"))
+
+
+def test_every_result_row_of_an_adaptation_says_so():
+    from dimbench.worker import adaptation_note
+
+    assert adaptation_note("sana_xl_2_cc").startswith("; model: ADAPTATION of SANA")
+    assert adaptation_note("dit_xl_2") == "" and adaptation_note("not_a_model") == ""
