@@ -95,3 +95,14 @@ def test_unknown_or_unavailable_backend_is_refused(monkeypatch):
 def test_fla_backend_is_only_offered_on_cuda():
     ok, reason = gla.available_backends("cpu")["fla"]
     assert not ok and ("CUDA" in reason or "does not import" in reason)
+
+
+def test_timed_rows_record_the_gla_backend_that_ran():
+    from dimbench.metrics import METRICS
+    from dimbench.points import SweepPoint
+
+    point = SweepPoint("t", "dig_tiny_4", 16, 16, 1, "float32", "cpu", ("latency",))
+    rows = {m.metric: m for m in METRICS["latency"].measure(point, warmup=0, repeats=1)}
+    extra = rows["latency_ms"].extra
+    assert extra["gla_backend"] == "chunked" and "dimbench_gla::gla" in extra["custom_ops"]
+    assert extra["scan_backend"] is None and extra["attention_backend"] == "none"
