@@ -137,7 +137,7 @@ def gla_fla(q: Tensor, k: Tensor, v: Tensor, g: Tensor, scale: float) -> Tensor:
     if layout == "bhtd":
         out = fn(q, k, v, g, scale=scale)
     else:
-        out = fn(*(x.transpose(1, 2) for x in (q, k, v, g)), scale=scale)
+        out = fn(*(x.transpose(1, 2).contiguous() for x in (q, k, v, g)), scale=scale)  # Triton wants dense
     out = out[0] if isinstance(out, tuple) else out
     return out if layout == "bhtd" else out.transpose(1, 2)
 

@@ -272,7 +272,7 @@ def test_not_a_state_dict_and_wrong_format(dit_file, tmp_path):
         inspect_checkpoint(junk)
     unknown = tmp_path / "unknown.pt"
     torch.save({"encoder.weight": torch.zeros(2)}, unknown)
-    with pytest.raises(CheckpointError, match="not a DiM, DiT or U-ViT state_dict"):  # every readable family
+    with pytest.raises(CheckpointError, match="not a DiM, DiT, U-ViT, DiCo, DiG or SANA-cc state_dict"):  # every family
         inspect_checkpoint(unknown)
     with pytest.raises(CheckpointError, match="format 'uvit-official' was requested but the file is 'dit-official'"):
         load_checkpoint("uvit_l_2", path, format="uvit-official")
