@@ -4,8 +4,9 @@ resolutions where the ratio crosses 1.
 Self-contained on purpose (a suite with peers needs it now; the report's own ratio section compares the subject
 family with the baselines): it reuses the analysis of that section (:class:`~.analysis.RatioLine`,
 :func:`~.analysis.crossings`) and the declared ratio rows (GMACs, times, memory: lower is better), and adds only
-the choice of pairs: each model of the run against :data:`REFERENCE`. Shown when the run measured the reference
-and at least one other model on a ratio row at two resolutions or more.
+the choice of pairs: each model of the run against :data:`REFERENCE`. Shown when the run has a peer (a model of
+a family whose role is "other": DiCo, DiG, SANA-cc) and measured the reference and another model on a ratio row
+at two resolutions or more.
 
 Published throughput ratios (a paper's img/s of a model over the reference's at the same resolution) are set
 beside the measured ones where the run timed both at the paper's point (:func:`published_throughput_ratios`).
@@ -86,6 +87,8 @@ def published_throughput_ratios(results: Results, reference: str = REFERENCE) ->
 
 
 def section_reference_ratio(results: Results) -> Section | None:
+    if not any(declared.has_role(m, "other") for m in results.models):
+        return None  # no peer in the run: the subject-vs-baselines section says it all
     lines = reference_lines(results)
     if not any(len(ln.res) > 1 for ln in lines):
         return None
