@@ -100,14 +100,14 @@ def paper_table(results: Results, table: PublishedTable) -> Table:
 
 
 def _value(value: float, measure: str) -> str:
-    return f"{value:,.0f}" if measure == "params" else f"{value:.2f}"
+    return f"{value:,.0f}" if measure.startswith("params") else f"{value:.2f}"
 
 
 def _published(value, measure: str) -> str:
     """As printed: "19.70", "77"; a count given to millions ("86e7") as "860M"."""
     if value.as_tuple().exponent > 0:
         return f"{float(value) / 1e6:,.0f}M"
-    return f"{int(value):,}" if measure == "params" else str(value)
+    return f"{int(value):,}" if measure.startswith("params") else str(value)
 
 
 def dim_gap(results: Results) -> tuple[Table, list[str]] | None:
