@@ -87,3 +87,21 @@ def test_tf32_is_pinned_off_for_matmuls_and_convolutions_together():
             torch.backends.cudnn.allow_tf32 = before["cudnn_allow_tf32"]
             torch.backends.cuda.matmul.allow_tf32 = before["cuda_matmul_allow_tf32"]
     assert "matmuls and cuDNN convolutions" in common.TF32_PINNED
+
+
+def test_peers_scaling_suite_plans_as_documented():
+    from conftest import ROOT
+
+    from dimbench.suite import expand, load_suite
+
+    suite = load_suite(ROOT / "suites" / "peers_scaling.yaml")
+    plan = expand(suite, device="cpu", out="unused")
+    assert len(plan.points) == 24
+    assert {pp.point.model for pp in plan.points} == {"dim_h_2", "dit_xl_2", "uvit_h_2", "dico_xl", "dig_xl_2",
+                                                      "sana_xl_2_cc"}
+    # Timed under a budget of 320 GMACs per pass: every model at 256 px, nothing above (DiCo-XL's 348 at 512).
+    assert all(pp.budget == {"latency": 320.0} and "train_step" in pp.skipped for pp in plan.points)
+    assert all({"params", "flops", "memory"} <= set(pp.run) for pp in plan.points)
+    assert {pp.point.resolution for pp in plan.points if "gmacs_conventions" in pp.run} == {256, 512}
+    cuda = suite.sections["cuda"]
+    assert sum(len(cuda.at(cuda.batch_sizes, r)) * len(cuda.at(cuda.dtypes, r)) for r in cuda.resolutions) == 10
