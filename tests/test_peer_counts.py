@@ -91,7 +91,6 @@ def test_tf32_is_pinned_off_for_matmuls_and_convolutions_together():
 
 def test_peers_scaling_suite_plans_as_documented():
     from conftest import ROOT
-
     from dimbench.suite import expand, load_suite
 
     suite = load_suite(ROOT / "suites" / "peers_scaling.yaml")
