@@ -179,13 +179,19 @@ def test_run_writes_rows_and_resumes_after_a_kill(assets, resumed):
     assert fid["status"] == "ok" and fid["value"] >= 0, fid
     assert fid["extra"]["resumed_images"] == 8 and fid["extra"]["generated_this_run"] == 8  # nothing redone
     assert fid["extra"]["n_fake"] == 16 and fid["extra"]["checkpoint_sha256"] == _sha256(assets["ckpt"])
-    for word in ("DPM-Solver++", "3 steps", "s = 0.4", "on the first 3 channels", "16 samples in float32",
-                 "chunks of 8 images", "seed 0", "labels uniformly random", str(assets["ckpt"]), assets["sha"],
-                 "inception.pth", "VIRTUAL_tiny_labeled.npz", "TF1-style bilinear", "pytorch-fid"):
+    for word in ("DPM-Solver++", "3 steps", "s = 0.4", "on the first 3 channels", "16 samples, network in float32 "
+                 "on the CPU (tf32 asked", "chunks of 8 images", "seed 0", "labels uniformly random",
+                 str(assets["ckpt"]), assets["sha"], "inception.pth", "VIRTUAL_tiny_labeled.npz",
+                 "Inception resize tf1: torch-fidelity's TF1-style bilinear", "the dit protocol",
+                 "not comparable with a published FID-50K: checkpoint: SHA-256"):
         assert word in fid["method"], word
     extra = fid["extra"]
     assert extra["labels"] == "random" and extra["random_weights"] is False and extra["n_fake"] == 16
     assert extra["checkpoint"] == str(assets["ckpt"]) and extra["comparable_to_published"] is False
+    assert extra["not_comparable"][0].startswith("checkpoint: SHA-256 " + _sha256(assets["ckpt"]))
+    assert (extra["inception_resize"], extra["precision"], extra["precision_ran"]) == ("tf1", "tf32", "float32")
+    assert (extra["vae_precision"], extra["vae_precision_ran"], extra["protocol"]) == ("tf32", "float32", "dit")
+    assert rows["patch_fid"]["status"] == "skipped" and "reference_images" in rows["patch_fid"]["error"]
     for row in ("inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid"):
         assert rows[row]["status"] == "ok", rows[row]
     assert rows["sample_s_per_image"]["value"] > 0 and rows["sample_s_per_image"]["unit"] == "s"
@@ -282,7 +288,8 @@ def test_training_free_upsampling_only_for_the_models_named_with_the_papers_sett
     extra = fid.extra
     assert (extra["sampler"], extra["sampler_steps"], extra["guidance_s"]) == ("dpm_solver", 50, 3.0)
     assert extra["upsample_factor"] == 2 and extra["labels"] == "random" and extra["random_weights"] is False
-    assert extra["comparable_to_published"] is False  # 10 samples, not 50,000
+    assert extra["comparable_to_published"] is False
+    assert extra["not_comparable"] == ["resolution: 16 px by training-free upsampling; no FID is published there"]
 
     dit_ckpt = tmp_path / "dit_tiny_8px.pt"
     models.save_checkpoint(models.create_model("dit_tiny_4", input_size=8), dit_ckpt)
@@ -292,13 +299,13 @@ def test_training_free_upsampling_only_for_the_models_named_with_the_papers_sett
         FID.measure(dit, out_dir=str(tmp_path / "out"), **options)
 
 
-def test_labels_comparability_dtype_and_guided_channels():
-    """Random labels are seeded per image (the same for any chunking), balanced ones are i mod classes; a row is
-    comparable to a published FID-50K only with a checkpoint, 50,000 samples, random labels and the paper's
-    sampler, steps and guidance; a non-float32 point is skipped; DiT's guidance names its 3 channels."""
+def test_labels_dtype_and_guided_channels():
+    """Random labels are seeded per image (the same for any chunking), balanced ones are i mod classes; a non-float32
+    point is skipped (the papers' reduced precision is autocast on float32 weights); DiT's guidance names its 3
+    channels. (Comparability: tests/test_fid_protocol.py.)"""
     from dimbench.fid import pipeline
     from dimbench.metrics.base import SkipMetric
-    from dimbench.metrics.fid import FID, comparable_to_published
+    from dimbench.metrics.fid import FID
     from dimbench.points import SweepPoint
     from dimbench.training.sampling import SamplerSpec
 
@@ -307,25 +314,10 @@ def test_labels_comparability_dtype_and_guided_channels():
     assert all(0 <= c < 1000 for c in labels) and labels != pipeline.class_labels(1, range(200), 1000)
     assert pipeline.class_labels(0, [3, 1004], 1000, "balanced") == [3, 4]
 
-    def point(model, res, dtype="float32"):
-        return SweepPoint(suite="t", model=model, resolution=res, input_size=res // 8, batch=1, dtype=dtype,
-                          device="cpu", metrics=("fid",), checkpoint="x.pt")
-
-    o = {"labels": "random", "until": 0.7}
-    assert comparable_to_published(point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 50000, "c.pt")
-    assert comparable_to_published(point("dim_h_2", 512), o, SamplerSpec("dpm_solver++", 50, 0.7), None, 50000, "c")
-    assert comparable_to_published(point("dim_h_2", 1024), o, SamplerSpec("dpm_solver", 50, 3.0), 2, 50000, "c")
-    for args in ((point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 1000, "c"),  # FID-1K
-                 (point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 50000, None),  # random weights
-                 (point("dit_xl_2", 256), o, SamplerSpec("ddpm", 50, 0.5), None, 50000, "c"),  # other steps
-                 (point("dim_h_2", 512), o, SamplerSpec("dpm_solver++", 50, 0.4), None, 50000, "c"),  # guidance
-                 (point("dit_xl_2", 256), {**o, "labels": "balanced"}, SamplerSpec("ddpm", 250, 0.5), None, 50000,
-                  "c"),
-                 (point("dim_h_2", 1024), o, SamplerSpec("dpm_solver", 250, 3.0), 2, 50000, "c")):
-        assert not comparable_to_published(*args), args
-
-    with pytest.raises(SkipMetric, match="float32 only.*bfloat16"):
-        FID.measure(point("dit_tiny_4", 64, "bfloat16"))
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=64, input_size=8, batch=1, dtype="bfloat16",
+                       device="cpu", metrics=("fid",), checkpoint="x.pt")
+    with pytest.raises(SkipMetric, match="float32 weights.*precision.*bfloat16"):
+        FID.measure(point)
     assert "on the first 3 channels" in SamplerSpec("ddpm", 250, 0.5).describe(3)
     assert "channels" not in SamplerSpec("ddpm", 250, 0.5).describe()
 
