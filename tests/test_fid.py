@@ -123,9 +123,51 @@ def test_scores_equal_torch_fidelity_on_identical_features():
                                  kid_subset_size=250, kid_kernel="poly", kid_kernel_poly_degree=3,
                                  kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=2020, verbose=False)
     assert ours["kid_mean"] == kid["kernel_inception_distance_mean"]
+    # Precision/recall: dimbench runs torch-fidelity's memory-saving path (blocks of rows), which gives what its
+    # default path (full N x N matrices) gives; here with blocks of 64 rows, so several blocks are reduced.
     prc = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3,
                                  prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     assert (ours["precision"], ours["recall"]) == (prc["precision"], prc["recall"])
+    assert scores.precision_recall(fake, real, batch=64) == (prc["precision"], prc["recall"])
+
+
+def test_inception_resize_modes_match_their_reference_implementations(assets):
+    """tf1 is torch-fidelity's own path (its dataset loop and network); torch is pytorch-fid's preprocessing,
+    written out here (ToTensor: x / 255; F.interpolate to 299 px, bilinear, align_corners=False; 2x - 1), fed to the
+    network's first layer by a hook so that the network's own forward runs the rest. The two differ."""
+    import torch.nn.functional as F
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    from dimbench.fid import inception
+
+    net, _ = inception.load_extractor(assets["weights"], assets["sha"])
+    images = torch.from_numpy(assets["images"][:4]).permute(0, 3, 1, 2).contiguous()  # 16 px, uint8
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return images[i]
+
+    theirs = get_featuresdict_from_dataset(Images(), net, batch_size=3, cuda=False, save_cpu_ram=True, verbose=False)
+    tf1_pool, tf1_logits = inception.extract(net, images, batch=3, resize="tf1")
+    assert np.array_equal(tf1_pool, theirs[inception.POOL].numpy())
+    assert np.array_equal(tf1_logits, theirs[inception.LOGITS].numpy())
+
+    x = images.float() / 255.0
+    x = 2.0 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1.0
+    hook = net.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: (x,))
+    try:
+        ref_pool, ref_logits = net(torch.zeros(4, 3, 299, 299, dtype=torch.uint8))
+    finally:
+        hook.remove()
+    pool, logits = inception.extract(net, images, batch=4, resize="torch")
+    assert np.allclose(pool, ref_pool.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.allclose(logits, ref_logits.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(pool - tf1_pool).max() > 1e-2 * np.abs(tf1_pool).max()  # the resize modes differ
+    with pytest.raises(ValueError, match="inception resize must be one of tf1, torch"):
+        inception.extract(net, images, resize="antialias")
 
 
 def test_reference_layouts(assets, tmp_path):
@@ -297,6 +339,62 @@ def test_training_free_upsampling_only_for_the_models_named_with_the_papers_sett
                      device="cpu", metrics=("fid",), checkpoint=str(dit_ckpt))
     with pytest.raises(SkipMetric, match="gives dit_tiny_4 at 16 px no source resolution"):
         FID.measure(dit, out_dir=str(tmp_path / "out"), **options)
+
+
+@pytest.mark.slow
+def test_high_resolution_kid_and_patch_fid_against_a_reference_folder(assets, tmp_path):
+    """Samples of at least 299 px (a tiny latent DiT decoded by a VAE that upsamples 32x: 384 px) against a
+    statistics-only reference and a folder of real images: KID and precision/recall come from the folder's images
+    (read at the samples' size), and patch-FID is the Fréchet distance between crops of the samples and crops of
+    the folder's images, each recomputed here from its parts."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    import models
+    from dimbench.fid import inception, pipeline
+    from dimbench.fid.folder import folder_features, image_files
+    from dimbench.fid.patches import random_crops
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+    from dimbench.quality.frechet import frechet_distance, gaussian_stats
+
+    torch.manual_seed(0)
+    vae_dir = tmp_path / "vae32"
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 6,
+                  up_block_types=("UpDecoderBlock2D",) * 6, block_out_channels=(32,) * 6, layers_per_block=1,
+                  latent_channels=4, norm_num_groups=32, sample_size=384).save_pretrained(vae_dir)
+    ckpt = tmp_path / "dit_tiny_latent12.pt"
+    models.save_checkpoint(models.create_model("dit_tiny_4", input_size=12, in_channels=4, num_classes=10), ckpt)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):  # precision/recall need more than 3 per set
+        Image.fromarray(rng.integers(0, 256, size=(360, 420, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=384, input_size=12, batch=1, dtype="float32",
+                       device="cpu", metrics=("fid",), checkpoint=str(ckpt))
+    rows = {m.metric: m for m in FID.measure(
+        point, out_dir=str(tmp_path / "out"), inception_weights=str(assets["weights"]),
+        inception_sha256=assets["sha"], reference=str(assets["uvit"]), vae=str(vae_dir), samples=4, batch=4,
+        sampler="ddim", steps=1, guidance=0.0, reference_images=str(folder), patch_crops=1)}
+    for name in ("fid", "kid", "precision", "recall", "patch_fid"):
+        assert rows[name].status == "ok", (name, rows[name].error)
+    assert rows["kid"].extra["real_from"].startswith(f"the 4 images of {folder}")
+    patch = rows["patch_fid"]
+    assert patch.method.startswith("patch-FID (not FID, and not comparable with any published FID)")
+    assert (patch.extra["n_fake_crops"], patch.extra["n_real_crops"], patch.extra["image_px"]) == (4, 4, 384)
+
+    net, _ = inception.load_extractor(assets["weights"], assets["sha"])
+    state = next((tmp_path / "out" / "state").glob("*/fid"))
+    feats = pipeline.gather(state, 4, 4)
+    grid = torch.from_numpy(np.load(state / "grid.npy"))  # the 4 samples' pixels
+    fake, _ = inception.extract(net, random_crops(grid, 0, range(4), 1), resize="tf1")
+    assert np.allclose(feats["patch_pool"], fake, rtol=1e-5, atol=1e-6)
+    real_pool, real_crops = folder_features(image_files(folder), 384, net, resize="tf1", crops=1, seed=0)
+    assert patch.value == pytest.approx(frechet_distance(*gaussian_stats(fake), *gaussian_stats(real_crops)),
+                                        rel=1e-4)
+    from dimbench.fid.scores import kid
+
+    assert rows["kid"].value == pytest.approx(kid(feats["pool"], real_pool)[0], rel=1e-4, abs=1e-6)
 
 
 def test_labels_dtype_and_guided_channels():

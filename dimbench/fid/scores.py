@@ -47,9 +47,11 @@ def kid(fake_pool: np.ndarray, real_pool: np.ndarray, subsets: int = 100, subset
 
 #: Rows of the distance matrix computed at a time by precision/recall's memory-saving path.
 PRC_BATCH = 10000
+#: Precision/recall's k nearest neighbours (torch-fidelity's default).
+NEIGHBORHOOD = 3
 
 
-def precision_recall(fake_pool: np.ndarray, real_pool: np.ndarray, neighborhood: int = 3,
+def precision_recall(fake_pool: np.ndarray, real_pool: np.ndarray, neighborhood: int = NEIGHBORHOOD,
                      device: str | torch.device = "cpu", batch: int = PRC_BATCH,
                      save_cpu_ram: bool = True) -> tuple[float, float]:
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
@@ -63,10 +65,12 @@ def precision_recall(fake_pool: np.ndarray, real_pool: np.ndarray, neighborhood:
 
 def all_scores(fake_pool: np.ndarray, fake_logits: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray,
                real_pool: np.ndarray | None, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """{fid, is_mean, is_std, and with real features: kid_mean, kid_std, kid_subset_size, precision, recall}."""
+    """{fid, is_mean, is_std, and with real features: kid_mean, kid_std, kid_subset_size, and precision, recall
+    when both sets hold more than NEIGHBORHOOD features}."""
     out: dict[str, Any] = {"fid": fid(fake_pool, mu_ref, sigma_ref)}
     out["is_mean"], out["is_std"] = inception_score(fake_logits)
     if real_pool is not None:
         out["kid_mean"], out["kid_std"], out["kid_subset_size"] = kid(fake_pool, real_pool)
-        out["precision"], out["recall"] = precision_recall(fake_pool, real_pool, device=device)
+        if min(len(fake_pool), len(real_pool)) > NEIGHBORHOOD:  # each point needs k other points of its own set
+            out["precision"], out["recall"] = precision_recall(fake_pool, real_pool, device=device)
     return out

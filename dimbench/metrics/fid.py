@@ -398,7 +398,7 @@ def _rows(ctx: MetricContext, s: _Scored) -> list[Measurement]:
     from dimbench.fid import pipeline
     from dimbench.fid.protocol import RESIZE_TEXT
     from dimbench.fid.reference import read_reference
-    from dimbench.fid.scores import PRC_BATCH, all_scores, fid
+    from dimbench.fid.scores import NEIGHBORHOOD, PRC_BATCH, all_scores, fid
     from dimbench.quality.frechet import gaussian_stats
     from dimbench.training.sampling import save_grid
 
@@ -452,12 +452,17 @@ def _rows(ctx: MetricContext, s: _Scored) -> list[Measurement]:
             Measurement("inception_score", scores["is_mean"], None, "Inception Score (torch-fidelity's "
                         "isc_features_to_metric, 10 splits, unbiased logits); " + how,
                         {**extra, "std": scores["is_std"]})]
+    if real is not None and "precision" not in scores:
+        why = (f"precision/recall need more than {NEIGHBORHOOD} images in each set ({n} samples, "
+               f"{len(real)} real)")
+        rows += [Measurement(r, None, None, "", extra, status="skipped", error=why) for r in ("precision", "recall")]
     if real is not None:
         against = f"against {real_from}; "
         rows += [Measurement("kid", scores["kid_mean"], None, f"Kernel Inception Distance (torch-fidelity's "
                              f"kid_features_to_metric: 100 subsets of {scores['kid_subset_size']}, cubic kernel) "
-                             + against + how, {**extra, "std": scores["kid_std"], "real_from": real_from}),
-                 Measurement("precision", scores["precision"], None, "precision (torch-fidelity's "
+                             + against + how, {**extra, "std": scores["kid_std"], "real_from": real_from})]
+    if real is not None and "precision" in scores:
+        rows += [Measurement("precision", scores["precision"], None, "precision (torch-fidelity's "
                              f"prc_features_to_metric, 3 nearest neighbours, memory-saving path in blocks of "
                              f"{PRC_BATCH} rows on {s.device}) " + against + how, {**extra, "real_from": real_from}),
                  Measurement("recall", scores["recall"], None, "recall (torch-fidelity's prc_features_to_metric, "

@@ -32,7 +32,7 @@ def _fid_rows(results: Results, model: str, resolution: int, release: str | None
     df = results.rows("fid")
     df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
     if release is not None:
-        df = df[df["extra"].map(lambda e: e.get("release") in (release, None))]
+        df = df[df["extra"].map(lambda e: e.get("release") in (release, None)).astype(bool)]
     return df
 
 
@@ -51,7 +51,8 @@ def _measured(results: Results, model: str, resolution: int, measure: str, table
     if table.device:
         df = df[df["device"].astype(str).str.startswith(table.device)]
     if measure == "fid":  # only a row that measured what the paper did, on that release (the fid metric says so)
-        df = df[df["extra"].map(lambda e: e.get("comparable_to_published") is True and e.get("release") == release)]
+        df = df[df["extra"].map(lambda e: e.get("comparable_to_published") is True
+                                and e.get("release") == release).astype(bool)]
     return float(df["value"].iloc[-1]) if len(df) else None
 
 
