@@ -275,7 +275,7 @@ def _tiny_job(count: int, batch: int, **kw):
                               extractor=None, **kw)
 
 
-def _fake_extract(net, images, batch=100):
+def _fake_extract(net, images, batch=100, resize="tf1"):
     """Stand-in features: each image's pixels (so an image's features tell which image it is)."""
     flat = images.float().flatten(1).numpy()
     return np.tile(flat, (1, -(-2048 // flat.shape[1])))[:, :2048], np.zeros((len(flat), 1008), np.float32)
@@ -444,7 +444,7 @@ def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed,
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_jsonl(out / "results.jsonl")
     by = {r["metric"]: r for r in rows}
-    assert len(rows) == len(by) == 7  # written once, by rank 0
+    assert len(rows) == len(by) == 8  # written once, by rank 0
     assert by["fid"]["status"] == "ok" and by["inception_score"]["status"] == "ok"
     assert by["fid"]["extra"]["world_size"] == 2 and by["fid"]["extra"]["n_fake"] == 16
     assert by["fid"]["extra"]["reference_layout"] == "uvit"
@@ -535,14 +535,23 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     pool, _ = inception.extract(net, torch.from_numpy(assets["images"][:6]).permute(0, 3, 1, 2))
     with np.load(out, allow_pickle=False) as z:
         mu, _ = gaussian_stats(pool)
-        assert np.allclose(z["mu"], mu, rtol=1e-5, atol=1e-6)
+        assert np.allclose(z["mu"], mu, rtol=1e-5, atol=1e-6) and str(z["inception_resize"]) == "tf1"
 
     import argparse
 
     from dimbench.console import UserError
 
     base = dict(folder=str(folder), output=str(out), inception_weights=str(assets["weights"]),
-                inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu")
+                inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu", compare=None,
+                inception_resize="tf1")
+    # --inception-resize torch: the statistics of pytorch-fid-style features, and the file says so.
+    made_torch = tmp_path / "stats_torch.npz"
+    assert cmd_fid_stats(argparse.Namespace(**{**base, "output": str(made_torch), "inception_resize": "torch"})) == 0
+    torch_pool, _ = inception.extract(net, torch.from_numpy(assets["images"][:6]).permute(0, 3, 1, 2),
+                                      resize="torch")
+    ref = read_reference(made_torch)
+    assert ref.inception_resize == "torch" and np.allclose(ref.mu, gaussian_stats(torch_pool)[0], rtol=1e-5,
+                                                           atol=1e-6)
     for change, message in (({"batch": 0}, "--batch: expected a whole number >= 1, got 0"),
                             ({"resolution": -3}, "--resolution: expected a whole number >= 1, got -3"),
                             ({"inception_sha256": "67"}, "--inception-sha256: expected 8 to 64")):

@@ -224,3 +224,12 @@ def test_fid_stats_compare_two_files(tmp_path):
     assert done.returncode == 2 and "takes no IMAGE_FOLDER and no --output" in done.stderr
     done = run_cli("fid-stats", str(tmp_path))
     assert done.returncode == 2 and "--output is required" in done.stderr
+
+
+def test_fid_command_identify_flag_is_checked(tmp_path):
+    base = ("fid", "dit_tiny_4", "--resolution", "8", "--out", str(tmp_path / "o"), "--random-weights")
+    done = run_cli(*base, "--identify", "no-equals-sign")
+    assert done.returncode == 2 and "--identify no-equals-sign: expected SHA256=ID" in done.stderr, done.stderr
+    done = run_cli(*base, "--identify", "1" * 64 + "=no_such_release")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "no_such_release" in done.stderr, done.stderr
+    assert "dim_h_2_256_425k" in done.stderr  # the ids it could be

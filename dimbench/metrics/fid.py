@@ -55,17 +55,11 @@ UNAVAILABLE = "not available: torch-fidelity does not import"
 PROTOCOL = "protocol"  # option value: follow the family's protocol
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=16)
 def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return _file_sha256(path)
+    from dimbench.fid.inception import sha256_of
+
+    return sha256_of(path)
 
 
 def file_sha256(path: str) -> str:
