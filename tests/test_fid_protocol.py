@@ -233,3 +233,51 @@ def test_fid_command_identify_flag_is_checked(tmp_path):
     done = run_cli(*base, "--identify", "1" * 64 + "=no_such_release")
     assert done.returncode == 2 and "Traceback" not in done.stderr and "no_such_release" in done.stderr, done.stderr
     assert "dim_h_2_256_425k" in done.stderr  # the ids it could be
+
+
+@pytest.mark.cuda
+def test_sampling_and_decoding_run_in_the_planned_precision_on_cuda():
+    """On CUDA the network runs under the plan's autocast (its Linear layers compute in bf16 / fp16) or with TF32
+    switched as planned, the sampler gets float32 back, and the VAE decode runs under its own plan's autocast."""
+    import models
+    from dimbench.fid import pipeline, precision
+    from dimbench.training.sampling import SamplerSpec
+    from models.diffusion import make_schedule
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = models.create_model("dit_tiny_4", input_size=8, in_channels=1, num_classes=10).eval().to(cuda)
+    with torch.no_grad():  # DiT's zero-initialised output layers would make every output 0 in any precision
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    fam = models.family_of_model("dit_tiny_4")
+    seen = []
+    first = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, i, o: seen.append((o.dtype, torch.backends.cuda.matmul.allow_tf32)))
+    outs = {}
+    for asked, dtype, tf32 in (("float32", torch.float32, False), ("tf32", torch.float32, True),
+                               ("bf16", torch.bfloat16, False), ("fp16", torch.float16, False)):
+        plan = precision.plan(asked, cuda)
+        job = pipeline.SampleJob(model=model, schedule=make_schedule(fam.diffusion.schedule), timestep=fam.timestep,
+                                 spec=SamplerSpec("ddim", 2, 0.5), shape=(1, 8, 8), num_classes=10, count=2, batch=2,
+                                 seed=0, device=cuda, decode=lambda x: x, extractor=None, precision=plan)
+        seen.clear()
+        with precision.numerics(plan):
+            outs[asked] = pipeline.sample_chunk(job, [0, 1])
+        assert seen and all(s == (dtype, tf32) for s in seen), (asked, seen)
+        assert outs[asked].dtype == torch.float32
+    scale = outs["float32"].abs().max()
+    for asked in ("bf16", "fp16"):  # reduced precision changes the samples, a little
+        diff = (outs[asked] - outs["float32"]).abs().max()
+        assert 0 < diff < 1e-2 * scale, (asked, diff, scale)
+
+    diffusers = pytest.importorskip("diffusers")
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 32),
+                                  layers_per_block=1, latent_channels=4, norm_num_groups=32).to(cuda).eval()
+    from dimbench.fid.vae import decode
+
+    convs = []
+    vae.decoder.conv_in.register_forward_hook(lambda m, i, o: convs.append(o.dtype))
+    images = decode(vae, torch.randn(2, 4, 8, 8), autocast=precision.plan("fp16", cuda).autocast)
+    assert convs == [torch.float16] and images.dtype == torch.float32 and images.device.type == "cpu"
