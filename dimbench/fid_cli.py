@@ -9,9 +9,14 @@ model outside a suite, on one device or on several GPUs under torchrun.
         --inception-weights fid_files/weights-inception-2015-12-05-6726825d.pth \
         --reference fid_files/fid_stats_imagenet256_guided_diffusion.npz --vae fid_files/sd-vae-ft-ema
 
+    dimbench fid-stats --compare fid_files/fid_stats_imagenet256_guided_diffusion.npz stats/my_val_256.npz
+
 fid-stats streams the folder (flat or class subfolders; center crop, bicubic resize to --resolution, as
-dimbench.data reads images), --batch images at a time, keeping only their Inception features, and writes mu,
-sigma, count, weights_sha256 and source; the fid metric's `reference` option reads it. `dimbench fid` writes
+dimbench.data reads images), --batch images at a time, keeping only their Inception features (resized to 299 px
+as --inception-resize says: tf1 = torch-fidelity / ADM's evaluator, torch = pytorch-fid / U-ViT's and DiM's
+statistics), and writes mu, sigma, count, weights_sha256, source and inception_resize; the fid metric's
+`reference` option reads it. --compare A B prints the Fréchet distance between two statistics files and whether
+their mu and sigma are identical. `dimbench fid` writes
 OUT/results.jsonl (rank 0) and keeps its chunks in OUT/state/ (run the same command again to resume); each
 torchrun rank samples its own chunks. Nothing is downloaded: a missing or wrong file is named (with the expected
 checksum for the weights), exit 2, before any sampling.
@@ -26,15 +31,22 @@ from dimbench.console import UserError, console
 
 def add_fid_commands(sub) -> None:
     from dimbench.fid.inception import EXPECTED_SHA256_PREFIX
+    from dimbench.fid.protocol import RESIZES
 
     p = sub.add_parser("fid-stats", help="FID reference statistics (mu, sigma) of an image folder, from local "
-                       "Inception weights", formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=__doc__.split("\n\n")[1])
-    p.add_argument("folder", metavar="IMAGE_FOLDER", help="images, flat or in class subfolders")
-    p.add_argument("-o", "--output", required=True, metavar="FILE.npz")
-    p.add_argument("--inception-weights", required=True, metavar="PATH",
+                       "Inception weights; or --compare two statistics files",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="\n\n".join(__doc__.split("\n\n")[i] for i in (1, 3)))
+    p.add_argument("folder", nargs="?", metavar="IMAGE_FOLDER", help="images, flat or in class subfolders")
+    p.add_argument("-o", "--output", metavar="FILE.npz")
+    p.add_argument("--compare", nargs=2, metavar=("A.npz", "B.npz"),
+                   help="compare two statistics files (Fréchet distance, identical mu/sigma) instead")
+    p.add_argument("--inception-weights", metavar="PATH",
                    help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or pytorch-fid's "
                    "pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--inception-resize", choices=RESIZES, default="tf1",
+                   help="tf1: torch-fidelity's TF1-style bilinear (ADM's evaluator; default); torch: pytorch-fid's "
+                   "F.interpolate (U-ViT's and DiM's statistics)")
     p.add_argument("--inception-sha256", default=EXPECTED_SHA256_PREFIX, metavar="HEX",
                    help=f"start of the weights file's SHA256 (default {EXPECTED_SHA256_PREFIX})")
     p.add_argument("--resolution", type=int, default=256, metavar="PX", help="image side after crop and resize")
@@ -50,9 +62,10 @@ def add_fid_commands(sub) -> None:
     p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the checkpoint's choice)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
-    for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler"):
+    for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler",
+                 "inception-resize", "precision", "vae-precision", "reference-images"):
         p.add_argument(f"--{name}", default=None)
-    for name in ("samples", "batch", "decode-batch", "seed", "steps", "upsample-steps"):
+    for name in ("samples", "batch", "decode-batch", "seed", "steps", "upsample-steps", "patch-crops"):
         p.add_argument(f"--{name}", type=int, default=None)
     for name in ("guidance", "upsample-guidance", "until"):
         p.add_argument(f"--{name}", type=float, default=None)
@@ -60,36 +73,24 @@ def add_fid_commands(sub) -> None:
                    help="the checkpoint's resolution when --resolution is a multiple of it (training-free upsampling)")
     p.add_argument("--labels", choices=("random", "balanced"), default=None,
                    help="class labels: random (uniform, seeded per image; default, as the papers) or balanced")
+    p.add_argument("--identify", action="append", default=None, metavar="SHA256=ID",
+                   help="declare that the file with this SHA-256 is a release or reference of "
+                   "dimbench/fid/protocols.yaml (repeatable)")
     p.add_argument("--random-weights", action="store_true")
     p.set_defaults(func=cmd_fid)
-
-
-def _image_files(folder: str) -> list:
-    """The image files of a folder, flat or in class subfolders at any depth (hidden names skipped), sorted."""
-    from pathlib import Path
-
-    from dimbench.data import IMAGE_SUFFIXES
-
-    root = Path(folder)
-    if not root.is_dir():
-        raise UserError(f"{folder}: " + ("not a folder" if root.exists() else "no such folder") +
-                        " (expected a folder of images, flat or in class subfolders)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    if len(files) < 2:
-        raise UserError(f"{folder}: statistics need at least 2 images ({'/'.join(IMAGE_SUFFIXES)}), found "
-                        f"{len(files)}")
-    return files
 
 
 def cmd_fid_stats(args: argparse.Namespace) -> int:
     """Streams the folder: ``--batch`` images are read, resized and passed through Inception at a time, and only
     their pool3 features (2048 float32 per image: 400 MB for 50,000) are kept, never the images themselves."""
-    import numpy as np
-    import torch
-
-    from dimbench.data import DataError, _read_image
+    if args.compare:
+        return _compare_stats(args)
+    for name, value in (("IMAGE_FOLDER", args.folder), ("--output", args.output),
+                        ("--inception-weights", args.inception_weights)):
+        if not value:
+            raise UserError(f"fid-stats: {name} is required (or give --compare A.npz B.npz)")
     from dimbench.fid import inception
+    from dimbench.fid.folder import folder_features, image_files
     from dimbench.fid.reference import write_stats
     from dimbench.quality.frechet import gaussian_stats
 
@@ -102,27 +103,42 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     if reason:
         raise UserError(f"fid-stats is not available: {reason}")
     inception.check_weights_file(args.inception_weights, args.inception_sha256)  # before reading any image
-    files = _image_files(args.folder)
+    files = image_files(args.folder)
+    import torch
+
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     net, digest = inception.load_extractor(args.inception_weights, args.inception_sha256, device)
-    pools = []
-    for start in range(0, len(files), args.batch):
-        try:
-            pixels = np.stack([_read_image(f, args.resolution, 3) for f in files[start:start + args.batch]])
-        except DataError as exc:
-            raise UserError(str(exc)) from None
-        pool, _ = inception.extract(net, torch.from_numpy(pixels).permute(0, 3, 1, 2), batch=args.batch)
-        pools.append(pool)
-    pool = np.concatenate(pools)
+    pool, _ = folder_features(files, args.resolution, net, resize=args.inception_resize, batch=args.batch)
     mu, sigma = gaussian_stats(pool)
     source = (f"image folder {args.folder} ({len(files)} images), center crop + bicubic resize to "
-              f"{args.resolution}x{args.resolution} px, RGB uint8")
+              f"{args.resolution}x{args.resolution} px, RGB uint8, Inception resize {args.inception_resize}")
     try:
-        write_stats(args.output, mu, sigma, len(pool), digest, source)
+        write_stats(args.output, mu, sigma, len(pool), digest, source, args.inception_resize)
     except OSError as exc:
         raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     console().print(f"{args.output}: mu/sigma of {len(pool)} images ({source}); Inception weights "
                     f"{args.inception_weights} (SHA256 {digest})", markup=False)
+    return 0
+
+
+def _compare_stats(args: argparse.Namespace) -> int:
+    """``fid-stats --compare A B``: how far two statistics files are apart (exit 2 naming a bad file)."""
+    from dimbench.fid.reference import compare, read_reference
+
+    if args.folder or args.output:
+        raise UserError("fid-stats --compare A.npz B.npz reads two statistics files; it takes no IMAGE_FOLDER and "
+                        "no --output")
+    a, b = (read_reference(path) for path in args.compare)
+    c = compare(a, b)
+    out = console()
+    for ref in (a, b):
+        made = f", Inception resize {ref.inception_resize}" if ref.inception_resize else ""
+        count = f"{ref.count} images" if ref.count is not None else "image count not recorded"
+        out.print(f"{ref.describe()}, {count}{made}", markup=False)
+    out.print(f"Fréchet distance between them: {c.frechet_distance:.6g}", markup=False)
+    out.print(f"mu identical: {'yes' if c.mu_identical else 'no'} (max |difference| {c.mu_max_abs_diff:.3g}); "
+              f"sigma identical: {'yes' if c.sigma_identical else 'no'} (max |difference| "
+              f"{c.sigma_max_abs_diff:.3g})", markup=False)
     return 0
 
 
@@ -149,8 +165,16 @@ def cmd_fid(args: argparse.Namespace) -> int:
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     given = {k: getattr(args, k) for k in ("inception_weights", "inception_sha256", "reference", "vae", "sampler",
                                            "upsample_sampler", "samples", "batch", "decode_batch", "seed", "steps",
-                                           "upsample_steps", "guidance", "upsample_guidance", "until", "labels")
+                                           "upsample_steps", "guidance", "upsample_guidance", "until", "labels",
+                                           "inception_resize", "precision", "vae_precision", "reference_images",
+                                           "patch_crops")
              if getattr(args, k) is not None}
+    if args.identify:
+        pairs = [item.partition("=") for item in args.identify]
+        bad = [item for item, (_, eq, fid) in zip(args.identify, pairs, strict=True) if not eq or not fid]
+        if bad:
+            raise UserError(f"--identify {bad[0]}: expected SHA256=ID (a release or reference id)")
+        given["identify"] = {sha: fid for sha, _, fid in pairs}
     if args.upsample_from:
         given["upsample_from"] = {args.model: {args.resolution: args.upsample_from}}
     given["random_weights"] = bool(args.random_weights)

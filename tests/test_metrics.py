@@ -56,7 +56,7 @@ def test_registry_has_the_contract_metrics():
         "published_params", "published_gmacs", "published_throughput", "published_fid",
         "gmacs_no_scan", "gmacs_no_dwconv", "gmacs_mamba_fused", "gmacs_unpadded", "gmacs_input_7_8",
         "profile_forward_ms", "profile_ms", "profile_share", "profile_gflop", "profile_gbytes", "profile_energy_j",
-        "fid", "inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid",
+        "fid", "inception_score", "kid", "precision", "recall", "patch_fid", "sample_s_per_image", "samples_fid",
     }  # fmt: skip
     assert all(m.name == name and m.description for name, m in METRICS.items())
 

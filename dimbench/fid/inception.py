@@ -134,14 +134,50 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
+#: The FID Inception network's layers from its first convolution to pool3, in order (torch-fidelity's names,
+#: which are also pytorch-fid's): what both resize modes share once the image is at 299 px and normalised.
+TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+         "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+         "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+SIDE = 299
+
+
+def torch_resize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid's preprocessing (what U-ViT's and DiM's tools/fid_score.py feed the network): uint8 images
+    as read from PNG (torchvision's ToTensor: x / 255), PyTorch's bilinear resize to 299 px with
+    align_corners=False and no antialiasing, then 2x - 1. float32 (n, 3, 299, 299)."""
+    import torch.nn.functional as F
+
+    x = images_uint8.float() / 255.0
+    x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    return 2.0 * x - 1.0
+
+
+def trunk(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pool3, unbiased logits) of normalised 299 px input ``x``, through the network's layers (:data:`TRUNK`)."""
+    for name in TRUNK:
+        x = getattr(net, name)(x)
+    pool = torch.flatten(x, 1)
+    return pool, pool.mm(net.fc.weight.T)
+
+
 @torch.no_grad()
-def extract(net, images_uint8: torch.Tensor, batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(pool3 (n, 2048), unbiased logits (n, 1008)) float32 for uint8 images (n, 3, H, W); torch-fidelity resizes
-    to 299 px (TF1-compatible bilinear) inside the network."""
+def extract(net, images_uint8: torch.Tensor, batch: int = 100, resize: str = "tf1") -> tuple[np.ndarray, np.ndarray]:
+    """(pool3 (n, 2048), unbiased logits (n, 1008)) float32 for uint8 images (n, 3, H, W), in float32 with TF32
+    off. ``resize``: "tf1" = torch-fidelity's own forward (TF1-compatible bilinear resize to 299 px, (x - 128) /
+    128, as ADM's evaluator); "torch" = pytorch-fid's preprocessing (:func:`torch_resize`) then the same layers."""
+    from dimbench.fid.precision import strict_float32
+    from dimbench.fid.protocol import RESIZES
+
+    if resize not in RESIZES:
+        raise ValueError(f"inception resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     device = next(net.parameters()).device
+    dtype = next(net.parameters()).dtype
     pools, logits = [], []
-    for start in range(0, images_uint8.shape[0], batch):
-        p, lg = net(images_uint8[start:start + batch].to(device))
-        pools.append(p.float().cpu())
-        logits.append(lg.float().cpu())
+    with strict_float32():
+        for start in range(0, images_uint8.shape[0], batch):
+            part = images_uint8[start:start + batch].to(device)
+            p, lg = net(part) if resize == "tf1" else trunk(net, torch_resize(part).to(dtype))
+            pools.append(p.float().cpu())
+            logits.append(lg.float().cpu())
     return torch.cat(pools).numpy(), torch.cat(logits).numpy()

@@ -8,7 +8,12 @@ or i mod num_classes (``labels="balanced"``: every class equally often); the sam
 it. (DDPM's per-step noise comes from a generator seeded from (seed, first index of the chunk): the same as long
 as ``batch`` is.)
 
-Each finished chunk's Inception features (pool3 and unbiased logits), its indices and its wall times go to
+Sampling and decoding run under the job's precision plan (:mod:`dimbench.fid.precision`: the network under
+autocast where the protocol says so; Inception always in float32). With ``patch_crops`` k > 0 and images of at
+least 299 px, each image's k random 299-px crops (:mod:`dimbench.fid.patches`) are scored too (patch-FID).
+
+Each finished chunk's Inception features (pool3, unbiased logits, and the crops' pool3), its indices and its
+wall times go to
 ``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
 not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
 made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded. A chunk is done only
@@ -59,6 +64,9 @@ class SampleJob:
     until: float = 0.7
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # what job.json records
     labels: str = "random"  # "random" (uniform, seeded per image) or "balanced" (i mod num_classes)
+    precision: Any = None  # dimbench.fid.precision.Plan for sampling and decoding; None: as the model is
+    resize: str = "tf1"  # the Inception resize (dimbench.fid.protocol.RESIZES)
+    patch_crops: int = 0  # random 299-px crops scored per image (patch-FID); 0: none
 
 
 def image_seed(seed: int, index: int, stream: int = 0) -> int:
@@ -87,10 +95,15 @@ def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> 
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
+    from dimbench.fid.precision import forward
     from dimbench.training.sampling import _check_pair, _run_sampler
     from models.diffusion import Guidance, model_eps, upsample_guidance
 
     model, spec = job.model, job.spec
+
+    def net(m):  # the network as the protocol runs it (autocast, outputs back to float32)
+        return forward(m, job.precision, job.device) if job.precision is not None else m
+
     _check_pair(spec, job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
@@ -105,10 +118,11 @@ def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     channels = subset if subset is not None and job.shape[0] > subset else None
     guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
     null = job.num_classes if guidance else None
-    eps = model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
+    eps = model_eps(net(model), job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
                     with_variance=spec.name == "ddpm" and not job.upsample)
     if job.upsample:
-        low = model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null)
+        low = model_eps(net(job.lowres_model), job.schedule, job.timestep, y=labels, guidance=guidance,
+                        null_class=null)
         eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
     return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
@@ -172,7 +186,11 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
     """Make and score this rank's missing chunks. Returns what this process did: generated, resumed (images
     found on disk for its chunks), times."""
+    import contextlib
+
     from dimbench.fid.inception import extract, to_uint8
+    from dimbench.fid.patches import CROP, random_crops
+    from dimbench.fid.precision import numerics
 
     chunks = -(-job.count // job.batch)
     mine = [k for k in range(chunks) if k % world == rank]
@@ -187,20 +205,25 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         indices = chunk_indices(k, job.count, job.batch)  # a chunk of other indices is overwritten
         _sync(job.device)
         t0 = time.perf_counter()
-        raw = sample_chunk(job, indices)
-        _sync(job.device)
-        t1 = time.perf_counter()
-        images = job.decode(raw)
-        _sync(job.device)
+        with numerics(job.precision) if job.precision is not None else contextlib.nullcontext():
+            raw = sample_chunk(job, indices)
+            _sync(job.device)
+            t1 = time.perf_counter()
+            images = job.decode(raw)
+            _sync(job.device)
         t2 = time.perf_counter()
         pixels = to_uint8(images)
-        pool, logits = extract(job.extractor, pixels)
+        pool, logits = extract(job.extractor, pixels, resize=job.resize)
+        patches = {}
+        if job.patch_crops and min(pixels.shape[-2:]) >= CROP:
+            crops = random_crops(pixels, job.seed, indices, job.patch_crops)
+            patches["patch_pool"] = extract(job.extractor, crops, resize=job.resize)[0].astype(np.float32)
         t3 = time.perf_counter()
         if k == 0:
             np.save(state / "grid.npy", pixels[:GRID_IMAGES].numpy())
         _save_npz(chunk_path(state, k), pool=pool.astype(np.float32), logits=logits.astype(np.float32),
                   indices=np.asarray(indices, np.int64), sample_s=np.float64(t1 - t0), decode_s=np.float64(t2 - t1),
-                  extract_s=np.float64(t3 - t2), image_px=np.int64(pixels.shape[-1]))
+                  extract_s=np.float64(t3 - t2), image_px=np.int64(pixels.shape[-1]), **patches)
         generated += len(indices)
         written += 1
         if progress is not None:
@@ -213,7 +236,7 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
 def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
     """Every chunk's features and times, in index order (rank 0, after all ranks finished)."""
     chunks = -(-count // batch)
-    pools, logits, indices = [], [], []
+    pools, logits, indices, patch_pools = [], [], [], []
     sample_s = decode_s = extract_s = 0.0
     image_px = None
     for k in range(chunks):
@@ -226,11 +249,13 @@ def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
                                    f"a run of {count} in chunks of {batch} (a rank did not finish)")
             indices.append(z["indices"])
             pools.append(z["pool"])
+            if "patch_pool" in z.files:
+                patch_pools.append(z["patch_pool"])
             logits.append(z["logits"])
             sample_s += float(z["sample_s"])
             decode_s += float(z["decode_s"])
             extract_s += float(z["extract_s"])
             image_px = int(z["image_px"])
     return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "indices": np.concatenate(indices),
-            "sample_s": sample_s,
-            "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}
+            "patch_pool": np.concatenate(patch_pools) if len(patch_pools) == chunks else None,
+            "sample_s": sample_s, "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}

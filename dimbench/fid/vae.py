@@ -52,11 +52,16 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Images in [-1, 1] (float32, on the CPU) from scaled latents: vae.decode(z / 0.18215)."""
+def decode(vae, latents: torch.Tensor, batch: int = 8, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Images in [-1, 1] (float32, on the CPU) from scaled latents: vae.decode(z / 0.18215), under autocast of
+    ``autocast`` when given (U-ViT's and DiM's decode runs under torch.cuda.amp.autocast(): float16)."""
+    import contextlib
+
     device = next(vae.parameters()).device
     out = []
     for start in range(0, latents.shape[0], batch):
         z = latents[start:start + batch].to(device, next(vae.parameters()).dtype) / SCALE
-        out.append(vae.decode(z).sample.float().clamp(-1, 1).cpu())
+        with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+            images = vae.decode(z).sample
+        out.append(images.float().clamp(-1, 1).cpu())
     return torch.cat(out)
