@@ -1,0 +1,110 @@
+"""How the GPU check's scripts hand in results: one JSON line and one human line per result, written the moment it
+exists, so that whatever kills the process later (its phase's time cap, an exception, the call's own limit) cannot
+take back what was already written.
+
+    from gpu_report import Summary
+    summary = Summary(out_dir, phase="2 scan correctness")      # out_dir None: print only
+    summary.record("triton (1, 9806) bf16: out 3.1e-03 ...", backend="triton", rel_err={...})
+
+``OUT/summary.jsonl`` gets ``{"phase": ..., "t": UTC time, "text": the human line, **fields}``; ``OUT/summary.txt``
+gets ``[phase] text``; both are appended, flushed and fsynced per line (a few lines per second at most, so the cost
+is nothing). Each line is also printed, so a phase's log reads the same. Neither torch nor dimbench is imported
+here: the Triton compile check runs in a virtual environment holding triton alone.
+
+Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``GPU_CHECK_FAULT=PHASE:ACTION[:N]``
+makes the process of the phase whose name starts with PHASE (e.g. "2") raise (ACTION ``raise``) or hang
+(``hang``, until its time cap kills it) right after it has recorded N lines (default 1).
+
+    python benchmarks/gpu_report.py OUT PHASE TEXT [KEY=VALUE ...]   # one line from a shell script
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FAULT_ENV = "GPU_CHECK_FAULT"
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` through a temporary file renamed over it: a reader (or a kill) sees the old
+    file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _append(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Summary:
+    """Appends one result at a time to OUT/summary.jsonl and OUT/summary.txt (see the module docstring)."""
+
+    def __init__(self, out: str | os.PathLike | None, phase: str):
+        self.out = None if out is None else Path(out)
+        self.phase = phase
+        self.count = 0
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def record(self, text: str, **fields: Any) -> None:
+        line = {"phase": self.phase, "t": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "text": text, **fields}
+        print(f"[{self.phase}] {text}", flush=True)
+        if self.out is not None:
+            _append(self.out / "summary.jsonl", json.dumps(line, default=str))
+            _append(self.out / "summary.txt", f"[{self.phase}] {text}")
+        self.count += 1
+        self._maybe_fault()
+
+    def _maybe_fault(self) -> None:
+        spec = os.environ.get(FAULT_ENV, "")
+        if not spec:
+            return
+        parts = spec.split(":")
+        if len(parts) < 2 or not self.phase.startswith(parts[0]):
+            return
+        after = int(parts[2]) if len(parts) > 2 and parts[2] else 1
+        if self.count != after:
+            return
+        if parts[1] == "raise":
+            raise RuntimeError(f"fault injected by {FAULT_ENV}={spec} after {after} line(s)")
+        if parts[1] == "hang":
+            print(f"[{self.phase}] hanging (fault injected by {FAULT_ENV}={spec})", flush=True)
+            while True:
+                time.sleep(3600)
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 3:
+        print("usage: gpu_report.py OUT PHASE TEXT [KEY=VALUE ...]", file=sys.stderr)
+        return 2
+    out, phase, text, *pairs = argv
+    os.environ.pop(FAULT_ENV, None)  # the shell's own notes (a phase's end, its cut-off) are never the fault
+    fields = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        try:
+            fields[key] = json.loads(value)
+        except ValueError:
+            fields[key] = value
+    Summary(out, phase).record(text, **fields)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
