@@ -7,9 +7,11 @@ take back what was already written.
     summary.record("triton (1, 9806) bf16: out 3.1e-03 ...", backend="triton", rel_err={...})
 
 ``OUT/summary.jsonl`` gets ``{"phase": ..., "t": UTC time, "text": the human line, **fields}``; ``OUT/summary.txt``
-gets ``[phase] text``; both are appended, flushed and fsynced per line (a few lines per second at most, so the cost
-is nothing). Each line is also printed, so a phase's log reads the same. Neither torch nor dimbench is imported
-here: the Triton compile check runs in a virtual environment holding triton alone.
+gets ``[N] text`` (N the phase name's first word, its number: the text file is meant to fit in the 12,000
+characters of a device call's output tail, so its lines are short; the JSON carries the detail); both are appended,
+flushed and fsynced per line (a few lines per second at most, so the cost is nothing). Each line is also printed,
+so a phase's log reads the same. Neither torch nor dimbench is imported here: the Triton compile check runs in a
+virtual environment holding triton alone.
 
 Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``GPU_CHECK_FAULT=PHASE:ACTION[:N]``
 makes the process of the phase whose name starts with PHASE (e.g. "2") raise (ACTION ``raise``) or hang
@@ -64,10 +66,11 @@ class Summary:
     def record(self, text: str, **fields: Any) -> None:
         line = {"phase": self.phase, "t": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "text": text, **fields}
-        print(f"[{self.phase}] {text}", flush=True)
+        human = f"[{self.phase.split()[0]}] {text}"
+        print(human, flush=True)
         if self.out is not None:
             _append(self.out / "summary.jsonl", json.dumps(line, default=str))
-            _append(self.out / "summary.txt", f"[{self.phase}] {text}")
+            _append(self.out / "summary.txt", human)
         self.count += 1
         self._maybe_fault()
 

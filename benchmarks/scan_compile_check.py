@@ -181,13 +181,13 @@ def compile_one(module, kernel: str, launch: str, dtype: str, constexprs: dict) 
 
 
 def describe(row: dict, version: str) -> str:
-    head = f"triton {version} sm_90 {row['kernel']} ({row['launch']}, {row['dtype']})"
+    head = f"triton {version} {row['kernel']} {row['launch'][:3]} {row['dtype']}"
     if row["error"]:
-        return f"{head}: DOES NOT COMPILE: {row['error'].splitlines()[-1][:200]}"
+        return f"{head}: DOES NOT COMPILE for sm_90: {row['error'].splitlines()[-1][:200]}"
     spills = row["spill_store_bytes"] + row["spill_load_bytes"]
-    return (f"{head}: {row['registers']} registers, spills {row['spill_store_bytes']}/{row['spill_load_bytes']} B "
-            f"(store/load){' <- SPILLS' if spills else ''}, stack {row['stack_bytes']} B, shared "
-            f"{row['triton_shared_bytes']} B (Triton's) / {row['shared_bytes']} B (cubin), {row['compile_s']} s")
+    return (f"{head}: {row['registers']} regs, spills {row['spill_store_bytes']}/{row['spill_load_bytes']} B"
+            f"{' <- SPILLS' if spills else ''}, stack {row['stack_bytes']}, smem {row['triton_shared_bytes']}/"
+            f"{row['shared_bytes']} B")
 
 
 def main(argv=None) -> int:

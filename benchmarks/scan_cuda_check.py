@@ -124,16 +124,16 @@ def check_backend(name: str, batch: int, L: int, dtype: torch.dtype, device: tor
 
 
 def describe(res: dict, case: dict) -> str:
-    tiny = f" TINY (d_inner {case['d_inner']})" if case["tiny"] else ""
-    head = f"{res['backend']} ({case['batch']}, {case['L']}) {case['dtype']}{tiny} vs float32 reference:"
+    tiny = f" TINY d{case['d_inner']}" if case["tiny"] else ""
+    head = f"{res['backend']} ({case['batch']},{case['L']}) {case['dtype']}{tiny}:"
     if res.get("error"):
-        return f"{head} FAILED: {res['error'].splitlines()[0][:240]}"
+        return f"{head} FAILED {res['error'].splitlines()[0][:200]}"
     worst = max(res["rel_err"], key=lambda k: res["rel_err"][k] / res["tolerance"][k])
-    text = (f"{head} {'PASS' if res['passed'] else 'FAIL'}: out {res['rel_err']['out']:.1e}, worst {worst} "
+    text = (f"{head} {'PASS' if res['passed'] else 'FAIL'} out {res['rel_err']['out']:.1e}, worst {worst} "
             f"{res['rel_err'][worst]:.1e} (tol {res['tolerance'][worst]:.0e}), ")
-    text += f"NaN/inf in {', '.join(res['nonfinite'])}" if res["nonfinite"] else "no NaN"
+    text += f"NaN/inf in {','.join(res['nonfinite'])}" if res["nonfinite"] else "finite"
     if res["over_tolerance"]:
-        text += f", over tolerance: {', '.join(res['over_tolerance'])}"
+        text += f", over: {','.join(res['over_tolerance'])}"
     return f"{text} ({res['seconds']} s)"
 
 
