@@ -10,8 +10,8 @@ take back what was already written.
 gets ``[N] text`` (N the phase name's first word, its number: the text file is meant to fit in the 12,000
 characters of a device call's output tail, so its lines are short; the JSON carries the detail); both are appended,
 flushed and fsynced per line (a few lines per second at most, so the cost is nothing). Each line is also printed,
-so a phase's log reads the same. Neither torch nor dimbench is imported here: the Triton compile check runs in a
-virtual environment holding triton alone.
+so a phase's log reads the same. Torch is not imported here (nor by ``dimbench.results``, whose atomic JSON
+writer the scripts take from here): the Triton compile check runs in a virtual environment holding triton and rich.
 
 Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``GPU_CHECK_FAULT=PHASE:ACTION[:N]``
 makes the process of the phase whose name starts with PHASE (e.g. "2") raise (ACTION ``raise``) or hang
@@ -30,20 +30,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dimbench.results import write_json_atomic  # noqa: E402,F401  (torch-free: the scripts here take it from here)
+
 FAULT_ENV = "GPU_CHECK_FAULT"
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file renamed over it: a reader (or a kill) sees the old
-    file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _append(path: Path, line: str) -> None:

@@ -4,8 +4,8 @@ Triton is installed, and report each one's registers, spills, stack and shared m
     python benchmarks/scan_compile_check.py [--json FILE] [--dtypes bf16,fp32] [--kernels FILE] [--summary OUT]
 
 Why: the device machine has Triton 3.6, this project is developed with 3.8; a kernel 3.6 refuses, or compiles with
-spills, would cost a whole device call to find out. It needs triton alone (no torch, no GPU), so it runs in a
-throwaway environment too (``python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0``, then
+spills, would cost a whole device call to find out. It needs triton (and rich) alone, no torch, no GPU, so it runs
+in a throwaway environment too (``python3 -m venv /tmp/t36 && /tmp/t36/bin/pip install triton==3.6.0 rich``, then
 ``/tmp/t36/bin/python benchmarks/scan_compile_check.py``), and as part of phase 1 of ``scripts/gpu_check.sh``.
 
 What is compiled (``LAUNCHES``): the launches of ``models/scan/triton_backend.py`` in a DiM block, whose scan has a
@@ -181,7 +181,7 @@ def compile_one(module, kernel: str, launch: str, dtype: str, constexprs: dict) 
 
 
 def describe(row: dict, version: str) -> str:
-    head = f"triton {version} {row['kernel']} {row['launch'][:3]} {row['dtype']}"
+    head = f"triton {version} {row['kernel']} {'fwd' if row['launch'] == 'forward' else 'bwd'} {row['dtype']}"
     if row["error"]:
         return f"{head}: DOES NOT COMPILE for sm_90: {row['error'].splitlines()[-1][:200]}"
     spills = row["spill_store_bytes"] + row["spill_load_bytes"]
