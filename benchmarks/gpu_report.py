@@ -17,7 +17,8 @@ Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``G
 makes the process of the phase whose name starts with PHASE (e.g. "2") raise (ACTION ``raise``) or hang
 (``hang``, until its time cap kills it) right after it has recorded N lines (default 1).
 
-    python benchmarks/gpu_report.py OUT PHASE TEXT [KEY=VALUE ...]   # one line from a shell script
+    python benchmarks/gpu_report.py note OUT PHASE TEXT [KEY=VALUE ...]   # one line, from a shell script
+    python benchmarks/gpu_report.py pack WORK OUT/rest.tar.gz               # WORK's files, no traces, < 15 MiB
 """
 
 from __future__ import annotations
@@ -85,21 +86,68 @@ class Summary:
                 time.sleep(3600)
 
 
+#: rest.tar.gz: what goes in first (the rest follows by name); what never goes in (traces, memory snapshots).
+PACK_FIRST = ("*.json", "logs/*", "suite/results.jsonl", "suite/environment.json", "suite/hardware.json",
+              "suite/report.html", "profile/results.jsonl", "profile/environment.json", "suite/report.pdf")
+PACK_NEVER = ("profile/profiles/*", "*.tmp", "*.pickle", "*trace*.json*", "*.pt")
+
+
+def pack(work: str | os.PathLike, tarball: str | os.PathLike, max_bytes: int = 15 << 20) -> list[str]:
+    """Put WORK's files (not the traces and snapshots) into one gzipped tar under ``max_bytes``, in PACK_FIRST's
+    order; a file that would take the tar past the limit is left out and named in the tar's MANIFEST.txt. Written
+    beside ``tarball`` and renamed over it. Returns the names left out."""
+    import fnmatch
+    import io
+    import tarfile
+
+    work, tarball = Path(work), Path(tarball)
+    files = sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file())
+    files = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in PACK_NEVER)]
+    rank = {f: next((i for i, pat in enumerate(PACK_FIRST) if fnmatch.fnmatch(f, pat)), len(PACK_FIRST))
+            for f in files}
+    files.sort(key=lambda f: (rank[f], f))
+    tmp = tarball.with_name(f".{tarball.name}.tmp")
+    left_out, margin = [], 256 << 10
+    with open(tmp, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for f in files:
+            size = (work / f).stat().st_size
+            # what the file may add to the tar: compressed formats as they are, text at most half (JSON, logs)
+            estimate = size if f.endswith((".pdf", ".gz", ".png", ".zip", ".pt")) else size // 2
+            if raw.tell() + estimate + margin > max_bytes:
+                left_out.append(f"{f} ({size} B)")
+                continue
+            tar.add(work / f, arcname=f)
+            if raw.tell() > max_bytes - margin:
+                left_out.append("(the files after this point: the tar reached its size limit)")
+                break
+        manifest = "\n".join([f"packed {len(files) - len(left_out)} files of {work}", "left out:", *left_out]) + "\n"
+        info = tarfile.TarInfo("MANIFEST.txt")
+        info.size = len(manifest.encode())
+        tar.addfile(info, io.BytesIO(manifest.encode()))
+    os.replace(tmp, tarball)
+    return left_out
+
+
 def _main(argv: list[str]) -> int:
-    if len(argv) < 3:
-        print("usage: gpu_report.py OUT PHASE TEXT [KEY=VALUE ...]", file=sys.stderr)
-        return 2
-    out, phase, text, *pairs = argv
     os.environ.pop(FAULT_ENV, None)  # the shell's own notes (a phase's end, its cut-off) are never the fault
-    fields = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        try:
-            fields[key] = json.loads(value)
-        except ValueError:
-            fields[key] = value
-    Summary(out, phase).record(text, **fields)
-    return 0
+    if len(argv) >= 4 and argv[0] == "note":
+        out, phase, text, *pairs = argv[1:]
+        fields = {}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            try:
+                fields[key] = json.loads(value)
+            except ValueError:
+                fields[key] = value
+        Summary(out, phase).record(text, **fields)
+        return 0
+    if len(argv) == 3 and argv[0] == "pack":
+        left_out = pack(argv[1], argv[2])
+        print(f"{argv[2]}: {Path(argv[2]).stat().st_size / 2**20:.1f} MiB"
+              + (f"; left out: {', '.join(left_out)}" if left_out else ""))
+        return 0
+    print("usage: gpu_report.py note OUT PHASE TEXT [KEY=VALUE ...] | pack WORK TARBALL", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
