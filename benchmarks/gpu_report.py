@@ -14,8 +14,9 @@ so a phase's log reads the same. Torch is not imported here (nor by ``dimbench.r
 writer the scripts take from here): the Triton compile check runs in a virtual environment holding triton and rich.
 
 Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``GPU_CHECK_FAULT=PHASE:ACTION[:N]``
-makes the process of the phase whose name starts with PHASE (e.g. "2") raise (ACTION ``raise``) or hang
-(``hang``, until its time cap kills it) right after it has recorded N lines (default 1).
+(several, comma-separated) makes the process of the phase whose name starts with PHASE (e.g. "2", or "1 compile")
+raise (ACTION ``raise``) or hang (``hang``, until its time cap kills it) right after it has recorded N lines
+(default 1).
 
     python benchmarks/gpu_report.py note OUT PHASE TEXT [KEY=VALUE ...]   # one line, from a shell script
     python benchmarks/gpu_report.py pack WORK OUT/rest.tar.gz               # WORK's files, no traces, < 15 MiB
@@ -69,21 +70,19 @@ class Summary:
         self._maybe_fault()
 
     def _maybe_fault(self) -> None:
-        spec = os.environ.get(FAULT_ENV, "")
-        if not spec:
-            return
-        parts = spec.split(":")
-        if len(parts) < 2 or not self.phase.startswith(parts[0]):
-            return
-        after = int(parts[2]) if len(parts) > 2 and parts[2] else 1
-        if self.count != after:
-            return
-        if parts[1] == "raise":
-            raise RuntimeError(f"fault injected by {FAULT_ENV}={spec} after {after} line(s)")
-        if parts[1] == "hang":
-            print(f"[{self.phase}] hanging (fault injected by {FAULT_ENV}={spec})", flush=True)
-            while True:
-                time.sleep(3600)
+        for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
+            parts = spec.split(":")
+            if len(parts) < 2 or not self.phase.startswith(parts[0]):
+                continue
+            after = int(parts[2]) if len(parts) > 2 and parts[2] else 1
+            if self.count != after:
+                continue
+            if parts[1] == "raise":
+                raise RuntimeError(f"fault injected by {FAULT_ENV}={spec} after {after} line(s)")
+            if parts[1] == "hang":
+                print(f"[{self.phase}] hanging (fault injected by {FAULT_ENV}={spec})", flush=True)
+                while True:
+                    time.sleep(3600)
 
 
 #: rest.tar.gz: what goes in first (the rest follows by name); what never goes in (traces, memory snapshots).

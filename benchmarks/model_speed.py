@@ -61,9 +61,9 @@ DEFAULTS = {
     "eager": {"models": "dim_h_2,dit_xl_2,uvit_h_2", "points": "1536:1,1024:2,512:8,256:32"},
     "compiled": {"models": "dim_h_2,dit_xl_2", "points": "1536:1"},
 }
-#: the CPU dry run's stand-ins: dimbench's tiny pixel models (5-6 blocks, width 64, patch 4) at 16 and 32 px.
-TINY = {"eager": {"models": "dim_tiny_4,dit_tiny_4,uvit_tiny_4", "points": "32:1,16:2"},
-        "compiled": {"models": "dim_tiny_4,dit_tiny_4", "points": "32:1"}}
+#: the CPU dry run's stand-ins: dimbench's tiny pixel models (5-6 blocks, width 64, patch 4) at 16 px.
+TINY = {"eager": {"models": "dim_tiny_4,dit_tiny_4,uvit_tiny_4", "points": "16:1,16:2"},
+        "compiled": {"models": "dim_tiny_4,dit_tiny_4", "points": "16:1"}}
 
 
 def parse_args(argv=None):
