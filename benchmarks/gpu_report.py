@@ -16,7 +16,7 @@ writer the scripts take from here): the Triton compile check runs in a virtual e
 Fault injection, for the test of the check itself (tests/test_gpu_check.py): ``GPU_CHECK_FAULT=PHASE:ACTION[:N]``
 (several, comma-separated) makes the process of the phase whose name starts with PHASE (e.g. "2", or "1 compile")
 raise (ACTION ``raise``) or hang (``hang``, until its time cap kills it) right after it has recorded N lines
-(default 1).
+(default 1; 0: as soon as it starts).
 
     python benchmarks/gpu_report.py note OUT PHASE TEXT [KEY=VALUE ...]   # one line, from a shell script
     python benchmarks/gpu_report.py pack WORK OUT/rest.tar.gz               # WORK's files, no traces, < 15 MiB
@@ -57,6 +57,7 @@ class Summary:
         self.count = 0
         if self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
+        self._maybe_fault()  # N = 0: the phase hangs or raises before its first line
 
     def record(self, text: str, **fields: Any) -> None:
         line = {"phase": self.phase, "t": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -88,7 +89,7 @@ class Summary:
 #: rest.tar.gz: what goes in first (the rest follows by name); what never goes in (traces, memory snapshots).
 PACK_FIRST = ("*.json", "logs/*", "suite/results.jsonl", "suite/environment.json", "suite/hardware.json",
               "suite/report.html", "profile/results.jsonl", "profile/environment.json", "suite/report.pdf")
-PACK_NEVER = ("profile/profiles/*", "*.tmp", "*.pickle", "*trace*.json*", "*.pt")
+PACK_NEVER = ("profile/profiles/*", "*.tmp", "*.lock", "*.pickle", "*trace*.json*", "*.pt")
 
 
 def pack(work: str | os.PathLike, tarball: str | os.PathLike, max_bytes: int = 15 << 20) -> list[str]:
