@@ -39,9 +39,9 @@ for p in (str(ROOT), str(HERE)):
 
 import torch  # noqa: E402
 from gpu_report import Summary, write_json_atomic  # noqa: E402
-from scan_inputs import DIM_H, dim_scan_inputs  # noqa: E402
+from scan_inputs import DIM_H, dim_scan_inputs, runnable_backends  # noqa: E402
 
-from models.scan import available_backends, selective_scan  # noqa: E402
+from models.scan import selective_scan  # noqa: E402
 
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 CASES = [(1, 9806, torch.bfloat16), (1, 4494, torch.float32), (8, 1230, torch.bfloat16), (32, 366, torch.bfloat16),
@@ -62,21 +62,6 @@ def parse_args(argv=None):
     p.add_argument("--phase", default="2 scan correctness")
     p.add_argument("--backends", help="comma-separated backends to check (default: every fused one available)")
     return p.parse_args(argv)
-
-
-def fused_backends(device: torch.device) -> tuple[list[str], dict[str, str]]:
-    """(backends to check, {backend: why not}) on ``device``."""
-    chosen, skipped = [], {}
-    for name, (ok, reason) in available_backends(device).items():
-        if name in REFERENCES:
-            continue
-        if not ok:
-            skipped[name] = reason
-        elif device.type == "cuda" and "interpreter" in reason.lower():
-            skipped[name] = f"not checked on CUDA: {reason}"
-        else:
-            chosen.append(name)
-    return chosen, skipped
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -146,12 +131,11 @@ def main(argv=None) -> int:
         return 2
     tiny = device.type != "cuda"
     shape = {k: TINY[k] for k in ("d_inner", "N", "rank")} if tiny else dict(DIM_H)
-    if args.backends:
-        backends, skipped = args.backends.split(","), {}
-    else:
-        backends, skipped = fused_backends(device)
+    backends, skipped = runnable_backends(device, args.backends.split(",") if args.backends else None,
+                                          exclude={name: "the reference" for name in REFERENCES})
     for name, reason in skipped.items():
-        summary.record(f"{name}: not checked ({reason})", backend=name, skipped=True)
+        if name not in REFERENCES or args.backends:
+            summary.record(f"{name}: not checked ({reason})", backend=name, skipped=True)
     if not backends:
         summary.record(f"no fused scan backend can run on {device}: nothing to check", skipped=True)
         return 1

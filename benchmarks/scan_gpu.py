@@ -55,9 +55,8 @@ for p in (str(ROOT), str(HERE)):
 
 import torch  # noqa: E402
 from gpu_report import Summary, write_json_atomic  # noqa: E402
-from scan_inputs import DIM_H, dim_scan_inputs  # noqa: E402
+from scan_inputs import DIM_H, dim_scan_inputs, runnable_backends  # noqa: E402
 
-from models.scan import available_backends  # noqa: E402
 from models.scan.registry import get_backend  # noqa: E402
 
 LENGTHS = (366, 1230, 4494, 9806)
@@ -177,21 +176,8 @@ def scan_exps(batch, d_inner, N, L) -> dict:
 
 def choose_backends(device: torch.device, named: str | None) -> tuple[list[str], dict[str, str]]:
     """(backends to time, fused first and the slow ones last; {backend: why not timed})."""
-    status = available_backends(device)
-    names = named.split(",") if named else list(status)
-    timed, skipped = [], {}
-    for name in names:
-        ok, reason = status.get(name, (False, "unknown backend"))
-        if name in NOT_TIMED and not named:
-            skipped[name] = NOT_TIMED[name]
-        elif not ok:
-            skipped[name] = reason
-        elif device.type == "cuda" and "interpreter" in reason.lower():
-            skipped[name] = f"not timed on CUDA: {reason}"
-        else:
-            timed.append(name)
-    timed.sort(key=lambda n: n in SLOW)
-    return timed, skipped
+    timed, skipped = runnable_backends(device, named.split(",") if named else None, exclude=NOT_TIMED)
+    return sorted(timed, key=lambda n: n in SLOW), skipped
 
 
 def direction_fn(name: str, direction: str, inputs: dict, go: torch.Tensor):

@@ -1,4 +1,5 @@
-"""The selective scan's inputs as DiM really passes them, for the GPU check's correctness and speed scripts.
+"""The selective scan's inputs as DiM really passes them, and the backends to try, for the GPU check's correctness
+and speed scripts.
 
 ``models.dim.MambaMixer.forward`` computes x and z with one GEMM laid out (2·d_inner, batch·S) and views them as
 (batch, d_inner, S): z keeps that layout, strides (S, batch·S, 1), so it is not contiguous at batch > 1; B and C
@@ -51,3 +52,25 @@ def dim_scan_inputs(batch: int, L: int, dtype: torch.dtype, device, *, d_inner: 
     inputs = {"u": u, "delta": delta, "A": leaves["A"], "B": x_dbl[:, rank:rank + N], "C": x_dbl[:, rank + N:],
               "D": leaves["D"], "z": z, "delta_bias": leaves["delta_bias"]}
     return inputs, leaves
+
+
+def runnable_backends(device, named: list[str] | None = None, exclude: dict[str, str] | None = None):
+    """(backends that can run on ``device``, {backend: why not}): those ``models.scan.available_backends`` lists
+    (or ``named``), less ``exclude`` ({name: reason}; only when none are named) and Triton's interpreter on CUDA
+    (a correctness tool, thousands of times slower: never what a GPU run means)."""
+    from models.scan import available_backends
+
+    device = torch.device(device)
+    status = available_backends(device)
+    chosen, skipped = [], {}
+    for name in named or list(status):
+        ok, reason = status.get(name, (False, "unknown backend"))
+        if not named and name in (exclude or {}):
+            skipped[name] = exclude[name]
+        elif not ok:
+            skipped[name] = reason
+        elif device.type == "cuda" and "interpreter" in reason.lower():
+            skipped[name] = f"not on CUDA: {reason}"
+        else:
+            chosen.append(name)
+    return chosen, skipped
