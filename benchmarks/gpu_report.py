@@ -59,14 +59,17 @@ class Summary:
             self.out.mkdir(parents=True, exist_ok=True)
         self._maybe_fault()  # N = 0: the phase hangs or raises before its first line
 
-    def record(self, text: str, **fields: Any) -> None:
+    def record(self, text: str, in_txt: bool = True, **fields: Any) -> None:
+        """One JSON line (``text`` and ``fields``) and, unless ``in_txt`` is False (detail that a later, shorter
+        human line sums up; its JSON line then says ``"in_txt": false``), one human line."""
         line = {"phase": self.phase, "t": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "text": text, **fields}
+                "text": text, **({} if in_txt else {"in_txt": False}), **fields}
         human = f"[{self.phase.split()[0]}] {text}"
         print(human, flush=True)
         if self.out is not None:
             _append(self.out / "summary.jsonl", json.dumps(line, default=str))
-            _append(self.out / "summary.txt", human)
+            if in_txt:
+                _append(self.out / "summary.txt", human)
         self.count += 1
         self._maybe_fault()
 

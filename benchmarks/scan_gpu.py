@@ -28,8 +28,10 @@ bound" is that time over the measured one. Every backend's forward output is als
 measured backend's (‖Δ‖/‖ref‖, ``agrees_with``; above 2e-2 the summary line says DISAGREES): a kernel fast
 because wrong shows there.
 
-Written as it goes: ``--out`` is rewritten (atomically) after every measurement, and with ``--summary`` one line per
-measurement is appended to SUMMARY/summary.{txt,jsonl}; each (backend, length, batch, direction) is guarded, so an
+Written as it goes: ``--out`` is rewritten (atomically) after every measurement, and with ``--summary`` each
+measurement is a JSON line of SUMMARY/summary.jsonl at once, and each backend at one (batch, L) one short line of
+SUMMARY/summary.txt once its three directions are done (20-odd lines, so that they fit a device call's output);
+each (backend, length, batch, direction) is guarded, so an
 exception or an out-of-memory is a row with its error and the rest goes on; ``--deadline-s`` stops starting new
 measurements after that many seconds. Prints a table last.
 
@@ -268,13 +270,16 @@ def main(argv=None) -> int:
                     inputs = {k: v.contiguous() for k, v in inputs.items()}
                 go = torch.randn(batch, d_inner, L, device=device).to(dtype)
             except Exception as exc:
-                _row(record, summary, args, {"L": L, "batch": batch, "backend": "(inputs)", "direction": "-",
-                                             "error": f"{type(exc).__name__}: {exc}"[:600]})
+                error = f"{type(exc).__name__}: {str(exc).strip()[:600]}"
+                record["rows"].append({"L": L, "batch": batch, "backend": "(inputs)", "error": error})
+                summary.record(f"b{batch} L{L}: the inputs could not be made: {error[:160]}", batch=batch, L=L,
+                               error=error)
                 continue
             first_out = None
             for name in backends:
                 if name in SLOW and batch > args.slow_batch:
                     continue
+                group = []
                 for direction in DIRECTIONS:
                     if args.deadline_s is not None and time.time() - t0 > args.deadline_s:
                         summary.record(f"stopped: past the {args.deadline_s:.0f} s deadline, before {name} L={L} "
@@ -300,6 +305,9 @@ def main(argv=None) -> int:
                         if device.type == "cuda":
                             torch.cuda.empty_cache()
                     _row(record, summary, args, row)
+                    group.append(row)
+                if group:
+                    _group_line(record, summary, group)
                 if stopped:
                     break
             del inputs, go, first_out
@@ -325,21 +333,37 @@ def bounds(nbytes: int, exps: int, bw: float | None, rate: float | None, measure
             "achieved_bytes_per_s": nbytes / (measured_ms * 1e-3)}
 
 
+SHORT = {"forward": "fwd", "backward": "bwd", "both": "f+b"}
+
+
 def _row(record: dict, summary: Summary, args, row: dict) -> None:
+    """One measurement: into ``--out`` and a JSON line of the summary (the human line comes per group)."""
     record["rows"].append(row)
     write_json_atomic(args.out, record)
-    short = {"forward": "fwd", "backward": "bwd", "both": "f+b"}.get(row["direction"], row["direction"])
-    head = f"{row['backend']} b{row['batch']} L{row['L']} {short}{' TINY' if record['tiny'] else ''}"
-    if row.get("error"):
-        text = f"{head}: FAILED {row['error'].splitlines()[0][:160]}"
-    elif row.get("pct_of_bound") is None:
-        text = f"{head}: {row['median_ms']:.3f} ms"
-    else:  # short: up to 60 of these lines must fit in the device call's output tail with everything else
-        text = f"{head}: {row['median_ms']:.3f} ms {row['pct_of_bound']:.1f}% of {row['binds']} bound"
-    for other, err in (row.get("agrees_with") or {}).items():
+    text = f"{row['backend']} b{row['batch']} L{row['L']} {SHORT.get(row['direction'], row['direction'])}: " + (
+        f"FAILED {row['error'].splitlines()[0][:160]}" if row.get("error") else f"{row['median_ms']:.3f} ms")
+    summary.record(text, in_txt=False, **row)
+
+
+def _group_line(record: dict, summary: Summary, rows: list[dict]) -> None:
+    """One human line for a backend at one (batch, L): its directions side by side. Short on purpose: up to 20 of
+    these must fit in a device call's 12,000-character output tail with every other phase's lines."""
+    r0 = rows[0]
+    parts = []
+    for r in rows:
+        d = SHORT[r["direction"]]
+        if r.get("error"):
+            parts.append(f"{d} FAILED {r['error'].splitlines()[0][:100]}")
+        elif r.get("pct_of_bound") is None:
+            parts.append(f"{d} {r['median_ms']:.3f} ms")
+        else:
+            parts.append(f"{d} {r['median_ms']:.3f} ms {r['pct_of_bound']:.1f}% {r['binds'][:3]}")
+    text = f"{r0['backend']} b{r0['batch']} L{r0['L']}{' TINY' if record['tiny'] else ''}: " + ", ".join(parts)
+    for other, err in next((r["agrees_with"] for r in rows if r.get("agrees_with")), {}).items():
         if not err <= DISAGREE:
-            text += f"; DISAGREES with {other}: {err:.0e}"
-    summary.record(text, **{k: v for k, v in row.items() if k != "agrees_with"}, agrees_with=row.get("agrees_with"))
+            text += f"; forward DISAGREES with {other}: {err:.0e}"
+    summary.record(text, backend=r0["backend"], batch=r0["batch"], L=r0["L"],
+                   directions=[r["direction"] for r in rows], group=True)
 
 
 def sweep(timer, L, dtype, args) -> list[dict]:
