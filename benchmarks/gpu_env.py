@@ -108,7 +108,7 @@ def report(info: dict, summary: Summary) -> None:
     usable = [n for n, b in info["scan_backends"].items() if b["available"]]
     missing = {n: b["reason"] for n, b in info["scan_backends"].items() if not b["available"]}
     summary.record(f"scan on {info['scan_device']}: auto -> {info['scan_auto']}; can run: {', '.join(usable)}; "
-                   f"cannot: {', '.join(f'{n} ({r[:70]})' for n, r in missing.items()) or 'none'}",
+                   f"cannot: {', '.join(f'{n} ({_short(r)})' for n, r in missing.items()) or 'none'}",
                    scan_auto=info["scan_auto"], scan_backends=info["scan_backends"])
 
 
@@ -132,6 +132,10 @@ def summarize_compile_json(path: str, summary: Summary) -> int:
     if not rows:
         summary.record(f"compile check: {path} holds no kernel rows (keys: {', '.join(data)[:200]})")
     return 0
+
+
+def _short(reason: str, limit: int = 70) -> str:
+    return reason if len(reason) <= limit else reason[:limit - 3].rstrip() + "..."
 
 
 def _version(module: str) -> str | None:
