@@ -156,3 +156,65 @@ def test_suite_run_with_compiled_points_and_report(tmp_path):
     labels = [f.label() for f in results.facets(["latency_ms"])]
     assert labels == ["cpu, float32, eager, batch 1", "cpu, float32, torch.compile(mode=default), batch 1"]
     assert (out / "report.html").exists()
+
+
+def _dim_block():
+    from models.dim import DiMBlock
+
+    torch.manual_seed(0)
+    block = DiMBlock(32, consumes_skip=False)
+    block.mixer.reset_parameters(depth=4)
+    with torch.no_grad():
+        block.mod_table.normal_()
+    return block, torch.randn(2, 10, 32), torch.randn(2, 3, 32)
+
+
+def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeypatch):
+    """Issue 18: on CUDA "auto" tries mamba_ssm's import, then triton's; traced, that import broke the graph at every
+    scan call. The CUDA resolution path is forced here (no GPU): the real ``_auto`` for a CUDA device, its import
+    caches cleared, then "chunked" so the CPU tensors still run. Control: with the resolution traced, as before the
+    fix, the block breaks; resolved outside the graph, a DiM block traces as one graph, the CUDA path taken at trace
+    time, and fullgraph holds."""
+    from models.scan import mamba_ssm_backend, registry, triton_backend
+    from models.scan import op as scan_op
+
+    real_auto = registry._auto
+    cuda_path_calls = []
+
+    def cuda_path(device):
+        cuda_path_calls.append(real_auto(torch.device("cuda")))
+        return "chunked"
+
+    monkeypatch.setattr(registry, "_auto", cuda_path)
+    monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
+    mamba_ssm_backend._import_selective_scan_fn.cache_clear()
+    triton_backend._import_triton.cache_clear()
+
+    block, x, c = _dim_block()
+    with monkeypatch.context() as traced:  # the resolution as it was before issue 18: inside the traced code
+        traced.setattr(scan_op, "_resolve_untraced", lambda backend, device: registry.resolve_backend(backend, device))
+        control = torch._dynamo.explain(block)(x, c)
+    assert control.graph_break_count >= 1, "the forced CUDA path no longer breaks when traced: the test proves nothing"
+    assert any("Import" in str(r.reason) for r in control.break_reasons)
+
+    torch._dynamo.reset()
+    mamba_ssm_backend._import_selective_scan_fn.cache_clear()
+    triton_backend._import_triton.cache_clear()
+    cuda_path_calls.clear()
+    explained = torch._dynamo.explain(block)(x, c)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    assert len(cuda_path_calls) >= 1  # the CUDA resolution ran (outside the graph)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x, c), block(x, c), rtol=1e-5, atol=1e-5)
+
+
+def test_a_backend_that_cannot_run_still_raises_under_compile(monkeypatch):
+    from models.scan import selective_scan
+
+    monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
+    u, A, B = torch.randn(1, 4, 8), -torch.rand(4, 3), torch.randn(1, 3, 8)
+    torch._dynamo.reset()
+    with pytest.raises(RuntimeError, match="scan backend 'mamba_ssm' \\(requested\\) cannot run on cpu"):
+        torch.compile(lambda u: selective_scan(u, u, A, B, B, backend="mamba_ssm"), backend="aot_eager")(u)
