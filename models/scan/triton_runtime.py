@@ -1,0 +1,97 @@
+"""What the Triton scan backends share: importing triton lazily, its mode (compiled or interpreter), whether a
+kernel can run on a device, and loading a kernel file in triton's mode.
+
+Interpreter and compiled modes. ``@triton.jit`` reads TRITON_INTERPRET when it decorates, and triton decorates its
+own library (tl.zeros, the combine functions of tl.sum, ...) when it is first imported; an interpreted kernel cannot
+call a compiled library function, nor the reverse. So the mode is one per process, fixed by TRITON_INTERPRET at
+triton's first import (``interpreted``). ``status`` admits CPU tensors only when that mode is the interpreter (and
+TRITON_INTERPRET=1 still set), and says why not otherwise; ``load_kernels`` executes a kernel file with
+TRITON_INTERPRET set to that mode, so its kernels always match triton's library, whatever the variable says by
+then. Tests therefore run the interpreter in a subprocess started with TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def import_triton() -> tuple[bool, str]:
+    """(triton imports, reason). Tried once per process."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising something else
+        return False, f"triton is not installed or does not import ({type(exc).__name__}: {exc})"
+    return True, ""
+
+
+def interpret_env() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def interpreted() -> bool:
+    """Whether this process's triton was imported as the interpreter (TRITON_INTERPRET=1 at its first import)."""
+    from triton.language import zeros
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(zeros, InterpretedFunction)
+
+
+def status(device, what: str, slot: str | None = None) -> tuple[bool, str]:
+    """(can a Triton kernel run on ``device``, reason); ``what`` names it in the CUDA reason ("fused Triton
+    kernel"); ``slot``, if given, is the backend name for the hint on how to fill the slot with another kernel."""
+    ok, reason = import_triton()
+    if not ok:
+        return False, reason
+    device = torch.device(device)
+    interp = interpreted()
+    if device.type == "cuda":
+        if interp:
+            return True, "Triton interpreter on CUDA tensors (TRITON_INTERPRET=1; correctness only, slow)"
+        return True, f"{what} on CUDA"
+    if device.type == "cpu" and interpret_env():
+        if interp:
+            return True, "Triton interpreter (correctness only, slow)"
+        return False, ("TRITON_INTERPRET=1 was set after this process imported triton in compiled mode; the "
+                       "interpreter needs it set before triton's first import")
+    hint = ("" if slot is None else "; another kernel can fill the slot with "
+            f"models.scan.register_backend({slot!r}, fn, is_available)")
+    return False, (f"no Triton kernel can run on {device}: it needs a CUDA device, or TRITON_INTERPRET=1 for "
+                   f"Triton's interpreter on the CPU (correctness only, slow){hint}")
+
+
+def load_kernels(path: Path, name: str, probe: str):
+    """The module of kernel file ``path`` (as ``name``), executed in the mode triton was imported in; ``probe`` is
+    one of its kernels, checked to have loaded in that mode."""
+    ok, reason = import_triton()
+    if not ok:
+        raise RuntimeError(reason)
+    interp = interpreted()
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    # @triton.jit reads TRITON_INTERPRET when it decorates: make it agree with triton's own library whatever the
+    # variable says now (it may have changed since triton was imported), then restore it.
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interp else "0"
+    try:
+        sys.modules[name] = module  # triton looks kernels' globals up through their module
+        spec.loader.exec_module(module)
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(getattr(module, probe), InterpretedFunction) != interp:
+        sys.modules.pop(name, None)
+        raise RuntimeError(f"{name}: the kernels did not load in triton's mode (triton.knobs.runtime.interpret "
+                           "set in code overrides TRITON_INTERPRET)")
+    return module
