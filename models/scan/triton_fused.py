@@ -10,18 +10,18 @@ Design, against the bound. At DiM-H/2, 1536 px (L = 9806, d_inner 3072, N 16) th
 exponentials (one per (channel, step, state): 482 M per layer, 115 µs at an H100's 132 SMs × 16 MUFU/clk ×
 1.98 GHz) more than by its bytes (241.6 MB, 72-80 µs). So:
 
-- one exponential per element in the forward, none recomputed: a program owns ``BD`` channels (one warp each,
-  ``num_warps = BD``) of one batch element for the whole sequence and walks it in chunks of ``BT = LANES·TE``
-  steps, carrying the state between chunks; grid (batch, ⌈D / BD⌉), 768 programs at batch 1. Time-parallel inside
-  a chunk: for each state n, one ``tl.associative_scan`` on (decay, input) pairs along time, TE consecutive steps
-  per thread (a sequential scan in registers), then log2(LANES) shuffle rounds; the entering state is folded into
-  the first step's input, the leaving one written to S.
+- one exponential per element in the forward, none recomputed: a program owns ``BD`` channels of one batch
+  element for the whole sequence and walks it in chunks of ``BT = LANES·TE`` steps (``CUDA_TILES``: 8 channels on
+  4 warps, chunks of 256 steps; grid (batch, ⌈D / BD⌉), 384 programs at batch 1), carrying the state between
+  chunks. Time-parallel inside a chunk: for each state n, one ``tl.associative_scan`` on (decay, input) pairs along
+  time, TE consecutive steps per thread (a sequential scan in registers), then log2(LANES) shuffle rounds; the
+  entering state is folded into the first step's input, the leaving one written to S.
 - per-channel work (softplus of Δ, the gate, loads of u, Δ, z) once per (channel, step), not per state: with the
   MUFU ops of softplus (exp and a reciprocal: log1p as an atanh series, no log) and of the gate's sigmoid (exp,
   reciprocal), 1 + 4/16 = 1.25 MUFU ops per element at N = 16.
 - B and C, (t, n) values every channel reads, come from one padded float32 copy (batch, 2, N, K·BT) made here (a
   few hundred kB): aligned 16-byte loads with no masks or bf16 unpacking in the inner loop.
-- the forward writes the state entering every chunk, S (batch, K, D, N) float32 (K = ⌈L / BT⌉; 3.9 MB per layer
+- the forward writes the state entering every chunk, S (batch, K, D, N) float32 (K = ⌈L / BT⌉; 7.6 MB per layer
   at the size above), which the operator keeps for the backward (``models.scan.op``).
 
 Backward (``triton_scan_backward``): the same tile, chunks from last to first, per chunk and state: the forward
@@ -30,7 +30,7 @@ step in registers (one extra exponential per lane, 1/TE per element); dB and dC 
 before any atomic add; dA, dD, dΔ-bias as per-(batch, channel) partials in a fixed order, summed over the batch
 here. The atomic adds make dB and dC's last bits vary from run to run; ``deterministic`` (argument, else the
 environment variable ``DIMBENCH_SCAN_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``) instead
-writes one partial per channel block, (⌈D / BD⌉, batch, 2, N, K·BT) float32 (964 MB at batch 1 at the size above),
+writes one partial per channel block, (⌈D / BD⌉, batch, 2, N, K·BT) float32 (963 MB at batch 1 at the size above),
 summed by torch in a fixed order: bit-identical gradients from run to run, at that memory cost.
 
 The static view of all this (registers, spills, SASS instructions and MUFU ops per element, a modelled time) is
@@ -91,8 +91,10 @@ class Tiles:
             raise ValueError(f"triton scan: forward and backward chunk differently: {self}")
 
 
-#: on CUDA: forward 16 steps per thread, 2 channels per warp (16 lanes along time); backward 8 steps per thread
-#: (its live tiles would spill at 16), one channel per warp; chunks of 256 steps either way (scan_static.py).
+#: on CUDA (benchmarks/scan_static.py: no spills with Triton 3.6 or 3.8): the forward with 16 steps per thread and
+#: 2 channels per warp (16 lanes along time), 8 channels per program, so that every B and C value read from the L2
+#: serves 8 channels; the backward, holding more tiles, with 8 steps per thread and one channel per warp. Both chunk
+#: by 256 steps.
 CUDA_TILES = Tiles(fwd=Tile(bd=8, lanes=16, te=16, warps=4), bwd=Tile(bd=4, lanes=32, te=8, warps=4))
 #: under the interpreter (one "warp" of any size): small, so that tests at small L cross several chunks and channel
 #: blocks, with both the forward's and the backward's steps per thread differing as on CUDA.
@@ -125,30 +127,24 @@ def chunks(length: int, tiles: Tiles | None = None) -> int:
 
 
 class _Prepared:
-    """Sizes, strides, flags and the small float32 operands for a launch."""
+    """Sizes, strides, flags and the small float32 operands of a call (any device, meta included: the static
+    compile in benchmarks/scan_static.py builds launches for DiM-H's shapes on meta tensors)."""
 
-    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles: Tiles | None):
-        if u.device.type not in ("cuda", "cpu"):
-            raise RuntimeError(f"triton scan: tensors on {u.device} (needs CUDA, or the CPU under TRITON_INTERPRET=1)")
-        self.kernels = _kernels()
-        self.interpret = triton_runtime.interpreted()
-        if u.device.type == "cpu" and not self.interpret:
-            raise RuntimeError("triton scan: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before "
-                               "triton's first import)")
-        self.tiles = tiles or default_tiles()
-        self.tiles.check(not self.interpret)
+    def __init__(self, u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles: Tiles, interpret: bool):
+        tiles.check(not interpret)
+        self.tiles, self.interpret = tiles, interpret
         self.u, self.delta, self.z = u, delta, z
         self.batch, self.d_inner, self.length = u.shape
         self.N = A.shape[1]
-        self.K = chunks(self.length, self.tiles)
-        self.LP = self.K * self.tiles.steps
-        f32 = {"dtype": torch.float32, "device": u.device}
+        self.K = chunks(self.length, tiles)
+        self.LP = self.K * tiles.steps
+        self.f32 = {"dtype": torch.float32, "device": u.device}
         self.A2 = (A.float() * _LOG2E).contiguous()                      # (D, N): decays are exp2(Δ·A2)
         self.D = None if D is None else D.float().contiguous()
         self.bias = None if delta_bias is None else delta_bias.float().contiguous()
         self.softplus = bool(delta_softplus)
         # B then C, float32, zero beyond L: whole aligned chunks for the 16-byte loads of the inner loop.
-        self.BC = torch.zeros((self.batch, 2, self.N, self.LP), **f32)
+        self.BC = torch.zeros((self.batch, 2, self.N, self.LP), **self.f32)
         self.BC[:, 0, :, :self.length] = B
         self.BC[:, 1, :, :self.length] = C
 
@@ -168,19 +164,82 @@ class _Prepared:
                     SOFTPLUS=self.softplus, BD=tile.bd, LANES=tile.lanes, TE=tile.te,
                     **({} if self.interpret else {"num_warps": tile.warps, "num_stages": 1}))
 
+    def forward_launch(self, out, S) -> Launch:
+        tile = self.tiles.fwd
+        return Launch("scan_fwd_kernel", (self.batch, self.blocks(tile)), (
+            self.u, self.delta, self.dummy(self.z), out, self.A2, self.BC, self.dummy(self.D), self.dummy(self.bias),
+            S, *self.strides(self.u), *self.strides(self.delta), *self.strides(self.z),
+            self.d_inner, self.length, self.K, self.LP), self.flags(tile))
+
+    def backward_buffers(self, deterministic: bool) -> dict:
+        """The backward's outputs and work buffers, by argument name."""
+        shape, dev = (self.batch, self.d_inner, self.length), self.u.device
+        parts = (self.blocks(self.tiles.bwd),) if deterministic else ()
+        return {
+            "du": torch.empty(shape, dtype=self.u.dtype, device=dev),
+            "ddelta": torch.empty(shape, dtype=self.delta.dtype, device=dev),
+            "dz": None if self.z is None else torch.empty(shape, dtype=self.z.dtype, device=dev),
+            # atomic adds need zeros; the deterministic partials are all written
+            "dBC": (torch.empty if deterministic else torch.zeros)((*parts, self.batch, 2, self.N, self.LP),
+                                                                   **self.f32),
+            "dA": torch.empty((self.batch, self.d_inner, self.N, self.tiles.bwd.lanes), **self.f32),
+            "dD": torch.empty((self.batch, self.d_inner), **self.f32),
+            "dbias": torch.empty((self.batch, self.d_inner), **self.f32),
+            "H": torch.empty((self.batch, 2, self.d_inner, self.N), **self.f32),
+        }
+
+    def backward_launch(self, grad_out, saved, buf: dict, deterministic: bool) -> Launch:
+        tile = self.tiles.bwd
+        return Launch("scan_bwd_kernel", (self.batch, self.blocks(tile)), (
+            self.u, self.delta, self.dummy(self.z), grad_out, self.A2, self.BC, self.dummy(self.D),
+            self.dummy(self.bias), saved, buf["H"], buf["du"], buf["ddelta"], self.dummy(buf["dz"]), buf["dBC"],
+            buf["dA"], buf["dD"], buf["dbias"], *self.strides(self.u), *self.strides(self.delta),
+            *self.strides(self.z), *self.strides(grad_out), self.d_inner, self.length, self.K, self.LP),
+            dict(DETERMINISTIC=deterministic, **self.flags(tile)))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: the kernel's name in ``triton_fused_kernels``, its grid, arguments and constexprs (with
+    the launch options num_warps and num_stages when compiled)."""
+    kernel: str
+    grid: tuple
+    args: tuple
+    kwargs: dict
+
+    def run(self):
+        getattr(_kernels(), self.kernel)[self.grid](*self.args, **self.kwargs)
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles: Tiles | None) -> _Prepared:
+    """``_Prepared`` for a run: the device checked and triton's mode read (the kernels load on first run)."""
+    if u.device.type not in ("cuda", "cpu"):
+        raise RuntimeError(f"triton scan: tensors on {u.device} (needs CUDA, or the CPU under TRITON_INTERPRET=1)")
+    interpret = triton_runtime.interpreted()
+    if u.device.type == "cpu" and not interpret:
+        raise RuntimeError("triton scan: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before "
+                           "triton's first import)")
+    return _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles or default_tiles(), interpret)
+
+
+def static_launches(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, *,
+                    deterministic=False, tiles: Tiles = CUDA_TILES) -> list[Launch]:
+    """The launches a compiled forward and backward make on these inputs (meta tensors will do: nothing runs)."""
+    p = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles, interpret=False)
+    out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    S = torch.empty((p.batch, p.K, p.d_inner, p.N), **p.f32)
+    return [p.forward_launch(out, S),
+            p.backward_launch(torch.empty_like(out), S, p.backward_buffers(deterministic), deterministic)]
+
 
 def triton_scan_saving(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
                        tiles: Tiles | None = None) -> tuple[Tensor, Tensor]:
     """(out, S): the scan (contiguous (batch, D, L) in u's dtype) and the states entering each chunk,
     (batch, K, D, N) float32, for ``triton_scan_backward(..., saved=S)``."""
-    p = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles)
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles)
     out = torch.empty((p.batch, p.d_inner, p.length), dtype=u.dtype, device=u.device)
-    S = torch.empty((p.batch, p.K, p.d_inner, p.N), dtype=torch.float32, device=u.device)
-    tile = p.tiles.fwd
-    p.kernels.scan_fwd_kernel[(p.batch, p.blocks(tile))](
-        u, delta, p.dummy(z), out, p.A2, p.BC, p.dummy(p.D), p.dummy(p.bias), S,
-        *p.strides(u), *p.strides(delta), *p.strides(z),
-        p.d_inner, p.length, p.K, p.LP, **p.flags(tile))
+    S = torch.empty((p.batch, p.K, p.d_inner, p.N), **p.f32)
+    p.forward_launch(out, S).run()
     return out, S
 
 
@@ -215,7 +274,7 @@ def triton_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, de
     if grad_out.shape != u.shape:
         raise ValueError(f"triton_scan_backward: grad_out has shape {tuple(grad_out.shape)}; expected "
                          f"{tuple(u.shape)}")
-    p = _Prepared(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles)
+    p = _prepare(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tiles)
     if saved is None:
         saved = triton_scan_saving(u, delta, A, B, C, D, z, delta_bias, delta_softplus, p.tiles)[1]
     want = (p.batch, p.K, p.d_inner, p.N)
@@ -223,26 +282,11 @@ def triton_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, de
         raise ValueError(f"triton_scan_backward: saved states have shape {tuple(saved.shape)} {saved.dtype}; "
                          f"expected {want} float32 (from triton_scan_saving with the same tiles)")
     det = deterministic_default() if deterministic is None else bool(deterministic)
-    f32 = {"dtype": torch.float32, "device": u.device}
-    shape = (p.batch, p.d_inner, p.length)
-    du = torch.empty(shape, dtype=u.dtype, device=u.device)
-    ddelta = torch.empty(shape, dtype=delta.dtype, device=u.device)
-    dz = torch.empty(shape, dtype=z.dtype, device=u.device) if z is not None else None
-    tile = p.tiles.bwd
-    blocks = p.blocks(tile)
-    parts = (blocks,) if det else ()
-    dBC = (torch.empty if det else torch.zeros)((*parts, p.batch, 2, p.N, p.LP), **f32)
-    dA = torch.empty((p.batch, p.d_inner, p.N), **f32)
-    dD = torch.empty((p.batch, p.d_inner), **f32)
-    dbias = torch.empty((p.batch, p.d_inner), **f32)
-    H = torch.empty((p.batch, 2, p.d_inner, p.N), **f32)
-    p.kernels.scan_bwd_kernel[(p.batch, blocks)](
-        u, delta, p.dummy(z), grad_out, p.A2, p.BC, p.dummy(p.D), p.dummy(p.bias), saved, H,
-        du, ddelta, p.dummy(dz), dBC, dA, dD, dbias,
-        *p.strides(u), *p.strides(delta), *p.strides(z), *p.strides(grad_out),
-        p.d_inner, p.length, p.K, p.LP, DETERMINISTIC=det, **p.flags(tile))
+    buf = p.backward_buffers(det)
+    p.backward_launch(grad_out, saved, buf, det).run()
+    dBC = buf["dBC"]
     if det:
         dBC = dBC.sum(0)
-    grads = {"u": du, "delta": ddelta, "A": dA.sum(0), "B": dBC[:, 0, :, :p.length],
-             "C": dBC[:, 1, :, :p.length], "D": dD.sum(0), "z": dz, "delta_bias": dbias.sum(0)}
+    grads = {"u": buf["du"], "delta": buf["ddelta"], "A": buf["dA"].sum((0, 3)), "B": dBC[:, 0, :, :p.length],
+             "C": dBC[:, 1, :, :p.length], "D": buf["dD"].sum(0), "z": buf["dz"], "delta_bias": buf["dbias"].sum(0)}
     return [grads[k].to(t.dtype).contiguous() for k, t in zip(names, inputs, strict=True) if need[k]]

@@ -33,31 +33,28 @@ LN2 = tl.constexpr(0.6931471805599453)
 # --------------------------------------------------------------------------------------- tiles and pieces
 
 @triton.jit
-def _tile(row, stride_t, t, L, md, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
-    """(BD, LANES·TE) float32 tile of the rows ``row`` (BD,) from the lane starts ``t`` (LANES,) = chunk start
-    + l·TE: TE loads of (BD, LANES) pieces, one step per thread each (piece e holds steps t + e), joined in the
-    tree described in the module docstring; 0 outside [0, L) and the channels. Written out flat: nested
+def _tile(p, stride_t, m, rem, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
+    """(BD, LANES·TE) float32 tile: TE loads of pieces, one step per thread each (piece e at ``p + e·stride_t``,
+    ``p`` the (BD·LANES,) pointers of the lanes' first steps, ``rem`` their steps left before L, ``m`` their
+    channels' mask), joined in the tree described in the module docstring; 0 outside. Written out flat: nested
     helper calls are what makes Triton's interpreter slow."""
-    p = row[:, None] + (t * stride_t)[None, :]
-    m = md[:, None]
-    rem = (L - t)[None, :]
     if TE == 16:
-        x0 = tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0).to(tl.float32)
-        x1 = tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0).to(tl.float32)
-        x2 = tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0).to(tl.float32)
-        x3 = tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0).to(tl.float32)
-        x4 = tl.load(p + 4 * stride_t, mask=m & (rem > 4), other=0.0).to(tl.float32)
-        x5 = tl.load(p + 5 * stride_t, mask=m & (rem > 5), other=0.0).to(tl.float32)
-        x6 = tl.load(p + 6 * stride_t, mask=m & (rem > 6), other=0.0).to(tl.float32)
-        x7 = tl.load(p + 7 * stride_t, mask=m & (rem > 7), other=0.0).to(tl.float32)
-        x8 = tl.load(p + 8 * stride_t, mask=m & (rem > 8), other=0.0).to(tl.float32)
-        x9 = tl.load(p + 9 * stride_t, mask=m & (rem > 9), other=0.0).to(tl.float32)
-        x10 = tl.load(p + 10 * stride_t, mask=m & (rem > 10), other=0.0).to(tl.float32)
-        x11 = tl.load(p + 11 * stride_t, mask=m & (rem > 11), other=0.0).to(tl.float32)
-        x12 = tl.load(p + 12 * stride_t, mask=m & (rem > 12), other=0.0).to(tl.float32)
-        x13 = tl.load(p + 13 * stride_t, mask=m & (rem > 13), other=0.0).to(tl.float32)
-        x14 = tl.load(p + 14 * stride_t, mask=m & (rem > 14), other=0.0).to(tl.float32)
-        x15 = tl.load(p + 15 * stride_t, mask=m & (rem > 15), other=0.0).to(tl.float32)
+        x0 = tl.reshape(tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0), (BD, LANES))
+        x1 = tl.reshape(tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0), (BD, LANES))
+        x2 = tl.reshape(tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0), (BD, LANES))
+        x3 = tl.reshape(tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0), (BD, LANES))
+        x4 = tl.reshape(tl.load(p + 4 * stride_t, mask=m & (rem > 4), other=0.0), (BD, LANES))
+        x5 = tl.reshape(tl.load(p + 5 * stride_t, mask=m & (rem > 5), other=0.0), (BD, LANES))
+        x6 = tl.reshape(tl.load(p + 6 * stride_t, mask=m & (rem > 6), other=0.0), (BD, LANES))
+        x7 = tl.reshape(tl.load(p + 7 * stride_t, mask=m & (rem > 7), other=0.0), (BD, LANES))
+        x8 = tl.reshape(tl.load(p + 8 * stride_t, mask=m & (rem > 8), other=0.0), (BD, LANES))
+        x9 = tl.reshape(tl.load(p + 9 * stride_t, mask=m & (rem > 9), other=0.0), (BD, LANES))
+        x10 = tl.reshape(tl.load(p + 10 * stride_t, mask=m & (rem > 10), other=0.0), (BD, LANES))
+        x11 = tl.reshape(tl.load(p + 11 * stride_t, mask=m & (rem > 11), other=0.0), (BD, LANES))
+        x12 = tl.reshape(tl.load(p + 12 * stride_t, mask=m & (rem > 12), other=0.0), (BD, LANES))
+        x13 = tl.reshape(tl.load(p + 13 * stride_t, mask=m & (rem > 13), other=0.0), (BD, LANES))
+        x14 = tl.reshape(tl.load(p + 14 * stride_t, mask=m & (rem > 14), other=0.0), (BD, LANES))
+        x15 = tl.reshape(tl.load(p + 15 * stride_t, mask=m & (rem > 15), other=0.0), (BD, LANES))
         j1 = tl.join(x0, x8)
         j2 = tl.join(x4, x12)
         j3 = tl.join(j1, j2)
@@ -74,14 +71,14 @@ def _tile(row, stride_t, t, L, md, BD: tl.constexpr, LANES: tl.constexpr, TE: tl
         j14 = tl.join(j10, j13)
         x = tl.join(j7, j14)
     elif TE == 8:
-        x0 = tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0).to(tl.float32)
-        x1 = tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0).to(tl.float32)
-        x2 = tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0).to(tl.float32)
-        x3 = tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0).to(tl.float32)
-        x4 = tl.load(p + 4 * stride_t, mask=m & (rem > 4), other=0.0).to(tl.float32)
-        x5 = tl.load(p + 5 * stride_t, mask=m & (rem > 5), other=0.0).to(tl.float32)
-        x6 = tl.load(p + 6 * stride_t, mask=m & (rem > 6), other=0.0).to(tl.float32)
-        x7 = tl.load(p + 7 * stride_t, mask=m & (rem > 7), other=0.0).to(tl.float32)
+        x0 = tl.reshape(tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0), (BD, LANES))
+        x1 = tl.reshape(tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0), (BD, LANES))
+        x2 = tl.reshape(tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0), (BD, LANES))
+        x3 = tl.reshape(tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0), (BD, LANES))
+        x4 = tl.reshape(tl.load(p + 4 * stride_t, mask=m & (rem > 4), other=0.0), (BD, LANES))
+        x5 = tl.reshape(tl.load(p + 5 * stride_t, mask=m & (rem > 5), other=0.0), (BD, LANES))
+        x6 = tl.reshape(tl.load(p + 6 * stride_t, mask=m & (rem > 6), other=0.0), (BD, LANES))
+        x7 = tl.reshape(tl.load(p + 7 * stride_t, mask=m & (rem > 7), other=0.0), (BD, LANES))
         j1 = tl.join(x0, x4)
         j2 = tl.join(x2, x6)
         j3 = tl.join(j1, j2)
@@ -91,36 +88,37 @@ def _tile(row, stride_t, t, L, md, BD: tl.constexpr, LANES: tl.constexpr, TE: tl
         x = tl.join(j3, j6)
     else:
         tl.static_assert(TE == 4, "TE must be 4, 8 or 16")
-        x0 = tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0).to(tl.float32)
-        x1 = tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0).to(tl.float32)
-        x2 = tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0).to(tl.float32)
-        x3 = tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0).to(tl.float32)
+        x0 = tl.reshape(tl.load(p + 0 * stride_t, mask=m & (rem > 0), other=0.0), (BD, LANES))
+        x1 = tl.reshape(tl.load(p + 1 * stride_t, mask=m & (rem > 1), other=0.0), (BD, LANES))
+        x2 = tl.reshape(tl.load(p + 2 * stride_t, mask=m & (rem > 2), other=0.0), (BD, LANES))
+        x3 = tl.reshape(tl.load(p + 3 * stride_t, mask=m & (rem > 3), other=0.0), (BD, LANES))
         j1 = tl.join(x0, x2)
         j2 = tl.join(x1, x3)
         x = tl.join(j1, j2)
-    return tl.reshape(x, (BD, LANES * TE))
+    return tl.reshape(x, (BD, LANES * TE)).to(tl.float32)
 
 
 @triton.jit
-def _tile_vec(row, t, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
-    """``_tile`` of an aligned float32 row padded to whole chunks (no masks): 16-byte loads of 4 steps,
-    joined as (.., TE/4, 4) with the vector axis last (the join axis is moved above it)."""
-    p = row[:, None, None] + t[None, :, None] + tl.arange(0, 4)[None, None, :]
+def _tile_vec(row, lt, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
+    """``_tile`` of an aligned float32 row padded to whole chunks, the same for every channel (no masks):
+    16-byte loads of 4 steps from the lanes' first steps ``lt`` (BD·LANES,), joined as (.., TE/4, 4) with
+    the vector axis last (the join axis is moved above it)."""
+    p = row + lt[:, None] + tl.arange(0, 4)[None, :]
     if TE == 16:
-        q0 = tl.load(p + 0)
-        q1 = tl.load(p + 4)
-        q2 = tl.load(p + 8)
-        q3 = tl.load(p + 12)
+        q0 = tl.reshape(tl.load(p + 0), (BD, LANES, 4))
+        q1 = tl.reshape(tl.load(p + 4), (BD, LANES, 4))
+        q2 = tl.reshape(tl.load(p + 8), (BD, LANES, 4))
+        q3 = tl.reshape(tl.load(p + 12), (BD, LANES, 4))
         h0 = tl.reshape(tl.permute(tl.join(q0, q1), (0, 1, 3, 2)), (BD, LANES, 8))
         h1 = tl.reshape(tl.permute(tl.join(q2, q3), (0, 1, 3, 2)), (BD, LANES, 8))
         x = tl.reshape(tl.permute(tl.join(h0, h1), (0, 1, 3, 2)), (BD, LANES, 16))
     elif TE == 8:
-        q0 = tl.load(p + 0)
-        q1 = tl.load(p + 4)
+        q0 = tl.reshape(tl.load(p + 0), (BD, LANES, 4))
+        q1 = tl.reshape(tl.load(p + 4), (BD, LANES, 4))
         x = tl.reshape(tl.permute(tl.join(q0, q1), (0, 1, 3, 2)), (BD, LANES, 8))
     else:
         tl.static_assert(TE == 4, "TE must be 4, 8 or 16")
-        q0 = tl.load(p + 0)
+        q0 = tl.reshape(tl.load(p + 0), (BD, LANES, 4))
         x = q0
     return tl.reshape(x, (BD, LANES * TE))
 
@@ -203,140 +201,133 @@ def _whole(p, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
 
 
 @triton.jit
-def _rev_lane(a, nxt, c, TE: tl.constexpr):
-    """The adjoint inside each lane from a zero start, steps TE-1 .. 0: G_e = c_e + a_(e+1)·G_(e+1) and
-    A_e = a_(e+1)·A_(e+1) = Π_(s>e) a_s, with a_TE = ``nxt`` (the step after the lane's last). Pieces."""
+def _rev_total(a, nxt, c, TE: tl.constexpr):
+    """A lane's share of the adjoint, from a zero start: (Π_e a_(e+1), G) with G = c_0 + a_1·(c_1 + a_2·(..
+    c_(TE-1))), the adjoint at the lane's first step if none entered after its last; a_TE = ``nxt`` (the
+    step after the lane's last). Pieces in, (BD, LANES) out."""
     if TE == 16:
-        G15 = c[15]
-        A15 = nxt
-        G14 = c[14] + a[15] * G15
-        A14 = a[15] * A15
-        G13 = c[13] + a[14] * G14
-        A13 = a[14] * A14
-        G12 = c[12] + a[13] * G13
-        A12 = a[13] * A13
-        G11 = c[11] + a[12] * G12
-        A11 = a[12] * A12
-        G10 = c[10] + a[11] * G11
-        A10 = a[11] * A11
-        G9 = c[9] + a[10] * G10
-        A9 = a[10] * A10
-        G8 = c[8] + a[9] * G9
-        A8 = a[9] * A9
-        G7 = c[7] + a[8] * G8
-        A7 = a[8] * A8
-        G6 = c[6] + a[7] * G7
-        A6 = a[7] * A7
-        G5 = c[5] + a[6] * G6
-        A5 = a[6] * A6
-        G4 = c[4] + a[5] * G5
-        A4 = a[5] * A5
-        G3 = c[3] + a[4] * G4
-        A3 = a[4] * A4
-        G2 = c[2] + a[3] * G3
-        A2 = a[3] * A3
-        G1 = c[1] + a[2] * G2
-        A1 = a[2] * A2
-        G0 = c[0] + a[1] * G1
-        A0 = a[1] * A1
-        A = (A0, A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12, A13, A14, A15)
-        G = (G0, G1, G2, G3, G4, G5, G6, G7, G8, G9, G10, G11, G12, G13, G14, G15)
+        G = c[15]
+        A = nxt
+        G = c[14] + a[15] * G
+        A = a[15] * A
+        G = c[13] + a[14] * G
+        A = a[14] * A
+        G = c[12] + a[13] * G
+        A = a[13] * A
+        G = c[11] + a[12] * G
+        A = a[12] * A
+        G = c[10] + a[11] * G
+        A = a[11] * A
+        G = c[9] + a[10] * G
+        A = a[10] * A
+        G = c[8] + a[9] * G
+        A = a[9] * A
+        G = c[7] + a[8] * G
+        A = a[8] * A
+        G = c[6] + a[7] * G
+        A = a[7] * A
+        G = c[5] + a[6] * G
+        A = a[6] * A
+        G = c[4] + a[5] * G
+        A = a[5] * A
+        G = c[3] + a[4] * G
+        A = a[4] * A
+        G = c[2] + a[3] * G
+        A = a[3] * A
+        G = c[1] + a[2] * G
+        A = a[2] * A
+        G = c[0] + a[1] * G
+        A = a[1] * A
     elif TE == 8:
-        G7 = c[7]
-        A7 = nxt
-        G6 = c[6] + a[7] * G7
-        A6 = a[7] * A7
-        G5 = c[5] + a[6] * G6
-        A5 = a[6] * A6
-        G4 = c[4] + a[5] * G5
-        A4 = a[5] * A5
-        G3 = c[3] + a[4] * G4
-        A3 = a[4] * A4
-        G2 = c[2] + a[3] * G3
-        A2 = a[3] * A3
-        G1 = c[1] + a[2] * G2
-        A1 = a[2] * A2
-        G0 = c[0] + a[1] * G1
-        A0 = a[1] * A1
-        A = (A0, A1, A2, A3, A4, A5, A6, A7)
-        G = (G0, G1, G2, G3, G4, G5, G6, G7)
+        G = c[7]
+        A = nxt
+        G = c[6] + a[7] * G
+        A = a[7] * A
+        G = c[5] + a[6] * G
+        A = a[6] * A
+        G = c[4] + a[5] * G
+        A = a[5] * A
+        G = c[3] + a[4] * G
+        A = a[4] * A
+        G = c[2] + a[3] * G
+        A = a[3] * A
+        G = c[1] + a[2] * G
+        A = a[2] * A
+        G = c[0] + a[1] * G
+        A = a[1] * A
     else:
-        tl.static_assert(TE == 4, "TE must be 4, 8 or 16")
-        G3 = c[3]
-        A3 = nxt
-        G2 = c[2] + a[3] * G3
-        A2 = a[3] * A3
-        G1 = c[1] + a[2] * G2
-        A1 = a[2] * A2
-        G0 = c[0] + a[1] * G1
-        A0 = a[1] * A1
-        A = (A0, A1, A2, A3)
-        G = (G0, G1, G2, G3)
+        G = c[3]
+        A = nxt
+        G = c[2] + a[3] * G
+        A = a[3] * A
+        G = c[1] + a[2] * G
+        A = a[2] * A
+        G = c[0] + a[1] * G
+        A = a[1] * A
     return A, G
 
 
 @triton.jit
-def _fix(A, G, e, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
-    """The tile G_e + A_e·e: the in-lane adjoint completed by ``e`` (BD, LANES), the adjoint entering each
-    lane from the right."""
+def _rev_from(a, nxt, c, g_end, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
+    """The adjoint g_e = c_e + a_(e+1)·g_(e+1) over each lane, from g_TE = ``g_end`` (BD, LANES), the adjoint
+    entering the lane from the right: (the tile, its first piece)."""
     if TE == 16:
-        f0 = G[0] + A[0] * e
-        f1 = G[1] + A[1] * e
-        f2 = G[2] + A[2] * e
-        f3 = G[3] + A[3] * e
-        f4 = G[4] + A[4] * e
-        f5 = G[5] + A[5] * e
-        f6 = G[6] + A[6] * e
-        f7 = G[7] + A[7] * e
-        f8 = G[8] + A[8] * e
-        f9 = G[9] + A[9] * e
-        f10 = G[10] + A[10] * e
-        f11 = G[11] + A[11] * e
-        f12 = G[12] + A[12] * e
-        f13 = G[13] + A[13] * e
-        f14 = G[14] + A[14] * e
-        f15 = G[15] + A[15] * e
-        j1 = tl.join(f0, f8)
-        j2 = tl.join(f4, f12)
+        g15 = c[15] + nxt * g_end
+        g14 = c[14] + a[15] * g15
+        g13 = c[13] + a[14] * g14
+        g12 = c[12] + a[13] * g13
+        g11 = c[11] + a[12] * g12
+        g10 = c[10] + a[11] * g11
+        g9 = c[9] + a[10] * g10
+        g8 = c[8] + a[9] * g9
+        g7 = c[7] + a[8] * g8
+        g6 = c[6] + a[7] * g7
+        g5 = c[5] + a[6] * g6
+        g4 = c[4] + a[5] * g5
+        g3 = c[3] + a[4] * g4
+        g2 = c[2] + a[3] * g3
+        g1 = c[1] + a[2] * g2
+        g0 = c[0] + a[1] * g1
+        j1 = tl.join(g0, g8)
+        j2 = tl.join(g4, g12)
         j3 = tl.join(j1, j2)
-        j4 = tl.join(f2, f10)
-        j5 = tl.join(f6, f14)
+        j4 = tl.join(g2, g10)
+        j5 = tl.join(g6, g14)
         j6 = tl.join(j4, j5)
         j7 = tl.join(j3, j6)
-        j8 = tl.join(f1, f9)
-        j9 = tl.join(f5, f13)
+        j8 = tl.join(g1, g9)
+        j9 = tl.join(g5, g13)
         j10 = tl.join(j8, j9)
-        j11 = tl.join(f3, f11)
-        j12 = tl.join(f7, f15)
+        j11 = tl.join(g3, g11)
+        j12 = tl.join(g7, g15)
         j13 = tl.join(j11, j12)
         j14 = tl.join(j10, j13)
         x = tl.join(j7, j14)
     elif TE == 8:
-        f0 = G[0] + A[0] * e
-        f1 = G[1] + A[1] * e
-        f2 = G[2] + A[2] * e
-        f3 = G[3] + A[3] * e
-        f4 = G[4] + A[4] * e
-        f5 = G[5] + A[5] * e
-        f6 = G[6] + A[6] * e
-        f7 = G[7] + A[7] * e
-        j1 = tl.join(f0, f4)
-        j2 = tl.join(f2, f6)
+        g7 = c[7] + nxt * g_end
+        g6 = c[6] + a[7] * g7
+        g5 = c[5] + a[6] * g6
+        g4 = c[4] + a[5] * g5
+        g3 = c[3] + a[4] * g4
+        g2 = c[2] + a[3] * g3
+        g1 = c[1] + a[2] * g2
+        g0 = c[0] + a[1] * g1
+        j1 = tl.join(g0, g4)
+        j2 = tl.join(g2, g6)
         j3 = tl.join(j1, j2)
-        j4 = tl.join(f1, f5)
-        j5 = tl.join(f3, f7)
+        j4 = tl.join(g1, g5)
+        j5 = tl.join(g3, g7)
         j6 = tl.join(j4, j5)
         x = tl.join(j3, j6)
     else:
-        tl.static_assert(TE == 4, "TE must be 4, 8 or 16")
-        f0 = G[0] + A[0] * e
-        f1 = G[1] + A[1] * e
-        f2 = G[2] + A[2] * e
-        f3 = G[3] + A[3] * e
-        j1 = tl.join(f0, f2)
-        j2 = tl.join(f1, f3)
+        g3 = c[3] + nxt * g_end
+        g2 = c[2] + a[3] * g3
+        g1 = c[1] + a[2] * g2
+        g0 = c[0] + a[1] * g1
+        j1 = tl.join(g0, g2)
+        j2 = tl.join(g1, g3)
         x = tl.join(j1, j2)
-    return tl.reshape(x, (BD, LANES * TE))
+    return tl.reshape(x, (BD, LANES * TE)), g0
 
 
 @triton.jit
@@ -394,6 +385,13 @@ def _sigmoid(x):
 # ----------------------------------------------------------------------------------------------- forward
 
 @triton.jit
+def _chan(ptr, i_d, m, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
+    """A per-channel float32 value at ``ptr + i_d`` as a tile (every step of a channel gets it); ``i_d`` the
+    (BD·LANES,) channel offsets of the threads, ``m`` their mask."""
+    return _bcast(tl.reshape(tl.load(ptr + i_d, mask=m, other=0.0), (BD, LANES)), BD, LANES, TE)
+
+
+@triton.jit
 def scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, out_ptr, A2_ptr, BC_ptr, Dp_ptr, bias_ptr, S_ptr,
                     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t,
                     D, L, K, LP,
@@ -401,60 +399,62 @@ def scan_fwd_kernel(u_ptr, delta_ptr, z_ptr, out_ptr, A2_ptr, BC_ptr, Dp_ptr, bi
                     SOFTPLUS: tl.constexpr, BD: tl.constexpr, LANES: tl.constexpr, TE: tl.constexpr):
     """out = selective scan of (u, Δ, A, B, C) (+ D·u) (· silu(z)), written contiguous (batch, D, L) in out's
     dtype; S (batch, K, D, N) float32 gets the state entering every chunk (chunk 0: zeros). Grid
-    (batch, ⌈D / BD⌉). BC: (batch, 2, N, LP) float32, B then C, zero beyond L; A2 (D, N) = A·log2(e)."""
+    (batch, ⌈D / BD⌉). BC: (batch, 2, N, LP) float32, B then C, zero beyond L; A2 (D, N) = A·log2(e).
+
+    Per-thread quantities are computed on (BD·LANES,) vectors (thread i: channel i // LANES, lane i % LANES) and
+    reshaped: a 1-D load gets the same layout from every Triton version, a 2-D one's depends on how its coalescer
+    orders two non-contiguous axes (3.6 and 3.8 differ)."""
     BT: tl.constexpr = LANES * TE
     b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BD + tl.arange(0, BD)
-    md = d < D
-    lane = tl.arange(0, LANES)
+    i = tl.arange(0, BD * LANES)
+    i_d = tl.program_id(1) * BD + i // LANES               # each thread's channel
+    i_l = i % LANES                                        # and lane
+    m = i_d < D
+    last = m & (i_l == LANES - 1)
     step = tl.arange(0, BT)[None, :]
+    d = tl.program_id(1) * BD + tl.arange(0, BD)
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=md, other=0.0)[:, None]
+        bias = _chan(bias_ptr, i_d, m, BD, LANES, TE)
     else:
         bias = 0.0
     if HAS_D:
-        Dv = tl.load(Dp_ptr + d, mask=md, other=0.0)[:, None]
+        Dv = _chan(Dp_ptr, i_d, m, BD, LANES, TE)
     else:
         Dv = 0.0
-    u_row = u_ptr + b * su_b + d * su_d
-    dl_row = delta_ptr + b * sd_b + d * sd_d
-    z_row = z_ptr + b * sz_b + d * sz_d
+    u_p = u_ptr + b * su_b + i_d * su_d
+    dl_p = delta_ptr + b * sd_b + i_d * sd_d
+    z_p = z_ptr + b * sz_b + i_d * sz_d
     o_row = out_ptr + (b * D + d) * L
-    zero_d = tl.zeros([BD], tl.int32)
-    B_row = BC_ptr + b * 2 * N * LP + zero_d
+    B_row = BC_ptr + b * 2 * N * LP
     C_row = B_row + N * LP
-    # chunk states: row (b, k, d, n); the (BD, LANES) piece stores read lane LANES - 1, loads broadcast to lanes
-    S_row = S_ptr + (b * K * D + d) * N
-    S_piece = S_row[:, None] + lane[None, :] * 0
-    last_lane = (lane == LANES - 1)[None, :] & md[:, None]
+    # chunk states, (b, k, d, n): the last lane stores a chunk's end; every lane of the channel loads it back
+    S_p = S_ptr + (b * K * D + i_d) * N
     for n in range(0, N):
-        tl.store(S_piece + n, tl.zeros([BD, LANES], tl.float32), mask=last_lane)
+        tl.store(S_p + n, tl.zeros([BD * LANES], tl.float32), mask=last)
     for k in range(0, K):
-        t = k * BT + lane * TE
-        dt = _delta(_tile(dl_row, sd_t, t, L, md, BD, LANES, TE) + bias, SOFTPLUS)
-        uu = _tile(u_row, su_t, t, L, md, BD, LANES, TE)
+        lt = k * BT + i_l * TE                             # each lane's first step
+        rem = L - lt
+        dt = _delta(_tile(dl_p + lt * sd_t, sd_t, m, rem, BD, LANES, TE) + bias, SOFTPLUS)
+        uu = _tile(u_p + lt * su_t, su_t, m, rem, BD, LANES, TE)
         du = dt * uu
         y = tl.zeros([BD, BT], tl.float32)
         tl.debug_barrier()   # the states chunk k - 1 wrote (other lanes) are visible
         for n in range(0, N):
-            A2n = tl.load(A2_ptr + d * N + n, mask=md, other=0.0)[:, None]
-            Bn = _tile_vec(B_row + n * LP, t, BD, LANES, TE)
-            Cn = _tile_vec(C_row + n * LP, t, BD, LANES, TE)
-            a = tl.exp2(dt * A2n)
-            s_in = _bcast(tl.load(S_piece + (k * D * N + n)), BD, LANES, TE)
-            bx = du * Bn
+            a = tl.exp2(dt * _chan(A2_ptr + n, i_d * N, m, BD, LANES, TE))
+            bx = du * _tile_vec(B_row + n * LP, lt, BD, LANES, TE)
+            s_in = _chan(S_p + (k * D * N + n), 0, m, BD, LANES, TE)
             bx = tl.where(step == 0, a * s_in + bx, bx)
             _, x = tl.associative_scan((a, bx), axis=1, combine_fn=_fwd_op)
-            y += x * Cn
-            tl.store(S_piece + ((k + 1) * D * N + n), _pieces(x, BD, LANES, TE)[TE - 1],
-                     mask=last_lane & (k + 1 < K))
+            y += x * _tile_vec(C_row + n * LP, lt, BD, LANES, TE)
+            end = tl.reshape(_pieces(x, BD, LANES, TE)[TE - 1], (BD * LANES,))
+            tl.store(S_p + ((k + 1) * D * N + n), end, mask=last & (k + 1 < K))
         if HAS_D:
             y += Dv * uu
         if HAS_Z:
-            zz = _tile(z_row, sz_t, t, L, md, BD, LANES, TE)
+            zz = _tile(z_p + lt * sz_t, sz_t, m, rem, BD, LANES, TE)
             y = y * zz * _sigmoid(zz)
         ts = k * BT + step
-        tl.store(o_row[:, None] + ts, y.to(out_ptr.dtype.element_ty), mask=md[:, None] & (ts < L))
+        tl.store(o_row[:, None] + ts, y.to(out_ptr.dtype.element_ty), mask=(d < D)[:, None] & (ts < L))
 
 
 # ----------------------------------------------------------------------------------------------- backward
@@ -478,92 +478,95 @@ def scan_bwd_kernel(u_ptr, delta_ptr, z_ptr, go_ptr, A2_ptr, BC_ptr, Dp_ptr, bia
       dB_t = Σ_d g Δ u;  dC_t = Σ_d x dy;  dD = Σ_t dy u;  dbias = Σ_t dΔ;  dz = go·(y + D u)·silu'(z).
     dB and dC are summed over the program's channels first, then added atomically to dBC (batch, 2, N, LP), or,
     if DETERMINISTIC, stored to this channel block's slice of dBC (⌈D / BD⌉, batch, 2, N, LP) for a reduction in
-    a fixed order. dA, dD, dbias are per-(batch, channel) partials (batch, D, N) / (batch, D) accumulated in a fixed
-    order (chunks in turn) without atomics. H (batch, 2, D, N) float32 holds the adjoint at the first step of the
-    chunk just done, in two slots by chunk parity."""
+    a fixed order. dA, dD, dbias are partials accumulated in a fixed order (chunks in turn) without atomics: dA per
+    (batch, channel, state, lane) (batch, D, N, LANES), dD and dbias per (batch, channel) (batch, D). H (batch, 2,
+    D, N) float32 holds the adjoint at the first step of the chunk just done, in two slots by chunk parity."""
     BT: tl.constexpr = LANES * TE
     b = tl.program_id(0).to(tl.int64)
     pd = tl.program_id(1)
+    i = tl.arange(0, BD * LANES)
+    i_d = pd * BD + i // LANES                             # each thread's channel and lane (see the forward)
+    i_l = i % LANES
+    m = i_d < D
+    first = m & (i_l == 0)
+    step = tl.arange(0, BT)[None, :]
     d = pd * BD + tl.arange(0, BD)
     md = d < D
-    lane = tl.arange(0, LANES)
-    step = tl.arange(0, BT)[None, :]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=md, other=0.0)[:, None]
+        bias_p = tl.reshape(tl.load(bias_ptr + i_d, mask=m, other=0.0), (BD, LANES))
+        bias = _bcast(bias_p, BD, LANES, TE)
     else:
+        bias_p = 0.0
         bias = 0.0
     if HAS_D:
-        Dv = tl.load(Dp_ptr + d, mask=md, other=0.0)[:, None]
+        Dv = _chan(Dp_ptr, i_d, m, BD, LANES, TE)
     else:
         Dv = 0.0
-    u_row = u_ptr + b * su_b + d * su_d
-    dl_row = delta_ptr + b * sd_b + d * sd_d
-    z_row = z_ptr + b * sz_b + d * sz_d
-    g_row = go_ptr + b * sg_b + d * sg_d
+    u_p = u_ptr + b * su_b + i_d * su_d
+    dl_p = delta_ptr + b * sd_b + i_d * sd_d
+    z_p = z_ptr + b * sz_b + i_d * sz_d
+    g_p = go_ptr + b * sg_b + i_d * sg_d
     o_off = (b * D + d) * L
-    zero_d = tl.zeros([BD], tl.int32)
-    B_row = BC_ptr + b * 2 * N * LP + zero_d
+    B_row = BC_ptr + b * 2 * N * LP
     C_row = B_row + N * LP
     if DETERMINISTIC:
         dB_base = dBC_ptr + (pd * tl.num_programs(0) + b) * 2 * N * LP
     else:
         dB_base = dBC_ptr + b * 2 * N * LP
-    S_piece = (S_ptr + (b * K * D + d) * N)[:, None] + lane[None, :] * 0
-    H_piece = (H_ptr + (b * 2 * D + d) * N)[:, None] + lane[None, :] * 0
-    dA_row = dA_ptr + (b * D + d) * N
-    first_lane = (lane == 0)[None, :] & md[:, None]
-    lane2 = lane[None, :] + tl.zeros([BD, LANES], tl.int32)
+    S_p = S_ptr + (b * K * D + i_d) * N
+    H_p = H_ptr + (b * 2 * D + i_d) * N
+    dA_p = dA_ptr + ((b * D + i_d) * N) * LANES + i_l       # per-lane partials (batch, D, N, LANES)
+    lane2 = tl.reshape(i_l, (BD, LANES))
     not_last = lane2 < LANES - 1
     right = tl.minimum(lane2 + 1, LANES - 1)
-    bc_off = tl.join(tl.arange(0, BT), tl.arange(0, BT) + N * LP)        # (BT, 2): B's row, C's row
     dD_acc = tl.zeros([BD], tl.float32)
     dbias_acc = tl.zeros([BD], tl.float32)
     for n in range(0, N):
-        tl.store(dA_row + n, tl.zeros([BD], tl.float32), mask=md)
+        tl.store(dA_p + n * LANES, tl.zeros([BD * LANES], tl.float32), mask=m)
     for i in range(0, K):
         k = K - 1 - i
-        t = k * BT + lane * TE
-        raw = _tile(dl_row, sd_t, t, L, md, BD, LANES, TE) + bias
+        lt = k * BT + i_l * TE                             # each lane's first step
+        rem = L - lt
+        raw = _tile(dl_p + lt * sd_t, sd_t, m, rem, BD, LANES, TE) + bias
         # Δ at the step after each lane's last (the next lane's first; the next chunk's for the last lane)
-        raw_next = tl.load(dl_row[:, None] + ((t + TE) * sd_t)[None, :], mask=md[:, None] & (t + TE < L)[None, :],
-                           other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt, e = _softplus(raw)
-            dsp = tl.where(raw >= 0.0, 1.0, e) / (1.0 + e)          # softplus'(raw) = sigmoid(raw)
-            dt_next, e_n = _softplus(raw_next)
-        else:
-            dt = raw
-            dsp = 1.0
-            dt_next = raw_next
-        uu = _tile(u_row, su_t, t, L, md, BD, LANES, TE)
-        go = _tile(g_row, sg_t, t, L, md, BD, LANES, TE)
+        raw_next = tl.reshape(tl.load(dl_p + (lt + TE) * sd_t, mask=m & (rem > TE), other=0.0),
+                              (BD, LANES)).to(tl.float32) + bias_p
+        dt = _delta(raw, SOFTPLUS)
+        dt_next = _delta(raw_next, SOFTPLUS)
+        go = _tile(g_p + lt * sg_t, sg_t, m, rem, BD, LANES, TE)
         if HAS_Z:
-            zz = _tile(z_row, sz_t, t, L, md, BD, LANES, TE)
-            sig = _sigmoid(zz)
-            dy = go * zz * sig
+            zz = _tile(z_p + lt * sz_t, sz_t, m, rem, BD, LANES, TE)
+            dy = go * zz * _sigmoid(zz)
         else:
             dy = go
-        du = dt * uu
+        du = dt * _tile(u_p + lt * su_t, su_t, m, rem, BD, LANES, TE)
+        # Live through the state loop: Δ, Δu, dy and three sums; what only the chunk's end needs is loaded again
+        # then (from the cache), not held in registers.
         y = tl.zeros([BD, BT], tl.float32)        # Σ_n C x, for dz
         gB = tl.zeros([BD, BT], tl.float32)       # Σ_n g B
         qA = tl.zeros([BD, BT], tl.float32)       # Σ_n Q A2
-        tl.debug_barrier()   # H of chunk k + 1 and the dA partials are visible to every lane
+        tl.debug_barrier()   # H of chunk k + 1 is visible to every lane
         for n in range(0, N):
-            A2n = tl.load(A2_ptr + d * N + n, mask=md, other=0.0)[:, None]
-            Bn = _tile_vec(B_row + n * LP, t, BD, LANES, TE)
-            Cn = _tile_vec(C_row + n * LP, t, BD, LANES, TE)
+            A2p = tl.reshape(tl.load(A2_ptr + n + i_d * N, mask=m, other=0.0), (BD, LANES))
+            A2n = _bcast(A2p, BD, LANES, TE)
             a = tl.exp2(dt * A2n)
+            Bn = _tile_vec(B_row + n * LP, lt, BD, LANES, TE)
             bx = du * Bn
-            s_in = _bcast(tl.load(S_piece + (k * D * N + n)), BD, LANES, TE)
+            s_in = _chan(S_p + (k * D * N + n), 0, m, BD, LANES, TE)
             _, x = tl.associative_scan((a, tl.where(step == 0, a * s_in + bx, bx)), axis=1, combine_fn=_fwd_op)
-            # The adjoint, backward in time: in each lane from a zero start (pieces, registers), then the lanes'
-            # (product, sum) pairs combined from the last lane down (gathers: one shuffle each), the chunk's
-            # entering adjoint g_in standing for a lane after the last; then g = G + A·(adjoint entering the lane).
+            Cn = _tile_vec(C_row + n * LP, lt, BD, LANES, TE)
+            y += x * Cn
+            # The adjoint, backward in time: each lane's share from a zero start (registers), the lanes' (product,
+            # sum) pairs combined from the last lane down (gathers: one shuffle each; the adjoint entering the
+            # chunk from the next stands for a lane after the last), then each lane again from what enters it.
             ap = _pieces(a, BD, LANES, TE)
-            A, G = _rev_lane(ap, tl.exp2(dt_next * A2n), _pieces(dy * Cn, BD, LANES, TE), TE)
-            g_in = tl.load(H_piece + (((k + 1) & 1) * D * N + n), mask=md[:, None] & (k + 1 < K), other=0.0)
-            eA = tl.where(not_last, tl.gather(A[0], right, axis=1), 1.0)
-            eG = tl.where(not_last, tl.gather(G[0], right, axis=1), g_in)
+            cp = _pieces(dy * Cn, BD, LANES, TE)
+            a_nxt = tl.exp2(dt_next * A2p)
+            eA, eG = _rev_total(ap, a_nxt, cp, TE)
+            g_in = tl.reshape(tl.load(H_p + (((k + 1) & 1) * D * N + n), mask=m & (k + 1 < K), other=0.0),
+                              (BD, LANES))
+            eA = tl.where(not_last, tl.gather(eA, right, axis=1), 1.0)
+            eG = tl.where(not_last, tl.gather(eG, right, axis=1), g_in)
             for r in tl.static_range(5):
                 if (1 << r) < LANES:
                     ok = lane2 + (1 << r) < LANES
@@ -572,29 +575,38 @@ def scan_bwd_kernel(u_ptr, delta_ptr, z_ptr, go_ptr, A2_ptr, BC_ptr, Dp_ptr, bia
                     gG = tl.gather(eG, j, axis=1)
                     eG = tl.where(ok, eG + eA * gG, eG)
                     eA = tl.where(ok, eA * gA, eA)
-            g = _fix(A, G, eG, BD, LANES, TE)
-            tl.store(H_piece + ((k & 1) * D * N + n), G[0] + A[0] * eG, mask=first_lane)
-            y += x * Cn
+            g, g0 = _rev_from(ap, a_nxt, cp, eG, BD, LANES, TE)
+            tl.store(H_p + ((k & 1) * D * N + n), tl.reshape(g0, (BD * LANES,)), mask=first)
             gB += g * Bn
-            q = g * (x - bx)
+            q = g * (x - bx)                              # g_t·a_t·x_(t-1)
             qA += q * A2n
-            dA_n = tl.sum(q * dt, axis=1)
-            tl.store(dA_row + n, tl.load(dA_row + n, mask=md, other=0.0) + dA_n, mask=md)
+            # dA_n = Σ_t Q Δ: summed in each thread, the lanes' partials kept apart (summed by the launcher)
+            dA_lane = tl.reshape(tl.sum(tl.reshape(q * dt, (BD, LANES, TE)), axis=2), (BD * LANES,))
+            tl.store(dA_p + n * LANES, tl.load(dA_p + n * LANES, mask=m, other=0.0) + dA_lane, mask=m)
             # dB and dC together: one reduction over the program's channels, then one add (or store) of both.
             dBC_t = tl.sum(tl.join(g * du, x * dy), axis=0)                        # (BT, 2)
-            dBC_p = dB_base + (n * LP + k * BT) + bc_off
+            dB_p = dB_base + (n * LP + k * BT) + tl.arange(0, BT)
+            dBC_p = tl.join(dB_p, dB_p + N * LP)                                  # B's row, C's row
             if DETERMINISTIC:
                 tl.store(dBC_p, dBC_t)
             else:
                 tl.atomic_add(dBC_p, dBC_t, sem="relaxed")
-        ddt = (gB * uu + qA * LN2) * dsp
+        uu = _tile(u_p + lt * su_t, su_t, m, rem, BD, LANES, TE)
+        if SOFTPLUS:
+            raw = _tile(dl_p + lt * sd_t, sd_t, m, rem, BD, LANES, TE) + bias
+            e = tl.exp2(-tl.abs(raw) * LOG2E)
+            ddt = (gB * uu + qA * LN2) * (tl.where(raw >= 0.0, 1.0, e) / (1.0 + e))   # softplus' = sigmoid
+        else:
+            ddt = gB * uu + qA * LN2
         ts = k * BT + step
         m2 = md[:, None] & (ts < L)
         tl.store(du_ptr + o_off[:, None] + ts, (gB * dt + Dv * dy).to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddelta_ptr + o_off[:, None] + ts, ddt.to(ddelta_ptr.dtype.element_ty), mask=m2)
         if HAS_Z:
-            yt = y + Dv * uu
-            dz = go * yt * sig * (1.0 + zz * (1.0 - sig))
+            zz = _tile(z_p + lt * sz_t, sz_t, m, rem, BD, LANES, TE)
+            sig = _sigmoid(zz)
+            go = _tile(g_p + lt * sg_t, sg_t, m, rem, BD, LANES, TE)
+            dz = go * (y + Dv * uu) * sig * (1.0 + zz * (1.0 - sig))
             tl.store(dz_ptr + o_off[:, None] + ts, dz.to(dz_ptr.dtype.element_ty), mask=m2)
         dD_acc += tl.sum(dy * uu, axis=1)
         dbias_acc += tl.sum(tl.where(m2, ddt, 0.0), axis=1)

@@ -95,3 +95,53 @@ def load_kernels(path: Path, name: str, probe: str):
         raise RuntimeError(f"{name}: the kernels did not load in triton's mode (triton.knobs.runtime.interpret "
                            "set in code overrides TRITON_INTERPRET)")
     return module
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32",
+                 torch.int64: "i64"}
+
+
+def jit_specialization(fn, args: tuple, constexprs: dict) -> tuple[dict, dict, dict]:
+    """(signature, constants, attributes) ``@triton.jit`` derives when ``fn`` is called with ``args`` (tensors,
+    ints; meta tensors will do) and the keyword constexprs: an integer argument equal to 1 becomes a constant,
+    integers and pointers divisible by 16 (bytes, for pointers) are marked so (``tt.divisibility``), as Triton's
+    launcher does. The triple ``ASTSource`` takes."""
+    params = [n for n in fn.arg_names if n not in constexprs]
+    if len(params) != len(args):
+        raise TypeError(f"{fn.__name__}: {len(args)} arguments for {len(params)} parameters")
+    signature, constants, attrs = {}, {}, {}
+    for name, value in zip(params, args, strict=True):
+        index = fn.arg_names.index(name)
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TRITON_TYPES[value.dtype]
+            if (value.storage_offset() * value.element_size()) % 16 == 0:   # allocations are 16-byte aligned
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{fn.__name__}: argument {name} = {value!r} is neither a tensor nor an int")
+        elif value == 1:
+            signature[name] = "constexpr"
+            constants[(index,)] = 1
+        else:
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            if value % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    for name, value in constexprs.items():
+        signature[name] = "constexpr"
+        constants[(fn.arg_names.index(name),)] = value
+    return {n: signature[n] for n in fn.arg_names}, constants, attrs
+
+
+def compile_for_gpu(fn, args: tuple, kwargs: dict, capability: int = 90):
+    """Compile a ``@triton.jit`` kernel (triton in compiled mode) as a launch with these arguments would, for an
+    NVIDIA GPU of compute capability ``capability`` (90: H100/H200), without a GPU: Triton's front end, its
+    passes and ptxas. ``kwargs``: the constexprs and the launch options num_warps, num_stages. Returns Triton's
+    compiled kernel (``.asm`` holds ttir, ttgir, llir, ptx, cubin; ``.metadata`` the shared memory)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    constexprs = {k: v for k, v in kwargs.items() if k not in options}
+    signature, constants, attrs = jit_specialization(fn, args, constexprs)
+    src = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
