@@ -19,11 +19,11 @@ import sys
 import pytest
 import torch
 from scan_cases import (
+    CUDA_CASES,
     IN_INTERPRETER,
     NAMES,
     ROOT,
     TOL,
-    CUDA_CASES,
     check_against_chunked_on_cuda,
     compiled,
     interpreted,
