@@ -51,9 +51,7 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,27 +188,6 @@ def v1_cases(dtype_name: str) -> list[Case]:
 
 # ------------------------------------------------------------------------------------------- SASS reading
 
-def _bin(tool: str) -> str:
-    import triton
-
-    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
-
-
-def sass_and_resources(compiled) -> tuple[str, dict]:
-    """(SASS text, {REG, STACK, SHARED, LOCAL}) of a compiled kernel, from cuobjdump."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(compiled.asm["cubin"])
-        path = f.name
-    try:
-        sass = subprocess.run([_bin("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
-        usage = subprocess.run([_bin("cuobjdump"), "-res-usage", path], capture_output=True, text=True,
-                               check=True).stdout
-    finally:
-        os.unlink(path)
-    resources = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
-    return sass, resources
-
-
 _LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?\b([^;]*);")
 
 
@@ -311,7 +288,7 @@ def analyse(case: Case) -> dict:
     from models.scan import triton_runtime
 
     compiled = triton_runtime.compile_for_gpu(case.fn, case.args, case.kwargs)
-    sass, res = sass_and_resources(compiled)
+    sass, res = triton_runtime.sass_and_resources(compiled)
     rows = instructions(sass)
     spills = sum(1 for _, op, _ in rows if op in ("STL", "LDL"))
     stats = steady_state(rows, case)

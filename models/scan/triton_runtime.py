@@ -145,3 +145,28 @@ def compile_for_gpu(fn, args: tuple, kwargs: dict, capability: int = 90):
     signature, constants, attrs = jit_specialization(fn, args, constexprs)
     src = ASTSource(fn=fn, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+
+
+def _bin(tool: str) -> str:
+    import triton
+
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
+
+
+def sass_and_resources(compiled) -> tuple[str, dict]:
+    """(SASS text, {REG, STACK, SHARED, LOCAL}) of a kernel from ``compile_for_gpu``, by the ``cuobjdump`` Triton
+    bundles."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+        path = f.name
+    try:
+        sass = subprocess.run([_bin("cuobjdump"), "-sass", path], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run([_bin("cuobjdump"), "-res-usage", path], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        os.unlink(path)
+    return sass, {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
