@@ -70,6 +70,45 @@ def rel_err(x, ref) -> float:
     return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
 
 
+def check_against_oracle(inputs: dict, run, softplus: bool = True, tol: float | None = None):
+    """``run(grad_out) -> (out, grads)`` (the gradients of the inputs present, in NAMES order) against autograd of
+    the float64 recurrence: shapes, dtypes, contiguity and ‖x − ref‖/‖ref‖ within ``tol`` (default ``TOL``)."""
+    from scan_oracle import recurrence64
+
+    dtype = inputs["u"].dtype
+    tol = tol or TOL[dtype]
+    leaves = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
+    ref = recurrence64(**leaves, delta_softplus=softplus)
+    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    out, grads = run(grad_out)
+    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
+    assert rel_err(out, ref) <= tol, f"out: {rel_err(out, ref):.2e} > {tol}"
+    present = [k for k in NAMES if inputs[k] is not None]
+    grads64 = torch.autograd.grad(ref, [leaves[k] for k in present], grad_out.double())
+    assert len(grads) == len(present)
+    for name, g, g64 in zip(present, grads, grads64, strict=True):
+        assert g.dtype == inputs[name].dtype and g.shape == g64.shape and g.is_contiguous(), name
+        assert rel_err(g, g64) <= tol, f"gradient of {name}: {rel_err(g, g64):.2e} > {tol}"
+
+
+def check_through_the_operator(backend: str, inputs: dict) -> None:
+    """selective_scan(backend=...) with torch.autograd: the value and every gradient against the float64
+    recurrence (float32 tolerance), and ``scan_backend()`` naming the backend."""
+    from scan_oracle import recurrence64
+
+    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
+    out = selective_scan(**leaves, backend=backend)
+    assert scan_backend() == backend
+    leaves64 = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
+    ref = recurrence64(**leaves64)
+    assert rel_err(out, ref) <= TOL[torch.float32]
+    go = torch.randn(ref.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(out, list(leaves.values()), go.float())
+    grads64 = torch.autograd.grad(ref, list(leaves64.values()), go)
+    for name, g, g64 in zip(NAMES, grads, grads64, strict=True):
+        assert rel_err(g, g64) <= TOL[torch.float32], name
+
+
 def interpreted_items(namespace: dict):
     """(name, parameter set) of every ``@interpreted`` test in a module's namespace, counted from the marks."""
     for name, fn in list(namespace.items()):

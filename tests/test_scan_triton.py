@@ -23,15 +23,14 @@ from scan_cases import (
     IN_INTERPRETER,
     NAMES,
     ROOT,
-    TOL,
     check_against_chunked_on_cuda,
+    check_against_oracle,
+    check_through_the_operator,
     compiled,
     interpreted,
     make_inputs,
-    rel_err,
     run_interpreted,
 )
-from scan_oracle import recurrence64
 
 from models.scan import (
     ENV_VAR,
@@ -64,22 +63,12 @@ def test_interpreter_tests_in_a_subprocess():
 
 def check(inputs, softplus=True, chunk=None, bwd_chunk=None, programs=None, tol=None):
     """Forward and every gradient of triton_scan / triton_scan_backward against autograd of recurrence64."""
-    dtype = inputs["u"].dtype
-    tol = tol or TOL[dtype]
-    out = triton_scan(**inputs, delta_softplus=softplus, chunk_size=chunk)
-    leaves = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
-    ref = recurrence64(**leaves, delta_softplus=softplus)
-    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
-    assert rel_err(out, ref) <= tol, f"out: {rel_err(out, ref):.2e} > {tol}"
-    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    present = [k for k in NAMES if inputs[k] is not None]
-    grads64 = torch.autograd.grad(ref, [leaves[k] for k in present], grad_out.double())
-    grads = triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8,
-                                 chunk_size=bwd_chunk, programs=programs)
-    assert len(grads) == len(present)
-    for name, g, g64 in zip(present, grads, grads64, strict=True):
-        assert g.dtype == inputs[name].dtype and g.shape == g64.shape and g.is_contiguous(), name
-        assert rel_err(g, g64) <= tol, f"gradient of {name}: {rel_err(g, g64):.2e} > {tol}"
+    def run(grad_out):
+        out = triton_scan(**inputs, delta_softplus=softplus, chunk_size=chunk)
+        return out, triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8,
+                                         chunk_size=bwd_chunk, programs=programs)
+
+    check_against_oracle(inputs, run, softplus, tol)
 
 
 @interpreted
@@ -171,17 +160,7 @@ def test_through_the_operator_with_autograd(interpret):
     backward."""
     assert get_backend("triton_v1").backward is triton_scan_backward
     inputs = make_inputs(L=23, seed=8)
-    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
-    out = selective_scan(**leaves, backend="triton_v1")
-    assert scan_backend() == "triton_v1"
-    leaves64 = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
-    ref = recurrence64(**leaves64)
-    assert rel_err(out, ref) <= TOL[torch.float32]
-    go = torch.randn(ref.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(out, list(leaves.values()), go.float())
-    grads64 = torch.autograd.grad(ref, list(leaves64.values()), go)
-    for name, g, g64 in zip(NAMES, grads, grads64, strict=True):
-        assert rel_err(g, g64) <= TOL[torch.float32], name
+    check_through_the_operator("triton_v1", inputs)
     selective_scan(**inputs)
     assert scan_backend() == "chunked", "auto never picks the interpreter"
 

@@ -25,17 +25,17 @@ from scan_cases import (
     IN_INTERPRETER,
     NAMES,
     ROOT,
-    TOL,
     check_against_chunked_on_cuda,
+    check_against_oracle,
+    check_through_the_operator,
     compiled,
     interpreted,
     make_inputs,
     rel_err,
     run_interpreted,
 )
-from scan_oracle import recurrence64
 
-from models.scan import ENV_VAR, scan_backend, selective_scan, triton_runtime
+from models.scan import ENV_VAR, triton_runtime
 from models.scan import triton_fused as tf
 from models.scan.triton_fused import CUDA_TILES, Tile, Tiles
 
@@ -54,29 +54,18 @@ def test_interpreter_tests_in_a_subprocess():
     run_interpreted(__file__, globals())
 
 
-def leaves64(inputs):
-    return {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
-
-
 def check(inputs, softplus=True, tiles=None, deterministic=None, tol=None):
     """Forward and every gradient of the kernels against autograd of recurrence64; returns (out, S, grads)."""
-    dtype = inputs["u"].dtype
-    tol = tol or TOL[dtype]
-    out, S = tf.triton_scan_saving(**inputs, delta_softplus=softplus, tiles=tiles)
-    leaves = leaves64(inputs)
-    ref = recurrence64(**leaves, delta_softplus=softplus)
-    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
-    assert rel_err(out, ref) <= tol, f"out: {rel_err(out, ref):.2e} > {tol}"
-    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    present = [k for k in NAMES if inputs[k] is not None]
-    grads64 = torch.autograd.grad(ref, [leaves[k] for k in present], grad_out.double())
-    grads = tf.triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8, saved=S,
-                                    deterministic=deterministic, tiles=tiles)
-    assert len(grads) == len(present)
-    for name, g, g64 in zip(present, grads, grads64, strict=True):
-        assert g.dtype == inputs[name].dtype and g.shape == g64.shape and g.is_contiguous(), name
-        assert rel_err(g, g64) <= tol, f"gradient of {name}: {rel_err(g, g64):.2e} > {tol}"
-    return out, S, grads
+    kept = {}
+
+    def run(grad_out):
+        kept["out"], kept["S"] = tf.triton_scan_saving(**inputs, delta_softplus=softplus, tiles=tiles)
+        kept["grads"] = tf.triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8,
+                                                saved=kept["S"], deterministic=deterministic, tiles=tiles)
+        return kept["out"], kept["grads"]
+
+    check_against_oracle(inputs, run, softplus, tol)
+    return kept["out"], kept["S"], kept["grads"]
 
 
 @interpreted
@@ -187,18 +176,7 @@ def test_through_the_operator_keeps_the_chunk_states(interpret, monkeypatch):
     monkeypatch.setattr(registry, "_BUILTIN_TRITON", registry.Backend(
         "triton", tf.triton_scan, tf.triton_status, "", tf.triton_scan_backward, tf.triton_scan_saving,
         tf.saved_like))
-    inputs = make_inputs(L=23, seed=8)
-    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
-    out = selective_scan(**leaves, backend="triton")
-    assert scan_backend() == "triton"
-    lv64 = leaves64(inputs)
-    ref = recurrence64(**lv64)
-    assert rel_err(out, ref) <= TOL[torch.float32]
-    go = torch.randn(ref.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(out, list(leaves.values()), go.float())
-    grads64 = torch.autograd.grad(ref, list(lv64.values()), go)
-    for name, g, g64 in zip(NAMES, grads, grads64, strict=True):
-        assert rel_err(g, g64) <= TOL[torch.float32], name
+    check_through_the_operator("triton", make_inputs(L=23, seed=8))
     assert len(forwards) == 1
 
 

@@ -30,7 +30,7 @@ step in registers (one extra exponential per lane, 1/TE per element); dB and dC 
 before any atomic add; dA, dD, dΔ-bias as per-(batch, channel) partials in a fixed order, summed over the batch
 here. The atomic adds make dB and dC's last bits vary from run to run; ``deterministic`` (argument, else the
 environment variable ``DIMBENCH_SCAN_DETERMINISTIC=1`` or ``torch.use_deterministic_algorithms(True)``) instead
-writes one partial per channel block, (⌈D / BD⌉, batch, 2, N, K·BT) float32 (963 MB at batch 1 at the size above),
+writes one partial per channel block, (⌈D / BD⌉, batch, 2, N, K·BT) float32 (981 MB at batch 1 at the size above),
 summed by torch in a fixed order: bit-identical gradients from run to run, at that memory cost.
 
 The static view of all this (registers, spills, SASS instructions and MUFU ops per element, a modelled time) is

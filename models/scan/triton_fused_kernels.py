@@ -3,19 +3,23 @@
 Never imported directly: ``triton_fused`` loads this file through ``triton_runtime.load_kernels`` in the mode
 triton itself was imported in (``@triton.jit`` decides at decoration time whether to interpret).
 
-The tile. One program owns the batch element ``b`` and ``BD`` channels, one warp per channel (``num_warps = BD``),
-and walks the sequence in chunks of ``BT = LANES·TE`` steps. In a chunk, lane ``l`` of a channel's warp holds the
-``TE`` consecutive steps ``l·TE .. l·TE + TE - 1`` in registers: a (BD, BT) tensor whose Triton layout is the
-blocked layout sizePerThread [1, TE], threadsPerWarp [1, LANES], warpsPerCTA [BD, 1]. So ``tl.associative_scan``
-along time is a sequential scan inside each thread, then log2(LANES) shuffle rounds, then one fix-up per element;
-and channel work (softplus, gate) is never repeated per state. Triton's coalescer would give a load at most 16
-bytes per thread, lanes interleaved along time, and its scan needs a blocked layout: so a tile is assembled from
-``TE`` loads of (BD, LANES) pieces (``_tile``: one element per thread each, piece ``e`` holding step ``l·TE + e``)
-joined in a tree whose last ``tl.join`` splits the lowest bit of ``e``: reshaped, that is the layout above, at no
-cost in registers (checked in the TTGIR by benchmarks/scan_static.py and tests: sizePerThread = [1, TE]). B and C
-come from the launcher's float32 copy padded to whole chunks (aligned, no masks): four 16-byte loads per thread
-(``_tile_vec``), joined the same way. ``_split``/``_unsplit`` are the inverse: the pieces of a tile, used to take
-one step of each thread out (the chunk's last state) and to shift the decays by one step in the backward.
+The tile. One program owns the batch element ``b`` and ``BD`` channels (``BD·LANES = 32·num_warps`` threads) and
+walks the sequence in chunks of ``BT = LANES·TE`` steps. In a chunk, lane ``l`` of a channel holds the ``TE``
+consecutive steps ``l·TE .. l·TE + TE - 1`` in registers: a (BD, BT) tensor whose Triton layout is the blocked
+layout sizePerThread [1, TE], LANES threads along time. So ``tl.associative_scan`` along time is a sequential scan
+inside each thread, then log2(LANES) shuffle rounds, then one fix-up per element; and channel work (softplus,
+gate) is never repeated per state. Triton's coalescer would give a load at most 16 bytes per thread with lanes
+interleaved along time, and its scan needs a blocked layout: so a tile is assembled from ``TE`` loads of pieces
+(``_tile``: one step per thread each, piece ``e`` holding step ``l·TE + e``) joined in a tree whose last
+``tl.join`` splits the lowest bit of ``e``: reshaped, that is the layout above, at no cost in registers (checked
+in the TTGIR by the tests: sizePerThread = [1, TE]). A piece is loaded through (BD·LANES,) pointers, thread i
+being channel i // LANES and lane i % LANES, then reshaped to (BD, LANES): a 1-D load gets the same layout from
+Triton 3.6 and 3.8, a 2-D one's depends on how the coalescer orders two non-contiguous axes, and they differ. B
+and C come from the launcher's float32 copy padded to whole chunks (aligned, no masks): TE/4 16-byte loads per
+thread (``_tile_vec``), joined the same way. ``_pieces``/``_whole`` are the inverse: a tile's pieces, for taking
+one step of each thread (the chunk's last state, the adjoint at its first) and for the backward's in-lane
+recurrences (``_rev_total``, ``_rev_from``). ``_tile``, ``_pieces`` and the like are written out flat per TE
+(4, 8, 16): Triton's interpreter pays for every nested jit call.
 
 Decays are ``exp2(Δ·A2)`` with A2 = A·log2(e) (one MUFU.EX2 each). Per chunk and state n, a program does one scan;
 the state entering the chunk is folded into the first step's input (``x_0 = a_0·s + b_0``), so the scan's decay
