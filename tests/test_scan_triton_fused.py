@@ -181,6 +181,18 @@ def test_through_the_operator_keeps_the_chunk_states(interpret, monkeypatch):
 
 
 @interpreted
+@pytest.mark.slow
+def test_opcheck(interpret):
+    """torch.library.opcheck of the operator with the triton backend: the fake kernel's shapes (the chunk states'
+    included) match the real ones, the autograd registration and the schema hold."""
+    from models.scan.op import _scan_op
+
+    t = make_inputs(batch=1, d_inner=2, L=5, N=2)          # one program, one chunk: opcheck runs it many times
+    torch.library.opcheck(_scan_op, (*(None if t[k] is None else t[k].requires_grad_() for k in NAMES), True,
+                                     "triton"))
+
+
+@interpreted
 def test_strong_decay_and_softplus_threshold(interpret):
     """DiM's A = -[1..N] with large Δ (decays underflow within a chunk) and Δ + bias above 20 (softplus is the
     identity there, its derivative 1)."""
