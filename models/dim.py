@@ -32,6 +32,7 @@ from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
 from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
 from .scan import selective_scan
+from .scan.conv import conv1d_silu
 
 __all__ = [
     "DiM",
@@ -297,7 +298,8 @@ class MambaMixer(nn.Module):
             xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
             x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
         with component("conv1d"):
-            x = F.silu(self.conv1d(x)[..., :S])  # (b, d_inner, S), contiguous (silu writes a fresh tensor)
+            # (b, d_inner, S), contiguous: silu(conv1d(x)[..., :S]), one fused kernel on CUDA with the triton scan
+            x = conv1d_silu(x, self.conv1d)
         with component("ssm_proj"):
             # Batched products with the weight expanded over the batch: torch.matmul(2-D, 3-D) would copy x.
             x_dbl = torch.matmul(self.x_proj.weight.expand(b, -1, -1), x)  # (b, R + 2N, S)
