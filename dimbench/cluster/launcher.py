@@ -81,6 +81,34 @@ def make_executor(launcher: str, folder, settings: SlurmSettings, name: str):
     return executor
 
 
+@contextlib.contextmanager
+def _own_stdio(launcher: str, log):
+    """submitit's local executor starts each task's controller with this process's stdin, stdout and stderr: a
+    controller outliving this command (--no-wait) would hold the caller's pipes open (a `| tee`, a test's capture
+    would wait for the tasks). They get a log file and /dev/null instead, for the moment of the submission."""
+    if launcher != "submitit-local":
+        yield
+        return
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(fd) for fd in (0, 1, 2)]
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        yield
+    finally:
+        for fd, copy in zip((0, 1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
+        os.close(out)
+
+
 class ClusterRunner(Runner):
     """A Runner whose points run as the tasks of one array job (see the module docstring)."""
 
@@ -124,7 +152,8 @@ class ClusterRunner(Runner):
         executor = make_executor(self.launcher, records.submitit_dir, self.settings,
                                  f"dimbench-{self.plan.suite.name}")
         try:
-            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()), \
+                    _own_stdio(self.launcher, records.submitit_dir / "controllers.log"):
                 submitted = executor.map_array(PointTask(), specs)  # (submitit prints sbatch's refusal itself)
         except Exception as exc:  # noqa: BLE001 - sbatch's refusal (a partition that does not exist, ...)
             (records.submissions_dir / f"{submission.name}.json").unlink(missing_ok=True)
