@@ -90,24 +90,41 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The fork server's imports (torch, the models) overlap this process's own, which come next.
     processes.start_early(args.device)
 
-    from dimbench.runner import Interrupted, Runner
-    from dimbench.suite import check_device, expand, load_suite
+    from dimbench.runner import Runner
+    from dimbench.suite import expand
+
+    suite = load_run_suite(args)
+    plan = expand(suite, device=args.device, out=args.out)
+    out = console()
+    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                    argv=["dimbench", *args.argv], console=out)
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
+        return EXIT_INTERRUPTED
+    report_run(args, suite, plan, summary, out)
+    return 0
+
+
+def load_run_suite(args: argparse.Namespace):
+    """The suite `dimbench run` was given, validated (its warnings printed), after checking --device."""
+    from dimbench.suite import check_device, load_suite
 
     if args.device is not None and not check_device(args.device):
         raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
     _print_warnings(suite)
-    plan = expand(suite, device=args.device, out=args.out)
-    out = console()
-    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
-                    argv=["dimbench", *args.argv], console=out)
+    return suite
+
+
+def run_or_say_how_to_resume(runner):
+    """``runner.run()``; None after Ctrl-C / SIGTERM, once the message saying how to resume is printed."""
+    from dimbench.runner import Interrupted
+
     try:
-        summary = runner.run()
+        return runner.run()
     except Interrupted as exc:
         console(stderr=True).print(f"[yellow]{exc}[/]")
-        return EXIT_INTERRUPTED
-    report_run(args, suite, plan, summary, out)
-    return 0
+        return None
 
 
 def report_run(args: argparse.Namespace, suite, plan, summary, out) -> None:

@@ -30,18 +30,14 @@ def remote_device(requested: str, settings) -> str:
 
 
 def cmd_run_cluster(args: argparse.Namespace) -> int:
-    from dimbench.cli import _print_warnings, report_run, resolve_suite
+    from dimbench.cli import load_run_suite, report_run, run_or_say_how_to_resume
     from dimbench.cluster.launcher import ClusterRunner, check_launcher
     from dimbench.cluster.options import launch_settings
-    from dimbench.console import EXIT_INTERRUPTED, UserError, console
-    from dimbench.runner import Interrupted
-    from dimbench.suite import check_device, expand, load_suite
+    from dimbench.console import EXIT_INTERRUPTED, console
+    from dimbench.suite import expand
 
     check_launcher(args.launcher)
-    if args.device is not None and not check_device(args.device):
-        raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
-    suite = load_suite(resolve_suite(args.suite))
-    _print_warnings(suite)
+    suite = load_run_suite(args)
     settings = launch_settings(suite.slurm, args)
     device = remote_device(args.device or suite.device, settings)
     plan = expand(suite, device=device, out=args.out, here=False)
@@ -49,10 +45,8 @@ def cmd_run_cluster(args: argparse.Namespace) -> int:
     runner = ClusterRunner(plan, launcher=args.launcher, settings=settings, wait=not args.no_wait, fresh=args.fresh,
                            retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
                            argv=["dimbench", *args.argv], console=out)
-    try:
-        summary = runner.run()
-    except Interrupted as exc:
-        console(stderr=True).print(f"[yellow]{exc}[/]")
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
         return EXIT_INTERRUPTED
     if args.no_wait and runner.submission is not None:
         out.print(f"Not following it (--no-wait): `dimbench status {plan.out}` shows its points, "
