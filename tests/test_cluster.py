@@ -83,7 +83,7 @@ def reference(tmp_path_factory) -> dict[tuple, tuple]:
     tmp = tmp_path_factory.mktemp("reference")
     suite = tmp / "tiny.yaml"
     suite.write_text(TINY_SUITE.format(timeout=600))
-    proc = run_cli("run", str(suite), "--out", str(tmp / "out"), "--no-report")
+    proc = run_cli("run", str(suite), "--out", str(tmp / "out"), "--no-report", timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return _deterministic(results.read_rows(tmp / "out"))
 
@@ -358,7 +358,8 @@ def test_slurm_array_cancelled_task_resubmitted_gives_the_in_process_rows(tmp_pa
     assert "3 points, 1 to measure" in proc.stdout
     assert _deterministic(_unique_rows(out)) == reference
     nodes = json.loads((out / "environment.json").read_text())["nodes"]
-    assert nodes[UVIT]["slurm"]["SLURM_ARRAY_JOB_ID"] != nodes[DIT]["slurm"]["SLURM_ARRAY_JOB_ID"]  # resubmitted
+    assert nodes[UVIT]["slurm"]["SLURM_JOB_ID"] == _submission(out)["tasks"][0]["job_id"]  # measured when resubmitted
+    assert nodes[DIT]["job_id"] == _task_of(submission, DIT)["job_id"] and nodes[DIT]["hostname"] == slurm.host
 
     # a partition that does not exist: SLURM's own message, exit 2
     proc = subprocess.run([*args[:-2], "--fresh", "--partition", "nowhere"], env=env, cwd=ROOT, capture_output=True,
