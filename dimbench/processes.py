@@ -289,6 +289,10 @@ def _join_process_group(job) -> None:
         from dimbench.training.distributed import init_from_env
 
         init_from_env("cuda" if str(job.point.device).startswith("cuda") else "cpu")
+        import torch.distributed as dist
+
+        print(f"joined the task's process group: rank {dist.get_rank()} of {dist.get_world_size()} "
+              f"({dist.get_backend()}, {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", flush=True)
 
 
 def _match_threads() -> None:

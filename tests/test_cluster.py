@@ -292,6 +292,25 @@ def test_submitit_local_requeued_long_task_continues_from_its_state(tmp_path):
     assert {r["metric"] for r in rows if r["point_key"] == key} >= {"params", "params_trainable"}
 
 
+@pytest.mark.slow
+def test_a_point_on_several_ranks_trains_in_one_process_group_and_rank_0_writes(tmp_path, write_suite):
+    """--gpus-per-node G: each task is G processes (srun's tasks on SLURM; here submitit-local's), every rank runs
+    the point's worker in one torch.distributed group (gloo on the CPU) and only rank 0's rows are written."""
+    suite = write_suite("name: ddp\nmodels: [dit_tiny_4]\nresolutions: [16]\nbatch_sizes: [8]\nmetrics: [train]\n"
+                        "options:\n  train: {steps: 4, log_every: 2, checkpoint_every: 2, warmup: 0}\ndevice: cpu\n")
+    out = tmp_path / "out"
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report", "--launcher", "submitit-local",
+                   "--gpus-per-node", "2", timeout=600)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    rows = _unique_rows(out)
+    assert sorted((r["metric"], r["status"]) for r in rows) == [
+        ("train_images_per_s", "ok"), ("train_loss", "ok"), ("train_loss", "ok"), ("train_loss_final", "ok")]
+    (log,) = (out / "logs").glob("dit_tiny_4_r16_b8_float32_cpu-*.log")
+    text = log.read_text()
+    assert "joined the task's process group: rank 0 of 2 (gloo" in text
+    assert "joined the task's process group: rank 1 of 2 (gloo" in text
+
+
 def test_slurm_launcher_without_slurm_is_one_line(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=60))
     env = cli_env(PATH=os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)

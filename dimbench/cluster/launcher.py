@@ -59,7 +59,7 @@ def task_groups(jobs: list, launcher: str, settings: SlurmSettings) -> list[list
 def make_executor(launcher: str, folder, settings: SlurmSettings, name: str):
     import submitit
 
-    ranks_per_node = settings.gpus_per_node if settings.nodes > 1 else None
+    ranks_per_node = settings.gpus_per_node  # one process per GPU, each a rank of the task's process group
     if launcher == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
         params: dict[str, Any] = {
@@ -141,7 +141,7 @@ class ClusterRunner(Runner):
         records = ClusterFolder(self.out)
         groups = task_groups(jobs, self.launcher, self.settings)
         submission = records.new_submission(self.launcher, self.retry_errors, " ".join(self.argv), now_iso())
-        ranks = self.settings.nodes * (self.settings.gpus_per_node or 1) if self.settings.nodes > 1 else 1
+        ranks = self.settings.nodes * (self.settings.gpus_per_node or 1)
         specs = [TaskSpec(out=str(self.out.resolve()), submission=submission.name, index=i, token=submission.token,
                           plan=dataclasses.replace(self.plan, points=tuple(j.plan for j in group)),
                           retry_errors=self.retry_errors, plugins=loaded_plugins(), argv=self.argv, ranks=ranks)

@@ -91,9 +91,10 @@ class SlurmSettings:
                                         "submitit-local: the machine's CPU count)")
     points_per_task: int = key(Integer(1), 1, "sweep points one task measures, one after the other (cheap points "
                                "may share a task: each task pays a Python and torch start)")
-    nodes: int = key(Integer(1), 1, "nodes per task: more than 1 runs each point's long task (fid, train) on all "
-                     "of them under torch.distributed, rows from rank 0")
-    gpus_per_node: int | None = key(Integer(1), None, "GPUs (= ranks) per node when `nodes` > 1")
+    nodes: int = key(Integer(1), 1, "nodes per task (more than 1 needs `gpus_per_node`)")
+    gpus_per_node: int | None = key(Integer(1), None, "GPUs per node, one process (rank) each: every point of the "
+                                    "task runs on all `nodes` x `gpus_per_node` ranks in one torch.distributed group "
+                                    "(a long task, fid or train, shards its work by rank), rows from rank 0")
     setup: tuple[str, ...] | None = key(ListOf(Text("a shell line")), None,
                                         "shell lines run before each task (`module load ...`, activating a venv)")
     sbatch: dict = key(SbatchOptions(), {}, "other sbatch options, `{name: value}` (`--name=value`; `true`: a flag)")
