@@ -50,8 +50,10 @@ class SlurmScheduler:
             return {}
         proc = _run(["squeue", "--states=all", "-h", "-r", "-j", ",".join(arrays), "-o", "%i|%T|%N|%r"])
         if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-            raise UserError(f"cannot ask SLURM about job {', '.join(arrays)}: "
-                            f"{(proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or 'squeue failed'}")
+            said = (proc.stderr.strip() or proc.stdout.strip() or "squeue failed").splitlines()[-1]
+            where = f" (submitted from {submission.host})" if submission is not None else ""
+            raise UserError(f"cannot ask SLURM whether job {', '.join(arrays)}{where} still runs: {said}; run this "
+                            "where SLURM's commands reach that cluster")
         known: dict[str, TaskState] = {}
         for line in proc.stdout.splitlines():
             parts = line.strip().split("|")
