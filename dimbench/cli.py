@@ -2,6 +2,8 @@
 
     dimbench [--plugin MODULE ...] COMMAND
     dimbench run SUITE [--out DIR] [--device D] [--fresh] [--retry-errors] [--allow-mixed] [--no-report]
+                 [--launcher local|slurm|submitit-local] [--partition P] [--time T] [--gpus-per-task G] ...
+    dimbench status OUT | dimbench collect OUT      (a cluster run's points; its shards merged)
     dimbench validate SUITE [SUITE ...]
     dimbench list
     dimbench schema [--markdown]
@@ -79,28 +81,55 @@ def _print_warnings(suite) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.launcher != "local":  # an array job through submitit (dimbench.cluster)
+        from dimbench.cluster.cli import cmd_run_cluster
+
+        return cmd_run_cluster(args)
     from dimbench import processes
 
     # The fork server's imports (torch, the models) overlap this process's own, which come next.
     processes.start_early(args.device)
 
-    from dimbench import results
-    from dimbench.runner import Interrupted, Runner
-    from dimbench.suite import check_device, expand, load_suite
+    from dimbench.runner import Runner
+    from dimbench.suite import expand
+
+    suite = load_run_suite(args)
+    plan = expand(suite, device=args.device, out=args.out)
+    out = console()
+    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                    argv=["dimbench", *args.argv], console=out)
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
+        return EXIT_INTERRUPTED
+    report_run(args, suite, plan, summary, out)
+    return 0
+
+
+def load_run_suite(args: argparse.Namespace):
+    """The suite `dimbench run` was given, validated (its warnings printed), after checking --device."""
+    from dimbench.suite import check_device, load_suite
 
     if args.device is not None and not check_device(args.device):
         raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
     _print_warnings(suite)
-    plan = expand(suite, device=args.device, out=args.out)
-    out = console()
-    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
-                    argv=["dimbench", *args.argv], console=out)
+    return suite
+
+
+def run_or_say_how_to_resume(runner):
+    """``runner.run()``; None after Ctrl-C / SIGTERM, once the message saying how to resume is printed."""
+    from dimbench.runner import Interrupted
+
     try:
-        summary = runner.run()
+        return runner.run()
     except Interrupted as exc:
         console(stderr=True).print(f"[yellow]{exc}[/]")
-        return EXIT_INTERRUPTED
+        return None
+
+
+def report_run(args: argparse.Namespace, suite, plan, summary, out) -> None:
+    """After a run: the summary table of the plan's points, the run's wall time and rows, the report."""
+    from dimbench import results
 
     keys = {pp.point.key for pp in plan.points}
     rows = [r for r in results.latest(results.read_rows(summary.results)) if r.get("point_key") in keys]
@@ -111,7 +140,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.print(f"Results: {summary.results}  (environment: {summary.out / results.ENVIRONMENT_FILE})")
     if not args.no_report:
         report_after_run(summary.out, out)
-    return 0
 
 
 def report_after_run(folder: Path, out) -> bool:
@@ -296,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add to a folder that holds another suite's results, or results measured with other "
                    "settings (refused otherwise)")
     p.add_argument("--no-report", action="store_true", help="do not build the HTML/PDF report after the run")
+    from dimbench.cluster.options import add_launch_options
+
+    add_launch_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check suite files (every problem as FILE:LINE) without running them")
@@ -327,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_profile_command(sub)
     add_gate_commands(sub)
     add_fid_commands(sub)
+    from dimbench.cluster.cli import add_cluster_commands
+
+    add_cluster_commands(sub)
 
     try:
         from dimbench.checkpoint_cli import add_checkpoint_commands

@@ -238,6 +238,7 @@ def _worker_main(data: bytes, conn, life, log: str, env: dict[str, str]) -> None
     os.environ.update(job.env)
     os.environ.update(env)
     _match_threads()
+    _join_process_group(job)
     if job.plugins:
         from dimbench.plugins import load_plugins
 
@@ -279,6 +280,19 @@ def _watch_runner(life) -> None:
         os._exit(ORPHAN_EXIT)
 
     threading.Thread(target=watch, daemon=True, name="dimbench-runner-watch").start()
+
+
+def _join_process_group(job) -> None:
+    """A cluster task across nodes (dimbench.cluster.task) runs each point on every rank: the worker joins the
+    task's torch.distributed group, so that a long task (fid, train) shards its work by rank as under torchrun."""
+    if os.environ.get("DIMBENCH_DISTRIBUTED") == "1":
+        from dimbench.training.distributed import init_from_env
+
+        init_from_env("cuda" if str(job.point.device).startswith("cuda") else "cpu")
+        import torch.distributed as dist
+
+        print(f"joined the task's process group: rank {dist.get_rank()} of {dist.get_world_size()} "
+              f"({dist.get_backend()}, {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", flush=True)
 
 
 def _match_threads() -> None:

@@ -170,6 +170,28 @@ def final_statuses(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False
     return out
 
 
+def rows_to_write(rows: Iterable[dict[str, Any]], final: dict[tuple, str]) -> list[dict[str, Any]]:
+    """The rows that may be appended to a folder whose final rows are ``final`` (:func:`final_statuses`): those
+    whose identity is not final there, or is a skip that a measurement now supersedes; of two copies of one
+    identity among ``rows``, the first."""
+    new: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        on_disk = final.get(row_identity(row))
+        if on_disk is None or (on_disk == "skipped" and row.get("status") != "skipped"):
+            new.setdefault(row_identity(row), row)
+    return list(new.values())
+
+
+def read_complete_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], str | None]:
+    """The complete rows of a file another process may be appending to, and the description of its unfinished
+    last line (or None); the file is not changed. No file: ([], None)."""
+    p = results_path(path)
+    if not p.exists():
+        return [], None
+    rows, _, torn = _parse_lines(p)
+    return rows, torn
+
+
 def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[Any, Any, Any]]:
     """The identities of rows a resumed run must not write again (see :func:`final_statuses`)."""
     return set(final_statuses(rows, retry_errors=retry_errors))

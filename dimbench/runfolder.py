@@ -30,8 +30,9 @@ from dimbench.metrics.base import STATE_DIR
 
 LOGS = "logs"
 LOCK_FILE = "run.lock"
-#: What --fresh moves aside (to NAME.bak), so that a new run starts from nothing.
-FRESH_MOVES = (res.RESULTS_FILE, res.ENVIRONMENT_FILE, STATE_DIR, LOGS)
+#: What --fresh moves aside (to NAME.bak), so that a new run starts from nothing (a cluster run's records and
+#: shards too: dimbench.cluster.records).
+FRESH_MOVES = (res.RESULTS_FILE, res.ENVIRONMENT_FILE, STATE_DIR, LOGS, "cluster", "shards")
 
 
 class RunFolder:

@@ -36,7 +36,7 @@ from typing import Any
 from dimbench import processes
 from dimbench.console import UserError
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
-from dimbench.results import ResultsWriteError, final_statuses, row_identity
+from dimbench.results import ResultsWriteError, final_statuses, row_identity, rows_to_write
 from dimbench.runfolder import RunFolder
 from dimbench.suite import Plan, PointPlan
 from dimbench.worker import Job, failure_rows, gmacs_per_image
@@ -111,13 +111,35 @@ class Runner:
         t0 = time.monotonic()
         restore = self._catch_signals()
         try:
-            self.folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
+            self.folder = self._open_folder()
             try:
                 return self._run(t0)
             finally:
                 self.folder.close()
         finally:
             restore()
+
+    def _open_folder(self) -> RunFolder:
+        """The output folder, locked for this run. A folder that a live cluster array writes into is refused;
+        rows a finished one left in shards are merged first (dimbench.cluster.collect)."""
+        from dimbench.cluster.collect import settle
+        from dimbench.cluster.records import refuse_live_array
+
+        refuse_live_array(self.out)  # before --fresh moves anything aside
+        folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
+        try:
+            for warning in settle(folder, refuse_live=False, retry_errors=self.retry_errors).warnings:
+                self.console.print(f"[yellow]warning:[/] {warning}")
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    def _workers(self, jobs: list[_PointJob]) -> tuple[str, Any, list[processes.Slot]]:
+        """How workers start (the method's name), its multiprocessing context, and the slots they run in."""
+        method = processes.start_method(self.plan.device)
+        ctx = processes.context(method) if jobs else None  # (the CLI may have started the fork server already)
+        return method, ctx, processes.slots(self.plan.device)
 
     def _run(self, t0: float) -> RunSummary:
         folder = self.folder
@@ -132,12 +154,10 @@ class Runner:
         for row in rows:
             self.disk.setdefault(row.get("point_key"), []).append(row)
         jobs, skip_rows, complete = self._plan()
-        method = processes.start_method(self.plan.device)
-        ctx = processes.context(method) if jobs else None  # (the CLI may have started the fork server already)
+        method, ctx, slots = self._workers(jobs)
         entry = self._record_start(record)
         try:
             self._append(skip_rows)
-            slots = processes.slots(self.plan.device)
             self._announce(jobs, complete, len(slots), method)
             if jobs and not self.stop.is_set():
                 self._execute(jobs, slots, ctx)
@@ -195,11 +215,7 @@ class Runner:
         with self.lock:
             if self.write_error is not None:
                 return False
-            new: dict[tuple, dict[str, Any]] = {}
-            for row in rows:
-                on_disk = self.final.get(row_identity(row))
-                if on_disk is None or (on_disk == "skipped" and row.get("status") != "skipped"):
-                    new.setdefault(row_identity(row), row)  # (the first of two copies in one batch)
+            new = {row_identity(row): row for row in rows_to_write(rows, self.final)}
             if not new:
                 return True
             try:

@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from dimbench.cluster.options import SLURM_SECTION
 from dimbench.console import UserError
 from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
@@ -244,6 +245,8 @@ class SuiteFile:
     options: dict = key(OPTIONS, {}, "per metric: its options and `timeout` (`dimbench schema` lists them)")
     cpu: dict = key(SectionType(), {}, "overrides of the section keys on the CPU")
     cuda: dict = key(SectionType(), {}, "overrides of the section keys on a CUDA GPU")
+    slurm: Any = key(SLURM_SECTION, {}, "what `dimbench run --launcher slurm` asks SLURM for (the `slurm.*` keys "
+                     "below; the command line's options override them)")
 
 
 #: Keys a device section (cpu:, cuda:) may override: its limits replace the top level's rule for each metric it
@@ -315,6 +318,7 @@ class Suite:
     out: str
     sections: dict[str, Settings]  # "cpu" / "cuda" -> merged settings
     warnings: tuple[str, ...] = ()  # FILE:LINE: warning ... (a suite that runs but is unusually large)
+    slurm: Any = None  # dimbench.cluster.options.SlurmSettings: the suite's slurm section
 
     def point_count(self, device_type: str) -> int:
         """How many points the suite has on "cpu" or "cuda" (models x resolutions x batch sizes x dtypes x compile
@@ -447,7 +451,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise SuiteError(problems.messages())
     name = top.name or path.stem
     suite = Suite(path=path, name=name, description=top.description, models=top.models, device=top.device,
-                  out=top.out or f"results/{name}", sections=settings)
+                  out=top.out or f"results/{name}", sections=settings, slurm=top.slurm)
     return dataclasses.replace(suite, warnings=tuple(_size_warnings(suite, problems)))
 
 
@@ -614,12 +618,13 @@ def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
     return None
 
 
-def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None) -> Plan:
+def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None, *,
+           here: bool = True) -> Plan:
     """The run's points, in order (compile setting, resolution, model, batch, dtype), for a device (default: the
-    suite's)."""
+    suite's). ``here=False``: the points run elsewhere (cluster nodes), ``device`` is taken as resolved there."""
     from dimbench.metrics import METRICS
 
-    resolved = resolve_device(device or suite.device)
+    resolved = resolve_device(device or suite.device) if here else device
     settings = suite.settings_for(resolved)
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
     all_metrics = tuple(dict.fromkeys(suite.base.metrics + settings.metrics))
@@ -666,6 +671,9 @@ def schema_markdown() -> str:
               "Its `limits` replace the top level's rule for each metric it names; its `options` are merged key by "
               "key over the top level's.", ""]
     lines += document(Record(Limit), "## `limits.<metric>`")
+    lines += [""] + document(SLURM_SECTION, "## `slurm`")
+    lines += ["", "Used by `dimbench run --launcher slurm` (and `submitit-local`); not part of the measurement "
+              "settings a results folder checks. README, 'On a cluster'."]
     lines += ["", "## `options.<metric>`", "",
               "Options that are also top-level keys (`warmup`, `repeats`) take the key's value unless set here. "
               "Each option, lowest first: the metric's default, the top-level key, the top level's `options`, the "
