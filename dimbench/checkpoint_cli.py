@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from dimbench.console import EXIT_USAGE
+from dimbench.errors import EXIT_USAGE
 
 EXIT_OK = 0
 

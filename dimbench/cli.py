@@ -25,7 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from dimbench.console import EXIT_INTERRUPTED, EXIT_USAGE, UserError, console
+from dimbench.console import console, summary_table
+from dimbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -129,12 +130,13 @@ def report_after_run(folder: Path, out) -> bool:
 
 
 def print_summary(out, rows: list[dict], title: str) -> None:
-    from dimbench.console import summary_table
+    from dimbench.metrics import declared_rows
 
     if not rows:
         out.print("No results to summarise.")
         return
-    table, notes, problems, skips = summary_table(rows, title)
+    columns = [r for r in declared_rows() if r.summary is not None]  # registration order
+    table, notes, problems, skips = summary_table(rows, columns, title)
     out.print(table)
     if notes:
         out.print("How each column was obtained:")

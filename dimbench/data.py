@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dimbench.console import UserError
+from dimbench.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LATENT_SUFFIXES = (".npy", ".npz")
@@ -34,10 +34,6 @@ ACCEPTED = ("'digits' (scikit-learn's bundled 8x8 digits), a folder of images (P
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"  # .npz files are zip archives
-
-
-class DataError(UserError):
-    """The user's data cannot be used as given; the message names the file and what was expected."""
 
 
 @dataclass

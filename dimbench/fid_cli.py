@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import argparse
 
-from dimbench.console import UserError, console
+from dimbench.console import console
+from dimbench.errors import UserError
 
 
 def add_fid_commands(sub) -> None:

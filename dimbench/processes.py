@@ -31,7 +31,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 START_ENV = "DIMBENCH_WORKER_START"
 START_METHODS = ("forkserver", "spawn")

@@ -17,7 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from dimbench.console import console
+from dimbench.errors import UserError
 
 # The profiler library (kineto) reads its log level when torch loads it: its start/stop chatter stays off stderr.
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")

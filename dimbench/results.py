@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import ResultsError, ResultsWriteError
 
 RESULTS_FILE = "results.jsonl"
 ENVIRONMENT_FILE = "environment.json"
@@ -42,14 +42,6 @@ COLUMNS = (
     "extra",
 )
 STATUSES = ("ok", "oom", "error", "skipped")
-
-
-class ResultsError(UserError, ValueError):
-    """A results or environment file that cannot be read (the message names the file and line)."""
-
-
-class ResultsWriteError(UserError, OSError):
-    """Rows could not be appended (disk full, read-only, ...): the file was cut back to its last complete row."""
 
 
 def results_path(path: str | os.PathLike) -> Path:

@@ -18,7 +18,7 @@ like::
 
 The file is read with ``yaml.safe_load`` semantics; anchors and aliases are refused (an alias bomb would make the
 line map explode). Every problem of a file is reported at once, each as ``FILE:LINE: key 'x': expected ..., got
-...`` (:class:`SuiteError`, a :class:`~dimbench.console.UserError`: exit status 2, no traceback). Relative
+...`` (:class:`SuiteError`, a :class:`~dimbench.errors.UserError`: exit status 2, no traceback). Relative
 ``checkpoint`` paths are relative to the suite file; a relative ``out`` is relative to the working directory.
 """
 
@@ -35,10 +35,10 @@ from typing import Any
 
 import yaml
 
-from dimbench.console import UserError
+from dimbench.errors import SuiteError, UserError
 from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
-from dimbench.points import SweepPoint
+from dimbench.points import SweepPoint, input_size_for
 from dimbench.schema import (
     INVALID,
     Choice,
@@ -255,14 +255,6 @@ SECTION_KEYS = ("metrics", "resolutions", "batch_sizes", "dtypes", "compile", "w
 def section_record() -> Record:
     return Record([f for f in Record(SuiteFile).fields if f.name in SECTION_KEYS],
                   "keys a device section may override")
-
-
-class SuiteError(UserError):
-    """A suite that cannot run; ``errors`` holds one ``FILE:LINE: ...`` message per problem."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
 
 
 # ----------------------------------------------------------------------------------------------------- records
@@ -594,13 +586,6 @@ def resolve_device(requested: str) -> str:
     if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
         raise UserError(f"device {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return requested
-
-
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    import models
-
-    return resolution // 8 if models.model_info(model).latent else resolution
 
 
 def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:

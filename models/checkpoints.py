@@ -47,7 +47,7 @@ __all__ = [
     "save_checkpoint",
     "inspect_checkpoint",
     "read_checkpoint",
-]  # and, computed when imported (module __getattr__ below): FORMATS, choose_pad_layout
+]  # and, computed when imported (module __getattr__ below): FORMATS
 
 FORMAT_TAG = "dimbench-checkpoint"
 FORMAT_VERSION = 1
@@ -190,10 +190,6 @@ def __getattr__(name: str) -> Any:
     # (the family files import this module before they register).
     if name == "FORMATS":
         return formats()
-    if name == "choose_pad_layout":  # kept importable from here; DiM's rule lives in models/dim.py
-        from .dim import choose_pad_layout
-
-        return choose_pad_layout
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

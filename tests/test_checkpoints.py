@@ -24,12 +24,12 @@ import models  # registers every family
 from dimbench import checkpoint_cli
 from models.checkpoints import (
     CheckpointError,
-    choose_pad_layout,
     inspect_checkpoint,
     load_checkpoint,
     load_resized_state_dict,
     save_checkpoint,
 )
+from models.dim import choose_pad_layout
 from models.dim_convert import dimbench_to_official
 from models.registry import create_model
 
@@ -559,7 +559,8 @@ def test_formats_and_names_come_from_the_family_declarations():
     assert models.family("dim").options == {"pad_layout": PAD_LAYOUTS}
     assert not hasattr(checkpoint_cli, "FORMATS") and not hasattr(checkpoint_cli, "PAD_LAYOUTS")
     # The generic module's code names no family fact (docstrings may give examples): every one comes from a
-    # declaration. Option names are exempt: pad_layout is a keyword of load_checkpoint's public signature.
+    # declaration. Option names are exempt: pad_layout is a keyword of load_checkpoint's public signature. (That
+    # it imports no family module is a rule of tests/test_architecture.py.)
     facts = {word for fam in models.list_families() for word in (
         fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *(v for vs in fam.options.values()
                                                                              for v in vs))}  # fmt: skip
@@ -570,8 +571,6 @@ def test_formats_and_names_come_from_the_family_declarations():
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             assert not facts & set(re.findall(r"[\w-]+", node.value)), node.value
-        if isinstance(node, ast.ImportFrom) and node.module in {fam.name for fam in models.list_families()}:
-            assert [a.name for a in node.names] == ["choose_pad_layout"]  # the one re-export, for old callers
 
 
 class ToyNet(torch.nn.Module):

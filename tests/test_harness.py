@@ -158,13 +158,12 @@ def test_a_metric_declared_in_one_place_reaches_results_summary_and_report(tmp_p
     toy = rows["toy_ms"]
     assert (toy["status"], toy["value"], toy["unit"], toy["task"]) == ("ok", 3.0, "ms", "sample")
 
-    from dimbench.console import summary_table
+    from dimbench.cli import print_summary
 
-    table, notes, _, _ = summary_table(list(rows.values()))
     buffer = io.StringIO()
-    Console(file=buffer, width=240).print(table)
+    print_summary(Console(file=buffer, width=240), list(rows.values()), "toy")  # the columns `dimbench run` shows
     assert "toy ms" in buffer.getvalue() and "(made up)" in buffer.getvalue()
-    assert any(n.startswith("toy_ms: made up by the test") for n in notes)
+    assert "  toy_ms: made up by the test" in buffer.getvalue()  # under "How each column was obtained"
 
     from dimbench.report import content, data
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 #: The start of the SHA256 of the published weights file (both projects' file names end in it).
 EXPECTED_SHA256_PREFIX = "6726825d"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 SCALE = 0.18215
 

@@ -28,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import BaselineError
 from dimbench.metrics import row_declaration
 from dimbench.results import STATUSES, ResultsError, read_environment, read_rows, results_path
 
@@ -36,10 +36,6 @@ FORMAT = "dimbench-baseline"
 VERSION = 1
 #: statuses a baseline entry may have (errors are never baselined).
 ENTRY_STATUSES = ("ok", "oom", "skipped")
-
-
-class BaselineError(UserError, ValueError):
-    """An unreadable, malformed or mismatched baseline, or results a baseline cannot be made of (exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from dimbench.console import console
+from dimbench.errors import UserError
 
 EXIT_REGRESSION = 1
 

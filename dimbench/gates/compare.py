@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.metrics import Gate, row_declaration
 
 from .baseline import Baseline, BaselineError, Entry, Run

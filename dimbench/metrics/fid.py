@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 import models
+from dimbench.errors import UserError
 from dimbench.fid.options import (
     GuidanceTable,
     LocalPath,
@@ -61,7 +62,6 @@ class FidMetric(Metric):
                       resolutions: list[int] | tuple[int, ...] | None = None) -> list[tuple[str, str]]:
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes) and a {resolution: file} mapping must cover every one of ``resolutions``."""
-        from dimbench.console import UserError
         from dimbench.fid import inception
         from dimbench.fid.reference import check_reference_file
 
@@ -174,7 +174,6 @@ def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str) -> np.n
 
 
 def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.console import UserError
     from dimbench.fid import inception, pipeline
     from dimbench.fid.reference import read_reference
     from dimbench.fid.scores import all_scores

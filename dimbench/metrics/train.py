@@ -26,7 +26,7 @@ import torch
 import models
 from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
 from dimbench.metrics.common import resolve_device
-from dimbench.points import SweepPoint
+from dimbench.points import SweepPoint, input_size_for
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
 from models.diffusion import SCHEDULES
 
@@ -40,8 +40,6 @@ def train_state_path(out_dir: str | Path, point: SweepPoint) -> Path:
 
 def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
     """The same model, batch, dtype and device at another resolution."""
-    from dimbench.suite import input_size_for
-
     return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
 
 

@@ -18,7 +18,8 @@ import pickle
 import time
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from dimbench.console import console
+from dimbench.errors import UserError
 
 #: dim.md §6: the weak-to-strong fine-tune's recipe, the defaults under --init-from
 FINETUNE = {"lr": 1e-4, "warmup": 2500, "weight_decay": 0.0, "label_drop": 0.15}
