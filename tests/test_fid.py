@@ -129,7 +129,7 @@ def test_scores_equal_torch_fidelity_on_identical_features():
 
 
 def test_reference_layouts(assets, tmp_path):
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid.reference import read_reference
 
     adm = read_reference(assets["adm"])
@@ -395,7 +395,7 @@ def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
     assert "wrong file" in done.stderr and "6726825d" in done.stderr and str(wrong) in done.stderr
     assert _sha256(wrong) in done.stderr
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid import inception
 
     with pytest.raises(UserError, match="do not fit"):  # the right hash claimed for a file of other weights
@@ -449,7 +449,7 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
 
     import argparse
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
 
     base = dict(folder=str(folder), output=str(out), inception_weights=str(assets["weights"]),
                 inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu")

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 import models
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
 from dimbench.gates.baseline import BaselineError, Entry, Run, run_entries
 from dimbench.gates.render import as_json, markdown

@@ -26,7 +26,7 @@ import report_fixtures as rf  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
 import models  # noqa: E402
-from dimbench.console import UserError  # noqa: E402
+from dimbench.errors import UserError  # noqa: E402
 from dimbench.metrics import Metric, Ratio, Row, register_metric, unregister_metric  # noqa: E402
 from dimbench.report import ReportError, analysis, build_report, content, data, document, pdf  # noqa: E402
 from dimbench.report.clip import MAX_CHARS  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.schema import Record
 from dimbench.suite import SuiteError, SuiteFile, expand, load_suite, parse_suite
 
