@@ -47,6 +47,7 @@ def convert(
     stderr: TextIO | None = None,
 ) -> int:
     """Load ``source`` as ``model`` (resized to ``input_size``) and save it to ``dest`` in dimbench's format."""
+    # heavy (torch, the models): imported when the command runs
     from models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
     if os.path.abspath(source) == os.path.abspath(dest):
@@ -105,6 +106,7 @@ def _format_info(info: dict[str, Any], extras: dict[str, str]) -> str:
 
 def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print what the checkpoint at ``path`` holds (see :func:`models.checkpoints.inspect_checkpoint`)."""
+    # heavy (torch, the models): imported when the command runs
     from models import family
     from models.checkpoints import CheckpointError, inspect_checkpoint
 

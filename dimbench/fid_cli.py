@@ -20,12 +20,22 @@ checksum for the weights), exit 2, before any sampling.
 from __future__ import annotations
 
 import argparse
+import datetime
+import time
+from pathlib import Path
 
+import numpy as np
+
+from dimbench import results
 from dimbench.console import console
 from dimbench.errors import UserError
+from dimbench.fid.reference import write_stats
+from dimbench.points import SweepPoint
+from dimbench.schema import Problems, Record
 
 
 def add_fid_commands(sub) -> None:
+    # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.fid.inception import EXPECTED_SHA256_PREFIX
 
     p = sub.add_parser("fid-stats", help="FID reference statistics (mu, sigma) of an image folder, from local "
@@ -67,8 +77,7 @@ def add_fid_commands(sub) -> None:
 
 def _image_files(folder: str) -> list:
     """The image files of a folder, flat or in class subfolders at any depth (hidden names skipped), sorted."""
-    from pathlib import Path
-
+    # heavy (torch, the models): imported when the command runs
     from dimbench.data import IMAGE_SUFFIXES
 
     root = Path(folder)
@@ -86,12 +95,11 @@ def _image_files(folder: str) -> list:
 def cmd_fid_stats(args: argparse.Namespace) -> int:
     """Streams the folder: ``--batch`` images are read, resized and passed through Inception at a time, and only
     their pool3 features (2048 float32 per image: 400 MB for 50,000) are kept, never the images themselves."""
-    import numpy as np
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     from dimbench.data import DataError, _read_image
     from dimbench.fid import inception
-    from dimbench.fid.reference import write_stats
     from dimbench.quality.frechet import gaussian_stats
 
     for name, value in (("--batch", args.batch), ("--resolution", args.resolution)):
@@ -128,19 +136,13 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    import datetime
-    import time
-    from pathlib import Path
-
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     import models
-    from dimbench import results
     from dimbench.metrics.base import MetricContext, SkipMetric
+    from dimbench.metrics.common import input_size_for
     from dimbench.metrics.fid import FID
-    from dimbench.points import SweepPoint
-    from dimbench.schema import Problems, Record
-    from dimbench.suite import input_size_for
     from dimbench.training import distributed
     from dimbench.worker import make_row
 

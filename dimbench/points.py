@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import models
-
 
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
@@ -53,8 +51,3 @@ class SweepPoint:
         kwargs = {k: v for k, v in d.items() if k in fields}
         kwargs["metrics"] = tuple(kwargs.get("metrics", ()))
         return cls(**kwargs)
-
-
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    return resolution // 8 if models.model_info(model).latent else resolution

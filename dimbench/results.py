@@ -185,7 +185,7 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
     (``--retry-errors``) leaves its old error row behind: by default only the latest row per (point_key,
     metric, step) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
     """
-    import pandas as pd
+    import pandas as pd  # a second to import; the store itself is read with json, only this view needs it
 
     p = results_path(path)
     if not p.exists():

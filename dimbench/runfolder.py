@@ -26,7 +26,7 @@ from typing import Any
 from dimbench import results as res
 from dimbench.environment import now_iso
 from dimbench.errors import UserError
-from dimbench.metrics.base import STATE_DIR
+from dimbench.metrics.base import STATE_DIR, slug
 
 LOGS = "logs"
 LOCK_FILE = "run.lock"
@@ -132,8 +132,6 @@ class RunFolder:
         res.write_json_atomic(self.environment_path, record)
 
     def log(self, key: str) -> Path:
-        from dimbench.metrics.base import slug
-
         return self.logs / f"{slug(key)}.log"
 
 

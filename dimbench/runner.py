@@ -35,10 +35,12 @@ from typing import Any
 
 from rich.console import Console
 
+import models
 from dimbench import processes
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
 from dimbench.errors import UserError
 from dimbench.metrics import METRICS
+from dimbench.plugins import loaded_plugins
 from dimbench.progress import progress_bar
 from dimbench.results import ResultsWriteError, final_statuses, row_identity
 from dimbench.runfolder import RunFolder
@@ -221,8 +223,6 @@ class Runner:
 
     def _check_declarations(self) -> None:
         """Every metric and model of the plan can be handed to a worker (a UserError names the one that cannot)."""
-        import models
-
         names = {m for pp in self.plan.points for m in pp.run}
         processes.pack([self.metrics[m] for m in names])
         for model in {pp.point.model for pp in self.plan.points}:
@@ -266,9 +266,6 @@ class Runner:
             raise errors[0]
 
     def _worker_job(self, pp: PointPlan, pending: list[str]) -> Job:
-        import models
-        from dimbench.plugins import loaded_plugins
-
         point = pp.point
         on_disk = {m: {(r["metric"], row_identity(r)[2]) for r in self.disk.get(point.key, [])
                        if row_identity(r) in self.final and r["metric"] in self.metrics[m].produces}

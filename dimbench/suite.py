@@ -27,18 +27,22 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import json
 import os
 import re
 import types
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+import models
 from dimbench.errors import SuiteError, UserError
-from dimbench.metrics.common import COMPILE_MODES
+from dimbench.metrics import METRICS
+from dimbench.metrics.common import COMPILE_MODES, input_size_for
 from dimbench.metrics.timing import REPEATS, WARMUP
-from dimbench.points import SweepPoint, input_size_for
+from dimbench.points import SweepPoint
 from dimbench.schema import (
     INVALID,
     Choice,
@@ -52,6 +56,7 @@ from dimbench.schema import (
     Text,
     Type,
     describe,
+    document,
     is_int,
     key,
     path_text,
@@ -70,21 +75,15 @@ def check_device(value: Any) -> bool:
 
 
 def registered_models() -> list[str]:
-    import models
-
     return models.list_models()
 
 
 def registered_metrics() -> list[str]:
-    from dimbench.metrics import METRICS
-
     return list(METRICS)
 
 
 def metric_options(name: str) -> Record:
     """The options a suite may give a metric (only those given are kept: the rest come from elsewhere)."""
-    from dimbench.metrics import METRICS
-
     record = METRICS[name].option_record()
     return Record(record.fields, record.what, partial=True)
 
@@ -146,8 +145,6 @@ class ModelList(Type):
         return INVALID if INVALID in entries else tuple(entries)
 
     def _entry(self, item, path, problems):
-        import models
-
         if isinstance(item, str):
             item, name_path = {"name": item}, path
         elif isinstance(item, dict):
@@ -280,8 +277,6 @@ class Settings:
 
     def timeout_of(self, metric: str) -> float:
         """The metric's time budget per point in seconds (math.inf: none)."""
-        from dimbench.metrics import METRICS
-
         set_here = self.options[metric]["timeout"]
         if set_here is not None:
             return set_here
@@ -291,8 +286,6 @@ class Settings:
         """The settings that change what a measurement gives: each metric's options but its timeout (as JSON
         would hold them). A run folder refuses another run whose fingerprint differs for a metric both measure
         (dimbench.runfolder); limits and device sections decide where a metric runs, not what it gives."""
-        import json
-
         options = {m: {k: v for k, v in o.items() if k != "timeout"} for m, o in self.options.items()}
         return json.loads(json.dumps({m: o for m, o in options.items() if o}, default=str))
 
@@ -412,13 +405,6 @@ def parse_suite(text: str, path: Path) -> Suite:
         got = "an empty file" if data is None else describe(data)
         keys = ", ".join(f.name for f in Record(SuiteFile).fields)
         raise SuiteError([f"{path}:1: expected a mapping of suite keys ({keys}), got {got}"])
-    for registry, read in (("model", registered_models), ("metric", registered_metrics)):
-        try:
-            read()
-        except Exception as exc:  # the registry itself is broken: say so instead of calling every name unknown
-            raise SuiteError([f"{path}:1: cannot check {registry} names: importing the {registry} registry "
-                              f"failed: {type(exc).__name__}: {exc}"]) from None
-
     problems = _Located(path, {})
     problems.lines = _line_map(node, problems)
     top = Record(SuiteFile, "suite keys").check(data, (), problems)
@@ -448,7 +434,6 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
     limits = {m: dataclasses.replace(rule, where=problems.where(at + ("limits", m)) if "limits" in raw and m in
                                      raw["limits"] else problems.where(("limits", m)))
               for m, rule in ({**top.limits, **values.limits} if at else top.limits).items()}
-    from dimbench.metrics import METRICS
 
     # Each option, lowest first: the metric's default, the top-level key of its name (warmup, repeats), the top
     # level's options.<metric>, then the same two from the device section.
@@ -506,8 +491,6 @@ def _check_unmeasured(data: dict, top: SuiteFile, sections: dict, problems: _Loc
 
 def _check_geometry(data: dict, problems: _Located) -> None:
     """Every resolution (top level and sections) must give a whole token grid for every (registered) model."""
-    import models
-
     raw_models = data.get("models") if isinstance(data.get("models"), list) else []
     names = [m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None for m in raw_models]
     names = [n for n in dict.fromkeys(names) if isinstance(n, str) and n in registered_models()]
@@ -531,8 +514,6 @@ def _check_geometry(data: dict, problems: _Located) -> None:
 
 def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     """Warnings for a suite that will run but is unusually large (hundreds of points, huge token grids)."""
-    import models
-
     out = []
     for section in DEVICE_SECTIONS:
         points = suite.point_count(section)
@@ -576,7 +557,6 @@ def resolve_device(requested: str) -> str:
         raise UserError(f"device {requested!r}: expected auto, cpu, cuda or cuda:N")
     if requested == "cpu":
         return "cpu"
-    import torch
 
     available = torch.cuda.is_available()
     if requested == "auto":
@@ -602,8 +582,6 @@ def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
 def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None) -> Plan:
     """The run's points, in order (compile setting, resolution, model, batch, dtype), for a device (default: the
     suite's)."""
-    from dimbench.metrics import METRICS
-
     resolved = resolve_device(device or suite.device)
     settings = suite.settings_for(resolved)
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
@@ -641,9 +619,6 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
 
 def schema_markdown() -> str:
     """docs/suite.md: every suite key, a device section's keys, the limit keys and each metric's options."""
-    from dimbench.metrics import METRICS
-    from dimbench.schema import document
-
     lines = ["# Suite files", "", "Generated from the declaration in `dimbench/suite.py` (`dimbench schema`); "
              "do not edit by hand.", ""]
     lines += document(Record(SuiteFile), "## Top-level keys")

@@ -34,6 +34,11 @@ from typing import Any
 import numpy as np
 import torch
 
+import models
+from dimbench.fid.inception import extract, to_uint8
+from dimbench.training.sampling import _check_pair, _run_sampler
+from models.diffusion import Guidance, model_eps, upsample_guidance
+
 #: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
 #: preempted job would stop; the resume test uses it.
 KILL_ENV = "DIMBENCH_FID_KILL_AFTER_CHUNKS"
@@ -87,17 +92,12 @@ def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> 
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
-    from dimbench.training.sampling import _check_pair, _run_sampler
-    from models.diffusion import Guidance, model_eps, upsample_guidance
-
     model, spec = job.model, job.spec
     _check_pair(spec, job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
               if job.num_classes else None)
     try:
-        import models
-
         recipe = models.family_of_model(model).diffusion
     except KeyError:
         recipe = None
@@ -172,8 +172,6 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
     """Make and score this rank's missing chunks. Returns what this process did: generated, resumed (images
     found on disk for its chunks), times."""
-    from dimbench.fid.inception import extract, to_uint8
-
     chunks = -(-job.count // job.batch)
     mine = [k for k in range(chunks) if k % world == rank]
     done = {k for k in mine if chunk_done(state, k, job.count, job.batch)}

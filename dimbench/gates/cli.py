@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dimbench.console import console
-from dimbench.errors import UserError
+from rich.text import Text
 
-EXIT_REGRESSION = 1
+from dimbench.console import console
+from dimbench.errors import EXIT_OK, EXIT_REGRESSION, UserError
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
-    from rich.text import Text
-
+    # heavy (torch, the models): imported when the command runs
     from .baseline import build_baseline, load_baseline, write_baseline
 
     out = console()
@@ -43,6 +42,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 
 def cmd_gate(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     from .baseline import load_baseline, run_entries
     from .compare import compare, parse_tolerances
     from .render import dumps, markdown, print_result
@@ -59,7 +59,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             except OSError as exc:
                 raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
     print_result(console(), result, args.all)
-    return 0 if result.passed else EXIT_REGRESSION
+    return EXIT_OK if result.passed else EXIT_REGRESSION
 
 
 def add_gate_commands(sub) -> None:

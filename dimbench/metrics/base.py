@@ -18,14 +18,16 @@ wrote (they are never written twice).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from dimbench.points import SweepPoint
-from dimbench.schema import Field, Record
+from dimbench.schema import Field, Number, Record
 
 TASKS = ("count", "forward", "train_step", "train", "sample", "evaluate")
 
@@ -219,8 +221,6 @@ class Metric:
 
     def option_record(self) -> Record:
         """The record a suite's ``options.<name>`` is checked against (its own options plus ``timeout``)."""
-        from dimbench.schema import Number
-
         timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
                        + ("none (the task bounds itself)" if self.timeout == math.inf else
                           f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
@@ -264,8 +264,6 @@ class MetricContext:
         inside the run's folder, or a temporary folder outside a run. Created on first use."""
         if getattr(self, "_state_dir", None) is None:
             if self.out_dir is None:
-                import tempfile
-
                 base = Path(tempfile.mkdtemp(prefix=f"dimbench-{self.metric.name}-"))
             else:
                 base = Path(self.out_dir) / STATE_DIR / slug(self.point.key) / self.metric.name
@@ -304,6 +302,4 @@ STATE_DIR = "state"
 def slug(text: str) -> str:
     """A point key made safe as a file name; a short hash keeps keys that differ only in punctuation apart
     (``ckpt=/a/x_y.pt`` and ``ckpt=/a/x/y.pt``), so two points never share a log or a checkpoint."""
-    import hashlib
-
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]

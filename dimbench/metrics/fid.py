@@ -29,6 +29,8 @@ import torch
 
 import models
 from dimbench.errors import UserError
+from dimbench.fid import inception, pipeline
+from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, extract, is_sha256_prefix
 from dimbench.fid.options import (
     GuidanceTable,
     LocalPath,
@@ -38,9 +40,17 @@ from dimbench.fid.options import (
     reference_for,
     upsample_source,
 )
+from dimbench.fid.reference import check_reference_file, read_reference
+from dimbench.fid.scores import all_scores
+from dimbench.fid.vae import SCALE, decode, load_vae
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
+from dimbench.metrics.common import model_kwargs, resolve_device
 from dimbench.points import SweepPoint
+from dimbench.quality.frechet import gaussian_stats
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from dimbench.training.distributed import distributed_info
+from dimbench.training.sampling import SAMPLERS, SamplerSpec, sampler_for, save_grid
+from models.diffusion import make_schedule
 
 SAMPLES_DIR = "samples"
 UNAVAILABLE = "not available: torch-fidelity does not import"
@@ -62,9 +72,6 @@ class FidMetric(Metric):
                       resolutions: list[int] | tuple[int, ...] | None = None) -> list[tuple[str, str]]:
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes) and a {resolution: file} mapping must cover every one of ``resolutions``."""
-        from dimbench.fid import inception
-        from dimbench.fid.reference import check_reference_file
-
         problems = []
         weights = options.get("inception_weights") or ""
         if not weights:
@@ -101,8 +108,6 @@ class FidMetric(Metric):
 
 def _load_models(point: SweepPoint, o: dict, device: torch.device):
     """(model at the point's size, the model at its own size when upsampling else None, factor, facts)."""
-    from dimbench.metrics.common import model_kwargs
-
     fam = models.family_of_model(point.model)
     if not point.checkpoint:
         if not o["random_weights"]:
@@ -141,8 +146,6 @@ def _decoder(o: dict, model: torch.nn.Module, device: torch.device):
     """(decode function, description)."""
     channels = int(model.in_channels)
     if o["vae"]:
-        from dimbench.fid.vae import SCALE, decode, load_vae
-
         vae = load_vae(o["vae"], device)
         latent_channels = int(vae.config.latent_channels)
         if channels == latent_channels:
@@ -156,8 +159,6 @@ def _decoder(o: dict, model: torch.nn.Module, device: torch.device):
 
 def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str) -> np.ndarray:
     """pool3 features of an ADM reference batch's images, cached per (file, weights) in the run's state."""
-    from dimbench.fid.inception import extract
-
     stat = os.stat(ref.path)
     key = hashlib.sha1(f"{os.path.abspath(ref.path)}|{stat.st_size}|{stat.st_mtime_ns}|{weights_sha}".encode())
     base = Path(ctx.out_dir) / "state" / "fid_reference" if ctx.out_dir else ctx.state_dir
@@ -174,14 +175,6 @@ def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str) -> np.n
 
 
 def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.fid import inception, pipeline
-    from dimbench.fid.reference import read_reference
-    from dimbench.fid.scores import all_scores
-    from dimbench.metrics.common import resolve_device
-    from dimbench.training.distributed import distributed_info
-    from dimbench.training.sampling import SamplerSpec, sampler_for, save_grid
-    from models.diffusion import make_schedule
-
     reason = inception.available()
     if reason:
         raise SkipMetric(f"{UNAVAILABLE} ({reason})")
@@ -258,16 +251,12 @@ def comparable_to_published(point: SweepPoint, o: dict, spec, m: int | None, n: 
 
 def _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_path, did, world, extractor,
           num_classes, m, read_reference, all_scores, save_grid) -> list[Measurement]:
-    from dimbench.fid import pipeline
-
     feats = pipeline.gather(ctx.state_dir, o["samples"], o["batch"])
     ref = read_reference(ref_path)
     real = _real_features(ctx, ref, extractor, weights_sha) if ref.images is not None else None
     if ref.mu is not None:
         mu, sigma, stats_from = ref.mu, ref.sigma, "the file's mu/sigma"
     else:
-        from dimbench.quality.frechet import gaussian_stats
-
         mu, sigma = gaussian_stats(real)
         stats_from = f"pool3 statistics of its {len(real)} images (computed here)"
     n = int(feats["pool"].shape[0])
@@ -339,9 +328,6 @@ def _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_
 
 
 def _options() -> tuple[Field, ...]:
-    from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
-    from dimbench.training.sampling import SAMPLERS
-
     return (
         Field("inception_weights", LocalPath("file", "the FID Inception weights file"), "",
               "torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or pytorch-fid's "

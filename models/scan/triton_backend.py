@@ -81,7 +81,7 @@ _KERNELS_FILE = Path(__file__).with_name("triton_kernels.py")
 @functools.lru_cache(maxsize=1)
 def _import_triton() -> tuple[bool, str]:
     """(triton imports, reason). Tried once per process."""
-    try:
+    try:  # optional dependency (not in CPU wheels of torch): imported only when this backend is asked for
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising something else
@@ -99,7 +99,7 @@ def _interpreted() -> bool:
     Fixed for the process: triton.language's own library functions (tl.zeros, tl.sum's combine, ...) are
     decorated when triton is imported, and an interpreted kernel cannot call compiled ones, nor the reverse.
     """
-    from triton.language import zeros
+    from triton.language import zeros  # optional dependency: see _import_triton
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(zeros, InterpretedFunction)
@@ -148,7 +148,7 @@ def _kernels():
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
-    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.interpreter import InterpretedFunction  # optional dependency: see _import_triton
 
     if isinstance(module.forward_kernel, InterpretedFunction) != interpret:
         sys.modules.pop(name, None)
