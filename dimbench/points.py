@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +38,3 @@ class SweepPoint:
         if self.compile:  # only when compiled: an eager point keeps the key it always had
             parts.append(f"compile={self.compile}")
         return "|".join(parts)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["metrics"] = list(self.metrics)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SweepPoint:
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in fields}
-        kwargs["metrics"] = tuple(kwargs.get("metrics", ()))
-        return cls(**kwargs)

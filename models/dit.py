@@ -148,8 +148,6 @@ class DiT(nn.Module):
     load strictly and the parameter count equals the official one; it is recomputed for each ``input_size``.
     """
 
-    family = "dit"
-
     def __init__(
         self,
         *,

@@ -120,8 +120,6 @@ class UViT(nn.Module):
     ``depth`` is the official config's depth: depth/2 in-blocks + 1 mid-block + depth/2 out-blocks.
     """
 
-    family = "uvit"
-
     def __init__(
         self,
         *,

@@ -62,6 +62,7 @@ def available() -> str | None:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA256 of a file (hex), read in 4 MiB blocks: the Inception weights, and the checkpoint FID scores."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

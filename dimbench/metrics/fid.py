@@ -56,14 +56,6 @@ SAMPLES_DIR = "samples"
 UNAVAILABLE = "not available: torch-fidelity does not import"
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 @dataclasses.dataclass(frozen=True)
 class FidMetric(Metric):
     """A Metric whose paths the suite's validation checks as a whole (required ones given, the weights' hash)."""
@@ -127,7 +119,7 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
                              f"{point.model} at {point.resolution} px " +
                              (f"from {source} px checkpoints" if source else "no source resolution (training-free "
                               "upsampling runs only for the models it names)") + ": not scored here")
-    facts = {"checkpoint": point.checkpoint, "checkpoint_sha256": _file_sha256(point.checkpoint)}
+    facts = {"checkpoint": point.checkpoint, "checkpoint_sha256": inception.sha256_of(point.checkpoint)}
     own = models.load_checkpoint(point.model, point.checkpoint, pad_layout=point.pad_layout, map_location=device)
     if point.input_size == native:
         return own, None, None, facts

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
-import json
 import statistics
 import threading
 import time
@@ -670,17 +668,3 @@ PROFILE = Metric(
     "the energy per image from NVML",
     options=(WARMUP, REPEATS, CPU_MAX_GFLOP, ENERGY_SECONDS),
 )
-
-
-def read_trace(path: str | Path) -> Any:
-    """A saved Chrome trace's JSON (gzip-compressed when its name ends in .gz)."""
-    path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return json.loads(raw)
-
-
-def trace_names(path: str | Path) -> set[str]:
-    """The event names of a saved Chrome trace (tests and the report check the components are in it)."""
-    data = read_trace(path)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return {e.get("name", "") for e in events if isinstance(e, dict)}

@@ -80,12 +80,6 @@ def summarize_ms(samples_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], str]:
-    """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls; returns (samples in ms, method)."""
-    (samples,), method = time_interleaved([fn], device, warmup, repeats)
-    return samples, method
-
-
 def time_interleaved(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int,
                      repeats: int) -> tuple[list[list[float]], str]:
     """Time several callables in turn: each round runs every one once (fn0, fn1, fn0, fn1, ...), so all of them
