@@ -160,7 +160,7 @@ def square_side(tokens: int, what: str) -> int:
 def _support(fam: Family, what: str = "") -> CheckpointSupport:
     if fam.checkpoints is None:
         raise CheckpointError(f"{what or fam.display + ' models'}: the {fam.display} family declares no checkpoint "
-                              "support (its weights cannot be loaded from files)")  # fmt: skip
+                              "support (its weights cannot be loaded from files)")
     return fam.checkpoints
 
 

@@ -57,7 +57,7 @@ def test_registry_has_the_contract_metrics():
         "gmacs_no_scan", "gmacs_no_dwconv", "gmacs_mamba_fused", "gmacs_unpadded", "gmacs_input_7_8",
         "profile_forward_ms", "profile_ms", "profile_share", "profile_gflop", "profile_gbytes", "profile_energy_j",
         "fid", "inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid",
-    }  # fmt: skip
+    }
     assert all(m.name == name and m.description for name, m in METRICS.items())
 
 
@@ -326,7 +326,7 @@ def test_nvml_reading_is_matched_to_the_torch_device_by_uuid_or_pci(monkeypatch)
         NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
         nvmlDeviceGetHandleByUUID=by_uuid, nvmlDeviceGetHandleByPciBusId=by_pci,
         nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=gpus[handle][1]),
-    )  # fmt: skip
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
 
     def props(uuid, bus):

@@ -70,7 +70,7 @@ def test_output_shape_on_meta(name, pixels):
     "name,rows,conv",
     [("uvit_s_2", None, True), ("uvit_m_4", 1000, True), ("uvit_l_2", 1001, True), ("uvit_h_2", 1001, False),
      ("uvit_l_4", 1001, True), ("uvit_h_4", 1001, False)],
-)  # fmt: skip
+)
 def test_official_table_options(name, rows, conv):
     model = meta_model(name)
     if rows is None:

@@ -94,7 +94,7 @@ def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: 
         model = models.load_checkpoint(
             point.model, point.checkpoint, input_size=point.input_size, pad_layout=point.pad_layout,
             map_location=device,
-        )  # fmt: skip
+        )
     else:
         with torch.device(device):
             model = models.create_model(point.model, **model_kwargs(point))

@@ -83,7 +83,7 @@ def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool):
         grad_accum=o["grad_accum"], activation_checkpointing=o["activation_checkpointing"],
         schedule=o["schedule"] or _family(point).diffusion.schedule, seed=o["seed"], log_every=o["log_every"],
         checkpoint_every=o["checkpoint_every"],
-    )  # fmt: skip
+    )
 
 
 def _family(point: SweepPoint) -> models.Family:

@@ -113,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 activation_checkpointing=args.activation_checkpointing,
                 schedule=args.schedule or fam.diffusion.schedule, seed=args.seed, log_every=args.log_every,
                 checkpoint_every=args.checkpoint_every,
-            )  # fmt: skip
+            )
             model, init_state, start = build_for_training(args.model, data.resolution, channels=data.channels,
                                                           seed=config.seed, device=device, pad_layout=args.pad_layout,
                                                           init_from=low, init_what=what)
