@@ -60,12 +60,16 @@ class Gate:
     (counts: a count that moves means the model is no longer the one baselined). ``same_device``: the value
     depends on the hardware (timings, measured memory), so it is compared only when the run and its baseline
     come from the same device class; counts compare anywhere; "cuda": only CUDA rows depend on the card (the
-    memory prediction follows the attention kernel and scan backend a GPU would run).
+    memory prediction follows the attention kernel and scan backend a GPU would run). ``samples``: for a row
+    summarising repeated measurements (a median of timings), how to read them from the row's ``extra`` (a list
+    whose median is the value, or None when the row has none); the baseline keeps them, and the gate then calls a
+    change beyond the tolerance a regression only when a Mann-Whitney U test finds it significant.
     """
 
     tolerance: float
     worse: str | None = None
     same_device: bool | str = False  # True, False, or "cuda": the same device class for CUDA rows only
+    samples: Callable[[dict[str, Any]], list[float] | None] | None = None
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
