@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 import models
-from dimbench.fid.inception import extract, to_uint8
+from dimbench.fid import inception
 from dimbench.training.sampling import _check_pair, _run_sampler
-from models.diffusion import Guidance, model_eps, upsample_guidance
+from models import diffusion
 
 #: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
 #: preempted job would stop; the resume test uses it.
@@ -103,13 +103,14 @@ def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
         recipe = None
     subset = recipe.guided_channels if recipe else None
     channels = subset if subset is not None and job.shape[0] > subset else None
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = diffusion.Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
     null = job.num_classes if guidance else None
-    eps = model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
-                    with_variance=spec.name == "ddpm" and not job.upsample)
+    eps = diffusion.model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
+                              with_variance=spec.name == "ddpm" and not job.upsample)
     if job.upsample:
-        low = model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null)
-        eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
+        low = diffusion.model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance,
+                                  null_class=null)
+        eps = diffusion.upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
     return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
 
@@ -191,8 +192,8 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         images = job.decode(raw)
         _sync(job.device)
         t2 = time.perf_counter()
-        pixels = to_uint8(images)
-        pool, logits = extract(job.extractor, pixels)
+        pixels = inception.to_uint8(images)
+        pool, logits = inception.extract(job.extractor, pixels)
         t3 = time.perf_counter()
         if k == 0:
             np.save(state / "grid.npy", pixels[:GRID_IMAGES].numpy())

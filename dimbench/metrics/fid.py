@@ -30,7 +30,7 @@ import torch
 import models
 from dimbench.errors import UserError
 from dimbench.fid import inception, pipeline
-from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, extract, is_sha256_prefix
+from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
 from dimbench.fid.options import (
     GuidanceTable,
     LocalPath,
@@ -158,7 +158,7 @@ def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str) -> np.n
     if cache.exists():
         return np.load(cache, allow_pickle=False)
     images = torch.from_numpy(np.ascontiguousarray(ref.images)).permute(0, 3, 1, 2)
-    pool, _ = extract(extractor, images)
+    pool, _ = inception.extract(extractor, images)
     base.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npy")
     np.save(tmp, pool)
