@@ -27,6 +27,8 @@ import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dimbench", "models")
 
@@ -261,20 +263,25 @@ def _comments(text: str) -> dict[int, str]:
 # ------------------------------------------------------------------------------------------ the rules, here
 
 
-def test_no_import_cycles_in_dimbench_and_models():
-    found = cycles(import_graph())
+@pytest.fixture(scope="module")
+def tree() -> dict[str, list[Import]]:
+    return import_graph()
+
+
+def test_no_import_cycles_in_dimbench_and_models(tree):
+    found = cycles(tree)
     assert not found, "import cycles (each line one strongly connected component):\n" + "\n".join(
         " <-> ".join(c) for c in found)
 
 
-def test_no_forbidden_imports():
-    problems = forbidden_imports(import_graph(), families=family_modules())
+def test_no_forbidden_imports(tree):
+    problems = forbidden_imports(tree, families=family_modules())
     assert not problems, "\n".join(problems)
 
 
-def test_the_rules_see_the_real_tree():
+def test_the_rules_see_the_real_tree(tree):
     """The checks above would pass vacuously on an empty or misparsed tree: they do not."""
-    graph = import_graph()
+    graph = tree
     assert {"dimbench.cli", "dimbench.console", "dimbench.errors", "models.dim", "models.registry"} <= set(graph)
     assert any(i.target == "dimbench.console" for i in graph["dimbench.cli"])
     assert any(i.target == "models.registry" for i in graph["models.dim"])
