@@ -391,6 +391,7 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_codes(uvit_file, tmp_path):
     """The argparse wiring end to end: through dimbench.cli when it exists, else the module's own entry."""
     _, path = uvit_file
@@ -673,6 +674,7 @@ def test_checkpoint_parser_imports_neither_torch_nor_timm():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
     _, path = official_dim_file(tmp_path)
     err = io.StringIO()

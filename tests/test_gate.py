@@ -118,6 +118,7 @@ def _baseline_file(probe_runs) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_run_passes_against_its_own_baseline_which_keeps_the_timing_samples(probe_runs):
     baseline = _baseline_file(probe_runs)
     proc = _dimbench("gate", str(probe_runs["base"]), "--baseline", str(baseline))
@@ -135,6 +136,7 @@ def test_a_run_passes_against_its_own_baseline_which_keeps_the_timing_samples(pr
     assert '"version": 2' in text and text.count('"samples": [') == 1  # the samples on one line
 
 
+@pytest.mark.slow
 def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
     baseline = _baseline_file(probe_runs)
     md, js = probe_runs["tmp"] / "slow.md", probe_runs["tmp"] / "slow.json"
@@ -157,6 +159,7 @@ def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
     assert text.startswith("**dimbench gate: FAIL") and "| gateprobe\\_s 16px b1 float32 cpu | latency\\_rel |" in text
 
 
+@pytest.mark.slow
 def test_larger_model_fails_naming_metric_and_point(probe_runs):
     baseline = _baseline_file(probe_runs)
     proc = _dimbench("gate", str(probe_runs["wide"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
@@ -167,6 +170,7 @@ def test_larger_model_fails_naming_metric_and_point(probe_runs):
     assert any("gmacs" in ln and "changed" in ln for ln in lines), proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, tmp_path):
     cases = {
         "not json": ("{", "not readable as JSON"),
@@ -202,6 +206,7 @@ def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, t
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_baseline_update_replaces_the_runs_points_and_keeps_the_others(probe_runs, tmp_path):
     path = tmp_path / "b.json"
     first, _ = build_baseline(probe_runs["base"])

@@ -172,6 +172,7 @@ def test_init_statistics_follow_official():
     assert isinstance(model.in_blocks[0].mlp.act, nn.GELU) and model.in_blocks[0].mlp.act.approximate == "none"
 
 
+@pytest.mark.slow
 def test_forward_backward_small_config():
     torch.manual_seed(0)
     model = create_model("uvit_s_2", input_size=16)  # the official S/2 (CIFAR-10 config) on 16x16 pixels
