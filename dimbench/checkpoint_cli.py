@@ -24,7 +24,7 @@ import os
 import sys
 from typing import Any, TextIO
 
-from dimbench.console import EXIT_USAGE
+from dimbench.errors import EXIT_USAGE
 
 EXIT_OK = 0
 
@@ -47,6 +47,7 @@ def convert(
     stderr: TextIO | None = None,
 ) -> int:
     """Load ``source`` as ``model`` (resized to ``input_size``) and save it to ``dest`` in dimbench's format."""
+    # heavy (torch, the models): imported when the command runs
     from models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
     if os.path.abspath(source) == os.path.abspath(dest):
@@ -79,7 +80,7 @@ _LABELS = {
     "width": "width", "depth": "depth", "patch": "patch", "grid": "token grid (side)",
     "input_size": "input size (grid x patch)", "in_channels": "input channels", "classes": "classes (real)",
     "class_rows": "class-table rows", "params": "parameters (tensor elements in the file)",
-}  # fmt: skip
+}
 
 
 def _label(key: str) -> str:
@@ -105,6 +106,7 @@ def _format_info(info: dict[str, Any], extras: dict[str, str]) -> str:
 
 def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print what the checkpoint at ``path`` holds (see :func:`models.checkpoints.inspect_checkpoint`)."""
+    # heavy (torch, the models): imported when the command runs
     from models import family
     from models.checkpoints import CheckpointError, inspect_checkpoint
 
@@ -121,7 +123,7 @@ def _convert_command(args: argparse.Namespace) -> int:
     return convert(
         args.input, args.output, model=args.model, input_size=args.input_size, pad_layout=args.pad_layout,
         format=args.format, force=args.force,
-    )  # fmt: skip
+    )
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
@@ -136,7 +138,7 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
     parser = subparsers.add_parser(
         "checkpoint", help="convert or inspect model checkpoints",
         description="Convert official DiT / U-ViT / DiM checkpoints into dimbench's format, or inspect a file.",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="checkpoint_command", metavar="{convert,inspect}", required=True)
 
     conv = commands.add_parser(
@@ -144,20 +146,20 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
         description="Load IN (official DiT .pt, U-ViT or DiM nnet*.pth, or a dimbench file) as model NAME and write "
         "OUT in dimbench's format. The position embedding is resized when --input-size differs from the "
         "checkpoint's.",
-    )  # fmt: skip
+    )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="dimbench checkpoint to write")
     conv.add_argument("--model", required=True, metavar="NAME", help="registered model name (dimbench list)")
     conv.add_argument("--input-size", type=int, default=None, metavar="N",
                       help="input side the model is built for (latent side for latent models); "
-                      "default: the checkpoint's")  # fmt: skip
+                      "default: the checkpoint's")
     conv.add_argument("--pad-layout", default=None, metavar="LAYOUT",
                       help="pad layout of a DiM model (its values: `dimbench list`, model families; a wrong value "
                       "is answered with the valid ones); default: chosen from the checkpoint's training grid and "
-                      "--input-size (docs/models.md §4.3)")  # fmt: skip
+                      "--input-size (docs/models.md §4.3)")
     conv.add_argument("--format", default="auto", metavar="F",
                       help="checkpoint format (default: auto, detected; `dimbench checkpoint inspect IN` shows a "
-                      "file's format; a wrong name is answered with the list of formats)")  # fmt: skip
+                      "file's format; a wrong name is answered with the list of formats)")
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     conv.set_defaults(func=_convert_command)
 

@@ -24,11 +24,22 @@ file and the message says how to resume. SUITE is a path, or the name of a suite
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
-from dimbench.console import EXIT_INTERRUPTED, EXIT_USAGE, UserError, console
+from rich.table import Table
+
+from dimbench import processes, results
+from dimbench.checkpoint_cli import add_checkpoint_commands
+from dimbench.cluster.cli import add_cluster_commands
+from dimbench.console import console, summary_table
+from dimbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from dimbench.fid_cli import add_fid_commands
+from dimbench.gates.cli import add_gate_commands
 from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
+from dimbench.profile_cli import add_profile_command
+from dimbench.training.cli import add_train_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +66,11 @@ def resolve_suite(arg: str) -> Path:
 
 
 # -------------------------------------------------------------------------------------------------- commands
+# Each command imports its implementation when it runs: building the parser (`dimbench --help`, a usage error)
+# should not cost the seconds of importing torch and the models. (Today the gate and train front ends still
+# import their heavy packages with the parser; they are to move beside the other front ends.)
 def cmd_validate(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import SuiteError, load_suite
 
     errors: list[str] = []
@@ -82,14 +97,14 @@ def _print_warnings(suite) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.launcher != "local":  # an array job through submitit (dimbench.cluster)
+        # heavy (torch, submitit): imported when the command runs
         from dimbench.cluster.cli import cmd_run_cluster
 
         return cmd_run_cluster(args)
-    from dimbench import processes
-
     # The fork server's imports (torch, the models) overlap this process's own, which come next.
     processes.start_early(args.device)
 
+    # heavy (torch, the models): imported when the command runs
     from dimbench.runner import Runner
     from dimbench.suite import expand
 
@@ -107,6 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def load_run_suite(args: argparse.Namespace):
     """The suite `dimbench run` was given, validated (its warnings printed), after checking --device."""
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import check_device, load_suite
 
     if args.device is not None and not check_device(args.device):
@@ -118,6 +134,7 @@ def load_run_suite(args: argparse.Namespace):
 
 def run_or_say_how_to_resume(runner):
     """``runner.run()``; None after Ctrl-C / SIGTERM, once the message saying how to resume is printed."""
+    # heavy (torch, the models): imported when the command runs
     from dimbench.runner import Interrupted
 
     try:
@@ -129,8 +146,6 @@ def run_or_say_how_to_resume(runner):
 
 def report_run(args: argparse.Namespace, suite, plan, summary, out) -> None:
     """After a run: the summary table of the plan's points, the run's wall time and rows, the report."""
-    from dimbench import results
-
     keys = {pp.point.key for pp in plan.points}
     rows = [r for r in results.latest(results.read_rows(summary.results)) if r.get("point_key") in keys]
     print_summary(out, rows, f"{suite.name} on {plan.device} ({len(keys)} points)")
@@ -145,6 +160,7 @@ def report_run(args: argparse.Namespace, suite, plan, summary, out) -> None:
 def report_after_run(folder: Path, out) -> bool:
     """Build the run's report; a failure is said, never fatal (the results are safe; the report can be rebuilt)."""
     try:
+        # heavy (torch, the models): imported when the command runs
         from dimbench.report import build_report
 
         html, pdf = build_report(folder)
@@ -157,12 +173,14 @@ def report_after_run(folder: Path, out) -> bool:
 
 
 def print_summary(out, rows: list[dict], title: str) -> None:
-    from dimbench.console import summary_table
+    # heavy (torch, the models): imported when the command runs
+    from dimbench.metrics import declared_rows
 
     if not rows:
         out.print("No results to summarise.")
         return
-    table, notes, problems, skips = summary_table(rows, title)
+    columns = [r for r in declared_rows() if r.summary is not None]  # registration order
+    table, notes, problems, skips = summary_table(rows, columns, title)
     out.print(table)
     if notes:
         out.print("How each column was obtained:")
@@ -181,10 +199,11 @@ def print_summary(out, rows: list[dict], title: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    # heavy (torch, the models): imported when the command runs
     import models
     from dimbench.metrics import METRICS
+
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import SuiteError, load_suite
 
     out = console()
@@ -232,6 +251,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import schema_markdown
 
     text = schema_markdown()
@@ -243,10 +263,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.table import Table
-
+    # heavy (torch, the models): imported when the command runs
     from dimbench.environment import collect
 
     record = collect(["dimbench", *args.argv])
@@ -276,12 +293,11 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dimbench.results import RESULTS_FILE
-
     path = Path(args.results_dir)
-    if not path.is_dir() or not (path / RESULTS_FILE).exists():
-        raise UserError(f"{path}: expected a run folder holding {RESULTS_FILE} (the --out of `dimbench run`)")
+    if not path.is_dir() or not (path / results.RESULTS_FILE).exists():
+        raise UserError(f"{path}: expected a run folder holding {results.RESULTS_FILE} (the --out of `dimbench run`)")
     try:
+        # heavy (torch, the models): imported when the command runs
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
@@ -349,32 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
 
-    from dimbench.fid_cli import add_fid_commands
-    from dimbench.gates.cli import add_gate_commands
-    from dimbench.profile_cli import add_profile_command
-    from dimbench.training.cli import add_train_command
-
     add_train_command(sub)
     add_profile_command(sub)
     add_gate_commands(sub)
     add_fid_commands(sub)
-    from dimbench.cluster.cli import add_cluster_commands
-
     add_cluster_commands(sub)
-
-    try:
-        from dimbench.checkpoint_cli import add_checkpoint_commands
-    except ImportError as exc:
-        reason = str(exc)
-        p = sub.add_parser("checkpoint", help="checkpoint tools (not available in this installation)")
-        p.set_defaults(func=lambda a: _unavailable(f"checkpoint commands are not available: {reason}"))
-    else:
-        add_checkpoint_commands(sub)
+    add_checkpoint_commands(sub)
     return parser
-
-
-def _unavailable(message: str) -> int:
-    raise UserError(message)
 
 
 def _error(message: str) -> None:

@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from dimbench.console import UserError
+from dimbench.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LATENT_SUFFIXES = (".npy", ".npz")
@@ -34,10 +35,6 @@ ACCEPTED = ("'digits' (scikit-learn's bundled 8x8 digits), a folder of images (P
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"  # .npz files are zip archives
-
-
-class DataError(UserError):
-    """The user's data cannot be used as given; the message names the file and what was expected."""
 
 
 @dataclass
@@ -108,6 +105,7 @@ def load_digits(resolution: int, split: str = "train", *, test_fraction: float =
     ``resolution`` x ``resolution`` (bilinear; antialiased when shrinking) and mapped to [-1, 1]:
     x float32 (n, 1, resolution, resolution), labels long (n,) in 0..9, in the dataset's original order.
     """
+    # scikit-learn takes a second to import and only the digits need it
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -197,8 +195,6 @@ def load_image_folder(path, resolution: int, *, channels: int = 3) -> Dataset:
 
 def _read_image(file: Path, resolution: int, channels: int) -> np.ndarray:
     """One image file -> uint8 (resolution, resolution[, 3]): center square crop, then bicubic resize."""
-    from PIL import Image
-
     try:
         with Image.open(file) as img:
             img = img.convert("RGB" if channels == 3 else "L")

@@ -25,11 +25,20 @@ checksum for the weights), exit 2, before any sampling.
 from __future__ import annotations
 
 import argparse
+import datetime
+import time
+from pathlib import Path
 
-from dimbench.console import UserError, console
+from dimbench import results
+from dimbench.console import console
+from dimbench.errors import UserError
+from dimbench.fid.reference import write_stats
+from dimbench.points import SweepPoint
+from dimbench.schema import Problems, Record
 
 
 def add_fid_commands(sub) -> None:
+    # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.fid.inception import EXPECTED_SHA256_PREFIX
     from dimbench.fid.protocol import RESIZES
 
@@ -89,9 +98,9 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
                         ("--inception-weights", args.inception_weights)):
         if not value:
             raise UserError(f"fid-stats: {name} is required (or give --compare A.npz B.npz)")
+    # heavy (torch, the models): imported when the command runs
     from dimbench.fid import inception
     from dimbench.fid.folder import folder_features, image_files
-    from dimbench.fid.reference import write_stats
     from dimbench.quality.frechet import gaussian_stats
 
     for name, value in (("--batch", args.batch), ("--resolution", args.resolution)):
@@ -143,19 +152,13 @@ def _compare_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_fid(args: argparse.Namespace) -> int:
-    import datetime
-    import time
-    from pathlib import Path
-
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     import models
-    from dimbench import results
     from dimbench.metrics.base import MetricContext, SkipMetric
+    from dimbench.metrics.common import input_size_for
     from dimbench.metrics.fid import FID
-    from dimbench.points import SweepPoint
-    from dimbench.schema import Problems, Record
-    from dimbench.suite import input_size_for
     from dimbench.training import distributed
     from dimbench.worker import make_row
 

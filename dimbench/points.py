@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +39,14 @@ class SweepPoint:
             parts.append(f"compile={self.compile}")
         return "|".join(parts)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict:
+        """A JSON-able record of the point (a cluster task's plan travels so; from_dict rebuilds it)."""
         d = dataclasses.asdict(self)
         d["metrics"] = list(self.metrics)
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SweepPoint:
+    def from_dict(cls, d: dict) -> SweepPoint:
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in fields}
         kwargs["metrics"] = tuple(kwargs.get("metrics", ()))

@@ -17,7 +17,12 @@ import os
 import time
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from rich.table import Table
+
+from dimbench import results
+from dimbench.console import console
+from dimbench.errors import UserError
+from dimbench.points import SweepPoint
 
 # The profiler library (kineto) reads its log level when torch loads it: its start/stop chatter stays off stderr.
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
@@ -27,6 +32,7 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 
 
 def add_profile_command(sub) -> None:
+    # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.metrics.profile import CPU_MAX_GFLOP, ENERGY_SECONDS, REPEATS, WARMUP
 
     p = sub.add_parser("profile", help="time, FLOPs, bytes and energy of one forward pass, per model component",
@@ -53,9 +59,9 @@ def add_profile_command(sub) -> None:
 
 def _point(args: argparse.Namespace):
     """The sweep point of the command, or a UserError naming the bad argument."""
+    # heavy (torch, the models): imported when the command runs
     import models
     from dimbench.metrics.profile import input_size, resolution_step
-    from dimbench.points import SweepPoint
 
     if args.model not in models.list_models():
         raise UserError(f"unknown model {args.model!r}; registered: {', '.join(models.list_models())}")
@@ -82,6 +88,7 @@ def _point(args: argparse.Namespace):
 
 
 def _device(requested: str) -> str:
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     if requested == "auto":
@@ -101,7 +108,8 @@ def _device(requested: str) -> str:
 def cmd_profile(args: argparse.Namespace) -> int:
     point = _point(args)
 
-    from dimbench import environment, results
+    # heavy (torch, the models): imported when the command runs
+    from dimbench import environment
     from dimbench.metrics.profile import PROFILE, component_table, measurements, profile_point
     from dimbench.worker import make_row
 
@@ -130,8 +138,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def print_profile(con, result, table, rows) -> None:
     """The component table, every number labelled: how measured, on which device, with which backends."""
-    from rich.table import Table
-
     timing, point, timed = result["timing"], result["point"], result["timed"]
     b = timing.backends
     title = (f"{point.model}: one forward pass per component — {point.resolution} px, batch {point.batch}, "

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import ResultsError, ResultsWriteError
 
 RESULTS_FILE = "results.jsonl"
 ENVIRONMENT_FILE = "environment.json"
@@ -42,14 +42,6 @@ COLUMNS = (
     "extra",
 )
 STATUSES = ("ok", "oom", "error", "skipped")
-
-
-class ResultsError(UserError, ValueError):
-    """A results or environment file that cannot be read (the message names the file and line)."""
-
-
-class ResultsWriteError(UserError, OSError):
-    """Rows could not be appended (disk full, read-only, ...): the file was cut back to its last complete row."""
 
 
 def results_path(path: str | os.PathLike) -> Path:
@@ -215,7 +207,7 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
     (``--retry-errors``) leaves its old error row behind: by default only the latest row per (point_key,
     metric, step) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
     """
-    import pandas as pd
+    import pandas as pd  # a second to import; the store itself is read with json, only this view needs it
 
     p = results_path(path)
     if not p.exists():

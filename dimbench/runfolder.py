@@ -9,7 +9,7 @@ state), and the record that keeps another suite's rows out of it.
     OUT/run.lock          held (flock) while a run writes; says which run holds it
 
 Every I/O problem a user can meet here (``--out`` naming a file, a read-only folder, a full disk, a damaged
-environment.json, a folder in use or holding another suite's results) is a :class:`~dimbench.console.UserError`
+environment.json, a folder in use or holding another suite's results) is a :class:`~dimbench.errors.UserError`
 that names the path.
 """
 
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from dimbench import results as res
-from dimbench.console import UserError
 from dimbench.environment import now_iso
-from dimbench.metrics.base import STATE_DIR
+from dimbench.errors import UserError
+from dimbench.metrics.base import STATE_DIR, slug
 
 LOGS = "logs"
 LOCK_FILE = "run.lock"
@@ -133,8 +133,6 @@ class RunFolder:
         res.write_json_atomic(self.environment_path, record)
 
     def log(self, key: str) -> Path:
-        from dimbench.metrics.base import slug
-
         return self.logs / f"{slug(key)}.log"
 
 

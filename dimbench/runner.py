@@ -33,9 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+import models
 from dimbench import processes
-from dimbench.console import UserError
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
+from dimbench.errors import UserError
+from dimbench.metrics import METRICS
+from dimbench.plugins import loaded_plugins
+from dimbench.progress import progress_bar
 from dimbench.results import ResultsWriteError, final_statuses, row_identity, rows_to_write
 from dimbench.runfolder import RunFolder
 from dimbench.suite import Plan, PointPlan
@@ -81,20 +87,20 @@ class _Outcome:
 
 
 class Runner:
-    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted / UserError."""
+    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted / UserError.
+
+    ``console`` (a rich Console) receives the run's notes and its live progress display; the command line hands
+    it its own, a script gets a plain one on stdout."""
 
     def __init__(self, plan: Plan, *, fresh: bool = False, retry_errors: bool = False, allow_mixed: bool = False,
                  argv: list[str] | None = None, console=None):
-        from dimbench.console import console as make_console
-        from dimbench.metrics import METRICS
-
         self.plan = plan
         self.out = Path(plan.out)
         self.fresh = fresh
         self.retry_errors = retry_errors
         self.allow_mixed = allow_mixed
         self.argv = list(argv if argv is not None else sys.argv)
-        self.console = console or make_console()
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.metrics = dict(METRICS)
         self.device_type = "cuda" if plan.device.startswith("cuda") else "cpu"
         self.stop = threading.Event()
@@ -233,8 +239,6 @@ class Runner:
 
     def _check_declarations(self) -> None:
         """Every metric and model of the plan can be handed to a worker (a UserError names the one that cannot)."""
-        import models
-
         names = {m for pp in self.plan.points for m in pp.run}
         processes.pack([self.metrics[m] for m in names])
         for model in {pp.point.model for pp in self.plan.points}:
@@ -243,8 +247,6 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------- the workers
     def _execute(self, jobs: list[_PointJob], slots: list[processes.Slot], ctx) -> None:
-        from dimbench.console import progress_bar
-
         todo: queue.Queue = queue.Queue()
         for job in jobs:
             todo.put(job)
@@ -280,9 +282,6 @@ class Runner:
             raise errors[0]
 
     def _worker_job(self, pp: PointPlan, pending: list[str]) -> Job:
-        import models
-        from dimbench.plugins import loaded_plugins
-
         point = pp.point
         on_disk = {m: {(r["metric"], row_identity(r)[2]) for r in self.disk.get(point.key, [])
                        if row_identity(r) in self.final and r["metric"] in self.metrics[m].produces}

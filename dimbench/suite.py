@@ -18,7 +18,7 @@ like::
 
 The file is read with ``yaml.safe_load`` semantics; anchors and aliases are refused (an alias bomb would make the
 line map explode). Every problem of a file is reported at once, each as ``FILE:LINE: key 'x': expected ..., got
-...`` (:class:`SuiteError`, a :class:`~dimbench.console.UserError`: exit status 2, no traceback). Relative
+...`` (:class:`SuiteError`, a :class:`~dimbench.errors.UserError`: exit status 2, no traceback). Relative
 ``checkpoint`` paths are relative to the suite file; a relative ``out`` is relative to the working directory.
 """
 
@@ -27,17 +27,21 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import json
 import os
 import re
 import types
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+import models
 from dimbench.cluster.options import SLURM_SECTION
-from dimbench.console import UserError
-from dimbench.metrics.common import COMPILE_MODES
+from dimbench.errors import SuiteError, UserError
+from dimbench.metrics import METRICS
+from dimbench.metrics.common import COMPILE_MODES, input_size_for
 from dimbench.metrics.timing import REPEATS, WARMUP
 from dimbench.points import SweepPoint
 from dimbench.schema import (
@@ -53,6 +57,7 @@ from dimbench.schema import (
     Text,
     Type,
     describe,
+    document,
     is_int,
     key,
     path_text,
@@ -71,21 +76,15 @@ def check_device(value: Any) -> bool:
 
 
 def registered_models() -> list[str]:
-    import models
-
     return models.list_models()
 
 
 def registered_metrics() -> list[str]:
-    from dimbench.metrics import METRICS
-
     return list(METRICS)
 
 
 def metric_options(name: str) -> Record:
     """The options a suite may give a metric (only those given are kept: the rest come from elsewhere)."""
-    from dimbench.metrics import METRICS
-
     record = METRICS[name].option_record()
     return Record(record.fields, record.what, partial=True)
 
@@ -147,8 +146,6 @@ class ModelList(Type):
         return INVALID if INVALID in entries else tuple(entries)
 
     def _entry(self, item, path, problems):
-        import models
-
         if isinstance(item, str):
             item, name_path = {"name": item}, path
         elif isinstance(item, dict):
@@ -260,14 +257,6 @@ def section_record() -> Record:
                   "keys a device section may override")
 
 
-class SuiteError(UserError):
-    """A suite that cannot run; ``errors`` holds one ``FILE:LINE: ...`` message per problem."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
-
-
 # ----------------------------------------------------------------------------------------------------- records
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -291,8 +280,6 @@ class Settings:
 
     def timeout_of(self, metric: str) -> float:
         """The metric's time budget per point in seconds (math.inf: none)."""
-        from dimbench.metrics import METRICS
-
         set_here = self.options[metric]["timeout"]
         if set_here is not None:
             return set_here
@@ -302,8 +289,6 @@ class Settings:
         """The settings that change what a measurement gives: each metric's options but its timeout (as JSON
         would hold them). A run folder refuses another run whose fingerprint differs for a metric both measure
         (dimbench.runfolder); limits and device sections decide where a metric runs, not what it gives."""
-        import json
-
         options = {m: {k: v for k, v in o.items() if k != "timeout"} for m, o in self.options.items()}
         return json.loads(json.dumps({m: o for m, o in options.items() if o}, default=str))
 
@@ -424,13 +409,6 @@ def parse_suite(text: str, path: Path) -> Suite:
         got = "an empty file" if data is None else describe(data)
         keys = ", ".join(f.name for f in Record(SuiteFile).fields)
         raise SuiteError([f"{path}:1: expected a mapping of suite keys ({keys}), got {got}"])
-    for registry, read in (("model", registered_models), ("metric", registered_metrics)):
-        try:
-            read()
-        except Exception as exc:  # the registry itself is broken: say so instead of calling every name unknown
-            raise SuiteError([f"{path}:1: cannot check {registry} names: importing the {registry} registry "
-                              f"failed: {type(exc).__name__}: {exc}"]) from None
-
     problems = _Located(path, {})
     problems.lines = _line_map(node, problems)
     top = Record(SuiteFile, "suite keys").check(data, (), problems)
@@ -460,7 +438,6 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
     limits = {m: dataclasses.replace(rule, where=problems.where(at + ("limits", m)) if "limits" in raw and m in
                                      raw["limits"] else problems.where(("limits", m)))
               for m, rule in ({**top.limits, **values.limits} if at else top.limits).items()}
-    from dimbench.metrics import METRICS
 
     # Each option, lowest first: the metric's default, the top-level key of its name (warmup, repeats), the top
     # level's options.<metric>, then the same two from the device section.
@@ -518,8 +495,6 @@ def _check_unmeasured(data: dict, top: SuiteFile, sections: dict, problems: _Loc
 
 def _check_geometry(data: dict, problems: _Located) -> None:
     """Every resolution (top level and sections) must give a whole token grid for every (registered) model."""
-    import models
-
     raw_models = data.get("models") if isinstance(data.get("models"), list) else []
     names = [m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None for m in raw_models]
     names = [n for n in dict.fromkeys(names) if isinstance(n, str) and n in registered_models()]
@@ -543,8 +518,6 @@ def _check_geometry(data: dict, problems: _Located) -> None:
 
 def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     """Warnings for a suite that will run but is unusually large (hundreds of points, huge token grids)."""
-    import models
-
     out = []
     for section in DEVICE_SECTIONS:
         points = suite.point_count(section)
@@ -588,7 +561,6 @@ def resolve_device(requested: str) -> str:
         raise UserError(f"device {requested!r}: expected auto, cpu, cuda or cuda:N")
     if requested == "cpu":
         return "cpu"
-    import torch
 
     available = torch.cuda.is_available()
     if requested == "auto":
@@ -598,13 +570,6 @@ def resolve_device(requested: str) -> str:
     if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
         raise UserError(f"device {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return requested
-
-
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    import models
-
-    return resolution // 8 if models.model_info(model).latent else resolution
 
 
 def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
@@ -622,8 +587,6 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
            here: bool = True) -> Plan:
     """The run's points, in order (compile setting, resolution, model, batch, dtype), for a device (default: the
     suite's). ``here=False``: the points run elsewhere (cluster nodes), ``device`` is taken as resolved there."""
-    from dimbench.metrics import METRICS
-
     resolved = resolve_device(device or suite.device) if here else device
     settings = suite.settings_for(resolved)
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
@@ -661,9 +624,6 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
 
 def schema_markdown() -> str:
     """docs/suite.md: every suite key, a device section's keys, the limit keys and each metric's options."""
-    from dimbench.metrics import METRICS
-    from dimbench.schema import document
-
     lines = ["# Suite files", "", "Generated from the declaration in `dimbench/suite.py` (`dimbench schema`); "
              "do not edit by hand.", ""]
     lines += document(Record(SuiteFile), "## Top-level keys")

@@ -47,7 +47,7 @@ __all__ = [
     "save_checkpoint",
     "inspect_checkpoint",
     "read_checkpoint",
-]  # and, computed when imported (module __getattr__ below): FORMATS, choose_pad_layout
+]  # and, computed when imported (module __getattr__ below): FORMATS
 
 FORMAT_TAG = "dimbench-checkpoint"
 FORMAT_VERSION = 1
@@ -162,7 +162,7 @@ def square_side(tokens: int, what: str) -> int:
 def _support(fam: Family, what: str = "") -> CheckpointSupport:
     if fam.checkpoints is None:
         raise CheckpointError(f"{what or fam.display + ' models'}: the {fam.display} family declares no checkpoint "
-                              "support (its weights cannot be loaded from files)")  # fmt: skip
+                              "support (its weights cannot be loaded from files)")
     return fam.checkpoints
 
 
@@ -192,10 +192,6 @@ def __getattr__(name: str) -> Any:
     # (the family files import this module before they register).
     if name == "FORMATS":
         return formats()
-    if name == "choose_pad_layout":  # kept importable from here; DiM's rule lives in models/dim.py
-        from .dim import choose_pad_layout
-
-        return choose_pad_layout
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

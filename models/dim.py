@@ -414,7 +414,7 @@ class DiM(nn.Module):
         return dict(
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             patch_size=self.patch_size, depth=self.depth, width=self.width, pad_layout=self.pad_layout,
-        )  # fmt: skip
+        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -546,7 +546,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
     return dict(
         width=cfg["width"], depth=cfg["depth"], patch=cfg["patch_size"], grid=cfg["grid"],
         in_channels=cfg["in_channels"], classes=cfg["num_classes"], class_rows=cfg["num_classes"] + 1,
-    )  # fmt: skip
+    )
 
 
 _DIMBENCH_KEYS = frozenset({"patch_embed.weight", "pos_embed", "pad_tokens"})

@@ -36,6 +36,7 @@ def test_validate_reports_every_file_and_problem(tmp_path, capsys):
     assert "smoke.yaml: ok" in out and "6 points on cpu" in out
 
 
+@pytest.mark.slow
 def test_user_mistakes_through_the_real_cli_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD_MODEL)
@@ -109,6 +110,7 @@ def test_env_shows_versions_devices_and_backends(capsys):
     assert "cpu" in record["scan_backends"]
 
 
+@pytest.mark.slow
 def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
     assert "expected a run folder holding results.jsonl" in capsys.readouterr().err

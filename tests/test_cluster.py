@@ -115,7 +115,7 @@ def test_command_line_overrides_the_section_and_bad_values_name_the_option():
     import dataclasses
 
     from dimbench.cluster.options import SLURM_SECTION, launch_settings, minutes
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
 
     base = dataclasses.replace(SLURM_SECTION.defaults(), partition="cpu", sbatch={"constraint": "a100"})
     args = argparse.Namespace(partition="gpu", time="90", gpus_per_task=None, sbatch=["exclusive", "qos=high"])

@@ -57,9 +57,6 @@ def test_compile_key_is_validated_with_file_and_line(text, line, message, tmp_pa
 
 def test_eager_keys_are_unchanged_and_compiled_points_have_their_own(tmp_path):
     assert SweepPoint("s", "dit_s_2", 32, 4, 1, "float32", "cpu", ("latency",)).key == "dit_s_2|r32|b1|float32|cpu"
-    old = {"suite": "s", "model": "dit_s_2", "resolution": 32, "input_size": 4, "batch": 1, "dtype": "float32",
-           "device": "cpu", "metrics": ["latency"], "checkpoint": None, "pad_layout": None}
-    assert SweepPoint.from_dict(old).compile is None  # a record from before the key existed still loads
 
     plan = expand(parse_suite(COMPILED, tmp_path / "s.yaml"), device="cpu", out=tmp_path / "out")
     keys = [pp.point.key for pp in plan.points]
@@ -72,7 +69,6 @@ def test_eager_keys_are_unchanged_and_compiled_points_have_their_own(tmp_path):
     assert compiled.run == ("latency",)
     assert set(compiled.skipped) == {"params", "flops"}
     assert all(r.startswith("not run compiled: ") for r in compiled.skipped.values())
-    assert SweepPoint.from_dict(compiled.point.to_dict()) == compiled.point
 
 
 def test_shipped_suite_compiles_on_cuda_only():
@@ -80,9 +76,14 @@ def test_shipped_suite_compiles_on_cuda_only():
     assert scaling.sections["cpu"].compile == ("eager",) and scaling.point_count("cpu") == 12
     assert scaling.sections["cuda"].compile == ("eager", "default") and scaling.point_count("cuda") == 24
     assert all(pp.point.compile is None for pp in expand(scaling, device="cpu", out="unused").points)
-    assert [m for m, metric in METRICS.items() if metric.compiles] == ["latency", "train_step", "memory"]
+    # Only a metric that times or measures a running model compiles it: a count or a prediction is the same
+    # compiled or not, so a metric of counts and predictions alone never declares it.
+    assert any(metric.compiles for metric in METRICS.values())
+    for metric in METRICS.values():
+        assert not metric.compiles or any(not (r.deterministic or r.predicted) for r in metric.rows), metric.name
 
 
+@pytest.mark.slow
 def test_dim_traces_whole_under_torch_compile_forward_and_backward():
     """The scan custom op (fake kernel, registered autograd) and the named ranges trace into one graph."""
     import models
@@ -113,6 +114,7 @@ def test_dim_traces_whole_under_torch_compile_forward_and_backward():
         torch.testing.assert_close(got, small(x12, t[:1], y[:1]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_latency_rows_say_so(monkeypatch):
     """aot_eager here (inductor compiles a tiny model in ~45 s on this 2-core CPU): the path is the same."""
     monkeypatch.setenv("DIMBENCH_COMPILE_BACKEND", "aot_eager")

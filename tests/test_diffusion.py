@@ -10,7 +10,6 @@ per-sample answer, and the moments they produce differ from the truth by solver 
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -36,6 +35,9 @@ from models.diffusion import (
     respaced_steps,
     upsample_guidance,
 )
+
+# One intra-op thread: the tensors are small and the machine is shared.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIM = models.family("dim").timestep  # n in 1 … 1000
 DIT = models.family("dit").timestep  # index in 0 … 999
@@ -129,17 +131,6 @@ def ddpm_variance_bias(schedule: DiscreteSchedule, steps: int) -> torch.Tensor:
         gain = gain + (1 - ab_prev[j]) * (1 - beta[j]).sqrt() / (1 - ab[j])
         var = gain**2 * var + (beta[j] * (1 - ab_prev[j]) / (1 - ab[j]) if j > 0 else 0.0)
     return var / denoised(schedule, schedule.t_min)[1] - 1
-
-
-@pytest.fixture(autouse=True)
-def _fast_and_timed(request):
-    """One intra-op thread (small tensors; the machine is shared) and a loud failure for a slow test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    yield
-    torch.set_num_threads(threads)
-    assert time.perf_counter() - t0 < 15, f"{request.node.name} took over 15 s"
 
 
 # ------------------------------------------------------------------------------------------------ schedules

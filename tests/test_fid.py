@@ -95,6 +95,7 @@ def _suite(assets, out: Path, *, reference=None, weights=None, sha=None, samples
 
 
 # ----------------------------------------------------------------------------------------------- scores
+@pytest.mark.slow
 def test_scores_equal_torch_fidelity_on_identical_features():
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -171,7 +172,7 @@ def test_inception_resize_modes_match_their_reference_implementations(assets):
 
 
 def test_reference_layouts(assets, tmp_path):
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid.reference import read_reference
 
     adm = read_reference(assets["adm"])
@@ -208,6 +209,7 @@ def resumed(assets, tmp_path_factory):
     return out, killed, chunks_after_kill, rows_after_kill, done
 
 
+@pytest.mark.slow
 def test_run_writes_rows_and_resumes_after_a_kill(assets, resumed):
     out, killed, chunks_after_kill, rows_after_kill, resumed = resumed
     assert killed.returncode == 0, killed.stderr  # the runner records the crash as an error row and goes on
@@ -281,6 +283,7 @@ def _fake_extract(net, images, batch=100, resize="tf1"):
     return np.tile(flat, (1, -(-2048 // flat.shape[1])))[:, :2048], np.zeros((len(flat), 1008), np.float32)
 
 
+@pytest.mark.slow
 def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tmp_path, monkeypatch):
     """A chunk is done only when its indices are those of this run's (count, batch): resuming with fewer or more
     samples redoes the last chunk, and every index 0 ... N-1 is scored exactly once. A temporary file left by a
@@ -306,6 +309,7 @@ def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tm
         assert np.array_equal(feats["pool"][:min(count, 12)], full["pool"][:min(count, 12)])  # same images
 
 
+@pytest.mark.slow
 def test_training_free_upsampling_only_for_the_models_named_with_the_papers_settings(assets, tmp_path):
     """A tiny DiM whose checkpoint is at 8 px, scored at 16 px: training-free upsampling x2 with Upsample Guidance,
     DPM-Solver 50 steps, s = 3.0 (dim.md §8; not the family's own steps). A DiT checkpoint at 8 px is not
@@ -420,6 +424,7 @@ def test_labels_dtype_and_guided_channels():
     assert "channels" not in SamplerSpec("ddpm", 250, 0.5).describe()
 
 
+@pytest.mark.slow
 def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
     U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped.
@@ -458,6 +463,7 @@ def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed,
 
 
 # ------------------------------------------------------------------------------------------ user errors
+@pytest.mark.slow
 def test_missing_paths_are_named_before_any_point_runs(assets, tmp_path):
     suite = _suite(assets, tmp_path, reference=tmp_path / "nope.npz", weights=tmp_path / "no_weights.pth")
     text = suite.read_text().replace(str(assets["vae"]), str(tmp_path / "no_vae"))
@@ -476,6 +482,7 @@ def test_missing_paths_are_named_before_any_point_runs(assets, tmp_path):
         assert key in done.stderr, (key, done.stderr)
 
 
+@pytest.mark.slow
 def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
     wrong = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save({"x": torch.zeros(3)}, wrong)
@@ -485,7 +492,7 @@ def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
     assert "wrong file" in done.stderr and "6726825d" in done.stderr and str(wrong) in done.stderr
     assert _sha256(wrong) in done.stderr
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid import inception
 
     with pytest.raises(UserError, match="do not fit"):  # the right hash claimed for a file of other weights
@@ -506,6 +513,7 @@ def test_inception_sha256_must_be_at_least_8_hex_digits():
             assert "8 to 64 lowercase hex digits" in " ".join(m for _, m in problems)
 
 
+@pytest.mark.slow
 def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     from PIL import Image
 
@@ -539,7 +547,7 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
 
     import argparse
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
 
     base = dict(folder=str(folder), output=str(out), inception_weights=str(assets["weights"]),
                 inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu", compare=None,
@@ -582,6 +590,7 @@ def test_skipped_when_torch_fidelity_does_not_import(assets, tmp_path, monkeypat
         FID.measure(point, out_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(tmp_path):
     import re
 
@@ -622,6 +631,7 @@ def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(t
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_reference_contents_and_resolutions_are_checked_before_any_point_runs(assets, tmp_path):
     """Keys and shapes of every reference file, and a {resolution: file} table covering every resolution, are
     checked by `dimbench validate` (and `run`) before sampling: each message names the file, the key, FILE:LINE."""

@@ -52,6 +52,7 @@ def test_rounding_interval_of_a_printed_number():
     assert outside.beyond_rounding == pytest.approx(0.1 / 77)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table_id", ["dit_table4", "uvit_gflops", "official_params"])
 def test_dit_and_uvit_counts_reproduce_the_published_tables_within_0p2_percent(table_id):
     table = tables()[table_id]
@@ -62,6 +63,7 @@ def test_dit_and_uvit_counts_reproduce_the_published_tables_within_0p2_percent(t
             assert gap <= 0.002, (row.label, measure, measured, str(published))
 
 
+@pytest.mark.slow
 def test_dim_gap_is_the_count_without_mambas_fused_inner_function():
     """DiM-H/2's cited 210 / 708 GMACs: the full count is ~48 % higher; the count without conv1d, x_proj, dt_proj,
     scan and out_proj (what mamba-ssm's fused mamba_inner_fn runs) lands on both, and no other hypothesis does."""
@@ -100,6 +102,7 @@ device: cpu
 """
 
 
+@pytest.mark.slow
 def test_paper_tables_suite_end_to_end_report(tmp_path):
     from conftest import run_cli
 

@@ -55,6 +55,7 @@ def interpret(monkeypatch):
     assert IN_INTERPRETER
 
 
+@pytest.mark.slow
 @compiled
 def test_interpreter_tests_in_a_subprocess():
     """Every ``@interpreted`` test of this file, in a process started with TRITON_INTERPRET=1: all must pass."""
@@ -194,6 +195,7 @@ def test_triton_missing(monkeypatch):
     assert resolve_backend("auto", "cuda") in ("mamba_ssm", "chunked")
 
 
+@pytest.mark.slow
 def test_package_imports_without_triton():
     """models.scan imports and reports the slot unavailable when triton cannot be imported at all."""
     code = ("import sys; sys.modules['triton'] = None\n"

@@ -33,7 +33,8 @@ def cmd_run_cluster(args: argparse.Namespace) -> int:
     from dimbench.cli import load_run_suite, report_run, run_or_say_how_to_resume
     from dimbench.cluster.launcher import ClusterRunner, check_launcher
     from dimbench.cluster.options import launch_settings
-    from dimbench.console import EXIT_INTERRUPTED, console
+    from dimbench.console import console
+    from dimbench.errors import EXIT_INTERRUPTED
     from dimbench.suite import expand
 
     check_launcher(args.launcher)

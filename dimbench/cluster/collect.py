@@ -114,7 +114,8 @@ def settle(folder: RunFolder, *, refuse_live: bool, record: dict[str, Any] | Non
 
 
 def cmd_collect(args) -> int:
-    from dimbench.console import UserError, console
+    from dimbench.console import console
+    from dimbench.errors import UserError
 
     out = console()
     folder = RunFolder(args.out, command=f"dimbench collect {args.out}")

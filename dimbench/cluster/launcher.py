@@ -25,7 +25,7 @@ from dimbench.cluster.merge import ShardReader, merge, repair_ended
 from dimbench.cluster.options import SlurmSettings, minutes
 from dimbench.cluster.records import ClusterFolder, Submission, task_ended
 from dimbench.cluster.scheduler import missing_slurm_commands, scheduler_for
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.environment import now_iso
 from dimbench.runner import Runner
 
@@ -181,7 +181,7 @@ class ClusterRunner(Runner):
                 "metrics": {m: list(self.metrics[m].final_rows) for m in job.metrics}}
 
     def _follow_array(self, records: ClusterFolder, submission: Submission, jobs) -> None:
-        from dimbench.console import progress_bar
+        from dimbench.progress import progress_bar
 
         reader = ShardReader([r for rows in self.disk.values() for r in rows])
         nodes = self._record.setdefault("nodes", {})

@@ -129,7 +129,7 @@ def add_launch_options(p) -> None:
 
 def launch_settings(base: SlurmSettings, args) -> SlurmSettings:
     """The suite's section with the command line's values over it; a bad value is a UserError naming the option."""
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
 
     given: dict[str, Any] = {}
     for _option, name in OVERRIDES:

@@ -22,7 +22,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.results import write_json_atomic
 
 CLUSTER = "cluster"

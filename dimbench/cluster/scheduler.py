@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 #: SLURM job states of a task that is not over yet.
 LIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED",

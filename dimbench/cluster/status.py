@@ -70,7 +70,8 @@ def point_states(out: Path) -> list[dict[str, Any]]:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from dimbench.console import UserError, console
+    from dimbench.console import console
+    from dimbench.errors import UserError
 
     out = Path(args.out)
     records = ClusterFolder(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 #: The start of the SHA256 of the published weights file (both projects' file names end in it).
 EXPECTED_SHA256_PREFIX = "6726825d"
@@ -53,7 +53,7 @@ def is_sha256_prefix(value: str) -> bool:
 
 def available() -> str | None:
     """None when torch-fidelity imports, else the reason (the GPU machine may lack it)."""
-    try:
+    try:  # torch-fidelity is imported where it is used: a machine without it still runs everything but FID
         import torch_fidelity  # noqa: F401
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means: not available here
@@ -62,6 +62,7 @@ def available() -> str | None:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA256 of a file (hex), read in 4 MiB blocks: the Inception weights, and the checkpoint FID scores."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -112,7 +113,7 @@ def load_extractor(path: str | os.PathLike, expected: str = EXPECTED_SHA256_PREF
     reason = available()
     if reason:
         raise UserError(f"FID is not available: {reason}")
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # optional: see available()
 
     digest = check_weights_file(path, expected)
     state = read_state_dict(path)

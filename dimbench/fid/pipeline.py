@@ -27,6 +27,7 @@ Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,6 +39,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+import models
+from dimbench.fid import inception
+from dimbench.fid.patches import CROP, random_crops
+from dimbench.fid.precision import forward, numerics
+from dimbench.training.sampling import _check_pair, _run_sampler
+from models import diffusion
 
 #: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
 #: preempted job would stop; the resume test uses it.
@@ -95,10 +103,6 @@ def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> 
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
-    from dimbench.fid.precision import forward
-    from dimbench.training.sampling import _check_pair, _run_sampler
-    from models.diffusion import Guidance, model_eps, upsample_guidance
-
     model, spec = job.model, job.spec
 
     def net(m):  # the network as the protocol runs it (autocast, outputs back to float32)
@@ -109,21 +113,19 @@ def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
               if job.num_classes else None)
     try:
-        import models
-
         recipe = models.family_of_model(model).diffusion
     except KeyError:
         recipe = None
     subset = recipe.guided_channels if recipe else None
     channels = subset if subset is not None and job.shape[0] > subset else None
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = diffusion.Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
     null = job.num_classes if guidance else None
-    eps = model_eps(net(model), job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
-                    with_variance=spec.name == "ddpm" and not job.upsample)
+    eps = diffusion.model_eps(net(model), job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
+                              with_variance=spec.name == "ddpm" and not job.upsample)
     if job.upsample:
-        low = model_eps(net(job.lowres_model), job.schedule, job.timestep, y=labels, guidance=guidance,
-                        null_class=null)
-        eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
+        low = diffusion.model_eps(net(job.lowres_model), job.schedule, job.timestep, y=labels, guidance=guidance,
+                                  null_class=null)
+        eps = diffusion.upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
     return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
 
@@ -186,12 +188,6 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
     """Make and score this rank's missing chunks. Returns what this process did: generated, resumed (images
     found on disk for its chunks), times."""
-    import contextlib
-
-    from dimbench.fid.inception import extract, to_uint8
-    from dimbench.fid.patches import CROP, random_crops
-    from dimbench.fid.precision import numerics
-
     chunks = -(-job.count // job.batch)
     mine = [k for k in range(chunks) if k % world == rank]
     done = {k for k in mine if chunk_done(state, k, job.count, job.batch)}
@@ -212,12 +208,12 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
             images = job.decode(raw)
             _sync(job.device)
         t2 = time.perf_counter()
-        pixels = to_uint8(images)
-        pool, logits = extract(job.extractor, pixels, resize=job.resize)
+        pixels = inception.to_uint8(images)
+        pool, logits = inception.extract(job.extractor, pixels, resize=job.resize)
         patches = {}
         if job.patch_crops and min(pixels.shape[-2:]) >= CROP:
             crops = random_crops(pixels, job.seed, indices, job.patch_crops)
-            patches["patch_pool"] = extract(job.extractor, crops, resize=job.resize)[0].astype(np.float32)
+            patches["patch_pool"] = inception.extract(job.extractor, crops, resize=job.resize)[0].astype(np.float32)
         t3 = time.perf_counter()
         if k == 0:
             np.save(state / "grid.npy", pixels[:GRID_IMAGES].numpy())

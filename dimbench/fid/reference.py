@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 
 @dataclasses.dataclass

@@ -30,6 +30,7 @@ def fid(fake_pool: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.ndarray) -> flo
 
 
 def inception_score(fake_logits: np.ndarray, splits: int = 10, seed: int = 2020) -> tuple[float, float]:
+    # torch-fidelity is optional at run time (inception.available() says why it is missing)
     from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 
     splits = max(1, min(splits, len(fake_logits)))
@@ -39,6 +40,7 @@ def inception_score(fake_logits: np.ndarray, splits: int = 10, seed: int = 2020)
 
 def kid(fake_pool: np.ndarray, real_pool: np.ndarray, subsets: int = 100, subset_size: int = 1000,
         seed: int = 2020) -> tuple[float, float, int]:
+    # torch-fidelity is optional at run time (inception.available() says why it is missing)
     from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 
     size = min(subset_size, len(fake_pool), len(real_pool))
@@ -58,6 +60,7 @@ NEIGHBORHOOD = 3
 def precision_recall(fake_pool: np.ndarray, real_pool: np.ndarray, neighborhood: int = NEIGHBORHOOD,
                      device: str | torch.device = "cpu", batch: int = PRC_BATCH,
                      save_cpu_ram: bool = True) -> tuple[float, float]:
+    # torch-fidelity is optional at run time (inception.available() says why it is missing)
     from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
 
     out = prc_features_to_metric(torch.from_numpy(np.asarray(fake_pool)).to(device),

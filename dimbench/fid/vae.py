@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 SCALE = 0.18215
 
 
 def available() -> str | None:
-    try:
+    try:  # diffusers is an optional extra, imported only where the VAE is used
         from diffusers import AutoencoderKL  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return (f"diffusers does not import ({type(exc).__name__}: {exc}); install the optional extra: "
@@ -41,7 +41,7 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
     if reason:
         raise UserError(f"the VAE decoder is not available: {reason}")
     check_folder(path)
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # optional: see available()
 
     try:
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)

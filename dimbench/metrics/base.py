@@ -18,14 +18,16 @@ wrote (they are never written twice).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from dimbench.points import SweepPoint
-from dimbench.schema import Field, Record
+from dimbench.schema import Field, Number, Record
 
 TASKS = ("count", "forward", "train_step", "train", "sample", "evaluate")
 
@@ -58,12 +60,16 @@ class Gate:
     (counts: a count that moves means the model is no longer the one baselined). ``same_device``: the value
     depends on the hardware (timings, measured memory), so it is compared only when the run and its baseline
     come from the same device class; counts compare anywhere; "cuda": only CUDA rows depend on the card (the
-    memory prediction follows the attention kernel and scan backend a GPU would run).
+    memory prediction follows the attention kernel and scan backend a GPU would run). ``samples``: for a row
+    summarising repeated measurements (a median of timings), how to read them from the row's ``extra`` (a list
+    whose median is the value, or None when the row has none); the baseline keeps them, and the gate then calls a
+    change beyond the tolerance a regression only when a Mann-Whitney U test finds it significant.
     """
 
     tolerance: float
     worse: str | None = None
     same_device: bool | str = False  # True, False, or "cuda": the same device class for CUDA rows only
+    samples: Callable[[dict[str, Any]], list[float] | None] | None = None
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
@@ -219,8 +225,6 @@ class Metric:
 
     def option_record(self) -> Record:
         """The record a suite's ``options.<name>`` is checked against (its own options plus ``timeout``)."""
-        from dimbench.schema import Number
-
         timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
                        + ("none (the task bounds itself)" if self.timeout == math.inf else
                           f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
@@ -264,8 +268,6 @@ class MetricContext:
         inside the run's folder, or a temporary folder outside a run. Created on first use."""
         if getattr(self, "_state_dir", None) is None:
             if self.out_dir is None:
-                import tempfile
-
                 base = Path(tempfile.mkdtemp(prefix=f"dimbench-{self.metric.name}-"))
             else:
                 base = Path(self.out_dir) / STATE_DIR / slug(self.point.key) / self.metric.name
@@ -304,6 +306,4 @@ STATE_DIR = "state"
 def slug(text: str) -> str:
     """A point key made safe as a file name; a short hash keeps keys that differ only in punctuation apart
     (``ckpt=/a/x_y.pt`` and ``ckpt=/a/x/y.pt``), so two points never share a log or a checkpoint."""
-    import hashlib
-
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
@@ -30,6 +32,11 @@ ATTENTION_KERNELS = {
     "_scaled_dot_product_fused_attention_overrideable": "overrideable",
     "_scaled_dot_product_attention_math": "math",
 }
+
+
+def input_size_for(model: str, resolution: int) -> int:
+    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
+    return resolution // 8 if model_info(model).latent else resolution
 
 
 def resolve_device(point: SweepPoint) -> torch.device:
@@ -108,7 +115,7 @@ def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: 
         model = models.load_checkpoint(
             point.model, point.checkpoint, input_size=point.input_size, pad_layout=point.pad_layout,
             map_location=device,
-        )  # fmt: skip
+        )
     else:
         with torch.device(device):
             model = models.create_model(point.model, **model_kwargs(point))
@@ -159,7 +166,6 @@ def first_call(fn, point: SweepPoint, device: torch.device) -> dict[str, Any]:
     fields {compile, compile_first_call_s}. Nothing at an eager point."""
     if not point.compile:
         return {}
-    import time
 
     t0 = time.perf_counter()
     fn()
@@ -279,8 +285,6 @@ def ensure_real(out: Any) -> None:
     A model that caches tensors made during a FakeTensorMode run (a memory prediction) and reuses them in a
     later real run silently turns that run fake: no compute, bogus timings. Better an error row than that.
     """
-    from torch._subclasses.fake_tensor import FakeTensor
-
     leaves = torch.utils._pytree.tree_leaves(out)
     if any(isinstance(leaf, FakeTensor) for leaf in leaves):
         raise RuntimeError(

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import inspect
 import math
 import os
 from pathlib import Path
@@ -34,6 +35,10 @@ import numpy as np
 import torch
 
 import models
+from dimbench.errors import UserError
+from dimbench.fid import inception, pipeline, precision, protocol
+from dimbench.fid.folder import folder_features, image_files
+from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
 from dimbench.fid.options import (
     GuidanceTable,
     IdentifyTable,
@@ -46,9 +51,18 @@ from dimbench.fid.options import (
     reference_for,
     upsample_source,
 )
+from dimbench.fid.protocol import PRECISIONS, RESIZE_TEXT, RESIZES
+from dimbench.fid.reference import check_reference_file, read_reference
+from dimbench.fid.scores import NEIGHBORHOOD, PRC_BATCH, all_scores, fid
+from dimbench.fid.vae import SCALE, decode, load_vae
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
+from dimbench.metrics.common import model_kwargs, resolve_device
 from dimbench.points import SweepPoint
+from dimbench.quality.frechet import gaussian_stats
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from dimbench.training.distributed import distributed_info
+from dimbench.training.sampling import SAMPLERS, SamplerSpec, sampler_for, save_grid
+from models.diffusion import dpm_solver_sample, make_schedule
 
 SAMPLES_DIR = "samples"
 UNAVAILABLE = "not available: torch-fidelity does not import"
@@ -57,9 +71,7 @@ PROTOCOL = "protocol"  # option value: follow the family's protocol
 
 @functools.lru_cache(maxsize=16)
 def _cached_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from dimbench.fid.inception import sha256_of
-
-    return sha256_of(path)
+    return inception.sha256_of(path)
 
 
 def file_sha256(path: str) -> str:
@@ -78,10 +90,6 @@ class FidMetric(Metric):
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes); a {resolution: file} mapping must cover every one of ``resolutions`` and a
         {model: ...} mapping must name every model (a resolution it does not cover is skipped with the reason)."""
-        from dimbench.console import UserError
-        from dimbench.fid import inception
-        from dimbench.fid.reference import check_reference_file
-
         problems = []
         weights = options.get("inception_weights") or ""
         if not weights:
@@ -124,8 +132,6 @@ class FidMetric(Metric):
 
 def _load_models(point: SweepPoint, o: dict, device: torch.device):
     """(model at the point's size, the model at its own size when upsampling else None, factor, facts)."""
-    from dimbench.metrics.common import model_kwargs
-
     fam = models.family_of_model(point.model)
     if not point.checkpoint:
         if not o["random_weights"]:
@@ -164,8 +170,6 @@ def _decoder(o: dict, model: torch.nn.Module, device: torch.device, plan):
     """(decode function, description, the VAE's precision plan or None for a pixel model)."""
     channels = int(model.in_channels)
     if o["vae"]:
-        from dimbench.fid.vae import SCALE, decode, load_vae
-
         vae = load_vae(o["vae"], device)
         latent_channels = int(vae.config.latent_channels)
         if channels == latent_channels:
@@ -198,14 +202,12 @@ def _cached(ctx: MetricContext, key: str, compute) -> dict[str, np.ndarray]:
 
 def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str, resize: str) -> np.ndarray:
     """pool3 features of an ADM reference batch's images, cached per (file, weights, resize) in the run's state."""
-    from dimbench.fid.inception import extract
-
     stat = os.stat(ref.path)
     key = f"{os.path.abspath(ref.path)}|{stat.st_size}|{stat.st_mtime_ns}|{weights_sha}|{resize}"
 
     def compute():
         images = torch.from_numpy(np.ascontiguousarray(ref.images)).permute(0, 3, 1, 2)
-        return {"pool": extract(extractor, images, resize=resize)[0]}
+        return {"pool": inception.extract(extractor, images, resize=resize)[0]}
 
     return _cached(ctx, key, compute)["pool"]
 
@@ -214,8 +216,6 @@ def _folder_features(ctx: MetricContext, folder: str, image_px: int, extractor, 
                      crops: int, seed: int) -> dict[str, np.ndarray]:
     """{"pool": features of the folder's images at image_px, "patch_pool": of their crops (when crops)}, cached
     per (listing, resolution, weights, resize, crops, seed)."""
-    from dimbench.fid.folder import folder_features, image_files
-
     files = image_files(folder)
     listing = hashlib.sha1("\n".join(f"{f}|{f.stat().st_size}|{f.stat().st_mtime_ns}" for f in files).encode())
     key = f"folder|{listing.hexdigest()}|{image_px}|{weights_sha}|{resize}|{crops}|{seed}"
@@ -240,9 +240,6 @@ class Settings:
 
 
 def _settings(point: SweepPoint, o: dict, m: int | None, facts: dict, device: torch.device) -> Settings:
-    from dimbench.fid import precision, protocol
-    from dimbench.training.sampling import SamplerSpec, sampler_for
-
     fam = models.family_of_model(point.model)
     proto = protocol.for_model(point.model)
     if m:
@@ -265,12 +262,6 @@ def _settings(point: SweepPoint, o: dict, m: int | None, facts: dict, device: to
 
 
 def fid_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.console import UserError
-    from dimbench.fid import inception, pipeline, precision
-    from dimbench.metrics.common import resolve_device
-    from dimbench.training.distributed import distributed_info
-    from models.diffusion import make_schedule
-
     reason = inception.available()
     if reason:
         raise SkipMetric(f"{UNAVAILABLE} ({reason})")
@@ -348,11 +339,6 @@ class _Scored:
 
 def _verdict(s: _Scored, n: int, ref):
     """dimbench.fid.protocol.judge on what ran, and the extra keys it gives every row."""
-    import inspect
-
-    from dimbench.fid import protocol
-    from models.diffusion import dpm_solver_sample
-
     # _run_sampler calls DPM-Solver with its default grid: record that default, whatever it becomes.
     dpm_grid = inspect.signature(dpm_solver_sample).parameters["skip"].default
     skip = dpm_grid if s.run.spec.name in ("dpm_solver", "dpm_solver++") else None
@@ -389,13 +375,6 @@ def _real(ctx: MetricContext, s: _Scored, ref, image_px: int) -> tuple[np.ndarra
 
 
 def _rows(ctx: MetricContext, s: _Scored) -> list[Measurement]:
-    from dimbench.fid import pipeline
-    from dimbench.fid.protocol import RESIZE_TEXT
-    from dimbench.fid.reference import read_reference
-    from dimbench.fid.scores import NEIGHBORHOOD, PRC_BATCH, all_scores, fid
-    from dimbench.quality.frechet import gaussian_stats
-    from dimbench.training.sampling import save_grid
-
     o, point = s.o, s.point
     feats = pipeline.gather(ctx.state_dir, o["samples"], o["batch"])
     ref = read_reference(s.ref_path)
@@ -494,8 +473,6 @@ def _rows(ctx: MetricContext, s: _Scored) -> list[Measurement]:
 def _patch_row(s: _Scored, feats: dict, folder: dict, how: str, extra: dict, fid) -> Measurement:
     """patch-FID: Fréchet distance between the pool3 features of random 299-px crops of the samples at their
     native resolution and of the reference folder's images at the same size (never called FID)."""
-    from dimbench.quality.frechet import gaussian_stats
-
     o, px = s.o, feats["image_px"]
     crops = int(o["patch_crops"])
     if not o["reference_images"] or not crops:
@@ -519,10 +496,6 @@ def _patch_row(s: _Scored, feats: dict, folder: dict, how: str, extra: dict, fid
 
 
 def _options() -> tuple[Field, ...]:
-    from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
-    from dimbench.fid.protocol import PRECISIONS, RESIZES
-    from dimbench.training.sampling import SAMPLERS
-
     return (
         Field("inception_weights", LocalPath("file", "the FID Inception weights file"), "",
               "torch-fidelity's weights-inception-2015-12-05-6726825d.pth (or pytorch-fid's "

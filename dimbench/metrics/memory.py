@@ -46,7 +46,9 @@ from dimbench.metrics.common import (
     resolve_dtype,
     synchronize,
 )
+from dimbench.metrics.hardware import nvml_handle
 from dimbench.points import SweepPoint
+from models import scan
 
 GIB = 2**30
 
@@ -104,8 +106,6 @@ class LiveStorageTracker(KernelRecorder):
         thousands of steps. So its Python code runs on meta tensors at T = 4 and T = 8 with the same K as the
         real call (a few dozen cheap steps), and the line through those two peaks is read at the real T.
         """
-        import models.scan as scan
-
         backend = args[9] if len(args) > 9 else kwargs.get("backend")
         if backend not in TRACED_SCAN_BACKENDS:
             self.scan_backends[str(backend)] = "output only (fused or step-by-step backend: work not traced)"
@@ -130,8 +130,6 @@ class LiveStorageTracker(KernelRecorder):
     @staticmethod
     def _chunked_peak(inputs, softplus: bool, chunks: int, chunk: int, length: int | None = None) -> int:
         """Peak live bytes of one chunked scan on meta tensors of sequence length ``length`` (default K*T)."""
-        import models.scan as scan
-
         length = chunks * chunk if length is None else length
         with unset_fake_temporarily():
             meta = []
@@ -198,30 +196,12 @@ def _nvml_used_bytes(device: torch.device) -> tuple[int, str]:
     Matched by the GPU's UUID (what CUDA_VISIBLE_DEVICES renumbering cannot change), else by PCI bus id; a device
     matched by neither is an error, never another GPU's number.
     """
-    import pynvml
+    import pynvml  # imported where NVML is read: without nvidia-ml-py only this reading fails
 
-    props = torch.cuda.get_device_properties(device)
-    candidates = []
-    uuid = getattr(props, "uuid", None)
-    if uuid is not None:
-        text = str(uuid)
-        candidates.append(("uuid", text if text.startswith("GPU-") else f"GPU-{text}"))
-    if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
-        candidates.append(("pci", f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"))
     pynvml.nvmlInit()
     try:
-        errors = []
-        for kind, ident in candidates:
-            try:
-                if kind == "uuid":
-                    handle = pynvml.nvmlDeviceGetHandleByUUID(ident)
-                else:
-                    handle = pynvml.nvmlDeviceGetHandleByPciBusId(ident)
-            except pynvml.NVMLError as e:
-                errors.append(f"{kind} {ident}: {e}")
-                continue
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), f"{kind} {ident}"
-        raise RuntimeError(f"NVML found no device for torch {device}: {'; '.join(errors) or 'no identity known'}")
+        handle, identity = nvml_handle(pynvml, device)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), identity
     finally:
         pynvml.nvmlShutdown()
 

@@ -36,13 +36,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
+import statistics
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,7 +61,8 @@ from dimbench.metrics.common import (
     resolve_dtype,
     synchronize,
 )
-from dimbench.metrics.flops import _CUSTOM_MAPPING
+from dimbench.metrics.flops import _CUSTOM_MAPPING, count_point_flops
+from dimbench.metrics.hardware import bf16_peak, nvml_handle
 from dimbench.points import SweepPoint
 from dimbench.schema import Field, Integer, Number
 from models.profiling import COMPONENTS, PREFIX
@@ -203,8 +206,6 @@ def affordable_resolution(point: SweepPoint, max_gflop: float) -> tuple[int, flo
     """The largest resolution <= the point's (a multiple of the model's step) whose forward at the point's batch
     counts at most ``max_gflop`` GFLOP, and its count; the smallest resolution when none is under the bound.
     FLOPs grow with the resolution, so a bisection over the multiples of the step finds it."""
-    from dimbench.metrics.flops import count_point_flops
-
     step = resolution_step(point.model)
 
     def gflop(k: int) -> float:
@@ -252,30 +253,13 @@ class NvmlSampler:
             raise RuntimeError(f"no CUDA device (profiling on {self.device.type if self.device else 'no device'})")
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA is not available to torch")
-        try:
+        try:  # imported where NVML is read: without nvidia-ml-py only this reading fails
             import pynvml
         except ImportError as exc:
             raise RuntimeError(f"pynvml (nvidia-ml-py) does not import: {exc}") from None
         pynvml.nvmlInit()
         self._nvml = pynvml
-        props = torch.cuda.get_device_properties(self.device)
-        uuid = getattr(props, "uuid", None)
-        tried = []
-        if uuid is not None:
-            text = str(uuid)
-            text = text if text.startswith("GPU-") else f"GPU-{text}"
-            try:
-                self._handle = pynvml.nvmlDeviceGetHandleByUUID(text)
-            except pynvml.NVMLError as exc:
-                tried.append(f"uuid {text}: {exc}")
-        if self._handle is None and all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
-            pci = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
-            try:
-                self._handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci)
-            except pynvml.NVMLError as exc:
-                tried.append(f"pci {pci}: {exc}")
-        if self._handle is None:
-            raise RuntimeError(f"NVML found no device for torch {self.device}: {'; '.join(tried) or 'no identity'}")
+        self._handle, _ = nvml_handle(pynvml, self.device)
 
     def _energy_mj(self) -> float | None:
         try:
@@ -381,8 +365,6 @@ def profile_model(model: torch.nn.Module, inputs: tuple, device: torch.device, d
     """Profile ``repeats`` forward passes of ``model(*inputs)`` (see the module docstring); with ``folder``, save the
     Chrome trace there (and on CUDA a memory snapshot); with ``energy_seconds`` > 0 on CUDA, sample NVML during a
     separate timed run of at least that long."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     x, t, y = inputs
@@ -438,8 +420,6 @@ def _range_totals_us(prof, cuda: bool) -> dict[str, float]:
     op-heavy backend (the chunked scan) makes hundreds of thousands of events."""
     totals: dict[str, float] = collections.defaultdict(float)
     if cuda:
-        from torch.autograd import DeviceType
-
         for event in prof.events():
             if event.device_type == DeviceType.CPU and event.name.startswith(PREFIX):
                 totals[event.name] += float(event.device_time_total)
@@ -489,8 +469,6 @@ def _energy_run(forward, device: torch.device, seconds: float) -> dict[str, Any]
 
 
 def _median_ms(fn, device: torch.device, repeats: int = 5) -> float:
-    import statistics
-
     fn()
     synchronize(device)
     times = []
@@ -508,8 +486,6 @@ def measure_ceilings(device: torch.device, out_dir: str | None) -> dict[str, Any
     (the roof for every dtype: what the card can do at best) and a 1 GiB device-to-device copy; CPU: a float32
     2048³ torch.mm and a 256 MiB tensor copy with this process's threads (median of 5 each, wall clock)."""
     if device.type == "cuda":
-        from dimbench.metrics.hardware import bf16_peak
-
         peak = bf16_peak(device, out_dir)
         n = 2**28  # 1 GiB of float32
         src = torch.empty(n, device=device).normal_()
@@ -692,19 +668,3 @@ PROFILE = Metric(
     "the energy per image from NVML",
     options=(WARMUP, REPEATS, CPU_MAX_GFLOP, ENERGY_SECONDS),
 )
-
-
-def read_trace(path: str | Path) -> Any:
-    """A saved Chrome trace's JSON (gzip-compressed when its name ends in .gz)."""
-    import gzip
-
-    path = Path(path)
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return json.loads(raw)
-
-
-def trace_names(path: str | Path) -> set[str]:
-    """The event names of a saved Chrome trace (tests and the report check the components are in it)."""
-    data = read_trace(path)
-    events = data["traceEvents"] if isinstance(data, dict) else data
-    return {e.get("name", "") for e in events if isinstance(e, dict)}

@@ -25,11 +25,15 @@ from typing import Any
 import torch
 
 import models
+from dimbench.data import load_digits
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.metrics.common import resolve_device
 from dimbench.metrics.train import load_trained, same_architecture
 from dimbench.points import SweepPoint
+from dimbench.quality.proxy import load_or_train_classifier, proxy_scores
 from dimbench.schema import Choice, Field, Integer, Number, Text
+from dimbench.training.sampling import SAMPLERS, class_labels, generate, sampler_for, save_grid
+from models.diffusion import make_schedule
 
 SAMPLES_DIR = "samples"
 UPSAMPLE_FACTORS = (2, 3)
@@ -37,9 +41,6 @@ UPSAMPLE_FACTORS = (2, 3)
 
 def _classifier(ctx: MetricContext):
     """dimbench's proxy classifier, trained once per run folder (cached beside the run's state)."""
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import load_or_train_classifier
-
     base = Path(ctx.out_dir) if ctx.out_dir else ctx.state_dir
     cache = base / "state" / "proxy_classifier" / f"digits-seed{ctx.options['classifier_seed']}.pt"
     return load_or_train_classifier(cache, train_data_fn=lambda: load_digits(32, "train"),
@@ -47,8 +48,6 @@ def _classifier(ctx: MetricContext):
 
 
 def _spec(ctx: MetricContext, point: SweepPoint):
-    from dimbench.training.sampling import sampler_for
-
     o = ctx.options
     return sampler_for(models.family_of_model(point.model), o["sampler"] or None, o["steps"] or None,
                        o["guidance"])
@@ -56,9 +55,6 @@ def _spec(ctx: MetricContext, point: SweepPoint):
 
 def _score(ctx, clf, info, images, labels, resolution: int, spec, stage: str, fd_row: str, acc_row: str,
            extra: dict[str, Any]) -> list[Measurement]:
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import proxy_scores
-
     real = load_digits(resolution, "test")
     scores = proxy_scores(clf, real.x, images, labels)
     how = (f"{spec.describe()}; {scores['n_fake']} samples ({resolution} px) vs {scores['n_real']} held-out real "
@@ -79,8 +75,6 @@ def _score(ctx, clf, info, images, labels, resolution: int, spec, stage: str, fd
 
 
 def _grid(ctx: MetricContext, point: SweepPoint, row: str, images: torch.Tensor, how: str, extra: dict[str, Any]):
-    from dimbench.training.sampling import save_grid
-
     if ctx.out_dir is None:
         return Measurement(row, None, None, "", extra, status="skipped", error="no run folder to write images to")
     rel = Path(SAMPLES_DIR) / slug(point.key) / f"{row}.png"
@@ -106,9 +100,6 @@ class _Setup:
 
 
 def _setup(point: SweepPoint, ctx: MetricContext) -> _Setup:
-    from dimbench.training.sampling import class_labels
-    from models.diffusion import make_schedule
-
     if ctx.options["data"] != "digits":
         raise SkipMetric("the proxy metric's classifier is trained on the digits; other data has no proxy yet")
     device = resolve_device(point)
@@ -121,8 +112,6 @@ def _setup(point: SweepPoint, ctx: MetricContext) -> _Setup:
 
 
 def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import generate
-
     st = _setup(point, ctx)
     device, fam, trained, facts = st.device, st.family, st.trained, st.facts
     clf, info = st.classifier, st.classifier_info
@@ -159,8 +148,6 @@ def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import generate
-
     st = _setup(point, ctx)
     if not hasattr(st.schedule, "alphas_cumprod"):
         raise SkipMetric("Upsample Guidance reads a discrete schedule; this model was trained on a continuous one")
@@ -201,8 +188,6 @@ def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def _sampling_options(samples: int, sampler: str, guidance: float | None, guidance_doc: str) -> tuple[Field, ...]:
-    from dimbench.training.sampling import SAMPLERS
-
     return (
         Field("data", Text(), "digits", "the data the model was trained on (the proxy classifier needs `digits`)"),
         Field("samples", Integer(10), samples, "generated images per score (every class equally often)"),

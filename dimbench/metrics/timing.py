@@ -81,12 +81,6 @@ def summarize_ms(samples_ms: list[float]) -> dict[str, Any]:
     }
 
 
-def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], str]:
-    """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls; returns (samples in ms, method)."""
-    (samples,), method = time_interleaved([fn], device, warmup, repeats)
-    return samples, method
-
-
 def time_interleaved(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int,
                      repeats: int) -> tuple[list[list[float]], str]:
     """Time several callables in turn: each round runs every one once (fn0, fn1, fn0, fn1, ...), so all of them
@@ -147,6 +141,18 @@ def reference_workload(device: torch.device) -> tuple[Callable[[], Any], str]:
 def relative_times(samples_ms: list[float], reference_ms: list[float]) -> float:
     """Median over repeats of (model time / the reference time of the same round)."""
     return statistics.median(s / r for s, r in zip(samples_ms, reference_ms, strict=True))
+
+
+def ratio_samples(extra: dict[str, Any]) -> list[float] | None:
+    """The per-round ratios (time / the reference's time in the same round) whose median is a ``*_rel`` row's
+    value, from the row's ``extra`` (``samples_ms``, ``reference_samples_ms``); None when it does not hold them."""
+    samples, reference = extra.get("samples_ms"), extra.get("reference_samples_ms")
+    if not (isinstance(samples, list) and isinstance(reference, list) and samples and len(samples) == len(reference)):
+        return None
+    try:
+        return [float(s) / float(r) for s, r in zip(samples, reference, strict=True)]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _time_against_reference(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int):
@@ -302,7 +308,7 @@ LATENCY = Metric(
         # 30 %: what a shared 2-core machine needs; a suite's baseline may set it tighter for a quiet GPU.
         Row("latency_rel", "x ref", "forward time / reference matmul time", per_pass=True,
             per_image_label="forward time per image / reference matmul time",
-            gate=Gate(0.30, worse="higher", same_device=True)),
+            gate=Gate(0.30, worse="higher", same_device=True, samples=ratio_samples)),
     ),
     fn=latency_metric,
     description="time of one denoising forward pass (median and spread) and images per second; on CUDA also "
@@ -321,7 +327,7 @@ TRAIN_STEP = Metric(
             summary=Summary("train img/s\n(batch/median)", "{:.2f}")),
         Row("train_step_rel", "x ref", "training-step time / reference matmul time", task="train_step",
             per_pass=True, per_image_label="training-step time per image / reference matmul time",
-            gate=Gate(0.30, worse="higher", same_device=True)),
+            gate=Gate(0.30, worse="higher", same_device=True, samples=ratio_samples)),
     ),
     fn=train_step_metric,
     description="time of one training step (forward + MSE + backward + AdamW) and images per second",

@@ -24,10 +24,12 @@ from typing import Any
 import torch
 
 import models
+from dimbench.data import load_data
 from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
-from dimbench.metrics.common import resolve_device
+from dimbench.metrics.common import input_size_for, resolve_device
 from dimbench.points import SweepPoint
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from dimbench.training import TrainConfig, Trainer, load_training_state
 from models.diffusion import SCHEDULES
 
 CHECKPOINT = "checkpoint.pt"
@@ -40,8 +42,6 @@ def train_state_path(out_dir: str | Path, point: SweepPoint) -> Path:
 
 def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
     """The same model, batch, dtype and device at another resolution."""
-    from dimbench.suite import input_size_for
-
     return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
 
 
@@ -49,8 +49,6 @@ def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str 
                  device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model the ``train`` metric finished at ``point`` (its EMA weights unless ``weights="model"``), in
     eval mode, and the checkpoint's facts (step, config). RuntimeError when there is none or it is unfinished."""
-    from dimbench.training import load_training_state
-
     if out_dir is None:
         raise RuntimeError("needs the run folder (the trained checkpoint is in it): run it in a suite")
     path = train_state_path(out_dir, point)
@@ -76,8 +74,6 @@ def _build_kwargs(saved: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
 
 def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool):
     """The :class:`TrainConfig` of this point from the metric's options (``finetune_*`` when fine-tuning)."""
-    from dimbench.training import TrainConfig
-
     o = ctx.options
     pick = (lambda k: o[f"finetune_{k}"]) if finetune else (lambda k: o[k])
     return TrainConfig(
@@ -87,7 +83,7 @@ def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool):
         grad_accum=o["grad_accum"], activation_checkpointing=o["activation_checkpointing"],
         schedule=o["schedule"] or _family(point).diffusion.schedule, seed=o["seed"], log_every=o["log_every"],
         checkpoint_every=o["checkpoint_every"],
-    )  # fmt: skip
+    )
 
 
 def _family(point: SweepPoint) -> models.Family:
@@ -136,9 +132,6 @@ def same_architecture(model: torch.nn.Module) -> dict[str, Any]:
 
 
 def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.data import load_data
-    from dimbench.training import Trainer
-
     device = resolve_device(point)
     fam = _family(point)
     source = ctx.options["weak_to_strong_from"]

@@ -38,7 +38,7 @@ from typing import Any
 import pandas as pd
 
 from dimbench import results as results_store
-from dimbench.console import UserError
+from dimbench.errors import ReportError
 from dimbench.metrics import Row
 
 from . import declared
@@ -48,11 +48,6 @@ COLUMNS = list(results_store.COLUMNS)
 STATUSES = results_store.STATUSES
 FAILED = ("oom", "error")
 TEXT_COLUMNS = ("suite", "model", "metric", "unit", "method", "error", "dtype", "device", "task", "started_at")
-
-
-class ReportError(UserError):
-    """The results folder cannot make a report (missing, empty, unreadable); the message names the path. A
-    :class:`~dimbench.console.UserError`: the command line prints it as one line, no traceback."""
 
 
 def _natural(s: str) -> list[Any]:

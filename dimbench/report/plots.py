@@ -38,8 +38,6 @@ _FAMILY_COLOURS = [
 _FAMILY_MARKERS = ["o", "s", "^", "v", "P", "h", "*"]
 _OTHER_COLOURS = ["#555555", "#888888", "#333333", "#aaaaaa"]
 _OTHER_MARKER = "D"
-# Line colours for things that are not models (ratio pairs).
-PAIR_COLOURS = ["#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#555555"]
 
 FAIL_MARKER = "X"
 FAIL_COLOUR = "#c0392b"

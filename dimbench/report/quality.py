@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.image as mpimg
+
 from . import plots
 from .data import Results
 from .document import Cell, Figure, Section, Table, fmt, label, method_text, pivot_table, px, styles_for
@@ -38,7 +40,6 @@ def section_samples(results: Results) -> Section | None:
     names = [m for m in results.metrics() if m == "samples" or m.startswith("samples_")]
     if not names:
         return None
-    import matplotlib.image as mpimg
 
     images, problems = [], []
     root = results.dir.resolve()

@@ -18,13 +18,19 @@ import pickle
 import time
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from dimbench import results
+from dimbench.console import console
+from dimbench.errors import UserError
+from dimbench.points import SweepPoint
 
 #: dim.md §6: the weak-to-strong fine-tune's recipe, the defaults under --init-from
 FINETUNE = {"lr": 1e-4, "warmup": 2500, "weight_decay": 0.0, "label_drop": 0.15}
 
 
 def add_train_command(sub) -> None:
+    # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.training.trainer import PRECISIONS, TrainConfig
 
     d = TrainConfig(steps=1, batch=1)
@@ -66,14 +72,13 @@ def add_train_command(sub) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     import models
-    from dimbench import results
     from dimbench.data import load_data
     from dimbench.metrics.base import Measurement
     from dimbench.metrics.train import TRAIN, build_for_training
-    from dimbench.points import SweepPoint
     from dimbench.training import distributed
     from dimbench.training.trainer import TrainConfig, Trainer, load_training_state
     from dimbench.worker import make_row
@@ -108,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 activation_checkpointing=args.activation_checkpointing,
                 schedule=args.schedule or fam.diffusion.schedule, seed=args.seed, log_every=args.log_every,
                 checkpoint_every=args.checkpoint_every,
-            )  # fmt: skip
+            )
             model, init_state, start = build_for_training(args.model, data.resolution, channels=data.channels,
                                                           seed=config.seed, device=device, pad_layout=args.pad_layout,
                                                           init_from=low, init_what=what)
@@ -168,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _init_model(path: str, model_name: str, reader):
     """The model of a training checkpoint at a lower resolution (its non-EMA weights), and how to name it."""
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     import models
@@ -197,8 +203,6 @@ class _Progress:
     """A rich progress bar with the latest loss (rank 0)."""
 
     def __init__(self, total: int):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
         self._bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=console(stderr=True),
                              transient=True)

@@ -10,10 +10,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import models
+from models import diffusion
 from models.registry import Family
 
 SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "dpm_solver", "euler_maruyama")
@@ -36,12 +39,10 @@ class SamplerSpec:
 
     def describe(self, channels: int | None = None) -> str:
         """In words; ``channels``: guidance acts on the first this many channels only (DiT: 3 of 4)."""
-        from models.diffusion import Guidance
-
         what = {"ddpm": "DDPM ancestral", "ddim": "DDIM (eta 0)", "dpm_solver++": "DPM-Solver++ (data prediction, "
                 "singlestep fast, order 3)", "dpm_solver": "DPM-Solver (noise prediction, singlestep fast, order 3)",
                 "euler_maruyama": "Euler-Maruyama (VP-SDE)"}[self.name]
-        guided = Guidance(self.guidance, channels).describe() if self.guidance else "no guidance"
+        guided = diffusion.Guidance(self.guidance, channels).describe() if self.guidance else "no guidance"
         return f"{what}, {self.steps} steps, {guided}"
 
 
@@ -68,8 +69,6 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
     corrected by Upsample Guidance while t >= ``until`` (dim.md §8). The initial noise and every sampler's noise
     come from a generator seeded with ``seed``, batch by batch: the same call gives the same images.
     """
-    from models.diffusion import Guidance, model_eps, upsample_guidance
-
     device = torch.device(device)
     null = int(getattr(model, "num_classes", 0) or 0)
     try:
@@ -78,7 +77,7 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
         recipe = None
     subset = recipe.guided_channels if recipe else None
     channels = subset if subset is not None and shape[0] > subset else None  # DiT: 3 of 4 latent channels
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = diffusion.Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
     _check_pair(spec, schedule)
     out = []
     for start in range(0, count, batch):
@@ -87,14 +86,14 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
         x_T = torch.randn((n, *shape), generator=g).to(device)
         y = labels[start:start + n].to(device) if labels is not None else None
         learned = spec.name == "ddpm" and upsample is None
-        eps = model_eps(model, schedule, timestep, y=y, guidance=guidance, null_class=null if guidance else None,
-                        with_variance=learned)
+        eps = diffusion.model_eps(model, schedule, timestep, y=y, guidance=guidance,
+                                  null_class=null if guidance else None, with_variance=learned)
         if upsample:
             if lowres_model is None:
                 raise ValueError("upsample needs the model at the trained resolution (lowres_model)")
-            low = model_eps(lowres_model, schedule, timestep, y=y, guidance=guidance,
-                            null_class=null if guidance else None)
-            eps = upsample_guidance(eps, low, schedule, int(upsample), until=until)
+            low = diffusion.model_eps(lowres_model, schedule, timestep, y=y, guidance=guidance,
+                                      null_class=null if guidance else None)
+            eps = diffusion.upsample_guidance(eps, low, schedule, int(upsample), until=until)
         x = _run_sampler(spec, eps, schedule, x_T, g)
         out.append(x.float().clamp_(-1, 1).cpu())
     return torch.cat(out)
@@ -112,16 +111,14 @@ def _check_pair(spec: SamplerSpec, schedule) -> None:
 
 
 def _run_sampler(spec: SamplerSpec, eps, schedule, x_T: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    from models import diffusion as d
-
     if spec.name == "ddpm":
-        return d.ddpm_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+        return diffusion.ddpm_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
     if spec.name == "ddim":
-        return d.ddim_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+        return diffusion.ddim_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
     if spec.name in ("dpm_solver++", "dpm_solver"):
-        return d.dpm_solver_sample(eps, schedule, x_T, steps=spec.steps, order=3,
-                                   predict="data" if spec.name == "dpm_solver++" else "noise")
-    return d.euler_maruyama_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
+        return diffusion.dpm_solver_sample(eps, schedule, x_T, steps=spec.steps, order=3,
+                                           predict="data" if spec.name == "dpm_solver++" else "noise")
+    return diffusion.euler_maruyama_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
 
 
 def class_labels(count: int, num_classes: int) -> torch.Tensor | None:
@@ -132,9 +129,6 @@ def class_labels(count: int, num_classes: int) -> torch.Tensor | None:
 def save_grid(images: torch.Tensor, path: Path, columns: int = 10, rows: int | None = None) -> int:
     """Write the first columns x rows images (C, H, W in [-1, 1]; 1 or 3 channels) as one PNG grid with a
     1-pixel gap; returns how many images it shows."""
-    import numpy as np
-    from PIL import Image
-
     n = images.shape[0] if rows is None else min(images.shape[0], columns * rows)
     rows = -(-n // columns)
     c, h, w = images.shape[1:]

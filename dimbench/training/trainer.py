@@ -34,9 +34,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 from dimbench.data import Dataset
 from dimbench.training.distributed import DistributedInfo, distributed_info
+from models.diffusion import diffusion_loss, make_schedule
 
 #: config fields a resumed run may change: how long it runs, how often it saves, and how the backward stores
 #: activations (the same arithmetic either way)
@@ -106,8 +109,6 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, *, timestep, device="cpu",
                  state_path: str | os.PathLike | None = None, init_state: dict[str, torch.Tensor] | None = None,
                  meta: dict[str, Any] | None = None):
-        from models.diffusion import make_schedule
-
         self.config = config
         self.data = data
         self.device = torch.device(device)
@@ -182,8 +183,6 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step (all micro-batches of this rank); returns the step's mean losses (all ranks)."""
-        from models.diffusion import diffusion_loss
-
         cfg = self.config
         draw = self._draw(self.step)
         for group in self.optimizer.param_groups:
@@ -272,7 +271,6 @@ class Trainer:
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist.world_size == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
@@ -317,8 +315,6 @@ class Trainer:
 def enable_activation_checkpointing(model: nn.Module) -> int:
     """Recompute each repeated block's activations in the backward instead of storing them (the elements of
     every ``nn.ModuleList``: the blocks of DiM, DiT and U-ViT). Returns how many modules were wrapped."""
-    from torch.utils.checkpoint import checkpoint
-
     wrapped = 0
     for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
         for block in lst:
