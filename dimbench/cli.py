@@ -33,8 +33,9 @@ from rich.table import Table
 from dimbench import processes, results
 from dimbench.checkpoint_cli import add_checkpoint_commands
 from dimbench.cluster.cli import add_cluster_commands
+from dimbench.cluster.options import add_launch_options
 from dimbench.console import console, summary_table
-from dimbench.errors import EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from dimbench.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, UserError
 from dimbench.fid_cli import add_fid_commands
 from dimbench.gates.cli import add_gate_commands
 from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
@@ -96,11 +97,8 @@ def _print_warnings(suite) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if args.launcher != "local":  # an array job through submitit (dimbench.cluster)
-        # heavy (torch, submitit): imported when the command runs
-        from dimbench.cluster.cli import cmd_run_cluster
-
-        return cmd_run_cluster(args)
+    if args.launcher != "local":
+        return _run_on_cluster(args)
     # The fork server's imports (torch, the models) overlap this process's own, which come next.
     processes.start_early(args.device)
 
@@ -117,6 +115,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary is None:
         return EXIT_INTERRUPTED
     report_run(args, suite, plan, summary, out)
+    return 0
+
+
+def _run_on_cluster(args: argparse.Namespace) -> int:
+    """``dimbench run --launcher slurm|submitit-local``: one array job through submitit (dimbench.cluster)."""
+    # heavy (torch, the models, submitit): imported when the command runs
+    from dimbench.cluster.launcher import ClusterRunner, check_launcher
+    from dimbench.cluster.options import launch_settings, remote_device
+    from dimbench.suite import expand
+
+    check_launcher(args.launcher)
+    suite = load_run_suite(args)
+    settings = launch_settings(suite.slurm, args)
+    device = remote_device(args.device or suite.device, settings)
+    plan = expand(suite, device=device, out=args.out, here=False)
+    out = console()
+    runner = ClusterRunner(plan, launcher=args.launcher, settings=settings, wait=not args.no_wait, fresh=args.fresh,
+                           retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                           argv=["dimbench", *args.argv], console=out)
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
+        return EXIT_INTERRUPTED
+    if args.no_wait and runner.submission is not None:
+        out.print(f"Not following it (--no-wait): `dimbench status {plan.out}` shows its points, "
+                  f"`dimbench collect {plan.out}` merges their rows")
+        return 0
+    report_run(args, suite, plan, summary, out)
+    if runner.incomplete:
+        err = console(stderr=True)
+        err.print(f"[yellow]{len(runner.incomplete)} point(s) not measured:[/]")
+        for key, why in runner.incomplete.items():
+            err.print(f"  {key}: {why}", markup=False)
+        err.print("Run the same command again to resubmit them.", markup=False)
+        return EXIT_INCOMPLETE
     return 0
 
 
@@ -340,8 +372,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add to a folder that holds another suite's results, or results measured with other "
                    "settings (refused otherwise)")
     p.add_argument("--no-report", action="store_true", help="do not build the HTML/PDF report after the run")
-    from dimbench.cluster.options import add_launch_options
-
     add_launch_options(p)
     p.set_defaults(func=cmd_run)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_REGRESSION = 1  # `dimbench gate`: the run is worse than its baseline
 EXIT_USAGE = 2  # a user's mistake (bad suite, bad argument, missing file): the status argparse uses
+EXIT_INCOMPLETE = 1  # `dimbench run --launcher ...`: the array ended with points not measured (rerun: resubmit)
 EXIT_INTERRUPTED = 130  # the shell's convention for a run stopped by Ctrl-C (128 + SIGINT)
 
 

@@ -113,6 +113,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
         raise UserError(f"fid-stats is not available: {reason}")
     inception.check_weights_file(args.inception_weights, args.inception_sha256)  # before reading any image
     files = image_files(args.folder)
+    # heavy (torch): imported when the command runs
     import torch
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -132,6 +133,7 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
 
 def _compare_stats(args: argparse.Namespace) -> int:
     """``fid-stats --compare A B``: how far two statistics files are apart (exit 2 naming a bad file)."""
+    # heavy (torch, the models): imported when the command runs
     from dimbench.fid.reference import compare, read_reference
 
     if args.folder or args.output:

@@ -288,9 +288,11 @@ def _join_process_group(job) -> None:
     """A cluster task across nodes (dimbench.cluster.task) runs each point on every rank: the worker joins the
     task's torch.distributed group, so that a long task (fid, train) shards its work by rank as under torchrun."""
     if os.environ.get("DIMBENCH_DISTRIBUTED") == "1":
+        # processes.py stays free of torch at import (the runner starts workers before torch loads)
         from dimbench.training.distributed import init_from_env
 
         init_from_env("cuda" if str(job.point.device).startswith("cuda") else "cpu")
+        # see above: only a worker that joins a process group pays for torch.distributed
         import torch.distributed as dist
 
         print(f"joined the task's process group: rank {dist.get_rank()} of {dist.get_world_size()} "

@@ -37,6 +37,8 @@ from rich.console import Console
 
 import models
 from dimbench import processes
+from dimbench.cluster.collect import settle
+from dimbench.cluster.records import refuse_live_array
 from dimbench.environment import collect, collect_isolated, comparable, now_iso
 from dimbench.errors import UserError
 from dimbench.metrics import METRICS
@@ -128,9 +130,6 @@ class Runner:
     def _open_folder(self) -> RunFolder:
         """The output folder, locked for this run. A folder that a live cluster array writes into is refused;
         rows a finished one left in shards are merged first (dimbench.cluster.collect)."""
-        from dimbench.cluster.collect import settle
-        from dimbench.cluster.records import refuse_live_array
-
         refuse_live_array(self.out)  # before --fresh moves anything aside
         folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
         try:

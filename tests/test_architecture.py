@@ -36,6 +36,7 @@ PACKAGES = ("dimbench", "models")
 #: runs library code and turns a UserError into one line on stderr and exit status 2.
 FRONT_ENDS = frozenset({
     "dimbench.cli",
+    "dimbench.cluster.cli",
     "dimbench.__main__",
     "dimbench.checkpoint_cli",
     "dimbench.fid_cli",

@@ -236,7 +236,7 @@ def test_submitit_local_live_array_holds_the_folder_and_a_cancelled_task_is_resu
     record = _wait("the cancelled task's record", lambda: (r := _task_record(out, submission, uvit)).get(
         "state") in ("interrupted", "done", "failed") and r)
     assert record["state"] == "interrupted" and "SIGTERM" in record["reason"]
-    from dimbench.cluster.records import pid_alive
+    from dimbench.cluster.scheduler import pid_alive
 
     _wait("the cancelled task's controller to exit", lambda: not pid_alive(int(uvit["job_id"]), "submitit"))
     status = run_cli("status", str(out))

@@ -1,17 +1,21 @@
-"""The cluster's commands: ``dimbench run --launcher slurm|submitit-local`` (:func:`cmd_run_cluster`),
-``dimbench status OUT`` and ``dimbench collect OUT``."""
+"""The cluster's own commands: ``dimbench status OUT`` and ``dimbench collect OUT`` (``dimbench run --launcher
+slurm|submitit-local`` is the run command's, :func:`dimbench.cli.cmd_run`)."""
 
 from __future__ import annotations
 
-import argparse
+from pathlib import Path
 
-EXIT_INCOMPLETE = 1  # the array ended with points not measured (resubmit: the same command)
+from rich.table import Table
+
+from dimbench.cluster.collect import settle
+from dimbench.cluster.records import ClusterFolder
+from dimbench.cluster.status import point_states
+from dimbench.console import console
+from dimbench.errors import UserError
+from dimbench.runfolder import RunFolder
 
 
 def add_cluster_commands(sub) -> None:
-    from dimbench.cluster.collect import cmd_collect
-    from dimbench.cluster.status import cmd_status
-
     p = sub.add_parser("status", help="where each point of a cluster run stands: pending, running (job), done, "
                        "failed (reason), not running")
     p.add_argument("out", metavar="OUT", help="the run's output folder")
@@ -21,44 +25,42 @@ def add_cluster_commands(sub) -> None:
     p.set_defaults(func=cmd_collect)
 
 
-def remote_device(requested: str, settings) -> str:
-    """The device of the points on the nodes: as asked, and ``auto`` = cuda when the tasks ask for GPUs (this
-    machine, a login node, may have none)."""
-    if requested != "auto":
-        return requested
-    return "cuda" if (settings.gpus_per_task or settings.gpus_per_node) else "cpu"
-
-
-def cmd_run_cluster(args: argparse.Namespace) -> int:
-    from dimbench.cli import load_run_suite, report_run, run_or_say_how_to_resume
-    from dimbench.cluster.launcher import ClusterRunner, check_launcher
-    from dimbench.cluster.options import launch_settings
-    from dimbench.console import console
-    from dimbench.errors import EXIT_INTERRUPTED
-    from dimbench.suite import expand
-
-    check_launcher(args.launcher)
-    suite = load_run_suite(args)
-    settings = launch_settings(suite.slurm, args)
-    device = remote_device(args.device or suite.device, settings)
-    plan = expand(suite, device=device, out=args.out, here=False)
+def cmd_collect(args) -> int:
     out = console()
-    runner = ClusterRunner(plan, launcher=args.launcher, settings=settings, wait=not args.no_wait, fresh=args.fresh,
-                           retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
-                           argv=["dimbench", *args.argv], console=out)
-    summary = run_or_say_how_to_resume(runner)
-    if summary is None:
-        return EXIT_INTERRUPTED
-    if args.no_wait and runner.submission is not None:
-        out.print(f"Not following it (--no-wait): `dimbench status {plan.out}` shows its points, "
-                  f"`dimbench collect {plan.out}` merges their rows")
-        return 0
-    report_run(args, suite, plan, summary, out)
-    if runner.incomplete:
-        err = console(stderr=True)
-        err.print(f"[yellow]{len(runner.incomplete)} point(s) not measured:[/]")
-        for key, why in runner.incomplete.items():
-            err.print(f"  {key}: {why}", markup=False)
-        err.print("Run the same command again to resubmit them.", markup=False)
-        return EXIT_INCOMPLETE
+    folder = RunFolder(args.out, command=f"dimbench collect {args.out}")
+    try:
+        if not ClusterFolder(folder.path).submissions_dir.is_dir():
+            raise UserError(f"{folder.path}: no cluster submission here (nothing to collect: `dimbench run "
+                            "--launcher slurm` writes one)")
+        got = settle(folder, refuse_live=False)
+    finally:
+        folder.close()
+    for line in got.warnings:
+        out.print(f"[yellow]warning:[/] {line}")
+    live = f"; {got.live} task(s) still queued or running (collect again later)" if got.live else ""
+    out.print(f"{folder.results}: {got.rows_written} rows of {got.points} points merged from "
+              f"{folder.path / 'shards'}{live}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    out = Path(args.out)
+    records = ClusterFolder(out)
+    if not out.is_dir():
+        raise UserError(f"{out}: no such folder (the --out of a `dimbench run --launcher slurm`)")
+    if not records.submissions_dir.is_dir():
+        raise UserError(f"{out}: no cluster submission here (`dimbench run --launcher slurm|submitit-local` writes "
+                        "one); a local run's progress is on its terminal")
+    entries = point_states(out)
+    table = Table(title=f"{out}: {len(entries)} points", title_justify="left")
+    for col in ("point", "state", "job", "host", "detail"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e["point"], e["state"], str(e["job_id"] or ""), e["host"], e["detail"])
+    con = console()
+    con.print(table)
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["state"]] = counts.get(e["state"], 0) + 1
+    con.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     return 0

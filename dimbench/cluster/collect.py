@@ -16,7 +16,10 @@ from dimbench.cluster.merge import ShardReader, merge, repair_ended
 from dimbench.cluster.records import ClusterFolder, Submission, refuse_live_array, task_ended
 from dimbench.cluster.scheduler import FAILED_STATES, TaskState, scheduler_for
 from dimbench.environment import now_iso
+from dimbench.metrics import METRICS
+from dimbench.points import SweepPoint
 from dimbench.runfolder import RunFolder
+from dimbench.worker import failure_rows
 
 
 @dataclasses.dataclass
@@ -41,10 +44,6 @@ def failed_task_rows(records: ClusterFolder, submission: Submission, states: dic
                      final: dict[tuple, str]) -> list[dict[str, Any]]:
     """Error rows for the unmeasured points of tasks that the scheduler says failed (FAILED, OUT_OF_MEMORY,
     BOOT_FAIL) without their own record saying so: they died before, or without, writing one."""
-    from dimbench.metrics import METRICS
-    from dimbench.points import SweepPoint
-    from dimbench.worker import failure_rows
-
     out = []
     for task in submission.tasks:
         name = submission.task_name(task["index"])
@@ -111,24 +110,3 @@ def settle(folder: RunFolder, *, refuse_live: bool, record: dict[str, Any] | Non
     if own_record and record is not None and touched:
         folder.write_environment(record)
     return done
-
-
-def cmd_collect(args) -> int:
-    from dimbench.console import console
-    from dimbench.errors import UserError
-
-    out = console()
-    folder = RunFolder(args.out, command=f"dimbench collect {args.out}")
-    try:
-        if not ClusterFolder(folder.path).submissions_dir.is_dir():
-            raise UserError(f"{folder.path}: no cluster submission here (nothing to collect: `dimbench run "
-                            "--launcher slurm` writes one)")
-        got = settle(folder, refuse_live=False)
-    finally:
-        folder.close()
-    for line in got.warnings:
-        out.print(f"[yellow]warning:[/] {line}")
-    live = f"; {got.live} task(s) still queued or running (collect again later)" if got.live else ""
-    out.print(f"{folder.results}: {got.rows_written} rows of {got.points} points merged from "
-              f"{folder.path / 'shards'}{live}")
-    return 0

@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import io
 import os
+import sys
 import time
 from typing import Any
 
@@ -25,8 +26,11 @@ from dimbench.cluster.merge import ShardReader, merge, repair_ended
 from dimbench.cluster.options import SlurmSettings, minutes
 from dimbench.cluster.records import ClusterFolder, Submission, task_ended
 from dimbench.cluster.scheduler import missing_slurm_commands, scheduler_for
-from dimbench.errors import UserError
+from dimbench.cluster.task import PointTask, TaskSpec
 from dimbench.environment import now_iso
+from dimbench.errors import UserError
+from dimbench.plugins import loaded_plugins
+from dimbench.progress import progress_bar
 from dimbench.runner import Runner
 
 MERGE_EVERY_S = 0.5  # shards are read this often (cheap: new bytes only)
@@ -35,7 +39,7 @@ ASK_EVERY_S = 2.0  # the scheduler is asked this often about tasks that have not
 
 def check_launcher(launcher: str) -> None:
     """One clear line when the launcher cannot be used on this machine (exit 2), before anything is written."""
-    try:
+    try:  # a dependency, but an environment without it should get one line, not a traceback
         import submitit  # noqa: F401
     except ImportError:
         raise UserError(f"--launcher {launcher}: submitit is not installed (pip install submitit)") from None
@@ -57,7 +61,7 @@ def task_groups(jobs: list, launcher: str, settings: SlurmSettings) -> list[list
 
 
 def make_executor(launcher: str, folder, settings: SlurmSettings, name: str):
-    import submitit
+    import submitit  # checked by check_launcher (one line when missing), so imported where it is used
 
     ranks_per_node = settings.gpus_per_node  # one process per GPU, each a rank of the task's process group
     if launcher == "slurm":
@@ -89,8 +93,6 @@ def _own_stdio(launcher: str, log):
     if launcher != "submitit-local":
         yield
         return
-    import sys
-
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(fd) for fd in (0, 1, 2)]
@@ -135,9 +137,6 @@ class ClusterRunner(Runner):
 
     # --- submit and follow
     def _execute(self, jobs, slots, ctx) -> None:
-        from dimbench.cluster.task import PointTask, TaskSpec
-        from dimbench.plugins import loaded_plugins
-
         records = ClusterFolder(self.out)
         groups = task_groups(jobs, self.launcher, self.settings)
         submission = records.new_submission(self.launcher, self.retry_errors, " ".join(self.argv), now_iso())
@@ -181,8 +180,6 @@ class ClusterRunner(Runner):
                 "metrics": {m: list(self.metrics[m].final_rows) for m in job.metrics}}
 
     def _follow_array(self, records: ClusterFolder, submission: Submission, jobs) -> None:
-        from dimbench.progress import progress_bar
-
         reader = ShardReader([r for rows in self.disk.values() for r in rows])
         nodes = self._record.setdefault("nodes", {})
         todo = {j.plan.point.key: j for j in jobs}

@@ -18,6 +18,7 @@ import dataclasses
 import re
 from typing import Any
 
+from dimbench.errors import UserError
 from dimbench.schema import INVALID, Integer, ListOf, Number, Problems, Record, Text, Type, key
 
 LAUNCHERS = ("local", "submitit-local", "slurm")
@@ -129,8 +130,6 @@ def add_launch_options(p) -> None:
 
 def launch_settings(base: SlurmSettings, args) -> SlurmSettings:
     """The suite's section with the command line's values over it; a bad value is a UserError naming the option."""
-    from dimbench.errors import UserError
-
     given: dict[str, Any] = {}
     for _option, name in OVERRIDES:
         value = getattr(args, name, None)
@@ -159,3 +158,11 @@ def launch_settings(base: SlurmSettings, args) -> SlurmSettings:
 
 
 __all__ = ["LAUNCHERS", "SLURM_SECTION", "SlurmSettings", "add_launch_options", "launch_settings", "minutes"]
+
+
+def remote_device(requested: str, settings) -> str:
+    """The device of the points on the nodes: as asked, and ``auto`` = cuda when the tasks ask for GPUs (this
+    machine, a login node, may have none)."""
+    if requested != "auto":
+        return requested
+    return "cuda" if (settings.gpus_per_task or settings.gpus_per_node) else "cpu"

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import socket
 from pathlib import Path
 from typing import Any
 
+from dimbench.cluster.scheduler import scheduler_for
 from dimbench.errors import UserError
 from dimbench.results import write_json_atomic
 
@@ -114,8 +114,6 @@ def task_ended(record: dict[str, Any] | None) -> bool:
 
 def live_tasks(folder: ClusterFolder, submission: Submission) -> list[tuple[str, str]]:
     """(job id, state) of the submission's tasks that are still queued or running."""
-    from dimbench.cluster.scheduler import scheduler_for
-
     open_tasks = [t for t in submission.tasks if not task_ended(folder.task_record(submission.task_name(t["index"])))]
     if not open_tasks:
         return []
@@ -139,20 +137,3 @@ def refuse_live_array(out: Path) -> None:
                 f"({'scancel ' + ' '.join(jobs) if submission.launcher == 'slurm' else 'kill ' + ' '.join(jobs)}), "
                 "or give this run another --out")
 
-
-def pid_alive(pid: int, needle: str | None = None) -> bool:
-    """Whether a process on this host is alive (not a zombie) and, with ``needle``, its command line holds it."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            if f.read().rsplit(b") ", 1)[-1][:1] == b"Z":
-                return False
-        if needle is not None:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                return needle.encode() in f.read()
-        return True
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc (not Linux): existence only
-        except (OSError, ValueError):
-            return False
-        return needle is None

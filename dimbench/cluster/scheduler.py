@@ -8,6 +8,7 @@ controller process on the submitting host (its pid is the job id).
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import socket
 import subprocess
@@ -92,8 +93,6 @@ class LocalScheduler:
     name = "submitit-local"
 
     def states(self, job_ids: list[str], submission=None) -> dict[str, TaskState]:
-        from dimbench.cluster.records import pid_alive
-
         here = submission is None or submission.host == socket.gethostname()
         out = {}
         for job in job_ids:
@@ -112,3 +111,20 @@ class LocalScheduler:
 
 def scheduler_for(launcher: str):
     return SlurmScheduler() if launcher == "slurm" else LocalScheduler()
+
+def pid_alive(pid: int, needle: str | None = None) -> bool:
+    """Whether a process on this host is alive (not a zombie) and, with ``needle``, its command line holds it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b") ", 1)[-1][:1] == b"Z":
+                return False
+        if needle is not None:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                return needle.encode() in f.read()
+        return True
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc (not Linux): existence only
+        except (OSError, ValueError):
+            return False
+        return needle is None

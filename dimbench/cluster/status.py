@@ -65,31 +65,3 @@ def point_states(out: Path) -> list[dict[str, Any]]:
                         "`dimbench run` command resubmits it")
         out_entries.append(info)
     return out_entries
-
-
-def cmd_status(args) -> int:
-    from rich.table import Table
-
-    from dimbench.console import console
-    from dimbench.errors import UserError
-
-    out = Path(args.out)
-    records = ClusterFolder(out)
-    if not out.is_dir():
-        raise UserError(f"{out}: no such folder (the --out of a `dimbench run --launcher slurm`)")
-    if not records.submissions_dir.is_dir():
-        raise UserError(f"{out}: no cluster submission here (`dimbench run --launcher slurm|submitit-local` writes "
-                        "one); a local run's progress is on its terminal")
-    entries = point_states(out)
-    table = Table(title=f"{out}: {len(entries)} points", title_justify="left")
-    for col in ("point", "state", "job", "host", "detail"):
-        table.add_column(col)
-    for e in entries:
-        table.add_row(e["point"], e["state"], str(e["job_id"] or ""), e["host"], e["detail"])
-    con = console()
-    con.print(table)
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[e["state"]] = counts.get(e["state"], 0) + 1
-    con.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return 0

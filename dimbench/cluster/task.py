@@ -21,18 +21,26 @@ resumes from its own state folder (``OUT/state``).
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
 import sys
 from pathlib import Path
 from typing import Any
 
+import submitit
+import torch
+from rich.console import Console
+from submitit.helpers import DelayedSubmission
+
 from dimbench import results as res
 from dimbench.cluster.records import ClusterFolder
-from dimbench.environment import now_iso
+from dimbench.environment import collect, collect_isolated, now_iso
+from dimbench.plugins import load_plugins
 from dimbench.runfolder import RunFolder
 from dimbench.runner import Interrupted, Runner
 from dimbench.suite import Plan
+from dimbench.worker import failure_rows
 
 DISTRIBUTED_ENV = "DIMBENCH_DISTRIBUTED"
 
@@ -114,8 +122,6 @@ class TaskRunner(Runner):
         return ShardFolder(self.out, self.records.shard(self.spec.name), discard=self.rank != 0)
 
     def _record_start(self, record: dict[str, Any] | None) -> dict[str, Any]:
-        from dimbench.environment import collect, collect_isolated
-
         env = (collect(self.argv, self.plan.device) if self.device_type == "cpu"
                else collect_isolated(self.argv, self.plan.device))
         entry = {"state": "running", "task": self.spec.name, "job_id": self.job_id, "host": socket.gethostname(),
@@ -151,8 +157,6 @@ class TaskRunner(Runner):
 
     def unmeasured_rows(self, reason: str) -> list[dict[str, Any]]:
         """Error rows for every final row of the task's points that is not on disk (the task failed)."""
-        from dimbench.worker import failure_rows
-
         rows, _ = ShardFolder(self.out, self.records.shard(self.spec.name)).read_rows()
         self.final = res.final_statuses(rows, retry_errors=self.retry_errors)
         out = []
@@ -189,8 +193,6 @@ class PointTask:
         records = ClusterFolder(Path(spec.out))
         check_folder(records, spec)
         job_id, rank = _job_identity(spec)
-        from dimbench.plugins import load_plugins
-
         self.runner = None
         try:
             load_plugins(spec.plugins)
@@ -217,8 +219,6 @@ class PointTask:
     def checkpoint(self, spec: TaskSpec):
         """submitit calls this on SIGUSR2 (the time limit is near, or the task is pre-empted): stop measuring (rows
         on disk stay; a long task's checkpoint is in OUT/state) and requeue this task as it is."""
-        from submitit.helpers import DelayedSubmission
-
         if self.runner is not None:
             self.runner.requeued = True
             self.runner.signal_name = "SIGUSR2 (requeued)"
@@ -230,8 +230,6 @@ def check_folder(records: ClusterFolder, spec: TaskSpec) -> None:
     """Refuse to measure when the results folder here is not the one the task was submitted into (a path that
     exists on every node but is not shared: node-local scratch, say). A folder that is not there at all fails the
     same way. A folder that is not shared cannot be detected in general (README, 'On a cluster')."""
-    import json
-
     path = records.submissions_dir / f"{spec.submission}.json"
     try:
         token = json.loads(path.read_text()).get("token")
@@ -249,8 +247,6 @@ def _job_identity(spec: TaskSpec) -> tuple[str | None, int]:
     """The scheduler's job id of this task and its rank (0 unless the task spans several ranks, which then join
     one torch.distributed group: RANK, WORLD_SIZE, MASTER_ADDR, ... for the workers)."""
     try:
-        import submitit
-
         env = submitit.JobEnvironment()
     except (ImportError, RuntimeError, KeyError):
         return None, 0
@@ -264,8 +260,6 @@ def _job_identity(spec: TaskSpec) -> tuple[str | None, int]:
 
 def _check_device(spec: TaskSpec) -> None:
     if spec.plan.device.startswith("cuda"):
-        import torch
-
         if torch.cuda.device_count() == 0:
             raise RuntimeError(f"the points are on {spec.plan.device}, but torch sees no CUDA GPU on "
                                f"{socket.gethostname()} (CUDA_VISIBLE_DEVICES="
@@ -273,6 +267,5 @@ def _check_device(spec: TaskSpec) -> None:
 
 
 def _task_console():
-    from rich.console import Console
 
     return Console(file=sys.stdout, no_color=True, width=160)

@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dimbench.data import IMAGE_SUFFIXES, DataError, _read_image
 from dimbench.errors import UserError
+from dimbench.fid.inception import extract
+from dimbench.fid.patches import random_crops
 
 
 def image_files(folder: str | Path) -> list[Path]:
     """The image files of a folder, flat or in class subfolders at any depth (hidden names skipped), sorted."""
-    from dimbench.data import IMAGE_SUFFIXES
-
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"{folder}: " + ("not a folder" if root.exists() else "no such folder") +
@@ -32,10 +33,6 @@ def folder_features(files: list[Path], resolution: int, extractor, *, resize: st
                     crops: int = 0, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
     """(pool3 of every image at ``resolution`` px, pool3 of ``crops`` random 299-px crops of each (file k's
     crops seeded by (seed, k)), or None when crops is 0). A file that cannot be read is a UserError naming it."""
-    from dimbench.data import DataError, _read_image
-    from dimbench.fid.inception import extract
-    from dimbench.fid.patches import random_crops
-
     pools, patch_pools = [], []
     for start in range(0, len(files), batch):
         try:

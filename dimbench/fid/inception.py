@@ -30,8 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dimbench.errors import UserError
+from dimbench.fid.precision import strict_float32
+from dimbench.fid.protocol import RESIZES
 
 #: The start of the SHA256 of the published weights file (both projects' file names end in it).
 EXPECTED_SHA256_PREFIX = "6726825d"
@@ -147,8 +150,6 @@ def torch_resize(images_uint8: torch.Tensor) -> torch.Tensor:
     """pytorch-fid's preprocessing (what U-ViT's and DiM's tools/fid_score.py feed the network): uint8 images
     as read from PNG (torchvision's ToTensor: x / 255), PyTorch's bilinear resize to 299 px with
     align_corners=False and no antialiasing, then 2x - 1. float32 (n, 3, 299, 299)."""
-    import torch.nn.functional as F
-
     x = images_uint8.float() / 255.0
     x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
     return 2.0 * x - 1.0
@@ -167,9 +168,6 @@ def extract(net, images_uint8: torch.Tensor, batch: int = 100, resize: str = "tf
     """(pool3 (n, 2048), unbiased logits (n, 1008)) float32 for uint8 images (n, 3, H, W), in float32 with TF32
     off. ``resize``: "tf1" = torch-fidelity's own forward (TF1-compatible bilinear resize to 299 px, (x - 128) /
     128, as ADM's evaluator); "torch" = pytorch-fid's preprocessing (:func:`torch_resize`) then the same layers."""
-    from dimbench.fid.precision import strict_float32
-    from dimbench.fid.protocol import RESIZES
-
     if resize not in RESIZES:
         raise ValueError(f"inception resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     device = next(net.parameters()).device

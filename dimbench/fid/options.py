@@ -3,9 +3,11 @@ folder, must exist) and the guidance table; and the up-front check of the option
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from dimbench.fid import protocol
 from dimbench.schema import INVALID, Type, describe, is_int, is_number
 
 
@@ -135,22 +137,17 @@ class IdentifyTable(Type):
 
     @property
     def expected(self) -> str:
-        from dimbench.fid.protocol import table
-
-        t = table()
+        t = protocol.table()
         return ("a mapping {SHA-256 (64 lowercase hex digits): a release or reference id}; ids: "
                 + ", ".join([*t.releases, *t.references]))
 
     def check(self, value, path, problems):
-        import re
-
-        from dimbench.fid.protocol import table
 
         if value is None:
             return {}
         if not isinstance(value, dict):
             return problems.expected(path, self.expected, value)
-        t = table()
+        t = protocol.table()
         out = {}
         for sha, fid in value.items():
             if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):

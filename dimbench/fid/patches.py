@@ -1,7 +1,7 @@
 """Patch-FID: random 299-px crops of an image at its native resolution, the Inception network's own input size,
 so a 1024 or 1536 px image is judged on its detail rather than on a 299 px thumbnail of it.
 
-Image i's crop offsets come from a generator seeded by (seed, i, 3) (:func:`dimbench.fid.pipeline.image_seed`):
+Image i's crop offsets come from a generator seeded by (seed, i, 3) (:func:`dimbench.fid.seeds.image_seed`):
 the same crops whichever run, rank or chunk scores the image. A crop is exactly 299 px, so neither Inception resize
 changes it (both are the identity at 299 px); only their normalisations differ.
 """
@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from dimbench.fid.seeds import image_seed
+
 CROP = 299
 
 
 def crop_offsets(seed: int, index: int, height: int, width: int, k: int) -> list[tuple[int, int]]:
     """k (top, left) offsets of 299-px crops of image ``index`` (height x width, both >= 299), uniform."""
-    from dimbench.fid.pipeline import image_seed
-
     if min(height, width) < CROP:
         raise ValueError(f"a {height}x{width} image has no {CROP}-px crop")
     rng = np.random.default_rng(image_seed(seed, index, 3))

@@ -44,6 +44,7 @@ import models
 from dimbench.fid import inception
 from dimbench.fid.patches import CROP, random_crops
 from dimbench.fid.precision import forward, numerics
+from dimbench.fid.seeds import image_seed
 from dimbench.training.sampling import _check_pair, _run_sampler
 from models import diffusion
 
@@ -77,9 +78,6 @@ class SampleJob:
     patch_crops: int = 0  # random 299-px crops scored per image (patch-FID); 0: none
 
 
-def image_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit seed for image ``index`` of run ``seed`` (independent streams via numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def initial_noise(seed: int, indices, shape: tuple[int, ...]) -> torch.Tensor:

@@ -23,6 +23,10 @@ from typing import Any
 
 import yaml
 
+import models
+from dimbench.paper import tables
+from dimbench.training.sampling import SamplerSpec
+
 DATA_FILE = "protocols.yaml"
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 RESIZES = ("tf1", "torch")
@@ -63,8 +67,6 @@ class Protocol:
 
     def describe(self, guidance: float | None = None) -> str:
         """One line: what dimbench runs to follow this protocol."""
-        from dimbench.training.sampling import SamplerSpec
-
         spec = SamplerSpec(self.sampler, self.steps, guidance or 0.0)
         grid = f" ({self.skip} grid, intermediate points at grid points)" if self.skip else ""
         return (f"{spec.describe(self.guided_channels)}{grid}; {self.labels} labels; network "
@@ -164,8 +166,6 @@ def table() -> Table:
 
 def for_model(model: str) -> Protocol | None:
     """The protocol of the model's family (a model of no known family, or a family without one: None)."""
-    import models
-
     try:
         family = models.family_of_model(model).name
     except KeyError:
@@ -306,8 +306,6 @@ def _show(value: Any) -> str:
 def published_fid(release_id: str):
     """The published FID (Decimal, as printed) of a release: the row of dimbench/paper/published.yaml's fid table
     that names it; None when the table has none."""
-    from dimbench.paper import tables
-
     fid = tables().get("fid")
     for row in fid.rows if fid else ():
         if row.details.get("release") == release_id:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dimbench.errors import UserError
+from dimbench.quality.frechet import frechet_distance
 
 
 @dataclasses.dataclass
@@ -156,8 +157,6 @@ class Comparison:
 def compare(a: Reference, b: Reference) -> Comparison:
     """The Fréchet distance between two files' Gaussians (dimbench's one Fréchet distance) and whether their mu
     and sigma are bit-identical. Both need mu/sigma of the same length (UserError naming the file otherwise)."""
-    from dimbench.quality.frechet import frechet_distance
-
     for ref in (a, b):
         if ref.mu is None:
             raise UserError(f"reference statistics {ref.path}: holds images only (key 'arr_0', no 'mu'/'sigma'); "

@@ -8,6 +8,7 @@ optional extra ``vae`` (``pip install 'dimbench[vae]'``); pixel models need no d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -55,8 +56,6 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
 def decode(vae, latents: torch.Tensor, batch: int = 8, autocast: torch.dtype | None = None) -> torch.Tensor:
     """Images in [-1, 1] (float32, on the CPU) from scaled latents: vae.decode(z / 0.18215), under autocast of
     ``autocast`` when given (U-ViT's and DiM's decode runs under torch.cuda.amp.autocast(): float16)."""
-    import contextlib
-
     device = next(vae.parameters()).device
     out = []
     for start in range(0, latents.shape[0], batch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -63,8 +64,6 @@ def pin_tf32() -> None:
     torch's defaults differ (matmul TF32 off, cuDNN TF32 on): a convolutional model (DiCo, whose own harness timed
     it that way) would run its convolutions in TF32 while a transformer runs true float32. Both off is the
     float32 the papers' "fp32" tables claim; the rows record the flags (extra.tf32)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # newer torch prefers its fp32_precision settings; the flags still rule
         torch.backends.cuda.matmul.allow_tf32 = False

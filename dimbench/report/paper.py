@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from dimbench.fid import protocol
 from dimbench.metrics.count_variants import VARIANTS
 from dimbench.paper import PublishedTable, compare_published, tables
 
@@ -78,8 +79,6 @@ def _not_comparable(results: Results, model: str, resolution: int, measure: str,
 
 def _protocol_text(release_id: str | None) -> str:
     """What dimbench runs for a published FID: its release's protocol in words, or why it runs none."""
-    from dimbench.fid import protocol
-
     release = protocol.table().releases.get(release_id or "")
     if release is None:
         return "no release named (dimbench/paper/published.yaml)"

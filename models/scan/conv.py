@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+from models.scan.registry import resolve_backend
+
 from . import triton_runtime
 
 ENV_VAR = "DIMBENCH_FUSED_CONV"
@@ -44,8 +46,6 @@ def fused_conv_available(x: Tensor) -> bool:
     """Whether ``conv1d_silu`` takes the Triton kernel for ``x`` (see the module docstring)."""
     if os.environ.get(ENV_VAR, "1") == "0" or x.device.type != "cuda" or _get_current_dispatch_mode() is not None:
         return False
-    from .registry import resolve_backend
-
     try:
         return resolve_backend(None, x.device) == "triton" and not triton_runtime.interpreted()
     except (RuntimeError, ValueError):

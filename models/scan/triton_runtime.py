@@ -15,7 +15,10 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -25,7 +28,10 @@ import torch
 def import_triton() -> tuple[bool, str]:
     """(triton imports, reason). Tried once per process."""
     try:
+        # optional dependency (not in CPU wheels of torch): imported only when a Triton backend is asked for
         import triton  # noqa: F401
+
+        # see above
         import triton.language  # noqa: F401
     except Exception as exc:  # ImportError, or a broken install raising something else
         return False, f"triton is not installed or does not import ({type(exc).__name__}: {exc})"
@@ -38,7 +44,10 @@ def interpret_env() -> bool:
 
 def interpreted() -> bool:
     """Whether this process's triton was imported as the interpreter (TRITON_INTERPRET=1 at its first import)."""
+    # optional dependency: see _import_triton
     from triton.language import zeros
+
+    # optional dependency: see _import_triton
     from triton.runtime.interpreter import InterpretedFunction
 
     return isinstance(zeros, InterpretedFunction)
@@ -88,6 +97,7 @@ def load_kernels(path: Path, name: str, probe: str):
             os.environ.pop("TRITON_INTERPRET", None)
         else:
             os.environ["TRITON_INTERPRET"] = old
+    # optional dependency: see _import_triton
     from triton.runtime.interpreter import InterpretedFunction
 
     if isinstance(getattr(module, probe), InterpretedFunction) != interp:
@@ -136,8 +146,13 @@ def compile_for_gpu(fn, args: tuple, kwargs: dict, capability: int = 90):
     NVIDIA GPU of compute capability ``capability`` (90: H100/H200), without a GPU: Triton's front end, its
     passes and ptxas. ``kwargs``: the constexprs and the launch options num_warps, num_stages. Returns Triton's
     compiled kernel (``.asm`` holds ttir, ttgir, llir, ptx, cubin; ``.metadata`` the shared memory)."""
+    # optional dependency: compiling for a GPU target needs triton
     import triton
+
+    # see above
     from triton.backends.compiler import GPUTarget
+
+    # see above
     from triton.compiler import ASTSource
 
     options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
@@ -148,6 +163,7 @@ def compile_for_gpu(fn, args: tuple, kwargs: dict, capability: int = 90):
 
 
 def _bin(tool: str) -> str:
+    # optional dependency: see _import_triton
     import triton
 
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", tool)
@@ -156,10 +172,6 @@ def _bin(tool: str) -> str:
 def sass_and_resources(compiled) -> tuple[str, dict]:
     """(SASS text, {REG, STACK, SHARED, LOCAL}) of a kernel from ``compile_for_gpu``, by the ``cuobjdump`` Triton
     bundles."""
-    import re
-    import subprocess
-    import tempfile
-
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(compiled.asm["cubin"])
         path = f.name
