@@ -177,7 +177,7 @@ def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeyp
     caches cleared, then "chunked" so the CPU tensors still run. Control: with the resolution traced, as before the
     fix, the block breaks; resolved outside the graph, a DiM block traces as one graph, the CUDA path taken at trace
     time, and fullgraph holds."""
-    from models.scan import mamba_ssm_backend, registry, triton_backend
+    from models.scan import mamba_ssm_backend, registry, triton_runtime
     from models.scan import op as scan_op
 
     real_auto = registry._auto
@@ -190,7 +190,7 @@ def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeyp
     monkeypatch.setattr(registry, "_auto", cuda_path)
     monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
     mamba_ssm_backend._import_selective_scan_fn.cache_clear()
-    triton_backend._import_triton.cache_clear()
+    triton_runtime.import_triton.cache_clear()
 
     block, x, c = _dim_block()
     with monkeypatch.context() as traced:  # the resolution as it was before issue 18: inside the traced code
@@ -201,7 +201,7 @@ def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeyp
 
     torch._dynamo.reset()
     mamba_ssm_backend._import_selective_scan_fn.cache_clear()
-    triton_backend._import_triton.cache_clear()
+    triton_runtime.import_triton.cache_clear()
     cuda_path_calls.clear()
     explained = torch._dynamo.explain(block)(x, c)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
