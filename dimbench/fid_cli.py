@@ -139,7 +139,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from dimbench.metrics.fid import FID
     from dimbench.points import SweepPoint
     from dimbench.schema import Problems, Record
-    from dimbench.suite import input_size_for
     from dimbench.training import distributed
     from dimbench.worker import make_row
 
@@ -167,8 +166,9 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if distributed.launched_by_torchrun():
         distributed.init_from_env(device_type)  # sets this rank's GPU; the point names the device type only
     try:
+        info = models.model_info(args.model)
         point = SweepPoint(suite="fid", model=args.model, resolution=args.resolution,
-                           input_size=input_size_for(args.model, args.resolution), batch=1, dtype="float32",
+                           input_size=info.input_size(args.resolution), batch=1, dtype="float32",
                            device=device_type if distributed.launched_by_torchrun() else
                            (device_type if args.device == "auto" else args.device), metrics=("fid",),
                            checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None,

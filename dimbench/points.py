@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import models
+
 
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
     """One point of a suite's sweep.
 
-    ``resolution`` is in pixels; ``input_size`` is the side the model sees (latent side = resolution / 8 for
-    latent models). ``task`` is what is measured at this point ("forward", "train_step", ...: the metric set
-    decides); ``checkpoint`` an optional local weights path; ``compile`` the torch.compile mode the timed metrics
-    run the model under (None: eager).
+    ``resolution`` is in pixels; ``input_size`` is the side the model sees (the model's
+    :meth:`models.ModelInfo.input_size`: resolution / 8 for a model on SD-VAE latents). ``task`` is what is
+    measured at this point ("forward", "train_step", ...: the metric set decides); ``checkpoint`` an optional
+    local weights path; ``compile`` the torch.compile mode the timed metrics run the model under (None: eager).
     """
 
     suite: str
@@ -39,6 +41,11 @@ class SweepPoint:
         if self.compile:  # only when compiled: an eager point keeps the key it always had
             parts.append(f"compile={self.compile}")
         return "|".join(parts)
+
+    def at_resolution(self, resolution: int) -> SweepPoint:
+        """The same point at another resolution (the input size follows the model's latent factor)."""
+        return dataclasses.replace(self, resolution=resolution,
+                                   input_size=models.model_info(self.model).input_size(resolution))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

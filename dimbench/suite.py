@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+import models
 from dimbench.console import UserError
 from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
@@ -528,13 +529,9 @@ def _check_geometry(data: dict, problems: _Located) -> None:
                 continue  # reported by the type check
             for name in names:
                 info = models.model_info(name)
-                step = 8 * info.patch_size if info.latent else info.patch_size
-                if res % step:
-                    why = (f"a latent model: resolution/8 must be divisible by its patch {info.patch_size}"
-                           if info.latent else f"a pixel model: resolution must be divisible by its patch "
-                           f"{info.patch_size}")
-                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {step} for {name} ({why})",
-                                      res)
+                if res % info.resolution_step:
+                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {info.resolution_step} for "
+                                      f"{name} ({info.resolution_rule()})", res)
 
 
 def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
@@ -550,7 +547,7 @@ def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     biggest = max(r for s in suite.sections.values() for r in s.resolutions)
     for entry in suite.models:
         info = models.model_info(entry.name)
-        side = (biggest // 8 if info.latent else biggest) // info.patch_size
+        side = info.input_size(biggest) // info.patch_size
         if side * side > LARGE_GRID_TOKENS:
             out.append(f"{problems.where(('resolutions',))}: warning: {biggest} px gives {entry.name} a {side}x{side} "
                        f"token grid ({side * side:,} tokens per image): counting on the meta device is cheap, but "
@@ -596,13 +593,6 @@ def resolve_device(requested: str) -> str:
     return requested
 
 
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    import models
-
-    return resolution // 8 if models.model_info(model).latent else resolution
-
-
 def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
     for attr, value, unit in (("resolutions", point.resolution, " px"), ("batch_sizes", point.batch, ""),
                               ("dtypes", point.dtype, ""), ("models", point.model, ""),
@@ -630,7 +620,8 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
         batches, dtypes = settings.at(settings.batch_sizes, res), settings.at(settings.dtypes, res)
         for batch, dtype in itertools.product(batches, dtypes):
             point = SweepPoint(
-                suite=suite.name, model=entry.name, resolution=res, input_size=input_size_for(entry.name, res),
+                suite=suite.name, model=entry.name, resolution=res,
+                input_size=models.model_info(entry.name).input_size(res),
                 batch=batch, dtype=dtype, device=resolved, metrics=all_metrics, checkpoint=entry.checkpoint,
                 pad_layout=entry.pad_layout, compile=None if mode == "eager" else mode,
             )

@@ -23,6 +23,7 @@ from .checkpoints import (  # noqa: E402
     save_checkpoint,
 )
 from .registry import (  # noqa: E402
+    SD_VAE_FACTOR,
     Family,
     ModelInfo,
     Timestep,
@@ -38,6 +39,7 @@ from .registry import (  # noqa: E402
 from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
 
 __all__ = [
+    "SD_VAE_FACTOR",
     "Family",
     "ModelInfo",
     "Timestep",

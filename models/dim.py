@@ -30,7 +30,7 @@ from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 from .scan import selective_scan
 
 __all__ = [
@@ -611,6 +611,7 @@ def dim_s_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_L_DiM",
     description="DiM-L/2, ImageNet 256 latents",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,
@@ -627,6 +628,7 @@ def dim_l_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_H_DiM",
     description="DiM-H/2, ImageNet 256 latents (input_size=64, pad_layout='cyclic' for the 512 fine-tune)",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,

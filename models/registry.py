@@ -106,10 +106,19 @@ class Family:
 
 ROLES = ("subject", "baseline", "other")
 
+#: Pixels per latent cell of Stable Diffusion's KL-f8 VAE, whose latents the ImageNet models of DiT, U-ViT and
+#: DiM see: a 256 px image is a 32x32 latent.
+SD_VAE_FACTOR = 8
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """What the registry knows about a name without building the model."""
+    """What the registry knows about a name without building the model.
+
+    ``latent_factor`` is how many pixels one cell of the model's input stands for, along a side: 8 for a model
+    on Stable Diffusion VAE latents (:data:`SD_VAE_FACTOR`), 1 for a model on pixels. Every conversion between a
+    resolution in pixels and the model's input side goes through it (:meth:`input_size`, :meth:`resolution`).
+    """
 
     name: str
     family: str  # a registered Family's name: "dim" | "dit" | "uvit" | a plugin's
@@ -117,6 +126,7 @@ class ModelInfo:
     defaults: dict[str, Any]  # the official config's keyword arguments
     official: str  # the official config it stands for, or "dimbench" for sizes of our own
     description: str = ""
+    latent_factor: int = 1  # pixels per input cell along a side: 8 on SD-VAE latents, 1 on pixels
 
     @property
     def patch_size(self) -> int:
@@ -124,8 +134,27 @@ class ModelInfo:
 
     @property
     def latent(self) -> bool:
-        """True for models on 4-channel VAE latents (pixel side = 8 x input side)."""
-        return int(self.defaults["in_channels"]) == 4
+        """True for a model on latents (one input cell stands for several pixels), False on pixels."""
+        return self.latent_factor > 1
+
+    def input_size(self, resolution: int) -> int:
+        """The side of the model's input for an image side of ``resolution`` pixels."""
+        return resolution // self.latent_factor
+
+    def resolution(self, input_size: int) -> int:
+        """The image side in pixels an input side of ``input_size`` stands for."""
+        return input_size * self.latent_factor
+
+    @property
+    def resolution_step(self) -> int:
+        """The resolutions the model can take are the multiples of this: its patch, in pixels."""
+        return self.latent_factor * self.patch_size
+
+    def resolution_rule(self) -> str:
+        """Why a resolution must be a multiple of :attr:`resolution_step`, in words (for error messages)."""
+        if self.latent:
+            return f"a latent model: resolution/{self.latent_factor} must be divisible by its patch {self.patch_size}"
+        return f"a pixel model: resolution must be divisible by its patch {self.patch_size}"
 
     @property
     def family_info(self) -> Family:
@@ -171,23 +200,28 @@ def family_of_model(model: str | nn.Module) -> Family:
     raise KeyError(f"cannot tell the family of a {type(model).__name__} (no registered family builds it)")
 
 
-def register_model(name: str, *, family: str, official: str, description: str = "", **defaults: Any):
+def register_model(name: str, *, family: str, official: str, description: str = "", latent_factor: int = 1,
+                   **defaults: Any):
     """Decorator: register ``builder(**kwargs) -> nn.Module`` under ``name`` with its official defaults.
 
     ``family`` must be registered already; ``defaults`` must include input_size, in_channels, num_classes and
-    patch_size. The builder should be a module-level function or class, so that a worker process can be handed
-    the :class:`ModelInfo` (plugins' models reach workers that way).
+    patch_size. ``latent_factor``: pixels per input cell along a side (:data:`SD_VAE_FACTOR` for a model on
+    Stable Diffusion VAE latents; 1, the default, for a model on pixels). The builder should be a module-level
+    function or class, so that a worker process can be handed the :class:`ModelInfo` (plugins' models reach
+    workers that way).
     """
     if family not in _FAMILIES:
         raise ValueError(f"model {name!r}: family {family!r} is not registered (register_family first)")
     missing = [k for k in REQUIRED_DEFAULTS if k not in defaults]
     if missing:
         raise ValueError(f"model {name!r}: defaults lack {', '.join(missing)}")
+    if isinstance(latent_factor, bool) or not isinstance(latent_factor, int) or latent_factor < 1:
+        raise ValueError(f"model {name!r}: latent_factor must be a whole number >= 1, got {latent_factor!r}")
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelInfo(name, family, builder, dict(defaults), official, description)
+        _REGISTRY[name] = ModelInfo(name, family, builder, dict(defaults), official, description, latent_factor)
         return builder
 
     return wrap

@@ -113,8 +113,7 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
             model = models.create_model(point.model, **model_kwargs(point)).eval()
         return model, None, None, {"checkpoint": None, "checkpoint_sha256": None, "weights": "random (seeded)"}
     native = int(models.inspect_checkpoint(point.checkpoint)["input_size"])
-    per_px = point.resolution / point.input_size  # 8 for latent models, 1 for pixel models
-    native_px = int(round(native * per_px))
+    native_px = models.model_info(point.model).resolution(native)
     if point.input_size != native:
         source = upsample_source(o["upsample_from"], point.model, point.resolution)
         if source != native_px or point.input_size % native:

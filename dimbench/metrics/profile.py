@@ -185,30 +185,16 @@ def count_components(point: SweepPoint) -> ComponentCount:
 # Which size the CPU can afford to time
 
 
-def resolution_step(model: str) -> int:
-    """The resolution granularity of a model: 8·patch pixels for a latent model, the patch for a pixel model."""
-    info = models.model_info(model)
-    return 8 * info.patch_size if info.latent else info.patch_size
-
-
-def input_size(model: str, resolution: int) -> int:
-    return resolution // 8 if models.model_info(model).latent else resolution
-
-
-def at_resolution(point: SweepPoint, resolution: int) -> SweepPoint:
-    return dataclasses.replace(point, resolution=resolution, input_size=input_size(point.model, resolution))
-
-
 def affordable_resolution(point: SweepPoint, max_gflop: float) -> tuple[int, float]:
     """The largest resolution <= the point's (a multiple of the model's step) whose forward at the point's batch
     counts at most ``max_gflop`` GFLOP, and its count; the smallest resolution when none is under the bound.
     FLOPs grow with the resolution, so a bisection over the multiples of the step finds it."""
     from dimbench.metrics.flops import count_point_flops
 
-    step = resolution_step(point.model)
+    step = models.model_info(point.model).resolution_step
 
     def gflop(k: int) -> float:
-        return count_point_flops(at_resolution(point, k * step)).gflops
+        return count_point_flops(point.at_resolution(k * step)).gflops
 
     lo, hi = 1, point.resolution // step
     best = (lo, gflop(lo))
@@ -561,7 +547,7 @@ def profile_point(point: SweepPoint, options: dict[str, Any], out_dir: str | Non
     note = f"timed at the requested {point.resolution} px"
     if device.type == "cpu" and requested_gflop > options["cpu_max_gflop"]:
         res, g = affordable_resolution(point, options["cpu_max_gflop"])
-        timed = at_resolution(point, res)
+        timed = point.at_resolution(res)
         under = "the largest" if g <= options["cpu_max_gflop"] else "none is under the bound: the smallest"
         note = (f"timed at {res} px ({under} resolution whose forward counts ≤ {options['cpu_max_gflop']:g} GFLOP on "
                 f"the CPU; {g:.1f} GFLOP there), not at the requested {point.resolution} px ({requested_gflop:.1f} "

@@ -16,7 +16,6 @@ metrics at the point (``quality``, ``upsample``) read the trained EMA weights fr
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,6 @@ CHECKPOINT = "checkpoint.pt"
 def train_state_path(out_dir: str | Path, point: SweepPoint) -> Path:
     """Where the ``train`` metric keeps the training checkpoint of ``point`` in the run folder ``out_dir``."""
     return Path(out_dir) / STATE_DIR / slug(point.key) / "train" / CHECKPOINT
-
-
-def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
-    """The same model, batch, dtype and device at another resolution."""
-    from dimbench.suite import input_size_for
-
-    return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
 
 
 def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str = "ema",
@@ -148,7 +140,7 @@ def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     low, what = None, ""
     if finetune:
         # dim.md §6: the non-EMA weights of the low-resolution run start both the model and its EMA.
-        low, facts = load_trained(ctx.out_dir, point_at(point, source), weights="model")
+        low, facts = load_trained(ctx.out_dir, point.at_resolution(source), weights="model")
         what = f"the {source} px model (its non-EMA weights at step {facts['step']})"
     model, init_state, start = build_for_training(point.model, point.input_size, channels=data.channels,
                                                   seed=config.seed, device=device, pad_layout=point.pad_layout,

@@ -118,9 +118,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               state_path=out / "checkpoint.pt", init_state=init_state)
         except ValueError as exc:
             raise UserError(f"dimbench train {args.model}: {exc}") from None
-        # Rows name the image side in pixels: latents (scaled VAE latents) stand for 8x their side.
-        pixels = data.resolution * (8 if data.moments or data.scale != 1.0 else 1)
-        point = SweepPoint(suite="train", model=args.model, resolution=pixels,
+        # Rows name the image side in pixels (latents stand for the VAE's factor times their side).
+        point = SweepPoint(suite="train", model=args.model, resolution=data.pixels,
                            input_size=data.resolution, batch=config.batch, dtype=config.precision,
                            device=device.type, metrics=("train",))
         method = f"{config.describe()}; {start}; data {data.source}; mean over each window of {config.log_every} steps"
