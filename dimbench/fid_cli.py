@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 
 from dimbench.console import UserError, console
+from dimbench.model_options import add_model_option_argument, model_options
 
 
 def add_fid_commands(sub) -> None:
@@ -47,7 +48,8 @@ def add_fid_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--resolution", type=int, required=True, metavar="PX")
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights file (official or dimbench format)")
-    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the checkpoint's choice)")
+    add_model_option_argument(p, "an option not given is chosen by the family from the checkpoint (DiM's pad "
+                              "layout: docs/models.md §4.3)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler"):
@@ -172,7 +174,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
                            device=device_type if distributed.launched_by_torchrun() else
                            (device_type if args.device == "auto" else args.device), metrics=("fid",),
                            checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
-                           pad_layout=args.pad_layout)
+                           options=model_options(args, args.model))
         out = Path(args.out)
         rank0 = distributed.distributed_info().rank == 0
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

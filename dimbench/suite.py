@@ -39,7 +39,7 @@ import models
 from dimbench.console import UserError
 from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
-from dimbench.points import SweepPoint
+from dimbench.points import Options, SweepPoint
 from dimbench.schema import (
     INVALID,
     Choice,
@@ -120,13 +120,17 @@ class Limit:
 class ModelEntry:
     name: str
     checkpoint: str | None = None  # absolute path (relative ones are resolved against the suite file)
-    pad_layout: str | None = None
+    options: Options = Options()  # the family options it sets (models.Family.options)
+
+
+#: A model entry's own keys; the others are the options of the model's family.
+ENTRY_KEYS = ("name", "checkpoint")
 
 
 class ModelList(Type):
     """``models``: names, or mappings {name, checkpoint, <family options>}; each point identity once."""
 
-    expected = "a non-empty list of model names or mappings {name, checkpoint, pad_layout}"
+    expected = "a non-empty list of model names or mappings {name, checkpoint, <an option of the model's family>}"
 
     def check(self, value, path, problems):
         if not isinstance(value, list) or not value:
@@ -154,12 +158,13 @@ class ModelList(Type):
         elif isinstance(item, dict):
             name_path = path + ("name",)
         else:
-            return problems.expected(path, "a model name or a mapping {name, checkpoint, pad_layout}", item)
+            return problems.expected(path, "a model name or a mapping {name, checkpoint, <an option of the model's "
+                                     "family>}", item)
         name = MODEL_NAME.check(item.get("name"), name_path, problems)
         if name is INVALID:
             return INVALID
         family = models.family_of_model(name)
-        allowed = ("name", "checkpoint", *family.options)
+        allowed = (*ENTRY_KEYS, *family.options)
         ok = True
         for k in item:
             if k not in allowed:
@@ -171,16 +176,16 @@ class ModelList(Type):
                     problems.expected(path + (k,), f"one of {', '.join(allowed)}", k, f"unknown key {describe(k)}")
                 ok = False
         options = {}
-        for option, values in family.options.items():
+        for option, declared in family.options.items():
             if option in item:
-                options[option] = Choice(values, " or ".join(values)).check(item[option], path + (option,),
-                                                                            problems)
+                options[option] = Choice(declared.values, " or ".join(declared.values)).check(
+                    item[option], path + (option,), problems)
                 ok = ok and options[option] is not INVALID
         checkpoint = item.get("checkpoint")
         if checkpoint is not None:
             checkpoint = self._checkpoint(checkpoint, path + ("checkpoint",), problems)
             ok = ok and checkpoint is not INVALID
-        return ModelEntry(name, checkpoint, options.get("pad_layout")) if ok else INVALID
+        return ModelEntry(name, checkpoint, Options(options)) if ok else INVALID
 
     @staticmethod
     def _checkpoint(value, path, problems):
@@ -220,7 +225,9 @@ class SuiteFile:
                            "suite name (default: the file's stem)")
     description: str = key(Text("a string", empty_ok=True), "", "one line for `dimbench list` and reports")
     models: tuple[ModelEntry, ...] = key(ModelList(), doc="registered model names (`dimbench list`), or mappings "
-                                         "{name, checkpoint (a local weights file), pad_layout (DiM only)}")
+                                         "{name, checkpoint (a local weights file), and any option of the model's "
+                                         "family with its value (`dimbench list` shows each family's options: DiM's "
+                                         "pad layout)}")
     resolutions: tuple[int, ...] = key(RESOLUTIONS, doc="image sides in pixels")
     batch_sizes: dict = key(PerResolution(ListOf(Integer(1))), [1], "batch sizes (per resolution when a mapping)")
     dtypes: dict = key(PerResolution(ListOf(DTYPE)), ["float32"],
@@ -623,7 +630,7 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
                 suite=suite.name, model=entry.name, resolution=res,
                 input_size=models.model_info(entry.name).input_size(res),
                 batch=batch, dtype=dtype, device=resolved, metrics=all_metrics, checkpoint=entry.checkpoint,
-                pad_layout=entry.pad_layout, compile=None if mode == "eager" else mode,
+                options=entry.options, compile=None if mode == "eager" else mode,
             )
             run, skipped, budget = [], {}, {}
             for metric in all_metrics:

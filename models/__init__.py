@@ -25,6 +25,7 @@ from .checkpoints import (  # noqa: E402
 from .registry import (  # noqa: E402
     SD_VAE_FACTOR,
     Family,
+    FamilyOption,
     ModelInfo,
     Timestep,
     create_model,
@@ -33,6 +34,7 @@ from .registry import (  # noqa: E402
     list_families,
     list_models,
     model_info,
+    option_problem,
     register_family,
     register_model,
 )
@@ -41,6 +43,7 @@ from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and 
 __all__ = [
     "SD_VAE_FACTOR",
     "Family",
+    "FamilyOption",
     "ModelInfo",
     "Timestep",
     "family",
@@ -50,6 +53,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "option_problem",
     "register_model",
     "scan_backend",
     "selective_scan",

@@ -30,7 +30,15 @@ from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import (
+    SD_VAE_FACTOR,
+    DiffusionRecipe,
+    Family,
+    FamilyOption,
+    Timestep,
+    register_family,
+    register_model,
+)
 from .scan import selective_scan
 
 __all__ = [
@@ -578,7 +586,11 @@ FAMILY = register_family(Family(
     role="subject",
     order=0,
     sizes={(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
-    options={"pad_layout": PAD_LAYOUTS},
+    # A point that sets the pad layout shows it as "pad=<layout>" in its key (the key results have always had).
+    options={"pad_layout": FamilyOption(
+        PAD_LAYOUTS, key="pad",
+        description="where the pad tokens go (lateral: closing rows and the bottom; cyclic: p0 p1 p2 repeated in "
+        "row-major order), docs/models.md §4.2")},
     module_types=(DiM,),
     checkpoints=CHECKPOINTS,
     # dim.md §5-7: SD scaled-linear betas, DPM-Solver++ with 50 evaluations, s = 0.4 at 256 px; the fine-tune

@@ -70,14 +70,42 @@ class DiffusionRecipe:
 
 
 @dataclasses.dataclass(frozen=True)
+class FamilyOption:
+    """A constructor option a suite (or a command's ``--model-option NAME=VALUE``) may set on a family's models.
+
+    ``values``: the values it may take. ``key``: how a sweep point that sets it shows it in its key,
+    ``...|<key>=<value>`` (DiM's pad layout: ``pad``); a point key is a result's identity, so an option's key never
+    changes once results exist. A point that leaves the option unset has no such part: its key is the one it had
+    before the option existed. ``description``: what it does, in words (``dimbench list``).
+    """
+
+    values: tuple[str, ...]
+    key: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "values", tuple(self.values))
+        if not self.values or not all(isinstance(v, str) and v for v in self.values):
+            raise ValueError(f"FamilyOption.values must be non-empty strings, got {self.values!r}")
+        if not self.key or any(c in self.key for c in "|= ") or self.key in RESERVED_KEY_PARTS:
+            raise ValueError(f"FamilyOption.key {self.key!r}: a non-empty word without '|', '=' or spaces, not one of "
+                             f"{', '.join(RESERVED_KEY_PARTS)} (the point key's own parts)")
+
+
+#: The named parts of a sweep point's key that are not family options (``dimbench.points.SweepPoint.key``).
+RESERVED_KEY_PARTS = ("ckpt", "compile")
+
+
+@dataclasses.dataclass(frozen=True)
 class Family:
     """What dimbench knows about a model family, declared once in the family's own file.
 
     ``role`` places the family in comparisons: the ``"subject"`` (DiM) is compared against each ``"baseline"``
     (DiT, U-ViT) in reports; ``"other"`` families are measured and shown but not compared. ``order`` sorts
     families in tables and plots. ``sizes`` maps (depth, width) to the published size letter ("XL"), to name
-    what a checkpoint holds. ``options`` lists the constructor options a suite may set on this family's models,
-    with their allowed values (DiM: ``pad_layout``). ``checkpoints`` is the family's
+    what a checkpoint holds. ``options`` declares the constructor options a suite may set on this family's models,
+    each a :class:`FamilyOption` (its values and how a point key shows it; a plain tuple of values is taken as
+    the values, shown in point keys under the option's own name). ``checkpoints`` is the family's
     :class:`models.checkpoints.CheckpointSupport` (None: the family's weights cannot be loaded from files).
     ``module_types`` are the classes of the family's models, to tell the family of a built model. ``diffusion``
     is its :class:`DiffusionRecipe` (None: dimbench does not train or sample it).
@@ -90,7 +118,7 @@ class Family:
     role: str = "other"
     order: int = 100
     sizes: Mapping[tuple[int, int], str] = dataclasses.field(default_factory=dict)
-    options: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, FamilyOption] = dataclasses.field(default_factory=dict)
     module_types: tuple[type, ...] = ()
     checkpoints: Any = None
     diffusion: DiffusionRecipe | None = None
@@ -98,10 +126,24 @@ class Family:
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ValueError(f"family {self.name!r}: role must be one of {', '.join(ROLES)}, got {self.role!r}")
+        options = {name: opt if isinstance(opt, FamilyOption) else FamilyOption(tuple(opt), key=name)
+                   for name, opt in self.options.items()}
+        keys = [opt.key for opt in options.values()]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"family {self.name!r}: two options share a point-key name ({', '.join(keys)})")
+        object.__setattr__(self, "options", options)
 
     def size_name(self, depth: int, width: int) -> str | None:
         """The published size letter for (depth, width), or None for a size of one's own."""
         return self.sizes.get((depth, width))
+
+    def key_parts(self, options: Mapping[str, Any]) -> list[str]:
+        """The parts a sweep point's key gets for these option values (``["pad=cyclic"]``), in declaration order;
+        an option left unset (None) has none."""
+        unknown = [k for k in options if k not in self.options]
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not an option of {self.display} models")
+        return [f"{opt.key}={options[name]}" for name, opt in self.options.items() if options.get(name) is not None]
 
 
 ROLES = ("subject", "baseline", "other")
@@ -198,6 +240,25 @@ def family_of_model(model: str | nn.Module) -> Family:
         if fam.module_types and isinstance(model, fam.module_types):
             return fam
     raise KeyError(f"cannot tell the family of a {type(model).__name__} (no registered family builds it)")
+
+
+def option_problem(model: str, option: str, value: Any) -> str | None:
+    """Why ``option=value`` cannot be set on the registered model ``model`` (None: it can): an option its
+    family does not declare, or a value the option does not take."""
+    fam = family_of_model(model)
+    if option not in fam.options:
+        owners = [f.display for f in list_families() if option in f.options]
+        where = f"{' / '.join(owners)} models only" if owners else "no registered model family"
+        return f"{option} applies to {where}; {model!r} is a {fam.display} model"
+    allowed = fam.options[option].values
+    if value not in allowed:
+        return f"{option} must be one of {', '.join(allowed)}, got {value!r}"
+    return None
+
+
+def is_family_option(name: str) -> bool:
+    """Whether some registered family declares an option called ``name``."""
+    return any(name in f.options for f in _FAMILIES.values())
 
 
 def register_model(name: str, *, family: str, official: str, description: str = "", latent_factor: int = 1,

@@ -122,13 +122,11 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
                              (f"from {source} px checkpoints" if source else "no source resolution (training-free "
                               "upsampling runs only for the models it names)") + ": not scored here")
     facts = {"checkpoint": point.checkpoint, "checkpoint_sha256": _file_sha256(point.checkpoint)}
-    own = models.load_checkpoint(point.model, point.checkpoint, pad_layout=point.pad_layout, map_location=device)
+    own = models.load_checkpoint(point.model, point.checkpoint, options=point.options, map_location=device)
     if point.input_size == native:
         return own, None, None, facts
     m = point.input_size // native
-    finetune = dict(fam.diffusion.finetune) if fam.diffusion else {}
-    if point.pad_layout:
-        finetune["pad_layout"] = point.pad_layout
+    finetune = {**(fam.diffusion.finetune if fam.diffusion else {}), **point.options}  # the point's choice wins
     high = models.load_checkpoint(point.model, point.checkpoint, input_size=point.input_size, map_location=device,
                                   **finetune)
     # dim.md §8: the low-resolution pass uses the resized table resized back, as the official code does.

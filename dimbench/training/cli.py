@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from dimbench.console import UserError, console
+from dimbench.model_options import add_model_option_argument, model_options
 
 #: dim.md §6: the weak-to-strong fine-tune's recipe, the defaults under --init-from
 FINETUNE = {"lr": 1e-4, "warmup": 2500, "weight_decay": 0.0, "label_drop": 0.15}
@@ -60,7 +61,8 @@ def add_train_command(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--init-from", metavar="CKPT", default=None,
                    help="weak-to-strong: a dimbench training checkpoint of this model at a lower resolution")
-    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the family's choice)")
+    add_model_option_argument(p, "an option not given takes the model's default (with --init-from: the family's "
+                              "fine-tune options, DiM's cyclic pad layout)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     p.set_defaults(func=cmd_train)
 
@@ -110,7 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
             )  # fmt: skip
             model, init_state, start = build_for_training(args.model, data.resolution, channels=data.channels,
-                                                          seed=config.seed, device=device, pad_layout=args.pad_layout,
+                                                          seed=config.seed, device=device,
+                                                          options=model_options(args, args.model),
                                                           init_from=low, init_what=what)
             model.model_name = args.model
             out = Path(args.out)
