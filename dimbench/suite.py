@@ -25,7 +25,6 @@ line map explode). Every problem of a file is reported at once, each as ``FILE:L
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import os
 import re
@@ -478,16 +477,13 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             resolved.update({k: getattr(keys, k) for k in named if k in resolved})
             resolved.update(given.get(metric, {}))
         options[metric] = resolved
-        # A metric may check its resolved options as a whole (required local files, their checksums): every
-        # problem is then reported here, before any point runs.
-        check = getattr(METRICS[metric], "check_options", None)
-        if check is not None and metric in values.metrics:
+        # Each metric checks its resolved options as a whole (Metric.check_options: required local files, their
+        # checksums, a table covering every resolution): every problem is reported here, before any point runs.
+        if metric in values.metrics:
             given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
                      (("options", metric), top.options)]
-            args = [resolved, [entry.name for entry in top.models]]
-            if len(inspect.signature(check).parameters) >= 3:  # also given the resolutions (fid's reference table)
-                args.append(values.resolutions)
-            for option, message in check(*args):
+            names = [entry.name for entry in top.models]
+            for option, message in METRICS[metric].check_options(resolved, names, values.resolutions):
                 where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
                              ("options", metric) if metric in top.options else ("metrics",))
                 problems.append((where, message))

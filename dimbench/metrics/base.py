@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +210,15 @@ class Metric:
     def final_rows(self) -> tuple[str, ...]:
         """The rows that must all be on disk for the metric to be complete at a point (series rows aside)."""
         return tuple(r.name for r in self.rows if not r.series)
+
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str],
+                      resolutions: Sequence[int]) -> list[tuple[str, str]]:
+        """``(option, message)`` for each problem of the metric's resolved ``options`` taken as a whole, for a suite
+        measuring ``model_names`` at ``resolutions`` (px): what a run would stop on (a required local file, its
+        checksum, a table that must cover every resolution). The suite reports each at the option's FILE:LINE
+        when it is read, before any point runs. Each option's own type is checked already; this default finds no
+        further problem, and a metric with whole-option rules overrides it (a subclass: fid's ``FidMetric``)."""
+        return []
 
     def row(self, name: str) -> Row:
         for r in self.rows:

@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ def _file_sha256(path: str) -> str:
 class FidMetric(Metric):
     """A Metric whose paths the suite's validation checks as a whole (required ones given, the weights' hash)."""
 
-    def check_options(self, options: dict[str, Any], model_names: list[str],
-                      resolutions: list[int] | tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str],
+                      resolutions: Sequence[int]) -> list[tuple[str, str]]:
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes) and a {resolution: file} mapping must cover every one of ``resolutions``."""
         from dimbench.console import UserError
