@@ -51,10 +51,10 @@ class Timestep:
 class DiffusionRecipe:
     """How a family's official code trains and samples; :mod:`models.diffusion` implements each piece.
 
-    ``schedule`` names a :data:`models.diffusion.SCHEDULES` entry; ``sampler`` one of ``models.diffusion``'s
-    samplers ("dpm_solver++", "dpm_solver", "ddim", "ddpm", "euler_maruyama") with ``sample_steps`` function
-    evaluations; ``guidance`` is the classifier-free guidance scale in the U-ViT/DiM convention
-    (ε = ε_c + s·(ε_c − ε_u); DiT's w = s + 1). ``finetune`` holds the constructor options a model takes when
+    ``schedule`` names a :data:`models.diffusion.SCHEDULES` entry; ``sampler`` a registered sampler
+    (:data:`models.diffusion.SAMPLERS`: "dpm_solver++", "ddpm", ...) with ``sample_steps`` function evaluations;
+    ``guidance`` is the classifier-free guidance scale in the U-ViT/DiM convention (ε = ε_c + s·(ε_c − ε_u);
+    DiT's w = s + 1). ``finetune`` holds the constructor options a model takes when
     it runs above the resolution it was trained at: fine-tuned from a lower resolution (weak-to-strong) or
     sampled there without training (Upsample Guidance); DiM switches its pad layout to "cyclic" for both.
     ``guided_channels``: guidance acts on only the first this many channels when the model has more (DiT

@@ -87,31 +87,23 @@ def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> 
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
-    from dimbench.training.sampling import _check_pair, _run_sampler
-    from models.diffusion import Guidance, model_eps, upsample_guidance
+    from dimbench.training.sampling import guidance_for
+    from models.diffusion import model_eps, upsample_guidance
 
     model, spec = job.model, job.spec
-    _check_pair(spec, job.schedule)
+    spec.sampler.check_schedule(job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
               if job.num_classes else None)
-    try:
-        import models
-
-        recipe = models.family_of_model(model).diffusion
-    except KeyError:
-        recipe = None
-    subset = recipe.guided_channels if recipe else None
-    channels = subset if subset is not None and job.shape[0] > subset else None
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = guidance_for(model, spec, job.shape[0], labels is not None)
     null = job.num_classes if guidance else None
     eps = model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
-                    with_variance=spec.name == "ddpm" and not job.upsample)
+                    with_variance=spec.sampler.learned_variance and not job.upsample)
     if job.upsample:
         low = model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null)
         eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
-    return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
+    return spec.run(eps, job.schedule, x_T, g).float().cpu()
 
 
 def _sync(device: torch.device) -> None:

@@ -339,7 +339,8 @@ def _rows(ctx, point, o, spec, sampled, stage, decoded, facts, weights_sha, ref_
 
 def _options() -> tuple[Field, ...]:
     from dimbench.fid.inception import EXPECTED_SHA256_PREFIX, SHA256_PREFIX_TEXT, is_sha256_prefix
-    from dimbench.training.sampling import SAMPLERS
+    from dimbench.training.sampling import sampler_or_family
+    from models.diffusion import sampler_names
 
     return (
         Field("inception_weights", LocalPath("file", "the FID Inception weights file"), "",
@@ -359,13 +360,13 @@ def _options() -> tuple[Field, ...]:
         Field("seed", Integer(0), 0, "seed of every image's initial noise (image i: seeded by (seed, i))"),
         Field("labels", Choice(("random", "balanced")), "random", "class labels: random = uniform per image, "
               "seeded by (seed, i) (as DiT, U-ViT and ADM sample; resume stays exact); balanced = i mod classes"),
-        Field("sampler", Choice(("", *SAMPLERS)), "", "sampler at the checkpoint's own resolution; empty: the "
+        Field("sampler", Choice(sampler_or_family), "", "sampler at the checkpoint's own resolution; empty: the "
               "family's (DiM, U-ViT: DPM-Solver++; DiT: DDPM)"),
         Field("steps", Integer(0), 0, "network evaluations per sample at the checkpoint's own resolution; 0: the "
               "family's (50; DiT 250)"),
         Field("guidance", GuidanceTable(), None, "classifier-free guidance s at the checkpoint's own resolution: "
               "null = the family's own, a number, {resolution: s} or {model: s or {resolution: s}}"),
-        Field("upsample_sampler", Choice(SAMPLERS), "dpm_solver", "sampler above the checkpoint's resolution "
+        Field("upsample_sampler", Choice(sampler_names), "dpm_solver", "sampler above the checkpoint's resolution "
               "(dim.md §8: DPM-Solver, noise prediction)"),
         Field("upsample_steps", Integer(1), 50, "network evaluations per sample above the checkpoint's "
               "resolution (dim.md §8: 50)"),

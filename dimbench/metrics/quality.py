@@ -201,12 +201,12 @@ def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def _sampling_options(samples: int, sampler: str, guidance: float | None, guidance_doc: str) -> tuple[Field, ...]:
-    from dimbench.training.sampling import SAMPLERS
+    from dimbench.training.sampling import sampler_or_family
 
     return (
         Field("data", Text(), "digits", "the data the model was trained on (the proxy classifier needs `digits`)"),
         Field("samples", Integer(10), samples, "generated images per score (every class equally often)"),
-        Field("sampler", Choice(("", *SAMPLERS)), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
+        Field("sampler", Choice(sampler_or_family), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
               "U-ViT: DPM-Solver++)"),
         Field("steps", Integer(0), 0, "network evaluations per sample and guidance pass; 0: the family's own"),
         Field("guidance", Number(-1e-12, none="the family's own scale"), guidance,
