@@ -16,14 +16,9 @@ import models
 from conftest import run_cli
 from dimbench import results
 from dimbench.cli import main
+from dimbench.metrics.energy import NvmlSampler
 from dimbench.metrics.flops import FLOPS, count_point_flops
-from dimbench.metrics.profile import (
-    PROFILE,
-    NvmlSampler,
-    affordable_resolution,
-    read_trace,
-    trace_names,
-)
+from dimbench.metrics.profile import PROFILE, affordable_resolution, read_trace, trace_names
 from dimbench.points import SweepPoint
 from dimbench.worker import make_row
 from models import profiling

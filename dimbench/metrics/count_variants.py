@@ -44,7 +44,7 @@ def variants_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     import dataclasses
 
     import models
-    from dimbench.metrics.profile import count_components
+    from dimbench.metrics.component_count import count_components
 
     family = models.family_of_model(point.model)
     if family.name != "dim":

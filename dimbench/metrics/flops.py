@@ -70,11 +70,12 @@ def _register_cpu_attention_formulas() -> None:
 
 _register_cpu_attention_formulas()
 
-# The composite op as it reaches a dispatch mode under inference_mode (see the module docstring). FlopCounterMode
-# decomposes any op whose OpOverload is not a key of its table before looking its packet up, so the overload is
-# listed too: that keeps SDPA whole (counted once, by this formula, attributed to attention) instead of letting it
-# decompose into whichever kernel the device would pick.
-_CUSTOM_MAPPING = {
+#: FlopCounterMode's ``custom_mapping`` for every count dimbench makes (this module's and the per-component count
+#: of dimbench.metrics.component_count): the composite SDPA op as it reaches a dispatch mode under inference_mode
+#: (see the module docstring). FlopCounterMode decomposes any op whose OpOverload is not a key of its table before
+#: looking its packet up, so the overload is listed too: that keeps SDPA whole (counted once, by this formula,
+#: attributed to attention) instead of letting it decompose into whichever kernel the device would pick.
+SDPA_FORMULAS = {
     aten.scaled_dot_product_attention: _sdpa_formula,
     aten.scaled_dot_product_attention.default: _sdpa_formula,
 }
@@ -129,7 +130,7 @@ def count_flops(fn, *args: Any, **kwargs: Any) -> FlopCount:
     Works with tensors on any device; on the meta device nothing is computed. Attention counts whether it arrives
     as the composite op, as a CPU/CUDA kernel or decomposed (see the module docstring).
     """
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_MAPPING)
+    counter = FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS)
     with torch.inference_mode(), counter:
         fn(*args, **kwargs)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
