@@ -218,9 +218,10 @@ def _sampling_options(samples: int, sampler: str, guidance: float | None, guidan
 
 
 _QUALITY_ROWS = (
-    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate"),
+    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate", pairs_with="proxy_acc"),
     Row("proxy_acc", "%", "proxy classifier accuracy (trained)", task="evaluate"),
-    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate"),
+    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate",
+        pairs_with="proxy_acc_untrained"),
     Row("proxy_acc_untrained", "%", "proxy classifier accuracy (untrained)", task="evaluate"),
     Row("samples", "images", "sample grid", task="sample"),
 )
@@ -240,7 +241,8 @@ def _upsample_rows() -> tuple[Row, ...]:
     rows = []
     for m in UPSAMPLE_FACTORS:
         for ug, what in (("", "plain"), ("_ug", "Upsample Guidance")):
-            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate"),
+            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate",
+                         pairs_with=f"proxy_acc_up{m}{ug}"),
                      Row(f"proxy_acc_up{m}{ug}", "%", f"proxy classifier accuracy at {m}x ({what})", task="evaluate"),
                      Row(f"samples_up{m}{ug}", "images", f"sample grid at {m}x ({what})", task="sample")]
     return tuple(rows)
