@@ -1,6 +1,6 @@
 """``dimbench checkpoint convert|inspect``: the checkpoint commands, for ``dimbench.cli`` to mount.
 
-    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--pad-layout LAYOUT] [--format F]
+    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--model-option NAME=VALUE] [--format F]
     dimbench checkpoint inspect PATH [--json]
 
 ``convert`` loads any supported checkpoint (official DiT / U-ViT / DiM or dimbench's own; see
@@ -22,9 +22,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 from dimbench.errors import EXIT_USAGE
+from dimbench.model_options import add_model_option_argument
 
 EXIT_OK = 0
 
@@ -40,13 +42,14 @@ def convert(
     *,
     model: str,
     input_size: int | None = None,
-    pad_layout: str | None = None,
+    options: Mapping[str, Any] | None = None,
     format: str = "auto",
     force: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Load ``source`` as ``model`` (resized to ``input_size``) and save it to ``dest`` in dimbench's format."""
+    """Load ``source`` as ``model`` (resized to ``input_size``, with the family ``options`` given) and save it to
+    ``dest`` in dimbench's format."""
     # heavy (torch, the models): imported when the command runs
     from models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -57,7 +60,7 @@ def convert(
     if input_size is not None and input_size <= 0:
         return _fail("convert", f"--input-size must be a positive integer, got {input_size}", stderr)
     try:
-        net = load_checkpoint(model, source, input_size=input_size, format=format, pad_layout=pad_layout)
+        net = load_checkpoint(model, source, input_size=input_size, format=format, options=options)
         save_checkpoint(net, dest)
     except (CheckpointError, OSError) as e:
         return _fail("convert", str(e), stderr)
@@ -121,7 +124,7 @@ def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, s
 
 def _convert_command(args: argparse.Namespace) -> int:
     return convert(
-        args.input, args.output, model=args.model, input_size=args.input_size, pad_layout=args.pad_layout,
+        args.input, args.output, model=args.model, input_size=args.input_size, options=args.model_options,
         format=args.format, force=args.force,
     )
 
@@ -153,10 +156,8 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
     conv.add_argument("--input-size", type=int, default=None, metavar="N",
                       help="input side the model is built for (latent side for latent models); "
                       "default: the checkpoint's")
-    conv.add_argument("--pad-layout", default=None, metavar="LAYOUT",
-                      help="pad layout of a DiM model (its values: `dimbench list`, model families; a wrong value "
-                      "is answered with the valid ones); default: chosen from the checkpoint's training grid and "
-                      "--input-size (docs/models.md §4.3)")
+    add_model_option_argument(conv, "an option not given is chosen by the family from the checkpoint and "
+                              "--input-size (DiM's pad layout: docs/models.md §4.3)")
     conv.add_argument("--format", default="auto", metavar="F",
                       help="checkpoint format (default: auto, detected; `dimbench checkpoint inspect IN` shows a "
                       "file's format; a wrong name is answered with the list of formats)")

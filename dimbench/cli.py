@@ -240,10 +240,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     out = console()
     t = Table(title="Model families", title_justify="left")
-    for col in ("family", "name", "role", "timestep t", "suite options", "description"):
+    for col in ("family", "name", "role", "timestep t", "model options (point key)", "description"):
         t.add_column(col)
     for fam in models.list_families():
-        options = ", ".join(f"{k}: {' | '.join(v)}" for k, v in fam.options.items()) or "—"
+        options = ", ".join(f"{k}: {' | '.join(o.values)} ({o.key}=)" for k, o in fam.options.items()) or "—"
         role = f"{fam.role}, ADAPTATION" if fam.adaptation else fam.role  # not an official configuration
         t.add_row(fam.display, fam.name, role, fam.timestep.meaning, options, fam.description)
     out.print(t)

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from dimbench.errors import DataError
+from models.registry import SD_VAE_FACTOR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LATENT_SUFFIXES = (".npy", ".npz")
@@ -74,6 +75,16 @@ class Dataset:
     def resolution(self) -> int:
         """H (== W) of x: pixels for images, the latent grid for latents."""
         return int(self.x.shape[2])
+
+    @property
+    def latent(self) -> bool:
+        """Whether x holds VAE latents (or their posterior moments) rather than images."""
+        return self.moments or self.scale != 1.0
+
+    @property
+    def pixels(self) -> int:
+        """The image side the data stands for: a latent cell stands for SD_VAE_FACTOR pixels (8, KL-f8)."""
+        return self.resolution * (SD_VAE_FACTOR if self.latent else 1)
 
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """(x, labels) for the given indices.
@@ -386,9 +397,10 @@ def load_data(spec: str, resolution: int, split: str = "train", **kwargs) -> Dat
 
     "digits" -> :func:`load_digits` (split "train" | "test" | "all"); a folder of images ->
     :func:`load_image_folder`; a .npy/.npz file or a folder of .npy files -> :func:`load_latents`, whose latent
-    size must be resolution / 8 (the pixel resolution of a latent model, as sweep points give it) or resolution
-    itself (a model's input size). Folders and files have no held-out split of their own: "train" and "all" take
-    all of them, "test" is refused (name the evaluation data as its own path). ``kwargs`` go to the loader.
+    size must be resolution / 8 (``models.SD_VAE_FACTOR``: the pixel resolution of a latent model, as sweep points
+    give it) or resolution itself (a model's input size). Folders and files have no held-out split of their own:
+    "train" and "all" take all of them, "test" is refused (name the evaluation data as its own path). ``kwargs`` go
+    to the loader.
     """
     if spec == DIGITS_SPEC:
         return load_digits(resolution, split, **kwargs)
@@ -410,9 +422,10 @@ def load_data(spec: str, resolution: int, split: str = "train", **kwargs) -> Dat
 
 
 def _matching_latents(data: Dataset, resolution: int, spec: str) -> Dataset:
-    if data.resolution * 8 != resolution and data.resolution != resolution:
-        raise DataError(f"{spec}: latents are {data.resolution}x{data.resolution} ({data.resolution * 8} px); "
-                        f"expected {resolution // 8}x{resolution // 8} for {resolution} px")
+    side = resolution // SD_VAE_FACTOR
+    if data.resolution * SD_VAE_FACTOR != resolution and data.resolution != resolution:
+        raise DataError(f"{spec}: latents are {data.resolution}x{data.resolution} ({data.resolution * SD_VAE_FACTOR} "
+                        f"px); expected {side}x{side} for {resolution} px")
     return data
 
 

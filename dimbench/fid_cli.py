@@ -33,6 +33,7 @@ from dimbench import results
 from dimbench.console import console
 from dimbench.errors import UserError
 from dimbench.fid.reference import write_stats
+from dimbench.model_options import add_model_option_argument, model_options
 from dimbench.points import SweepPoint
 from dimbench.schema import Problems, Record
 
@@ -68,7 +69,8 @@ def add_fid_commands(sub) -> None:
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--resolution", type=int, required=True, metavar="PX")
     p.add_argument("--checkpoint", default=None, metavar="PATH", help="weights file (official or dimbench format)")
-    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the checkpoint's choice)")
+    add_model_option_argument(p, "an option not given is chosen by the family from the checkpoint (DiM's pad "
+                              "layout: docs/models.md §4.3)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler",
@@ -159,7 +161,6 @@ def cmd_fid(args: argparse.Namespace) -> int:
 
     import models
     from dimbench.metrics.base import MetricContext, SkipMetric
-    from dimbench.metrics.common import input_size_for
     from dimbench.metrics.fid import FID
     from dimbench.training import distributed
     from dimbench.worker import make_row
@@ -196,12 +197,13 @@ def cmd_fid(args: argparse.Namespace) -> int:
     if distributed.launched_by_torchrun():
         distributed.init_from_env(device_type)  # sets this rank's GPU; the point names the device type only
     try:
+        info = models.model_info(args.model)
         point = SweepPoint(suite="fid", model=args.model, resolution=args.resolution,
-                           input_size=input_size_for(args.model, args.resolution), batch=1, dtype="float32",
+                           input_size=info.input_size(args.resolution), batch=1, dtype="float32",
                            device=device_type if distributed.launched_by_torchrun() else
                            (device_type if args.device == "auto" else args.device), metrics=("fid",),
                            checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
-                           pad_layout=args.pad_layout)
+                           options=model_options(args, args.model))
         out = Path(args.out)
         rank0 = distributed.distributed_info().rank == 0
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

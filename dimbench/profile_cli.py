@@ -39,7 +39,7 @@ def add_profile_command(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     p.add_argument("model", metavar="MODEL", help="registered model name (dimbench list)")
     p.add_argument("--resolution", type=int, required=True, metavar="PX",
-                   help="image side in pixels (latent models see PX/8)")
+                   help="image side in pixels (latent models see PX / their latent factor: PX/8 on SD-VAE latents)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="float32, bf16 or fp16 (autocast; weights stay float32)")
     p.add_argument("--batch", type=int, default=1)
@@ -61,15 +61,15 @@ def _point(args: argparse.Namespace):
     """The sweep point of the command, or a UserError naming the bad argument."""
     # heavy (torch, the models): imported when the command runs
     import models
-    from dimbench.metrics.profile import input_size, resolution_step
+    # heavy (torch, the models): imported when the command runs
 
     if args.model not in models.list_models():
         raise UserError(f"unknown model {args.model!r}; registered: {', '.join(models.list_models())}")
-    step = resolution_step(args.model)
+    info = models.model_info(args.model)
+    step = info.resolution_step
     if args.resolution < step or args.resolution % step:
-        why = "a latent model: PX/8 must be a multiple of its patch" if models.model_info(args.model).latent else \
-            "a pixel model: PX must be a multiple of its patch"
-        raise UserError(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} px ({why})")
+        raise UserError(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} px "
+                        f"({info.resolution_rule()})")
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: expected a positive number of images")
     if args.repeats < 1 or args.warmup < 0:
@@ -83,7 +83,7 @@ def _point(args: argparse.Namespace):
         raise UserError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPE_NAMES)}")
     device = _device(args.device)
     return SweepPoint(suite="profile", model=args.model, resolution=args.resolution,
-                      input_size=input_size(args.model, args.resolution), batch=args.batch, dtype=dtype,
+                      input_size=info.input_size(args.resolution), batch=args.batch, dtype=dtype,
                       device=device, metrics=("profile",))
 
 

@@ -25,7 +25,6 @@ line map explode). Every problem of a file is reported at once, each as ``FILE:L
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import json
 import os
@@ -41,9 +40,9 @@ import models
 from dimbench.cluster.options import SLURM_SECTION
 from dimbench.errors import SuiteError, UserError
 from dimbench.metrics import METRICS
-from dimbench.metrics.common import COMPILE_MODES, input_size_for
+from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
-from dimbench.points import SweepPoint
+from dimbench.points import Options, SweepPoint
 from dimbench.schema import (
     INVALID,
     Choice,
@@ -119,13 +118,17 @@ class Limit:
 class ModelEntry:
     name: str
     checkpoint: str | None = None  # absolute path (relative ones are resolved against the suite file)
-    pad_layout: str | None = None
+    options: Options = Options()  # the family options it sets (models.Family.options)
+
+
+#: A model entry's own keys; the others are the options of the model's family.
+ENTRY_KEYS = ("name", "checkpoint")
 
 
 class ModelList(Type):
     """``models``: names, or mappings {name, checkpoint, <family options>}; each point identity once."""
 
-    expected = "a non-empty list of model names or mappings {name, checkpoint, pad_layout}"
+    expected = "a non-empty list of model names or mappings {name, checkpoint, <an option of the model's family>}"
 
     def check(self, value, path, problems):
         if not isinstance(value, list) or not value:
@@ -151,12 +154,13 @@ class ModelList(Type):
         elif isinstance(item, dict):
             name_path = path + ("name",)
         else:
-            return problems.expected(path, "a model name or a mapping {name, checkpoint, pad_layout}", item)
+            return problems.expected(path, "a model name or a mapping {name, checkpoint, <an option of the model's "
+                                     "family>}", item)
         name = MODEL_NAME.check(item.get("name"), name_path, problems)
         if name is INVALID:
             return INVALID
         family = models.family_of_model(name)
-        allowed = ("name", "checkpoint", *family.options)
+        allowed = (*ENTRY_KEYS, *family.options)
         ok = True
         for k in item:
             if k not in allowed:
@@ -168,16 +172,16 @@ class ModelList(Type):
                     problems.expected(path + (k,), f"one of {', '.join(allowed)}", k, f"unknown key {describe(k)}")
                 ok = False
         options = {}
-        for option, values in family.options.items():
+        for option, declared in family.options.items():
             if option in item:
-                options[option] = Choice(values, " or ".join(values)).check(item[option], path + (option,),
-                                                                            problems)
+                options[option] = Choice(declared.values, " or ".join(declared.values)).check(
+                    item[option], path + (option,), problems)
                 ok = ok and options[option] is not INVALID
         checkpoint = item.get("checkpoint")
         if checkpoint is not None:
             checkpoint = self._checkpoint(checkpoint, path + ("checkpoint",), problems)
             ok = ok and checkpoint is not INVALID
-        return ModelEntry(name, checkpoint, options.get("pad_layout")) if ok else INVALID
+        return ModelEntry(name, checkpoint, Options(options)) if ok else INVALID
 
     @staticmethod
     def _checkpoint(value, path, problems):
@@ -217,7 +221,9 @@ class SuiteFile:
                            "suite name (default: the file's stem)")
     description: str = key(Text("a string", empty_ok=True), "", "one line for `dimbench list` and reports")
     models: tuple[ModelEntry, ...] = key(ModelList(), doc="registered model names (`dimbench list`), or mappings "
-                                         "{name, checkpoint (a local weights file), pad_layout (DiM only)}")
+                                         "{name, checkpoint (a local weights file), and any option of the model's "
+                                         "family with its value (`dimbench list` shows each family's options: DiM's "
+                                         "pad layout)}")
     resolutions: tuple[int, ...] = key(RESOLUTIONS, doc="image sides in pixels")
     batch_sizes: dict = key(PerResolution(ListOf(Integer(1))), [1], "batch sizes (per resolution when a mapping)")
     dtypes: dict = key(PerResolution(ListOf(DTYPE)), ["float32"],
@@ -451,16 +457,13 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             resolved.update({k: getattr(keys, k) for k in named if k in resolved})
             resolved.update(given.get(metric, {}))
         options[metric] = resolved
-        # A metric may check its resolved options as a whole (required local files, their checksums): every
-        # problem is then reported here, before any point runs.
-        check = getattr(METRICS[metric], "check_options", None)
-        if check is not None and metric in values.metrics:
+        # Each metric checks its resolved options as a whole (Metric.check_options: required local files, their
+        # checksums, a table covering every resolution): every problem is reported here, before any point runs.
+        if metric in values.metrics:
             given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
                      (("options", metric), top.options)]
-            args = [resolved, [entry.name for entry in top.models]]
-            if len(inspect.signature(check).parameters) >= 3:  # also given the resolutions (fid's reference table)
-                args.append(values.resolutions)
-            for option, message in check(*args):
+            names = [entry.name for entry in top.models]
+            for option, message in METRICS[metric].check_options(resolved, names, values.resolutions):
                 where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
                              ("options", metric) if metric in top.options else ("metrics",))
                 problems.append((where, message))
@@ -507,13 +510,9 @@ def _check_geometry(data: dict, problems: _Located) -> None:
                 continue  # reported by the type check
             for name in names:
                 info = models.model_info(name)
-                step = 8 * info.patch_size if info.latent else info.patch_size
-                if res % step:
-                    why = (f"a latent model: resolution/8 must be divisible by its patch {info.patch_size}"
-                           if info.latent else f"a pixel model: resolution must be divisible by its patch "
-                           f"{info.patch_size}")
-                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {step} for {name} ({why})",
-                                      res)
+                if res % info.resolution_step:
+                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {info.resolution_step} for "
+                                      f"{name} ({info.resolution_rule()})", res)
 
 
 def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
@@ -527,7 +526,7 @@ def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     biggest = max(r for s in suite.sections.values() for r in s.resolutions)
     for entry in suite.models:
         info = models.model_info(entry.name)
-        side = (biggest // 8 if info.latent else biggest) // info.patch_size
+        side = info.input_size(biggest) // info.patch_size
         if side * side > LARGE_GRID_TOKENS:
             out.append(f"{problems.where(('resolutions',))}: warning: {biggest} px gives {entry.name} a {side}x{side} "
                        f"token grid ({side * side:,} tokens per image): counting on the meta device is cheap, but "
@@ -598,9 +597,10 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
         batches, dtypes = settings.at(settings.batch_sizes, res), settings.at(settings.dtypes, res)
         for batch, dtype in itertools.product(batches, dtypes):
             point = SweepPoint(
-                suite=suite.name, model=entry.name, resolution=res, input_size=input_size_for(entry.name, res),
+                suite=suite.name, model=entry.name, resolution=res,
+                input_size=models.model_info(entry.name).input_size(res),
                 batch=batch, dtype=dtype, device=resolved, metrics=all_metrics, checkpoint=entry.checkpoint,
-                pad_layout=entry.pad_layout, compile=None if mode == "eager" else mode,
+                options=entry.options, compile=None if mode == "eager" else mode,
             )
             run, skipped, budget = [], {}, {}
             for metric in all_metrics:

@@ -34,7 +34,16 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .registry import Family, create_model, family, family_of_model, list_families, model_info
+from .registry import (
+    Family,
+    create_model,
+    family,
+    family_of_model,
+    is_family_option,
+    list_families,
+    model_info,
+    option_problem,
+)
 
 __all__ = [
     "CheckpointError",
@@ -523,17 +532,6 @@ def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
 # Loading
 
 
-def _check_option(name: str, fam: Family, option: str, value: Any) -> None:
-    """Refuse an option the model's family does not declare, or a value it does not allow."""
-    if option not in fam.options:
-        owners = [f.display for f in list_families() if option in f.options]
-        where = f"{' / '.join(owners)} models only" if owners else "no registered model family"
-        raise CheckpointError(f"{option} applies to {where}; {name!r} is a {fam.display} model")
-    allowed = fam.options[option]
-    if value not in allowed:
-        raise CheckpointError(f"{option} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-
-
 def _build_kwargs(name: str, ckpt: Checkpoint, desc: dict[str, Any], input_size: int | None, overrides: dict):
     """Constructor keywords for ``name`` loaded from ``ckpt`` (before the family options)."""
     if ckpt.header is not None:
@@ -569,7 +567,7 @@ def load_checkpoint(
     *,
     input_size: int | None = None,
     format: str = "auto",
-    pad_layout: str | None = None,
+    options: Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
     **overrides: Any,
 ) -> nn.Module:
@@ -577,11 +575,11 @@ def load_checkpoint(
 
     ``input_size``: the model's input side (latent side for latent models); default = the checkpoint's own
     (token grid x patch, or the saved config's). When it differs from the checkpoint's, the position embedding
-    follows (docs/models.md §6). ``format``: "auto" or one of :data:`FORMATS`. ``pad_layout``: a family option
-    (``Family.options``; DiM's, "lateral" or "cyclic"), default chosen by the family (docs/models.md §4.3);
-    given for a model whose family does not declare it, it is refused. ``map_location``: device of the returned
-    model. ``overrides``: further constructor keywords (e.g. ``depth``, ``width`` for a non-registered size;
-    input channels and classes are read from the checkpoint).
+    follows (docs/models.md §6). ``format``: "auto" or one of :data:`FORMATS`. ``options``: family options
+    (``Family.options``; also accepted as keywords), each one not given chosen by the family (DiM's pad layout:
+    docs/models.md §4.3); one the model's family does not declare, or a value it does not take, is refused.
+    ``map_location``: device of the returned model. ``overrides``: further constructor keywords (e.g.
+    ``depth``, ``width`` for a non-registered size; input channels and classes are read from the checkpoint).
 
     The returned model carries ``checkpoint_info`` (path, format, architecture, note, and each family option
     with ``<option>_reason``). Raises :class:`CheckpointError` for an unreadable file, another family or
@@ -595,10 +593,13 @@ def load_checkpoint(
         raise CheckpointError(_msg(e)) from None
     fam = family(info.family)
     _support(fam, repr(name))
-    given = {} if pad_layout is None else {"pad_layout": pad_layout}
-    given.update({k: overrides.pop(k) for k in list(overrides) if k in fam.options})
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    # A keyword some family declares as an option is one (refused below when it is not this family's).
+    given.update({k: overrides.pop(k) for k in list(overrides) if is_family_option(k)})
     for option, value in given.items():
-        _check_option(name, fam, option, value)
+        problem = option_problem(name, option, value)
+        if problem:
+            raise CheckpointError(problem)
 
     ckpt = read_checkpoint(path, format)
     if ckpt.family != fam.name:

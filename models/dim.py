@@ -30,7 +30,15 @@ from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import (
+    SD_VAE_FACTOR,
+    DiffusionRecipe,
+    Family,
+    FamilyOption,
+    Timestep,
+    register_family,
+    register_model,
+)
 from .scan import selective_scan
 from .scan.conv import conv1d_silu
 
@@ -580,7 +588,11 @@ FAMILY = register_family(Family(
     role="subject",
     order=0,
     sizes={(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
-    options={"pad_layout": PAD_LAYOUTS},
+    # A point that sets the pad layout shows it as "pad=<layout>" in its key (the key results have always had).
+    options={"pad_layout": FamilyOption(
+        PAD_LAYOUTS, key="pad",
+        description="where the pad tokens go (lateral: closing rows and the bottom; cyclic: p0 p1 p2 repeated in "
+        "row-major order), docs/models.md §4.2")},
     module_types=(DiM,),
     checkpoints=CHECKPOINTS,
     # dim.md §5-7: SD scaled-linear betas, DPM-Solver++ with 50 evaluations, s = 0.4 at 256 px; the fine-tune
@@ -613,6 +625,7 @@ def dim_s_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_L_DiM",
     description="DiM-L/2, ImageNet 256 latents",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,
@@ -629,6 +642,7 @@ def dim_l_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_H_DiM",
     description="DiM-H/2, ImageNet 256 latents (input_size=64, pad_layout='cyclic' for the 512 fine-tune)",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,

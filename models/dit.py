@@ -29,7 +29,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 TIME_FREQ_DIM = 256  # width of DiT's timestep frequency embedding
 
@@ -303,8 +303,8 @@ for _size, (_depth, _width, _heads) in _SIZES.items():
         register_model(
             f"dit_{_size}_{_patch}", family="dit", official=_official,
             description=f"{_official}: depth {_depth}, width {_width}, {_heads} heads, learned sigma",
-            input_size=32, in_channels=4, num_classes=1000, patch_size=_patch, depth=_depth, width=_width,
-            heads=_heads,
+            latent_factor=SD_VAE_FACTOR, input_size=32, in_channels=4, num_classes=1000, patch_size=_patch,
+            depth=_depth, width=_width, heads=_heads,
         )(DiT)
 
 # ---- dimbench's own size (official="dimbench"): the tiny model of the CPU quality checks, matched to

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 
 class PatchEmbed(nn.Module):
@@ -346,18 +346,22 @@ _register(
 )
 _register(
     "uvit_l_2", "imagenet256_uvit_large", "U-ViT-L/2, ImageNet-256 latents, 1000 classes + null, 3x3 output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=20, width=1024, heads=16, conv=True,
 )
 _register(
     "uvit_h_2", "imagenet256_uvit_huge", "U-ViT-H/2, ImageNet-256 latents, 1000 classes + null, no output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=28, width=1152, heads=16, conv=False,
 )
 _register(
     "uvit_l_4", "imagenet512_uvit_large", "U-ViT-L/4, ImageNet-512 latents, 1000 classes + null, 3x3 output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=64, in_channels=4, num_classes=1000, patch_size=4, depth=20, width=1024, heads=16, conv=True,
 )
 _register(
     "uvit_h_4", "imagenet512_uvit_huge", "U-ViT-H/4, ImageNet-512 latents, 1000 classes + null, no output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=64, in_channels=4, num_classes=1000, patch_size=4, depth=28, width=1152, heads=16, conv=False,
 )
 

@@ -557,14 +557,14 @@ def test_formats_and_names_come_from_the_family_declarations():
     assert {"dit-official", "uvit-official", "dim-official", "dim-dimbench"} <= set(declared)
     from models.dim import PAD_LAYOUTS
 
-    assert models.family("dim").options == {"pad_layout": PAD_LAYOUTS}
+    assert {k: o.values for k, o in models.family("dim").options.items()} == {"pad_layout": PAD_LAYOUTS}
     assert not hasattr(checkpoint_cli, "FORMATS") and not hasattr(checkpoint_cli, "PAD_LAYOUTS")
     # The generic module's code names no family fact (docstrings may give examples): every one comes from a
-    # declaration. Option names are exempt: pad_layout is a keyword of load_checkpoint's public signature. (That
+    # declaration, options included (their names and values). (That
     # it imports no family module is a rule of tests/test_architecture.py.)
     facts = {word for fam in models.list_families() for word in (
-        fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *(v for vs in fam.options.values()
-                                                                             for v in vs))}
+        fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *fam.options,
+        *(v for o in fam.options.values() for v in o.values))}
     tree = ast.parse((ROOT / "models" / "checkpoints.py").read_text())
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
@@ -682,7 +682,8 @@ def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
     assert rc == 2 and err.getvalue().count("\n") == 1
     assert "unknown checkpoint format 'dim'; expected one of auto, dimbench, dim-official" in err.getvalue()
     entry = ["-m", "dimbench.cli", "checkpoint"]
-    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_s_2", "--pad-layout", "diag"])
+    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_s_2", "--model-option",
+                "pad_layout=diag"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
     assert "pad_layout must be one of lateral, cyclic, got 'diag'" in bad.stderr
     assert not (tmp_path / "o.pt").exists()

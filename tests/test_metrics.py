@@ -409,5 +409,5 @@ def test_cuda_train_step_and_dim_latency(tmp_path):
 
 def test_points_round_trip_through_dataclasses_replace():
     """Metrics build variant points with dataclasses.replace (fvcore's batch-1 count): keys stay stable."""
-    p = point("dim_h_2", 64, batch=4, pad_layout="cyclic")
+    p = point("dim_h_2", 64, batch=4, options={"pad_layout": "cyclic"})
     assert dataclasses.replace(p, batch=1).key == "dim_h_2|r512|b1|float32|cpu|pad=cyclic"

@@ -17,14 +17,9 @@ import models
 from conftest import run_cli
 from dimbench import results
 from dimbench.cli import main
+from dimbench.metrics.energy import NvmlSampler
 from dimbench.metrics.flops import FLOPS, count_point_flops
-from dimbench.metrics.profile import (
-    PROFILE,
-    NvmlSampler,
-    affordable_resolution,
-    at_resolution,
-    resolution_step,
-)
+from dimbench.metrics.profile import PROFILE, affordable_resolution
 from dimbench.points import SweepPoint
 from dimbench.worker import make_row
 from models import profiling
@@ -159,8 +154,8 @@ def test_the_nvml_sampler_says_not_available_and_never_raises(monkeypatch):
 @pytest.mark.slow
 def test_a_costly_cpu_size_is_timed_at_the_largest_affordable_one(tmp_path):
     point = _point("dim_tiny_4", resolution=48, batch=1)
-    step = resolution_step(point.model)
-    counts = {r: count_point_flops(at_resolution(point, r)).gflops for r in range(step, 49, step)}
+    step = models.model_info(point.model).resolution_step
+    counts = {r: count_point_flops(point.at_resolution(r)).gflops for r in range(step, 49, step)}
     bound = (counts[32] + counts[36]) / 2  # 32 px fits, 36 px does not
     assert affordable_resolution(point, bound) == (32, pytest.approx(counts[32]))
     assert affordable_resolution(point, counts[step] / 2)[0] == step  # none fits: the smallest

@@ -729,3 +729,18 @@ def test_smoke_suite_run_builds_a_report_with_every_model_and_resolution(tmp_pat
         assert "Compute (GMACs)" in text  # counts run on every machine
         if PDFINFO:
             assert _pdf_pages(folder / "report.pdf") >= 3
+
+
+def test_variants_of_a_model_are_separate_series_named_by_their_options(tmp_path):
+    """Points of one model built with other family options (DiM's pad layout) are their own series, compared like
+    the model, instead of overwriting each other at a resolution."""
+    rows = rf.realistic_rows(models=("dim_h_2", "dit_xl_2"), oom=None, error=None)
+    cyclic = [{**r, "point_key": r["point_key"] + "|pad=cyclic", "value": r["value"] * 1.25}
+              for r in rows if r["model"] == "dim_h_2" and r["metric"] == "gmacs"]
+    results = data.load(rf.write_results(tmp_path, rows + cyclic))
+    assert results.models == ["dim_h_2", "dim_h_2 [pad=cyclic]", "dit_xl_2"]
+    facet = results.facets(["gmacs"])[0]
+    plain, padded = results.values("gmacs", facet)["dim_h_2"], results.values("gmacs", facet)["dim_h_2 [pad=cyclic]"]
+    assert padded == {r: v * 1.25 for r, v in plain.items()}
+    pairs = {(ln.subject, ln.other) for ln in analysis.ratio_lines(results) if ln.metric == "gmacs"}
+    assert pairs == {("dim_h_2", "dit_xl_2"), ("dim_h_2 [pad=cyclic]", "dit_xl_2")}

@@ -40,12 +40,11 @@ from typing import Any
 import numpy as np
 import torch
 
-import models
 from dimbench.fid import inception
 from dimbench.fid.patches import CROP, random_crops
 from dimbench.fid.precision import forward, numerics
 from dimbench.fid.seeds import image_seed
-from dimbench.training.sampling import _check_pair, _run_sampler
+from dimbench.training.sampling import guidance_for
 from models import diffusion
 
 #: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
@@ -106,26 +105,20 @@ def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     def net(m):  # the network as the protocol runs it (autocast, outputs back to float32)
         return forward(m, job.precision, job.device) if job.precision is not None else m
 
-    _check_pair(spec, job.schedule)
+    spec.sampler.check_schedule(job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
               if job.num_classes else None)
-    try:
-        recipe = models.family_of_model(model).diffusion
-    except KeyError:
-        recipe = None
-    subset = recipe.guided_channels if recipe else None
-    channels = subset if subset is not None and job.shape[0] > subset else None
-    guidance = diffusion.Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = guidance_for(model, spec, job.shape[0], labels is not None)
     null = job.num_classes if guidance else None
     eps = diffusion.model_eps(net(model), job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
-                              with_variance=spec.name == "ddpm" and not job.upsample)
+                              with_variance=spec.sampler.learned_variance and not job.upsample)
     if job.upsample:
         low = diffusion.model_eps(net(job.lowres_model), job.schedule, job.timestep, y=labels, guidance=guidance,
                                   null_class=null)
         eps = diffusion.upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
-    return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
+    return spec.run(eps, job.schedule, x_T, g).float().cpu()
 
 
 def _sync(device: torch.device) -> None:

@@ -37,10 +37,13 @@ from __future__ import annotations
 
 from dimbench.metrics.base import (
     EXACT,
+    CrossCheck,
     Gate,
     Measurement,
     Metric,
     MetricContext,
+    Plot,
+    PlotSection,
     Ratio,
     Row,
     SkipMetric,
@@ -107,6 +110,7 @@ for _metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALI
 del _metric
 
 __all__ = [
-    "EXACT", "METRICS", "Gate", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary",
-    "declared_rows", "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
+    "EXACT", "METRICS", "CrossCheck", "Gate", "Measurement", "Metric", "MetricContext", "Plot", "PlotSection", "Ratio",
+    "Row", "SkipMetric", "Summary", "declared_rows", "metric_of_row", "register_metric", "row_declaration",
+    "unregister_metric",
 ]

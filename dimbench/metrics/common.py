@@ -92,14 +92,12 @@ def precision_label(dtype: torch.dtype) -> str:
 
 
 def model_kwargs(point: SweepPoint) -> dict[str, Any]:
-    """create_model keyword arguments for a point (input size, and DiM's pad layout when the point sets one)."""
-    kwargs: dict[str, Any] = {"input_size": point.input_size}
-    if point.pad_layout:
-        family = models.family_of_model(point.model)
-        if "pad_layout" not in family.options:
-            raise ValueError(f"pad_layout is not an option of {family.display} models ({point.model})")
-        kwargs["pad_layout"] = point.pad_layout
-    return kwargs
+    """create_model keyword arguments for a point: its input size and the family options it sets."""
+    for option, value in point.options.items():
+        problem = models.option_problem(point.model, option, value)
+        if problem:
+            raise ValueError(f"{point.model}: {problem}")
+    return {"input_size": point.input_size, **point.options}
 
 
 def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: bool = True) -> nn.Module:
@@ -112,8 +110,7 @@ def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: 
     device = torch.device(device)
     if point.checkpoint and load_weights and device.type != "meta":
         model = models.load_checkpoint(
-            point.model, point.checkpoint, input_size=point.input_size, pad_layout=point.pad_layout,
-            map_location=device,
+            point.model, point.checkpoint, input_size=point.input_size, options=point.options, map_location=device,
         )
     else:
         with torch.device(device):

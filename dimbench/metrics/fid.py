@@ -28,6 +28,7 @@ import hashlib
 import inspect
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,8 @@ from dimbench.points import SweepPoint
 from dimbench.quality.frechet import gaussian_stats
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
 from dimbench.training.distributed import distributed_info
-from dimbench.training.sampling import SAMPLERS, SamplerSpec, sampler_for, save_grid
-from models.diffusion import dpm_solver_sample, make_schedule
+from dimbench.training.sampling import SamplerSpec, sampler_for, sampler_or_family, save_grid
+from models.diffusion import dpm_solver_sample, make_schedule, sampler_names
 
 SAMPLES_DIR = "samples"
 UNAVAILABLE = "not available: torch-fidelity does not import"
@@ -85,8 +86,8 @@ def file_sha256(path: str) -> str:
 class FidMetric(Metric):
     """A Metric whose paths the suite's validation checks as a whole (required ones given, the weights' hash)."""
 
-    def check_options(self, options: dict[str, Any], model_names: list[str],
-                      resolutions: list[int] | tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str],
+                      resolutions: Sequence[int]) -> list[tuple[str, str]]:
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes); a {resolution: file} mapping must cover every one of ``resolutions`` and a
         {model: ...} mapping must name every model (a resolution it does not cover is skipped with the reason)."""
@@ -142,8 +143,7 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
             model = models.create_model(point.model, **model_kwargs(point)).eval()
         return model, None, None, {"checkpoint": None, "checkpoint_sha256": None, "weights": "random (seeded)"}
     native = int(models.inspect_checkpoint(point.checkpoint)["input_size"])
-    per_px = point.resolution / point.input_size  # 8 for latent models, 1 for pixel models
-    native_px = int(round(native * per_px))
+    native_px = models.model_info(point.model).resolution(native)
     if point.input_size != native:
         source = upsample_source(o["upsample_from"], point.model, point.resolution)
         if source != native_px or point.input_size % native:
@@ -152,13 +152,11 @@ def _load_models(point: SweepPoint, o: dict, device: torch.device):
                              (f"from {source} px checkpoints" if source else "no source resolution (training-free "
                               "upsampling runs only for the models it names)") + ": not scored here")
     facts = {"checkpoint": point.checkpoint, "checkpoint_sha256": file_sha256(point.checkpoint)}
-    own = models.load_checkpoint(point.model, point.checkpoint, pad_layout=point.pad_layout, map_location=device)
+    own = models.load_checkpoint(point.model, point.checkpoint, options=point.options, map_location=device)
     if point.input_size == native:
         return own, None, None, facts
     m = point.input_size // native
-    finetune = dict(fam.diffusion.finetune) if fam.diffusion else {}
-    if point.pad_layout:
-        finetune["pad_layout"] = point.pad_layout
+    finetune = {**(fam.diffusion.finetune if fam.diffusion else {}), **point.options}  # the point's choice wins
     high = models.load_checkpoint(point.model, point.checkpoint, input_size=point.input_size, map_location=device,
                                   **finetune)
     # dim.md §8: the low-resolution pass uses the resized table resized back, as the official code does.
@@ -531,14 +529,14 @@ def _options() -> tuple[Field, ...]:
         Field("seed", Integer(0), 0, "seed of every image's initial noise (image i: seeded by (seed, i))"),
         Field("labels", Choice(("random", "balanced")), "random", "class labels: random = uniform per image, "
               "seeded by (seed, i) (as DiT, U-ViT and ADM sample; resume stays exact); balanced = i mod classes"),
-        Field("sampler", Choice(("", *SAMPLERS)), "", "sampler at the checkpoint's own resolution; empty: the "
+        Field("sampler", Choice(sampler_or_family), "", "sampler at the checkpoint's own resolution; empty: the "
               "family's protocol's (DiM, U-ViT: DPM-Solver++; DiT: DDPM)"),
         Field("steps", Integer(0), 0, "network evaluations per sample at the checkpoint's own resolution; 0: the "
               "protocol's (50; DiT 250)"),
         Field("guidance", GuidanceTable(), None, "classifier-free guidance s at the checkpoint's own resolution: "
               "null = the published scale for the model and resolution (dimbench/fid/protocols.yaml), else the "
               "family's own; a number, {resolution: s} or {model: s or {resolution: s}}"),
-        Field("upsample_sampler", Choice(SAMPLERS), "dpm_solver", "sampler above the checkpoint's resolution "
+        Field("upsample_sampler", Choice(sampler_names), "dpm_solver", "sampler above the checkpoint's resolution "
               "(dim.md §8: DPM-Solver, noise prediction)"),
         Field("upsample_steps", Integer(1), 50, "network evaluations per sample above the checkpoint's "
               "resolution (dim.md §8: 50)"),

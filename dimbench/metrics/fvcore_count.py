@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, Summary
+from dimbench.metrics.base import CrossCheck, Measurement, Metric, MetricContext, Row, SkipMetric, Summary
 from dimbench.metrics.common import build_model, make_inputs
 from dimbench.metrics.flops import attention_flops, count_point_flops
 from dimbench.points import SweepPoint
@@ -184,7 +184,8 @@ FVCORE = Metric(
     rows=(
         Row("gmacs_fvcore", "GMAC", "GMACs by fvcore (cross-check)", task="count", per_pass=True,
             per_image_label="GMACs per image by fvcore", deterministic=True,
-            summary=Summary("GMACs/img\n(fvcore)", per_image=True)),
+            summary=Summary("GMACs/img\n(fvcore)", per_image=True),
+            cross_check=CrossCheck("gmacs", "fvcore's count agrees with the meta-device count")),
     ),
     fn=fvcore_metric,
     description="cross-check of gmacs with fvcore's FlopCountAnalysis (handlers for SDPA and the scan added)",

@@ -30,7 +30,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_leaves
 
-from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Plot, PlotSection, Ratio, Row, Summary
 from dimbench.metrics.common import (
     KernelRecorder,
     autocast_context,
@@ -319,6 +319,18 @@ def _measured_rows(point: SweepPoint, device: torch.device, common: dict,
     ]
 
 
+# The report's section of these rows against resolution (dimbench.report.plotted): one panel per facet, the
+# source told by line style.
+MEMORY_PLOT = PlotSection(
+    "memory", "Memory", order=40, together=True, title="Peak memory — {facet}", panel="Peak memory — {facet}",
+    ylabel="memory [{unit}]", table="Peak memory", size=(8.5, 5.2),
+    caption="Peak memory vs resolution, log-log, {facet}. ",
+    batch_note="memory is the peak of one pass over the whole batch, not per image — weights and workspaces are paid "
+    "once per batch, so it does not divide by the batch. ",
+    notes="Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, dash-dot "
+    "= NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted under FakeTensorMode "
+    "(not measured). ")
+
 MEMORY = Metric(
     name="memory",
     rows=(
@@ -326,13 +338,14 @@ MEMORY = Metric(
         # on CUDA it follows the attention kernel and scan backend that card and install would run.
         Row("mem_predicted_gib", "GiB", "predicted peak memory (FakeTensor)", predicted=True, deterministic=True,
             summary=Summary("mem GiB\n(predicted)", "{:.2f}"), ratio=Ratio("predicted peak memory", "#2e8b3a"),
-            gate=Gate(0.01, worse="higher", same_device="cuda")),
+            gate=Gate(0.01, worse="higher", same_device="cuda"), plot=Plot(MEMORY_PLOT, linestyle=":")),
         Row("mem_allocated_gib", "GiB", "allocator peak (max_memory_allocated)",
             summary=Summary("mem GiB\n(allocated peak)", "{:.2f}"), ratio=Ratio("allocator peak memory", "#2e8b3a"),
-            gate=Gate(0.02, worse="higher", same_device=True)),
-        Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)"),
+            gate=Gate(0.02, worse="higher", same_device=True), plot=Plot(MEMORY_PLOT, linestyle="-")),
+        Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)",
+            plot=Plot(MEMORY_PLOT, linestyle="--")),
         Row("mem_device_gib", "GiB", "device memory used (NVML, incl. CUDA context)",
-            summary=Summary("mem GiB\n(NVML device)", "{:.2f}")),
+            summary=Summary("mem GiB\n(NVML device)", "{:.2f}"), plot=Plot(MEMORY_PLOT, linestyle="-.")),
     ),
     fn=memory_metric,
     description="peak memory of one forward: FakeTensor-predicted everywhere; allocator peaks and NVML device "

@@ -32,7 +32,7 @@ from dimbench.metrics.train import load_trained, same_architecture
 from dimbench.points import SweepPoint
 from dimbench.quality.proxy import load_or_train_classifier, proxy_scores
 from dimbench.schema import Choice, Field, Integer, Number, Text
-from dimbench.training.sampling import SAMPLERS, class_labels, generate, sampler_for, save_grid
+from dimbench.training.sampling import class_labels, generate, sampler_for, sampler_or_family, save_grid
 from models.diffusion import make_schedule
 
 SAMPLES_DIR = "samples"
@@ -191,7 +191,7 @@ def _sampling_options(samples: int, sampler: str, guidance: float | None, guidan
     return (
         Field("data", Text(), "digits", "the data the model was trained on (the proxy classifier needs `digits`)"),
         Field("samples", Integer(10), samples, "generated images per score (every class equally often)"),
-        Field("sampler", Choice(("", *SAMPLERS)), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
+        Field("sampler", Choice(sampler_or_family), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
               "U-ViT: DPM-Solver++)"),
         Field("steps", Integer(0), 0, "network evaluations per sample and guidance pass; 0: the family's own"),
         Field("guidance", Number(-1e-12, none="the family's own scale"), guidance,
@@ -203,9 +203,10 @@ def _sampling_options(samples: int, sampler: str, guidance: float | None, guidan
 
 
 _QUALITY_ROWS = (
-    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate"),
+    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate", pairs_with="proxy_acc"),
     Row("proxy_acc", "%", "proxy classifier accuracy (trained)", task="evaluate"),
-    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate"),
+    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate",
+        pairs_with="proxy_acc_untrained"),
     Row("proxy_acc_untrained", "%", "proxy classifier accuracy (untrained)", task="evaluate"),
     Row("samples", "images", "sample grid", task="sample"),
 )
@@ -225,7 +226,8 @@ def _upsample_rows() -> tuple[Row, ...]:
     rows = []
     for m in UPSAMPLE_FACTORS:
         for ug, what in (("", "plain"), ("_ug", "Upsample Guidance")):
-            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate"),
+            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate",
+                         pairs_with=f"proxy_acc_up{m}{ug}"),
                      Row(f"proxy_acc_up{m}{ug}", "%", f"proxy classifier accuracy at {m}x ({what})", task="evaluate"),
                      Row(f"samples_up{m}{ug}", "images", f"sample grid at {m}x ({what})", task="sample")]
     return tuple(rows)

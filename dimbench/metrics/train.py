@@ -16,8 +16,8 @@ metrics at the point (``quality``, ``upsample``) read the trained EMA weights fr
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import torch
 import models
 from dimbench.data import load_data
 from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
-from dimbench.metrics.common import input_size_for, resolve_device
+from dimbench.metrics.common import resolve_device
 from dimbench.points import SweepPoint
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
 from dimbench.training import TrainConfig, Trainer, load_training_state
@@ -38,11 +38,6 @@ CHECKPOINT = "checkpoint.pt"
 def train_state_path(out_dir: str | Path, point: SweepPoint) -> Path:
     """Where the ``train`` metric keeps the training checkpoint of ``point`` in the run folder ``out_dir``."""
     return Path(out_dir) / STATE_DIR / slug(point.key) / "train" / CHECKPOINT
-
-
-def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
-    """The same model, batch, dtype and device at another resolution."""
-    return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
 
 
 def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str = "ema",
@@ -94,20 +89,20 @@ def _family(point: SweepPoint) -> models.Family:
 
 
 def build_for_training(model_name: str, input_size: int, *, channels: int, seed: int, device: torch.device,
-                       pad_layout: str | None = None, init_from: torch.nn.Module | None = None,
+                       options: Mapping[str, Any] | None = None, init_from: torch.nn.Module | None = None,
                        init_what: str = "") -> tuple[torch.nn.Module, dict | None, str]:
     """The model to train, its initial state_dict (None: its seeded initialisation) and how it starts, in words.
 
-    With ``init_from`` (a model trained at a lower resolution) this is weak-to-strong (dim.md §6): the family's
-    fine-tune options (DiM: pad layout "cyclic") unless ``pad_layout`` is given, and ``init_from``'s weights
-    loaded with the position embedding resized; they start both the model and its EMA.
+    ``options``: family options the model is built with. With ``init_from`` (a model trained at a lower
+    resolution) this is weak-to-strong (dim.md §6): the family's fine-tune options (DiM: pad layout "cyclic")
+    unless ``options`` sets them, and ``init_from``'s weights loaded with the position embedding resized; they
+    start both the model and its EMA.
     """
     fam = models.family_of_model(model_name)
     if fam.diffusion is None:
         raise ValueError(f"{fam.display} declares no diffusion recipe (models.registry.DiffusionRecipe)")
     overrides: dict[str, Any] = dict(fam.diffusion.finetune) if init_from is not None else {}
-    if pad_layout:
-        overrides["pad_layout"] = pad_layout  # an explicit choice wins
+    overrides.update({k: v for k, v in (options or {}).items() if v is not None})  # an explicit choice wins
     overrides["in_channels"] = channels
     if init_from is not None:  # the trained model's own constructor options (classes, channels, sizes)
         overrides = {**same_architecture(init_from), **overrides}
@@ -141,10 +136,10 @@ def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     low, what = None, ""
     if finetune:
         # dim.md §6: the non-EMA weights of the low-resolution run start both the model and its EMA.
-        low, facts = load_trained(ctx.out_dir, point_at(point, source), weights="model")
+        low, facts = load_trained(ctx.out_dir, point.at_resolution(source), weights="model")
         what = f"the {source} px model (its non-EMA weights at step {facts['step']})"
     model, init_state, start = build_for_training(point.model, point.input_size, channels=data.channels,
-                                                  seed=config.seed, device=device, pad_layout=point.pad_layout,
+                                                  seed=config.seed, device=device, options=point.options,
                                                   init_from=low, init_what=what)
     state_path = ctx.state_dir / CHECKPOINT
     meta = {"start": start, "weak_to_strong_from": source if finetune else None}

@@ -1,11 +1,13 @@
 """The report's content, described once: a :class:`Report` of :class:`Section` s (heading, text, figures,
 tables). ``html.py`` and ``pdf.py`` only render it, so the two formats never disagree.
 
-Each section is made by one builder function ``(Results) -> Section | None`` listed in :data:`SECTIONS`;
-``None`` means "nothing of this kind in the results" and the section is left out. Adding a kind of result
-is adding one function to that list. The document model and shared helpers are in ``document.py``, the
-growth-exponent and crossover analyses in ``analysis.py``, the quality and paper-table sections in
-``quality.py``.
+Each section is made by one builder function ``(Results) -> Section | list[Section] | None`` listed in
+:data:`SECTIONS`; ``None`` means "nothing of this kind in the results" and the section is left out. The sections
+that draw measures against resolution (compute, speed, memory, hardware efficiency, and any a plugin's metric
+declares) are not written here: ``plotted.py`` builds them from the rows' plot declarations
+(:class:`dimbench.metrics.Plot`), so a metric with a plotted row needs nothing in the report. The document model
+and shared helpers are in ``document.py``, the growth-exponent and crossover analyses in ``analysis.py``, the
+quality and paper-table sections in ``quality.py`` and ``paper.py``.
 
 Row conventions (results.jsonl, see docs/contracts.md) read by the optional sections:
 
@@ -34,30 +36,23 @@ from pathlib import Path
 from models import Family
 
 from . import declared
-from .analysis import RatioLine, growth_exponent, ratio_lines, ratio_text
+from .analysis import RatioLine, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
-    MEMORY_METRICS,
     SPECIAL_METRICS,
     Cell,
     Report,
     Section,
     Table,
-    batch_note,
-    fail_marks,
-    fmt,
     label,
-    method_text,
-    model_series,
     panels_figure,
     pivot_table,
-    point_table,
     px,
-    styles_for,
 )
 from .paper import section_paper_tables
 from .plots import Panel, Series
+from .plotted import growth_line, plotted_sections
 from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 from .reference_ratio import section_reference_ratio
@@ -278,17 +273,9 @@ def section_summary(results: Results) -> Section:
         on += f"; dimbench commit {commit[:12]}" + (" with uncommitted changes" if dirty else "")
     on += "."
     highlights = headline(results)
-    gm = "gmacs" if results.has("gmacs", ok=True) else None
-    if gm:
-        exps = []
-        for facet in results.facets([gm])[:1]:
-            for model, by_res in results.values(gm, facet).items():
-                fit, local = growth_exponent(list(by_res), list(by_res.values()))
-                if local is not None:
-                    exps.append(f"{model} ×tokens^{local:.2f}")
-        if exps:
-            highlights.append("GMACs growth at the top of the range (local exponent vs number of tokens; 1 = "
-                              "linear, 2 = quadratic): " + ", ".join(exps) + ".")
+    growth = growth_line(results)
+    if growth:
+        highlights.append(growth)
     scan = scan_note(results)
     if scan:
         highlights.append(scan)
@@ -302,151 +289,6 @@ def section_summary(results: Results) -> Section:
                           "in the plots and listed with their messages under ‘Failed and skipped points’.")
     paragraphs += results.notes
     return Section("Summary", "summary", highlights, paragraphs)
-
-
-def section_compute(results: Results) -> Section | None:
-    metric = next((m for m in ("gmacs", "gflops") if results.has(m)), None)
-    if metric is None:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets([metric]):
-        if len(results.facet_resolutions([metric], facet)) < 2:
-            tables.append(point_table(results, [metric], facet, "Compute"))
-            continue
-        name = label(metric, facet)
-        vals = results.values(metric, facet)
-        exp_rows, labels = [], {}
-        for model, by_res in vals.items():
-            fit, local = growth_exponent(list(by_res), list(by_res.values()))
-            if fit is not None:
-                labels[model] = f"{model} (exponent {fit:.2f} fit, {local:.2f} local)"
-            rs = sorted(by_res)
-            exp_rows.append([Cell(model), Cell(f"{rs[0]}–{rs[-1]} px ({len(rs)})"), Cell(fmt(by_res[rs[0]])),
-                             Cell(fmt(by_res[rs[-1]])), Cell("—" if fit is None else f"{fit:.3f}"),
-                             Cell("—" if local is None else f"{local:.3f}")])
-        panel = Panel(f"{name} vs resolution — {facet.label()}", f"{name} [{results.unit(metric)}]",
-                      model_series(results, metric, facet, styles, labels),
-                      fail_marks(results, [metric], facet, styles), xnotes=results.batch_tags([metric], facet))
-        what = "Compute per image" if facet.batch is None else "Compute per forward pass"
-        cap = (f"{what} vs resolution, log-log, {facet.label()}. " + batch_note([metric], facet)
-               + "The legend gives each model's growth exponent versus the number of tokens (tokens ∝ resolution²): "
-               "the least-squares slope over all resolutions and the local slope between the two largest. ≈ 1 means "
-               "linear in tokens (DiM's selective scan, and the per-token MLPs of every model); it tends to 2 where "
-               "attention's quadratic term dominates (DiT, U-ViT). " + method_text(results, [metric], facet))
-        figures.append(panels_figure(f"{name} vs resolution", cap, [panel], (8.5, 5.2)))
-        if exp_rows:
-            tables.append(Table(f"Growth of {name} with the number of tokens — {facet.label()}. Exponent = "
-                                "d log(GMACs) / d log(tokens).",
-                                ["model", "resolutions", "at lowest", "at highest", "exponent (fit)",
-                                 "exponent (local)"], exp_rows, [False, False, True, True, True, True]))
-    paragraphs = ["GMACs count multiply-accumulates, one per multiply-add: the unit the DiT, U-ViT and DiM papers "
-                  "call “GFLOPs”. GFLOPs = 2 × GMACs (PyTorch's FlopCounterMode convention); both are in the "
-                  "full tables."]
-    check = _fvcore_agreement(results)
-    if check:
-        paragraphs.append(check)
-    return Section("Compute (GMACs)", "compute", [], paragraphs, figures, tables)
-
-
-def _fvcore_agreement(results: Results) -> str | None:
-    if not (results.has("gmacs", ok=True) and results.has("gmacs_fvcore", ok=True)):
-        return None
-    worst = None
-    for facet in results.facets(["gmacs"]):
-        a, b = results.values("gmacs", facet), results.values("gmacs_fvcore", facet)
-        for m in a:
-            for r in set(a[m]) & set(b.get(m, {})):
-                d = abs(a[m][r] - b[m][r]) / max(abs(a[m][r]), 1e-12)
-                if worst is None or d > worst[0]:
-                    worst = (d, m, r)
-    if worst is None:
-        return None
-    return (f"Cross-check: fvcore's count agrees with the meta-device count within {worst[0] * 100:.2f} % at every "
-            f"common point (largest difference: {worst[1]} at {worst[2]} px).")
-
-
-def _speed_section(results: Results, heading: str, anchor: str, time_metric: str, rate_metric: str,
-                   what: str) -> Section | None:
-    metrics = [m for m in (time_metric, rate_metric) if results.has(m)]
-    if not metrics:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(metrics):
-        if len(results.facet_resolutions(metrics, facet)) < 2:
-            tables.append(point_table(results, metrics, facet, heading))
-            continue
-        tags = results.batch_tags(metrics, facet)
-        panels = []
-        for metric in metrics:
-            if not results.attempted(metric, facet):
-                continue
-            name = label(metric, facet)
-            panels.append(Panel(name, f"{name} [{results.unit(metric)}]",
-                                model_series(results, metric, facet, styles, spread=metric == time_metric),
-                                fail_marks(results, [metric], facet, styles), xnotes=tags))
-        if not panels:
-            continue
-        bars = any(s.spread for p in panels for s in p.series)
-        cap = (f"{what}, {facet.label()}. " + batch_note(metrics, facet)
-               + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
-               + method_text(results, metrics, facet))
-        figures.append(panels_figure(f"{heading} — {facet.label()}", cap, panels))
-    paras = []
-    if any(f.device == "cpu" for f in results.facets(metrics)):
-        paras.append("CPU timings come from a shared, noisy machine: compare models by their ratio in the same run, "
-                     "not by absolute values.")
-    return Section(heading, anchor, [], paras, figures, tables)
-
-
-def section_speed(results: Results) -> Section | None:
-    return _speed_section(results, "Speed: forward pass", "speed", "latency_ms", "throughput",
-                          "Latency and throughput (images per second) of one denoising forward pass vs resolution, "
-                          "log-log")
-
-
-def section_training(results: Results) -> Section | None:
-    return _speed_section(results, "Speed: training step", "training", "train_step_ms", "train_throughput",
-                          "Time and throughput of one training step (forward + backward + optimizer step) vs "
-                          "resolution, log-log")
-
-
-def section_memory(results: Results) -> Section | None:
-    present = [(m, ls) for m, ls in MEMORY_METRICS if results.has(m)]
-    if not present:
-        return None
-    names = [m for m, _ in present]
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(names):
-        if len(results.facet_resolutions(names, facet)) < 2:
-            tables.append(point_table(results, names, facet, "Peak memory"))
-            continue
-        series: list[Series] = []
-        labelled: set[str] = set()
-        legend = []
-        for metric, ls in present:
-            hollow = declared.row(metric).predicted
-            got = model_series(results, metric, facet, styles, linestyle=ls, hollow=hollow)
-            if got:
-                legend.append((label(metric) + (" — predicted" if hollow else " — measured"), ls, hollow))
-            for s in got:
-                # One legend entry per model (colour); the line-style legend says which source.
-                if s.label in labelled:
-                    s.label = "_nolegend_"
-                else:
-                    labelled.add(s.label)
-                series.append(s)
-        panel = Panel(f"Peak memory — {facet.label()}", "memory [GiB]", series,
-                      fail_marks(results, names, facet, styles), style_legend=legend,
-                      xnotes=results.batch_tags(names, facet))
-        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. " + batch_note(names, facet, memory=True)
-               + "Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, "
-               "dash-dot = NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted "
-               "under FakeTensorMode (not measured). " + method_text(results, names, facet))
-        figures.append(panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
-    return Section("Memory", "memory", [], [], figures, tables)
 
 
 def _compared(lines: list[RatioLine]) -> list[Family]:
@@ -521,29 +363,6 @@ def section_ratio(results: Results) -> Section | None:
                    "crossover"], rows)
     paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
     return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
-
-
-def section_efficiency(results: Results) -> Section | None:
-    metrics = [m for m in ("tflops_achieved", "mfu") if results.has(m)]
-    if not metrics:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(metrics):
-        if len(results.facet_resolutions(metrics, facet)) < 2:
-            tables.append(point_table(results, metrics, facet, "Hardware efficiency"))
-            continue
-        tags = results.batch_tags(metrics, facet)
-        panels = [Panel(label(m), f"{label(m)} [{results.unit(m)}]",
-                        model_series(results, m, facet, styles), fail_marks(results, [m], facet, styles),
-                        logy=False, xnotes=tags) for m in metrics if results.attempted(m, facet)]
-        if not panels:
-            continue
-        cap = (f"How close each model runs to the hardware, {facet.label()}: achieved TFLOP/s = counted FLOPs / "
-               "measured time; MFU = achieved / the card's peak. " + batch_note(metrics, facet)
-               + method_text(results, metrics, facet))
-        figures.append(panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
-    return Section("Hardware efficiency", "efficiency", [], [], figures, tables)
 
 
 def section_failures(results: Results) -> Section:
@@ -686,16 +505,14 @@ def section_environment(results: Results) -> Section:
                           rows)])
 
 
-# The report, in order. The summary is computed from the same analyses as the sections below it.
-SECTIONS: list[Callable[[Results], Section | None]] = [
+# The report, in order. The summary is computed from the same analyses as the sections below it. The
+# measure-vs-resolution sections (compute, speed, memory, efficiency, a plugin's) come from the rows' plot
+# declarations (plotted.py), in their declared order.
+SECTIONS: list[Callable[[Results], Section | list[Section] | None]] = [
     section_summary,
     section_ratio,
     section_reference_ratio,
-    section_compute,
-    section_speed,
-    section_training,
-    section_memory,
-    section_efficiency,
+    plotted_sections,
     section_profile,
     section_train_loss,
     section_samples,
@@ -711,7 +528,10 @@ SECTIONS: list[Callable[[Results], Section | None]] = [
 
 def build(results: Results) -> Report:
     """The whole report's content from loaded results."""
-    sections = [s for s in (b(results) for b in SECTIONS) if s is not None]
+    sections = []
+    for builder in SECTIONS:
+        made = builder(results)
+        sections += made if isinstance(made, list) else [made] if made is not None else []
     suites = [s for s in dict.fromkeys(results.df["suite"]) if s]
     title = "dimbench report" + (f": {', '.join(suites)}" if suites else "")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

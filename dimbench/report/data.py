@@ -22,6 +22,11 @@ The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
   the whole batch and cannot be normalised, so its plots name the batch at each point);
 - several batches at one point (a batch sweep): one facet per batch, values as measured, as for a fixed batch.
 
+A model's *variants* (points built with family options or from a checkpoint: what the point key adds after
+model, resolution, batch, dtype and device) are separate series where the results hold more than one of them,
+named ``model [pad=cyclic]`` (:data:`.declared.VARIANT`; the family is still the model's), so two variants never
+overwrite each other at a resolution.
+
 Every string of the rows and of environment.json is capped on loading (:mod:`.clip`), and the notes say so.
 """
 
@@ -108,6 +113,13 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     key = df["point_key"].map(lambda v: _text(v, clip))
     synth = df["model"] + "|r" + df["resolution"].astype(str) + "|b" + df["batch"].astype(str) + "|" + df["dtype"]
     df["point_key"] = key.where(key != "", synth + "|" + df["device"])
+    # Points of one model built differently (family options, another checkpoint) are separate series: where the
+    # results hold several variants of a model, each variant is named by what its key adds ("dim_h_2 [pad=cyclic]").
+    df["variant"] = df["point_key"].map(point_variant)
+    several = df.groupby("model")["variant"].transform("nunique") > 1
+    renamed = several & (df["variant"] != "")
+    df.loc[renamed, "model"] = [declared.VARIANT.format(model=m, variant=v)
+                                for m, v in zip(df.loc[renamed, "model"], df.loc[renamed, "variant"], strict=True)]
     # A resumed run may re-measure a point (e.g. after an error); the file is append-only, so the last row wins.
     n = len(df)
     df = df.drop_duplicates(subset=["point_key", "metric", "step"], keep="last")
@@ -120,6 +132,13 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         df.loc[broken, "error"] = "row says ok but has no numeric value"
         notes.append(f"{int(broken.sum())} row(s) marked ok had no numeric value; shown as errors.")
     return df.reset_index(drop=True), notes + clip.notes("the results")
+
+
+def point_variant(key: str) -> str:
+    """What a point key adds to the model to say how it was built (``pad=cyclic``, ``ckpt=<file name>``): the
+    parts after model, resolution, batch, dtype and device, but the compile setting (a facet of its own)."""
+    parts = [p for p in str(key).split("|")[5:] if p and not p.startswith("compile=")]
+    return ", ".join(f"ckpt={Path(p[5:]).name}" if p.startswith("ckpt=") else p for p in parts)
 
 
 def load_environment(directory: Path) -> tuple[dict, list[str]]:

@@ -74,13 +74,6 @@ class Report:
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
 
-# The memory plot's sources: (row, line style); predicted rows are drawn hollow (their declaration says so).
-MEMORY_METRICS = [
-    ("mem_allocated_gib", "-"),
-    ("mem_reserved_gib", "--"),
-    ("mem_device_gib", "-."),
-    ("mem_predicted_gib", ":"),
-]
 SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
 
 
@@ -94,15 +87,14 @@ def label(metric: str, facet: Facet | None = None) -> str:
     return declared.label(metric, per_image=facet is not None and facet.batch is None)
 
 
-def batch_note(metrics: Sequence[str], facet: Facet, memory: bool = False) -> str:
+def batch_note(metrics: Sequence[str], facet: Facet, instead: str = "") -> str:
     """For a caption: how the values relate to the batch, when it varies with resolution (else nothing);
-    ``memory``: the caption is the memory plot's."""
+    ``instead``: what the section says about it in place of the standard text (memory: not per image)."""
     if facet.batch is not None:
         return ""
     head = "The batch varies with resolution (shown under each resolution, b32 = batch 32): "
-    if memory:
-        return (head + "memory is the peak of one pass over the whole batch, not per image — weights and workspaces "
-                "are paid once per batch, so it does not divide by the batch. ")
+    if instead:
+        return head + instead
     if not any(per_pass(m) for m in metrics):
         return head + "these are rates, the same per image as per batch, so points of different batches compare. "
     return (head + "values are per image — GMACs and times are those of one pass over the batch divided by the "

@@ -15,6 +15,7 @@ from dimbench.fid import protocol
 from dimbench.metrics.count_variants import VARIANTS
 from dimbench.paper import PublishedTable, compare_published, tables
 
+from . import declared
 from .data import Results
 from .document import Cell, Section, Table, px
 
@@ -195,18 +196,23 @@ def throughput_ratios(results: Results) -> Table | None:
     table = tables().get("third_party_throughput")
     if table is None:
         return None
+    # Each published row's family and its role in comparisons come from the model registry (DiM: the subject).
     by_res: dict[int, dict[str, tuple[str, float, float | None]]] = {}
+    subjects = {f.name for f in declared.subjects()}
     for row in table.rows:
+        fam = declared.family(row.model)
+        if fam is None:
+            continue  # a model this installation does not register: no family to compare
         measured = _measured(results, row.model, row.resolution, "throughput", table)
-        family = row.model.split("_")[0]
-        by_res.setdefault(row.resolution, {})[family] = (row.model, float(row.values["throughput"]), measured)
+        by_res.setdefault(row.resolution, {})[fam.name] = (row.model, float(row.values["throughput"]), measured)
     body = []
     for res, fams in sorted(by_res.items()):
-        if "dim" not in fams:
+        subject = next((name for name in fams if name in subjects), None)
+        if subject is None:
             continue
-        _, pub_dim, got_dim = fams["dim"]
+        _, pub_dim, got_dim = fams[subject]
         for fam, (model, pub, got) in fams.items():
-            if fam == "dim":
+            if fam == subject:
                 continue
             published = pub_dim / pub
             if got_dim and got:

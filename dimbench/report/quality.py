@@ -145,13 +145,6 @@ def _stage_rows(results: Results, metric: str):
     return [r for r in rows.itertuples(index=False) if isinstance(r.extra, dict) and "stage" in r.extra]
 
 
-def _accuracy_row(fd_metric: str) -> str:
-    """The accuracy row paired with a proxy distance row: fd_proxy_up2 -> proxy_acc_up2."""
-    rest = fd_metric[len("fd_"):]
-    head, _, tail = rest.partition("_")
-    return f"{head}_acc" + (f"_{tail}" if tail else "")
-
-
 def _stage_rank(metric: str) -> tuple[int, str]:
     """Untrained, trained (then weak-to-strong, by resolution), then 2x / 3x plain and guided."""
     if metric.endswith("_untrained"):
@@ -167,7 +160,8 @@ def stage_table(results: Results, metrics: list[str]) -> Table:
     for model in results.models:
         found = []
         for metric in metrics:
-            acc_rows = results.rows(_accuracy_row(metric))
+            paired = results.declaration(metric).pairs_with  # the classifier accuracy of the same samples
+            acc_rows = results.rows(paired) if paired else results.rows(metric).iloc[0:0]
             for r in _stage_rows(results, metric):
                 if r.model == model:
                     found.append((_stage_rank(metric), int(r.resolution), metric, r, acc_rows))

@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dimbench import results
 from dimbench.console import console
 from dimbench.errors import UserError
+from dimbench.model_options import add_model_option_argument, model_options
 from dimbench.points import SweepPoint
 
 #: dim.md §6: the weak-to-strong fine-tune's recipe, the defaults under --init-from
@@ -66,7 +67,8 @@ def add_train_command(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--init-from", metavar="CKPT", default=None,
                    help="weak-to-strong: a dimbench training checkpoint of this model at a lower resolution")
-    p.add_argument("--pad-layout", default=None, help="DiM's pad layout (default: the family's choice)")
+    add_model_option_argument(p, "an option not given takes the model's default (with --init-from: the family's "
+                              "fine-tune options, DiM's cyclic pad layout)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
     p.set_defaults(func=cmd_train)
 
@@ -115,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 checkpoint_every=args.checkpoint_every,
             )
             model, init_state, start = build_for_training(args.model, data.resolution, channels=data.channels,
-                                                          seed=config.seed, device=device, pad_layout=args.pad_layout,
+                                                          seed=config.seed, device=device,
+                                                          options=model_options(args, args.model),
                                                           init_from=low, init_what=what)
             model.model_name = args.model
             out = Path(args.out)
@@ -123,9 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                               state_path=out / "checkpoint.pt", init_state=init_state)
         except ValueError as exc:
             raise UserError(f"dimbench train {args.model}: {exc}") from None
-        # Rows name the image side in pixels: latents (scaled VAE latents) stand for 8x their side.
-        pixels = data.resolution * (8 if data.moments or data.scale != 1.0 else 1)
-        point = SweepPoint(suite="train", model=args.model, resolution=pixels,
+        # Rows name the image side in pixels (latents stand for the VAE's factor times their side).
+        point = SweepPoint(suite="train", model=args.model, resolution=data.pixels,
                            input_size=data.resolution, batch=config.batch, dtype=config.precision,
                            device=device.type, metrics=("train",))
         method = f"{config.describe()}; {start}; data {data.source}; mean over each window of {config.log_every} steps"

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model_fn import EpsFn, eps_only
+from .registry import Sampler, register_sampler
 from .schedules import VPSDE, DiscreteSchedule
 
 __all__ = [
@@ -418,3 +419,16 @@ def upsample_guidance(
         return torch.where(active.reshape(shape), guided, eps)
 
     return fn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry: each sampler above declared once, with the settings it runs at (models.diffusion.registry)
+
+register_sampler(Sampler("ddpm", "DDPM ancestral", ddpm_sample, schedules=("discrete",), learned_variance=True))
+register_sampler(Sampler("ddim", "DDIM (eta 0)", ddim_sample, schedules=("discrete",)))
+register_sampler(Sampler("dpm_solver++", "DPM-Solver++ (data prediction, singlestep fast, order 3)", dpm_solver_sample,
+                         settings={"order": 3, "predict": "data"}, uses_generator=False))
+register_sampler(Sampler("dpm_solver", "DPM-Solver (noise prediction, singlestep fast, order 3)", dpm_solver_sample,
+                         settings={"order": 3, "predict": "noise"}, uses_generator=False))
+register_sampler(Sampler("euler_maruyama", "Euler-Maruyama (VP-SDE)", euler_maruyama_sample,
+                         schedules=("continuous",)))
