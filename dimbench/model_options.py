@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 FLAG = "--model-option"
 
@@ -40,7 +40,7 @@ def add_model_option_argument(parser: argparse.ArgumentParser, default: str) -> 
 
 def model_options(args: argparse.Namespace, model: str) -> dict[str, Any]:
     """The options given to a command, checked against ``model``'s family (a UserError naming the flag)."""
-    import models
+    import models  # heavy (torch): the parsers that add this flag must build without it
 
     given = dict(getattr(args, "model_options", None) or {})
     for name, value in given.items():

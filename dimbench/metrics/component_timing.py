@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
 
 import models
 from dimbench.metrics.common import autocast_context, device_name, precision_label, probe_backends, synchronize
@@ -50,8 +52,6 @@ def profile_model(model: torch.nn.Module, inputs: tuple, device: torch.device, d
     """Profile ``repeats`` forward passes of ``model(*inputs)`` (see the module docstring); with ``folder``, save the
     Chrome trace there (and on CUDA a memory snapshot); with ``energy_seconds`` > 0 on CUDA, sample NVML during a
     separate timed run of at least that long."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     x, t, y = inputs
@@ -107,8 +107,6 @@ def _range_totals_us(prof, cuda: bool) -> dict[str, float]:
     op-heavy backend (the chunked scan) makes hundreds of thousands of events."""
     totals: dict[str, float] = collections.defaultdict(float)
     if cuda:
-        from torch.autograd import DeviceType
-
         for event in prof.events():
             if event.device_type == DeviceType.CPU and event.name.startswith(PREFIX):
                 totals[event.name] += float(event.device_time_total)

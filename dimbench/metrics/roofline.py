@@ -5,17 +5,17 @@ The ``profile`` metric places each component (FLOPs / time, FLOPs / bytes) under
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 import torch
 
 from dimbench.metrics.common import device_name, synchronize
+from dimbench.metrics.hardware import bf16_peak
 
 
 def _median_ms(fn, device: torch.device, repeats: int = 5) -> float:
-    import statistics
-
     fn()
     synchronize(device)
     times = []
@@ -33,8 +33,6 @@ def measure_ceilings(device: torch.device, out_dir: str | None) -> dict[str, Any
     (the roof for every dtype: what the card can do at best) and a 1 GiB device-to-device copy; CPU: a float32
     2048³ torch.mm and a 256 MiB tensor copy with this process's threads (median of 5 each, wall clock)."""
     if device.type == "cuda":
-        from dimbench.metrics.hardware import bf16_peak
-
         peak = bf16_peak(device, out_dir)
         n = 2**28  # 1 GiB of float32
         src = torch.empty(n, device=device).normal_()
