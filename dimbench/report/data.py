@@ -115,7 +115,9 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     df["point_key"] = key.where(key != "", synth + "|" + df["device"])
     # Points of one model built differently (family options, another checkpoint) are separate series: where the
     # results hold several variants of a model, each variant is named by what its key adds ("dim_h_2 [pad=cyclic]").
+    # "base_model" keeps the registry name: what the papers' tables and the family look-ups are keyed by.
     df["variant"] = df["point_key"].map(point_variant)
+    df["base_model"] = df["model"]
     several = df.groupby("model")["variant"].transform("nunique") > 1
     renamed = several & (df["variant"] != "")
     df.loc[renamed, "model"] = [declared.VARIANT.format(model=m, variant=v)

@@ -32,7 +32,7 @@ def _fid_rows(results: Results, model: str, resolution: int, release: str | None
     """The ok fid rows of ``model`` at ``resolution`` that may stand beside the published row of ``release``: rows
     of that release, and rows whose checkpoint is no known release (they could be any)."""
     df = results.rows("fid")
-    df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
+    df = df[(df["base_model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
     if release is not None:
         df = df[df["extra"].map(lambda e: e.get("release") in (release, None)).astype(bool)]
     return df
@@ -44,7 +44,7 @@ def _measured(results: Results, model: str, resolution: int, measure: str, table
         return None
     df = results.rows(measure) if measure != "fid" else _fid_rows(results, model, resolution, release)
     # The papers measured eager models: a compiled point's value is not theirs to compare with.
-    df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")
+    df = df[(df["base_model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")
             & (df["compile"] == "eager")]
     if table.batch is not None:
         df = df[df["batch"] == table.batch]
@@ -257,4 +257,4 @@ def section_paper_tables(results: Results) -> Section | None:
 
 def _has_point(results: Results, model: str, resolution: int) -> bool:
     df = results.df
-    return bool(((df["model"] == model) & (df["resolution"] == resolution)).any())
+    return bool(((df["base_model"] == model) & (df["resolution"] == resolution)).any())
