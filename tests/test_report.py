@@ -619,7 +619,7 @@ def test_varying_batch_ratios_cross_per_image_and_the_summary_stays_short(varyin
 
 def test_a_batch_sweep_is_plotted_one_batch_at_a_time(tmp_path):
     """Several batches at each point: one facet per batch, values as measured; the headline takes the largest."""
-    rows = [dict(r, batch=b, point_key=f"{r['point_key']}|b{b}",
+    rows = [dict(r, batch=b, point_key=r["point_key"].replace("|b1|", f"|b{b}|"),
                  value=None if r["value"] is None else r["value"] * (b if r["metric"] in ("latency_ms", "gmacs")
                                                                       else 1))
             for b in (1, 4)
