@@ -37,6 +37,7 @@ from dimbench.fid.options import (
     reference_for,
     upsample_source,
 )
+from dimbench.files import atomic_write
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.points import SweepPoint
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
@@ -167,9 +168,7 @@ def _real_features(ctx: MetricContext, ref, extractor, weights_sha: str) -> np.n
     images = torch.from_numpy(np.ascontiguousarray(ref.images)).permute(0, 3, 1, 2)
     pool, _ = extract(extractor, images)
     base.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npy")
-    np.save(tmp, pool)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: np.save(f, pool))
     return pool
 
 
