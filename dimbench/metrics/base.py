@@ -224,7 +224,7 @@ class Metric:
         timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
                        + ("none (the task bounds itself)" if self.timeout == math.inf else
                           f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
-        timeout = Field("timeout", Number(0, "seconds", note=".inf: no limit"), None, timeout_doc)
+        timeout = Field("timeout", Number(0, "seconds", infinite="no limit"), None, timeout_doc)
         return Record([*self.options, timeout], what=f"options of metric '{self.name}'")
 
     def measure(self, point: SweepPoint, *, out_dir: str | None = None, **options: Any) -> list[Measurement]:
