@@ -256,9 +256,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
+    import time
+
+    t0 = time.monotonic()
+    err = console(stderr=True)
     try:
-        html, pdf = build_report(path, args.output)
-    except OSError as exc:  # -o naming a file, a read-only folder, a full disk
+        html, pdf = build_report(path, args.output, progress=lambda text: err.print(
+            f"report [{time.monotonic() - t0:6.1f} s]: {text}", markup=False, highlight=False))
+    except UserError:  # a WriteError names the file itself
+        raise
+    except OSError as exc:  # -o naming a file, a read-only folder
         raise UserError(f"{exc.filename or args.output or path}: cannot write the report ({exc.strerror or exc})") \
             from None
     console().print(f"Report: {html}  {pdf}")

@@ -31,6 +31,8 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from models import Family
 
 from . import declared
@@ -45,6 +47,8 @@ from .document import (
     Section,
     Table,
     batch_note,
+    capped_facets,
+    capped_rows,
     fail_marks,
     fmt,
     label,
@@ -68,20 +72,24 @@ PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in 
 # --------------------------------------------------------------------------------------------------------------
 
 
+_SAME = ["resolution", "metric", "device", "dtype", "batch"]  # what an OOM and a success must share to contrast
+
+
 def _oom_contrast(results: Results, a: str, b: str) -> list[str]:
     """Resolutions where model ``a`` ran out of memory on a measure that ``b`` completed under the same facet."""
-    df = results.df
-    out = []
-    for res in results.resolutions:
-        ra = df[(df["model"] == a) & (df["resolution"] == res) & (df["status"] == "oom")]
-        for r in ra.itertuples(index=False):
-            done = df[(df["model"] == b) & (df["resolution"] == res) & (df["metric"] == r.metric)
-                      & (df["device"] == r.device) & (df["dtype"] == r.dtype) & (df["batch"] == r.batch)
-                      & (df["status"] == "ok")]
-            if len(done):
-                out.append(f"{a} ran out of memory at {res} px ({r.device}, {r.dtype}, batch {r.batch}), where {b} ran")
-                break
-    return out
+    if "oom_rows" not in results.memo:  # (each model's oom rows and the ok rows' keys, found once)
+        df = results.df
+        results.memo["oom_rows"] = {m: g.sort_values("resolution", kind="stable")
+                                    for m, g in df[df["status"] == "oom"].groupby("model", sort=False)}
+        ok = df[df["status"] == "ok"]
+        results.memo["ok_keys"] = set(ok[["model", *_SAME]].itertuples(index=False, name=None))
+    ooms, ok_keys = results.memo["oom_rows"].get(a), results.memo["ok_keys"]
+    out: dict[int, str] = {}
+    for r in ([] if ooms is None else ooms.itertuples(index=False)):
+        if r.resolution not in out and (b, r.resolution, r.metric, r.device, r.dtype, r.batch) in ok_keys:
+            out[r.resolution] = (f"{a} ran out of memory at {r.resolution} px ({r.device}, {r.dtype}, batch "
+                                 f"{r.batch}), where {b} ran")
+    return list(out.values())
 
 
 def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
@@ -169,9 +177,10 @@ def headline(results: Results) -> list[str]:
         if group and not (row.predicted and row.unit in measured_units):
             out.append(measure_line(group))
     pairs = list(dict.fromkeys((ln.subject, ln.other) for ln in lines))
-    ooms = [t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)]
+    ooms = list(dict.fromkeys(t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)))
     if ooms:
-        out.append("; ".join(dict.fromkeys(ooms)) + ".")
+        more = f"; and {len(ooms) - 6:,} more (‘Failed and skipped points’)" if len(ooms) > 6 else ""
+        out.append("; ".join(ooms[:6]) + more + ".")
     out += [t[0].upper() + t[1:] + "." for a, b in pairs for t in _input_mismatch(results, a, b)]
     return out
 
@@ -245,7 +254,7 @@ def _dtype_text(results: Results) -> str:
         df = results.df
     every = set(df["resolution"])
     parts = []
-    for d in dict.fromkeys(x for x in df["dtype"] if x):
+    for d in (x for x in pd.unique(df["dtype"]) if x):
         res = sorted(set(df.loc[df["dtype"] == d, "resolution"]))
         parts.append(d if set(res) == every else f"{d} at {', '.join(map(str, res))} px only")
     return ", ".join(parts) or "n/a"
@@ -256,11 +265,13 @@ def section_summary(results: Results) -> Section:
     env = results.env
     counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
     other = int((~df["status"].isin(STATUSES)).sum())
-    suites = [s for s in dict.fromkeys(df["suite"]) if s]
-    devices = list(dict.fromkeys(df.loc[df["task"] != "count", "device"])) or list(dict.fromkeys(df["device"]))
+    suites = [s for s in pd.unique(df["suite"]) if s]
+    devices = list(pd.unique(df.loc[df["task"] != "count", "device"])) or list(pd.unique(df["device"]))
+    shown = results.resolutions if len(results.resolutions) <= 24 else [results.resolutions[0], "…",
+                                                                         results.resolutions[-1]]
     ran = (f"Suite {', '.join(suites) or '(unnamed)'}: {len(results.models)} model(s) "
            f"({', '.join(results.models)}) at {len(results.resolutions)} resolution(s) "
-           f"({', '.join(str(r) for r in results.resolutions)} px); {_batch_text(results)}; "
+           f"({', '.join(str(r) for r in shown)} px); {_batch_text(results)}; "
            f"dtype {_dtype_text(results)}. "
            f"{df['point_key'].nunique()} point(s), {len(df)} row(s): {counts['ok']} ok, {counts['oom']} out of "
            f"memory, {counts['error']} error(s), {counts['skipped']} skipped" + (f", {other} other" if other else "")
@@ -309,7 +320,8 @@ def section_compute(results: Results) -> Section | None:
         return None
     styles = styles_for(results)
     figures, tables = [], []
-    for facet in results.facets([metric]):
+    facets, left_out = capped_facets(results.facets([metric]))
+    for facet in facets:
         if len(results.facet_resolutions([metric], facet)) < 2:
             tables.append(point_table(results, [metric], facet, "Compute"))
             continue
@@ -345,6 +357,8 @@ def section_compute(results: Results) -> Section | None:
     check = _fvcore_agreement(results)
     if check:
         paragraphs.append(check)
+    if left_out:
+        paragraphs.append(left_out)
     return Section("Compute (GMACs)", "compute", [], paragraphs, figures, tables)
 
 
@@ -372,7 +386,8 @@ def _speed_section(results: Results, heading: str, anchor: str, time_metric: str
         return None
     styles = styles_for(results)
     figures, tables = [], []
-    for facet in results.facets(metrics):
+    facets, left_out = capped_facets(results.facets(metrics))
+    for facet in facets:
         if len(results.facet_resolutions(metrics, facet)) < 2:
             tables.append(point_table(results, metrics, facet, heading))
             continue
@@ -396,6 +411,8 @@ def _speed_section(results: Results, heading: str, anchor: str, time_metric: str
     if any(f.device == "cpu" for f in results.facets(metrics)):
         paras.append("CPU timings come from a shared, noisy machine: compare models by their ratio in the same run, "
                      "not by absolute values.")
+    if left_out:
+        paras.append(left_out)
     return Section(heading, anchor, [], paras, figures, tables)
 
 
@@ -418,7 +435,8 @@ def section_memory(results: Results) -> Section | None:
     names = [m for m, _ in present]
     styles = styles_for(results)
     figures, tables = [], []
-    for facet in results.facets(names):
+    facets, left_out = capped_facets(results.facets(names))
+    for facet in facets:
         if len(results.facet_resolutions(names, facet)) < 2:
             tables.append(point_table(results, names, facet, "Peak memory"))
             continue
@@ -445,7 +463,7 @@ def section_memory(results: Results) -> Section | None:
                "dash-dot = NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted "
                "under FakeTensorMode (not measured). " + method_text(results, names, facet))
         figures.append(panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
-    return Section("Memory", "memory", [], [], figures, tables)
+    return Section("Memory", "memory", [], [left_out] if left_out else [], figures, tables)
 
 
 def _compared(lines: list[RatioLine]) -> list[Family]:
@@ -462,6 +480,8 @@ def section_ratio(results: Results) -> Section | None:
     lines = ratio_lines(results)
     if not lines:
         return None
+    drawn, left_out = capped_facets(list(dict.fromkeys(ln.facet for ln in lines)))
+    lines = [ln for ln in lines if ln.facet in drawn]
     subject = declared.subject_name()
     dims = list(dict.fromkeys(ln.subject for ln in lines))
     marker = {d: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, d in enumerate(dims)}
@@ -512,13 +532,16 @@ def section_ratio(results: Results) -> Section | None:
         rows.append([Cell(f"{ln.subject} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
                      Cell(f"{ln.ratio[0]:.3f} at {ln.res[0]} px"), Cell(f"{ln.ratio[-1]:.3f} at {ln.res[-1]} px"),
                      Cell(cross or ("single resolution" if len(ln.res) == 1 else "none in range"))])
+    rows, more = capped_rows(rows, "ratios")
     table = Table(f"Ratios of {subject} to the other models and crossover resolutions. Ratio = {subject} value / "
                   "other value at the same resolution, device, dtype and batch; GMACs and times per image (the same "
                   "ratio as per pass), memory for the whole batch. Batch: at the lowest → highest resolution where it "
-                  "varies.",
+                  "varies." + more,
                   [f"{subject} / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
                    "crossover"], rows)
     paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
+    if left_out:
+        paras.append(left_out)
     return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
 
 
@@ -528,7 +551,8 @@ def section_efficiency(results: Results) -> Section | None:
         return None
     styles = styles_for(results)
     figures, tables = [], []
-    for facet in results.facets(metrics):
+    facets, left_out = capped_facets(results.facets(metrics))
+    for facet in facets:
         if len(results.facet_resolutions(metrics, facet)) < 2:
             tables.append(point_table(results, metrics, facet, "Hardware efficiency"))
             continue
@@ -542,7 +566,7 @@ def section_efficiency(results: Results) -> Section | None:
                "measured time; MFU = achieved / the card's peak. " + batch_note(metrics, facet)
                + method_text(results, metrics, facet))
         figures.append(panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
-    return Section("Hardware efficiency", "efficiency", [], [], figures, tables)
+    return Section("Hardware efficiency", "efficiency", [], [left_out] if left_out else [], figures, tables)
 
 
 def section_failures(results: Results) -> Section:
@@ -572,9 +596,10 @@ def section_failures(results: Results) -> Section:
              "errors are also marked ✗ in the plots." if len(bad) else
              "Every point produced all its values: nothing ran out of memory, failed or was skipped."]
     tables = []
+    rows, more = capped_rows(rows, "failed points")
     if rows:
         tables.append(Table("Points that ran out of memory or failed, with the recorded message (one line per "
-                            "point and message).",
+                            "point and message)." + more,
                             ["model", "resolution", "batch", "dtype", "device", "status", "metrics", "message"], rows,
                             [False, True, True, False, False, False, False, False]))
     if len(skipped):
@@ -586,9 +611,10 @@ def section_failures(results: Results) -> Section:
             point = f"{r.model} @ {r.resolution}"
             if point not in points:
                 points.append(point)
-        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p)), Cell(reason, "skipped")]
-                 for reason, (m, p) in by_reason.items()]
-        tables.append(Table("Skipped measurements, grouped by the reason recorded.",
+        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p[:20]) + (", …" if len(p) > 20 else "")),
+                  Cell(reason, "skipped")] for reason, (m, p) in by_reason.items()]
+        srows, more = capped_rows(srows, "reasons")
+        tables.append(Table("Skipped measurements, grouped by the reason recorded." + more,
                             ["metrics", "points (model @ px)", "reason"], srows))
     return Section("Failed and skipped points", "failures", [], paras, [], tables)
 
@@ -601,14 +627,18 @@ def section_full_tables(results: Results) -> Section:
     # A series row has many values per point (one per step or component): a model x resolution cell cannot hold
     # them; its own section shows them.
     metrics = [m for m in known if results.has(m) and not results.declaration(m).series]
-    tables = [pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
+    tables, left_out = [], []
+    for m in metrics:
+        facets, note = capped_facets(results.facets([m]))
+        tables += [pivot_table(results, m, f) for f in facets]
+        left_out += [f"{label(m)}: {note}"] if note else []
     paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
-             "skipped points’), skipped = not applicable there, — = not run."]
+             "skipped points’), skipped = not applicable there, — = not run."] + left_out
     never = [m for m in known if m not in metrics]
     if never:
         reasons = []
         for m in never:
-            why = [e for e in dict.fromkeys(results.rows(m)["error"]) if e]
+            why = [e for e in pd.unique(results.rows(m)["error"]) if e]
             reasons.append(f"{label(m)} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1
                                                       else "") + ")" if why else label(m))
         paras.append("Skipped at every point, so not tabulated: " + "; ".join(reasons) + ".")
@@ -707,10 +737,16 @@ SECTIONS: list[Callable[[Results], Section | None]] = [
 ]
 
 
-def build(results: Results) -> Report:
-    """The whole report's content from loaded results."""
-    sections = [s for s in (b(results) for b in SECTIONS) if s is not None]
-    suites = [s for s in dict.fromkeys(results.df["suite"]) if s]
+def build(results: Results, progress: Callable[[str], None] | None = None) -> Report:
+    """The whole report's content from loaded results; ``progress(text)`` is told each section as it starts."""
+    sections = []
+    for i, make in enumerate(SECTIONS, 1):
+        if progress is not None:
+            progress(f"section {i}/{len(SECTIONS)}: {make.__name__.removeprefix('section_').replace('_', ' ')}")
+        section = make(results)
+        if section is not None:
+            sections.append(section)
+    suites = [s for s in pd.unique(results.df["suite"]) if s]
     title = "dimbench report" + (f": {', '.join(suites)}" if suites else "")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     subtitle = f"Results folder {Path(results.dir).resolve()} · report generated {now}"
