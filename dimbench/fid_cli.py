@@ -147,7 +147,7 @@ def cmd_fid(args: argparse.Namespace) -> int:
     from dimbench.metrics.base import MetricContext, SkipMetric
     from dimbench.metrics.fid import FID
     from dimbench.points import SweepPoint
-    from dimbench.runfolder import CommandRun
+    from dimbench.runfolder import CommandRun, is_complete
     from dimbench.schema import Problems, Record, cli_message
     from dimbench.suite import input_size_for, resolve_device
     from dimbench.training import distributed
@@ -193,9 +193,12 @@ def cmd_fid(args: argparse.Namespace) -> int:
                          warn=lambda line: console(stderr=True).print(line, markup=False)) if rank0 else None
         distributed.distributed_info().barrier()  # (--fresh has moved the old state aside before any rank reads)
         with run or contextlib.nullcontext():
-            if run is not None and run.complete(point.key, FID.final_rows):
-                console().print(f"fid {args.model} at {args.resolution} px: already scored in "
-                                f"{out / results.RESULTS_FILE} (--fresh to score again)", markup=False)
+            # Every rank decides from the disk, so that none waits for a rank that stopped.
+            final = run.folder.final if run is not None else results.final_statuses(results.read_rows(out))
+            if is_complete(final, point.key, FID.final_rows):
+                if rank0:
+                    console().print(f"fid {args.model} at {args.resolution} px: already scored in "
+                                    f"{out / results.RESULTS_FILE} (--fresh to score again)", markup=False)
                 return 0
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             t0 = time.perf_counter()

@@ -21,8 +21,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -224,8 +226,16 @@ def _differences(before: Any, now: Any, prefix: str = "") -> list[str]:
     return [f"{prefix}: {json.dumps(before)} there, {json.dumps(now)} now"]
 
 
+def is_complete(final: dict[tuple, str], key: str, rows: tuple[str, ...]) -> bool:
+    """Whether every one of these final rows of point ``key`` is among ``final`` (identity -> status,
+    :func:`dimbench.results.final_statuses`), and they are not all skips (the runner's rule for a complete
+    metric)."""
+    found = [final.get((key, name, None)) for name in rows]
+    return None not in found and set(found) != {"skipped"}
+
+
 class CommandRun:
-    """A command that writes rows into a run folder (``dimbench train``, ``dimbench fid``), under the suite
+    """A command that writes rows into a run folder (``dimbench train``, ``fid``, ``profile``), under the suite
     runner's rule: the folder locked for the command's whole run, its record (environment.json, ``suite`` = the
     command's name, no suite file) checked, so that another suite's or command's rows, or rows of other settings,
     are refused in one line unless ``allow_mixed``, then extended with this invocation's entry; rows written once
@@ -234,9 +244,6 @@ class CommandRun:
 
     def __init__(self, out: Path, *, command: str, argv: list[str], device: str, settings: dict[str, Any],
                  allow_mixed: bool = False, fresh: bool = False, also_fresh: tuple[str, ...] = (), warn=print):
-        import shlex
-        import time
-
         from dimbench.environment import collect
 
         self.t0 = time.monotonic()
@@ -265,8 +272,7 @@ class CommandRun:
 
     def complete(self, key: str, rows: tuple[str, ...]) -> bool:
         """Whether every one of these final rows of point ``key`` is on disk (final, and not all skips)."""
-        found = [self.folder.final.get((key, name, None)) for name in rows]
-        return None not in found and set(found) != {"skipped"}
+        return is_complete(self.folder.final, key, rows)
 
     def write(self, rows: list[dict[str, Any]], *, replace: bool = False) -> list[dict[str, Any]]:
         """Append the rows whose identity is not on disk (``replace``: even so); returns those written."""
@@ -276,8 +282,6 @@ class CommandRun:
 
     def close(self, *, interrupted: bool = False, stopped_by: str | None = None) -> None:
         """Complete this invocation's entry of the record and release the lock."""
-        import time
-
         try:
             self.folder.end_record(self.record, self.entry, wall_s=time.monotonic() - self.t0,
                                    interrupted=interrupted, rows_written=self.rows_written, stopped_by=stopped_by)

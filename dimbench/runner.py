@@ -37,7 +37,7 @@ from dimbench import processes
 from dimbench.console import UserError
 from dimbench.environment import collect, collect_isolated, now_iso
 from dimbench.results import ResultsWriteError, row_identity
-from dimbench.runfolder import RunFolder
+from dimbench.runfolder import RunFolder, is_complete
 from dimbench.suite import Plan, PointPlan
 from dimbench.worker import Job, failure_rows, gmacs_per_image
 
@@ -185,7 +185,7 @@ class Runner:
             for metric, reason in pp.skipped.items():
                 if None in self._on_disk(key, metric):
                     skip_rows += failure_rows(pp.point, self.metrics[metric], "skipped", reason, now_iso())
-            todo = [m for m in pp.run if None in (on := self._on_disk(key, m)) or set(on) == {"skipped"}]
+            todo = [m for m in pp.run if not is_complete(self.final, key, self.metrics[m].final_rows)]
             if todo:
                 jobs.append(_PointJob(pp, todo))
             else:
