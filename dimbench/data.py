@@ -185,12 +185,13 @@ def load_image_folder(path, resolution: int, *, channels: int = 3) -> Dataset:
         files = loose
     if not files:
         raise DataError(f"{path}: no images (expected {_suffix_text()} files, flat or in class subfolders)")
-    _check_fits(len(files), channels, resolution, str(path))
-    # Each image in [-1, 1] at its own bit depth (v / (full / 2) - 1: exactly u / 127.5 - 1 for 8 bits).
-    pixels = np.stack([image / np.float32(full / 2) - np.float32(1)
-                       for image, full in (read_image(f, resolution, channels) for f in files)])
-    if channels == 1:
-        pixels = pixels[..., None]
+    _check_fits(len(files), channels, resolution, str(path), copies=1)
+    # Each image in [-1, 1] at its own bit depth (v / (full / 2) - 1: exactly u / 127.5 - 1 for 8 bits), written
+    # into one preallocated array: the images are never held twice.
+    pixels = np.empty((len(files), resolution, resolution, channels), dtype=np.float32)
+    for i, f in enumerate(files):
+        image, full = read_image(f, resolution, channels)
+        pixels[i] = (image / np.float32(full / 2) - np.float32(1)).reshape(resolution, resolution, channels)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     kind = f"{len(class_dirs)} classes" if class_dirs else "unlabelled"
     source = (f"image folder {path} ({len(files)} images, {kind}), center crop + bicubic resize to "
@@ -258,15 +259,16 @@ def available_memory() -> int | None:
     return None
 
 
-def _check_fits(count: int, channels: int, resolution: int, where: str) -> None:
-    """Refuse, before allocating, data that cannot fit in memory: ``count`` float32 images (channels x resolution
-    x resolution) and one working copy of them (resizing or stacking), against the memory available now."""
-    need = 2 * count * channels * resolution * resolution * 4
+def _check_fits(count: int, channels: int, resolution: int, where: str, copies: int = 2) -> None:
+    """Refuse, before allocating, data that cannot fit in memory: ``copies`` float32 tensors of ``count`` images
+    (channels x resolution x resolution; digits are resized, then clamped: two), against the memory available
+    now."""
+    need = copies * count * channels * resolution * resolution * 4
     available = available_memory()
     if available is not None and need > available:
         raise DataError(f"{where}: {count} images at {resolution}x{resolution} px need about {_gib(need)} of memory "
-                        f"(float32, with one working copy), more than the {_gib(available)} available now: lower the "
-                        "resolution")
+                        f"(float32{', with a working copy' if copies > 1 else ''}), more than the {_gib(available)} "
+                        "available now: lower the resolution")
 
 
 def _gib(n: int) -> str:

@@ -150,6 +150,8 @@ class Number(Type):
     def check(self, value, path, problems):
         if value is None and self.none:
             return None
+        if is_number(value) and abs(value) > 1.7e308:  # a YAML integer no float holds is as good as infinite
+            value = math.inf if value > 0 else -math.inf
         if not is_number(value) or math.isnan(value) or (math.isinf(value) and not (self.infinite and value > 0)):
             return problems.expected(path, self.expected, value)
         if ((self.above is not None and value <= self.above) or (self.at_least is not None and value < self.at_least)
