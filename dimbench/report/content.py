@@ -40,6 +40,7 @@ from .analysis import RatioLine, growth_exponent, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
+    MAX_SERIES,
     MEMORY_METRICS,
     SPECIAL_METRICS,
     Cell,
@@ -58,6 +59,7 @@ from .document import (
     pivot_table,
     point_table,
     px,
+    spread,
     styles_for,
 )
 from .paper import section_paper_tables
@@ -501,9 +503,13 @@ def section_ratio(results: Results) -> Section | None:
         sweep = {ln.metric for ln in group if ln.facet.batch is not None
                  and len({x.facet.batch for x in group if x.metric == ln.metric}) > 1}
         panels = []
+        hidden = 0
         for fam in _compared(group):
             series, vlines = [], []
-            for ln in [ln for ln in group if ln.family is fam]:
+            lines_of = [ln for ln in group if ln.family is fam]
+            drawn_lines = spread(lines_of, MAX_SERIES)  # (many model pairs: a legend of hundreds hides the plot)
+            hidden += len(lines_of) - len(drawn_lines)
+            for ln in drawn_lines:
                 name = ln.measure + (f" ({ln.subject})" if len(dims) > 1 else "") + (
                     f" (batch {ln.facet.batch})" if ln.metric in sweep else "")
                 series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.subject],
@@ -515,6 +521,7 @@ def section_ratio(results: Results) -> Section | None:
                                     hline_label="parity (ratio 1)", vlines=vlines,
                                     xnotes={r: "/".join(sorted(t)) for r, t in tags.items()}))
         crossed = [f"{ln.measure} vs {ln.other} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
+        crossed = crossed[:10] + ([f"and {len(crossed) - 10} more (in the table)"] if len(crossed) > 10 else [])
         cap = (f"Ratio of {subject} to each comparator model at each resolution ({setting}) for every "
                f"lower-is-better measure present; below 1 {subject} needs less. GMACs and times are per image; where "
                "the batch varies with resolution (shown under each resolution) both models ran the same batch at each "
@@ -523,6 +530,9 @@ def section_ratio(results: Results) -> Section | None:
                f"marker = {subject} model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
                "vertical lines mark where a ratio crosses 1 (interpolated linearly in log resolution and log "
                "ratio): " + (", ".join(crossed) if crossed else "none in the range measured") + ".")
+        if hidden:
+            cap += (f" {hidden} more model pair(s) are not drawn ({MAX_SERIES} lines per panel at most, evenly "
+                    "spread); every ratio is in the table below.")
         size = (8.5, 5.2) if len(panels) == 1 else (11.0, 5.4)
         figures.append(panels_figure(f"{_ratio_heading(group)} ratio — {setting}", cap, panels, size))
     rows = []

@@ -82,6 +82,8 @@ MAX_TABLE_COLUMNS = 16
 MAX_TABLE_ROWS = 60
 #: Lines of a list (failed points, ratios) before it says "and N more".
 MAX_LISTED = 100
+#: Lines in one ratio panel (model pairs): beyond it the legend would hide the plot.
+MAX_SERIES = 12
 
 
 def spread(items: Sequence, n: int) -> list:
