@@ -258,11 +258,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"the report is not available in this installation: {exc}") from None
     import time
 
+    from rich.markup import escape
+
     t0 = time.monotonic()
-    err = console(stderr=True)
+    # A large folder takes a while: a status line on a terminal says which step the report is at (nothing is
+    # printed where stderr is not a terminal: logs keep only the result or the error).
+    status = console(stderr=True).status("report: starting")
     try:
-        html, pdf = build_report(path, args.output, progress=lambda text: err.print(
-            f"report [{time.monotonic() - t0:6.1f} s]: {text}", markup=False, highlight=False))
+        with status:
+            html, pdf = build_report(path, args.output, progress=lambda text: status.update(
+                f"report [{time.monotonic() - t0:.0f} s]: {escape(text)}"))
     except UserError:  # a WriteError names the file itself
         raise
     except OSError as exc:  # -o naming a file, a read-only folder
