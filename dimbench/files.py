@@ -6,7 +6,9 @@ out of a file's folder, one way to parse JSON a user may have made.
   temporary file with a unique name in the same folder (two writers never share one), is fsync'ed, renamed over
   the target, and the folder is fsync'ed so that the rename itself survives a power cut. On failure the
   temporary file is removed and :class:`WriteError` names the file and the cause (``No space left on device``,
-  ``Permission denied``), whatever library was writing (torch reports a full disk as ``unexpected pos``).
+  ``Permission denied``), whatever library was writing (torch reports a full disk as ``unexpected pos``). A
+  temporary file of the same target left by a writer that was killed (its process is gone) is removed by the
+  next write.
 - :func:`folder_lock` holds an exclusive lock on a file's folder while a command reads, merges and replaces a
   file there (a baseline update), so that a second writer waits instead of losing the first one's entries.
 - :func:`loads` parses JSON and refuses, as a ``ValueError`` the callers already turn into a message naming the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 import secrets
@@ -42,6 +45,7 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Binar
     """Replace ``path`` with ``content`` (bytes, text as UTF-8, or a function that writes into the open binary
     file: ``lambda f: torch.save(obj, f)``), atomically and durably; returns the path. WriteError on failure."""
     p = Path(path)
+    _remove_stale(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # unique: two writers never meet
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
@@ -62,6 +66,26 @@ def atomic_write(path: str | os.PathLike, content: bytes | str | Callable[[Binar
             raise
         raise WriteError(f"{p}: cannot write ({cause.strerror or cause})") from None
     return p
+
+
+def _remove_stale(p: Path) -> None:
+    """Remove the temporary files of ``p`` left by writers that were killed (kill -9, SIGTERM): their process is
+    gone. A live writer's file (another process writing ``p`` now) is left alone."""
+    for stale in p.parent.glob(f".{glob.escape(p.name)}.*.tmp"):
+        pid = stale.name[len(p.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (PermissionError: alive, another user's)
+        return True
+    return True
 
 
 def _os_error(exc: BaseException) -> OSError | None:

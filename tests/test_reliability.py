@@ -226,6 +226,12 @@ def test_atomic_write_replaces_whole_or_not_at_all_and_names_the_cause(tmp_path)
     with pytest.raises(WriteError, match="No such file or directory"):
         atomic_write(tmp_path / "missing" / "f.json", b"x")
 
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f".f.json.{int(gone.stdout)}.0badc0de.tmp").write_text("a writer killed with -9 left this")
+    (tmp_path / f".f.json.{os.getpid()}.0badc0de.tmp").write_text("a live writer's")
+    atomic_write(target, "new\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f".f.json.{os.getpid()}.0badc0de.tmp", "f.json"]
+
 
 # --------------------------------------------------------------------------------------- images, bit depth
 

@@ -68,6 +68,7 @@ from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
+HEADLINE_PAIRS = 4  # model pairs the summary names per measure and setting
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections: one function each
@@ -122,10 +123,12 @@ def _pairs_text(lines: list[RatioLine]) -> str:
     """``dim / dit = 2.62× at 256 px → 0.869× at 1,536 px, crossover ≈ … (…); dim / uvit = 2.34× → 0.811×,
     crossover ≈ …``: resolutions and the crossover's explanation are given once when the pairs share them."""
     parts = []
-    for i, ln in enumerate(lines):
+    for i, ln in enumerate(lines[:HEADLINE_PAIRS]):
         same = i > 0 and ln.res == lines[0].res
         parts.append(f"{ln.subject} / {ln.other} = {ln.span(not same)}"
                      + (f", {ln.verdict(short=i > 0)}" if ln.verdict() else ""))
+    if len(lines) > HEADLINE_PAIRS:  # (20 models make 91 pairs: the rest are in the ratio section)
+        parts.append(f"and {len(lines) - HEADLINE_PAIRS} more model pair(s) in the ratio section")
     return "; ".join(parts)
 
 
@@ -515,6 +518,7 @@ def section_ratio(results: Results) -> Section | None:
                 series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.subject],
                                      ":" if ln.predicted else "-", ln.predicted))
                 vlines += [(x, f"{ln.measure} vs {ln.other}: {px(x)}", ln.colour) for x, _ in ln.cross]
+            vlines = vlines if len(vlines) <= 6 else []  # (more marked crossovers would bury the plot: the caption)
             if series:
                 pair = f"{subject} / {fam.display}"
                 panels.append(Panel(pair, f"{pair} (lower = {subject} cheaper)", series, hline=1.0,

@@ -81,7 +81,7 @@ MAX_FACETS = 6
 MAX_TABLE_COLUMNS = 16
 MAX_TABLE_ROWS = 60
 #: Lines of a list (failed points, ratios) before it says "and N more".
-MAX_LISTED = 100
+MAX_LISTED = 40
 #: Lines in one ratio panel (model pairs): beyond it the legend would hide the plot.
 MAX_SERIES = 12
 
