@@ -109,10 +109,12 @@ def _checked_options(args: argparse.Namespace) -> dict:
 
 def _settings(config, args: argparse.Namespace) -> dict:
     """What the folder's record keeps of this run's settings: everything that decides the curve (a run may only
-    change its length and how often it saves, as the checkpoint allows)."""
+    change its length and how often it saves, as the checkpoint allows), but the batch and precision, which the
+    point key names (rows of another batch are another point's; the checkpoint refuses to continue with them)."""
     from dimbench.training.trainer import RESUMABLE_CHANGES, _plain
 
-    recipe = {k: v for k, v in _plain(dataclasses.asdict(config)).items() if k not in RESUMABLE_CHANGES}
+    recipe = {k: v for k, v in _plain(dataclasses.asdict(config)).items()
+              if k not in (*RESUMABLE_CHANGES, "batch", "precision")}
     return {"train": {**recipe, "data": args.data, "init_from": args.init_from, "pad_layout": args.pad_layout}}
 
 
