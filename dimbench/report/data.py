@@ -104,7 +104,7 @@ def normalise(raw: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         extra = row.get("extra")
         extra = clip.value(extra) if isinstance(extra, dict) else {}
         for c in texts:
-            cols[c].append(_text(row.get(c), clip))
+            cols[c].append(_text(clip.value(row.get(c)), clip))
         status = row.get("status")
         cols["status"].append(clip.text(status) if isinstance(status, str) and status else "unknown")
         cols["resolution"].append(int(round(resolution)))
@@ -116,7 +116,7 @@ def normalise(raw: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
         cols["duration_s"].append(clip.value(row.get("duration_s")))
         cols["step"].append(_num(extra.get("step")))
         cols["compile"].append(_text(extra.get("compile"), clip) or "eager")
-        key = _text(row.get("point_key"), clip)
+        key = _text(clip.value(row.get("point_key")), clip)
         cols["point_key"].append(key or f"{cols['model'][-1]}|r{cols['resolution'][-1]}|b{cols['batch'][-1]}|"
                                         f"{cols['dtype'][-1]}|{cols['device'][-1]}")
     if dropped:
