@@ -353,7 +353,7 @@ def test_a_finished_fid_command_is_not_scored_or_written_again(assets, tmp_path,
 
 def test_an_unusable_fid_checkpoint_is_one_line(assets, tmp_path, capsys):
     """Issue 25 (15): a truncated, unsafe or other model's --checkpoint was an uncaught CheckpointError."""
-    import collections
+    import os
 
     import models
     from dimbench import cli
@@ -361,7 +361,7 @@ def test_an_unusable_fid_checkpoint_is_one_line(assets, tmp_path, capsys):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(assets["ckpt"].read_bytes()[:5000])
     unsafe = tmp_path / "unsafe.pt"
-    torch.save({"w": torch.zeros(1), "object": collections.Counter(x=1)}, unsafe)  # the safe loader refuses it
+    torch.save({"w": torch.zeros(1), "object": os.getcwd}, unsafe)  # a callable: the safe loader refuses it
     other = tmp_path / "uvit.pt"
     models.save_checkpoint(models.create_model("uvit_tiny_4"), other)
     for path, needle in ((truncated, "cannot be read as a PyTorch checkpoint"), (unsafe, "cannot be read"),
