@@ -363,7 +363,7 @@ def test_an_unusable_fid_checkpoint_is_one_line(assets, tmp_path, capsys):
     unsafe = tmp_path / "unsafe.pt"
     torch.save({"w": torch.zeros(1), "object": os.getcwd}, unsafe)  # a callable: the safe loader refuses it
     other = tmp_path / "uvit.pt"
-    models.save_checkpoint(models.create_model("uvit_tiny_4"), other)
+    models.save_checkpoint(models.create_model("uvit_tiny_4", input_size=8, in_channels=4, num_classes=10), other)
     for path, needle in ((truncated, "cannot be read as a PyTorch checkpoint"), (unsafe, "cannot be read"),
                          (other, "")):
         assert cli.main(_fid_args(assets, tmp_path / path.stem, path)) == 2
