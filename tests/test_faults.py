@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli
+from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli, unique_rows
 from dimbench import results
 
 TWO_MODELS = TINY_SUITE.replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]")
@@ -32,13 +32,6 @@ def _clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
-
-
-def _unique(out: Path) -> list[dict]:
-    rows = read_jsonl(out / "results.jsonl")
-    identities = [results.row_identity(r) for r in rows]
-    assert len(identities) == len(set(identities)), "a row was written twice"
-    return rows
 
 
 def _start(args: list[str], **env: str) -> subprocess.Popen:
@@ -73,7 +66,7 @@ def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, write_suite):
     finally:
         first.kill()
         first.wait()
-    _unique(out)
+    unique_rows(out)
 
 
 TIMED = TWO_MODELS.format(timeout=600).replace("metrics: [params, flops]", "metrics: [params, latency]") + \
@@ -83,7 +76,7 @@ TIMED = TWO_MODELS.format(timeout=600).replace("metrics: [params, flops]", "metr
 def test_another_suite_or_other_settings_are_refused_unless_asked(tmp_path, write_suite):
     out = tmp_path / "out"
     assert run_cli("run", str(write_suite(TIMED)), "--out", str(out), "--no-report").returncode == 0
-    before = _unique(out)
+    before = unique_rows(out)
 
     other = write_suite(TIMED.replace("name: tiny", "name: other"), "other.yaml")
     _clean_failure(run_cli("run", str(other), "--out", str(out), "--no-report"),
@@ -96,14 +89,14 @@ def test_another_suite_or_other_settings_are_refused_unless_asked(tmp_path, writ
 
     mixed = run_cli("run", str(slower), "--out", str(out), "--no-report", "--allow-mixed")
     assert mixed.returncode == 0, mixed.stderr
-    assert _unique(out) == before  # every point was complete: nothing measured again
+    assert unique_rows(out) == before  # every point was complete: nothing measured again
     env = json.loads((out / "environment.json").read_text())
     assert env["runs"][-1]["settings"]["latency"] == {"warmup": 0, "repeats": 3}
 
     # a metric added to the suite is no conflict: it is measured, the rest is kept
     more = write_suite(TIMED.replace("[params, latency]", "[params, latency, flops]"), "more.yaml")
     assert run_cli("run", str(more), "--out", str(out), "--no-report").returncode == 0
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert rows[: len(before)] == before and {r["metric"] for r in rows[len(before):]} == {"gmacs", "gflops"}
 
 
@@ -137,7 +130,7 @@ def test_a_folder_whose_first_run_wrote_nothing_takes_the_next_suite(tmp_path, w
         proc = run_cli("run", str(other), "--out", str(out), "--no-report")
         assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "environment.json").read_text())["suite"] == "other"
-    assert len(_unique(out)) == 8
+    assert len(unique_rows(out)) == 8
 
 
 # ------------------------------------------------------------------------------------------------ resuming
@@ -147,7 +140,7 @@ def test_resume_after_a_cut_off_last_line_measures_the_lost_rows_once(tmp_path, 
     suite = write_suite(TWO_MODELS.format(timeout=600))
     out = tmp_path / "out"
     assert run_cli("run", str(suite), "--out", str(out), "--no-report").returncode == 0
-    complete = _unique(out)
+    complete = unique_rows(out)
     lines = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
     # the last row (gflops of the last point) half written; the one before it (gmacs) whole
     (out / "results.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
@@ -155,7 +148,7 @@ def test_resume_after_a_cut_off_last_line_measures_the_lost_rows_once(tmp_path, 
     proc = run_cli("run", str(suite), "--out", str(out), "--no-report")
     assert proc.returncode == 0, proc.stderr
     assert "half-written last line" in proc.stdout
-    after = _unique(out)
+    after = unique_rows(out)
     assert {results.row_identity(r) for r in after} == {results.row_identity(r) for r in complete}
     assert after[-1]["metric"] == "gflops" and after[-1]["status"] == "ok"
 
@@ -233,7 +226,7 @@ def test_a_full_disk_loses_no_complete_row_and_the_next_run_completes_the_rest(t
 
     resumed = run_cli("run", str(suite), "--out", str(out), "--no-report")
     assert resumed.returncode == 0, resumed.stderr
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, cli_env, read_jsonl
+from conftest import ROOT, cli_env, read_jsonl, unique_rows
 from dimbench import cli, results
 from dimbench.runfolder import RunFolder
 
@@ -38,13 +38,6 @@ def _refused(capsys, code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in err, err
     return err
-
-
-def _unique(out: Path) -> list[dict]:
-    rows = read_jsonl(out / "results.jsonl")
-    identities = [results.row_identity(r) for r in rows]
-    assert len(identities) == len(set(identities)), "a row was written twice"
-    return rows
 
 
 # ------------------------------------------------------------------------------------- one writer, one rule
@@ -94,10 +87,10 @@ def test_train_rows_are_written_once_across_interrupts_and_reruns(tmp_path, caps
     monkeypatch.setattr(Trainer, "save_state", interrupted_at_4)
     assert cli.main([*TRAIN, "--steps", "4", "--out", str(out)]) == 130
     monkeypatch.setattr(Trainer, "save_state", save)
-    assert [r["extra"]["step"] for r in _unique(out)] == [1, 2, 3, 4]
+    assert [r["extra"]["step"] for r in unique_rows(out)] == [1, 2, 3, 4]
 
     assert cli.main([*TRAIN, "--steps", "4", "--out", str(out)]) == 0  # resumes at the checkpoint of step 2
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert [r["extra"]["step"] for r in rows if r["metric"] == "train_loss"] == [1, 2, 3, 4]
     assert {r["metric"] for r in rows} == {"train_loss", "train_loss_final", "train_images_per_s"}
 
@@ -129,7 +122,7 @@ def test_profile_follows_the_same_rule(tmp_path, capsys):
     out = tmp_path / "p"
     args = ["profile", "dit_tiny_4", "--resolution", "16", "--warmup", "0", "--repeats", "1", "--out", str(out)]
     assert cli.main(args) == 0
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert cli.main(args) == 0  # the point is profiled already: nothing measured, nothing written
     assert "is profiled already" in capsys.readouterr().out
     assert read_jsonl(out / "results.jsonl") == rows
@@ -316,7 +309,7 @@ def test_a_diverged_training_says_so_each_time_it_is_run(tmp_path, capsys):  # 1
     for _ in range(2):
         _refused(capsys, cli.main(args), "training diverged: the mean loss of the window ending at step",
                  "lower the learning rate")
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert [r["status"] for r in rows if r["metric"] == "train_loss_final"] == ["error"]
     assert all(np.isfinite(r["value"]) for r in rows if r["metric"] == "train_loss")
 
@@ -362,7 +355,7 @@ def test_a_full_disk_while_saving_the_training_checkpoint_is_said_and_leaves_not
     assert (f"{out / 'checkpoint.pt'}: cannot write (File too large): the training checkpoint was not saved"
             in proc.stderr), proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["environment.json", "logs", "results.jsonl", "run.lock"]
-    assert [r["extra"]["step"] for r in _unique(out)] == [1, 2]  # the rows before it are kept
+    assert [r["extra"]["step"] for r in unique_rows(out)] == [1, 2]  # the rows before it are kept
 
 
 # ----------------------------------------------------------------------------------------------- JSON depth
