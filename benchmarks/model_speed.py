@@ -55,7 +55,6 @@ from dimbench.metrics.common import (  # noqa: E402
     synchronize,
 )
 from dimbench.points import SweepPoint  # noqa: E402
-from dimbench.suite import input_size_for  # noqa: E402
 
 DEFAULTS = {
     "eager": {"models": "dim_h_2,dit_xl_2,uvit_h_2", "points": "1536:1,1024:2,512:8,256:32"},
@@ -158,7 +157,7 @@ def scan_share(fn, clock: Clock, repeats: int) -> dict:
 def measure_point(model_name: str, resolution: int, batch: int, args, device: torch.device, clock: Clock,
                   probe: bool, share: bool) -> dict:
     dtype = getattr(torch, args.dtype)
-    point = SweepPoint("gpu_check", model_name, resolution, input_size_for(model_name, resolution), batch,
+    point = SweepPoint("gpu_check", model_name, resolution, models.model_info(model_name).input_size(resolution), batch,
                        args.dtype, device.type, ("latency",))
     row: dict = {"model": model_name, "resolution": resolution, "batch": batch, "dtype": args.dtype,
                  "input_size": point.input_size, "error": None}

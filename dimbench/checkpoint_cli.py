@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from dimbench.errors import EXIT_USAGE
+from dimbench.files import atomic_write, folder_lock
 from dimbench.model_options import add_model_option_argument
 
 EXIT_OK = 0
@@ -55,14 +56,21 @@ def convert(
 
     if os.path.abspath(source) == os.path.abspath(dest):
         return _fail("convert", f"{dest}: the output must differ from the input", stderr)
+    if os.path.isdir(dest):
+        return _fail("convert", f"{dest}: is a folder (OUT names the checkpoint file to write)", stderr)
+    taken = f"{dest}: already exists (pass --force to overwrite)"
     if os.path.exists(dest) and not force:
-        return _fail("convert", f"{dest}: already exists (pass --force to overwrite)", stderr)
+        return _fail("convert", taken, stderr)
     if input_size is not None and input_size <= 0:
         return _fail("convert", f"--input-size must be a positive integer, got {input_size}", stderr)
     try:
         net = load_checkpoint(model, source, input_size=input_size, format=format, options=options)
-        save_checkpoint(net, dest)
-    except (CheckpointError, OSError) as e:
+        # Checked again under the lock, with the write: two converts to one OUT never both pass the check.
+        with folder_lock(dest, what=dest):
+            if os.path.exists(dest) and not force:
+                return _fail("convert", taken, stderr)
+            atomic_write(dest, lambda f: save_checkpoint(net, f))  # a full disk: WriteError names OUT
+    except (CheckpointError, OSError) as e:  # (WriteError, a UserError, is an OSError)
         return _fail("convert", str(e), stderr)
     info = net.checkpoint_info
     params = sum(p.numel() for p in net.parameters())

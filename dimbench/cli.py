@@ -333,9 +333,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
+    import time
+
+    from rich.markup import escape
+
+    t0 = time.monotonic()
+    # A large folder takes a while: a status line on a terminal says which step the report is at (nothing is
+    # printed where stderr is not a terminal: logs keep only the result or the error).
+    status = console(stderr=True).status("report: starting")
     try:
-        html, pdf = build_report(path, args.output)
-    except OSError as exc:  # -o naming a file, a read-only folder, a full disk
+        with status:
+            html, pdf = build_report(path, args.output, progress=lambda text: status.update(
+                f"report [{time.monotonic() - t0:.0f} s]: {escape(text)}"))
+    except UserError:  # a WriteError names the file itself
+        raise
+    except OSError as exc:  # -o naming a file, a read-only folder
         raise UserError(f"{exc.filename or args.output or path}: cannot write the report ({exc.strerror or exc})") \
             from None
     console().print(f"Report: {html}  {pdf}")

@@ -31,7 +31,12 @@ class ResultsError(UserError, ValueError):
     """A results or environment file that cannot be read (the message names the file and line)."""
 
 
-class ResultsWriteError(UserError, OSError):
+class WriteError(UserError, OSError):
+    """A file could not be written (full disk, no permission, a folder that is a file...); the message names it.
+    The file is as it was before: the new content went to a temporary file, which is removed."""
+
+
+class ResultsWriteError(WriteError):
     """Rows could not be appended (disk full, read-only, ...): the file was cut back to its last complete row."""
 
 

@@ -25,7 +25,10 @@ checksum for the weights), exit 2, before any sampling.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -61,7 +64,7 @@ def add_fid_commands(sub) -> None:
                    help=f"start of the weights file's SHA256 (default {EXPECTED_SHA256_PREFIX})")
     p.add_argument("--resolution", type=int, default=256, metavar="PX", help="image side after crop and resize")
     p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_fid_stats)
 
     p = sub.add_parser("fid", help="FID of one checkpoint at one resolution (the fid metric; also under torchrun)",
@@ -72,7 +75,7 @@ def add_fid_commands(sub) -> None:
     add_model_option_argument(p, "an option not given is chosen by the family from the checkpoint (DiM's pad "
                               "layout: docs/models.md §4.3)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: cuda:LOCAL_RANK)")
     for name in ("inception-weights", "inception-sha256", "reference", "vae", "sampler", "upsample-sampler",
                  "inception-resize", "precision", "vae-precision", "reference-images"):
         p.add_argument(f"--{name}", default=None)
@@ -88,6 +91,11 @@ def add_fid_commands(sub) -> None:
                    help="declare that the file with this SHA-256 is a release or reference of "
                    "dimbench/fid/protocols.yaml (repeatable)")
     p.add_argument("--random-weights", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in OUT (its results, record and sampled chunks are kept as .bak)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="add to a folder that holds another suite's or command's results, or FID rows of other "
+                   "settings (refused otherwise)")
     p.set_defaults(func=cmd_fid)
 
 
@@ -104,7 +112,9 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
     from dimbench.fid import inception
     from dimbench.fid.folder import folder_features, image_files
     from dimbench.quality.frechet import gaussian_stats
+    from dimbench.suite import resolve_device
 
+    device = resolve_device(args.device, what="--device")
     for name, value in (("--batch", args.batch), ("--resolution", args.resolution)):
         if value < 1:
             raise UserError(f"{name}: expected a whole number >= 1, got {value}")
@@ -115,18 +125,17 @@ def cmd_fid_stats(args: argparse.Namespace) -> int:
         raise UserError(f"fid-stats is not available: {reason}")
     inception.check_weights_file(args.inception_weights, args.inception_sha256)  # before reading any image
     files = image_files(args.folder)
-    # heavy (torch): imported when the command runs
-    import torch
-
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     net, digest = inception.load_extractor(args.inception_weights, args.inception_sha256, device)
     pool, _ = folder_features(files, args.resolution, net, resize=args.inception_resize, batch=args.batch)
     mu, sigma = gaussian_stats(pool)
     source = (f"image folder {args.folder} ({len(files)} images), center crop + bicubic resize to "
-              f"{args.resolution}x{args.resolution} px, RGB uint8, Inception resize {args.inception_resize}")
+              f"{args.resolution}x{args.resolution} px, RGB uint8 (16-bit images rounded to 8 bits), Inception "
+              f"resize {args.inception_resize}")
     try:
         write_stats(args.output, mu, sigma, len(pool), digest, source, args.inception_resize)
-    except OSError as exc:
+    except UserError:  # (a WriteError names the file and the cause itself)
+        raise
+    except OSError as exc:  # the folder cannot be made
         raise UserError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
     console().print(f"{args.output}: mu/sigma of {len(pool)} images ({source}); Inception weights "
                     f"{args.inception_weights} (SHA256 {digest})", markup=False)
@@ -157,16 +166,19 @@ def _compare_stats(args: argparse.Namespace) -> int:
 
 def cmd_fid(args: argparse.Namespace) -> int:
     # heavy (torch, the models): imported when the command runs
-    import torch
-
     import models
     from dimbench.metrics.base import MetricContext, SkipMetric
     from dimbench.metrics.fid import FID
+    from dimbench.runfolder import CommandRun, is_complete
+    from dimbench.schema import cli_message
+    from dimbench.suite import resolve_device
     from dimbench.training import distributed
     from dimbench.worker import make_row
+    from models.checkpoints import CheckpointError
 
     if args.model not in models.list_models():
         raise UserError(f"{args.model}: not a registered model (dimbench list)")
+    device = resolve_device(args.device, what="--device")
     if args.checkpoint and not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
     given = {k: getattr(args, k) for k in ("inception_weights", "inception_sha256", "reference", "vae", "sampler",
@@ -190,38 +202,53 @@ def cmd_fid(args: argparse.Namespace) -> int:
     messages = [m for _, m in problems]
     if not messages:
         messages = [m for _, m in FID.check_options(options, [args.model], [args.resolution])]
-    if messages:
-        raise UserError("\n".join(m.replace("key 'options.fid.", "--").replace("key '", "--") for m in messages))
-    device_type = "cuda" if args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available()) \
-        else "cpu"
+    if messages:  # each named by its flag: "--samples: expected ..."
+        raise UserError("\n".join(cli_message(m, lambda o: "--" + o.replace("_", "-"), "options.fid.")
+                                  for m in messages))
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
     if distributed.launched_by_torchrun():
         distributed.init_from_env(device_type)  # sets this rank's GPU; the point names the device type only
     try:
         info = models.model_info(args.model)
         point = SweepPoint(suite="fid", model=args.model, resolution=args.resolution,
                            input_size=info.input_size(args.resolution), batch=1, dtype="float32",
-                           device=device_type if distributed.launched_by_torchrun() else
-                           (device_type if args.device == "auto" else args.device), metrics=("fid",),
+                           device=device_type if distributed.launched_by_torchrun() else device, metrics=("fid",),
                            checkpoint=str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
                            options=model_options(args, args.model))
         out = Path(args.out)
         rank0 = distributed.distributed_info().rank == 0
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
-        ctx = MetricContext(FID, point, options, out_dir=str(out),
-                            on_progress=(lambda info: console(stderr=True).print(
-                                f"fid: {info['step']}/{info['total']} images", markup=False)) if rank0 else None)
-        try:
-            rows = ctx.collect(FID.fn(point, ctx))
-        except SkipMetric as exc:
-            raise UserError(f"fid {args.model} at {args.resolution} px: not scored: {exc}") from None
-        if rank0:
-            results.append_rows(out, [make_row(point, FID, m, started_at=started, duration_s=time.perf_counter() - t0)
-                                      for m in rows])
-            for m in rows:
-                shown = f"{m.value:.4g}" if m.value is not None else f"{m.status}: {m.error}"
-                console().print(f"{m.metric}: {shown}", markup=False)
-            console().print(f"rows: {out / results.RESULTS_FILE}", markup=False)
+        settings = {"fid": json.loads(json.dumps({k: v for k, v in options.items() if k != "timeout"}, default=str))}
+        # Rank 0 holds the folder (lock, record, rows) for the whole run, as the suite runner does.
+        run = CommandRun(out, command="fid", argv=["dimbench", *getattr(args, "argv", sys.argv[1:])], device=device,
+                         settings=settings, allow_mixed=args.allow_mixed, fresh=args.fresh,
+                         warn=lambda line: console(stderr=True).print(line, markup=False)) if rank0 else None
+        distributed.distributed_info().barrier()  # (--fresh has moved the old state aside before any rank reads)
+        with run or contextlib.nullcontext():
+            # Every rank decides from the disk, so that none waits for a rank that stopped.
+            final = run.folder.final if run is not None else results.final_statuses(results.read_rows(out))
+            if is_complete(final, point.key, FID.final_rows):
+                if rank0:
+                    console().print(f"fid {args.model} at {args.resolution} px: already scored in "
+                                    f"{out / results.RESULTS_FILE} (--fresh to score again)", markup=False)
+                return 0
+            started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            t0 = time.perf_counter()
+            ctx = MetricContext(FID, point, options, out_dir=str(out),
+                                on_progress=(lambda info: console(stderr=True).print(
+                                    f"fid: {info['step']}/{info['total']} images", markup=False)) if rank0 else None)
+            try:
+                rows = ctx.collect(FID.fn(point, ctx))
+            except SkipMetric as exc:
+                raise UserError(f"fid {args.model} at {args.resolution} px: not scored: {exc}") from None
+            except CheckpointError as exc:  # truncated, not a checkpoint, unsafe, or of another model
+                raise UserError(f"--checkpoint {args.checkpoint}: {exc}") from None
+            if run is not None:
+                run.write([make_row(point, FID, m, started_at=started, duration_s=time.perf_counter() - t0)
+                           for m in rows])
+                for m in rows:
+                    shown = f"{m.value:.4g}" if m.value is not None else f"{m.status}: {m.error}"
+                    console().print(f"{m.metric}: {shown}", markup=False)
+                console().print(f"rows: {out / results.RESULTS_FILE}", markup=False)
     finally:
         distributed.shutdown()
     return 0

@@ -54,6 +54,11 @@ def add_profile_command(sub) -> None:
                    help=CPU_MAX_GFLOP.doc)
     p.add_argument("--energy-seconds", type=float, default=ENERGY_SECONDS.default, metavar="S",
                    help=ENERGY_SECONDS.doc)
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in OUT (its results, record and traces are kept as .bak)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="add to a folder that holds another suite's or command's results, or profiles taken with "
+                   "other options (refused otherwise)")
     p.set_defaults(func=cmd_profile)
 
 
@@ -109,29 +114,30 @@ def cmd_profile(args: argparse.Namespace) -> int:
     point = _point(args)
 
     # heavy (torch, the models): imported when the command runs
-    from dimbench import environment
     from dimbench.metrics.profile import PROFILE, component_table, measurements, profile_point
+    from dimbench.runfolder import CommandRun
     from dimbench.worker import make_row
 
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     options = {"warmup": args.warmup, "repeats": args.repeats, "cpu_max_gflop": args.cpu_max_gflop,
                "energy_seconds": args.energy_seconds}
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
     con = console()
-    con.print(f"profiling {point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on "
-              f"{point.device} ...")
-    result = profile_point(point, options, str(out))
-    rows = [make_row(point, PROFILE, m, started_at=started, duration_s=time.perf_counter() - t0)
-            for m in measurements(result)]
-    if not (out / results.ENVIRONMENT_FILE).exists():
-        results.write_json_atomic(out / results.ENVIRONMENT_FILE,
-                                  environment.collect(["dimbench", *args.argv], point.device))
-    results.append_rows(out, rows)
+    # The run folder's rule (lock, record, rows once), as for a suite: a point profiled already is not again.
+    with CommandRun(out, command="profile", argv=["dimbench", *getattr(args, "argv", [])], device=point.device,
+                    settings={"profile": options}, allow_mixed=args.allow_mixed, fresh=args.fresh,
+                    also_fresh=("profiles",), warn=lambda line: console(stderr=True).print(line, markup=False)) as run:
+        if run.complete(point.key, PROFILE.final_rows):
+            con.print(f"{point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on {point.device} "
+                      f"is profiled already in {out / results.RESULTS_FILE} (--fresh to profile again)", markup=False)
+            return 0
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        con.print(f"profiling {point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on "
+                  f"{point.device} ...")
+        result = profile_point(point, options, str(out))
+        rows = [make_row(point, PROFILE, m, started_at=started, duration_s=time.perf_counter() - t0)
+                for m in measurements(result)]
+        run.write(rows)
     print_profile(con, result, component_table(result), rows)
     return 0
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dimbench.errors import ResultsError, ResultsWriteError
+from dimbench.errors import ResultsError, ResultsWriteError, WriteError
+from dimbench.files import atomic_write, loads
 
 RESULTS_FILE = "results.jsonl"
 ENVIRONMENT_FILE = "environment.json"
@@ -62,7 +63,7 @@ def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
         if is_last and raw == b"":
             break
         try:
-            row = json.loads(raw)
+            row = loads(raw)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
@@ -224,20 +225,13 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file; on failure the
-    temporary file is removed and the old file is left as it was (ResultsWriteError names the path)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
+    """Write JSON atomically (:func:`dimbench.files.atomic_write`): a reader never sees half a file; on failure
+    the old file is left as it was and ResultsWriteError names the path."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ResultsWriteError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        atomic_write(path, text)
+    except WriteError as exc:
+        raise ResultsWriteError(str(exc)) from None
 
 
 def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -247,7 +241,7 @@ def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
     if not p.exists():
         return None
     try:
-        record = json.loads(p.read_text(encoding="utf-8"))
+        record = loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResultsError(f"{p}: not readable as JSON ({exc})") from None
     if not isinstance(record, dict):

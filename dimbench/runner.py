@@ -39,13 +39,13 @@ import models
 from dimbench import processes
 from dimbench.cluster.collect import settle
 from dimbench.cluster.records import refuse_live_array
-from dimbench.environment import collect, collect_isolated, comparable, now_iso
+from dimbench.environment import collect, collect_isolated, now_iso
 from dimbench.errors import UserError
 from dimbench.metrics import METRICS
 from dimbench.plugins import loaded_plugins
 from dimbench.progress import progress_bar
-from dimbench.results import ResultsWriteError, final_statuses, row_identity, rows_to_write
-from dimbench.runfolder import RunFolder
+from dimbench.results import ResultsWriteError, row_identity
+from dimbench.runfolder import RunFolder, is_complete
 from dimbench.suite import Plan, PointPlan
 from dimbench.worker import Job, failure_rows, gmacs_per_image
 
@@ -110,7 +110,6 @@ class Runner:
         self.lock = threading.Lock()
         self.written: list[dict[str, Any]] = []
         self.write_error: UserError | None = None
-        self.final: dict[tuple, str] = {}  # identity -> status of the final rows on disk
         self.disk: dict[str, list[dict[str, Any]]] = {}  # point key -> its rows on disk
         self.folder: RunFolder | None = None
 
@@ -148,13 +147,12 @@ class Runner:
 
     def _run(self, t0: float) -> RunSummary:
         folder = self.folder
-        rows, torn = folder.read_rows()
+        rows, torn = folder.read_rows(retry_errors=self.retry_errors)
         if torn:
             self.console.print(f"[yellow]warning:[/] {torn} (cut away; the metric it belonged to is measured again)")
         record = folder.environment()
         folder.check_suite(record, self.plan.suite.name, self.device_type, self.plan.settings.fingerprint(),
                            self.allow_mixed)
-        self.final = final_statuses(rows, retry_errors=self.retry_errors)
         self._check_declarations()
         for row in rows:
             self.disk.setdefault(row.get("point_key"), []).append(row)
@@ -193,6 +191,11 @@ class Runner:
             signal.signal(s, on_signal)
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
+    @property
+    def final(self) -> dict[tuple, str]:
+        """identity -> status of the final rows on disk (kept by the run folder)."""
+        return self.folder.final
+
     # ---------------------------------------------------------------------------------------- what to measure
     def _on_disk(self, key: str, metric: str) -> list[str | None]:
         """The status on disk of each final row the metric declares at a point (None: not there)."""
@@ -207,7 +210,7 @@ class Runner:
             for metric, reason in pp.skipped.items():
                 if None in self._on_disk(key, metric):
                     skip_rows += failure_rows(pp.point, self.metrics[metric], "skipped", reason, now_iso())
-            todo = [m for m in pp.run if None in (on := self._on_disk(key, m)) or set(on) == {"skipped"}]
+            todo = [m for m in pp.run if not is_complete(self.final, key, self.metrics[m].final_rows)]
             if todo:
                 jobs.append(_PointJob(pp, todo))
             else:
@@ -220,19 +223,15 @@ class Runner:
         with self.lock:
             if self.write_error is not None:
                 return False
-            new = {row_identity(row): row for row in rows_to_write(rows, self.final)}
-            if not new:
-                return True
             try:
-                self.folder.append(list(new.values()))
+                new = self.folder.append_once(rows, retry_errors=self.retry_errors)
             except ResultsWriteError as exc:
                 self.write_error = UserError(f"{exc}. Free some space (or fix the folder) and run the same command "
                                              "again: it measures the rest")
                 self.stop.set()
                 return False
-            self.written.extend(new.values())
-            self.final.update(final_statuses(new.values(), retry_errors=self.retry_errors))
-            for row in new.values():
+            self.written.extend(new)
+            for row in new:
                 self.disk.setdefault(row["point_key"], []).append(row)
             return True
 
@@ -406,35 +405,20 @@ class Runner:
         entry: dict[str, Any] = {"started_at": now_iso(), "command": current.get("command"), "suite": suite.name,
                                  "device": self.plan.device, "finished_at": None, "wall_s": None,
                                  "interrupted": None, "rows_written": None}
-        settings = self.plan.settings.fingerprint()
-        if record is None:
-            record = {**current, "suite": suite.name, "suite_file": str(suite.path), "settings": {}, "runs": []}
-        elif not self.folder.has_rows():  # an earlier run wrote no row: the folder is this suite's now
-            record.update(suite=suite.name, suite_file=str(suite.path), settings={})
-        if record.get("runs"):
-            before, now = comparable(record), comparable(current)
-            differ = [k for k in before if before[k] != now[k]]
-            if differ:
-                self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
-                                   f"differ from {self.folder.environment_path}); this run's environment is kept "
-                                   "in its 'runs' entry")
-                entry["environment"] = current
-        known = record.setdefault("settings", {}).setdefault(self.device_type, {})
-        if any(known[m] != v for m, v in settings.items() if m in known):
-            entry["settings"] = settings  # --allow-mixed: this run's own settings, beside the folder's
-        known.update({m: v for m, v in settings.items() if m not in known})  # metrics the suite added
-        record.setdefault("runs", []).append(entry)
-        self.folder.write_environment(record)
-        self._record = record
+        self._record, differ = self.folder.begin_record(
+            record, current, suite=suite.name, suite_file=str(suite.path), device_type=self.device_type,
+            settings=self.plan.settings.fingerprint(), entry=entry)
+        if differ:
+            self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
+                               f"differ from {self.folder.environment_path}); this run's environment is kept "
+                               "in its 'runs' entry")
         return entry
 
     def _record_finish(self, entry: dict[str, Any], wall_s: float) -> None:
-        entry.update(finished_at=now_iso(), wall_s=round(wall_s, 3), interrupted=self.signal_name is not None,
-                     rows_written=len(self.written))
-        if self.write_error is not None:
-            entry["stopped_by"] = str(self.write_error)
         try:
-            self.folder.write_environment(self._record)
+            self.folder.end_record(self._record, entry, wall_s=wall_s, interrupted=self.signal_name is not None,
+                                   rows_written=len(self.written),
+                                   stopped_by=str(self.write_error) if self.write_error is not None else None)
         except ResultsWriteError as exc:
             self.write_error = self.write_error or exc
 

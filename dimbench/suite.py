@@ -240,7 +240,7 @@ class SuiteFile:
     metrics: tuple[str, ...] = key(ListOf(METRIC_NAME), ["params", "flops"], "suite-level metrics to measure")
     warmup: int = key(WARMUP.type, WARMUP.default, f"{WARMUP.doc} (every timed metric's `warmup` option)")
     repeats: int = key(REPEATS.type, REPEATS.default, f"{REPEATS.doc} (every timed metric's `repeats` option)")
-    timeout: float = key(Number(0, "seconds", note=".inf: no limit"), 600,
+    timeout: float = key(Number(0, "seconds", infinite="no limit"), 600,
                          "seconds one metric may take at one point before its worker is killed (error row), for "
                          "metrics that do not declare their own budget")
     out: str | None = key(Text("a folder path"), None, "output folder (default results/<name>; `--out` overrides)")
@@ -463,7 +463,10 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
                      (("options", metric), top.options)]
             names = [entry.name for entry in top.models]
-            for option, message in METRICS[metric].check_options(resolved, names, values.resolutions):
+            rule = limits.get(metric)  # the batch sizes it runs at (train: does grad_accum divide each?)
+            batches = sorted({b for bs in values.batch_sizes.values() for b in bs
+                              if rule is None or rule.batch_sizes is None or b in rule.batch_sizes})
+            for option, message in METRICS[metric].check_options(resolved, names, values.resolutions, batches):
                 where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
                              ("options", metric) if metric in top.options else ("metrics",))
                 problems.append((where, message))
@@ -554,10 +557,11 @@ def load_suite(path: str | os.PathLike) -> Suite:
 
 
 # -------------------------------------------------------------------------------------------------- expansion
-def resolve_device(requested: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; a CUDA request without a GPU is a user error."""
+def resolve_device(requested: str, what: str = "device") -> str:
+    """auto -> cuda when torch sees a GPU, else cpu; a CUDA request without a GPU is a user error (``what`` names
+    the option in the message: "--device" on a command line)."""
     if not check_device(requested):
-        raise UserError(f"device {requested!r}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"{what} {requested!r}: expected auto, cpu, cuda or cuda:N")
     if requested == "cpu":
         return "cpu"
 
@@ -565,9 +569,9 @@ def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if available else "cpu"
     if not available:
-        raise UserError(f"device {requested!r} requested, but torch sees no CUDA GPU here (use --device cpu)")
+        raise UserError(f"{what} {requested!r} requested, but torch sees no CUDA GPU here (use --device cpu)")
     if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
-        raise UserError(f"device {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        raise UserError(f"{what} {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return requested
 
 

@@ -29,7 +29,7 @@ import re
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn as nn
@@ -55,6 +55,7 @@ __all__ = [
     "load_resized_state_dict",
     "save_checkpoint",
     "inspect_checkpoint",
+    "inflation_problem",
     "read_checkpoint",
 ]  # and, computed when imported (module __getattr__ below): FORMATS
 
@@ -238,11 +239,41 @@ def _starts_like_plain_pickle(path: str) -> bool:
     return head[:1] == b"\x80" and head != _LEGACY_TORCH_HEADER and not zipfile.is_zipfile(path)
 
 
+#: How many times its size on disk a checkpoint's zip archive may declare its contents to be (a file under 4 MiB
+#: may declare 64 MiB). torch.save stores every entry uncompressed (1x) and a deflated archive of real weights
+#: shrinks little (float weights: about 1.1x); an archive that declares more is a decompression bomb (a 2 MB file
+#: inflating to GBs of zeros), refused before anything is inflated.
+MAX_INFLATION = 16
+_INFLATION_FLOOR = 4 << 20
+
+
+def inflation_problem(path: str | os.PathLike) -> str | None:
+    """Why the zip archive at ``path`` (torch.save's format) must not be read, from its central directory alone
+    (the sizes torch's reader allocates): it declares more than :data:`MAX_INFLATION` times its own size. None
+    for an archive within bounds, and for anything that is not a zip archive (its reader reports that)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(max(int(info.file_size), 0) for info in archive.infolist())
+        size = os.path.getsize(path)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None  # a damaged archive: torch's reader says how
+    if declared > MAX_INFLATION * max(size, _INFLATION_FLOOR):
+        return (f"{path}: its zip archive declares {declared / 2**30:,.2f} GiB of contents in a "
+                f"{size / 2**20:,.2f} MiB file ({declared / max(size, 1):,.0f}x; torch.save stores tensors "
+                f"uncompressed, about 1x): refused as a decompression bomb, nothing was inflated")
+    return None
+
+
 def _torch_load(path: str, map_location: Any) -> Any:
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (e.g. .../nnet_ema.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    bomb = inflation_problem(path)
+    if bomb:
+        raise CheckpointError(bomb)
     try:
         # Exactly the classes the families declare (a training script's arguments object, say) are allowed.
         with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
@@ -656,12 +687,14 @@ def _model_config(model: nn.Module, fam: Family) -> dict[str, Any]:
     return {k: getattr(model, k) for k in keys if hasattr(model, k)}
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model`` in dimbench's format (see the module docstring), atomically (temporary file, rename).
+def save_checkpoint(model: nn.Module, path: str | os.PathLike | BinaryIO) -> None:
+    """Write ``model`` in dimbench's format (see the module docstring) to a path or an open binary file.
 
     The model must come from :func:`models.create_model` (or :func:`load_checkpoint`), which sets ``model_name``.
+    This is the serialisation only: ``dimbench checkpoint convert`` writes through
+    :func:`dimbench.files.atomic_write` (``atomic_write(path, lambda f: save_checkpoint(model, f))``) so that a full
+    disk or a crash never leaves half a file.
     """
-    path = os.fspath(path)
     name = getattr(model, "model_name", None)
     if name is None:
         raise CheckpointError("cannot save: the model has no model_name (build it with models.create_model)")
@@ -678,10 +711,4 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         "config": _model_config(model, fam),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    torch.save(payload, path)

@@ -54,6 +54,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def unique_rows(out: Path) -> list[dict]:
+    """The rows of a run folder, checked to hold no identity (point, metric, step) twice."""
+    from dimbench.results import row_identity
+
+    rows = read_jsonl(out / "results.jsonl")
+    identities = [row_identity(r) for r in rows]
+    assert len(identities) == len(set(identities)), "a row was written twice"
+    return rows
+
+
 #: Three small models at one size, two cheap metrics (meta-device counts): a worker's whole job takes about
 #: a second, so runner behaviour (faults, timeouts, resume) can be tested end to end quickly.
 TINY_SUITE = """\
@@ -82,11 +92,6 @@ def clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
         assert needle in err, err
     return err
 
-def unique_rows(out: Path) -> list[dict]:
-    rows = read_jsonl(out / "results.jsonl")
-    identities = [results.row_identity(r) for r in rows]
-    assert len(identities) == len(set(identities)), "a row was written twice"
-    return rows
 
 def start_cli(args: list[str], **env: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "dimbench.cli", *args], env=cli_env(**env), cwd=ROOT,

@@ -117,7 +117,7 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
 
     calls = []
 
-    def fake_build(results_dir, out_dir=None):
+    def fake_build(results_dir, out_dir=None, progress=None):
         calls.append((Path(results_dir), out_dir))
         return Path(out_dir or results_dir) / "report.html", Path(out_dir or results_dir) / "report.pdf"
 
@@ -130,7 +130,7 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     assert "report.html" in capsys.readouterr().out
 
     # after a run: a failing report is reported, never fatal
-    def broken(results_dir, out_dir=None):
+    def broken(results_dir, out_dir=None, progress=None):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(dimbench.report, "build_report", broken)
@@ -140,7 +140,8 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     # -o naming a file: one line, exit 2, no temporary file left behind
     monkeypatch.undo()
     (tmp_path / "taken").write_text("a file")
-    monkeypatch.setattr(dimbench.report, "build_report", lambda d, o=None: (Path(o) / "report.html").write_text(""))
+    monkeypatch.setattr(dimbench.report, "build_report",
+                        lambda d, o=None, **k: (Path(o) / "report.html").write_text(""))
     assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "taken")]) == 2
     assert capsys.readouterr().err.startswith(f"dimbench: error: {tmp_path / 'taken'}")
 

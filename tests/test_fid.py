@@ -424,6 +424,48 @@ def test_labels_dtype_and_guided_channels():
     assert "channels" not in SamplerSpec("ddpm", 250, 0.5).describe()
 
 
+def _fid_args(assets, out: Path, checkpoint) -> list[str]:
+    return ["fid", "dit_tiny_4", "--resolution", "8", "--checkpoint", str(checkpoint), "--out", str(out),
+            "--device", "cpu", "--inception-weights", str(assets["weights"]), "--inception-sha256", assets["sha"],
+            "--reference", str(assets["uvit"]), "--vae", str(assets["vae"]), "--samples", "16", "--batch", "8",
+            "--sampler", "dpm_solver++", "--steps", "3", "--guidance", "0.4"]
+
+
+def test_a_finished_fid_command_is_not_scored_or_written_again(assets, tmp_path, capsys):
+    """Issue 25 (8): rerunning a finished `dimbench fid` wrote all its rows again."""
+    from dimbench import cli
+
+    out = tmp_path / "out"
+    assert cli.main(_fid_args(assets, out, assets["ckpt"])) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert len(rows) == 7
+    capsys.readouterr()
+    assert cli.main(_fid_args(assets, out, assets["ckpt"])) == 0
+    assert "already scored" in capsys.readouterr().out
+    assert read_jsonl(out / "results.jsonl") == rows
+
+
+def test_an_unusable_fid_checkpoint_is_one_line(assets, tmp_path, capsys):
+    """Issue 25 (15): a truncated, unsafe or other model's --checkpoint was an uncaught CheckpointError."""
+    import os
+
+    import models
+    from dimbench import cli
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(assets["ckpt"].read_bytes()[:5000])
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"w": torch.zeros(1), "object": os.getcwd}, unsafe)  # a callable: the safe loader refuses it
+    other = tmp_path / "uvit.pt"
+    models.save_checkpoint(models.create_model("uvit_tiny_4", input_size=8, in_channels=4, num_classes=10), other)
+    for path, needle in ((truncated, "cannot be read as a PyTorch checkpoint"), (unsafe, "cannot be read"),
+                         (other, "")):
+        assert cli.main(_fid_args(assets, tmp_path / path.stem, path)) == 2
+        err = capsys.readouterr().err
+        assert f"dimbench: error: --checkpoint {path}: {path}" in err and needle in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.slow
 def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dimbench.data import IMAGE_SUFFIXES, DataError, _read_image
+from dimbench.data import IMAGE_SUFFIXES, DataError, read_image_uint8
 from dimbench.errors import UserError
 from dimbench.fid.inception import extract
 from dimbench.fid.patches import random_crops
@@ -36,7 +36,7 @@ def folder_features(files: list[Path], resolution: int, extractor, *, resize: st
     pools, patch_pools = [], []
     for start in range(0, len(files), batch):
         try:
-            pixels = np.stack([_read_image(f, resolution, 3) for f in files[start:start + batch]])
+            pixels = np.stack([read_image_uint8(f, resolution, 3) for f in files[start:start + batch]])
         except DataError as exc:
             raise UserError(str(exc)) from None
         images = torch.from_numpy(pixels).permute(0, 3, 1, 2)

@@ -98,6 +98,11 @@ def check_weights_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256_
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights as a state_dict, read with ``weights_only=True``; UserError for anything else."""
+    from models.checkpoints import inflation_problem
+
+    bomb = inflation_problem(path)
+    if bomb:
+        raise UserError(f"Inception weights {bomb}")
     try:
         with open(path, "rb") as f:
             obj = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)

@@ -14,12 +14,12 @@ least 299 px, each image's k random 299-px crops (:mod:`dimbench.fid.patches`) a
 
 Each finished chunk's Inception features (pool3, unbiased logits, and the crops' pool3), its indices and its
 wall times go to
-``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
-not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
+``STATE/chunk_<k>.npz`` (written atomically, :func:`dimbench.files.atomic_write`), so a killed run resumes at the
+first chunk not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
 made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded. A chunk is done only
 when its ``indices`` are exactly k·batch ... min(count, (k+1)·batch) − 1 of this run: a chunk left by a run with
 another ``samples`` is redone (overwritten), and chunks beyond this run's count are not read. Temporary files
-(``.tmp-<pid>-chunk_<k>.npz``) left by a killed write are removed when the state is prepared.
+(``.chunk_<k>.npz.<pid>.<hex>.tmp``) left by a killed write are removed when the state is prepared.
 
 Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 0 reads them all after a barrier
 (one node: the state folder is shared).
@@ -44,6 +44,7 @@ from dimbench.fid import inception
 from dimbench.fid.patches import CROP, random_crops
 from dimbench.fid.precision import forward, numerics
 from dimbench.fid.seeds import image_seed
+from dimbench.files import atomic_write
 from dimbench.training.sampling import guidance_for
 from models import diffusion
 
@@ -149,12 +150,9 @@ def chunk_done(state: Path, k: int, count: int, batch: int) -> bool:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    # ".tmp-" first: a half-written file never matches the chunk glob (chunk_*.npz); prepare_state removes it
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    np.savez(tmp, **arrays)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # atomic_write's temporary name (".chunk_k.npz.PID.HEX.tmp") never matches the chunk glob (chunk_*.npz), and
+    # prepare_state removes one left by a killed write
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
@@ -169,9 +167,7 @@ def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
     stale = list(state.glob("chunk_*.npz")) + list(state.glob("grid.npy"))
     for p in stale:
         p.unlink()
-    tmp = manifest.with_name(f"job.json.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, manifest)
+    atomic_write(manifest, text)
     return bool(stale)
 
 

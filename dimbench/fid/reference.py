@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dimbench.errors import UserError
+from dimbench.files import atomic_write
 from dimbench.quality.frechet import frechet_distance
 
 
@@ -62,6 +63,9 @@ def read_reference(path: str | os.PathLike) -> Reference:
             if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
                 raise UserError(f"reference statistics {p}: key 'mu' must be (F,) and 'sigma' (F, F), got "
                                 f"{mu.shape} and {sigma.shape}")
+            for k, values in (("mu", mu), ("sigma", sigma)):
+                if not np.isfinite(values).all():
+                    raise UserError(f"reference statistics {p}: key '{k}' {_NOT_FINITE}")
         if "arr_0" in keys:
             images = data["arr_0"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -80,6 +84,7 @@ def read_reference(path: str | os.PathLike) -> Reference:
 
 #: The length of the Inception pool3 feature vector a reference's mu/sigma must describe.
 FEATURES = 2048
+_NOT_FINITE = "holds NaN or infinite values (Inception pool3 statistics are finite numbers): a damaged file"
 
 
 def _member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -116,7 +121,10 @@ def check_reference_file(path: str | os.PathLike) -> str | None:
                     if shape != want or dtype.kind not in "fiu":
                         return (f"{where}: key '{k}' must be a {want} array of numbers (Inception pool3 "
                                 f"statistics), got {dtype} {shape}")
-                    data[k]  # reads it: a truncated or damaged member is found here, not after sampling
+                    # read it: a truncated or damaged member, or values that are not finite numbers, are found
+                    # here (when the suite is validated, before any image is sampled), not after sampling
+                    if not np.isfinite(data[k]).all():
+                        return f"{where}: key '{k}' {_NOT_FINITE}"
                 return None
             if "arr_0" in keys:
                 shape, dtype = _member_header(p, "arr_0")
@@ -132,15 +140,13 @@ def check_reference_file(path: str | os.PathLike) -> str | None:
 
 def write_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, count: int, weights_sha256: str,
                 source: str, inception_resize: str) -> None:
-    """mu, sigma, count, weights_sha256, source and inception_resize as an .npz (atomically: temporary file, then
-    rename)."""
+    """mu, sigma, count, weights_sha256, source and inception_resize as an .npz (atomically:
+    :func:`dimbench.files.atomic_write`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), count=np.int64(count),
-             weights_sha256=np.str_(weights_sha256), source=np.str_(source),
-             inception_resize=np.str_(inception_resize))
-    os.replace(tmp, p)
+    atomic_write(p, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                                       count=np.int64(count), weights_sha256=np.str_(weights_sha256),
+                                       source=np.str_(source), inception_resize=np.str_(inception_resize)))
 
 
 @dataclasses.dataclass(frozen=True)

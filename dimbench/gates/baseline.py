@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dimbench.errors import BaselineError
+from dimbench.files import atomic_write, loads
 from dimbench.metrics import row_declaration
 from dimbench.results import STATUSES, ResultsError, read_environment, read_rows, results_path
 
@@ -244,15 +245,15 @@ def dumps_baseline(baseline: Baseline) -> str:
 
 
 def write_baseline(baseline: Baseline, path: str | os.PathLike) -> Path:
-    """Write atomically (a temporary file renamed over the old one): a killed write never leaves half a file."""
+    """Write atomically (:func:`dimbench.files.atomic_write`; its WriteError names the file): a killed write never
+    leaves half a file. An update (read, merge, write) holds :func:`dimbench.files.folder_lock` around all three
+    (``dimbench baseline`` does)."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(dumps_baseline(baseline), encoding="utf-8")
-        os.replace(tmp, p)
     except OSError as exc:
         raise BaselineError(f"{p}: cannot write the baseline ({exc.strerror or exc})") from None
+    atomic_write(p, dumps_baseline(baseline))
     baseline.path = p
     return p
 
@@ -262,7 +263,7 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
     """Read and check a baseline file; every problem names the file and the key (BaselineError, exit 2)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BaselineError(f"{p}: no such baseline file (write one with `dimbench baseline RESULTS_DIR -o {p}`)") \
             from None

@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.text import Text
 
 from dimbench.console import console
-from dimbench.errors import EXIT_OK, EXIT_REGRESSION, UserError
+from dimbench.errors import EXIT_OK, EXIT_REGRESSION
+from dimbench.files import atomic_write, folder_lock
 
 
 def cmd_baseline(args: argparse.Namespace) -> int:
@@ -26,12 +27,15 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     out = console()
     target = Path(args.output)
     previous = None
-    if target.exists() and not args.replace:
-        previous = load_baseline(target)
-    baseline, warnings = build_baseline(args.results_dir, previous)
-    for line in warnings:
-        out.print(Text(f"warning: {line}", style="yellow"))
-    write_baseline(baseline, target)
+    # Read, merge and replace under one lock: a second `dimbench baseline -o` of the same file waits, then merges
+    # into what the first wrote (without it, the later rename would drop the first one's entries).
+    with folder_lock(target, what=str(target)):
+        if target.exists() and not args.replace:
+            previous = load_baseline(target)
+        baseline, warnings = build_baseline(args.results_dir, previous)
+        for line in warnings:
+            out.print(Text(f"warning: {line}", style="yellow"))
+        write_baseline(baseline, target)
     measured = baseline.source
     how = (f"updated ({len(previous.entries)} entries before; this run's {measured['entries']} entries at "
            f"{measured['points']} point(s) replaced or added)" if previous else "written")
@@ -54,10 +58,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
                      fail_on_removed=args.fail_on_removed, alpha=args.alpha)
     for path, text in ((args.markdown, markdown(result, args.all)), (args.json, dumps(result))):
         if path:
-            try:
-                Path(path).write_text(text, encoding="utf-8")
-            except OSError as exc:
-                raise UserError(f"{path}: cannot write ({exc.strerror or exc})") from None
+            atomic_write(path, text)  # WriteError (a UserError) names the file
     print_result(console(), result, args.all)
     return EXIT_OK if result.passed else EXIT_REGRESSION
 

@@ -285,11 +285,12 @@ class Metric:
         """The rows that must all be on disk for the metric to be complete at a point (series rows aside)."""
         return tuple(r.name for r in self.rows if not r.series)
 
-    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str],
-                      resolutions: Sequence[int]) -> list[tuple[str, str]]:
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
+                      batches: Sequence[int] = ()) -> list[tuple[str, str]]:
         """``(option, message)`` for each problem of the metric's resolved ``options`` taken as a whole, for a suite
-        measuring ``model_names`` at ``resolutions`` (px): what a run would stop on (a required local file, its
-        checksum, a table that must cover every resolution). The suite reports each at the option's FILE:LINE
+        measuring ``model_names`` at ``resolutions`` (px) and the batch sizes ``batches`` this metric runs at: what
+        a run would stop on (a required local file, its checksum, a table that must cover every resolution, a
+        gradient accumulation that must divide every batch). The suite reports each at the option's FILE:LINE
         when it is read, before any point runs. Each option's own type is checked already; this default finds no
         further problem, and a metric with whole-option rules overrides it (a subclass: fid's ``FidMetric``)."""
         return []
@@ -305,7 +306,7 @@ class Metric:
         timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
                        + ("none (the task bounds itself)" if self.timeout == math.inf else
                           f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
-        timeout = Field("timeout", Number(0, "seconds", note=".inf: no limit"), None, timeout_doc)
+        timeout = Field("timeout", Number(0, "seconds", infinite="no limit"), None, timeout_doc)
         return Record([*self.options, timeout], what=f"options of metric '{self.name}'")
 
     def measure(self, point: SweepPoint, *, out_dir: str | None = None, **options: Any) -> list[Measurement]:

@@ -35,11 +35,6 @@ ATTENTION_KERNELS = {
 }
 
 
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    return resolution // 8 if model_info(model).latent else resolution
-
-
 def resolve_device(point: SweepPoint) -> torch.device:
     """The point's device; a CUDA point on a machine without CUDA is an error, not a silent CPU run.
 

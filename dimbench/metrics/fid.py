@@ -56,6 +56,7 @@ from dimbench.fid.protocol import PRECISIONS, RESIZE_TEXT, RESIZES
 from dimbench.fid.reference import check_reference_file, read_reference
 from dimbench.fid.scores import NEIGHBORHOOD, PRC_BATCH, all_scores, fid
 from dimbench.fid.vae import SCALE, decode, load_vae
+from dimbench.files import atomic_write
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.metrics.common import model_kwargs, resolve_device
 from dimbench.points import SweepPoint
@@ -86,8 +87,8 @@ def file_sha256(path: str) -> str:
 class FidMetric(Metric):
     """A Metric whose paths the suite's validation checks as a whole (required ones given, the weights' hash)."""
 
-    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str],
-                      resolutions: Sequence[int]) -> list[tuple[str, str]]:
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
+                      batches: Sequence[int] = ()) -> list[tuple[str, str]]:
         """(option, message) for each problem of the resolved options: what a run would stop on. Each reference
         file is opened (keys, shapes); a {resolution: file} mapping must cover every one of ``resolutions`` and a
         {model: ...} mapping must name every model (a resolution it does not cover is skipped with the reason)."""
@@ -192,9 +193,7 @@ def _cached(ctx: MetricContext, key: str, compute) -> dict[str, np.ndarray]:
             return {k: z[k] for k in z.files}
     arrays = {k: v for k, v in compute().items() if v is not None}
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, cache)
+    atomic_write(cache, lambda f: np.savez(f, **arrays))
     return arrays
 
 

@@ -12,7 +12,6 @@ import datetime
 import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +93,11 @@ def read_cache(out_dir: str | os.PathLike | None) -> dict[str, Any]:
 def _write_cache(out_dir: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomic replace, so concurrent workers never read a half-written file (a lost update only costs a
     second measurement)."""
+    from dimbench.files import atomic_write
+
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hardware.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, folder / HARDWARE_FILE)
+    atomic_write(folder / HARDWARE_FILE, json.dumps(data, indent=2, sort_keys=True))
 
 
 def bf16_peak(device: torch.device, out_dir: str | os.PathLike | None) -> dict[str, Any]:

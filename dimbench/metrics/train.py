@@ -16,8 +16,10 @@ metrics at the point (``quality``, ``upsample``) read the trained EMA weights fr
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +184,14 @@ _OPTIONS = (
     Field("steps", Integer(1), 300, "optimizer steps"),
     Field("lr", Number(0), 2e-4, "peak learning rate (AdamW)"),
     Field("warmup", Integer(0), 5000, "steps of linear learning-rate warm-up"),
-    Field("weight_decay", Number(-1e-12), 0.03, "AdamW weight decay"),
-    Field("beta1", Number(0), 0.99, "AdamW beta1"),
-    Field("beta2", Number(0), 0.99, "AdamW beta2"),
-    Field("adam_eps", Number(0), 1e-15, "AdamW epsilon"),
-    Field("grad_clip", Number(-1e-12), 1.0, "max global gradient norm (0: no clipping)"),
-    Field("ema", Number(-1e-12), 0.9999, "EMA decay of the weights the samplers use"),
-    Field("label_drop", Number(-1e-12), 0.1, "probability a label is replaced by the null class (for guidance)"),
+    Field("weight_decay", Number(at_least=0), 0.03, "AdamW weight decay"),
+    Field("beta1", Number(at_least=0, below=1), 0.99, "AdamW beta1"),
+    Field("beta2", Number(at_least=0, below=1), 0.99, "AdamW beta2"),
+    Field("adam_eps", Number(at_least=0), 1e-15, "AdamW epsilon"),
+    Field("grad_clip", Number(at_least=0), 1.0, "max global gradient norm (0: no clipping)"),
+    Field("ema", Number(at_least=0, below=1), 0.9999, "EMA decay of the weights the samplers use"),
+    Field("label_drop", Number(at_least=0, below=1), 0.1, "probability a label is replaced by the null class (for "
+          "guidance)"),
     Field("grad_accum", Integer(1), 1, "micro-batches accumulated per optimizer step (batch = the point's)"),
     Field("activation_checkpointing", Boolean(), False, "recompute each block's activations in the backward"),
     Field("schedule", Choice(("", *SCHEDULES)), "", "noise schedule; empty: the family's own (DiM, U-ViT: "
@@ -201,11 +204,43 @@ _OPTIONS = (
     Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
     Field("finetune_lr", Number(0), 1e-4, "weak-to-strong: learning rate"),
     Field("finetune_warmup", Integer(0), 2500, "weak-to-strong: warm-up steps"),
-    Field("finetune_weight_decay", Number(-1e-12), 0.0, "weak-to-strong: weight decay"),
-    Field("finetune_label_drop", Number(-1e-12), 0.15, "weak-to-strong: label drop probability"),
+    Field("finetune_weight_decay", Number(at_least=0), 0.0, "weak-to-strong: weight decay"),
+    Field("finetune_label_drop", Number(at_least=0, below=1), 0.15, "weak-to-strong: label drop probability"),
 )
 
-TRAIN = Metric(
+def check_train_options(options: dict[str, Any], batches: tuple[int, ...] | list[int] = ()) -> list[tuple[str, str]]:
+    """(option, message) for each problem the options have together, that no single key's type can see: what the
+    trainer would stop on (TrainConfig, Trainer), found when the suite is validated or the command line read.
+    ``batches``: the batch sizes the options will train with (the suite's, or ``--batch``)."""
+    problems = []
+    log_every, every = options["log_every"], options["checkpoint_every"]
+    if every % log_every:
+        problems.append(("checkpoint_every", f"key 'options.train.checkpoint_every': expected a multiple of log_every "
+                         f"({log_every}), so that a resumed run logs the same windows, got {every}"))
+    accum = options["grad_accum"]
+    split = [b for b in dict.fromkeys(batches) if b % accum]
+    if split:
+        problems.append(("grad_accum", f"key 'options.train.grad_accum': expected a divisor of every batch size "
+                         f"({', '.join(map(str, dict.fromkeys(batches)))}), got {accum}: batch {split[0]} does not "
+                         f"split into {accum} micro-batches"))
+    data = options["data"]
+    if data != "digits" and not Path(os.path.expanduser(data)).exists():
+        problems.append(("data", f"key 'options.train.data': expected 'digits' or an existing local path (a folder of "
+                         f"images, .npy / .npz latents), got {data!r}: no such file or folder"))
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainMetric(Metric):
+    """The train metric, whose options are also checked together (:func:`check_train_options`) by the suite's
+    validation, as ``dimbench train`` checks its command line."""
+
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
+                      batches: Sequence[int] = ()) -> list[tuple[str, str]]:
+        return check_train_options(options, batches)
+
+
+TRAIN = TrainMetric(
     name="train",
     rows=(
         Row("train_loss", "loss", "training loss", task="train", series=True),

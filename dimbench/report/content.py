@@ -33,6 +33,8 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from models import Family
 
 from . import declared
@@ -40,15 +42,19 @@ from .analysis import RatioLine, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
+    MAX_SERIES,
     SPECIAL_METRICS,
     Cell,
     Report,
     Section,
     Table,
+    capped_facets,
+    capped_rows,
     label,
     panels_figure,
     pivot_table,
     px,
+    spread,
 )
 from .paper import section_paper_tables
 from .plots import Panel, Series
@@ -58,26 +64,31 @@ from .quality import section_published, section_quality_scores, section_samples,
 from .reference_ratio import section_reference_ratio
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
+HEADLINE_PAIRS = 4  # model pairs the summary names per measure and setting
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections: one function each
 # --------------------------------------------------------------------------------------------------------------
 
 
+_SAME = ["resolution", "metric", "device", "dtype", "batch"]  # what an OOM and a success must share to contrast
+
+
 def _oom_contrast(results: Results, a: str, b: str) -> list[str]:
     """Resolutions where model ``a`` ran out of memory on a measure that ``b`` completed under the same facet."""
-    df = results.df
-    out = []
-    for res in results.resolutions:
-        ra = df[(df["model"] == a) & (df["resolution"] == res) & (df["status"] == "oom")]
-        for r in ra.itertuples(index=False):
-            done = df[(df["model"] == b) & (df["resolution"] == res) & (df["metric"] == r.metric)
-                      & (df["device"] == r.device) & (df["dtype"] == r.dtype) & (df["batch"] == r.batch)
-                      & (df["status"] == "ok")]
-            if len(done):
-                out.append(f"{a} ran out of memory at {res} px ({r.device}, {r.dtype}, batch {r.batch}), where {b} ran")
-                break
-    return out
+    if "oom_rows" not in results.memo:  # (each model's oom rows and the ok rows' keys, found once)
+        df = results.df
+        results.memo["oom_rows"] = {m: g.sort_values("resolution", kind="stable")
+                                    for m, g in df[df["status"] == "oom"].groupby("model", sort=False)}
+        ok = df[df["status"] == "ok"]
+        results.memo["ok_keys"] = set(ok[["model", *_SAME]].itertuples(index=False, name=None))
+    ooms, ok_keys = results.memo["oom_rows"].get(a), results.memo["ok_keys"]
+    out: dict[int, str] = {}
+    for r in ([] if ooms is None else ooms.itertuples(index=False)):
+        if r.resolution not in out and (b, r.resolution, r.metric, r.device, r.dtype, r.batch) in ok_keys:
+            out[r.resolution] = (f"{a} ran out of memory at {r.resolution} px ({r.device}, {r.dtype}, batch "
+                                 f"{r.batch}), where {b} ran")
+    return list(out.values())
 
 
 def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
@@ -108,10 +119,12 @@ def _pairs_text(lines: list[RatioLine]) -> str:
     """``dim / dit = 2.62× at 256 px → 0.869× at 1,536 px, crossover ≈ … (…); dim / uvit = 2.34× → 0.811×,
     crossover ≈ …``: resolutions and the crossover's explanation are given once when the pairs share them."""
     parts = []
-    for i, ln in enumerate(lines):
+    for i, ln in enumerate(lines[:HEADLINE_PAIRS]):
         same = i > 0 and ln.res == lines[0].res
         parts.append(f"{ln.subject} / {ln.other} = {ln.span(not same)}"
                      + (f", {ln.verdict(short=i > 0)}" if ln.verdict() else ""))
+    if len(lines) > HEADLINE_PAIRS:  # (20 models make 91 pairs: the rest are in the ratio section)
+        parts.append(f"and {len(lines) - HEADLINE_PAIRS} more model pair(s) in the ratio section")
     return "; ".join(parts)
 
 
@@ -165,9 +178,10 @@ def headline(results: Results) -> list[str]:
         if group and not (row.predicted and row.unit in measured_units):
             out.append(measure_line(group))
     pairs = list(dict.fromkeys((ln.subject, ln.other) for ln in lines))
-    ooms = [t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)]
+    ooms = list(dict.fromkeys(t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)))
     if ooms:
-        out.append("; ".join(dict.fromkeys(ooms)) + ".")
+        more = f"; and {len(ooms) - 6:,} more (‘Failed and skipped points’)" if len(ooms) > 6 else ""
+        out.append("; ".join(ooms[:6]) + more + ".")
     out += [t[0].upper() + t[1:] + "." for a, b in pairs for t in _input_mismatch(results, a, b)]
     return out
 
@@ -241,7 +255,7 @@ def _dtype_text(results: Results) -> str:
         df = results.df
     every = set(df["resolution"])
     parts = []
-    for d in dict.fromkeys(x for x in df["dtype"] if x):
+    for d in (x for x in pd.unique(df["dtype"]) if x):
         res = sorted(set(df.loc[df["dtype"] == d, "resolution"]))
         parts.append(d if set(res) == every else f"{d} at {', '.join(map(str, res))} px only")
     return ", ".join(parts) or "n/a"
@@ -252,11 +266,13 @@ def section_summary(results: Results) -> Section:
     env = results.env
     counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
     other = int((~df["status"].isin(STATUSES)).sum())
-    suites = [s for s in dict.fromkeys(df["suite"]) if s]
-    devices = list(dict.fromkeys(df.loc[df["task"] != "count", "device"])) or list(dict.fromkeys(df["device"]))
+    suites = [s for s in pd.unique(df["suite"]) if s]
+    devices = list(pd.unique(df.loc[df["task"] != "count", "device"])) or list(pd.unique(df["device"]))
+    shown = results.resolutions if len(results.resolutions) <= 24 else [results.resolutions[0], "…",
+                                                                         results.resolutions[-1]]
     ran = (f"Suite {', '.join(suites) or '(unnamed)'}: {len(results.models)} model(s) "
            f"({', '.join(results.models)}) at {len(results.resolutions)} resolution(s) "
-           f"({', '.join(str(r) for r in results.resolutions)} px); {_batch_text(results)}; "
+           f"({', '.join(str(r) for r in shown)} px); {_batch_text(results)}; "
            f"dtype {_dtype_text(results)}. "
            f"{df['point_key'].nunique()} point(s), {len(df)} row(s): {counts['ok']} ok, {counts['oom']} out of "
            f"memory, {counts['error']} error(s), {counts['skipped']} skipped" + (f", {other} other" if other else "")
@@ -305,6 +321,8 @@ def section_ratio(results: Results) -> Section | None:
     lines = ratio_lines(results)
     if not lines:
         return None
+    drawn, left_out = capped_facets(list(dict.fromkeys(ln.facet for ln in lines)))
+    lines = [ln for ln in lines if ln.facet in drawn]
     subject = declared.subject_name()
     dims = list(dict.fromkeys(ln.subject for ln in lines))
     marker = {d: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, d in enumerate(dims)}
@@ -324,20 +342,26 @@ def section_ratio(results: Results) -> Section | None:
         sweep = {ln.metric for ln in group if ln.facet.batch is not None
                  and len({x.facet.batch for x in group if x.metric == ln.metric}) > 1}
         panels = []
+        hidden = 0
         for fam in _compared(group):
             series, vlines = [], []
-            for ln in [ln for ln in group if ln.family is fam]:
+            lines_of = [ln for ln in group if ln.family is fam]
+            drawn_lines = spread(lines_of, MAX_SERIES)  # (many model pairs: a legend of hundreds hides the plot)
+            hidden += len(lines_of) - len(drawn_lines)
+            for ln in drawn_lines:
                 name = ln.measure + (f" ({ln.subject})" if len(dims) > 1 else "") + (
                     f" (batch {ln.facet.batch})" if ln.metric in sweep else "")
                 series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.subject],
                                      ":" if ln.predicted else "-", ln.predicted))
                 vlines += [(x, f"{ln.measure} vs {ln.other}: {px(x)}", ln.colour) for x, _ in ln.cross]
+            vlines = vlines if len(vlines) <= 6 else []  # (more marked crossovers would bury the plot: the caption)
             if series:
                 pair = f"{subject} / {fam.display}"
                 panels.append(Panel(pair, f"{pair} (lower = {subject} cheaper)", series, hline=1.0,
                                     hline_label="parity (ratio 1)", vlines=vlines,
                                     xnotes={r: "/".join(sorted(t)) for r, t in tags.items()}))
         crossed = [f"{ln.measure} vs {ln.other} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
+        crossed = crossed[:10] + ([f"and {len(crossed) - 10} more (in the table)"] if len(crossed) > 10 else [])
         cap = (f"Ratio of {subject} to each comparator model at each resolution ({setting}) for every "
                f"lower-is-better measure present; below 1 {subject} needs less. GMACs and times are per image; where "
                "the batch varies with resolution (shown under each resolution) both models ran the same batch at each "
@@ -346,6 +370,9 @@ def section_ratio(results: Results) -> Section | None:
                f"marker = {subject} model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
                "vertical lines mark where a ratio crosses 1 (interpolated linearly in log resolution and log "
                "ratio): " + (", ".join(crossed) if crossed else "none in the range measured") + ".")
+        if hidden:
+            cap += (f" {hidden} more model pair(s) are not drawn ({MAX_SERIES} lines per panel at most, evenly "
+                    "spread); every ratio is in the table below.")
         size = (8.5, 5.2) if len(panels) == 1 else (11.0, 5.4)
         figures.append(panels_figure(f"{_ratio_heading(group)} ratio — {setting}", cap, panels, size))
     rows = []
@@ -355,13 +382,16 @@ def section_ratio(results: Results) -> Section | None:
         rows.append([Cell(f"{ln.subject} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
                      Cell(f"{ln.ratio[0]:.3f} at {ln.res[0]} px"), Cell(f"{ln.ratio[-1]:.3f} at {ln.res[-1]} px"),
                      Cell(cross or ("single resolution" if len(ln.res) == 1 else "none in range"))])
+    rows, more = capped_rows(rows, "ratios")
     table = Table(f"Ratios of {subject} to the other models and crossover resolutions. Ratio = {subject} value / "
                   "other value at the same resolution, device, dtype and batch; GMACs and times per image (the same "
                   "ratio as per pass), memory for the whole batch. Batch: at the lowest → highest resolution where it "
-                  "varies.",
+                  "varies." + more,
                   [f"{subject} / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
                    "crossover"], rows)
     paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
+    if left_out:
+        paras.append(left_out)
     return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
 
 
@@ -392,9 +422,10 @@ def section_failures(results: Results) -> Section:
              "errors are also marked ✗ in the plots." if len(bad) else
              "Every point produced all its values: nothing ran out of memory, failed or was skipped."]
     tables = []
+    rows, more = capped_rows(rows, "failed points")
     if rows:
         tables.append(Table("Points that ran out of memory or failed, with the recorded message (one line per "
-                            "point and message).",
+                            "point and message)." + more,
                             ["model", "resolution", "batch", "dtype", "device", "status", "metrics", "message"], rows,
                             [False, True, True, False, False, False, False, False]))
     if len(skipped):
@@ -406,9 +437,10 @@ def section_failures(results: Results) -> Section:
             point = f"{r.model} @ {r.resolution}"
             if point not in points:
                 points.append(point)
-        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p)), Cell(reason, "skipped")]
-                 for reason, (m, p) in by_reason.items()]
-        tables.append(Table("Skipped measurements, grouped by the reason recorded.",
+        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p[:20]) + (", …" if len(p) > 20 else "")),
+                  Cell(reason, "skipped")] for reason, (m, p) in by_reason.items()]
+        srows, more = capped_rows(srows, "reasons")
+        tables.append(Table("Skipped measurements, grouped by the reason recorded." + more,
                             ["metrics", "points (model @ px)", "reason"], srows))
     return Section("Failed and skipped points", "failures", [], paras, [], tables)
 
@@ -421,14 +453,18 @@ def section_full_tables(results: Results) -> Section:
     # A series row has many values per point (one per step or component): a model x resolution cell cannot hold
     # them; its own section shows them.
     metrics = [m for m in known if results.has(m) and not results.declaration(m).series]
-    tables = [pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
+    tables, left_out = [], []
+    for m in metrics:
+        facets, note = capped_facets(results.facets([m]))
+        tables += [pivot_table(results, m, f) for f in facets]
+        left_out += [f"{label(m)}: {note}"] if note else []
     paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
-             "skipped points’), skipped = not applicable there, — = not run."]
+             "skipped points’), skipped = not applicable there, — = not run."] + left_out
     never = [m for m in known if m not in metrics]
     if never:
         reasons = []
         for m in never:
-            why = [e for e in dict.fromkeys(results.rows(m)["error"]) if e]
+            why = [e for e in pd.unique(results.rows(m)["error"]) if e]
             reasons.append(f"{label(m)} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1
                                                       else "") + ")" if why else label(m))
         paras.append("Skipped at every point, so not tabulated: " + "; ".join(reasons) + ".")
@@ -526,13 +562,15 @@ SECTIONS: list[Callable[[Results], Section | list[Section] | None]] = [
 ]
 
 
-def build(results: Results) -> Report:
-    """The whole report's content from loaded results."""
+def build(results: Results, progress: Callable[[str], None] | None = None) -> Report:
+    """The whole report's content from loaded results; ``progress(text)`` is told each section as it starts."""
     sections = []
-    for builder in SECTIONS:
-        made = builder(results)
+    for i, make in enumerate(SECTIONS, 1):
+        if progress is not None:
+            progress(f"section {i}/{len(SECTIONS)}: {make.__name__.removeprefix('section_').replace('_', ' ')}")
+        made = make(results)
         sections += made if isinstance(made, list) else [made] if made is not None else []
-    suites = [s for s in dict.fromkeys(results.df["suite"]) if s]
+    suites = [s for s in pd.unique(results.df["suite"]) if s]
     title = "dimbench report" + (f": {', '.join(suites)}" if suites else "")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     subtitle = f"Results folder {Path(results.dir).resolve()} · report generated {now}"

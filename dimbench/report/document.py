@@ -71,6 +71,51 @@ class Report:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# How much a report draws: a large folder is summarised, not drawn whole
+# --------------------------------------------------------------------------------------------------------------
+
+#: Settings (facets: device, dtype, batch, compile) plotted per section and tabulated per metric; a sweep of 20
+#: batch sizes draws 6 of them, evenly spread from the smallest to the largest, and says which it left out.
+MAX_FACETS = 6
+#: Resolutions (columns) and models (rows) of a model x resolution table, evenly spread, ends included.
+MAX_TABLE_COLUMNS = 16
+MAX_TABLE_ROWS = 60
+#: Lines of a list (failed points, ratios) before it says "and N more".
+MAX_LISTED = 40
+#: Lines in one ratio panel (model pairs): beyond it the legend would hide the plot.
+MAX_SERIES = 12
+
+
+def spread(items: Sequence, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spread, the first and the last included, in their order."""
+    if len(items) <= n:
+        return list(items)
+    picked = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
+    return [items[i] for i in picked]
+
+
+def capped_facets(facets: list[Facet]) -> tuple[list[Facet], str]:
+    """The facets a section draws (:data:`MAX_FACETS`, evenly spread) and a sentence on those it leaves out
+    (empty when none is)."""
+    shown = spread(facets, MAX_FACETS)
+    left = [f for f in facets if f not in shown]
+    if not left:
+        return shown, ""
+    names = "; ".join(f.label() for f in left[:4]) + ("; …" if len(left) > 4 else "")
+    return shown, (f"{len(left)} more setting(s) are not drawn here ({names}): a folder this large is summarised, "
+                   f"{MAX_FACETS} settings per section evenly spread from the first to the last; every row is in "
+                   "results.jsonl (dimbench.results.load).")
+
+
+def capped_rows(rows: list, what: str) -> tuple[list, str]:
+    """At most :data:`MAX_LISTED` of a table's rows, and the caption's note on the rest."""
+    if len(rows) <= MAX_LISTED:
+        return rows, ""
+    return rows[:MAX_LISTED], (f" The first {MAX_LISTED} of {len(rows):,} {what} are listed; every one is in "
+                               "results.jsonl.")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
 
@@ -176,8 +221,11 @@ def styles_for(results: Results):
 def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str = "") -> Table:
     """Model x resolution for one metric and facet; failed cells say OOM / error / skipped."""
     rows = results.select(metric, facet)
-    resolutions = sorted(set(int(r) for r in rows["resolution"]))
-    models = [m for m in results.models if m in set(rows["model"])]
+    every_resolution = sorted(set(int(r) for r in rows["resolution"]))
+    every_model = [m for m in results.models if m in set(rows["model"])]
+    resolutions, models = spread(every_resolution, MAX_TABLE_COLUMNS), spread(every_model, MAX_TABLE_ROWS)
+    cut = [f"{len(kept)} of its {len(every):,} {what}" for kept, every, what in
+           ((resolutions, every_resolution, "resolutions"), (models, every_model, "models")) if len(kept) < len(every)]
     cells: dict[tuple[str, int], Cell] = {}
     for m, r, v, s in rows[["model", "resolution", "value", "status"]].itertuples(index=False):
         if (m, int(r)) in cells:
@@ -190,6 +238,8 @@ def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str 
     caption = (f"{label(metric)} [{unit}] — {facet.label()}"
                + (f". The batch of each resolution in brackets; {as_measured(metric)}" if tags else "")
                + f". Method: {join_text(results.methods(metric, facet))}."
+               + (f" Showing {' and '.join(cut)} (evenly spread, the ends included); every value is in "
+                  "results.jsonl." if cut else "")
                + (f" {caption_extra}" if caption_extra else ""))
     heads = [px(r) + (f" ({tags[r]})" if r in tags else "") for r in resolutions]
     return Table(caption, ["model"] + heads, body, [False] + [True] * len(resolutions))

@@ -21,6 +21,7 @@ from .document import (
     Section,
     Table,
     batch_note,
+    capped_facets,
     fail_marks,
     fmt,
     label,
@@ -69,7 +70,8 @@ def section_for(results: Results, section: PlotSection, rows: list[Row]) -> Sect
     metrics = [r.name for r in rows]
     styles = styles_for(results)
     figures, tables = [], []
-    for facet in results.facets(metrics):
+    facets, left_out = capped_facets(results.facets(metrics))  # a large folder is summarised, and says so
+    for facet in facets:
         if len(results.facet_resolutions(metrics, facet)) < 2:
             tables.append(point_table(results, metrics, facet, section.table or section.heading))
             continue
@@ -97,6 +99,8 @@ def section_for(results: Results, section: PlotSection, rows: list[Row]) -> Sect
     paragraphs = list(section.paragraphs) + cross_checks(results, metrics)
     if section.cpu_paragraph and any(f.device == "cpu" for f in results.facets(metrics)):
         paragraphs.append(section.cpu_paragraph)
+    if left_out:
+        paragraphs.append(left_out)
     return Section(section.heading, section.anchor, [], paragraphs, figures, tables)
 
 

@@ -93,6 +93,12 @@ class TrainConfig:
                 + f", {self.precision}, {self.schedule} schedule, seed {self.seed}")
 
 
+class Diverged(RuntimeError):
+    """The loss stopped being a finite number: the run is stopped before it logs or saves the window, so the
+    checkpoint on disk is the last one whose curve is finite (a rerun retraces the same steps and stops the same
+    way). The message names the step and what usually causes it."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     steps: int  # steps completed (== config.steps at the end)
@@ -162,6 +168,8 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 elapsed = time.perf_counter() - t_window
                 info = _window_means(window)
+                if not math.isfinite(info["loss"]):
+                    raise Diverged(self._diverged(self.step, info["loss"]))
                 info["lr"] = self.lr_at(self.step - 1)
                 info["images_per_s"] = len(window) * cfg.batch / elapsed if elapsed > 0 else None
                 info["steps_in_window"] = len(window)
@@ -264,7 +272,19 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        for log in self.history:  # (a checkpoint written before the loss was checked may hold a NaN window)
+            loss = log.get("loss") if isinstance(log, dict) else None
+            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                raise Diverged(self._diverged(log.get("step") if isinstance(log, dict) else "?", loss,
+                                              f" (in {self.state_path})"))
         return self.step
+
+    def _diverged(self, step: Any, loss: Any, where: str = "") -> str:
+        cfg = self.config
+        clip = f"clipping at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
+        return (f"training diverged: the mean loss of the window ending at step {step} is {loss}{where}, with lr "
+                f"{cfg.lr:g}, warm-up {cfg.warmup} and {clip}; lower the learning rate, warm up longer or clip "
+                "gradients, and start over (--fresh, or another folder)")
 
     # ---- internals ----------------------------------------------------------------------------------------
 
@@ -331,16 +351,26 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a checkpoint."""
+    """torch.save through :func:`dimbench.files.atomic_write`: a crash or a full disk never leaves half a
+    checkpoint (nor its temporary file); WriteError says the cause and that the previous checkpoint is kept."""
+    from dimbench.files import WriteError, atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except WriteError as exc:
+        raise WriteError(f"{exc}: the training checkpoint was not saved (the previous one, if any, is kept); free "
+                         "some space and run the same command again to resume from it") from None
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """A training checkpoint (weights_only: a file from elsewhere cannot run code); ValueError when it is not
-    one."""
+    """A training checkpoint (weights_only: a file from elsewhere cannot run code; a zip archive declaring far
+    more than its size is refused before inflating it); ValueError when it is not one."""
+    from models.checkpoints import inflation_problem
+
+    bomb = inflation_problem(path)
+    if bomb:
+        raise ValueError(bomb)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not {"step", "model", "ema", "config"} <= set(state):
         raise ValueError(f"{path}: not a dimbench training checkpoint (expected keys step, model, ema, config)")

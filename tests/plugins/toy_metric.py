@@ -25,7 +25,7 @@ def toy_weights(point, ctx):
 
 
 class ToyMetric(Metric):
-    def check_options(self, options, model_names, resolutions):
+    def check_options(self, options, model_names, resolutions, batches=()):
         """Counting in thousands needs ``per`` to divide 1000 (a rule on the option as the suite sets it)."""
         if 1000 % options["per"]:
             return [("per", f"key 'options.toy_weights.per': expected a divisor of 1000, got {options['per']}")]
