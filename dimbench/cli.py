@@ -26,8 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from dimbench import processes, results
@@ -333,9 +335,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
-    import time
-
-    from rich.markup import escape
 
     t0 = time.monotonic()
     # A large folder takes a while: a status line on a terminal says which step the report is at (nothing is

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dimbench import results as res
-from dimbench.environment import comparable, now_iso
+from dimbench.environment import collect, comparable, now_iso
 from dimbench.errors import UserError
 from dimbench.files import loads
 from dimbench.metrics.base import STATE_DIR, slug
@@ -245,8 +245,6 @@ class CommandRun:
 
     def __init__(self, out: Path, *, command: str, argv: list[str], device: str, settings: dict[str, Any],
                  allow_mixed: bool = False, fresh: bool = False, also_fresh: tuple[str, ...] = (), warn=print):
-        from dimbench.environment import collect
-
         self.t0 = time.monotonic()
         self.folder = RunFolder(out, fresh=fresh, command=shlex.join(argv), also_fresh=also_fresh)
         self.rows_written = 0

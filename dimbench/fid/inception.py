@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from dimbench.errors import UserError
 from dimbench.fid.precision import strict_float32
 from dimbench.fid.protocol import RESIZES
+from models.checkpoints import inflation_problem
 
 #: The start of the SHA256 of the published weights file (both projects' file names end in it).
 EXPECTED_SHA256_PREFIX = "6726825d"
@@ -98,8 +99,6 @@ def check_weights_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256_
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights as a state_dict, read with ``weights_only=True``; UserError for anything else."""
-    from models.checkpoints import inflation_problem
-
     bomb = inflation_problem(path)
     if bomb:
         raise UserError(f"Inception weights {bomb}")

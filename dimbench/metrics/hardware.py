@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from dimbench.files import atomic_write
+
 HARDWARE_FILE = "hardware.json"
 
 
@@ -93,8 +95,6 @@ def read_cache(out_dir: str | os.PathLike | None) -> dict[str, Any]:
 def _write_cache(out_dir: str | os.PathLike, data: dict[str, Any]) -> None:
     """Atomic replace, so concurrent workers never read a half-written file (a lost update only costs a
     second measurement)."""
-    from dimbench.files import atomic_write
-
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write(folder / HARDWARE_FILE, json.dumps(data, indent=2, sort_keys=True))

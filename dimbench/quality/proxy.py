@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dimbench.data import Dataset, resize
+from dimbench.files import atomic_write
 from dimbench.quality.frechet import frechet_distance, gaussian_stats
 
 FEATURE_RES = 32
@@ -186,7 +187,6 @@ def _load_cache(cache: Path) -> tuple[DigitsClassifier, dict] | None:
 
 
 def _save_cache(cache: Path, model: DigitsClassifier, info: dict) -> None:
-    from dimbench.files import atomic_write
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     blob = {"format": _CACHE_FORMAT, "state_dict": model.state_dict(), "info": json.dumps(info)}

@@ -93,7 +93,10 @@ def _checked_options(args: argparse.Namespace) -> dict:
     """The command line as the train metric's options, checked by the declarations that check a suite's
     ``options.train`` (one validation path: what `dimbench validate` refuses, this refuses). UserError names every
     problem by its flag, one per line."""
+    # heavy (torch, the models): imported when the command runs
     from dimbench.metrics.train import TRAIN, check_train_options
+
+    # see above
     from dimbench.schema import Integer, Problems, Record, cli_message
 
     given = {"data": args.data, "steps": args.steps, "lr": args.lr, "warmup": args.warmup,
@@ -119,6 +122,7 @@ def _settings(config, args: argparse.Namespace) -> dict:
     """What the folder's record keeps of this run's settings: everything that decides the curve (a run may only
     change its length and how often it saves, as the checkpoint allows), but the batch and precision, which the
     point key names (rows of another batch are another point's; the checkpoint refuses to continue with them)."""
+    # heavy (torch): imported when the command runs
     from dimbench.training.trainer import RESUMABLE_CHANGES, _plain
 
     recipe = {k: v for k, v in _plain(dataclasses.asdict(config)).items()

@@ -38,7 +38,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 
 from dimbench.data import Dataset
+from dimbench.files import WriteError, atomic_write
 from dimbench.training.distributed import DistributedInfo, distributed_info
+from models.checkpoints import inflation_problem
 from models.diffusion import diffusion_loss, make_schedule
 
 #: config fields a resumed run may change: how long it runs, how often it saves, and how the backward stores
@@ -353,8 +355,6 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save through :func:`dimbench.files.atomic_write`: a crash or a full disk never leaves half a
     checkpoint (nor its temporary file); WriteError says the cause and that the previous checkpoint is kept."""
-    from dimbench.files import WriteError, atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         atomic_write(path, lambda f: torch.save(obj, f))
@@ -366,8 +366,6 @@ def save_atomic(obj: Any, path: Path) -> None:
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
     """A training checkpoint (weights_only: a file from elsewhere cannot run code; a zip archive declaring far
     more than its size is refused before inflating it); ValueError when it is not one."""
-    from models.checkpoints import inflation_problem
-
     bomb = inflation_problem(path)
     if bomb:
         raise ValueError(bomb)
