@@ -42,12 +42,20 @@ def _kernels():
 
 def fused_conv_available(x: Tensor) -> bool:
     """Whether ``conv1d_silu`` takes the Triton kernel for ``x`` (see the module docstring)."""
-    if os.environ.get(ENV_VAR, "1") == "0" or x.device.type != "cuda" or _get_current_dispatch_mode() is not None:
+    return x.device.type == "cuda" and _fused_on(x.device)
+
+
+@torch.compiler.assume_constant_result
+def _fused_on(device: torch.device) -> bool:
+    """The decision for a CUDA device, run as plain Python when torch.compile traces a call (its result becomes a
+    constant of the graph), as the scan's backend is (``op._resolve_untraced``): traced, "auto" tries to import
+    mamba_ssm and reads the dispatch mode, which break the graph at every block on CUDA."""
+    if os.environ.get(ENV_VAR, "1") == "0" or _get_current_dispatch_mode() is not None:
         return False
     from .registry import resolve_backend
 
     try:
-        return resolve_backend(None, x.device) == "triton" and not triton_runtime.interpreted()
+        return resolve_backend(None, device) == "triton" and not triton_runtime.interpreted()
     except (RuntimeError, ValueError):
         return False
 
