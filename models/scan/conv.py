@@ -33,6 +33,8 @@ ENV_VAR = "DIMBENCH_FUSED_CONV"
 _KERNELS_FILE = Path(__file__).with_name("conv_kernels.py")
 #: channels and steps per program (time contiguous: 512 steps, 16 bytes per thread at 4 warps in bf16).
 BLOCK_C, BLOCK_T = 4, 512
+#: warps per program on CUDA.
+NUM_WARPS = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -88,7 +90,7 @@ def launch(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     grid = (b, -(-d // BLOCK_C), -(-s // BLOCK_T))
     _kernels().conv_silu_kernel[grid](x, w, w if bf is None else bf, out, *x.stride(), d, s, KW=kw,
                                       HAS_BIAS=bf is not None, BC=BLOCK_C, BT=BLOCK_T,
-                                      **({} if interp else {"num_warps": 4}))
+                                      **({} if interp else {"num_warps": NUM_WARPS}))
     return out
 
 
