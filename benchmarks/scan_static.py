@@ -510,7 +510,8 @@ def main(argv=None) -> int:
                     summary.record(f"{row['backend']} {row['kernel']} {row['dtype']}: "
                                    + (f"FAILED {row['error'][:200]}" if row["error"] else
                                       f"{row['registers']} regs, {row['spill_instructions']} spills"),
-                                   in_txt=False, triton=version, **row)
+                                   in_txt=False, triton=version, direction=row["phase"],
+                                   **{k: v for k, v in row.items() if k != "phase"})
             summary.record(group_line(version, backend, dtype, group), triton=version, backend=backend, dtype=dtype,
                            group=True)
     doc = document(rows, dtypes, version)

@@ -169,6 +169,8 @@ def test_summary_lines_are_on_disk_before_a_fault(tmp_path, monkeypatch):
     assert (tmp_path / "summary.txt").read_text().splitlines() == ["[3] first", "[3] second"]
     assert [json.loads(line)["x"] for line in (tmp_path / "summary.jsonl").read_text().splitlines()] == [1, 2]
     gpu_report.Summary(tmp_path, "2 scan correctness").record("other phases are not faulted")
+    with pytest.raises(TypeError, match="phase"):  # a row's own "phase" (a kernel's forward) may not hide the check's
+        gpu_report.Summary(tmp_path, "1 compile check").record("kernel", phase="forward")
 
 
 def test_pack_leaves_out_traces_and_what_does_not_fit(tmp_path):
@@ -316,8 +318,11 @@ def test_conv_and_determinism_checks_fail_when_they_should(monkeypatch):
     monkeypatch.setattr(conv, "launch", lambda x, w, b: conv.causal_conv1d_silu_reference(x.float(), w, b))
     assert scan_cuda_check.check_conv(2, 9, torch.float32, dev, shape)["passed"]
 
-    def varying(*args):
-        return chunked_scan(*args) * (1 + 1e-6 * torch.rand(()))
+    calls = []
+
+    def varying(*args):  # each call a little different, as atomics in another order would make it
+        calls.append(1)
+        return chunked_scan(*args) * (1 + 1e-5 * len(calls))
 
     everywhere = lambda device: (True, "test backend")  # noqa: E731
     try:
