@@ -36,8 +36,11 @@ With the triton backend checked, at each case also (``check`` in the JSON says w
   about 1 GB there): the gradients through the operator with ``DIMBENCH_SCAN_DETERMINISTIC=1``, twice, every one
   bit-identical (``torch.equal``), and the default (atomic) backward within the scan tolerances of them.
 
-Each (case, backend, check) is guarded (an exception or an out-of-memory is its own failed line) and written the
-moment it is known: one summary line, and ``--json`` rewritten. Exit status 1 if any failed, 0 otherwise.
+Order: the ``triton`` backend first, case by case (each followed by its conv and determinism checks), then the
+other backends case by case, so that a cut keeps the default kernel's answers whole; the reference of a case is
+computed once and kept. Each (case, backend, check) is guarded (an exception or an out-of-memory is its own failed
+line) and written the moment it is known: one summary line, and ``--json`` rewritten. Exit status 1 if any
+failed, 0 otherwise.
 """
 
 from __future__ import annotations
@@ -247,31 +250,32 @@ def main(argv=None) -> int:
     if not backends:
         summary.record(f"no fused scan backend can run on {device}: nothing to check", skipped=True)
         return 1
+    backends.sort(key=lambda name: name != "triton")   # the default kernel's answers first, at every case
     record = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "torch": torch.__version__,
               "tiny": tiny, "shape": shape, "backends": backends, "skipped": skipped, "results": []}
     torch.backends.cuda.matmul.allow_tf32 = False
     failed = 0
-    for full_batch, full_L, dtype in CASES:
-        batch, L = full_batch, full_L
-        if tiny:
-            batch, L = TINY["batches"][batch], TINY["lengths"][L]
-        case = {"batch": batch, "L": L, "dtype": str(dtype).replace("torch.", ""), "tiny": tiny,
-                "d_inner": shape["d_inner"]}
-        try:
-            ref = reference(batch, L, dtype, device, shape)
-        except Exception as exc:  # the reference itself failed (e.g. out of memory): every backend's line says so
-            ref, error = None, f"the float32 reference failed: {type(exc).__name__}: {str(exc).strip()[:600]}"
-        for name in backends:
+    references: dict = {}     # per case, computed when first needed, kept for the next backend (a few GB at most)
+    for name in backends:
+        for full_batch, full_L, dtype in CASES:
+            batch, L = (TINY["batches"][full_batch], TINY["lengths"][full_L]) if tiny else (full_batch, full_L)
+            case = {"batch": batch, "L": L, "dtype": str(dtype).replace("torch.", ""), "tiny": tiny,
+                    "d_inner": shape["d_inner"]}
+            if (batch, L, dtype) not in references:
+                try:
+                    references[batch, L, dtype] = reference(batch, L, dtype, device, shape)
+                except Exception as exc:  # the reference failed (e.g. out of memory): every line of the case says so
+                    references[batch, L, dtype] = (f"the float32 reference failed: {type(exc).__name__}: "
+                                                   f"{str(exc).strip()[:600]}")
+            ref = references[batch, L, dtype]
             failed += not emit(record, summary, args, case, check_backend(name, batch, L, dtype, device, shape, ref)
-                               if ref is not None else
-                               {"check": "scan", "backend": name, "passed": False, "error": error, "seconds": 0})
-        del ref
-        if "triton" in backends:
-            failed += not emit(record, summary, args, case, check_conv(batch, L, dtype, device, shape))
-            if (full_batch, full_L) in DETERMINISTIC_CASES:
-                failed += not emit(record, summary, args, case, check_deterministic(batch, L, dtype, device, shape))
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+                               if isinstance(ref, dict) else
+                               {"check": "scan", "backend": name, "passed": False, "error": ref, "seconds": 0})
+            if name == "triton":
+                failed += not emit(record, summary, args, case, check_conv(batch, L, dtype, device, shape))
+                if (full_batch, full_L) in DETERMINISTIC_CASES:
+                    failed += not emit(record, summary, args, case,
+                                       check_deterministic(batch, L, dtype, device, shape))
     return 1 if failed else 0
 
 

@@ -30,7 +30,8 @@
 #   2 scan correctness  65   "triton", "triton_v1" (and mamba_ssm where it imports) vs the float32 reference at
 #                            DiM-H's shapes and strides, the fused conv1d + SiLU vs torch's, the deterministic
 #                            backward bit-identical across two runs (benchmarks/scan_cuda_check.py)
-#   3 scan speed        80   every backend at L 366-9806, batch 1 and 32, forward/backward/both, % of the bound
+#   3 scan speed        80   every backend at L 9806 down to 366, batch 1 then 32, forward/backward/both, % of the
+#                            bound
 #                            (benchmarks/scan_gpu.py)
 #   4 eager models      90   DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 bf16 img/s at 1536/b1, 1024/b2, 512/b8, 256/b32 and
 #                            the scan's share of DiM's forward, with the backend "auto" picks (model_speed.py eager)
@@ -51,9 +52,9 @@
 # benchmarks/gpu_report.py: makes a phase raise or hang, for tests/test_gpu_check.py).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
-cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd)     # a relative OUTDIR is the caller's, not the checkout's
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
