@@ -31,8 +31,7 @@
 #                            DiM-H's shapes and strides, the fused conv1d + SiLU vs torch's, the deterministic
 #                            backward bit-identical across two runs (benchmarks/scan_cuda_check.py)
 #   3 scan speed        80   every backend at L 9806 down to 366, batch 1 then 32, forward/backward/both, % of the
-#                            bound
-#                            (benchmarks/scan_gpu.py)
+#                            bound (benchmarks/scan_gpu.py)
 #   4 eager models      90   DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 bf16 img/s at 1536/b1, 1024/b2, 512/b8, 256/b32 and
 #                            the scan's share of DiM's forward, with the backend "auto" picks (model_speed.py eager)
 #   5 compiled pair    100   DiM-H/2 and DiT-XL/2 at 1536/b1 under torch.compile, with compile time
