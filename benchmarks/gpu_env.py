@@ -1,9 +1,9 @@
 """Phase 1 of ``scripts/gpu_check.sh``: what ran where. The card (name, multiprocessors, L2, memory, capability, clocks,
 power limit, driver), the software (torch, CUDA, Triton, Python), the commit, and which selective-scan backend each
-request would run, one summary line each; and, given the compile check's JSON, one line per kernel.
+request would run, one summary line each. (The phase's compile check, ``benchmarks/scan_static.py --summary``,
+writes its own lines, from the rows it writes to its JSON.)
 
     python benchmarks/gpu_env.py --summary OUT [--json FILE]
-    python benchmarks/gpu_env.py --summary OUT --compile-json FILE   # lines from benchmarks/scan_static.py's JSON
 
 The commit is ``$DIMBENCH_GIT_COMMIT`` when set (the copy of the tree on a device machine may have no .git), else
 ``git rev-parse HEAD`` with "dirty" when ``git status`` lists changes, else "unknown". Clocks and the power limit
@@ -13,7 +13,6 @@ come from ``nvidia-smi`` where it runs (the current SM clock of an idle card is 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -36,7 +35,6 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--summary", help="append the lines to SUMMARY/summary.{txt,jsonl}")
     p.add_argument("--json", help="write everything read here")
-    p.add_argument("--compile-json", help="only summarise this compile-check JSON, one line per kernel")
     p.add_argument("--phase", default="1 environment")
     return p.parse_args(argv)
 
@@ -112,28 +110,6 @@ def report(info: dict, summary: Summary) -> None:
                    scan_auto=info["scan_auto"], scan_backends=info["scan_backends"])
 
 
-def summarize_compile_json(path: str, summary: Summary) -> int:
-    """One line per kernel row of a compile check's JSON (``scan_compile_check``'s keys; ``scan_static.py`` is
-    expected to keep them: kernel, dtype, registers, spill_store_bytes/spill_load_bytes or spills, shared)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except Exception as exc:
-        summary.record(f"compile check: no readable JSON at {path} ({type(exc).__name__}: {exc})", error=str(exc))
-        return 1
-    rows = data.get("rows") or data.get("kernels") or []
-    version = data.get("triton", "?")
-    for row in rows:
-        spills = row.get("spills", (row.get("spill_store_bytes") or 0) + (row.get("spill_load_bytes") or 0))
-        name = " ".join(str(row[k]) for k in ("kernel", "launch", "dtype") if row.get(k) is not None)
-        text = (f"triton {version} {name}: {row.get('error')[:160]}" if row.get("error") else
-                f"triton {version} {name}: {row.get('registers')} regs, spills {spills} B, smem "
-                f"{row.get('shared_bytes', row.get('shared'))} B")
-        summary.record(text, **{k: v for k, v in row.items() if not isinstance(v, (dict, list))}, triton=version)
-    if not rows:
-        summary.record(f"compile check: {path} holds no kernel rows (keys: {', '.join(data)[:200]})")
-    return 0
-
-
 def _short(reason: str, limit: int = 70) -> str:
     return reason if len(reason) <= limit else reason[:limit - 3].rstrip() + "..."
 
@@ -148,8 +124,6 @@ def _version(module: str) -> str | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     summary = Summary(args.summary, args.phase)
-    if args.compile_json:
-        return summarize_compile_json(args.compile_json, summary)
     info = environment()
     if args.json:
         write_json_atomic(args.json, info)

@@ -62,6 +62,9 @@ class Summary:
     def record(self, text: str, in_txt: bool = True, **fields: Any) -> None:
         """One JSON line (``text`` and ``fields``) and, unless ``in_txt`` is False (detail that a later, shorter
         human line sums up; its JSON line then says ``"in_txt": false``), one human line."""
+        clash = {"phase", "t", "text"} & set(fields)
+        if clash:  # a field may not stand in for the line's own keys (a kernel's "phase" would hide the check's)
+            raise TypeError(f"Summary.record: fields may not be named {', '.join(sorted(clash))}")
         line = {"phase": self.phase, "t": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "text": text, **({} if in_txt else {"in_txt": False}), **fields}
         human = f"[{self.phase.split()[0]}] {text}"

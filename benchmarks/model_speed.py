@@ -21,7 +21,9 @@ resolution / 8 (1536 px = a 192×192 latent, 96×96 tokens at patch 2).
 
 Scan share: one more set of ``--repeats`` passes at the first size with ``models.dim.selective_scan`` wrapped so
 that a CUDA event pair brackets every scan call; share = Σ (scan call intervals) / (whole forward interval), the
-median over the passes. The intervals are GPU time between the events, so they hold the scan kernels (and any
+median over the passes, with the backend that ran (DiM names none: the one "auto" picks, on a GPU machine without
+mamba-ssm the ``triton`` kernel, with the fused conv1d + SiLU; or ``DIMBENCH_SCAN_BACKEND``'s, which the line then
+names). The intervals are GPU time between the events, so they hold the scan kernels (and any
 gap on the stream inside them); the forward at that size is GPU-bound, so launch gaps are not counted as the scan's.
 
 Each (model, size) is guarded: an out-of-memory or an exception is a row with its error, and the next goes on;
@@ -32,6 +34,7 @@ small models and sizes (the lines say TINY), the wall clock instead of CUDA even
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -151,7 +154,15 @@ def scan_share(fn, clock: Clock, repeats: int) -> dict:
     i = shares.index(statistics.median_low(shares))
     scan_ms, whole_ms, n = passes[i]
     return {"scan_share": shares[i], "scan_ms": scan_ms, "forward_ms": whole_ms, "scan_calls": n,
-            "scan_ms_per_call": scan_ms / max(n, 1), "scan_backend": models.scan_backend()}
+            "scan_ms_per_call": scan_ms / max(n, 1), "scan_backend": models.scan_backend(),
+            "scan_backend_chosen_by": chosen_by()}
+
+
+def chosen_by() -> str:
+    """Who chose the scan's backend here: DiM asks for none, so "auto" unless DIMBENCH_SCAN_BACKEND names one."""
+    from models.scan import ENV_VAR
+
+    return ENV_VAR if os.environ.get(ENV_VAR, "").strip() not in ("", "auto") else "auto"
 
 
 def measure_point(model_name: str, resolution: int, batch: int, args, device: torch.device, clock: Clock,
@@ -283,9 +294,11 @@ def main(argv=None) -> int:
             if row.get("scan_share") is not None:
                 summary.record(f"{name} {resolution}px b{batch}: the scan is {100 * row['scan_share']:.1f}% of the "
                                f"forward ({row['scan_calls']} calls, {row['scan_ms']:.1f} of {row['forward_ms']:.1f}"
-                               f" ms, {row['scan_ms_per_call']:.3f} ms per call, {row['scan_backend']})",
+                               f" ms, {row['scan_ms_per_call']:.3f} ms per call, {row['scan_backend']} chosen by "
+                               f"{row['scan_backend_chosen_by']})",
                                **{k: row[k] for k in ("model", "resolution", "batch", "scan_share", "scan_ms",
-                                                      "forward_ms", "scan_calls", "scan_backend")})
+                                                      "forward_ms", "scan_calls", "scan_backend",
+                                                      "scan_backend_chosen_by")})
     return 0
 
 

@@ -3,17 +3,21 @@ limits (phase 3 of ``scripts/gpu_check.sh``).
 
     python benchmarks/scan_gpu.py --out scan_gpu.json [--batches 1,32] [--lengths ...] [--summary OUT] [--sweep]
 
-Shapes: d_inner 3072, N 16, L = 366, 1230, 4494, 9806 (DiM-H/2 at 256, 512, 1024, 1536 px), batch 1 and 32, inputs
-in bfloat16 (``--dtype``) laid out as DiM passes them (``scan_inputs``: z, B and C strided views; ``--contiguous``
-for plain tensors), with DiM's initial A, D and Δ-bias, softplus on. Directions: ``forward``, ``backward`` (the
-gradients of all eight inputs) and ``both`` (one forward then its backward: a training step's scan).
+Shapes: d_inner 3072, N 16, L = 9806, 4494, 1230, 366 (DiM-H/2 at 1536, 1024, 512, 256 px; measured in that
+order, batch 1 then 32), inputs in bfloat16 (``--dtype``) laid out as DiM passes them (``scan_inputs``: z, B and C
+strided views; ``--contiguous`` for plain tensors), with DiM's initial A, D and Δ-bias, softplus on. Directions:
+``forward``, ``backward`` (the gradients of all eight inputs) and ``both`` (one forward then its backward: a
+training step's scan).
 
-Backends: every one ``models.scan.available_backends("cuda")`` says can run (so a kernel registered later, e.g.
-``triton_v1`` beside a new ``triton``, is measured without a change here), fused ones first; the ``reference``
-recurrence is never timed (an oracle, L sequential steps), ``chunked`` last and only at batch <= ``--slow-batch``
-(1: at batch 32 and L 9806 its float32 intermediates outgrow any GPU). Each is called directly, not through the op:
-forward ``fn(...)`` without autograd; backward its analytic ``backward`` when it has one, else autograd through a
-retained graph (mamba_ssm); so the op's dispatch is not timed.
+Backends: every one ``models.scan.available_backends("cuda")`` says can run (on a GPU machine ``triton``, the new
+kernel, beside ``triton_v1``, its predecessor, and mamba_ssm where it imports; a kernel registered later is
+measured without a change here), fused ones first; the ``reference`` recurrence is never timed (an oracle, L
+sequential steps), ``chunked`` last and only at batch <= ``--slow-batch`` (1: at batch 32 and L 9806 its float32
+intermediates outgrow any GPU). Each is called directly, not through the op: forward ``fn(...)`` without autograd;
+backward its analytic ``backward`` when it has one, given what its forward keeps when it keeps something (the
+triton backend's chunk states, made once beforehand, as the op keeps them from the forward: its backward does not
+run the forward again), else autograd through a retained graph (mamba_ssm); "both" is its forward (keeping what it
+keeps) then its backward; so the op's dispatch is not timed.
 
 Timing (METHOD.md): CUDA events around each call, the L2 flushed before each repeat by writing a 512 MiB buffer,
 the median over ``--repeats`` after ``--warmup`` (``--slow-repeats`` for chunked).
@@ -35,9 +39,10 @@ each (backend, length, batch, direction) is guarded, so an
 exception or an out-of-memory is a row with its error and the rest goes on; ``--deadline-s`` stops starting new
 measurements after that many seconds. Prints a table last.
 
-``--device cpu`` is the GPU check's dry run: tiny shapes (d_inner 32, L 12, batch 1 and 2), the wall clock,
-no bounds; the backends the CPU has (chunked, and triton under TRITON_INTERPRET=1). Its numbers mean nothing.
-``--sweep`` also times the built-in triton kernel by chunk size and backward programs per multiprocessor.
+``--device cpu`` is the GPU check's dry run: tiny shapes (d_inner 8, N 4, L 12, batch 1 and 2), the wall clock,
+no bounds; the backends the CPU has (chunked, and triton and triton_v1 under TRITON_INTERPRET=1). Its numbers mean
+nothing.
+``--sweep`` also times the ``triton_v1`` kernel by chunk size and backward programs per multiprocessor.
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ from scan_inputs import DIM_H, dim_scan_inputs, runnable_backends  # noqa: E402
 
 from models.scan.registry import get_backend  # noqa: E402
 
-LENGTHS = (366, 1230, 4494, 9806)
+#: the longest first: DiM's claim is speed at high resolution, and a deadline cuts the last ones
+LENGTHS = (9806, 4494, 1230, 366)
 BATCHES = (1, 32)
 DIRECTIONS = ("forward", "backward", "both")
 FLUSH_BYTES = 512 << 20
@@ -70,7 +76,7 @@ SLOW = ("chunked",)
 #: forward outputs of two backends further apart than this (‖Δ‖/‖ref‖) are flagged in the summary line; bf16 outputs
 #: of correct backends differ by about 4e-3 (one rounding each).
 DISAGREE = 2e-2
-TINY = {"d_inner": 32, "N": 16, "rank": 8, "lengths": (12,), "batches": (1, 2)}
+TINY = {"d_inner": 8, "N": 4, "rank": 4, "lengths": (12,), "batches": (1, 2)}
 
 
 def parse_args(argv=None):
@@ -90,7 +96,7 @@ def parse_args(argv=None):
     p.add_argument("--deadline-s", type=float, default=None, help="start no measurement after this many seconds")
     p.add_argument("--summary", help="append one line per measurement to SUMMARY/summary.{txt,jsonl}")
     p.add_argument("--phase", default="3 scan speed")
-    p.add_argument("--sweep", action="store_true", help="also sweep the built-in triton kernel's chunk sizes")
+    p.add_argument("--sweep", action="store_true", help="also sweep the triton_v1 kernel's chunk sizes")
     return p.parse_args(argv)
 
 
@@ -183,7 +189,9 @@ def choose_backends(device: torch.device, named: str | None) -> tuple[list[str],
 
 
 def direction_fn(name: str, direction: str, inputs: dict, go: torch.Tensor):
-    """A no-argument callable running one direction of backend ``name`` on ``inputs``."""
+    """A no-argument callable running one direction of backend ``name`` on ``inputs``, as the operator does: a
+    backend whose forward keeps something for its backward (``triton``: the chunk states) has it made once, by its
+    own forward, for the timed backward, and "both" times that forward then the backward given what it kept."""
     backend = get_backend(name)
     args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
@@ -193,6 +201,20 @@ def direction_fn(name: str, direction: str, inputs: dict, go: torch.Tensor):
 
     if direction == "forward":
         return forward
+    if backend.backward is not None and backend.forward_saving is not None:
+        with torch.no_grad():
+            saved = backend.forward_saving(*args, True)[1]
+
+        def backward():
+            with torch.no_grad():
+                return backend.backward(go, *args, True, [True] * 8, saved=saved)
+
+        def both():
+            with torch.no_grad():
+                out, kept = backend.forward_saving(*args, True)
+                return out, backend.backward(go, *args, True, [True] * 8, saved=kept)
+
+        return backward if direction == "backward" else both
     if backend.backward is not None:
         def backward():
             with torch.no_grad():
@@ -313,7 +335,7 @@ def main(argv=None) -> int:
             del inputs, go, first_out
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    if args.sweep and not stopped and device.type == "cuda" and "triton" in backends:
+    if args.sweep and not stopped and device.type == "cuda" and "triton_v1" in backends:
         try:
             record["sweep"] = sweep(timer, max(lengths), dtype, args)
         except Exception as exc:
@@ -367,7 +389,8 @@ def _group_line(record: dict, summary: Summary, rows: list[dict]) -> None:
 
 
 def sweep(timer, L, dtype, args) -> list[dict]:
-    """The built-in triton kernel: forward by chunk size; backward by chunk size and programs per multiprocessor."""
+    """The triton_v1 kernel (its chunk sizes are parameters; the triton backend's tiles are fixed): forward by chunk
+    size; backward by chunk size and programs per multiprocessor."""
     from models.scan import triton_backend as tb
 
     inputs, _ = dim_scan_inputs(1, L, dtype, "cuda", seed=L)

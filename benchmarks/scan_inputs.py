@@ -1,5 +1,5 @@
-"""The selective scan's inputs as DiM really passes them, and the backends to try, for the GPU check's correctness
-and speed scripts.
+"""The selective scan's inputs (and its causal conv1d's) as DiM really passes them, and the backends to try, for the
+GPU check's correctness and speed scripts.
 
 ``models.dim.MambaMixer.forward`` computes x and z with one GEMM laid out (2·d_inner, batch·S) and views them as
 (batch, d_inner, S): z keeps that layout, strides (S, batch·S, 1), so it is not contiguous at batch > 1; B and C
@@ -52,6 +52,21 @@ def dim_scan_inputs(batch: int, L: int, dtype: torch.dtype, device, *, d_inner: 
     inputs = {"u": u, "delta": delta, "A": leaves["A"], "B": x_dbl[:, rank:rank + N], "C": x_dbl[:, rank + N:],
               "D": leaves["D"], "z": z, "delta_bias": leaves["delta_bias"]}
     return inputs, leaves
+
+
+def dim_conv_inputs(batch: int, L: int, dtype: torch.dtype, device, *, d_inner: int = DIM_H["d_inner"],
+                    kernel: int = 3, seed: int = 0):
+    """(x, weight, bias) of DiM's causal depthwise conv1d: x (batch, d_inner, L) in ``dtype``, a view of in_proj's
+    (2·d_inner, batch, L) product as ``MambaMixer`` lays it out (time contiguous, channels strided by batch·L);
+    weight (d_inner, 1, kernel) and bias (d_inner,) float32, as an ``nn.Conv1d`` initialises them (uniform in
+    ±1/√kernel)."""
+    device = torch.device(device)
+    g = torch.Generator(device=device).manual_seed(seed)
+    xz = torch.randn(2 * d_inner, batch, L, device=device, generator=g).to(dtype).transpose(0, 1)
+    bound = 1 / math.sqrt(kernel)
+    weight = (torch.rand(d_inner, 1, kernel, device=device, generator=g) * 2 - 1) * bound
+    bias = (torch.rand(d_inner, device=device, generator=g) * 2 - 1) * bound
+    return xz[:, :d_inner], weight, bias
 
 
 def runnable_backends(device, named: list[str] | None = None, exclude: dict[str, str] | None = None):

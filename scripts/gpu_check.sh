@@ -20,23 +20,27 @@
 #                    the profiles' results.jsonl; no traces or memory snapshots (MANIFEST.txt names what was left out)
 #
 # PHASES, in this order; each capped (seconds; CAP_<step>=S overrides), never past BUDGET_S (520 s) less RESERVE_S
-# (15 s kept to pack and print):
-#   0 setup             45   pip install --no-deps -e . only on a GPU machine where dimbench does not import yet;
+# (15 s kept to pack and print), so 505 s for the steps:
+#   0 setup             20   pip install --no-deps -e . only on a GPU machine where dimbench does not import yet;
 #                            the checkout is always first on PYTHONPATH (never installed in a dry run: issue 25)
-#   1 environment       30   card, SMs, L2, clocks, driver, torch/Triton/CUDA versions, commit, scan backends
-#   1 compile check     60   every Triton scan kernel the backend launches, compiled for sm_90 with the machine's
-#                            Triton: registers, spills, shared memory (benchmarks/scan_static.py when it exists,
-#                            else benchmarks/scan_compile_check.py)
-#   2 scan correctness  75   each fused scan backend vs the float32 reference at DiM-H's shapes and strides
-#                            (benchmarks/scan_cuda_check.py)
-#   3 scan speed       100   every backend at L 366-9806, batch 1 and 32, forward/backward/both, % of the bound
-#                            (benchmarks/scan_gpu.py)
-#   4 eager models     110   DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 bf16 img/s at 1536/b1, 1024/b2, 512/b8, 256/b32 and
-#                            the scan's share of DiM's forward (benchmarks/model_speed.py eager)
-#   5 compiled pair    120   DiM-H/2 and DiT-XL/2 at 1536/b1 under torch.compile, with compile time
-#   6 the rest, with whatever time is left: CUDA tests of the scan and DiM (90), component profiles (60), the
-#     resolution suite (what is left less 40 s), its report (40)
-# A step given under 5 s is not started (its line says so). Steps that need CUDA say they are skipped without it.
+#   1 environment       20   card, SMs, L2, clocks, driver, torch/Triton/CUDA versions, commit, scan backends
+#   1 compile check     45   every kernel of both Triton scan backends ("triton", "triton_v1") and the fused conv1d +
+#                            SiLU, compiled for sm_90 with the machine's Triton: registers, spills, shared memory,
+#                            SASS and MUFU per element, modelled time (benchmarks/scan_static.py)
+#   2 scan correctness  65   "triton", "triton_v1" (and mamba_ssm where it imports) vs the float32 reference at
+#                            DiM-H's shapes and strides, the fused conv1d + SiLU vs torch's, the deterministic
+#                            backward bit-identical across two runs (benchmarks/scan_cuda_check.py)
+#   3 scan speed        80   every backend at L 9806 down to 366, batch 1 then 32, forward/backward/both, % of the
+#                            bound (benchmarks/scan_gpu.py)
+#   4 eager models      90   DiM-H/2 vs DiT-XL/2 vs U-ViT-H/2 bf16 img/s at 1536/b1, 1024/b2, 512/b8, 256/b32 and
+#                            the scan's share of DiM's forward, with the backend "auto" picks (model_speed.py eager)
+#   5 compiled pair    100   DiM-H/2 and DiT-XL/2 at 1536/b1 under torch.compile, with compile time
+#   6 the rest, with whatever time is left: the CUDA tests of the scan (both Triton backends, the conv) and DiM
+#     (70), component profiles (60), the resolution suite (what is left less 40 s), its report (40)
+# THE PLAN: the caps of phases 0-5 add to 420 s, so even if every one of them runs to its cap, phase 6's CUDA tests
+# still get their 70 s (490 s) with 15 s to spare; the phases usually end well before their caps, and the time they
+# leave goes to the profiles and the suite. A step given under 5 s is not started (its line says so). Steps that
+# need CUDA say they are skipped without it.
 #
 # Knobs: DEVICE (cuda; cpu for the dry run: tiny shapes and models, Triton's interpreter, every line says TINY),
 # BUDGET_S, RESERVE_S, CAP_<step> (CAP_1, CAP_1c, CAP_2 ... CAP_5, CAP_6a, CAP_6b, CAP_6d), CAP_SCALE (the caps
@@ -47,9 +51,9 @@
 # benchmarks/gpu_report.py: makes a phase raise or hang, for tests/test_gpu_check.py).
 set -uo pipefail
 OUT=${1:?usage: scripts/gpu_check.sh OUTDIR}
-cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd)     # a relative OUTDIR is the caller's, not the checkout's
+cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
@@ -118,7 +122,9 @@ selected() { case "$PHASES" in *" $1 "*) return 0 ;; *) note "$1 $2" "phase $1 $
 # (no network there: no build isolation, no dependencies), so the environment records name its version.
 t0=$SECONDS
 if [ "$DEVICE" != cpu ] && ! (cd / && $PY -c "import dimbench" >/dev/null 2>&1); then
-  timeout -k 5 "${CAP_0:-45}" $PY -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/logs/0.log" 2>&1 \
+  # --no-index and no version check: the device machine reaches no network, and pip must not wait on one
+  timeout -k 5 "${CAP_0:-20}" $PY -m pip install -q --no-deps --no-build-isolation --no-index \
+    --disable-pip-version-check -e . >"$WORK/logs/0.log" 2>&1 \
     && setup="pip install --no-deps -e . (dimbench did not import)" \
     || setup="pip install failed (see logs/0.log); this checkout on PYTHONPATH only"
 else
@@ -133,37 +139,32 @@ echo "0 setup: $((SECONDS - t0)) s" >>"$OUT/steps.txt"
 
 # --- 1: environment and the compile check
 if selected 1 environment; then
-  step 1 "1 environment" "$(cap_of 1 30)" $PY benchmarks/gpu_env.py --summary "$OUT" --json "$WORK/environment_check.json"
-  if [ -f benchmarks/scan_static.py ]; then
-    step 1c "1 compile check" "$(cap_of 1c 60)" $PY benchmarks/scan_static.py --json "$WORK/compile_check.json"
-    $PY benchmarks/gpu_env.py --summary "$OUT" --compile-json "$WORK/compile_check.json" >/dev/null 2>&1
-  else
-    step 1c "1 compile check" "$(cap_of 1c 60)" $PY benchmarks/scan_compile_check.py --json "$WORK/compile_check.json" \
-      --summary "$OUT" --phase "1 compile check"
-  fi
+  step 1 "1 environment" "$(cap_of 1 20)" $PY benchmarks/gpu_env.py --summary "$OUT" --json "$WORK/environment_check.json"
+  step 1c "1 compile check" "$(cap_of 1c 45)" $PY benchmarks/scan_static.py --json "$WORK/compile_check.json" \
+    --summary "$OUT" --phase "1 compile check"
 fi
 
 # --- 2: is the scan right at DiM-H's real shapes?
 if selected 2 "scan correctness"; then
-  step 2 "2 scan correctness" "$(cap_of 2 75)" $INTERP $PY benchmarks/scan_cuda_check.py --device "$DEVICE" \
+  step 2 "2 scan correctness" "$(cap_of 2 65)" $INTERP $PY benchmarks/scan_cuda_check.py --device "$DEVICE" \
     --json "$WORK/scan_correctness.json" --summary "$OUT"
 fi
 
 # --- 3: how close to the bound?
 if selected 3 "scan speed"; then
-  cap3=$(cap_of 3 100)
+  cap3=$(cap_of 3 80)
   step 3 "3 scan speed" "$cap3" $INTERP $PY benchmarks/scan_gpu.py --device "$DEVICE" --out "$OUT/scan_bench.json" \
     --summary "$OUT" --deadline-s $((cap3 * 4 / 5)) $QUICK
 fi
 
 # --- 4 and 5: how fast is DiM against DiT and U-ViT?
 if selected 4 "eager models"; then
-  cap4=$(cap_of 4 110)
+  cap4=$(cap_of 4 90)
   step 4 "4 eager models" "$cap4" $PY benchmarks/model_speed.py eager --device "$DEVICE" \
     --json "$WORK/model_eager.json" --summary "$OUT" --deadline-s $((cap4 * 3 / 4)) $QUICK
 fi
 if selected 5 "compiled pair"; then
-  cap5=$(cap_of 5 120)
+  cap5=$(cap_of 5 100)
   step 5 "5 compiled pair" "$cap5" $PY benchmarks/model_speed.py compiled --device "$DEVICE" \
     --json "$WORK/model_compiled.json" --summary "$OUT" --deadline-s $((cap5 / 2)) $QUICK
 fi
@@ -174,16 +175,18 @@ if selected 6 rest; then
   HAS_CUDA=$($PY -c "import json, sys; print(int(json.load(open(sys.argv[1]))['cuda_available']))" \
     "$WORK/environment_check.json" 2>/dev/null \
     || $PY -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null || echo 0)
-  if [ "$HAS_CUDA" = 1 ]; then
-    step 6a "6 CUDA tests" "$(cap_of 6a 90)" $PY -m pytest -q -rs -m cuda tests/test_scan_triton.py tests/test_scan.py \
-      tests/test_dim.py -p no:cacheprovider
+  if [ "$HAS_CUDA" = 1 ] && $PY -c "import pytest" >/dev/null 2>&1; then
+    # the new default backend's tests first: a cut keeps pytest's progress lines of the files it finished
+    step 6a "6 CUDA tests" "$(cap_of 6a 70)" $PY -m pytest -q -rs -m cuda tests/test_scan_triton_fused.py \
+      tests/test_scan_conv.py tests/test_dim.py tests/test_scan.py tests/test_scan_triton.py -p no:cacheprovider
     tail -n 200 "$WORK/logs/6a.log" >"$OUT/pytest_tail.log" 2>/dev/null
     outcome=$(grep -E '[0-9]+ (passed|failed|error|skipped)|no tests ran' "$WORK/logs/6a.log" | tail -1 | cut -c1-160)
     failed=$(grep '^FAILED' "$WORK/logs/6a.log" | cut -c8-90 | tr '\n' ' ')
-    note "6 CUDA tests" "pytest -m cuda (scan, DiM): ${outcome:-no summary line (cut short?)}${failed:+; FAILED: $failed}"
+    note "6 CUDA tests" "pytest -m cuda (scan, conv, DiM): ${outcome:-no summary line (cut short?)}${failed:+; FAILED: $failed}"
   else
-    echo "skipped: torch sees no CUDA GPU here" >"$OUT/pytest_tail.log"
-    note "6 CUDA tests" "6 CUDA tests: skipped, torch sees no CUDA GPU here" status=skipped
+    why=$([ "$HAS_CUDA" = 1 ] && echo "pytest does not import here" || echo "torch sees no CUDA GPU here")
+    echo "skipped: $why" >"$OUT/pytest_tail.log"
+    note "6 CUDA tests" "6 CUDA tests: skipped, $why" status=skipped
   fi
   if [ "$DEVICE" = cpu ]; then PROFILES="dit_tiny_4:32"; else
     PROFILES=${PROFILES:-"dim_h_2:1536 dit_xl_2:1536 dim_h_2:256 dit_xl_2:256 uvit_h_2:1536 uvit_h_2:256"}; fi

@@ -173,11 +173,13 @@ def _dim_block():
 
 def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeypatch):
     """Issue 18: on CUDA "auto" tries mamba_ssm's import, then triton's; traced, that import broke the graph at every
-    scan call. The CUDA resolution path is forced here (no GPU): the real ``_auto`` for a CUDA device, its import
-    caches cleared, then "chunked" so the CPU tensors still run. Control: with the resolution traced, as before the
-    fix, the block breaks; resolved outside the graph, a DiM block traces as one graph, the CUDA path taken at trace
-    time, and fullgraph holds."""
-    from models.scan import mamba_ssm_backend, registry, triton_runtime
+    scan call, and the same decision made for the fused conv1d + SiLU (issue 19: the kernel runs only with the
+    triton scan) broke it again. The CUDA path is forced here (no GPU): the real ``_auto`` for a CUDA device, its
+    import caches cleared, then "chunked" so the CPU tensors still run; the conv's decision taken as for a CUDA
+    tensor. Controls: with the scan's resolution traced, as before the fix, the block breaks; with the conv's
+    decision traced, it breaks. Both resolved outside the graph, a DiM block traces as one graph, the CUDA path
+    taken at trace time by both, and fullgraph holds."""
+    from models.scan import conv, mamba_ssm_backend, registry, triton_runtime
     from models.scan import op as scan_op
 
     real_auto = registry._auto
@@ -187,25 +189,34 @@ def test_scan_backend_resolution_never_breaks_the_graph_on_the_cuda_path(monkeyp
         cuda_path_calls.append(real_auto(torch.device("cuda")))
         return "chunked"
 
-    monkeypatch.setattr(registry, "_auto", cuda_path)
-    monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
-    mamba_ssm_backend._import_selective_scan_fn.cache_clear()
-    triton_runtime.import_triton.cache_clear()
+    def fresh():
+        torch._dynamo.reset()
+        mamba_ssm_backend._import_selective_scan_fn.cache_clear()
+        triton_runtime.import_triton.cache_clear()
+        cuda_path_calls.clear()
 
+    monkeypatch.setattr(registry, "_auto", cuda_path)
+    monkeypatch.setattr(conv, "fused_conv_available", lambda x: conv._fused_on(torch.device("cuda")))
+    monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
     block, x, c = _dim_block()
-    with monkeypatch.context() as traced:  # the resolution as it was before issue 18: inside the traced code
+
+    fresh()
+    with monkeypatch.context() as traced:  # the scan's resolution as it was before issue 18: inside the graph
         traced.setattr(scan_op, "_resolve_untraced", lambda backend, device: registry.resolve_backend(backend, device))
         control = torch._dynamo.explain(block)(x, c)
     assert control.graph_break_count >= 1, "the forced CUDA path no longer breaks when traced: the test proves nothing"
     assert any("Import" in str(r.reason) for r in control.break_reasons)
 
-    torch._dynamo.reset()
-    mamba_ssm_backend._import_selective_scan_fn.cache_clear()
-    triton_runtime.import_triton.cache_clear()
-    cuda_path_calls.clear()
+    fresh()
+    with monkeypatch.context() as traced:  # the conv's decision traced
+        traced.setattr(conv._fused_on, "_dynamo_marked_constant", False)
+        control = torch._dynamo.explain(block)(x, c)
+    assert control.graph_break_count >= 1, "the conv's decision no longer breaks when traced: the test proves nothing"
+
+    fresh()
     explained = torch._dynamo.explain(block)(x, c)
     assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
-    assert len(cuda_path_calls) >= 1  # the CUDA resolution ran (outside the graph)
+    assert len(cuda_path_calls) >= 2  # the scan's and the conv's CUDA resolution ran (outside the graph)
 
     torch._dynamo.reset()
     compiled = torch.compile(block, backend="aot_eager", fullgraph=True)

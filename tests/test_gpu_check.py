@@ -2,8 +2,9 @@
 plain files in OUT, nothing deeper, rest.tar.gz under 15 MiB without traces, summary.txt naming every phase and
 printed last, no `pip install` into the caller's environment); a phase that raises or hangs past its cap keeps the
 lines written before it; and the pieces it runs can fail when they should: the scan check fails a wrong or NaN
-backend, the benchmark records a backend that raises and goes on, the DiM layout is the one DiM passes, the
-compile check's launch integers are the backend's own."""
+backend (and a wrong conv kernel, and gradients that vary between runs), the benchmark records a backend that
+raises and goes on, the DiM layout is the one DiM passes, the static compile check's launches are the backends'
+own."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import gpu_report  # noqa: E402
-import scan_compile_check  # noqa: E402
 import scan_cuda_check  # noqa: E402
 import scan_gpu  # noqa: E402
+import scan_static  # noqa: E402
+from scan_cases import compiled  # noqa: E402
 from scan_inputs import dim_scan_inputs  # noqa: E402
 
 from models.scan import chunked_scan, register_backend, unregister_backend  # noqa: E402
@@ -104,17 +106,33 @@ def test_dry_run_runs_every_phase_the_cpu_can(dry_run):
         assert "CUT SHORT" not in ends[phase]["text"] and "FAILED" not in ends[phase]["text"], ends[phase]
     assert ends["6 CUDA tests"]["status"] == "skipped"
     by_phase = {p: [r for r in rows if r["phase"] == p and r is not ends.get(p)] for p in PHASES}
-    assert any("regs, spills 0/0 B" in r["text"] for r in by_phase["1 compile check"])
-    correctness = [r for r in by_phase["2 scan correctness"] if r.get("backend") == "triton"]
-    assert len(correctness) == 5 and all(r["passed"] and r["tiny"] for r in correctness)
+    # phase 1: both Triton backends and the conv compiled for sm_90 by scan_static.py, a line per backend and dtype
+    kernels = [r for r in by_phase["1 compile check"] if r.get("kernel")]
+    assert {(r["backend"], r["dtype"]) for r in kernels} == {(b, d) for b in ("triton", "conv", "triton_v1")
+                                                              for d in ("bf16", "fp32")}
+    assert all(r["error"] is None and r["registers"] > 0 and r["spill_instructions"] == 0 for r in kernels)
+    groups = [r["text"] for r in by_phase["1 compile check"] if r.get("group")]
+    assert len(groups) == 6 and all(" regs, 0 spill instructions, smem <= " in g for g in groups), groups
+    assert by_phase["1 compile check"][-1]["text"].endswith("no spills): met")
+    # phase 2: both Triton backends at the five cases, the conv at each, the deterministic backward at two
+    checks = [r for r in by_phase["2 scan correctness"] if r.get("check")]
+    assert all(r["passed"] and r["tiny"] for r in checks), [r["text"] for r in checks if not r["passed"]]
+    count = {}
+    for r in checks:
+        key = (r["check"], r.get("backend"))
+        count[key] = count.get(key, 0) + 1
+    assert count == {("scan", "triton"): 5, ("scan", "triton_v1"): 5, ("conv", None): 5,
+                     ("deterministic", "triton"): 2}, count
     speed = [r for r in by_phase["3 scan speed"] if r.get("direction")]
-    assert {r["backend"] for r in speed} >= {"triton", "chunked"} and all(r["in_txt"] is False for r in speed)
+    assert {r["backend"] for r in speed} == {"triton", "triton_v1", "chunked"}
+    assert all(r["in_txt"] is False for r in speed)
     assert {r["direction"] for r in speed} == {"forward", "backward", "both"} and not any(r["error"] for r in speed)
     groups = [r["text"] for r in by_phase["3 scan speed"] if r.get("group")]
-    assert len(groups) == 3 and all(" TINY: fwd " in g and ", bwd " in g and ", f+b " in g for g in groups)
+    assert len(groups) == 5 and all(" TINY: fwd " in g and ", bwd " in g and ", f+b " in g for g in groups)
     eager = [r for r in by_phase["4 eager models"] if r.get("img_per_s")]
     assert {r["model"] for r in eager} == {"dim_tiny_4", "dit_tiny_4", "uvit_tiny_4"}
-    assert any(r.get("scan_share") for r in by_phase["4 eager models"])
+    share = next(r for r in by_phase["4 eager models"] if r.get("scan_share"))
+    assert (share["scan_backend"], share["scan_backend_chosen_by"]) == ("chunked", "auto")  # "auto" on the CPU
     compiled = [r for r in by_phase["5 compiled pair"] if r.get("img_per_s")]
     assert {r["model"] for r in compiled} == {"dim_tiny_4", "dit_tiny_4"}
     assert all(r["graph_breaks"] == 0 for r in compiled)
@@ -151,6 +169,8 @@ def test_summary_lines_are_on_disk_before_a_fault(tmp_path, monkeypatch):
     assert (tmp_path / "summary.txt").read_text().splitlines() == ["[3] first", "[3] second"]
     assert [json.loads(line)["x"] for line in (tmp_path / "summary.jsonl").read_text().splitlines()] == [1, 2]
     gpu_report.Summary(tmp_path, "2 scan correctness").record("other phases are not faulted")
+    with pytest.raises(TypeError, match="phase"):  # a row's own "phase" (a kernel's forward) may not hide the check's
+        gpu_report.Summary(tmp_path, "1 compile check").record("kernel", phase="forward")
 
 
 def test_pack_leaves_out_traces_and_what_does_not_fit(tmp_path):
@@ -242,18 +262,75 @@ def test_scan_benchmark_records_a_failing_backend_and_goes_on(wrong_backends, tm
     assert lines[0].count("FAILED RuntimeError: kernel fault (test)") == 3 and "FAILED" not in lines[1]
 
 
-def test_compile_check_launches_are_the_backends():
-    from models.scan import triton_backend as tb
+@compiled
+def test_static_check_launches_are_the_backends():
+    """benchmarks/scan_static.py compiles what the backends launch at DiM-H's shapes: every kernel's constexprs and
+    arguments as its parameters say (a kernel that gains one fails here, not on a GPU machine), the triton backend's
+    and the conv's launches built by their own code and constants, triton_v1's (built by hand there) with its
+    chunk sizes, channel block, persistent programs and launch options."""
+    from types import SimpleNamespace
 
-    for L in scan_compile_check.LENGTH.values():
-        ints = scan_compile_check.launch_ints(L)
-        T = tb.default_chunk_size(1, scan_compile_check.D_INNER, L)
-        assert (ints["forward"]["T"], ints["forward"]["K"]) == (T, -(-L // T))
-        assert (ints["backward"]["T"], ints["backward"]["n_dblocks"]) == (
-            tb.BWD_CHUNK, scan_compile_check.D_INNER // tb.BLOCK_D)
-    assert scan_compile_check.TILE["BD"] == tb.BLOCK_D
-    kernels = tb._kernels()
-    for name, _, constexprs in scan_compile_check.LAUNCHES:
-        fn = getattr(kernels, name)
-        wanted = {p.name for p in fn.params if p.is_constexpr}
-        assert wanted == set(constexprs) | set(scan_compile_check.TILE), name
+    from models.dim import D_CONV
+    from models.scan import conv
+    from models.scan import triton_backend as v1
+    from models.scan import triton_fused as tf
+
+    d, L, N = (scan_static.SHAPE[k] for k in ("d_inner", "L", "N"))
+    cases = {c.label: c for c in scan_static.fused_cases("bf16") + scan_static.conv_cases("bf16")
+             + scan_static.v1_cases("bf16")}
+    named = {}
+    for label, case in cases.items():
+        params = case.fn.params
+        assert set(case.kwargs) - {"num_warps", "num_stages"} == {p.name for p in params if p.is_constexpr}, label
+        named[label] = dict(zip([p.name for p in params if not p.is_constexpr], case.args, strict=True))
+    # triton: static_launches, the backend's own launch code, with its CUDA tiles
+    fwd, bwd = tf.static_launches(**scan_static.dim_inputs(torch.bfloat16), delta_softplus=True)
+    assert cases["scan_fwd_kernel"].kwargs == fwd.kwargs and cases["scan_bwd_kernel"].kwargs == bwd.kwargs
+    assert fwd.kwargs["num_warps"] == tf.CUDA_TILES.fwd.warps and fwd.kwargs["TE"] == tf.CUDA_TILES.fwd.te
+    assert cases["scan_bwd_kernel[deterministic]"].kwargs["DETERMINISTIC"] is True
+    # conv: the constants conv.launch uses
+    k = cases["conv_silu_kernel"]
+    assert (k.kwargs["KW"], k.kwargs["BC"], k.kwargs["BT"], k.kwargs["num_warps"]) == (
+        D_CONV, conv.BLOCK_C, conv.BLOCK_T, conv.NUM_WARPS)
+    # triton_v1: its chunking, channel block, programs and options
+    T = v1.default_chunk_size(1, d, L)
+    assert (named["forward_kernel"]["T"], named["forward_kernel"]["K"]) == (T, -(-L // T))
+    assert named["chunk_summary_kernel"]["T"] == T
+    back = named["backward_kernel"]
+    assert (back["T"], back["K"], back["n_dblocks"]) == (v1.BWD_CHUNK, -(-L // v1.BWD_CHUNK), d // v1.BLOCK_D)
+    assert back["scratch_ptr"].shape[0] == cases["backward_kernel"].programs == 132 * v1.BWD_PROGRAMS_PER_SM
+    options = v1._Prepared.launch(SimpleNamespace(interpret=False))
+    for label in ("chunk_summary_kernel", "carry_kernel", "forward_kernel", "chunk_summary_kernel[adjoint]",
+                  "carry_kernel[adjoint]", "backward_kernel"):
+        kw = cases[label].kwargs
+        assert (kw["BD"], kw["BN"], kw["num_warps"]) == (v1.BLOCK_D, v1._block_n(N), options["num_warps"]), label
+
+
+def test_conv_and_determinism_checks_fail_when_they_should(monkeypatch):
+    """Phase 2's conv check fails a kernel 1 % off and passes torch's own values; its determinism check fails a
+    "triton" whose gradients vary between two runs and passes one whose do not."""
+    from models.scan import conv
+
+    dev, shape = torch.device("cpu"), {"d_inner": 8, "N": 4, "rank": 2}
+    monkeypatch.setattr(conv, "launch", lambda x, w, b: conv.causal_conv1d_silu_reference(x.float(), w, b) * 1.01)
+    wrong = scan_cuda_check.check_conv(2, 9, torch.float32, dev, shape)
+    assert not wrong["passed"] and wrong["rel_err"]["out"] > 5e-3 and wrong["error"] is None
+    monkeypatch.setattr(conv, "launch", lambda x, w, b: conv.causal_conv1d_silu_reference(x.float(), w, b))
+    assert scan_cuda_check.check_conv(2, 9, torch.float32, dev, shape)["passed"]
+
+    calls = []
+
+    def varying(*args):  # each call a little different, as atomics in another order would make it
+        calls.append(1)
+        return chunked_scan(*args) * (1 + 1e-5 * len(calls))
+
+    everywhere = lambda device: (True, "test backend")  # noqa: E731
+    try:
+        register_backend("triton", varying, everywhere)
+        res = scan_cuda_check.check_deterministic(1, 7, torch.float32, dev, shape)
+        assert not res["passed"] and res["not_identical"] and res["error"] is None
+        register_backend("triton", chunked_scan, everywhere, replace=True)
+        res = scan_cuda_check.check_deterministic(1, 7, torch.float32, dev, shape)
+        assert res["passed"] and not res["not_identical"], res
+    finally:
+        unregister_backend("triton")

@@ -35,6 +35,8 @@ ENV_VAR = "DIMBENCH_FUSED_CONV"
 _KERNELS_FILE = Path(__file__).with_name("conv_kernels.py")
 #: channels and steps per program (time contiguous: 512 steps, 16 bytes per thread at 4 warps in bf16).
 BLOCK_C, BLOCK_T = 4, 512
+#: warps per program on CUDA.
+NUM_WARPS = 4
 
 
 @functools.lru_cache(maxsize=1)
@@ -44,10 +46,18 @@ def _kernels():
 
 def fused_conv_available(x: Tensor) -> bool:
     """Whether ``conv1d_silu`` takes the Triton kernel for ``x`` (see the module docstring)."""
-    if os.environ.get(ENV_VAR, "1") == "0" or x.device.type != "cuda" or _get_current_dispatch_mode() is not None:
+    return x.device.type == "cuda" and _fused_on(x.device)
+
+
+@torch.compiler.assume_constant_result
+def _fused_on(device: torch.device) -> bool:
+    """The decision for a CUDA device, run as plain Python when torch.compile traces a call (its result becomes a
+    constant of the graph), as the scan's backend is (``op._resolve_untraced``): traced, "auto" tries to import
+    mamba_ssm and reads the dispatch mode, which break the graph at every block on CUDA."""
+    if os.environ.get(ENV_VAR, "1") == "0" or _get_current_dispatch_mode() is not None:
         return False
     try:
-        return resolve_backend(None, x.device) == "triton" and not triton_runtime.interpreted()
+        return resolve_backend(None, device) == "triton" and not triton_runtime.interpreted()
     except (RuntimeError, ValueError):
         return False
 
@@ -80,7 +90,7 @@ def launch(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     grid = (b, -(-d // BLOCK_C), -(-s // BLOCK_T))
     _kernels().conv_silu_kernel[grid](x, w, w if bf is None else bf, out, *x.stride(), d, s, KW=kw,
                                       HAS_BIAS=bf is not None, BC=BLOCK_C, BT=BLOCK_T,
-                                      **({} if interp else {"num_warps": 4}))
+                                      **({} if interp else {"num_warps": NUM_WARPS}))
     return out
 
 
