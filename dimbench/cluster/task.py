@@ -84,10 +84,12 @@ class ShardFolder(RunFolder):
         self.logs.mkdir(parents=True, exist_ok=True)
         shard.parent.mkdir(parents=True, exist_ok=True)
 
-    def read_rows(self) -> tuple[list[dict[str, Any]], str | None]:
+    def read_rows(self, *, retry_errors: bool = False) -> tuple[list[dict[str, Any]], str | None]:
         torn = None if self.discard else res.repair_torn_tail(self.results)  # this task is the shard's only writer
         merged, _ = res.read_complete_rows(self.merged)  # the runner may be appending: complete lines only
-        return merged + res.read_rows(self.results), torn
+        rows = merged + res.read_rows(self.results)
+        self.final = res.final_statuses(rows, retry_errors=retry_errors)
+        return rows, torn
 
     def environment(self) -> dict[str, Any] | None:
         return None
@@ -157,13 +159,14 @@ class TaskRunner(Runner):
 
     def unmeasured_rows(self, reason: str) -> list[dict[str, Any]]:
         """Error rows for every final row of the task's points that is not on disk (the task failed)."""
-        rows, _ = ShardFolder(self.out, self.records.shard(self.spec.name)).read_rows()
-        self.final = res.final_statuses(rows, retry_errors=self.retry_errors)
+        folder = ShardFolder(self.out, self.records.shard(self.spec.name))
+        folder.read_rows(retry_errors=self.retry_errors)
+        on_disk = folder.final
         out = []
         for pp in self.plan.points:
             for metric in pp.run:
                 missing = tuple(r for r in self.metrics[metric].final_rows
-                                if self.final.get((pp.point.key, r, None)) is None)
+                                if on_disk.get((pp.point.key, r, None)) is None)
                 if missing:
                     out += failure_rows(pp.point, self.metrics[metric], "error", reason, now_iso(), 0.0, missing)
         return out
