@@ -236,6 +236,12 @@ def _worker_main(data: bytes, conn, life, log: str, env: dict[str, str]) -> None
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    # The runner alone decides when a worker stops (it kills the worker's group): a SIGTERM or SIGINT sent to every
+    # process of a job at once (scancel, a container stop) must reach the worker's runner as an interruption, not
+    # end the worker first and be written down as a failed measurement.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"worker pid {os.getpid()}", flush=True)  # to attach a debugger or profiler to a point that hangs
     _watch_runner(life)
     job = pickle.loads(data)
     os.environ.clear()

@@ -6,6 +6,8 @@ tests/test_worker.py; the run folder's rules and file faults are tests/test_runf
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -269,8 +271,25 @@ def test_sigterm_leaves_a_run_record_that_counts_the_rows_written(tmp_path, writ
     out = tmp_path / "out"
     proc = start_cli(["run", str(suite), "--out", str(out), "--no-report"], DIMBENCH_INJECT_FAULT="uvit_s_2=hang")
     wait_for_rows(out, proc, DIT, {"params", "gmacs"})
+    worker = _hanging_worker(out / "logs", "uvit_s_2_", proc)
+    # as scancel or a container stop does: every process of the job is sent SIGTERM, the worker too
+    os.kill(worker, signal.SIGTERM)
     proc.send_signal(signal.SIGTERM)
     _stopped_by_a_signal(proc, out, "interrupted (SIGTERM)")
+    assert not [r for r in read_jsonl(out / "results.jsonl") if r["status"] != "ok"]  # an interruption, no failure
+
+
+def _hanging_worker(logs, prefix: str, proc: subprocess.Popen) -> int:
+    """The pid of the worker whose log (``prefix``...) says it hangs at an injected fault (the event waited for)."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        for log in logs.glob(f"{prefix}*.log"):
+            text = log.read_text()
+            if "injected fault 'hang'" in text:
+                return int(re.findall(r"^worker pid (\d+)$", text, re.M)[-1])
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    pytest.fail(f"no worker of {prefix}* reached its injected hang")
 
 
 # ----------------------------------------------------------------------------------------- how workers start
