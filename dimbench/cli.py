@@ -33,16 +33,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from dimbench import processes, results
-from dimbench.checkpoint_cli import add_checkpoint_commands
-from dimbench.cluster.cli import add_cluster_commands
 from dimbench.cluster.options import add_launch_options
+from dimbench.commands import checkpoint, cluster, fid, gate, profile, train
 from dimbench.console import console, summary_table
 from dimbench.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, UserError
-from dimbench.fid_cli import add_fid_commands
-from dimbench.gates.cli import add_gate_commands
 from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
-from dimbench.profile_cli import add_profile_command
-from dimbench.training.cli import add_train_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -406,12 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
 
-    add_train_command(sub)
-    add_profile_command(sub)
-    add_gate_commands(sub)
-    add_fid_commands(sub)
-    add_cluster_commands(sub)
-    add_checkpoint_commands(sub)
+    for commands in (train, profile, gate, fid, cluster, checkpoint):
+        commands.add_commands(sub)
     return parser
 
 

@@ -36,13 +36,13 @@ PACKAGES = ("dimbench", "models")
 #: runs library code and turns a UserError into one line on stderr and exit status 2.
 FRONT_ENDS = frozenset({
     "dimbench.cli",
-    "dimbench.cluster.cli",
     "dimbench.__main__",
-    "dimbench.checkpoint_cli",
-    "dimbench.fid_cli",
-    "dimbench.profile_cli",
-    "dimbench.gates.cli",
-    "dimbench.training.cli",
+    "dimbench.commands.checkpoint",
+    "dimbench.commands.cluster",
+    "dimbench.commands.fid",
+    "dimbench.commands.gate",
+    "dimbench.commands.profile",
+    "dimbench.commands.train",
 })
 
 #: Modules of ``models`` that serve every family and so must not import any one family's module.
