@@ -41,7 +41,10 @@ FRONT_ENDS = frozenset({
     "dimbench.commands.cluster",
     "dimbench.commands.fid",
     "dimbench.commands.gate",
+    "dimbench.commands.info",
     "dimbench.commands.profile",
+    "dimbench.commands.report",
+    "dimbench.commands.run",
     "dimbench.commands.train",
 })
 
