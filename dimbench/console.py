@@ -1,8 +1,9 @@
 """How the command line talks to its user: the rich console and the summary table of a run.
 
-Only the command-line front ends use this module (tests/test_architecture.py checks it). Library code raises the
-errors of :mod:`dimbench.errors`, which the front ends print as one line and exit status 2; the runner's live
-display is :mod:`dimbench.progress`. The summary table is handed its columns: this module knows no metric.
+Only the command-line front ends use this module: :mod:`dimbench.cli`, ``dimbench.__main__`` and the command modules
+of :mod:`dimbench.commands` (tests/test_architecture.py checks it). Library code raises the errors of
+:mod:`dimbench.errors`, which the front ends print as one line and exit status 2; the runner's live display is
+:mod:`dimbench.progress`. The summary table is handed its columns: this module knows no metric.
 """
 
 from __future__ import annotations

@@ -68,6 +68,8 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 #: Beyond these sizes a suite still runs, with a warning that says how big it is.
 LARGE_SWEEP_POINTS = 200
 LARGE_GRID_TOKENS = 512 * 512
+#: the project's own suites are PROJECT_ROOT/suites (`dimbench list` shows them; a bare name finds one)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def check_device(value: Any) -> bool:
@@ -538,12 +540,33 @@ def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def suite_dirs() -> list[Path]:
+    """Where `dimbench list` and bare suite names look: ./suites, then the project's suites/."""
+    dirs = []
+    for d in (Path.cwd() / "suites", PROJECT_ROOT / "suites"):
+        if d.is_dir() and d.resolve() not in [x.resolve() for x in dirs]:
+            dirs.append(d)
+    return dirs
+
+
+def resolve_suite(arg: str) -> Path:
+    """A suite path as given, or a bare name ("smoke") found as suites/<name>.yaml."""
+    p = Path(arg)
+    if p.exists() or p.suffix or "/" in arg:
+        return p
+    for d in suite_dirs():
+        candidate = d / f"{arg}.yaml"
+        if candidate.exists():
+            return candidate
+    return p
+
+
 def load_suite(path: str | os.PathLike) -> Suite:
     """Read and validate a suite file. Raises SuiteError (one message per problem) or UserError."""
     p = Path(path)
     if not p.exists():
         hint = ""
-        candidate = Path(__file__).resolve().parent.parent / "suites" / f"{p.stem}.yaml"
+        candidate = PROJECT_ROOT / "suites" / f"{p.stem}.yaml"
         if not p.suffix and candidate.exists():
             hint = f" (did you mean {candidate}?)"
         raise UserError(f"{p}: no such suite file{hint}")

@@ -8,8 +8,12 @@ become edges of a module graph. The rules:
   itself. A package's ``__init__`` importing its own submodules is an ordinary edge, so ``from pkg import x``
   inside a submodule of ``pkg`` closes a cycle when ``x`` is a name the ``__init__`` gathers, not a submodule;
 - ``models`` knows nothing of ``dimbench`` (the models are usable without the harness);
-- only the command-line front ends import ``dimbench.console`` (rich output, progress, the summary table);
-  library modules raise the errors of the leaf ``dimbench.errors`` and the front ends print them;
+- only the command-line front ends import ``dimbench.console`` (rich output, progress, the summary table):
+  ``dimbench.cli``, ``dimbench.__main__`` and every ``dimbench.commands.*`` module; library modules raise the
+  errors of the leaf ``dimbench.errors`` and the front ends print them;
+- every ``dimbench <command>`` is in ``dimbench/commands/<group>.py``: no other module (but ``dimbench.cli``,
+  which builds the parser) adds subcommands (``add_parser``, ``add_subparsers``) or defines a ``cmd_*`` function,
+  and ``dimbench.cli`` lists every command module;
 - the generic model modules (registry, checkpoints) import no family module: a family registers itself and
   declares its facts, the generic code reads the declarations.
 
@@ -32,18 +36,23 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dimbench", "models")
 
-#: The command-line front ends: the only modules that may import dimbench.console. Each parses arguments,
-#: runs library code and turns a UserError into one line on stderr and exit status 2.
-FRONT_ENDS = frozenset({
-    "dimbench.cli",
-    "dimbench.cluster.cli",
-    "dimbench.__main__",
-    "dimbench.checkpoint_cli",
-    "dimbench.fid_cli",
-    "dimbench.profile_cli",
-    "dimbench.gates.cli",
-    "dimbench.training.cli",
-})
+#: Where the commands live (one module per group of commands) and the module that builds the parser from them.
+COMMANDS_PACKAGE = "dimbench.commands"
+CLI = "dimbench.cli"
+#: The front ends outside the commands package: the parser and exit statuses, and ``python -m dimbench``.
+FRONT_END_MODULES = frozenset({CLI, "dimbench.__main__"})
+#: The calls that add a subcommand to a parser: only the parser (dimbench.cli) and the command modules make them.
+SUBCOMMAND_CALLS = frozenset({"add_parser", "add_subparsers"})
+
+
+def is_command_module(module: str) -> bool:
+    return module.startswith(COMMANDS_PACKAGE + ".")
+
+
+def is_front_end(module: str) -> bool:
+    """The command-line front ends, the only modules that may import dimbench.console: each parses arguments, runs
+    library code and turns a UserError into one line on stderr and exit status 2."""
+    return module in FRONT_END_MODULES or is_command_module(module)
 
 #: Modules of ``models`` that serve every family and so must not import any one family's module.
 GENERIC_MODEL_MODULES = frozenset({"models.registry", "models.checkpoints"})
@@ -178,7 +187,7 @@ def cycles(graph: dict[str, list[Import]]) -> list[list[str]]:
     return sorted(found, key=lambda c: (-len(c), c))
 
 
-def forbidden_imports(graph: dict[str, list[Import]], front_ends=FRONT_ENDS,
+def forbidden_imports(graph: dict[str, list[Import]], front_end=is_front_end,
                       generic_models=GENERIC_MODEL_MODULES, families=frozenset()) -> list[str]:
     """Every import that breaks a layering rule, as 'source:line imports target (why)'."""
     problems = []
@@ -186,11 +195,48 @@ def forbidden_imports(graph: dict[str, list[Import]], front_ends=FRONT_ENDS,
         where = f"{imp.source}:{imp.line} imports {imp.target}"
         if imp.source.split(".")[0] == "models" and imp.target.split(".")[0] == "dimbench":
             problems.append(f"{where} (models must not depend on the dimbench harness)")
-        if imp.target == "dimbench.console" and imp.source not in front_ends:
+        if imp.target == "dimbench.console" and not front_end(imp.source):
             problems.append(f"{where} (only the command-line front ends may use the console; raise an error "
                             f"from dimbench.errors instead)")
         if imp.source in generic_models and imp.target in families:
             problems.append(f"{where} (generic model code must read family declarations, not import a family)")
+    return problems
+
+
+def misplaced_commands(root: Path = ROOT, packages=PACKAGES) -> list[str]:
+    """Every command defined outside ``dimbench/commands`` (a ``cmd_*`` function, or a call adding a subcommand to
+    a parser anywhere but in ``dimbench.cli``), as 'module:line what'."""
+    problems = []
+    for name, path in source_files(root, packages).items():
+        if is_command_module(name):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("cmd_"):
+                problems.append((name, node.lineno, f"defines {node.name}"))
+            elif (name != CLI and isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                  and node.func.attr in SUBCOMMAND_CALLS):
+                problems.append((name, node.lineno, f"calls {node.func.attr}"))
+    return [f"{name}:{line} {what} (every dimbench command is in dimbench/commands/<group>.py)"
+            for name, line, what in sorted(problems)]
+
+
+def unlisted_commands(root: Path = ROOT) -> list[str]:
+    """The command modules ``dimbench.cli`` does not build its parser from (its ``COMMANDS`` tuple of modules
+    imported as ``from dimbench.commands import ...``) or that lack the registration function ``add_commands``."""
+    files = {n: p for n, p in source_files(root, ("dimbench",)).items() if is_command_module(n)}
+    cli = ast.parse((root / "dimbench" / "cli.py").read_text())
+    imported = {alias.asname or alias.name: f"{COMMANDS_PACKAGE}.{alias.name}" for node in ast.walk(cli)
+                if isinstance(node, ast.ImportFrom) and node.module == COMMANDS_PACKAGE for alias in node.names}
+    listed = {imported.get(element.id, element.id) for node in cli.body if isinstance(node, ast.Assign)
+              and any(getattr(t, "id", None) == "COMMANDS" for t in node.targets)
+              for element in getattr(node.value, "elts", []) if isinstance(element, ast.Name)}
+    problems = [f"{m}: not in {CLI}.COMMANDS (its commands are not on the command line)"
+                for m in sorted(set(files) - listed)]
+    problems += [f"{CLI}.COMMANDS names {m}, which is not a module of {COMMANDS_PACKAGE}"
+                 for m in sorted(listed - set(files))]
+    problems += [f"{m}: defines no add_commands(subparsers)" for m, path in sorted(files.items())
+                 if not any(isinstance(n, ast.FunctionDef) and n.name == "add_commands"
+                            for n in ast.parse(path.read_text()).body)]
     return problems
 
 
@@ -280,6 +326,11 @@ def test_no_forbidden_imports(tree):
     assert not problems, "\n".join(problems)
 
 
+def test_every_command_is_in_dimbench_commands():
+    problems = misplaced_commands() + unlisted_commands()
+    assert not problems, "\n".join(problems)
+
+
 def test_the_rules_see_the_real_tree(tree):
     """The checks above would pass vacuously on an empty or misparsed tree: they do not."""
     graph = tree
@@ -287,7 +338,11 @@ def test_the_rules_see_the_real_tree(tree):
     assert any(i.target == "dimbench.console" for i in graph["dimbench.cli"])
     assert any(i.target == "models.registry" for i in graph["models.dim"])
     assert {"models.dim", "models.dit", "models.uvit"} <= family_modules()
-    assert set(FRONT_ENDS) <= set(graph), "a front end named in FRONT_ENDS no longer exists"
+    assert FRONT_END_MODULES <= set(graph), "a front end named in FRONT_END_MODULES no longer exists"
+    commands = {m for m in graph if is_command_module(m)}
+    assert {"dimbench.commands.run", "dimbench.commands.checkpoint"} <= commands
+    assert any(i.target == "dimbench.console" for i in graph["dimbench.commands.run"])
+    assert all(any(i.target == m for i in graph[CLI]) for m in commands), "dimbench.cli imports every command module"
     assert not graph["dimbench.errors"], "dimbench.errors is the leaf every layer may import: it imports nothing"
 
 
@@ -334,6 +389,9 @@ def test_checker_reports_each_forbidden_edge(tmp_path):
         "dimbench/__init__.py": "",
         "dimbench/console.py": "",
         "dimbench/cli.py": "from dimbench.console import console\n",  # a front end: allowed
+        "dimbench/commands/__init__.py": "",
+        "dimbench/commands/run.py": "from dimbench.console import console\n",  # a command module: allowed
+        "dimbench/commands.py": "from dimbench.console import console\n",  # named like the package, not in it
         "dimbench/suite.py": "from dimbench.console import UserError\n",
         "dimbench/report/__init__.py": "",
         "dimbench/report/html.py": "def f():\n    import dimbench.console\n",
@@ -344,13 +402,40 @@ def test_checker_reports_each_forbidden_edge(tmp_path):
         "models/layers.py": "from dimbench.errors import UserError\n",
         "dimbench/errors.py": "",
     })
-    problems = forbidden_imports(graph, front_ends={"dimbench.cli"}, families=family_modules(tmp_path))
+    problems = forbidden_imports(graph, families=family_modules(tmp_path))
     assert family_modules(tmp_path) == {"models.dim"}
-    assert len(problems) == 4, problems
-    assert problems[0].startswith("dimbench.report.html:2 imports dimbench.console (only the command-line")
-    assert problems[1].startswith("dimbench.suite:1 imports dimbench.console")
-    assert problems[2].startswith("models.checkpoints:2 imports models.dim (generic model code")
-    assert problems[3].startswith("models.layers:1 imports dimbench.errors (models must not depend")
+    assert len(problems) == 5, problems
+    assert problems[0].startswith("dimbench.commands:1 imports dimbench.console (only the command-line")
+    assert problems[1].startswith("dimbench.report.html:2 imports dimbench.console (only the command-line")
+    assert problems[2].startswith("dimbench.suite:1 imports dimbench.console")
+    assert problems[3].startswith("models.checkpoints:2 imports models.dim (generic model code")
+    assert problems[4].startswith("models.layers:1 imports dimbench.errors (models must not depend")
+
+
+def test_checker_reports_commands_outside_dimbench_commands(tmp_path):
+    parser = "def add_commands(sub):\n    p = sub.add_parser('x')\n    p.set_defaults(func=cmd_x)\n"
+    _synthetic(tmp_path, {
+        "dimbench/__init__.py": "",
+        "dimbench/cli.py": ("import argparse\nfrom dimbench.commands import run as the_run, info\n"
+                            "COMMANDS = (the_run, info, gone)\n"
+                            "def build_parser():\n    sub = argparse.ArgumentParser().add_subparsers()\n"),
+        "dimbench/commands/__init__.py": "",
+        "dimbench/commands/run.py": parser + "def cmd_x(args):\n    return 0\n",  # a command where it belongs
+        "dimbench/commands/info.py": "def cmd_list(args):\n    return 0\n",  # no add_commands
+        "dimbench/commands/train.py": parser,  # not listed in COMMANDS
+        "dimbench/gates/cli.py": parser + "def cmd_gate(args):\n    return 0\n",  # a command moved back out
+        "dimbench/environment.py": ("import argparse\ndef main():\n    p = argparse.ArgumentParser()\n"
+                                    "    p.add_argument('--json')\n"),  # a module's own entry: not a command
+        "models/__init__.py": "",
+        "models/tool.py": "class T:\n    def cmd_run(self): ...\n    def go(self, p):\n        p.add_subparsers()\n",
+    })
+    assert [p.partition(" (")[0] for p in misplaced_commands(tmp_path)] == [
+        "dimbench.gates.cli:2 calls add_parser", "dimbench.gates.cli:4 defines cmd_gate",
+        "models.tool:2 defines cmd_run", "models.tool:4 calls add_subparsers"]
+    assert unlisted_commands(tmp_path) == [
+        "dimbench.commands.train: not in dimbench.cli.COMMANDS (its commands are not on the command line)",
+        "dimbench.cli.COMMANDS names gone, which is not a module of dimbench.commands",
+        "dimbench.commands.info: defines no add_commands(subparsers)"]
 
 
 def test_checker_finds_lazy_imports_and_their_comments(tmp_path):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import models  # registers every family
-from dimbench import checkpoint_cli
+from dimbench.commands import checkpoint as checkpoint_command
 from models.checkpoints import (
     CheckpointError,
     inspect_checkpoint,
@@ -355,13 +355,13 @@ def test_cli_convert_then_inspect(dit_file, tmp_path):
     save_checkpoint(source, saved)  # its config keeps the shrunk depth, so the registered name fits it
     out, err = io.StringIO(), io.StringIO()
     dest = tmp_path / "converted.pt"
-    rc = checkpoint_cli.convert(str(saved), str(dest), model="dit_s_8", input_size=32, stdout=out, stderr=err)
+    rc = checkpoint_command.convert(str(saved), str(dest), model="dit_s_8", input_size=32, stdout=out, stderr=err)
     assert rc == 0 and err.getvalue() == ""
     assert out.getvalue().startswith(f"wrote {dest}: dimbench checkpoint of dit_s_8")
     assert "input_size 32" in out.getvalue()
 
     out = io.StringIO()
-    assert checkpoint_cli.inspect(str(dest), stdout=out) == 0
+    assert checkpoint_command.inspect(str(dest), stdout=out) == 0
     text = out.getvalue()
     assert "format: dimbench" in text and "model: dit_s_8" in text and "input size (grid x patch): 32" in text
     converted = load_checkpoint("dit_s_8", dest)
@@ -373,16 +373,16 @@ def test_cli_convert_errors_are_one_line_exit_2(dit_file, tmp_path):
     _, path = dit_file
     err = io.StringIO()
     # The architecture comes from the name: the registered 12-block dit_s_8 does not fit a 2-block file.
-    rc = checkpoint_cli.convert(str(path), str(tmp_path / "o.pt"), model="dit_s_8", stderr=err)
+    rc = checkpoint_command.convert(str(path), str(tmp_path / "o.pt"), model="dit_s_8", stderr=err)
     assert rc == 2 and err.getvalue().count("\n") == 1
     assert err.getvalue().startswith("dimbench checkpoint convert: error: ") and str(path) in err.getvalue()
     assert not (tmp_path / "o.pt").exists()
 
     err = io.StringIO()
-    assert checkpoint_cli.convert(str(path), str(path), model="dit_s_8", stderr=err) == 2
+    assert checkpoint_command.convert(str(path), str(path), model="dit_s_8", stderr=err) == 2
     assert "must differ" in err.getvalue()
     err = io.StringIO()
-    assert checkpoint_cli.inspect(str(tmp_path / "nope.pt"), stderr=err) == 2
+    assert checkpoint_command.inspect(str(tmp_path / "nope.pt"), stderr=err) == 2
     assert "no such file" in err.getvalue() and err.getvalue().count("\n") == 1
 
 
@@ -393,10 +393,9 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_cli_subprocess_exit_codes(uvit_file, tmp_path):
-    """The argparse wiring end to end: through dimbench.cli when it exists, else the module's own entry."""
+    """The argparse wiring end to end, through dimbench.cli."""
     _, path = uvit_file
-    entry = ["-m", "dimbench.cli", "checkpoint"] if (ROOT / "dimbench" / "cli.py").is_file() else [
-        "-m", "dimbench.checkpoint_cli"]
+    entry = ["-m", "dimbench.cli", "checkpoint"]
     ok = _run([*entry, "inspect", str(path), "--json"])
     assert ok.returncode == 0, ok.stderr
     assert '"format": "uvit-official"' in ok.stdout and '"class_rows": 11' in ok.stdout
@@ -460,7 +459,7 @@ def test_a_folder_given_as_checkpoint_says_so(tmp_path):
         with pytest.raises(CheckpointError, match=rf"^{tmp_path / 'nnet_ema.pth'}: is a folder; expected a checkpoint"):
             call(tmp_path / "nnet_ema.pth")
     err = io.StringIO()
-    assert checkpoint_cli.inspect(str(tmp_path), stderr=err) == 2
+    assert checkpoint_command.inspect(str(tmp_path), stderr=err) == 2
     assert "is a folder" in err.getvalue() and err.getvalue().count("\n") == 1
 
 
@@ -558,7 +557,7 @@ def test_formats_and_names_come_from_the_family_declarations():
     from models.dim import PAD_LAYOUTS
 
     assert {k: o.values for k, o in models.family("dim").options.items()} == {"pad_layout": PAD_LAYOUTS}
-    assert not hasattr(checkpoint_cli, "FORMATS") and not hasattr(checkpoint_cli, "PAD_LAYOUTS")
+    assert not hasattr(checkpoint_command, "FORMATS") and not hasattr(checkpoint_command, "PAD_LAYOUTS")
     # The generic module's code names no family fact (docstrings may give examples): every one comes from a
     # declaration, options included (their names and values). (That
     # it imports no family module is a rule of tests/test_architecture.py.)
@@ -659,15 +658,15 @@ def test_a_family_declared_in_its_own_file_needs_nothing_else(toy_family, tmp_pa
     again = load_checkpoint("toy_1", saved)
     assert again.flavour == "wide" and inspect_checkpoint(saved)["flavour"] == "wide"
     out = io.StringIO()
-    assert checkpoint_cli.inspect(str(saved), stdout=out) == 0 and "toy extra: True" in out.getvalue()
+    assert checkpoint_command.inspect(str(saved), stdout=out) == 0 and "toy extra: True" in out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------- CLI choices
 
 
 def test_checkpoint_parser_imports_neither_torch_nor_timm():
-    code = ("import argparse, sys; from dimbench.checkpoint_cli import add_checkpoint_commands; "
-            "add_checkpoint_commands(argparse.ArgumentParser().add_subparsers()); "
+    code = ("import argparse, sys; from dimbench.commands.checkpoint import add_commands; "
+            "add_commands(argparse.ArgumentParser().add_subparsers()); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')); "
             "print(heavy); sys.exit(1 if heavy else 0)")
     done = _run(["-c", code])
@@ -678,7 +677,7 @@ def test_checkpoint_parser_imports_neither_torch_nor_timm():
 def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
     _, path = official_dim_file(tmp_path)
     err = io.StringIO()
-    rc = checkpoint_cli.convert(str(path), str(tmp_path / "o.pt"), model="dim_s_2", format="dim", stderr=err)
+    rc = checkpoint_command.convert(str(path), str(tmp_path / "o.pt"), model="dim_s_2", format="dim", stderr=err)
     assert rc == 2 and err.getvalue().count("\n") == 1
     assert "unknown checkpoint format 'dim'; expected one of auto, dimbench, dim-official" in err.getvalue()
     entry = ["-m", "dimbench.cli", "checkpoint"]

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import cli_env
 from dimbench import cli
+from dimbench.commands import run as run_command
 from dimbench.console import console
 
 BAD_MODEL = "models: [dit_s_2, dit_xxl]\nresolutions: [32]\n"
@@ -134,7 +135,7 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(dimbench.report, "build_report", broken)
-    assert cli.report_after_run(tmp_path, console()) is False
+    assert run_command.report_after_run(tmp_path, console()) is False
     assert "report not built: RuntimeError: no fonts" in capsys.readouterr().out
 
     # -o naming a file: one line, exit 2, no temporary file left behind

@@ -578,8 +578,8 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     assert missing.returncode == 2 and "w.pth: no such file" in missing.stderr and "6726825d" in missing.stderr
 
     # The statistics are those of the images' features, read --batch images at a time (never the whole folder).
+    from dimbench.commands.fid import cmd_fid_stats
     from dimbench.fid import inception
-    from dimbench.fid_cli import cmd_fid_stats
     from dimbench.quality.frechet import gaussian_stats
 
     net, _ = inception.load_extractor(assets["weights"], assets["sha"])

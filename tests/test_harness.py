@@ -159,7 +159,7 @@ def test_a_metric_declared_in_one_place_reaches_results_summary_and_report(tmp_p
     toy = rows["toy_ms"]
     assert (toy["status"], toy["value"], toy["unit"], toy["task"]) == ("ok", 3.0, "ms", "sample")
 
-    from dimbench.cli import print_summary
+    from dimbench.commands.run import print_summary
 
     buffer = io.StringIO()
     print_summary(Console(file=buffer, width=240), list(rows.values()), "toy")  # the columns `dimbench run` shows

@@ -418,7 +418,7 @@ def test_a_zip_bomb_checkpoint_is_refused_before_anything_is_inflated(tmp_path, 
     import torch
 
     import models
-    from dimbench import checkpoint_cli
+    from dimbench.commands import checkpoint as checkpoint_command
     from dimbench.training.trainer import load_training_state
     from models.checkpoints import CheckpointError
 
@@ -434,7 +434,7 @@ def test_a_zip_bomb_checkpoint_is_refused_before_anything_is_inflated(tmp_path, 
     with pytest.raises(ValueError, match="decompression bomb"):
         load_training_state(bomb)
     err = io.StringIO()
-    assert checkpoint_cli.inspect(str(bomb), stdout=io.StringIO(), stderr=err) == 2
+    assert checkpoint_command.inspect(str(bomb), stdout=io.StringIO(), stderr=err) == 2
     assert err.getvalue().startswith(f"dimbench checkpoint inspect: error: {bomb}: its zip archive declares 0.13 GiB "
                                      "of contents in a 0.13 MiB file")
 
@@ -455,11 +455,11 @@ def tiny_checkpoint(tmp_path) -> Path:
 def test_checkpoint_convert_into_a_missing_folder_onto_a_file_and_on_a_full_disk(tiny_checkpoint, tmp_path):  # 17
     import resource
 
-    from dimbench import checkpoint_cli
+    from dimbench.commands import checkpoint as checkpoint_command
 
     def convert(dest: Path) -> tuple[int, str]:
         err = io.StringIO()
-        code = checkpoint_cli.convert(str(tiny_checkpoint), str(dest), model="dit_tiny_4", stdout=io.StringIO(),
+        code = checkpoint_command.convert(str(tiny_checkpoint), str(dest), model="dit_tiny_4", stdout=io.StringIO(),
                                       stderr=err)
         return code, err.getvalue()
 
@@ -474,7 +474,7 @@ def test_checkpoint_convert_into_a_missing_folder_onto_a_file_and_on_a_full_disk
 
     full = tmp_path / "full"
     full.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "dimbench.checkpoint_cli", "convert", str(tiny_checkpoint),
+    proc = subprocess.run([sys.executable, "-m", "dimbench.cli", "checkpoint", "convert", str(tiny_checkpoint),
                            str(full / "out.pt"), "--model", "dit_tiny_4"], env=cli_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=600,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)))

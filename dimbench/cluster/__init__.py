@@ -10,7 +10,9 @@ runner on the submitting machine merges the shards into results.jsonl with a loc
     merge.py      shards -> results.jsonl, each row once
     collect.py    ``dimbench collect OUT`` (and what every run does first in such a folder)
     status.py     ``dimbench status OUT``
-    cli.py        the commands
+
+The commands: ``status`` and ``collect`` in :mod:`dimbench.commands.cluster`, ``run --launcher`` in
+:mod:`dimbench.commands.run`.
 
 Nothing here is imported by a local run beyond its first look at the folder (records, collect).
 """

@@ -13,5 +13,5 @@
 - :mod:`~dimbench.fid.patches` and :mod:`~dimbench.fid.folder`: patch-FID crops; features of a folder of images.
 
 The metric is :mod:`dimbench.metrics.fid`; the commands ``dimbench fid-stats`` and ``dimbench fid`` are in
-:mod:`dimbench.fid_cli`.
+:mod:`dimbench.commands.fid`.
 """

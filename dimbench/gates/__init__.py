@@ -13,7 +13,7 @@ compared only when the run and the baseline come from the same device class (GPU
 count); otherwise the gate says so and compares the counts alone.
 
 Modules: ``baseline`` (the baseline file: build, read with validation, write), ``compare`` (verdicts),
-``render`` (console table, Markdown, JSON), ``cli`` (the two commands).
+``render`` (console table, Markdown, JSON); the two commands are :mod:`dimbench.commands.gate`.
 """
 
 from .baseline import Baseline, BaselineError, build_baseline, device_class, load_baseline, write_baseline

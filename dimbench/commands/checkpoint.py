@@ -1,4 +1,4 @@
-"""``dimbench checkpoint convert|inspect``: the checkpoint commands, for ``dimbench.cli`` to mount.
+"""``dimbench checkpoint convert|inspect``: the checkpoint commands.
 
     dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--model-option NAME=VALUE] [--format F]
     dimbench checkpoint inspect PATH [--json]
@@ -25,11 +25,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
-from dimbench.errors import EXIT_USAGE
+from dimbench.errors import EXIT_OK, EXIT_USAGE
 from dimbench.files import atomic_write, folder_lock
 from dimbench.model_options import add_model_option_argument
-
-EXIT_OK = 0
 
 
 def _fail(command: str, message: str, stderr: TextIO | None) -> int:
@@ -130,19 +128,19 @@ def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, s
     return EXIT_OK
 
 
-def _convert_command(args: argparse.Namespace) -> int:
+def cmd_checkpoint_convert(args: argparse.Namespace) -> int:
     return convert(
         args.input, args.output, model=args.model, input_size=args.input_size, options=args.model_options,
         format=args.format, force=args.force,
     )
 
 
-def _inspect_command(args: argparse.Namespace) -> int:
+def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
     return inspect(args.path, as_json=args.json)
 
 
-def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``checkpoint convert`` and ``checkpoint inspect`` to a CLI's subparsers.
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``checkpoint convert`` and ``checkpoint inspect`` to the command line's subparsers.
 
     Each leaf parser sets ``func``: call ``args.func(args)`` and exit with the status it returns.
     """
@@ -170,23 +168,10 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
                       help="checkpoint format (default: auto, detected; `dimbench checkpoint inspect IN` shows a "
                       "file's format; a wrong name is answered with the list of formats)")
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    conv.set_defaults(func=_convert_command)
+    conv.set_defaults(func=cmd_checkpoint_convert)
 
     insp = commands.add_parser("inspect", help="print what a checkpoint holds",
                                description="Print format, architecture, sizes and parameter count of a checkpoint.")
     insp.add_argument("path", metavar="PATH", help="checkpoint to read")
     insp.add_argument("--json", action="store_true", help="print the result as JSON")
-    insp.set_defaults(func=_inspect_command)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m dimbench.checkpoint_cli convert|inspect ...``), the same commands."""
-    parser = argparse.ArgumentParser(prog="dimbench")
-    add_checkpoint_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["checkpoint", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    insp.set_defaults(func=cmd_checkpoint_inspect)

@@ -1,5 +1,5 @@
 """The cluster's own commands: ``dimbench status OUT`` and ``dimbench collect OUT`` (``dimbench run --launcher
-slurm|submitit-local`` is the run command's, :func:`dimbench.cli.cmd_run`)."""
+slurm|submitit-local`` is the run command's, :func:`dimbench.commands.run.cmd_run`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dimbench.errors import UserError
 from dimbench.runfolder import RunFolder
 
 
-def add_cluster_commands(sub) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("status", help="where each point of a cluster run stands: pending, running (job), done, "
                        "failed (reason), not running")
     p.add_argument("out", metavar="OUT", help="the run's output folder")

@@ -22,7 +22,7 @@ from dimbench.files import atomic_write, folder_lock
 
 def cmd_baseline(args: argparse.Namespace) -> int:
     # heavy (torch, the models): imported when the command runs
-    from .baseline import build_baseline, load_baseline, write_baseline
+    from dimbench.gates.baseline import build_baseline, load_baseline, write_baseline
 
     out = console()
     target = Path(args.output)
@@ -47,9 +47,9 @@ def cmd_baseline(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     # heavy (torch, the models): imported when the command runs
-    from .baseline import load_baseline, run_entries
-    from .compare import compare, parse_tolerances
-    from .render import dumps, markdown, print_result
+    from dimbench.gates.baseline import load_baseline, run_entries
+    from dimbench.gates.compare import compare, parse_tolerances
+    from dimbench.gates.render import dumps, markdown, print_result
 
     overrides = parse_tolerances(args.tolerance)
     baseline = load_baseline(args.baseline)
@@ -63,9 +63,9 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return EXIT_OK if result.passed else EXIT_REGRESSION
 
 
-def add_gate_commands(sub) -> None:
+def add_commands(sub) -> None:
     # heavy (torch): imported when the parser is built, not when this module loads
-    from .compare import ALPHA
+    from dimbench.gates.compare import ALPHA
 
     p = sub.add_parser("gate", help="compare a run with a committed baseline: exit 1 on a regression",
                        description="Compare the gated rows of a run (counts, predicted and measured memory, timings "

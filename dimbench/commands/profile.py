@@ -31,7 +31,7 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
                "float16": "float16", "fp16": "float16"}
 
 
-def add_profile_command(sub) -> None:
+def add_commands(sub) -> None:
     # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.metrics.profile import CPU_MAX_GFLOP, ENERGY_SECONDS, REPEATS, WARMUP
 

@@ -41,7 +41,7 @@ from dimbench.points import SweepPoint
 from dimbench.schema import Problems, Record
 
 
-def add_fid_commands(sub) -> None:
+def add_commands(sub) -> None:
     # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.fid.inception import EXPECTED_SHA256_PREFIX
     from dimbench.fid.protocol import RESIZES

@@ -32,7 +32,7 @@ from dimbench.points import SweepPoint
 FINETUNE = {"lr": 1e-4, "warmup": 2500, "weight_decay": 0.0, "label_drop": 0.15}
 
 
-def add_train_command(sub) -> None:
+def add_commands(sub) -> None:
     # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.training.trainer import PRECISIONS, TrainConfig
 
