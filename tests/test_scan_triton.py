@@ -221,7 +221,7 @@ def test_strided_inputs_and_only_needed_gradients(interpret):
 def test_interpreter_availability(interpret):
     assert available_backends("cpu")["triton"] == (True, "Triton interpreter (correctness only, slow)")
     assert resolve_backend("triton", "cpu") == "triton"
-    assert resolve_backend(None, "cpu") == "chunked", "auto never picks the interpreter"
+    assert resolve_backend(None, "cpu") != "triton", "auto never picks the interpreter"
 
 
 @interpreted
@@ -241,7 +241,7 @@ def test_through_the_operator_with_autograd(interpret):
     for name, g, g64 in zip(NAMES, grads, grads64, strict=True):
         assert rel_err(g, g64) <= TOL[torch.float32], name
     selective_scan(**inputs)
-    assert scan_backend() == "chunked", "auto never picks the interpreter"
+    assert scan_backend() != "triton", "auto never picks the interpreter"
 
 
 @compiled

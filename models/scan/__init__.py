@@ -6,13 +6,15 @@
     available_backends("cpu")      # -> {"reference": (True, "..."), "mamba_ssm": (False, "reason"), ...}
 
 Modules: ``op`` (custom op, autograd, FLOP formula, public wrapper), ``registry`` (backends, availability,
-resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``mamba_ssm_backend``
+resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``cpu_fused`` (a C kernel for the
+CPU, built on first use with the system compiler; its source ``cpu_fused.c``), ``mamba_ssm_backend``
 (optional CUDA kernel), ``triton_backend`` (the built-in ``triton`` backend: a fused Triton kernel, forward and
 analytic backward, on CUDA; on the CPU under TRITON_INTERPRET=1 only; its kernels are in ``triton_kernels``,
 loaded only when they run), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
 """
 
 from .chunked import chunked_scan, default_chunk_size
+from .cpu_fused import cpu_fused_scan, cpu_fused_scan_backward, cpu_fused_status
 from .flops import scan_backward_flops, scan_flops
 from .op import scan_backend, selective_scan
 from .reference import reference_scan
@@ -30,6 +32,9 @@ __all__ = [
     "ENV_VAR",
     "available_backends",
     "chunked_scan",
+    "cpu_fused_scan",
+    "cpu_fused_scan_backward",
+    "cpu_fused_status",
     "default_chunk_size",
     "known_backends",
     "reference_scan",

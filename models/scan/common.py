@@ -94,3 +94,68 @@ def finish(y: Tensor, u32: Tensor, D, z, dtype: torch.dtype, inplace: bool) -> T
 def tracking(*tensors) -> bool:
     """True when autograd would record operations on these tensors (then no in-place tricks)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+#: The names of the scan's inputs, in the order of the op's arguments and of its backward's gradients.
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+def analytic_backward(parts_fn, grad_out: Tensor, u, delta, A, B, C, D=None, z=None, delta_bias=None,
+                      delta_softplus: bool = True, needs=(True,) * 8) -> list[Tensor]:
+    """The analytic backward shared by the pure-PyTorch and the C backends: the gradients (contiguous, each in its
+    input's dtype) of those of (u, delta, A, B, C, D, z, delta_bias) whose ``needs`` flag is set and that are not
+    None, in that order (the contract of ``dimbench_scan::selective_scan_backward``).
+
+    The chain rules of the prologue (Δ = softplus(delta + delta_bias)) and epilogue (D·u, the SiLU(z) gate) are
+    done here; ``parts_fn(u32, dt, A32, B32, C32, dy, need) -> dict`` computes the parts that need the states of
+    the recurrence, float32, each only when ``need`` (keys p, q, ddt, A, B, C, y) asks for it:
+
+    - "p" (batch, d_inner, L) = Σ_n g_t B_t, the gradient of Δ_t·u_t (g_t = ∂L/∂x_t, the adjoint state);
+    - "qa" (batch, d_inner, L - 1) = Σ_n Q_t A for t = 1 .. L-1, with Q_t = g_t ⊙ Ā_t ⊙ x_{t-1} (through the decay);
+    - "dA" (d_inner, N) = Σ_{batch, t} Q_t Δ_t;
+    - "dB", "dC" (batch, N, L) = Σ_d g_t Δ_t u_t and Σ_d x_t dy_t;  "y" (batch, d_inner, L) = Σ_n C_t x_t.
+
+    Call it where autograd does not record: it works in place on the parts.
+    """
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    need = {k: bool(n) and t is not None for k, n, t in zip(INPUT_NAMES, needs, inputs, strict=True)}
+    need_ddt = need["delta"] or need["delta_bias"]
+    wanted = {"p": need["u"] or need_ddt, "q": need["A"] or need_ddt, "ddt": need_ddt, "A": need["A"],
+              "B": need["B"], "C": need["C"], "y": need["z"]}
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    raw = delta.float()
+    if delta_bias is not None:
+        raw = raw + delta_bias.float().unsqueeze(-1)
+    dt = F.softplus(raw) if delta_softplus else raw
+    go = grad_out.float()
+    z32 = None if z is None else z.float()
+    dy = go if z is None else go * F.silu(z32)                # dL/dy = dL/d(out) · silu(z)
+    parts = parts_fn(u32, dt, A32, B32, C32, dy, wanted)
+
+    grads = {}
+    if need["u"]:
+        p = parts["p"]
+        grads["u"] = p * dt if D is None else torch.addcmul(p * dt, dy, D.float().unsqueeze(-1))
+    if need_ddt:
+        ddt = parts["p"].mul_(u32)
+        if u.shape[-1] > 1:
+            ddt[:, :, 1:] += parts["qa"]
+        if delta_softplus:
+            ddt = torch.ops.aten.softplus_backward(ddt, raw, 1, 20)
+        grads["delta"] = ddt
+        grads["delta_bias"] = ddt.sum((0, 2))
+    if need["A"]:
+        grads["A"] = parts["dA"]
+    if need["B"]:
+        grads["B"] = parts["dB"]
+    if need["C"]:
+        grads["C"] = parts["dC"]
+    if need["D"]:
+        grads["D"] = (dy * u32).sum((0, 2))
+    if need["z"]:
+        y = parts["y"]
+        if D is not None:
+            y.addcmul_(u32, D.float().unsqueeze(-1))
+        grads["z"] = torch.ops.aten.silu_backward(y.mul_(go), z32)      # · d silu(z)/dz
+    by_name = dict(zip(INPUT_NAMES, inputs, strict=True))
+    return [grads[k].to(by_name[k].dtype).contiguous() for k in INPUT_NAMES if need[k]]

@@ -4,22 +4,25 @@ Backends are functions ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 ``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd.
 A backend may also have an analytic ``backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 needs) -> [grads]`` (the contract of ``dimbench_scan::selective_scan_backward``, see ``op``); the operator's
-backward calls it when present (``chunked`` and ``triton`` have one), else recomputes the backend's forward under
-autograd and differentiates it (``reference``, ``mamba_ssm``, and by default a registered one).
+backward calls it when present (``chunked``, ``cpu_fused`` and ``triton`` have one), else recomputes the
+backend's forward under autograd and differentiates it (``reference``, ``mamba_ssm``, and by default a registered
+one).
 
-Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``mamba_ssm`` (when the package imports and
-the tensors are on CUDA), ``triton`` (``models.scan.triton_backend``: a fused Triton kernel with an analytic
-backward; available on CUDA when triton imports, and on the CPU only under TRITON_INTERPRET=1, Triton's slow
-interpreter, for tests; triton itself is imported only when that availability is asked or a kernel runs, so
-the package imports and works without it).
+Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``cpu_fused`` (``models.scan.cpu_fused``: a
+C kernel with an analytic backward, compiled with the system C compiler on first use; CPU tensors only),
+``mamba_ssm`` (when the package imports and the tensors are on CUDA), ``triton`` (``models.scan.triton_backend``:
+a fused Triton kernel with an analytic backward; available on CUDA when triton imports, and on the CPU only under
+TRITON_INTERPRET=1, Triton's slow interpreter, for tests; triton itself is imported only when that availability
+is asked or a kernel runs, so the package imports and works without it).
 ``register_backend("triton", ...)`` puts another kernel in that slot (it takes precedence over the built-in one);
 ``unregister_backend("triton")`` brings the built-in one back.
 
 Resolution (``resolve_backend``): None or "auto" means the environment variable ``DIMBENCH_SCAN_BACKEND`` when
 set, else automatic: on CUDA mamba_ssm if available, else triton if available as the compiled kernel (never
-Triton's interpreter, which TRITON_INTERPRET=1 would also allow on CUDA tensors), else chunked; on any other
-device chunked. A backend named explicitly (argument or environment) that cannot run raises: there
-is no silent fallback. On the meta device nothing runs, so any known name is accepted there.
+Triton's interpreter, which TRITON_INTERPRET=1 would also allow on CUDA tensors), else chunked; on the CPU
+cpu_fused when it builds, else chunked; on any other device chunked. A backend named explicitly (argument or
+environment) that cannot run raises: there is no silent fallback. On the meta device nothing runs, so any known
+name is accepted there.
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ from dataclasses import dataclass
 import torch
 
 from .chunked import chunked_scan, chunked_scan_backward
+from .cpu_fused import cpu_fused_scan, cpu_fused_scan_backward, cpu_fused_status
 from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
 from .reference import reference_scan
 from .triton_backend import triton_scan, triton_scan_backward, triton_status
 
 ENV_VAR = "DIMBENCH_SCAN_BACKEND"
 #: names with a reserved meaning; "auto" is not a backend but a request for automatic choice.
-RESERVED_SLOTS = ("reference", "chunked", "mamba_ssm", "triton")
+RESERVED_SLOTS = ("reference", "chunked", "cpu_fused", "mamba_ssm", "triton")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,8 @@ _BACKENDS: dict[str, Backend] = {
     "reference": Backend("reference", reference_scan, _everywhere, "sequential recurrence, L steps (oracle)"),
     "chunked": Backend("chunked", chunked_scan, _everywhere, "chunked exact scan (2·T + K steps), analytic backward",
                        chunked_scan_backward),
+    "cpu_fused": Backend("cpu_fused", cpu_fused_scan, cpu_fused_status, "fused C kernel for the CPU (built on first "
+                         "use), analytic backward", cpu_fused_scan_backward),
     "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
 }
 
@@ -85,7 +91,7 @@ def register_backend(name: str, fn: Callable, is_available: Callable, *, descrip
 def unregister_backend(name: str) -> None:
     """Remove a backend added with ``register_backend`` (the built-in ones cannot be removed; removing a kernel
     registered as "triton" brings back the built-in one)."""
-    if name in ("reference", "chunked", "mamba_ssm"):
+    if name in ("reference", "chunked", "cpu_fused", "mamba_ssm"):
         raise ValueError(f"unregister_backend: {name!r} is built in")
     _BACKENDS.pop(name, None)
 
@@ -145,4 +151,6 @@ def _auto(device: torch.device) -> str:
             # correctness tool that is only ever used when named, never chosen automatically.
             if ok and "interpreter" not in reason.lower():
                 return name
+    elif device.type == "cpu" and backend_status("cpu_fused", device)[0]:
+        return "cpu_fused"
     return "chunked"

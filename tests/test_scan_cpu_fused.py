@@ -1,0 +1,91 @@
+"""The ``cpu_fused`` scan backend (models/scan/cpu_fused.c, a C kernel built on first use): values and every
+gradient against the float64 recurrence, channel counts that are and are not multiples of its block of 8, work
+split over threads, strong decays (flushed to zero like the chunked backend's), and the build: a cache per
+source and machine, and a failing compiler making it unavailable with the reason (auto then takes chunked)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scan_oracle import recurrence64
+from test_scan import NAMES, _analytic_vs_float64, assert_matches_float64, make_inputs
+
+from models.scan import available_backends, resolve_backend, selective_scan
+from models.scan import cpu_fused as cf
+
+pytestmark = pytest.mark.skipif(not available_backends("cpu")["cpu_fused"][0],
+                                reason=f"cpu_fused unavailable: {available_backends('cpu')['cpu_fused'][1]}")
+
+
+@pytest.mark.parametrize("d_inner", [1, 5, 8, 13])
+@pytest.mark.parametrize("L", [1, 2, 37])
+def test_values_and_gradients_match_float64(d_inner, L):
+    """Through the op: d_inner padded to the kernel's block of 8 (a partial block, one exact block, two)."""
+    inputs = make_inputs(batch=3, d_inner=d_inner, L=L, N=5, seed=d_inner + L)
+    assert_matches_float64(lambda **kw: selective_scan(**kw, backend="cpu_fused"), inputs)
+
+
+@pytest.mark.parametrize("options", [dict(D=False, z=False, delta_bias=False), dict(D=True, z=False)])
+def test_analytic_backward_without_softplus_and_gate(options):
+    inputs = make_inputs(L=19, **options)
+    inputs["delta"] = inputs["delta"].abs() * 0.3  # without softplus Δ must already be positive
+    _analytic_vs_float64(inputs, delta_softplus=False, backward=cf.cpu_fused_scan_backward)
+
+
+def test_strong_decay_underflows_to_zero_like_the_recurrence():
+    """Large Δ·|A|: decays far below 2**-126 (flushed to 0 by the kernel) still give the recurrence's values."""
+    inputs = make_inputs(L=40, N=4, seed=3)
+    inputs["A"] = inputs["A"] * 60.0
+    inputs["delta"] = inputs["delta"] + 2.5
+    _analytic_vs_float64(inputs, backward=cf.cpu_fused_scan_backward)
+    out = cf.cpu_fused_scan(**inputs)
+    ref = recurrence64(**{k: None if v is None else v.double() for k, v in inputs.items()})
+    torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
+
+
+def test_threads_split_the_work_without_changing_the_result():
+    """Work items (batch element, channel block) split over 1, 2 and 3 threads: the same outputs (bitwise) and the
+    same gradients up to the order of the per-thread sums of dA, dB, dC."""
+    inputs = make_inputs(batch=5, d_inner=20, L=23, N=4, seed=11)
+    grad_out = torch.randn(5, 20, 23, generator=torch.Generator().manual_seed(2))
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            out = cf.cpu_fused_scan(**inputs)
+            grads = cf.cpu_fused_scan_backward(grad_out, *[inputs[k] for k in NAMES], True, [True] * 8)
+            results.append((out, grads))
+    finally:
+        torch.set_num_threads(before)
+    for out, grads in results[1:]:
+        torch.testing.assert_close(out, results[0][0], rtol=0, atol=0)
+        for g, g1 in zip(grads, results[0][1], strict=True):
+            torch.testing.assert_close(g, g1, rtol=1e-6, atol=1e-6)
+
+
+def test_build_is_cached_per_source_and_machine(tmp_path, monkeypatch):
+    """A fresh cache folder gets one library file, private to the user; a second process state loads it."""
+    monkeypatch.setenv("DIMBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setattr(cf, "_state", {})
+    ok, reason = cf.cpu_fused_status("cpu")
+    assert ok, reason
+    built = list((tmp_path / "kernels").glob("scan_cpu_fused_*.so"))
+    assert len(built) == 1 and (tmp_path / "kernels").stat().st_mode & 0o077 == 0
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(cf, "_state", {})
+    assert cf.cpu_fused_status("cpu")[0]
+    assert built[0].stat().st_mtime_ns == mtime, "the cached library is loaded, not rebuilt"
+    assert cf.cpu_fused_status("meta") == (False, "a CPU kernel: it runs on CPU tensors only")
+
+
+def test_a_failing_compiler_makes_it_unavailable_and_auto_takes_chunked(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIMBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.delenv("DIMBENCH_SCAN_BACKEND", raising=False)
+    monkeypatch.setattr(cf, "_state", {})
+    ok, reason = cf.cpu_fused_status("cpu")
+    assert not ok and "no C compiler" in reason and "no-such-compiler" in reason
+    assert resolve_backend(None, "cpu") == "chunked"
+    with pytest.raises(RuntimeError, match="scan backend 'cpu_fused' .*cannot run on cpu: the C kernel could not"):
+        selective_scan(**make_inputs(L=4), backend="cpu_fused")
