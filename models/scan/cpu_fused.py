@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .common import analytic_backward, finish, prepare
+from .common import INPUT_NAMES
 
 SOURCE = Path(__file__).with_name("cpu_fused.c")
 #: channels per block of the kernel (its W): d_inner is zero-padded to a multiple of it
@@ -99,10 +99,11 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(path))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.dimbench_scan_forward.argtypes = [ptr] * 6 + [i64] * 5 + [ptr]
-    lib.dimbench_scan_forward.restype = None
-    lib.dimbench_scan_backward.argtypes = [ptr] * 13 + [i64] * 5 + [ptr]
-    lib.dimbench_scan_backward.restype = None
+    i32 = ctypes.c_int
+    lib.dimbench_scan_op_forward.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 6 + [i64] * 5 + [ptr]
+    lib.dimbench_scan_op_forward.restype = None
+    lib.dimbench_scan_op_backward.argtypes = [ptr] * 4 + [i32] + [ptr] * 14 + [i64] * 5 + [ptr]
+    lib.dimbench_scan_op_backward.restype = None
     return lib
 
 
@@ -131,21 +132,6 @@ def cpu_fused_status(device) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------------------------------------- running it
-def _tokens(x: Tensor, padded: int) -> Tensor:
-    """(batch, c, L) float32 -> a contiguous (batch, L, padded) copy, channels zero-padded."""
-    batch, c, length = x.shape
-    out = x.new_zeros(batch, length, padded) if padded != c else x.new_empty(batch, length, c)
-    out[:, :, :c].copy_(x.transpose(1, 2))
-    return out
-
-
-def _channels_last_vectors(A: Tensor, padded: int, scale: float = 1.0) -> Tensor:
-    """A (d_inner, N) -> (N, padded) float32, times ``scale``, channels zero-padded (a padded channel has Δ = 0)."""
-    out = A.new_zeros(A.shape[1], padded)
-    out[:, : A.shape[0]] = A.t() * scale
-    return out
-
-
 def _ranges(items: int) -> list[tuple[int, int]]:
     """Contiguous item ranges, one per thread torch may use."""
     threads = max(1, min(torch.get_num_threads(), items))
@@ -166,63 +152,72 @@ def _run(calls) -> None:
         future.result()
 
 
-def _p(t: Tensor) -> int:
-    return t.data_ptr()
+def _p(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _f32(t: Tensor | None) -> Tensor | None:
+    """float32, contiguous (the input itself when it already is)."""
+    return None if t is None else t.float().contiguous()
+
+
+def _scaled_A(A: Tensor, padded: int, scale: float = 1.0) -> Tensor:
+    """A (d_inner, N) -> (N, padded) float32 times ``scale``, channels zero-padded to whole blocks."""
+    out = A.new_zeros(A.shape[1], padded, dtype=torch.float32)
+    out[:, : A.shape[0]] = A.float().t() * scale
+    return out
 
 
 def cpu_fused_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True) -> Tensor:
-    """Selective scan by the C kernel; shapes as in ``models.scan.common``; returns (batch, d_inner, L) in u's dtype.
-    Not differentiable by autograd itself: the op's backward calls ``cpu_fused_scan_backward``. On meta tensors it
-    allocates what a real call allocates and computes nothing (the memory prediction traces it)."""
+    """Selective scan by the C kernel, prologue and epilogue included; shapes as in ``models.scan.common``;
+    returns (batch, d_inner, L) in u's dtype. Not differentiable by autograd itself: the op's backward calls
+    ``cpu_fused_scan_backward``. On meta tensors it allocates what a real call allocates and computes nothing
+    (the memory prediction traces it)."""
     lib = None if u.device.type == "meta" else _library()
-    u32, dt, A32, B32, C32 = prepare(u, delta, A, B, C, delta_bias, delta_softplus)
-    batch, d_inner, length = u32.shape
-    n = A32.shape[1]
-    padded = -(-d_inner // BLOCK) * BLOCK
-    dt_t, u_t = _tokens(dt, padded), _tokens(u32, padded)
-    A2 = _channels_last_vectors(A32, padded, _LOG2E)
-    B_t, C_t = B32.transpose(1, 2).contiguous(), C32.transpose(1, 2).contiguous()
-    y_t = u32.new_empty(batch, length, padded)
-    items = batch * (padded // BLOCK)
-    ranges = _ranges(items)
-    scratch = [u32.new_empty(n * BLOCK) for _ in ranges]
+    batch, d_inner, length = u.shape
+    n = A.shape[1]
+    blocks = -(-d_inner // BLOCK)
+    u32, d32, B32, C32, z32 = _f32(u), _f32(delta), _f32(B), _f32(C), _f32(z)
+    bias, skip = _f32(delta_bias), _f32(D)
+    A2 = _scaled_A(A, blocks * BLOCK, _LOG2E)
+    out = torch.empty(batch, d_inner, length, dtype=torch.float32, device=u.device)
+    ranges = _ranges(batch * blocks)
+    scratch = [u32.new_empty((4 * length + n + 1) * BLOCK, dtype=torch.float32) for _ in ranges]
     if lib is not None:
-        _run([lambda i0=i0, i1=i1, h=h: lib.dimbench_scan_forward(
-            _p(dt_t), _p(u_t), _p(A2), _p(B_t), _p(C_t), _p(y_t), length, padded, n, i0, i1, _p(h))
-            for (i0, i1), h in zip(ranges, scratch, strict=True)])
-    y = y_t[:, :, :d_inner].transpose(1, 2).contiguous()
-    return finish(y, u32, D, z, u.dtype, inplace=True)
-
-
-def _backward_parts(u32: Tensor, dt: Tensor, A32: Tensor, B32: Tensor, C32: Tensor, dy: Tensor,
-                    need: dict[str, bool]) -> dict[str, Tensor]:
-    """``common.analytic_backward``'s parts from the C kernel (it computes all of them; they are cheap)."""
-    lib = _library()
-    batch, d_inner, length = u32.shape
-    n = A32.shape[1]
-    padded = -(-d_inner // BLOCK) * BLOCK
-    dt_t, u_t, dy_t = _tokens(dt, padded), _tokens(u32, padded), _tokens(dy, padded)
-    A_c, A2 = _channels_last_vectors(A32, padded), _channels_last_vectors(A32, padded, _LOG2E)
-    B_t, C_t = B32.transpose(1, 2).contiguous(), C32.transpose(1, 2).contiguous()
-    y_t, p_t, qa_t = (u32.new_empty(batch, length, padded) for _ in range(3))
-    ranges = _ranges(batch * (padded // BLOCK))
-    # per thread: dA, dB, dC accumulators and the kernel's scratch
-    acc = [(u32.new_zeros(n, padded), u32.new_zeros(batch, length, n), u32.new_zeros(batch, length, n),
-            u32.new_empty((2 * length + 2) * n * BLOCK)) for _ in ranges]
-    _run([lambda i0=i0, i1=i1, a=a: lib.dimbench_scan_backward(
-        _p(dt_t), _p(u_t), _p(A2), _p(A_c), _p(B_t), _p(C_t), _p(dy_t), _p(y_t), _p(p_t), _p(qa_t), _p(a[0]),
-        _p(a[1]), _p(a[2]), length, padded, n, i0, i1, _p(a[3])) for (i0, i1), a in zip(ranges, acc, strict=True)])
-    dA, dB, dC = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k] for k in range(3))
-
-    def channels_first(x: Tensor) -> Tensor:  # (batch, L, padded) -> (batch, d_inner, L)
-        return x[:, :, :d_inner].transpose(1, 2).contiguous()
-
-    return {"y": channels_first(y_t), "p": channels_first(p_t), "qa": channels_first(qa_t[:, 1:]),
-            "dA": dA[:, :d_inner].t().contiguous(), "dB": dB.transpose(1, 2).contiguous(),
-            "dC": dC.transpose(1, 2).contiguous()}
+        _run([lambda i0=i0, i1=i1, w=w: lib.dimbench_scan_op_forward(
+            _p(u32), _p(d32), _p(bias), int(delta_softplus), _p(A2), _p(B32), _p(C32), _p(skip), _p(z32), _p(out),
+            length, d_inner, n, i0, i1, _p(w)) for (i0, i1), w in zip(ranges, scratch, strict=True)])
+    return out.to(u.dtype)
 
 
 def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, delta_bias=None,
                             delta_softplus: bool = True, needs=(True,) * 8) -> list[Tensor]:
-    """Analytic gradients of ``cpu_fused_scan`` (the contract of ``chunked.chunked_scan_backward``)."""
-    return analytic_backward(_backward_parts, grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs)
+    """Analytic gradients of ``cpu_fused_scan`` (the contract of ``chunked.chunked_scan_backward``): the kernel
+    computes all of them at once; those of the inputs whose ``needs`` flag is set and that are not None are
+    returned, in order, contiguous, each in its input's dtype."""
+    lib = _library()
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    batch, d_inner, length = u.shape
+    n = A.shape[1]
+    blocks = -(-d_inner // BLOCK)
+    padded = blocks * BLOCK
+    go, u32, d32, B32, C32, z32 = _f32(grad_out), _f32(u), _f32(delta), _f32(B), _f32(C), _f32(z)
+    bias, skip = _f32(delta_bias), _f32(D)
+    A_c, A2 = _scaled_A(A, padded), _scaled_A(A, padded, _LOG2E)
+    du, ddelta = torch.empty_like(u32), torch.empty_like(u32)
+    dz = torch.empty_like(u32) if z is not None else None
+    ranges = _ranges(batch * blocks)
+    # per thread: dA, dB, dC, dD, dbias accumulators and the kernel's scratch
+    acc = [(u32.new_zeros(n, padded), u32.new_zeros(batch, n, length), u32.new_zeros(batch, n, length),
+            u32.new_zeros(d_inner), u32.new_zeros(d_inner),
+            u32.new_empty((2 * length * n + 2 * n + 10 * length) * BLOCK)) for _ in ranges]
+    _run([lambda i0=i0, i1=i1, a=a: lib.dimbench_scan_op_backward(
+        _p(go), _p(u32), _p(d32), _p(bias), int(delta_softplus), _p(A_c), _p(A2), _p(B32), _p(C32), _p(skip),
+        _p(z32), _p(du), _p(ddelta), _p(dz), *(_p(t) for t in a[:5]), length, d_inner, n, i0, i1, _p(a[5]))
+        for (i0, i1), a in zip(ranges, acc, strict=True)])
+    dA, dB, dC, dD, dbias = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k]
+                             for k in range(5))
+    grads = {"u": du, "delta": ddelta, "A": dA[:, :d_inner].t(), "B": dB, "C": dC, "D": dD, "z": dz,
+             "delta_bias": dbias}
+    return [grads[k].to(t.dtype).contiguous() for k, t, need in zip(INPUT_NAMES, inputs, needs, strict=True)
+            if need and t is not None]
