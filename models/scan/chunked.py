@@ -67,9 +67,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .common import analytic_backward, finish, prepare, tracking
+from .common import finish, prepare, tracking
 
 _LOG2E = 1.4426950408889634
 #: largest matrix (elements) that ``_copy_transposed`` copies with the batch in one 3-D copy.
@@ -296,20 +297,25 @@ def chunked_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None, d
     69 of them, 35 MiB, where all states would be 192 MB), plus about 15 per-token tensors of batch·L·d_inner
     floats.
     """
-    def parts(u32, dt, A32, B32, C32, dy, need):
-        return _chunked_backward_parts(u32, dt, A32, B32, C32, dy, need, chunk_size, block_size)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    need = {k: bool(n) and t is not None
+            for k, n, t in zip(names, needs, (u, delta, A, B, C, D, z, delta_bias), strict=True)}
+    batch, d_inner, length = u.shape
+    d_state = A.shape[1]
+    T, K = _chunking(batch, d_inner, length, d_state, u.device, chunk_size)
+    need_ddt = need["delta"] or need["delta_bias"]
+    need_p = need["u"] or need_ddt          # P_t = Σ_n g_t B_t, the gradient of Δ_t·u_t
+    need_q = need["A"] or need_ddt          # Q_t = g_t ⊙ Ā_t ⊙ x_{t-1}, the gradient through the decay
 
-    return analytic_backward(parts, grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs)
+    u32, A32, B32, C32 = u.float(), A.float(), B.float(), C.float()
+    raw = delta.float()
+    if delta_bias is not None:
+        raw = raw + delta_bias.float().unsqueeze(-1)
+    dt = F.softplus(raw) if delta_softplus else raw
+    go = grad_out.float()
+    z32 = None if z is None else z.float()
+    dy = go if z is None else go * F.silu(z32)                # dL/dy = dL/d(out) · silu(z)
 
-
-def _chunked_backward_parts(u32: Tensor, dt: Tensor, A32: Tensor, B32: Tensor, C32: Tensor, dy: Tensor,
-                            need: dict[str, bool], chunk_size, block_size) -> dict[str, Tensor]:
-    """The parts of the gradient that need the states (``common.analytic_backward`` names them), by the chunked
-    recurrence with blockwise recompute (see "Backward" in the module docstring)."""
-    batch, d_inner, length = u32.shape
-    d_state = A32.shape[1]
-    T, K = _chunking(batch, d_inner, length, d_state, u32.device, chunk_size)
-    need_p, need_q, need_ddt = need["p"], need["q"], need["ddt"]
     At = A32.t().contiguous()                                 # (N, d_inner)
     At2 = At * _LOG2E                                         # decays as exp2(Δ ⊗ A·log2 e): faster than exp
     dt_flat = _to_tokens(dt, K, T)                            # (batch, K·T, d_inner), zero-padded
@@ -320,7 +326,7 @@ def _chunked_backward_parts(u32: Tensor, dt: Tensor, A32: Tensor, B32: Tensor, C
     dyc = _to_chunks(dy, K, T)
 
     step = (batch, K, d_state, d_inner)                      # one step of every chunk
-    S = min(T, block_size or _block_size(T, batch * K * d_state * d_inner, u32.device))
+    S = min(T, block_size or _block_size(T, batch * K * d_state * d_inner, u.device))
     blocks = [(t0, min(t0 + S, T)) for t0 in range(0, T, S)]
 
     # Pass 1: the states entering each block of S steps (of every chunk): ckpt[j] = x_{j·S - 1}.
@@ -363,7 +369,7 @@ def _chunked_backward_parts(u32: Tensor, dt: Tensor, A32: Tensor, B32: Tensor, C
             dt_t, dtu_t, B_t, C_t, dy_t = rows[t][:5]
             torch.mul(dt_t, At2, out=ads[i]).exp2_()
             x_t = torch.mul(prev, ads[i], out=xs[i]).addcmul_(dtu_t, B_t)
-            if need["y"]:
+            if need["z"]:
                 ys[t] = torch.matmul(C_t, x_t)                 # y_t = C_t · x_t, (batch, K, 1, d_inner)
             if need["C"]:
                 dCs[t] = torch.matmul(dy_t, x_t.transpose(2, 3))  # Σ_d dy_t x_t, (batch, K, 1, N)
@@ -384,17 +390,32 @@ def _chunked_backward_parts(u32: Tensor, dt: Tensor, A32: Tensor, B32: Tensor, C
                 dBs[t] = torch.matmul(dtu_t, g.transpose(2, 3))  # Σ_d g_t Δ_t u_t, (batch, K, 1, N)
     del ckpt, xs, ads
 
-    parts: dict[str, Tensor] = {}
+    grads = {}
     if need_p:
-        parts["p"] = _from_tokens(torch.cat(ps, dim=2), length)    # (batch, d_inner, L)
+        p = _from_tokens(torch.cat(ps, dim=2), length)              # (batch, d_inner, L)
+    if need["u"]:
+        grads["u"] = p * dt if D is None else torch.addcmul(p * dt, dy, D.float().unsqueeze(-1))
     if need_ddt:
-        parts["qa"] = _from_tokens(torch.stack(qas, dim=2), length - 1)  # slot t holds step t+1
+        ddt = p.mul_(u32)
+        qa = torch.stack(qas, dim=2)                               # slot t holds step t+1
+        if length > 1:
+            ddt[:, :, 1:] += _from_tokens(qa, length - 1)
+        if delta_softplus:
+            ddt = torch.ops.aten.softplus_backward(ddt, raw, 1, 20)
+        grads["delta"] = ddt
+        grads["delta_bias"] = ddt.sum((0, 2))
     if need["A"]:
-        parts["dA"] = dA_acc.sum((0, 1)).t()
+        grads["A"] = dA_acc.sum((0, 1)).t()
     if need["B"]:
-        parts["dB"] = _from_tokens(torch.cat(dBs, dim=2), length)
+        grads["B"] = _from_tokens(torch.cat(dBs, dim=2), length)
     if need["C"]:
-        parts["dC"] = _from_tokens(torch.cat(dCs, dim=2), length)
-    if need["y"]:
-        parts["y"] = _from_tokens(torch.cat(ys, dim=2), length)
-    return parts
+        grads["C"] = _from_tokens(torch.cat(dCs, dim=2), length)
+    if need["D"]:
+        grads["D"] = (dy * u32).sum((0, 2))
+    if need["z"]:
+        y = _from_tokens(torch.cat(ys, dim=2), length)
+        if D is not None:
+            y.addcmul_(u32, D.float().unsqueeze(-1))
+        grads["z"] = torch.ops.aten.silu_backward(y.mul_(go), z32)      # · d silu(z)/dz
+    inputs = dict(zip(names, (u, delta, A, B, C, D, z, delta_bias), strict=True))
+    return [grads[k].to(inputs[k].dtype).contiguous() for k in names if need[k]]
