@@ -44,14 +44,18 @@ def params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_tiny_models_share_one_shape():
-    """docs/models.md §2.4: 5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes + null, in every family."""
-    counts = {"dim_tiny_4": 228_176, "dit_tiny_4": 407_264, "uvit_tiny_4": 269_594}
+@pytest.mark.parametrize("patch, size, counts", [
+    (4, 16, {"dim_tiny_4": 228_176, "dit_tiny_4": 407_264, "uvit_tiny_4": 269_594}),
+    (2, 8, {"dim_tiny_2": 226_628, "dit_tiny_2": 404_936, "uvit_tiny_2": 268_046}),
+])
+def test_tiny_models_share_one_shape(patch, size, counts):
+    """docs/models.md §2.4: 5 blocks, width 64, 1-channel, 10 classes + null, in every family: patch 4 at 16 px,
+    and patch 2 at 8 px (the quality suite's, 16 tokens)."""
     for name, count in counts.items():
         with torch.device("meta"):
             m = models.create_model(name)
         assert models.model_info(name).official == "dimbench"
-        assert (m.width, m.patch_size, m.in_channels, m.num_classes, m.input_size) == (64, 4, 1, 10, 16)
+        assert (m.width, m.patch_size, m.in_channels, m.num_classes, m.input_size) == (64, patch, 1, 10, size)
         blocks = sum(len(lst) for lst in m.modules() if isinstance(lst, torch.nn.ModuleList)
                      ) + (1 if name.startswith("uvit") else 0)  # U-ViT's mid block is not in a list
         assert blocks == 5, name
@@ -139,6 +143,47 @@ def test_ema_follows_the_weights(digits, one_thread):
     after_model, after_ema = params(t.model), params(t.ema)
     assert not torch.equal(before, after_ema)
     assert (after_ema - after_model).abs().max() < (before - after_model).abs().max()
+
+
+def test_ema_warmup_averages_from_the_first_updates(digits, one_thread):
+    """With ema_warmup the decay after k updates is min(ema, (1 + k) / (10 + k)): after one update the EMA is
+    2/11 of the initial weights and 9/11 of the updated ones, not 0.99 of the initial ones."""
+    t = trainer(FAST, digits, config(steps=1, ema=0.99, ema_warmup=True, log_every=1, checkpoint_every=1))
+    initial = params(t.ema).clone()
+    t.run()
+    torch.testing.assert_close(params(t.ema), initial * (2 / 11) + params(t.model) * (9 / 11), rtol=1e-5,
+                               atol=1e-6)
+    plain = trainer(FAST, digits, config(steps=1, ema=0.99, log_every=1, checkpoint_every=1))
+    plain.run()
+    torch.testing.assert_close(params(plain.ema), initial * 0.99 + params(plain.model) * 0.01, rtol=1e-5, atol=1e-6)
+    assert "warm-up: min(ema, (1+k)/(10+k))" in t.config.describe()
+
+
+def test_heldout_loss_every_n_steps_on_fixed_noise(digits, one_thread):
+    """heldout_every: the logs of those steps (and the last) carry the loss on the held-out set, which is the
+    same number for the same weights however often it is asked (times and noise fixed by the seed)."""
+    heldout = load_digits(16, "test")
+    logs = []
+    t = trainer(FAST, digits, config(steps=15, heldout_every=10), heldout=heldout)
+    t.run(on_log=lambda step, info: logs.append((step, info.get("heldout_loss"))))
+    assert [step for step, loss in logs if loss is not None] == [10, 15]
+    assert logs[-1][1] == pytest.approx(t.heldout_loss(), rel=1e-6) == pytest.approx(t.heldout_loss(), rel=1e-6)
+    assert 0 < logs[-1][1] < 2 and t.meta["heldout"].startswith("scikit-learn load_digits (test split")
+    with pytest.raises(ValueError, match="heldout_every"):
+        config(heldout_every=7)
+
+
+def test_resume_accepts_settings_added_after_the_checkpoint(digits, tmp_path, one_thread):
+    """A checkpoint written before a setting existed ran with its default: it resumes with the default, and is
+    refused with another value (here ema_warmup)."""
+    path = tmp_path / "ckpt.pt"
+    trainer(FAST, digits, config(steps=5), state_path=path).run()
+    state = torch.load(path, weights_only=True)
+    del state["config"]["ema_warmup"]
+    torch.save(state, path)
+    assert trainer(FAST, digits, config(steps=10), state_path=path).run().resumed_from == 5
+    with pytest.raises(ValueError, match="ema_warmup = False, this run asks for True"):
+        trainer(FAST, digits, config(steps=15, ema_warmup=True), state_path=path).run()
 
 
 def test_config_refuses_checkpoints_between_log_windows():
