@@ -183,6 +183,8 @@ SCAN_BACKENDS = {
                "ratios) are far above what a fused scan kernel gives; GMACs are unaffected",
     "reference": "the sequential pure-PyTorch recurrence (the test oracle), very slow: these times are not "
                  "representative; GMACs are unaffected",
+    "cpu_fused": "dimbench's fused C kernel for the CPU (the whole op in one pass per block of channels, compiled "
+                 "on first use)",
     "mamba_ssm": "mamba-ssm's fused CUDA kernel",
     "triton": "Triton GPU kernel",
 }
