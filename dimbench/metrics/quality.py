@@ -34,7 +34,7 @@ import torch
 import models
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.metrics.common import resolve_device
-from dimbench.metrics.train import load_trained, same_architecture
+from dimbench.metrics.train import intra_op_threads, load_trained, same_architecture
 from dimbench.points import SweepPoint
 from dimbench.schema import Choice, Field, Integer, Number, Text
 
@@ -209,6 +209,11 @@ def _setup(point: SweepPoint, ctx: MetricContext) -> _Setup:
 
 
 def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
+    with intra_op_threads(ctx.options["threads"]):
+        return _quality_metric(point, ctx)
+
+
+def _quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     from dimbench.training.sampling import generate
 
     st = _setup(point, ctx)
@@ -253,6 +258,11 @@ def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
+    with intra_op_threads(ctx.options["threads"]):
+        return _upsample_metric(point, ctx)
+
+
+def _upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     from dimbench.training.sampling import generate
 
     st = _setup(point, ctx)
@@ -311,6 +321,7 @@ def _sampling_options(samples: int, sampler: str, guidance: float | None, guidan
         Field("classifier_seed", Integer(0), 0, "seed of the proxy classifier"),
         Field("floor_draws", Integer(1), 5, "random subsets of real training digits whose mean distance to the "
               "held-out digits is the floor (fd_proxy_real; extra.fd_floor of every distance)"),
+        Field("threads", Integer(0), 0, "torch intra-op threads while sampling (0: as the runner set them)"),
     )
 
 

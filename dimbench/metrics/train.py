@@ -28,6 +28,7 @@ dimbench's meta-device count, x the images the optimizer saw: the backward costs
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -157,7 +158,26 @@ def same_architecture(model: torch.nn.Module) -> dict[str, Any]:
     return dict(config)
 
 
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """torch's intra-op threads for the duration (0: leave them as the runner set them). Tiny models gain little
+    from a second thread, and on cores other processes are busy with, OpenMP threads waiting for each other at
+    every small op make a training step several times slower: a suite of tiny models may pin one."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
+    with intra_op_threads(ctx.options["threads"]):
+        return _train_metric(point, ctx)
+
+
+def _train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     from dimbench.data import load_data
 
     device = resolve_device(point)
@@ -324,6 +344,7 @@ _OPTIONS = (
           "log_every; 0: none)"),
     Field("log_every", Integer(1), 10, "steps per logged train_loss row (the mean over them)"),
     Field("checkpoint_every", Integer(1), 100, "steps between checkpoints (a multiple of log_every)"),
+    Field("threads", Integer(0), 0, "torch intra-op threads while training (0: as the runner set them)"),
     Field("weak_to_strong_from", Integer(1, none="no weak-to-strong: every point trains from scratch"), None,
           "resolution (px) whose trained model starts every point at a higher resolution (weak-to-strong)"),
     Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
