@@ -43,19 +43,23 @@ def test_strong_decay_underflows_to_zero_like_the_recurrence():
     torch.testing.assert_close(out.double(), ref, rtol=2e-5, atol=2e-5)
 
 
-def test_threads_split_the_work_without_changing_the_result():
-    """Work items (batch element, channel block) split over 1, 2 and 3 threads: the same outputs (bitwise) and the
-    same gradients up to the order of the per-thread sums of dA, dB, dC."""
+def test_threads_split_the_work_without_changing_the_result(monkeypatch):
+    """Work items (batch element, channel block) split over 1, 2 and 3 threads (torch's count): the same outputs
+    (bitwise) and the same gradients up to the order of the per-thread sums; a small problem stays on one thread."""
     inputs = make_inputs(batch=5, d_inner=20, L=23, N=4, seed=11)
     grad_out = torch.randn(5, 20, 23, generator=torch.Generator().manual_seed(2))
+    monkeypatch.setattr(cf, "MIN_WORK_PER_THREAD", 1)
     before = torch.get_num_threads()
     results = []
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
+            assert len(cf._ranges(15, 23 * 4 * 8)) == threads
             out = cf.cpu_fused_scan(**inputs)
             grads = cf.cpu_fused_scan_backward(grad_out, *[inputs[k] for k in NAMES], True, [True] * 8)
             results.append((out, grads))
+        monkeypatch.setattr(cf, "MIN_WORK_PER_THREAD", 1 << 17)
+        assert len(cf._ranges(15, 23 * 4 * 8)) == 1
     finally:
         torch.set_num_threads(before)
     for out, grads in results[1:]:

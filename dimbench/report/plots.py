@@ -314,7 +314,8 @@ def draw_curve_panels(fig: FigureBase, panels: Sequence[tuple[str, Sequence[Curv
     axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
     for ax, (title, curves) in zip(axes, panels, strict=False):
         for c in curves:
-            ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, linestyle=c.linestyle, label=mpl_text(c.label))
+            ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, linestyle=c.linestyle, label=mpl_text(c.label),
+                    marker="." if len(c.x) < 8 else None)  # a short curve (a brief fine-tune) still shows
         if logy:
             ax.set_yscale("log")
         ax.set_title(mpl_text(title), fontsize=10)

@@ -43,7 +43,8 @@ def section_train_loss(results: Results) -> Section | None:
                "first seed's run). The exact recipes are in the Methods section.")
     width = 5.0 * len(panels) + 1.0
     fig = Figure("Training and held-out loss", caption,
-                 lambda f: plots.draw_curve_panels(f, panels, "step", "loss"), (min(width, 11.0), 4.4))
+                 lambda f: plots.draw_curve_panels(f, panels, "step", "loss (log scale)", logy=True),
+                 (min(width, 11.0), 4.4))
     table = Table("Last logged training and held-out loss.", ["model", "resolution", "step", "training loss",
                                                                "held-out loss"], table_rows,
                   [False, True, True, True, True])

@@ -17,9 +17,9 @@ atomically; later processes load it. No compiler, or a failing build: the backen
 reason (``cpu_fused_status``), and ``auto`` takes ``chunked``.
 
 Threads: the work items (batch element, block of 8 channels) are split into ``torch.get_num_threads()``
-contiguous ranges run in Python threads (ctypes releases the GIL); each thread accumulates its own dA, dB, dC,
-summed afterwards. The prologue (softplus, Δ bias) and epilogue (D, SiLU(z) gate) are the shared PyTorch code of
-``models.scan.common``, forward and backward.
+contiguous ranges run in Python threads (ctypes releases the GIL), so one knob sets the threads of the whole
+model; a small problem stays on one thread (``MIN_WORK_PER_THREAD``). Each thread accumulates its own dA, dB, dC,
+dD and Δ-bias gradients, summed afterwards (their last bits depend on the split; the forward does not).
 """
 
 from __future__ import annotations
@@ -132,9 +132,13 @@ def cpu_fused_status(device) -> tuple[bool, str]:
 
 
 # ------------------------------------------------------------------------------------------------- running it
-def _ranges(items: int) -> list[tuple[int, int]]:
-    """Contiguous item ranges, one per thread torch may use."""
-    threads = max(1, min(torch.get_num_threads(), items))
+#: state updates (steps x states x channels) a thread should have before a second one is worth starting
+MIN_WORK_PER_THREAD = 1 << 17
+
+
+def _ranges(items: int, work_per_item: int) -> list[tuple[int, int]]:
+    """Contiguous item ranges, one per thread (see the module docstring)."""
+    threads = max(1, min(torch.get_num_threads(), items, items * work_per_item // MIN_WORK_PER_THREAD))
     cuts = [items * k // threads for k in range(threads + 1)]
     return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if b > a]
 
@@ -181,7 +185,7 @@ def cpu_fused_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     bias, skip = _f32(delta_bias), _f32(D)
     A2 = _scaled_A(A, blocks * BLOCK, _LOG2E)
     out = torch.empty(batch, d_inner, length, dtype=torch.float32, device=u.device)
-    ranges = _ranges(batch * blocks)
+    ranges = _ranges(batch * blocks, length * n * BLOCK)
     scratch = [u32.new_empty((4 * length + n + 1) * BLOCK, dtype=torch.float32) for _ in ranges]
     if lib is not None:
         _run([lambda i0=i0, i1=i1, w=w: lib.dimbench_scan_op_forward(
@@ -206,7 +210,7 @@ def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None,
     A_c, A2 = _scaled_A(A, padded), _scaled_A(A, padded, _LOG2E)
     du, ddelta = torch.empty_like(u32), torch.empty_like(u32)
     dz = torch.empty_like(u32) if z is not None else None
-    ranges = _ranges(batch * blocks)
+    ranges = _ranges(batch * blocks, length * n * BLOCK)
     # per thread: dA, dB, dC, dD, dbias accumulators and the kernel's scratch
     acc = [(u32.new_zeros(n, padded), u32.new_zeros(batch, n, length), u32.new_zeros(batch, n, length),
             u32.new_zeros(d_inner), u32.new_zeros(d_inner),
