@@ -280,18 +280,7 @@ class Curve:
 def draw_curves(fig: FigureBase, title: str, xlabel: str, ylabel: str, curves: Sequence[Curve],
                 logy: bool = False) -> None:
     """Plain line plot (training loss curves)."""
-    ax = fig.subplots()
-    for c in curves:
-        ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, linestyle=c.linestyle, label=mpl_text(c.label))
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(mpl_text(title), fontsize=10)
-    ax.set_xlabel(mpl_text(xlabel), fontsize=8.5)
-    ax.set_ylabel(mpl_text(ylabel), fontsize=8.5)
-    ax.grid(True, alpha=0.3)
-    ax.tick_params(labelsize=7.5)
-    if curves:
-        ax.legend(fontsize=7)
+    draw_curve_panels(fig, [(title, curves)], xlabel, ylabel, logy)
 
 
 def draw_images(fig: FigureBase, images: Sequence[tuple[str, object]], ncols: int = 4) -> None:

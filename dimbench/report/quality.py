@@ -140,8 +140,8 @@ def section_samples(results: Results) -> Section | None:
 def _grid_title(results: Results, model: str, key: str, name: str, px_img: int, rank: int) -> str:
     """'dim_tiny_2' over 'FD 2.1x floor · 98 %' (upsampling: the factor and guidance instead of the model)."""
     suffix = name[len("samples"):]
-    fd = _value(results, "fd_proxy" + suffix, key)
-    acc = _value(results, quality_scores.accuracy_row("fd_proxy" + suffix), key)
+    fd = quality_scores.final_value(results, "fd_proxy" + suffix, key)
+    acc = quality_scores.final_value(results, quality_scores.accuracy_row("fd_proxy" + suffix), key)
     head = model
     if rank == 2:
         head = f"{name[len('samples_up'):].split('_')[0]}x ({px(px_img)}), " + ("UG" if suffix.endswith("_ug")
@@ -152,14 +152,6 @@ def _grid_title(results: Results, model: str, key: str, name: str, px_img: int, 
     if acc is not None:
         scores.append(f"{acc[0]:.0f} %")
     return head + ("\n" + " · ".join(scores) if scores else "")
-
-
-def _value(results: Results, metric: str, key: str) -> tuple[float, dict] | None:
-    if not results.has(metric, ok=True):
-        return None
-    rows = results.rows(metric)
-    rows = rows[(rows["point_key"] == key) & (rows["status"] == "ok")]
-    return (float(rows["value"].iloc[0]), rows["extra"].iloc[0]) if len(rows) else None
 
 
 def section_quality_scores(results: Results) -> Section | None:

@@ -161,7 +161,8 @@ def stage_table(results: Results) -> Table:
                   "samples"], body, [False, False, True, True, True, True, True, False, False, True])
 
 
-def _final(results: Results, metric: str, key: str) -> tuple[float, dict] | None:
+def final_value(results: Results, metric: str, key: str) -> tuple[float, dict] | None:
+    """(value, extra) of a metric's ok row at a point, or None."""
     if not results.has(metric, ok=True):
         return None
     rows = results.rows(metric)
@@ -180,10 +181,10 @@ def training_table(results: Results) -> Table | None:
     body = []
     trained = {(s.model, s.point_key): s for s in scores(results) if s.metric == "fd_proxy"}
     for (model, key), s in trained.items():
-        time_s = _final(results, "train_time_s", key)
-        rate = _final(results, "train_images_per_s", key)
-        tflop = _final(results, "train_tflop", key)
-        params = _final(results, "params", key)
+        time_s = final_value(results, "train_time_s", key)
+        rate = final_value(results, "train_images_per_s", key)
+        tflop = final_value(results, "train_tflop", key)
+        params = final_value(results, "params", key)
         steps = (time_s or rate or tflop or (0, {}))[1].get("steps")
         fam = declared.family(model)
         body.append([
@@ -286,17 +287,17 @@ def cost_statements(results: Results, trained: list[Score]) -> list[str]:
     if not baselines:
         return []
     ref = baselines[0]
-    ref_rate, ref_tflop = _final(results, "train_images_per_s", ref.point_key), _final(results, "train_tflop",
-                                                                                        ref.point_key)
+    ref_rate = final_value(results, "train_images_per_s", ref.point_key)
+    ref_fwd = (final_value(results, "train_tflop", ref.point_key) or (0, {}))[1].get("forward_gflops_per_image")
     parts = []
     for s in trained:
         if s is ref:
             continue
-        rate, tflop = _final(results, "train_images_per_s", s.point_key), _final(results, "train_tflop", s.point_key)
+        rate = final_value(results, "train_images_per_s", s.point_key)
+        tflop = final_value(results, "train_tflop", s.point_key)
         if rate and ref_rate:
             text = f"{_name(s.model)} {ref_rate[0] / rate[0]:.2f}x the time"
-            fwd, ref_fwd = (tflop or (0, {}))[1].get("forward_gflops_per_image"), (ref_tflop or (0, {}))[1].get(
-                "forward_gflops_per_image")
+            fwd = (tflop or (0, {}))[1].get("forward_gflops_per_image")
             if fwd and ref_fwd:
                 text += f" and {fwd / ref_fwd:.2f}x the FLOPs"
             parts.append(text)

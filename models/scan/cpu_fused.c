@@ -96,6 +96,14 @@ static void prologue(float *dt, float *sig, const float *bias, int64_t d0, int w
     }
 }
 
+/* Δ (softplus'd, with its derivative in sig when not NULL) and u of one block, gathered step-major. */
+static void load_block(const float *delta, const float *bias, int softplus, const float *u, int64_t b, int64_t d0,
+                       int w, int64_t D, int64_t L, float *dt, float *sig, float *ul) {
+    gather(delta, b, d0, w, D, L, dt);
+    prologue(dt, sig, bias, d0, w, softplus, L);
+    gather(u, b, d0, w, D, L, ul);
+}
+
 /* The scan of one block over step-major inputs: y[t][j] = Σ_n C_t[n] x_t[n][j]; decay/xs: when not NULL, every
  * step's decays and states are kept (L·N·W each). h: N·W scratch (the running state when xs is NULL). */
 static void scan_block(const float *dt, const float *u, const float *A2, const float *B, const float *C, int64_t b,
@@ -143,9 +151,7 @@ void dimbench_scan_op_forward(const float *u, const float *delta, const float *b
     for (int64_t item = i0; item < i1; item++) {
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
-        gather(delta, b, d0, w, D, L, dt);
-        prologue(dt, NULL, bias, d0, w, softplus, L);
-        gather(u, b, d0, w, D, L, ul);
+        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, NULL, ul);
         scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, NULL, NULL, h, NULL, NULL);
         if (z) gather(z, b, d0, w, D, L, zl);
         float dj[W];
@@ -177,9 +183,7 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
     for (int64_t item = i0; item < i1; item++) {
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
-        gather(delta, b, d0, w, D, L, dt);
-        prologue(dt, sig, bias, d0, w, softplus, L);
-        gather(u, b, d0, w, D, L, ul);
+        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, sig, ul);
         gather(go, b, d0, w, D, L, gol);
         if (z) gather(z, b, d0, w, D, L, zl);
         for (int64_t t = 0; t < L; t++) {
