@@ -80,7 +80,11 @@ def test_training_table_and_the_section(tmp_path):
     table = quality_scores.training_table(results)
     dim = next([c.text for c in r] for r in table.rows if r[0].text == "dim_tiny_2")
     assert dim[1] == "DiM" and dim[4:10] == ["1000 x 32", "3", "128.0 ± 1.0", "250", "2.11", "22.0"]
-    section = next(s for s in content.build(results).sections if s.heading == "Quality: sample scores")
+    sections = {s.heading: s for s in content.build(results).sections}
+    section = sections["Quality: sample scores"]
     assert section.highlights == quality_scores.verdicts(results)
+    # the summary opens with whether each family learned
+    verdicts = [ln for ln in sections["Summary"].highlights if " trained at 8 px " in ln]
+    assert len(verdicts) == 3 and "does NOT meet the bar" in verdicts[1]
     assert section.tables[0].caption.startswith("Proxy quality per model and stage")
     assert section.tables[1].caption.startswith("What each model's training cost to reach its score")

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from models import Family
 
-from . import declared
+from . import declared, quality_scores
 from .analysis import RatioLine, growth_exponent, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
@@ -294,6 +294,7 @@ def section_summary(results: Results) -> Section:
     scan = scan_note(results)
     if scan:
         highlights.append(scan)
+    highlights += quality_scores.headlines(results)  # a quality run: whether each family learned, first
     paragraphs = [ran, on]
     if any(d == "cpu" for d in devices) and results.has("latency_ms"):
         paragraphs.append("Timings here were taken on a CPU: they are for smoke runs and relative comparisons "

@@ -249,6 +249,13 @@ def verdicts(results: Results) -> list[str]:
     return lines + spread_statements(trained) + cost_statements(results, trained)
 
 
+def headlines(results: Results) -> list[str]:
+    """The verdict lines of a quality run's stages (for the report's summary); none for other runs."""
+    if not staged_metrics(results):
+        return []
+    return [ln for ln in verdicts(results) if " trained at " in ln or " weak-to-strong at " in ln]
+
+
 def _name(model: str) -> str:
     fam = declared.family(model)
     return f"{fam.display} ({model})" if fam else model
