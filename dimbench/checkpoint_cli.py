@@ -1,6 +1,6 @@
 """``dimbench checkpoint convert|inspect``: the checkpoint commands, for ``dimbench.cli`` to mount.
 
-    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--pad-layout LAYOUT] [--format F]
+    dimbench checkpoint convert IN OUT --model NAME [--input-size N] [--model-option NAME=VALUE] [--format F]
     dimbench checkpoint inspect PATH [--json]
 
 ``convert`` loads any supported checkpoint (official DiT / U-ViT / DiM or dimbench's own; see
@@ -22,9 +22,12 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any, TextIO
 
-from dimbench.console import EXIT_USAGE
+from dimbench.errors import EXIT_USAGE
+from dimbench.files import atomic_write, folder_lock
+from dimbench.model_options import add_model_option_argument
 
 EXIT_OK = 0
 
@@ -40,25 +43,34 @@ def convert(
     *,
     model: str,
     input_size: int | None = None,
-    pad_layout: str | None = None,
+    options: Mapping[str, Any] | None = None,
     format: str = "auto",
     force: bool = False,
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Load ``source`` as ``model`` (resized to ``input_size``) and save it to ``dest`` in dimbench's format."""
+    """Load ``source`` as ``model`` (resized to ``input_size``, with the family ``options`` given) and save it to
+    ``dest`` in dimbench's format."""
+    # heavy (torch, the models): imported when the command runs
     from models.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 
     if os.path.abspath(source) == os.path.abspath(dest):
         return _fail("convert", f"{dest}: the output must differ from the input", stderr)
+    if os.path.isdir(dest):
+        return _fail("convert", f"{dest}: is a folder (OUT names the checkpoint file to write)", stderr)
+    taken = f"{dest}: already exists (pass --force to overwrite)"
     if os.path.exists(dest) and not force:
-        return _fail("convert", f"{dest}: already exists (pass --force to overwrite)", stderr)
+        return _fail("convert", taken, stderr)
     if input_size is not None and input_size <= 0:
         return _fail("convert", f"--input-size must be a positive integer, got {input_size}", stderr)
     try:
-        net = load_checkpoint(model, source, input_size=input_size, format=format, pad_layout=pad_layout)
-        save_checkpoint(net, dest)
-    except (CheckpointError, OSError) as e:
+        net = load_checkpoint(model, source, input_size=input_size, format=format, options=options)
+        # Checked again under the lock, with the write: two converts to one OUT never both pass the check.
+        with folder_lock(dest, what=dest):
+            if os.path.exists(dest) and not force:
+                return _fail("convert", taken, stderr)
+            atomic_write(dest, lambda f: save_checkpoint(net, f))  # a full disk: WriteError names OUT
+    except (CheckpointError, OSError) as e:  # (WriteError, a UserError, is an OSError)
         return _fail("convert", str(e), stderr)
     info = net.checkpoint_info
     params = sum(p.numel() for p in net.parameters())
@@ -79,7 +91,7 @@ _LABELS = {
     "width": "width", "depth": "depth", "patch": "patch", "grid": "token grid (side)",
     "input_size": "input size (grid x patch)", "in_channels": "input channels", "classes": "classes (real)",
     "class_rows": "class-table rows", "params": "parameters (tensor elements in the file)",
-}  # fmt: skip
+}
 
 
 def _label(key: str) -> str:
@@ -105,6 +117,7 @@ def _format_info(info: dict[str, Any], extras: dict[str, str]) -> str:
 
 def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     """Print what the checkpoint at ``path`` holds (see :func:`models.checkpoints.inspect_checkpoint`)."""
+    # heavy (torch, the models): imported when the command runs
     from models import family
     from models.checkpoints import CheckpointError, inspect_checkpoint
 
@@ -119,9 +132,9 @@ def inspect(path: str, *, as_json: bool = False, stdout: TextIO | None = None, s
 
 def _convert_command(args: argparse.Namespace) -> int:
     return convert(
-        args.input, args.output, model=args.model, input_size=args.input_size, pad_layout=args.pad_layout,
+        args.input, args.output, model=args.model, input_size=args.input_size, options=args.model_options,
         format=args.format, force=args.force,
-    )  # fmt: skip
+    )
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
@@ -136,7 +149,7 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
     parser = subparsers.add_parser(
         "checkpoint", help="convert or inspect model checkpoints",
         description="Convert official DiT / U-ViT / DiM checkpoints into dimbench's format, or inspect a file.",
-    )  # fmt: skip
+    )
     commands = parser.add_subparsers(dest="checkpoint_command", metavar="{convert,inspect}", required=True)
 
     conv = commands.add_parser(
@@ -144,20 +157,18 @@ def add_checkpoint_commands(subparsers: argparse._SubParsersAction) -> argparse.
         description="Load IN (official DiT .pt, U-ViT or DiM nnet*.pth, or a dimbench file) as model NAME and write "
         "OUT in dimbench's format. The position embedding is resized when --input-size differs from the "
         "checkpoint's.",
-    )  # fmt: skip
+    )
     conv.add_argument("input", metavar="IN", help="checkpoint to read")
     conv.add_argument("output", metavar="OUT", help="dimbench checkpoint to write")
     conv.add_argument("--model", required=True, metavar="NAME", help="registered model name (dimbench list)")
     conv.add_argument("--input-size", type=int, default=None, metavar="N",
                       help="input side the model is built for (latent side for latent models); "
-                      "default: the checkpoint's")  # fmt: skip
-    conv.add_argument("--pad-layout", default=None, metavar="LAYOUT",
-                      help="pad layout of a DiM model (its values: `dimbench list`, model families; a wrong value "
-                      "is answered with the valid ones); default: chosen from the checkpoint's training grid and "
-                      "--input-size (docs/models.md §4.3)")  # fmt: skip
+                      "default: the checkpoint's")
+    add_model_option_argument(conv, "an option not given is chosen by the family from the checkpoint and "
+                              "--input-size (DiM's pad layout: docs/models.md §4.3)")
     conv.add_argument("--format", default="auto", metavar="F",
                       help="checkpoint format (default: auto, detected; `dimbench checkpoint inspect IN` shows a "
-                      "file's format; a wrong name is answered with the list of formats)")  # fmt: skip
+                      "file's format; a wrong name is answered with the list of formats)")
     conv.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     conv.set_defaults(func=_convert_command)
 

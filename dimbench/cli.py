@@ -2,6 +2,8 @@
 
     dimbench [--plugin MODULE ...] COMMAND
     dimbench run SUITE [--out DIR] [--device D] [--fresh] [--retry-errors] [--allow-mixed] [--no-report]
+                 [--launcher local|slurm|submitit-local] [--partition P] [--time T] [--gpus-per-task G] ...
+    dimbench status OUT | dimbench collect OUT      (a cluster run's points; its shards merged)
     dimbench validate SUITE [SUITE ...]
     dimbench list
     dimbench schema [--markdown]
@@ -22,11 +24,25 @@ file and the message says how to resume. SUITE is a path, or the name of a suite
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
-from dimbench.console import EXIT_INTERRUPTED, EXIT_USAGE, UserError, console
+from rich.markup import escape
+from rich.table import Table
+
+from dimbench import processes, results
+from dimbench.checkpoint_cli import add_checkpoint_commands
+from dimbench.cluster.cli import add_cluster_commands
+from dimbench.cluster.options import add_launch_options
+from dimbench.console import console, summary_table
+from dimbench.errors import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_USAGE, UserError
+from dimbench.fid_cli import add_fid_commands
+from dimbench.gates.cli import add_gate_commands
 from dimbench.plugins import PLUGIN_GROUP, PLUGINS_ENV, load_plugins
+from dimbench.profile_cli import add_profile_command
+from dimbench.training.cli import add_train_command
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +69,11 @@ def resolve_suite(arg: str) -> Path:
 
 
 # -------------------------------------------------------------------------------------------------- commands
+# Each command imports its implementation when it runs: building the parser (`dimbench --help`, a usage error)
+# should not cost the seconds of importing torch and the models. (Today the gate and train front ends still
+# import their heavy packages with the parser; they are to move beside the other front ends.)
 def cmd_validate(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import SuiteError, load_suite
 
     errors: list[str] = []
@@ -79,29 +99,87 @@ def _print_warnings(suite) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dimbench import processes
-
+    if args.launcher != "local":
+        return _run_on_cluster(args)
     # The fork server's imports (torch, the models) overlap this process's own, which come next.
     processes.start_early(args.device)
 
-    from dimbench import results
-    from dimbench.runner import Interrupted, Runner
-    from dimbench.suite import check_device, expand, load_suite
+    # heavy (torch, the models): imported when the command runs
+    from dimbench.runner import Runner
+    from dimbench.suite import expand
+
+    suite = load_run_suite(args)
+    plan = expand(suite, device=args.device, out=args.out)
+    out = console()
+    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                    argv=["dimbench", *args.argv], console=out)
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
+        return EXIT_INTERRUPTED
+    report_run(args, suite, plan, summary, out)
+    return 0
+
+
+def _run_on_cluster(args: argparse.Namespace) -> int:
+    """``dimbench run --launcher slurm|submitit-local``: one array job through submitit (dimbench.cluster)."""
+    # heavy (torch, the models, submitit): imported when the command runs
+    from dimbench.cluster.launcher import ClusterRunner, check_launcher
+    from dimbench.cluster.options import launch_settings, remote_device
+    from dimbench.suite import expand
+
+    check_launcher(args.launcher)
+    suite = load_run_suite(args)
+    settings = launch_settings(suite.slurm, args)
+    device = remote_device(args.device or suite.device, settings)
+    plan = expand(suite, device=device, out=args.out, here=False)
+    out = console()
+    runner = ClusterRunner(plan, launcher=args.launcher, settings=settings, wait=not args.no_wait, fresh=args.fresh,
+                           retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
+                           argv=["dimbench", *args.argv], console=out)
+    summary = run_or_say_how_to_resume(runner)
+    if summary is None:
+        return EXIT_INTERRUPTED
+    if args.no_wait and runner.submission is not None:
+        out.print(f"Not following it (--no-wait): `dimbench status {plan.out}` shows its points, "
+                  f"`dimbench collect {plan.out}` merges their rows")
+        return 0
+    report_run(args, suite, plan, summary, out)
+    if runner.incomplete:
+        err = console(stderr=True)
+        err.print(f"[yellow]{len(runner.incomplete)} point(s) not measured:[/]")
+        for key, why in runner.incomplete.items():
+            err.print(f"  {key}: {why}", markup=False)
+        err.print("Run the same command again to resubmit them.", markup=False)
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def load_run_suite(args: argparse.Namespace):
+    """The suite `dimbench run` was given, validated (its warnings printed), after checking --device."""
+    # heavy (torch, the models): imported when the command runs
+    from dimbench.suite import check_device, load_suite
 
     if args.device is not None and not check_device(args.device):
         raise UserError(f"device {args.device!r}: expected auto, cpu, cuda or cuda:N")
     suite = load_suite(resolve_suite(args.suite))
     _print_warnings(suite)
-    plan = expand(suite, device=args.device, out=args.out)
-    out = console()
-    runner = Runner(plan, fresh=args.fresh, retry_errors=args.retry_errors, allow_mixed=args.allow_mixed,
-                    argv=["dimbench", *args.argv], console=out)
+    return suite
+
+
+def run_or_say_how_to_resume(runner):
+    """``runner.run()``; None after Ctrl-C / SIGTERM, once the message saying how to resume is printed."""
+    # heavy (torch, the models): imported when the command runs
+    from dimbench.runner import Interrupted
+
     try:
-        summary = runner.run()
+        return runner.run()
     except Interrupted as exc:
         console(stderr=True).print(f"[yellow]{exc}[/]")
-        return EXIT_INTERRUPTED
+        return None
 
+
+def report_run(args: argparse.Namespace, suite, plan, summary, out) -> None:
+    """After a run: the summary table of the plan's points, the run's wall time and rows, the report."""
     keys = {pp.point.key for pp in plan.points}
     rows = [r for r in results.latest(results.read_rows(summary.results)) if r.get("point_key") in keys]
     print_summary(out, rows, f"{suite.name} on {plan.device} ({len(keys)} points)")
@@ -111,12 +189,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     out.print(f"Results: {summary.results}  (environment: {summary.out / results.ENVIRONMENT_FILE})")
     if not args.no_report:
         report_after_run(summary.out, out)
-    return 0
 
 
 def report_after_run(folder: Path, out) -> bool:
     """Build the run's report; a failure is said, never fatal (the results are safe; the report can be rebuilt)."""
     try:
+        # heavy (torch, the models): imported when the command runs
         from dimbench.report import build_report
 
         html, pdf = build_report(folder)
@@ -129,12 +207,14 @@ def report_after_run(folder: Path, out) -> bool:
 
 
 def print_summary(out, rows: list[dict], title: str) -> None:
-    from dimbench.console import summary_table
+    # heavy (torch, the models): imported when the command runs
+    from dimbench.metrics import declared_rows
 
     if not rows:
         out.print("No results to summarise.")
         return
-    table, notes, problems, skips = summary_table(rows, title)
+    columns = [r for r in declared_rows() if r.summary is not None]  # registration order
+    table, notes, problems, skips = summary_table(rows, columns, title)
     out.print(table)
     if notes:
         out.print("How each column was obtained:")
@@ -153,18 +233,19 @@ def print_summary(out, rows: list[dict], title: str) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
+    # heavy (torch, the models): imported when the command runs
     import models
     from dimbench.metrics import METRICS
+
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import SuiteError, load_suite
 
     out = console()
     t = Table(title="Model families", title_justify="left")
-    for col in ("family", "name", "role", "timestep t", "suite options", "description"):
+    for col in ("family", "name", "role", "timestep t", "model options (point key)", "description"):
         t.add_column(col)
     for fam in models.list_families():
-        options = ", ".join(f"{k}: {' | '.join(v)}" for k, v in fam.options.items()) or "—"
+        options = ", ".join(f"{k}: {' | '.join(o.values)} ({o.key}=)" for k, o in fam.options.items()) or "—"
         role = f"{fam.role}, ADAPTATION" if fam.adaptation else fam.role  # not an official configuration
         t.add_row(fam.display, fam.name, role, fam.timestep.meaning, options, fam.description)
     out.print(t)
@@ -204,6 +285,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    # heavy (torch, the models): imported when the command runs
     from dimbench.suite import schema_markdown
 
     text = schema_markdown()
@@ -215,10 +297,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.table import Table
-
+    # heavy (torch, the models): imported when the command runs
     from dimbench.environment import collect
 
     record = collect(["dimbench", *args.argv])
@@ -248,18 +327,26 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from dimbench.results import RESULTS_FILE
-
     path = Path(args.results_dir)
-    if not path.is_dir() or not (path / RESULTS_FILE).exists():
-        raise UserError(f"{path}: expected a run folder holding {RESULTS_FILE} (the --out of `dimbench run`)")
+    if not path.is_dir() or not (path / results.RESULTS_FILE).exists():
+        raise UserError(f"{path}: expected a run folder holding {results.RESULTS_FILE} (the --out of `dimbench run`)")
     try:
+        # heavy (torch, the models): imported when the command runs
         from dimbench.report import build_report
     except ImportError as exc:
         raise UserError(f"the report is not available in this installation: {exc}") from None
+
+    t0 = time.monotonic()
+    # A large folder takes a while: a status line on a terminal says which step the report is at (nothing is
+    # printed where stderr is not a terminal: logs keep only the result or the error).
+    status = console(stderr=True).status("report: starting")
     try:
-        html, pdf = build_report(path, args.output)
-    except OSError as exc:  # -o naming a file, a read-only folder, a full disk
+        with status:
+            html, pdf = build_report(path, args.output, progress=lambda text: status.update(
+                f"report [{time.monotonic() - t0:.0f} s]: {escape(text)}"))
+    except UserError:  # a WriteError names the file itself
+        raise
+    except OSError as exc:  # -o naming a file, a read-only folder
         raise UserError(f"{exc.filename or args.output or path}: cannot write the report ({exc.strerror or exc})") \
             from None
     console().print(f"Report: {html}  {pdf}")
@@ -296,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add to a folder that holds another suite's results, or results measured with other "
                    "settings (refused otherwise)")
     p.add_argument("--no-report", action="store_true", help="do not build the HTML/PDF report after the run")
+    add_launch_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check suite files (every problem as FILE:LINE) without running them")
@@ -318,29 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", default=None, help="report folder (default: RESULTS_DIR)")
     p.set_defaults(func=cmd_report)
 
-    from dimbench.fid_cli import add_fid_commands
-    from dimbench.gates.cli import add_gate_commands
-    from dimbench.profile_cli import add_profile_command
-    from dimbench.training.cli import add_train_command
-
     add_train_command(sub)
     add_profile_command(sub)
     add_gate_commands(sub)
     add_fid_commands(sub)
-
-    try:
-        from dimbench.checkpoint_cli import add_checkpoint_commands
-    except ImportError as exc:
-        reason = str(exc)
-        p = sub.add_parser("checkpoint", help="checkpoint tools (not available in this installation)")
-        p.set_defaults(func=lambda a: _unavailable(f"checkpoint commands are not available: {reason}"))
-    else:
-        add_checkpoint_commands(sub)
+    add_cluster_commands(sub)
+    add_checkpoint_commands(sub)
     return parser
-
-
-def _unavailable(message: str) -> int:
-    raise UserError(message)
 
 
 def _error(message: str) -> None:

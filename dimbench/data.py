@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from dimbench.console import UserError
+from dimbench.errors import DataError
+from models.registry import SD_VAE_FACTOR
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LATENT_SUFFIXES = (".npy", ".npz")
@@ -34,10 +36,6 @@ ACCEPTED = ("'digits' (scikit-learn's bundled 8x8 digits), a folder of images (P
 
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"  # .npz files are zip archives
-
-
-class DataError(UserError):
-    """The user's data cannot be used as given; the message names the file and what was expected."""
 
 
 @dataclass
@@ -78,6 +76,16 @@ class Dataset:
         """H (== W) of x: pixels for images, the latent grid for latents."""
         return int(self.x.shape[2])
 
+    @property
+    def latent(self) -> bool:
+        """Whether x holds VAE latents (or their posterior moments) rather than images."""
+        return self.moments or self.scale != 1.0
+
+    @property
+    def pixels(self) -> int:
+        """The image side the data stands for: a latent cell stands for SD_VAE_FACTOR pixels (8, KL-f8)."""
+        return self.resolution * (SD_VAE_FACTOR if self.latent else 1)
+
     def batch(self, index: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor | None]:
         """(x, labels) for the given indices.
 
@@ -108,6 +116,7 @@ def load_digits(resolution: int, split: str = "train", *, test_fraction: float =
     ``resolution`` x ``resolution`` (bilinear; antialiased when shrinking) and mapped to [-1, 1]:
     x float32 (n, 1, resolution, resolution), labels long (n,) in 0..9, in the dataset's original order.
     """
+    # scikit-learn takes a second to import and only the digits need it
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 
@@ -125,6 +134,7 @@ def load_digits(resolution: int, split: str = "train", *, test_fraction: float =
         train, test = train_test_split(np.arange(len(target)), test_size=test_fraction, stratify=target,
                                        random_state=seed)
         index = np.sort(train if split == "train" else test)
+    _check_fits(len(index), 1, resolution, DIGITS_SPEC)
     x = torch.from_numpy(images[index]).unsqueeze(1) / 8.0 - 1.0
     x = resize(x, resolution)
     split_text = "all" if split == "all" else f"{split} split"
@@ -184,10 +194,14 @@ def load_image_folder(path, resolution: int, *, channels: int = 3) -> Dataset:
         files = loose
     if not files:
         raise DataError(f"{path}: no images (expected {_suffix_text()} files, flat or in class subfolders)")
-    pixels = np.stack([_read_image(f, resolution, channels) for f in files])  # (n, H, W[, 3]) uint8
-    if channels == 1:
-        pixels = pixels[..., None]
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    _check_fits(len(files), channels, resolution, str(path), copies=1)
+    # Each image in [-1, 1] at its own bit depth (v / (full / 2) - 1: exactly u / 127.5 - 1 for 8 bits), written
+    # into one preallocated array: the images are never held twice.
+    pixels = np.empty((len(files), resolution, resolution, channels), dtype=np.float32)
+    for i, f in enumerate(files):
+        image, full = read_image(f, resolution, channels)
+        pixels[i] = (image / np.float32(full / 2) - np.float32(1)).reshape(resolution, resolution, channels)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2)
     kind = f"{len(class_dirs)} classes" if class_dirs else "unlabelled"
     source = (f"image folder {path} ({len(files)} images, {kind}), center crop + bicubic resize to "
               f"{resolution}x{resolution} px, {channels} channel{'s' if channels > 1 else ''}, [-1, 1]")
@@ -195,22 +209,78 @@ def load_image_folder(path, resolution: int, *, channels: int = 3) -> Dataset:
     return Dataset(source, x.contiguous(), y, len(class_dirs))
 
 
-def _read_image(file: Path, resolution: int, channels: int) -> np.ndarray:
-    """One image file -> uint8 (resolution, resolution[, 3]): center square crop, then bicubic resize."""
-    from PIL import Image
+#: PIL modes of one 16-bit channel (PNG grey at bit depth 16); PIL reads 16-bit RGB PNGs as 8-bit RGB (the high
+#: byte of each sample: the same picture at 8 bits), and 8-bit modes as they are.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def read_image(file: Path, resolution: int, channels: int) -> tuple[np.ndarray, int]:
+    """One image file -> (pixels (resolution, resolution[, 3]), full scale): center square crop, then bicubic
+    resize, at the file's own bit depth. 8-bit images: uint8, full scale 255. 16-bit grey PNGs: float32 in
+    [0, 65535], full scale 65535, so that ``pixels / full`` is the same picture whatever the depth (scaled by the
+    format's maximum, not the image's own: a dark image stays dark). What cannot be read faithfully (32-bit
+    integer or float images) is refused: DataError naming the file."""
 
     try:
         with Image.open(file) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
+            full = 255
+            if img.mode in SIXTEEN_BIT_MODES or (img.mode == "I" and img.format == "PNG"):
+                img, full = img.convert("F"), 65535  # exact for 16-bit values; resized in float
+            elif img.mode in ("I", "F"):
+                raise DataError(f"{file}: a {img.mode} ({'32-bit integer' if img.mode == 'I' else 'float'}) image "
+                                "cannot be read faithfully; save it as an 8- or 16-bit PNG")
+            else:
+                img = img.convert("RGB" if channels == 3 else "L")
             w, h = img.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
             img = img.crop((left, top, left + side, top + side))
             if side != resolution:
                 img = img.resize((resolution, resolution), Image.Resampling.BICUBIC)
-            return np.asarray(img, dtype=np.uint8)
+            if full == 255:
+                return np.asarray(img, dtype=np.uint8), full
+            grey = np.clip(np.asarray(img, dtype=np.float32), 0, full)  # bicubic overshoots at edges
+            return (np.repeat(grey[..., None], 3, axis=-1) if channels == 3 else grey), full
+    except DataError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged file makes PIL raise OSError, SyntaxError, ValueError, ...
         raise DataError(f"{file}: cannot be read as an image ({type(e).__name__}: {e})") from None
+
+
+def read_image_uint8(file: Path, resolution: int, channels: int) -> np.ndarray:
+    """:func:`read_image` as uint8 (what FID's Inception network takes): a 16-bit image rounded to 8 bits."""
+    pixels, full = read_image(file, resolution, channels)
+    if full == 255:
+        return pixels
+    return np.round(pixels * np.float32(255 / full)).astype(np.uint8)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation may take (Linux: MemAvailable of /proc/meminfo); None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _check_fits(count: int, channels: int, resolution: int, where: str, copies: int = 2) -> None:
+    """Refuse, before allocating, data that cannot fit in memory: ``copies`` float32 tensors of ``count`` images
+    (channels x resolution x resolution; digits are resized, then clamped: two), against the memory available
+    now."""
+    need = copies * count * channels * resolution * resolution * 4
+    available = available_memory()
+    if available is not None and need > available:
+        raise DataError(f"{where}: {count} images at {resolution}x{resolution} px need about {_gib(need)} of memory "
+                        f"(float32{', with a working copy' if copies > 1 else ''}), more than the {_gib(available)} "
+                        "available now: lower the resolution")
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**40:,.1f} TiB" if n >= 2**40 else f"{n / 2**30:,.1f} GiB"
 
 
 def _visible(paths) -> list[Path]:
@@ -390,9 +460,10 @@ def load_data(spec: str, resolution: int, split: str = "train", **kwargs) -> Dat
 
     "digits" -> :func:`load_digits` (split "train" | "test" | "all"); a folder of images ->
     :func:`load_image_folder`; a .npy/.npz file or a folder of .npy files -> :func:`load_latents`, whose latent
-    size must be resolution / 8 (the pixel resolution of a latent model, as sweep points give it) or resolution
-    itself (a model's input size). Folders and files have no held-out split of their own: "train" and "all" take
-    all of them, "test" is refused (name the evaluation data as its own path). ``kwargs`` go to the loader.
+    size must be resolution / 8 (``models.SD_VAE_FACTOR``: the pixel resolution of a latent model, as sweep points
+    give it) or resolution itself (a model's input size). Folders and files have no held-out split of their own:
+    "train" and "all" take all of them, "test" is refused (name the evaluation data as its own path). ``kwargs`` go
+    to the loader.
     """
     if spec == DIGITS_SPEC:
         return load_digits(resolution, split, **kwargs)
@@ -414,9 +485,10 @@ def load_data(spec: str, resolution: int, split: str = "train", **kwargs) -> Dat
 
 
 def _matching_latents(data: Dataset, resolution: int, spec: str) -> Dataset:
-    if data.resolution * 8 != resolution and data.resolution != resolution:
-        raise DataError(f"{spec}: latents are {data.resolution}x{data.resolution} ({data.resolution * 8} px); "
-                        f"expected {resolution // 8}x{resolution // 8} for {resolution} px")
+    side = resolution // SD_VAE_FACTOR
+    if data.resolution * SD_VAE_FACTOR != resolution and data.resolution != resolution:
+        raise DataError(f"{spec}: latents are {data.resolution}x{data.resolution} ({data.resolution * SD_VAE_FACTOR} "
+                        f"px); expected {side}x{side} for {resolution} px")
     return data
 
 

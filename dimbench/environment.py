@@ -11,7 +11,9 @@ device memory a worker measures.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
+import json
 import os
 import platform
 import shlex
@@ -19,8 +21,13 @@ import socket
 import subprocess
 import sys
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from models import scan
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +39,6 @@ def now_iso() -> str:
 
 def _version(module: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(module)
     except Exception:
         return None
@@ -63,8 +68,6 @@ def git_commit(root: Path = PROJECT_ROOT) -> dict[str, Any]:
 
 def attention_backends() -> dict[str, bool]:
     """Which scaled_dot_product_attention backends torch may pick (flags only; the kernel that ran is per row)."""
-    import torch
-
     out = {}
     for name in ("flash", "mem_efficient", "math", "cudnn"):
         fn = getattr(torch.backends.cuda, f"{name}_sdp_enabled", None)
@@ -74,8 +77,6 @@ def attention_backends() -> dict[str, bool]:
 
 
 def tf32() -> dict[str, Any]:
-    import torch
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # newer torch warns about the legacy allow_tf32 flags; we only read them
         return {
@@ -87,7 +88,7 @@ def tf32() -> dict[str, Any]:
 
 def _nvml_devices() -> tuple[list[dict[str, Any]], str | None, str | None]:
     """GPUs as NVML sees them, the driver version, and why NVML was not usable (or None)."""
-    try:
+    try:  # imported where NVML is read: without nvidia-ml-py the record says so
         import pynvml
     except ImportError:
         return [], None, "nvidia-ml-py not installed"
@@ -115,8 +116,6 @@ def _nvml_devices() -> tuple[list[dict[str, Any]], str | None, str | None]:
 
 def cuda_devices() -> list[dict[str, Any]]:
     """The CUDA devices torch can use (respecting CUDA_VISIBLE_DEVICES), with name, memory and capability."""
-    import torch
-
     if not torch.cuda.is_available():
         return []
     out = []
@@ -135,8 +134,6 @@ def cuda_devices() -> list[dict[str, Any]]:
 def scan_backends(device: str) -> Any:
     """What models.scan.available_backends(device) says (or why it could not be asked)."""
     try:
-        from models import scan
-
         return scan.available_backends(device)
     except Exception as exc:
         return f"unavailable: {type(exc).__name__}: {exc}"
@@ -158,8 +155,6 @@ def cpu_model() -> str:
 
 def collect(argv: list[str] | None = None, device: str | None = None) -> dict[str, Any]:
     """The environment record. ``device`` (resolved, e.g. "cuda") selects which scan backends are listed."""
-    import torch
-
     nvml, driver, nvml_note = _nvml_devices()
     cuda = cuda_devices()
     devices = ["cpu"] + [f"cuda:{d['index']}" for d in cuda]
@@ -212,8 +207,6 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
 def collect_isolated(argv: list[str], device: str | None, timeout: float = 120) -> dict[str, Any]:
     """:func:`collect` in a child process, so that whatever CUDA state it creates (device properties can create
     a context on some drivers) dies with it instead of living on in the runner beside the measured workers."""
-    import json
-
     cmd = [sys.executable, "-m", "dimbench.environment", "--device", str(device), "--argv", json.dumps(argv)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -227,9 +220,6 @@ def collect_isolated(argv: list[str], device: str | None, timeout: float = 120) 
 
 
 def main() -> None:
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(prog="python -m dimbench.environment",
                                      description="Print the environment record as JSON.")
     parser.add_argument("--device", default=None)

@@ -16,7 +16,7 @@ import importlib
 import os
 from importlib.metadata import entry_points
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 PLUGIN_GROUP = "dimbench.plugins"
 PLUGINS_ENV = "DIMBENCH_PLUGINS"

@@ -14,6 +14,10 @@ stdout and stderr to the point's log, takes the runner's environment as it was w
 child would otherwise see the server's), and exits by itself when the runner goes away: it watches a life line
 that closes when the runner dies, however it dies. Its events (see :mod:`dimbench.worker`) arrive on a pipe;
 each batch of rows waits for the runner's word that it is on disk.
+
+This module does not import torch, the models or the metrics when it loads: ``dimbench run`` imports it to start
+the fork server before anything imports torch, so that the server's imports overlap the runner's own. The few
+functions that need torch import it themselves.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import signal
 import sys
 import threading
 import types
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
+from dimbench.plugins import load_plugins
 
 START_ENV = "DIMBENCH_WORKER_START"
 START_METHODS = ("forkserver", "spawn")
@@ -56,8 +62,6 @@ def context(method: str):
     caller's own work) and kept for the life of this process."""
     ctx = multiprocessing.get_context(method)
     if method == "forkserver":
-        from multiprocessing import forkserver
-
         ctx.set_forkserver_preload(PRELOAD)
         forkserver.ensure_running()
     return ctx
@@ -88,7 +92,7 @@ class Slot:
 def slots(device: str) -> list[Slot]:
     """One slot, or with device ``cuda`` and several GPUs, one slot per GPU."""
     if device == "cuda":
-        import torch
+        import torch  # not when this module loads (see the module docstring)
 
         count = torch.cuda.device_count()
         if count > 1:
@@ -238,15 +242,14 @@ def _worker_main(data: bytes, conn, life, log: str, env: dict[str, str]) -> None
     os.environ.update(job.env)
     os.environ.update(env)
     _match_threads()
+    _join_process_group(job)
     if job.plugins:
-        from dimbench.plugins import load_plugins
-
         load_plugins(job.plugins)
-    if job.model is not None:
+    if job.model is not None:  # the worker's own imports, after its environment is in place
         import models.registry
 
         models.registry.adopt(*job.model)
-    from dimbench.worker import run_job
+    from dimbench.worker import run_job  # not when this module loads (see the module docstring)
 
     run_job(job, _Channel(conn))
     conn.close()
@@ -281,10 +284,25 @@ def _watch_runner(life) -> None:
     threading.Thread(target=watch, daemon=True, name="dimbench-runner-watch").start()
 
 
+def _join_process_group(job) -> None:
+    """A cluster task across nodes (dimbench.cluster.task) runs each point on every rank: the worker joins the
+    task's torch.distributed group, so that a long task (fid, train) shards its work by rank as under torchrun."""
+    if os.environ.get("DIMBENCH_DISTRIBUTED") == "1":
+        # processes.py stays free of torch at import (the runner starts workers before torch loads)
+        from dimbench.training.distributed import init_from_env
+
+        init_from_env("cuda" if str(job.point.device).startswith("cuda") else "cpu")
+        # see above: only a worker that joins a process group pays for torch.distributed
+        import torch.distributed as dist
+
+        print(f"joined the task's process group: rank {dist.get_rank()} of {dist.get_world_size()} "
+              f"({dist.get_backend()}, {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')})", flush=True)
+
+
 def _match_threads() -> None:
     """A fork server's torch chose its thread count from the server's environment: follow the runner's."""
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit() and int(threads) > 0:
-        import torch
+        import torch  # not when this module loads (see the module docstring)
 
         torch.set_num_threads(int(threads))

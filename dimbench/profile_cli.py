@@ -17,7 +17,12 @@ import os
 import time
 from pathlib import Path
 
-from dimbench.console import UserError, console
+from rich.table import Table
+
+from dimbench import results
+from dimbench.console import console
+from dimbench.errors import UserError
+from dimbench.points import SweepPoint
 
 # The profiler library (kineto) reads its log level when torch loads it: its start/stop chatter stays off stderr.
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
@@ -27,13 +32,14 @@ DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", 
 
 
 def add_profile_command(sub) -> None:
+    # heavy (torch): imported when the parser is built, not when this module loads
     from dimbench.metrics.profile import CPU_MAX_GFLOP, ENERGY_SECONDS, REPEATS, WARMUP
 
     p = sub.add_parser("profile", help="time, FLOPs, bytes and energy of one forward pass, per model component",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n")[1])
     p.add_argument("model", metavar="MODEL", help="registered model name (dimbench list)")
     p.add_argument("--resolution", type=int, required=True, metavar="PX",
-                   help="image side in pixels (latent models see PX/8)")
+                   help="image side in pixels (latent models see PX / their latent factor: PX/8 on SD-VAE latents)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--dtype", default="float32", help="float32, bf16 or fp16 (autocast; weights stay float32)")
     p.add_argument("--batch", type=int, default=1)
@@ -48,22 +54,27 @@ def add_profile_command(sub) -> None:
                    help=CPU_MAX_GFLOP.doc)
     p.add_argument("--energy-seconds", type=float, default=ENERGY_SECONDS.default, metavar="S",
                    help=ENERGY_SECONDS.doc)
+    p.add_argument("--fresh", action="store_true",
+                   help="start over in OUT (its results, record and traces are kept as .bak)")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="add to a folder that holds another suite's or command's results, or profiles taken with "
+                   "other options (refused otherwise)")
     p.set_defaults(func=cmd_profile)
 
 
 def _point(args: argparse.Namespace):
     """The sweep point of the command, or a UserError naming the bad argument."""
+    # heavy (torch, the models): imported when the command runs
     import models
-    from dimbench.metrics.profile import input_size, resolution_step
-    from dimbench.points import SweepPoint
+    # heavy (torch, the models): imported when the command runs
 
     if args.model not in models.list_models():
         raise UserError(f"unknown model {args.model!r}; registered: {', '.join(models.list_models())}")
-    step = resolution_step(args.model)
+    info = models.model_info(args.model)
+    step = info.resolution_step
     if args.resolution < step or args.resolution % step:
-        why = "a latent model: PX/8 must be a multiple of its patch" if models.model_info(args.model).latent else \
-            "a pixel model: PX must be a multiple of its patch"
-        raise UserError(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} px ({why})")
+        raise UserError(f"--resolution {args.resolution}: {args.model} needs a positive multiple of {step} px "
+                        f"({info.resolution_rule()})")
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: expected a positive number of images")
     if args.repeats < 1 or args.warmup < 0:
@@ -77,11 +88,12 @@ def _point(args: argparse.Namespace):
         raise UserError(f"--dtype {args.dtype}: expected one of {', '.join(DTYPE_NAMES)}")
     device = _device(args.device)
     return SweepPoint(suite="profile", model=args.model, resolution=args.resolution,
-                      input_size=input_size(args.model, args.resolution), batch=args.batch, dtype=dtype,
+                      input_size=info.input_size(args.resolution), batch=args.batch, dtype=dtype,
                       device=device, metrics=("profile",))
 
 
 def _device(requested: str) -> str:
+    # heavy (torch, the models): imported when the command runs
     import torch
 
     if requested == "auto":
@@ -101,37 +113,37 @@ def _device(requested: str) -> str:
 def cmd_profile(args: argparse.Namespace) -> int:
     point = _point(args)
 
-    from dimbench import environment, results
+    # heavy (torch, the models): imported when the command runs
     from dimbench.metrics.profile import PROFILE, component_table, measurements, profile_point
+    from dimbench.runfolder import CommandRun
     from dimbench.worker import make_row
 
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--out {out}: cannot create the folder ({exc.strerror or exc})") from None
     options = {"warmup": args.warmup, "repeats": args.repeats, "cpu_max_gflop": args.cpu_max_gflop,
                "energy_seconds": args.energy_seconds}
-    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    t0 = time.perf_counter()
     con = console()
-    con.print(f"profiling {point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on "
-              f"{point.device} ...")
-    result = profile_point(point, options, str(out))
-    rows = [make_row(point, PROFILE, m, started_at=started, duration_s=time.perf_counter() - t0)
-            for m in measurements(result)]
-    if not (out / results.ENVIRONMENT_FILE).exists():
-        results.write_json_atomic(out / results.ENVIRONMENT_FILE,
-                                  environment.collect(["dimbench", *args.argv], point.device))
-    results.append_rows(out, rows)
+    # The run folder's rule (lock, record, rows once), as for a suite: a point profiled already is not again.
+    with CommandRun(out, command="profile", argv=["dimbench", *getattr(args, "argv", [])], device=point.device,
+                    settings={"profile": options}, allow_mixed=args.allow_mixed, fresh=args.fresh,
+                    also_fresh=("profiles",), warn=lambda line: console(stderr=True).print(line, markup=False)) as run:
+        if run.complete(point.key, PROFILE.final_rows):
+            con.print(f"{point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on {point.device} "
+                      f"is profiled already in {out / results.RESULTS_FILE} (--fresh to profile again)", markup=False)
+            return 0
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        con.print(f"profiling {point.model} at {point.resolution} px, batch {point.batch}, {point.dtype} on "
+                  f"{point.device} ...")
+        result = profile_point(point, options, str(out))
+        rows = [make_row(point, PROFILE, m, started_at=started, duration_s=time.perf_counter() - t0)
+                for m in measurements(result)]
+        run.write(rows)
     print_profile(con, result, component_table(result), rows)
     return 0
 
 
 def print_profile(con, result, table, rows) -> None:
     """The component table, every number labelled: how measured, on which device, with which backends."""
-    from rich.table import Table
-
     timing, point, timed = result["timing"], result["point"], result["timed"]
     b = timing.backends
     title = (f"{point.model}: one forward pass per component — {point.resolution} px, batch {point.batch}, "

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import ResultsError, ResultsWriteError, WriteError
+from dimbench.files import atomic_write, loads
 
 RESULTS_FILE = "results.jsonl"
 ENVIRONMENT_FILE = "environment.json"
@@ -44,14 +45,6 @@ COLUMNS = (
 STATUSES = ("ok", "oom", "error", "skipped")
 
 
-class ResultsError(UserError, ValueError):
-    """A results or environment file that cannot be read (the message names the file and line)."""
-
-
-class ResultsWriteError(UserError, OSError):
-    """Rows could not be appended (disk full, read-only, ...): the file was cut back to its last complete row."""
-
-
 def results_path(path: str | os.PathLike) -> Path:
     """``path`` itself when it is a file, else ``path/results.jsonl``."""
     p = Path(path)
@@ -70,7 +63,7 @@ def _parse_lines(path: Path) -> tuple[list[dict[str, Any]], int, str | None]:
         if is_last and raw == b"":
             break
         try:
-            row = json.loads(raw)
+            row = loads(raw)
             if not isinstance(row, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
@@ -170,6 +163,28 @@ def final_statuses(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False
     return out
 
 
+def rows_to_write(rows: Iterable[dict[str, Any]], final: dict[tuple, str]) -> list[dict[str, Any]]:
+    """The rows that may be appended to a folder whose final rows are ``final`` (:func:`final_statuses`): those
+    whose identity is not final there, or is a skip that a measurement now supersedes; of two copies of one
+    identity among ``rows``, the first."""
+    new: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        on_disk = final.get(row_identity(row))
+        if on_disk is None or (on_disk == "skipped" and row.get("status") != "skipped"):
+            new.setdefault(row_identity(row), row)
+    return list(new.values())
+
+
+def read_complete_rows(path: str | os.PathLike) -> tuple[list[dict[str, Any]], str | None]:
+    """The complete rows of a file another process may be appending to, and the description of its unfinished
+    last line (or None); the file is not changed. No file: ([], None)."""
+    p = results_path(path)
+    if not p.exists():
+        return [], None
+    rows, _, torn = _parse_lines(p)
+    return rows, torn
+
+
 def completed(rows: Iterable[dict[str, Any]], *, retry_errors: bool = False) -> set[tuple[Any, Any, Any]]:
     """The identities of rows a resumed run must not write again (see :func:`final_statuses`)."""
     return set(final_statuses(rows, retry_errors=retry_errors))
@@ -193,7 +208,7 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
     (``--retry-errors``) leaves its old error row behind: by default only the latest row per (point_key,
     metric, step) is kept; ``all_rows=True`` returns the whole history. A missing file is FileNotFoundError.
     """
-    import pandas as pd
+    import pandas as pd  # a second to import; the store itself is read with json, only this view needs it
 
     p = results_path(path)
     if not p.exists():
@@ -210,20 +225,13 @@ def load(path: str | os.PathLike, *, all_rows: bool = False):
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a reader never sees half a file; on failure the
-    temporary file is removed and the old file is left as it was (ResultsWriteError names the path)."""
-    p = Path(path)
-    tmp = p.with_name(p.name + ".tmp")
+    """Write JSON atomically (:func:`dimbench.files.atomic_write`): a reader never sees half a file; on failure
+    the old file is left as it was and ResultsWriteError names the path."""
+    text = json.dumps(obj, indent=2, default=str) + "\n"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ResultsWriteError(f"{p}: cannot write ({exc.strerror or exc})") from None
+        atomic_write(path, text)
+    except WriteError as exc:
+        raise ResultsWriteError(str(exc)) from None
 
 
 def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -233,7 +241,7 @@ def read_environment(path: str | os.PathLike) -> dict[str, Any] | None:
     if not p.exists():
         return None
     try:
-        record = json.loads(p.read_text(encoding="utf-8"))
+        record = loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ResultsError(f"{p}: not readable as JSON ({exc})") from None
     if not isinstance(record, dict):

@@ -33,11 +33,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
+import models
 from dimbench import processes
-from dimbench.console import UserError
-from dimbench.environment import collect, collect_isolated, comparable, now_iso
-from dimbench.results import ResultsWriteError, final_statuses, row_identity
-from dimbench.runfolder import RunFolder
+from dimbench.cluster.collect import settle
+from dimbench.cluster.records import refuse_live_array
+from dimbench.environment import collect, collect_isolated, now_iso
+from dimbench.errors import UserError
+from dimbench.metrics import METRICS
+from dimbench.plugins import loaded_plugins
+from dimbench.progress import progress_bar
+from dimbench.results import ResultsWriteError, row_identity
+from dimbench.runfolder import RunFolder, is_complete
 from dimbench.suite import Plan, PointPlan
 from dimbench.worker import Job, failure_rows, gmacs_per_image
 
@@ -81,20 +89,20 @@ class _Outcome:
 
 
 class Runner:
-    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted / UserError."""
+    """Runs one plan into its output folder. ``run()`` returns a RunSummary or raises Interrupted / UserError.
+
+    ``console`` (a rich Console) receives the run's notes and its live progress display; the command line hands
+    it its own, a script gets a plain one on stdout."""
 
     def __init__(self, plan: Plan, *, fresh: bool = False, retry_errors: bool = False, allow_mixed: bool = False,
                  argv: list[str] | None = None, console=None):
-        from dimbench.console import console as make_console
-        from dimbench.metrics import METRICS
-
         self.plan = plan
         self.out = Path(plan.out)
         self.fresh = fresh
         self.retry_errors = retry_errors
         self.allow_mixed = allow_mixed
         self.argv = list(argv if argv is not None else sys.argv)
-        self.console = console or make_console()
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.metrics = dict(METRICS)
         self.device_type = "cuda" if plan.device.startswith("cuda") else "cpu"
         self.stop = threading.Event()
@@ -102,7 +110,6 @@ class Runner:
         self.lock = threading.Lock()
         self.written: list[dict[str, Any]] = []
         self.write_error: UserError | None = None
-        self.final: dict[tuple, str] = {}  # identity -> status of the final rows on disk
         self.disk: dict[str, list[dict[str, Any]]] = {}  # point key -> its rows on disk
         self.folder: RunFolder | None = None
 
@@ -111,7 +118,7 @@ class Runner:
         t0 = time.monotonic()
         restore = self._catch_signals()
         try:
-            self.folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
+            self.folder = self._open_folder()
             try:
                 return self._run(t0)
             finally:
@@ -119,25 +126,41 @@ class Runner:
         finally:
             restore()
 
+    def _open_folder(self) -> RunFolder:
+        """The output folder, locked for this run. A folder that a live cluster array writes into is refused;
+        rows a finished one left in shards are merged first (dimbench.cluster.collect)."""
+        refuse_live_array(self.out)  # before --fresh moves anything aside
+        folder = RunFolder(self.out, fresh=self.fresh, command=shlex.join(self.argv))
+        try:
+            for warning in settle(folder, refuse_live=False, retry_errors=self.retry_errors).warnings:
+                self.console.print(f"[yellow]warning:[/] {warning}")
+        except BaseException:
+            folder.close()
+            raise
+        return folder
+
+    def _workers(self, jobs: list[_PointJob]) -> tuple[str, Any, list[processes.Slot]]:
+        """How workers start (the method's name), its multiprocessing context, and the slots they run in."""
+        method = processes.start_method(self.plan.device)
+        ctx = processes.context(method) if jobs else None  # (the CLI may have started the fork server already)
+        return method, ctx, processes.slots(self.plan.device)
+
     def _run(self, t0: float) -> RunSummary:
         folder = self.folder
-        rows, torn = folder.read_rows()
+        rows, torn = folder.read_rows(retry_errors=self.retry_errors)
         if torn:
             self.console.print(f"[yellow]warning:[/] {torn} (cut away; the metric it belonged to is measured again)")
         record = folder.environment()
         folder.check_suite(record, self.plan.suite.name, self.device_type, self.plan.settings.fingerprint(),
                            self.allow_mixed)
-        self.final = final_statuses(rows, retry_errors=self.retry_errors)
         self._check_declarations()
         for row in rows:
             self.disk.setdefault(row.get("point_key"), []).append(row)
         jobs, skip_rows, complete = self._plan()
-        method = processes.start_method(self.plan.device)
-        ctx = processes.context(method) if jobs else None  # (the CLI may have started the fork server already)
+        method, ctx, slots = self._workers(jobs)
         entry = self._record_start(record)
         try:
             self._append(skip_rows)
-            slots = processes.slots(self.plan.device)
             self._announce(jobs, complete, len(slots), method)
             if jobs and not self.stop.is_set():
                 self._execute(jobs, slots, ctx)
@@ -168,6 +191,11 @@ class Runner:
             signal.signal(s, on_signal)
         return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
+    @property
+    def final(self) -> dict[tuple, str]:
+        """identity -> status of the final rows on disk (kept by the run folder)."""
+        return self.folder.final
+
     # ---------------------------------------------------------------------------------------- what to measure
     def _on_disk(self, key: str, metric: str) -> list[str | None]:
         """The status on disk of each final row the metric declares at a point (None: not there)."""
@@ -182,7 +210,7 @@ class Runner:
             for metric, reason in pp.skipped.items():
                 if None in self._on_disk(key, metric):
                     skip_rows += failure_rows(pp.point, self.metrics[metric], "skipped", reason, now_iso())
-            todo = [m for m in pp.run if None in (on := self._on_disk(key, m)) or set(on) == {"skipped"}]
+            todo = [m for m in pp.run if not is_complete(self.final, key, self.metrics[m].final_rows)]
             if todo:
                 jobs.append(_PointJob(pp, todo))
             else:
@@ -195,30 +223,20 @@ class Runner:
         with self.lock:
             if self.write_error is not None:
                 return False
-            new: dict[tuple, dict[str, Any]] = {}
-            for row in rows:
-                on_disk = self.final.get(row_identity(row))
-                if on_disk is None or (on_disk == "skipped" and row.get("status") != "skipped"):
-                    new.setdefault(row_identity(row), row)  # (the first of two copies in one batch)
-            if not new:
-                return True
             try:
-                self.folder.append(list(new.values()))
+                new = self.folder.append_once(rows, retry_errors=self.retry_errors)
             except ResultsWriteError as exc:
                 self.write_error = UserError(f"{exc}. Free some space (or fix the folder) and run the same command "
                                              "again: it measures the rest")
                 self.stop.set()
                 return False
-            self.written.extend(new.values())
-            self.final.update(final_statuses(new.values(), retry_errors=self.retry_errors))
-            for row in new.values():
+            self.written.extend(new)
+            for row in new:
                 self.disk.setdefault(row["point_key"], []).append(row)
             return True
 
     def _check_declarations(self) -> None:
         """Every metric and model of the plan can be handed to a worker (a UserError names the one that cannot)."""
-        import models
-
         names = {m for pp in self.plan.points for m in pp.run}
         processes.pack([self.metrics[m] for m in names])
         for model in {pp.point.model for pp in self.plan.points}:
@@ -227,8 +245,6 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------- the workers
     def _execute(self, jobs: list[_PointJob], slots: list[processes.Slot], ctx) -> None:
-        from dimbench.console import progress_bar
-
         todo: queue.Queue = queue.Queue()
         for job in jobs:
             todo.put(job)
@@ -264,9 +280,6 @@ class Runner:
             raise errors[0]
 
     def _worker_job(self, pp: PointPlan, pending: list[str]) -> Job:
-        import models
-        from dimbench.plugins import loaded_plugins
-
         point = pp.point
         on_disk = {m: {(r["metric"], row_identity(r)[2]) for r in self.disk.get(point.key, [])
                        if row_identity(r) in self.final and r["metric"] in self.metrics[m].produces}
@@ -392,35 +405,20 @@ class Runner:
         entry: dict[str, Any] = {"started_at": now_iso(), "command": current.get("command"), "suite": suite.name,
                                  "device": self.plan.device, "finished_at": None, "wall_s": None,
                                  "interrupted": None, "rows_written": None}
-        settings = self.plan.settings.fingerprint()
-        if record is None:
-            record = {**current, "suite": suite.name, "suite_file": str(suite.path), "settings": {}, "runs": []}
-        elif not self.folder.has_rows():  # an earlier run wrote no row: the folder is this suite's now
-            record.update(suite=suite.name, suite_file=str(suite.path), settings={})
-        if record.get("runs"):
-            before, now = comparable(record), comparable(current)
-            differ = [k for k in before if before[k] != now[k]]
-            if differ:
-                self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
-                                   f"differ from {self.folder.environment_path}); this run's environment is kept "
-                                   "in its 'runs' entry")
-                entry["environment"] = current
-        known = record.setdefault("settings", {}).setdefault(self.device_type, {})
-        if any(known[m] != v for m, v in settings.items() if m in known):
-            entry["settings"] = settings  # --allow-mixed: this run's own settings, beside the folder's
-        known.update({m: v for m, v in settings.items() if m not in known})  # metrics the suite added
-        record.setdefault("runs", []).append(entry)
-        self.folder.write_environment(record)
-        self._record = record
+        self._record, differ = self.folder.begin_record(
+            record, current, suite=suite.name, suite_file=str(suite.path), device_type=self.device_type,
+            settings=self.plan.settings.fingerprint(), entry=entry)
+        if differ:
+            self.console.print(f"[yellow]warning:[/] resuming in a different environment ({', '.join(differ)} "
+                               f"differ from {self.folder.environment_path}); this run's environment is kept "
+                               "in its 'runs' entry")
         return entry
 
     def _record_finish(self, entry: dict[str, Any], wall_s: float) -> None:
-        entry.update(finished_at=now_iso(), wall_s=round(wall_s, 3), interrupted=self.signal_name is not None,
-                     rows_written=len(self.written))
-        if self.write_error is not None:
-            entry["stopped_by"] = str(self.write_error)
         try:
-            self.folder.write_environment(self._record)
+            self.folder.end_record(self._record, entry, wall_s=wall_s, interrupted=self.signal_name is not None,
+                                   rows_written=len(self.written),
+                                   stopped_by=str(self.write_error) if self.write_error is not None else None)
         except ResultsWriteError as exc:
             self.write_error = self.write_error or exc
 

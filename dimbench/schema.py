@@ -19,6 +19,8 @@ so that every problem of a file is reported at once.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -34,6 +36,16 @@ class Problems(list):
     def expected(self, path: Path, expected: str, value: Any, got: str | None = None) -> object:
         self.append((path, f"key '{path_text(path)}': expected {expected}, got {got or describe(value)}"))
         return INVALID
+
+
+def cli_message(message: str, flag: Callable[[str], str], prefix: str = "") -> str:
+    """A problem of an option given on the command line, named by its flag: ``key 'options.fid.samples':
+    expected ...`` (``prefix`` "options.fid.") or ``key 'samples': expected ...`` -> ``--samples: expected ...``.
+    Only the leading key is renamed; keys quoted later in the message (a file's 'arr_0') stay as they are."""
+    found = re.match("key '(?:" + re.escape(prefix) + r")?([A-Za-z0-9_]+)([^']*)': ", message)
+    if not found:
+        return message
+    return f"{flag(found.group(1))}{found.group(2)}: {message[found.end():]}"
 
 
 def path_text(path: Path) -> str:
@@ -112,23 +124,38 @@ class Boolean(Type):
 
 @dataclasses.dataclass(frozen=True)
 class Number(Type):
-    """A number > ``above`` (returned as float); ``none`` names what null means, when null is allowed."""
+    """A finite number > ``above`` (or >= ``at_least``) and < ``below``, returned as float; NaN never, infinity
+    only where ``infinite`` says what it means (a timeout: no limit). ``none`` names what null means, when null
+    is allowed."""
 
     above: float | None = None
     unit: str = ""
     none: str | None = None
     note: str = ""
+    at_least: float | None = None
+    below: float | None = None
+    infinite: str | None = None
 
     @property
     def expected(self) -> str:
-        text = "a number" + (f" of {self.unit}" if self.unit else "") + (
-            f" > {self.above:g}" if self.above is not None else "") + (f" ({self.note})" if self.note else "")
+        bounds = [f"> {self.above:g}" if self.above is not None else "",
+                  f">= {self.at_least:g}" if self.at_least is not None else "",
+                  f"< {self.below:g}" if self.below is not None else ""]
+        text = "a number" + (f" of {self.unit}" if self.unit else "") + "".join(
+            f" {'and ' if i else ''}{b}" for i, b in enumerate(b for b in bounds if b))
+        notes = [n for n in (self.note, f".inf: {self.infinite}" if self.infinite else "") if n]
+        text += f" ({'; '.join(notes)})" if notes else ""
         return text + (f", or null ({self.none})" if self.none else "")
 
     def check(self, value, path, problems):
         if value is None and self.none:
             return None
-        if not is_number(value) or (self.above is not None and value <= self.above):
+        if is_number(value) and abs(value) > 1.7e308:  # a YAML integer no float holds is as good as infinite
+            value = math.inf if value > 0 else -math.inf
+        if not is_number(value) or math.isnan(value) or (math.isinf(value) and not (self.infinite and value > 0)):
+            return problems.expected(path, self.expected, value)
+        if ((self.above is not None and value <= self.above) or (self.at_least is not None and value < self.at_least)
+                or (self.below is not None and value >= self.below)):
             return problems.expected(path, self.expected, value)
         return float(value)
 

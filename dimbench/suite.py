@@ -18,27 +18,31 @@ like::
 
 The file is read with ``yaml.safe_load`` semantics; anchors and aliases are refused (an alias bomb would make the
 line map explode). Every problem of a file is reported at once, each as ``FILE:LINE: key 'x': expected ..., got
-...`` (:class:`SuiteError`, a :class:`~dimbench.console.UserError`: exit status 2, no traceback). Relative
+...`` (:class:`SuiteError`, a :class:`~dimbench.errors.UserError`: exit status 2, no traceback). Relative
 ``checkpoint`` paths are relative to the suite file; a relative ``out`` is relative to the working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
+import json
 import os
 import re
 import types
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from dimbench.console import UserError
+import models
+from dimbench.cluster.options import SLURM_SECTION
+from dimbench.errors import SuiteError, UserError
+from dimbench.metrics import METRICS
 from dimbench.metrics.common import COMPILE_MODES
 from dimbench.metrics.timing import REPEATS, WARMUP
-from dimbench.points import SweepPoint
+from dimbench.points import Options, SweepPoint
 from dimbench.schema import (
     INVALID,
     Choice,
@@ -52,6 +56,7 @@ from dimbench.schema import (
     Text,
     Type,
     describe,
+    document,
     is_int,
     key,
     path_text,
@@ -70,21 +75,15 @@ def check_device(value: Any) -> bool:
 
 
 def registered_models() -> list[str]:
-    import models
-
     return models.list_models()
 
 
 def registered_metrics() -> list[str]:
-    from dimbench.metrics import METRICS
-
     return list(METRICS)
 
 
 def metric_options(name: str) -> Record:
     """The options a suite may give a metric (only those given are kept: the rest come from elsewhere)."""
-    from dimbench.metrics import METRICS
-
     record = METRICS[name].option_record()
     return Record(record.fields, record.what, partial=True)
 
@@ -119,13 +118,17 @@ class Limit:
 class ModelEntry:
     name: str
     checkpoint: str | None = None  # absolute path (relative ones are resolved against the suite file)
-    pad_layout: str | None = None
+    options: Options = Options()  # the family options it sets (models.Family.options)
+
+
+#: A model entry's own keys; the others are the options of the model's family.
+ENTRY_KEYS = ("name", "checkpoint")
 
 
 class ModelList(Type):
     """``models``: names, or mappings {name, checkpoint, <family options>}; each point identity once."""
 
-    expected = "a non-empty list of model names or mappings {name, checkpoint, pad_layout}"
+    expected = "a non-empty list of model names or mappings {name, checkpoint, <an option of the model's family>}"
 
     def check(self, value, path, problems):
         if not isinstance(value, list) or not value:
@@ -146,19 +149,18 @@ class ModelList(Type):
         return INVALID if INVALID in entries else tuple(entries)
 
     def _entry(self, item, path, problems):
-        import models
-
         if isinstance(item, str):
             item, name_path = {"name": item}, path
         elif isinstance(item, dict):
             name_path = path + ("name",)
         else:
-            return problems.expected(path, "a model name or a mapping {name, checkpoint, pad_layout}", item)
+            return problems.expected(path, "a model name or a mapping {name, checkpoint, <an option of the model's "
+                                     "family>}", item)
         name = MODEL_NAME.check(item.get("name"), name_path, problems)
         if name is INVALID:
             return INVALID
         family = models.family_of_model(name)
-        allowed = ("name", "checkpoint", *family.options)
+        allowed = (*ENTRY_KEYS, *family.options)
         ok = True
         for k in item:
             if k not in allowed:
@@ -170,16 +172,16 @@ class ModelList(Type):
                     problems.expected(path + (k,), f"one of {', '.join(allowed)}", k, f"unknown key {describe(k)}")
                 ok = False
         options = {}
-        for option, values in family.options.items():
+        for option, declared in family.options.items():
             if option in item:
-                options[option] = Choice(values, " or ".join(values)).check(item[option], path + (option,),
-                                                                            problems)
+                options[option] = Choice(declared.values, " or ".join(declared.values)).check(
+                    item[option], path + (option,), problems)
                 ok = ok and options[option] is not INVALID
         checkpoint = item.get("checkpoint")
         if checkpoint is not None:
             checkpoint = self._checkpoint(checkpoint, path + ("checkpoint",), problems)
             ok = ok and checkpoint is not INVALID
-        return ModelEntry(name, checkpoint, options.get("pad_layout")) if ok else INVALID
+        return ModelEntry(name, checkpoint, Options(options)) if ok else INVALID
 
     @staticmethod
     def _checkpoint(value, path, problems):
@@ -219,7 +221,9 @@ class SuiteFile:
                            "suite name (default: the file's stem)")
     description: str = key(Text("a string", empty_ok=True), "", "one line for `dimbench list` and reports")
     models: tuple[ModelEntry, ...] = key(ModelList(), doc="registered model names (`dimbench list`), or mappings "
-                                         "{name, checkpoint (a local weights file), pad_layout (DiM only)}")
+                                         "{name, checkpoint (a local weights file), and any option of the model's "
+                                         "family with its value (`dimbench list` shows each family's options: DiM's "
+                                         "pad layout)}")
     resolutions: tuple[int, ...] = key(RESOLUTIONS, doc="image sides in pixels")
     batch_sizes: dict = key(PerResolution(ListOf(Integer(1))), [1], "batch sizes (per resolution when a mapping)")
     dtypes: dict = key(PerResolution(ListOf(DTYPE)), ["float32"],
@@ -236,7 +240,7 @@ class SuiteFile:
     metrics: tuple[str, ...] = key(ListOf(METRIC_NAME), ["params", "flops"], "suite-level metrics to measure")
     warmup: int = key(WARMUP.type, WARMUP.default, f"{WARMUP.doc} (every timed metric's `warmup` option)")
     repeats: int = key(REPEATS.type, REPEATS.default, f"{REPEATS.doc} (every timed metric's `repeats` option)")
-    timeout: float = key(Number(0, "seconds", note=".inf: no limit"), 600,
+    timeout: float = key(Number(0, "seconds", infinite="no limit"), 600,
                          "seconds one metric may take at one point before its worker is killed (error row), for "
                          "metrics that do not declare their own budget")
     out: str | None = key(Text("a folder path"), None, "output folder (default results/<name>; `--out` overrides)")
@@ -244,6 +248,8 @@ class SuiteFile:
     options: dict = key(OPTIONS, {}, "per metric: its options and `timeout` (`dimbench schema` lists them)")
     cpu: dict = key(SectionType(), {}, "overrides of the section keys on the CPU")
     cuda: dict = key(SectionType(), {}, "overrides of the section keys on a CUDA GPU")
+    slurm: Any = key(SLURM_SECTION, {}, "what `dimbench run --launcher slurm` asks SLURM for (the `slurm.*` keys "
+                     "below; the command line's options override them)")
 
 
 #: Keys a device section (cpu:, cuda:) may override: its limits replace the top level's rule for each metric it
@@ -255,14 +261,6 @@ SECTION_KEYS = ("metrics", "resolutions", "batch_sizes", "dtypes", "compile", "w
 def section_record() -> Record:
     return Record([f for f in Record(SuiteFile).fields if f.name in SECTION_KEYS],
                   "keys a device section may override")
-
-
-class SuiteError(UserError):
-    """A suite that cannot run; ``errors`` holds one ``FILE:LINE: ...`` message per problem."""
-
-    def __init__(self, errors: list[str]):
-        self.errors = errors
-        super().__init__("\n".join(errors))
 
 
 # ----------------------------------------------------------------------------------------------------- records
@@ -288,8 +286,6 @@ class Settings:
 
     def timeout_of(self, metric: str) -> float:
         """The metric's time budget per point in seconds (math.inf: none)."""
-        from dimbench.metrics import METRICS
-
         set_here = self.options[metric]["timeout"]
         if set_here is not None:
             return set_here
@@ -299,8 +295,6 @@ class Settings:
         """The settings that change what a measurement gives: each metric's options but its timeout (as JSON
         would hold them). A run folder refuses another run whose fingerprint differs for a metric both measure
         (dimbench.runfolder); limits and device sections decide where a metric runs, not what it gives."""
-        import json
-
         options = {m: {k: v for k, v in o.items() if k != "timeout"} for m, o in self.options.items()}
         return json.loads(json.dumps({m: o for m, o in options.items() if o}, default=str))
 
@@ -315,6 +309,7 @@ class Suite:
     out: str
     sections: dict[str, Settings]  # "cpu" / "cuda" -> merged settings
     warnings: tuple[str, ...] = ()  # FILE:LINE: warning ... (a suite that runs but is unusually large)
+    slurm: Any = None  # dimbench.cluster.options.SlurmSettings: the suite's slurm section
 
     def point_count(self, device_type: str) -> int:
         """How many points the suite has on "cpu" or "cuda" (models x resolutions x batch sizes x dtypes x compile
@@ -420,13 +415,6 @@ def parse_suite(text: str, path: Path) -> Suite:
         got = "an empty file" if data is None else describe(data)
         keys = ", ".join(f.name for f in Record(SuiteFile).fields)
         raise SuiteError([f"{path}:1: expected a mapping of suite keys ({keys}), got {got}"])
-    for registry, read in (("model", registered_models), ("metric", registered_metrics)):
-        try:
-            read()
-        except Exception as exc:  # the registry itself is broken: say so instead of calling every name unknown
-            raise SuiteError([f"{path}:1: cannot check {registry} names: importing the {registry} registry "
-                              f"failed: {type(exc).__name__}: {exc}"]) from None
-
     problems = _Located(path, {})
     problems.lines = _line_map(node, problems)
     top = Record(SuiteFile, "suite keys").check(data, (), problems)
@@ -447,7 +435,7 @@ def parse_suite(text: str, path: Path) -> Suite:
         raise SuiteError(problems.messages())
     name = top.name or path.stem
     suite = Suite(path=path, name=name, description=top.description, models=top.models, device=top.device,
-                  out=top.out or f"results/{name}", sections=settings)
+                  out=top.out or f"results/{name}", sections=settings, slurm=top.slurm)
     return dataclasses.replace(suite, warnings=tuple(_size_warnings(suite, problems)))
 
 
@@ -456,7 +444,6 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
     limits = {m: dataclasses.replace(rule, where=problems.where(at + ("limits", m)) if "limits" in raw and m in
                                      raw["limits"] else problems.where(("limits", m)))
               for m, rule in ({**top.limits, **values.limits} if at else top.limits).items()}
-    from dimbench.metrics import METRICS
 
     # Each option, lowest first: the metric's default, the top-level key of its name (warmup, repeats), the top
     # level's options.<metric>, then the same two from the device section.
@@ -470,16 +457,16 @@ def _settings(values: Any, raw: dict, at: tuple, top: SuiteFile, problems: _Loca
             resolved.update({k: getattr(keys, k) for k in named if k in resolved})
             resolved.update(given.get(metric, {}))
         options[metric] = resolved
-        # A metric may check its resolved options as a whole (required local files, their checksums): every
-        # problem is then reported here, before any point runs.
-        check = getattr(METRICS[metric], "check_options", None)
-        if check is not None and metric in values.metrics:
+        # Each metric checks its resolved options as a whole (Metric.check_options: required local files, their
+        # checksums, a table covering every resolution): every problem is reported here, before any point runs.
+        if metric in values.metrics:
             given = [(at + ("options", metric), values.options if at and "options" in raw else {}),
                      (("options", metric), top.options)]
-            args = [resolved, [entry.name for entry in top.models]]
-            if len(inspect.signature(check).parameters) >= 3:  # also given the resolutions (fid's reference table)
-                args.append(values.resolutions)
-            for option, message in check(*args):
+            names = [entry.name for entry in top.models]
+            rule = limits.get(metric)  # the batch sizes it runs at (train: does grad_accum divide each?)
+            batches = sorted({b for bs in values.batch_sizes.values() for b in bs
+                              if rule is None or rule.batch_sizes is None or b in rule.batch_sizes})
+            for option, message in METRICS[metric].check_options(resolved, names, values.resolutions, batches):
                 where = next((p + (option,) for p, opts in given if option in (opts.get(metric) or {})),
                              ("options", metric) if metric in top.options else ("metrics",))
                 problems.append((where, message))
@@ -514,8 +501,6 @@ def _check_unmeasured(data: dict, top: SuiteFile, sections: dict, problems: _Loc
 
 def _check_geometry(data: dict, problems: _Located) -> None:
     """Every resolution (top level and sections) must give a whole token grid for every (registered) model."""
-    import models
-
     raw_models = data.get("models") if isinstance(data.get("models"), list) else []
     names = [m if isinstance(m, str) else m.get("name") if isinstance(m, dict) else None for m in raw_models]
     names = [n for n in dict.fromkeys(names) if isinstance(n, str) and n in registered_models()]
@@ -528,19 +513,13 @@ def _check_geometry(data: dict, problems: _Located) -> None:
                 continue  # reported by the type check
             for name in names:
                 info = models.model_info(name)
-                step = 8 * info.patch_size if info.latent else info.patch_size
-                if res % step:
-                    why = (f"a latent model: resolution/8 must be divisible by its patch {info.patch_size}"
-                           if info.latent else f"a pixel model: resolution must be divisible by its patch "
-                           f"{info.patch_size}")
-                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {step} for {name} ({why})",
-                                      res)
+                if res % info.resolution_step:
+                    problems.expected(at + ("resolutions", i), f"a resolution divisible by {info.resolution_step} for "
+                                      f"{name} ({info.resolution_rule()})", res)
 
 
 def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     """Warnings for a suite that will run but is unusually large (hundreds of points, huge token grids)."""
-    import models
-
     out = []
     for section in DEVICE_SECTIONS:
         points = suite.point_count(section)
@@ -550,7 +529,7 @@ def _size_warnings(suite: Suite, problems: _Located) -> list[str]:
     biggest = max(r for s in suite.sections.values() for r in s.resolutions)
     for entry in suite.models:
         info = models.model_info(entry.name)
-        side = (biggest // 8 if info.latent else biggest) // info.patch_size
+        side = info.input_size(biggest) // info.patch_size
         if side * side > LARGE_GRID_TOKENS:
             out.append(f"{problems.where(('resolutions',))}: warning: {biggest} px gives {entry.name} a {side}x{side} "
                        f"token grid ({side * side:,} tokens per image): counting on the meta device is cheap, but "
@@ -578,29 +557,22 @@ def load_suite(path: str | os.PathLike) -> Suite:
 
 
 # -------------------------------------------------------------------------------------------------- expansion
-def resolve_device(requested: str) -> str:
-    """auto -> cuda when torch sees a GPU, else cpu; a CUDA request without a GPU is a user error."""
+def resolve_device(requested: str, what: str = "device") -> str:
+    """auto -> cuda when torch sees a GPU, else cpu; a CUDA request without a GPU is a user error (``what`` names
+    the option in the message: "--device" on a command line)."""
     if not check_device(requested):
-        raise UserError(f"device {requested!r}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"{what} {requested!r}: expected auto, cpu, cuda or cuda:N")
     if requested == "cpu":
         return "cpu"
-    import torch
 
     available = torch.cuda.is_available()
     if requested == "auto":
         return "cuda" if available else "cpu"
     if not available:
-        raise UserError(f"device {requested!r} requested, but torch sees no CUDA GPU here (use --device cpu)")
+        raise UserError(f"{what} {requested!r} requested, but torch sees no CUDA GPU here (use --device cpu)")
     if ":" in requested and int(requested.split(":")[1]) >= torch.cuda.device_count():
-        raise UserError(f"device {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+        raise UserError(f"{what} {requested!r} requested, but torch sees {torch.cuda.device_count()} CUDA GPU(s)")
     return requested
-
-
-def input_size_for(model: str, resolution: int) -> int:
-    """Side of the model's input: resolution/8 for latent models, the resolution itself for pixel models."""
-    import models
-
-    return resolution // 8 if models.model_info(model).latent else resolution
 
 
 def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
@@ -614,12 +586,11 @@ def _limit_reason(limit: Limit, point: SweepPoint) -> str | None:
     return None
 
 
-def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None) -> Plan:
+def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | None = None, *,
+           here: bool = True) -> Plan:
     """The run's points, in order (compile setting, resolution, model, batch, dtype), for a device (default: the
-    suite's)."""
-    from dimbench.metrics import METRICS
-
-    resolved = resolve_device(device or suite.device)
+    suite's). ``here=False``: the points run elsewhere (cluster nodes), ``device`` is taken as resolved there."""
+    resolved = resolve_device(device or suite.device) if here else device
     settings = suite.settings_for(resolved)
     device_type = "cuda" if resolved.startswith("cuda") else "cpu"
     all_metrics = tuple(dict.fromkeys(suite.base.metrics + settings.metrics))
@@ -630,9 +601,10 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
         batches, dtypes = settings.at(settings.batch_sizes, res), settings.at(settings.dtypes, res)
         for batch, dtype in itertools.product(batches, dtypes):
             point = SweepPoint(
-                suite=suite.name, model=entry.name, resolution=res, input_size=input_size_for(entry.name, res),
+                suite=suite.name, model=entry.name, resolution=res,
+                input_size=models.model_info(entry.name).input_size(res),
                 batch=batch, dtype=dtype, device=resolved, metrics=all_metrics, checkpoint=entry.checkpoint,
-                pad_layout=entry.pad_layout, compile=None if mode == "eager" else mode,
+                options=entry.options, compile=None if mode == "eager" else mode,
             )
             run, skipped, budget = [], {}, {}
             for metric in all_metrics:
@@ -656,9 +628,6 @@ def expand(suite: Suite, device: str | None = None, out: str | os.PathLike | Non
 
 def schema_markdown() -> str:
     """docs/suite.md: every suite key, a device section's keys, the limit keys and each metric's options."""
-    from dimbench.metrics import METRICS
-    from dimbench.schema import document
-
     lines = ["# Suite files", "", "Generated from the declaration in `dimbench/suite.py` (`dimbench schema`); "
              "do not edit by hand.", ""]
     lines += document(Record(SuiteFile), "## Top-level keys")
@@ -666,6 +635,9 @@ def schema_markdown() -> str:
               "Its `limits` replace the top level's rule for each metric it names; its `options` are merged key by "
               "key over the top level's.", ""]
     lines += document(Record(Limit), "## `limits.<metric>`")
+    lines += [""] + document(SLURM_SECTION, "## `slurm`")
+    lines += ["", "Used by `dimbench run --launcher slurm` (and `submitit-local`); not part of the measurement "
+              "settings a results folder checks. README, 'On a cluster'."]
     lines += ["", "## `options.<metric>`", "",
               "Options that are also top-level keys (`warmup`, `repeats`) take the key's value unless set here. "
               "Each option, lowest first: the metric's default, the top-level key, the top level's `options`, the "

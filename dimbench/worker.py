@@ -37,8 +37,12 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from dimbench.environment import now_iso
+from dimbench.metrics import row_declaration
 from dimbench.metrics.base import Measurement, Metric, MetricContext, SkipMetric
+from dimbench.metrics.flops import count_point_flops
 from dimbench.points import SweepPoint
 
 FAULT_ENV = "DIMBENCH_INJECT_FAULT"
@@ -110,8 +114,6 @@ def failure_rows(point: SweepPoint, metric: Metric, status: str, error: str, sta
 
 def gmacs_per_image(rows: list[dict[str, Any]]) -> float | None:
     """GMACs per image from a ``gmacs`` row (ok) among ``rows``, or None."""
-    from dimbench.metrics import row_declaration
-
     for row in rows:
         if row.get("metric") == "gmacs" and row.get("status") == "ok" and row.get("value") is not None:
             return row_declaration("gmacs").per_image(row["value"], int(row.get("batch") or 1), row.get("extra"))
@@ -153,8 +155,6 @@ def inject_fault(faults: list[tuple[str, str]], point_key: str, metric: str) -> 
         if kind == "error":
             raise RuntimeError(message)
         if kind == "oom":
-            import torch
-
             raise torch.OutOfMemoryError(message)
         print(message, file=sys.stderr, flush=True)
         if kind == "crash":
@@ -167,8 +167,6 @@ def inject_fault(faults: list[tuple[str, str]], point_key: str, metric: str) -> 
 
 def is_oom(exc: BaseException) -> bool:
     """torch's out-of-memory error, or the CPU allocator's failure (a plain RuntimeError)."""
-    import torch
-
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc)
@@ -270,6 +268,4 @@ def _fail(send: Send, point, metric: Metric, status: str, error: str, started_at
 
 def _count_gmacs(point: SweepPoint) -> float | None:
     """GMACs per image of the point's model, counted at batch 1 on the meta device (for a budget check)."""
-    from dimbench.metrics.flops import count_point_flops
-
     return count_point_flops(dataclasses.replace(point, batch=1)).gmacs

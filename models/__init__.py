@@ -23,7 +23,9 @@ from .checkpoints import (  # noqa: E402
     save_checkpoint,
 )
 from .registry import (  # noqa: E402
+    SD_VAE_FACTOR,
     Family,
+    FamilyOption,
     ModelInfo,
     Timestep,
     create_model,
@@ -32,13 +34,16 @@ from .registry import (  # noqa: E402
     list_families,
     list_models,
     model_info,
+    option_problem,
     register_family,
     register_model,
 )
 from .scan import scan_backend, selective_scan  # noqa: F401  (the operator and which backend ran)
 
 __all__ = [
+    "SD_VAE_FACTOR",
     "Family",
+    "FamilyOption",
     "ModelInfo",
     "Timestep",
     "family",
@@ -48,6 +53,7 @@ __all__ = [
     "create_model",
     "list_models",
     "model_info",
+    "option_problem",
     "register_model",
     "scan_backend",
     "selective_scan",

@@ -29,12 +29,21 @@ import re
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 import torch.nn as nn
 
-from .registry import Family, create_model, family, family_of_model, list_families, model_info
+from .registry import (
+    Family,
+    create_model,
+    family,
+    family_of_model,
+    is_family_option,
+    list_families,
+    model_info,
+    option_problem,
+)
 
 __all__ = [
     "CheckpointError",
@@ -46,8 +55,9 @@ __all__ = [
     "load_resized_state_dict",
     "save_checkpoint",
     "inspect_checkpoint",
+    "inflation_problem",
     "read_checkpoint",
-]  # and, computed when imported (module __getattr__ below): FORMATS, choose_pad_layout
+]  # and, computed when imported (module __getattr__ below): FORMATS
 
 FORMAT_TAG = "dimbench-checkpoint"
 FORMAT_VERSION = 1
@@ -162,7 +172,7 @@ def square_side(tokens: int, what: str) -> int:
 def _support(fam: Family, what: str = "") -> CheckpointSupport:
     if fam.checkpoints is None:
         raise CheckpointError(f"{what or fam.display + ' models'}: the {fam.display} family declares no checkpoint "
-                              "support (its weights cannot be loaded from files)")  # fmt: skip
+                              "support (its weights cannot be loaded from files)")
     return fam.checkpoints
 
 
@@ -192,10 +202,6 @@ def __getattr__(name: str) -> Any:
     # (the family files import this module before they register).
     if name == "FORMATS":
         return formats()
-    if name == "choose_pad_layout":  # kept importable from here; DiM's rule lives in models/dim.py
-        from .dim import choose_pad_layout
-
-        return choose_pad_layout
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -233,11 +239,41 @@ def _starts_like_plain_pickle(path: str) -> bool:
     return head[:1] == b"\x80" and head != _LEGACY_TORCH_HEADER and not zipfile.is_zipfile(path)
 
 
+#: How many times its size on disk a checkpoint's zip archive may declare its contents to be (a file under 4 MiB
+#: may declare 64 MiB). torch.save stores every entry uncompressed (1x) and a deflated archive of real weights
+#: shrinks little (float weights: about 1.1x); an archive that declares more is a decompression bomb (a 2 MB file
+#: inflating to GBs of zeros), refused before anything is inflated.
+MAX_INFLATION = 16
+_INFLATION_FLOOR = 4 << 20
+
+
+def inflation_problem(path: str | os.PathLike) -> str | None:
+    """Why the zip archive at ``path`` (torch.save's format) must not be read, from its central directory alone
+    (the sizes torch's reader allocates): it declares more than :data:`MAX_INFLATION` times its own size. None
+    for an archive within bounds, and for anything that is not a zip archive (its reader reports that)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(max(int(info.file_size), 0) for info in archive.infolist())
+        size = os.path.getsize(path)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None  # a damaged archive: torch's reader says how
+    if declared > MAX_INFLATION * max(size, _INFLATION_FLOOR):
+        return (f"{path}: its zip archive declares {declared / 2**30:,.2f} GiB of contents in a "
+                f"{size / 2**20:,.2f} MiB file ({declared / max(size, 1):,.0f}x; torch.save stores tensors "
+                f"uncompressed, about 1x): refused as a decompression bomb, nothing was inflated")
+    return None
+
+
 def _torch_load(path: str, map_location: Any) -> Any:
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a folder; expected a checkpoint file (e.g. .../nnet_ema.pth)")
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file")
+    bomb = inflation_problem(path)
+    if bomb:
+        raise CheckpointError(bomb)
     try:
         # Exactly the classes the families declare (a training script's arguments object, say) are allowed.
         with torch.serialization.safe_globals(_safe_globals()), warnings.catch_warnings():
@@ -527,17 +563,6 @@ def load_resized_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
 # Loading
 
 
-def _check_option(name: str, fam: Family, option: str, value: Any) -> None:
-    """Refuse an option the model's family does not declare, or a value it does not allow."""
-    if option not in fam.options:
-        owners = [f.display for f in list_families() if option in f.options]
-        where = f"{' / '.join(owners)} models only" if owners else "no registered model family"
-        raise CheckpointError(f"{option} applies to {where}; {name!r} is a {fam.display} model")
-    allowed = fam.options[option]
-    if value not in allowed:
-        raise CheckpointError(f"{option} must be one of {', '.join(map(str, allowed))}, got {value!r}")
-
-
 def _build_kwargs(name: str, ckpt: Checkpoint, desc: dict[str, Any], input_size: int | None, overrides: dict):
     """Constructor keywords for ``name`` loaded from ``ckpt`` (before the family options)."""
     if ckpt.header is not None:
@@ -573,7 +598,7 @@ def load_checkpoint(
     *,
     input_size: int | None = None,
     format: str = "auto",
-    pad_layout: str | None = None,
+    options: Mapping[str, Any] | None = None,
     map_location: Any = "cpu",
     **overrides: Any,
 ) -> nn.Module:
@@ -581,11 +606,11 @@ def load_checkpoint(
 
     ``input_size``: the model's input side (latent side for latent models); default = the checkpoint's own
     (token grid x patch, or the saved config's). When it differs from the checkpoint's, the position embedding
-    follows (docs/models.md §6). ``format``: "auto" or one of :data:`FORMATS`. ``pad_layout``: a family option
-    (``Family.options``; DiM's, "lateral" or "cyclic"), default chosen by the family (docs/models.md §4.3);
-    given for a model whose family does not declare it, it is refused. ``map_location``: device of the returned
-    model. ``overrides``: further constructor keywords (e.g. ``depth``, ``width`` for a non-registered size;
-    input channels and classes are read from the checkpoint).
+    follows (docs/models.md §6). ``format``: "auto" or one of :data:`FORMATS`. ``options``: family options
+    (``Family.options``; also accepted as keywords), each one not given chosen by the family (DiM's pad layout:
+    docs/models.md §4.3); one the model's family does not declare, or a value it does not take, is refused.
+    ``map_location``: device of the returned model. ``overrides``: further constructor keywords (e.g.
+    ``depth``, ``width`` for a non-registered size; input channels and classes are read from the checkpoint).
 
     The returned model carries ``checkpoint_info`` (path, format, architecture, note, and each family option
     with ``<option>_reason``). Raises :class:`CheckpointError` for an unreadable file, another family or
@@ -599,10 +624,13 @@ def load_checkpoint(
         raise CheckpointError(_msg(e)) from None
     fam = family(info.family)
     _support(fam, repr(name))
-    given = {} if pad_layout is None else {"pad_layout": pad_layout}
-    given.update({k: overrides.pop(k) for k in list(overrides) if k in fam.options})
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    # A keyword some family declares as an option is one (refused below when it is not this family's).
+    given.update({k: overrides.pop(k) for k in list(overrides) if is_family_option(k)})
     for option, value in given.items():
-        _check_option(name, fam, option, value)
+        problem = option_problem(name, option, value)
+        if problem:
+            raise CheckpointError(problem)
 
     ckpt = read_checkpoint(path, format)
     if ckpt.family != fam.name:
@@ -659,12 +687,14 @@ def _model_config(model: nn.Module, fam: Family) -> dict[str, Any]:
     return {k: getattr(model, k) for k in keys if hasattr(model, k)}
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
-    """Write ``model`` in dimbench's format (see the module docstring), atomically (temporary file, rename).
+def save_checkpoint(model: nn.Module, path: str | os.PathLike | BinaryIO) -> None:
+    """Write ``model`` in dimbench's format (see the module docstring) to a path or an open binary file.
 
     The model must come from :func:`models.create_model` (or :func:`load_checkpoint`), which sets ``model_name``.
+    This is the serialisation only: ``dimbench checkpoint convert`` writes through
+    :func:`dimbench.files.atomic_write` (``atomic_write(path, lambda f: save_checkpoint(model, f))``) so that a full
+    disk or a crash never leaves half a file.
     """
-    path = os.fspath(path)
     name = getattr(model, "model_name", None)
     if name is None:
         raise CheckpointError("cannot save: the model has no model_name (build it with models.create_model)")
@@ -681,10 +711,4 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike) -> None:
         "config": _model_config(model, fam),
         "state_dict": {k: v.detach().to("cpu").contiguous() for k, v in state.items()},
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    torch.save(payload, path)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of
 from .dit import TimestepEmbedder
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 LEVELS = ("encoder_level_1", "encoder_level_2", "latent", "decoder_level_2", "decoder_level_1")
 #: Width of each level as a multiple of C, and which condition (1: c1 of width C, 2: c2, 3: c3) it takes.
@@ -170,7 +170,7 @@ class DiCo(nn.Module):
         self.config: dict[str, Any] = dict(
             input_size=input_size, in_channels=in_channels, num_classes=num_classes, patch_size=1, width=width,
             depths=list(depths), mlp_ratio=mlp_ratio, learn_sigma=learn_sigma,
-        )  # fmt: skip
+        )
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, 1
         self.num_classes, self.width, self.depths, self.depth = num_classes, width, depths, sum(depths)
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -281,7 +281,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
         width=width, depth=depth, patch=1, grid=RELEASE_SIDE, in_channels=in_channels, classes=rows - 1,
         class_rows=rows, depths=depths, mlp_ratio=hidden / width, learn_sigma=out_channels == 2 * in_channels,
         architecture=f"DiCo-{size}" if size else f"DiCo (width {width}, depths {depths})",
-    )  # fmt: skip
+    )
 
 
 def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -335,9 +335,10 @@ for _size, (_width, _depths, _ratio) in _SIZES.items():
         f"dico_{_size}", family="dico", official=f"DiCo-{_size.upper()}",
         description=f"DiCo-{_size.upper()}: width {_width}, blocks per level {list(_depths)}, MLP ratio {_ratio:g}, "
         "no patchify (patch = 1), learned sigma; any side that is a multiple of 4",
-        input_size=32, in_channels=4, num_classes=1000, patch_size=1, width=_width, depths=_depths,
+        latent_factor=SD_VAE_FACTOR, input_size=32, in_channels=4, num_classes=1000, patch_size=1, width=_width,
+        depths=_depths,
         mlp_ratio=_ratio,
-    )(DiCo)  # fmt: skip
+    )(DiCo)
 
 # dimbench's own size, matched to the tiny models of the CPU quality checks (5 blocks, width 64, 1-channel 16 px,
 # 10 classes); DiCo's levels widen to 128 and 256 channels by construction.
@@ -346,4 +347,4 @@ register_model(
     description="dimbench's tiny DiCo for CPU quality checks: width 64, one block per level (5), MLP ratio 2, "
     "1-channel 16 px, 10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=1, width=64, depths=(1, 1, 1, 1, 1), mlp_ratio=2.0,
-)(DiCo)  # fmt: skip
+)(DiCo)

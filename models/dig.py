@@ -46,7 +46,7 @@ from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, sha
 from .dit import DiT, DiTBlock, FinalLayer, LabelEmbedder, TimestepEmbedder, adapt_state_dict, sincos_pos_embed_2d
 from .gla import gated_linear_attention
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 GATE_RANK = 16  # the forget gate's low rank, and its logit normaliser
 GLA_INIT_GAIN = 2**-2.5  # Xavier gain of every Linear of the attention module
@@ -196,7 +196,7 @@ class DiG(nn.Module):
         self.config: dict[str, Any] = dict(
             input_size=input_size, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             depth=depth, width=width, heads=heads, skip=skip, learn_sigma=learn_sigma,
-        )  # fmt: skip
+        )
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.depth, self.width, self.heads, self.skip = num_classes, depth, width, heads, skip
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -293,7 +293,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
         classes=rows - 1, class_rows=rows, heads=width // dv,
         skip="skip" if count_indexed(state_dict, "blocks.", ".skip_linear.weight") else "none",
         learn_sigma=out_channels == 2 * in_channels,
-    )  # fmt: skip
+    )
 
 
 def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -347,9 +347,10 @@ for _size, (_depth, _width, _heads) in _SIZES.items():
             + ("" if _skip == "none" else "U-ViT-style long skips (half of them misaligned, as released)"
                + (", fusion initialised to [I | 0], " if _skip == "skipzero" else ", "))
             + "learned sigma",
-            input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=_depth, width=_width,
+            latent_factor=SD_VAE_FACTOR, input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=_depth,
+            width=_width,
             heads=_heads, skip=_skip,
-        )(DiG)  # fmt: skip
+        )(DiG)
 
 # dimbench's own size, matched to dit_tiny_4 (width 64, 4 heads, patch 4, 1-channel 16 px, 10 classes) except the
 # depth: 4, not 5, because DiG's scan order has period 4 and the output must come back in raster order.
@@ -358,10 +359,10 @@ register_model(
     description="dimbench's tiny DiG for CPU quality checks: 4 blocks (a multiple of 4), width 64, 4 heads, patch 4, "
     "1-channel 16 px, 10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=4, width=64, heads=4,
-)(DiG)  # fmt: skip
+)(DiG)
 register_model(
     "dig_tiny_2", family="dig", official="dimbench",
     description="dimbench's tiny DiG for the CPU quality suite: 4 blocks (a multiple of 4), width 64, 4 heads, patch "
     "2, 1-channel 8 px (16 tokens), 10 classes, learned sigma",
     input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=4, width=64, heads=4,
-)(DiG)  # fmt: skip
+)(DiG)

@@ -30,8 +30,17 @@ from . import dim_convert
 from .checkpoints import CheckpointError, CheckpointFormat, CheckpointSupport
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import (
+    SD_VAE_FACTOR,
+    DiffusionRecipe,
+    Family,
+    FamilyOption,
+    Timestep,
+    register_family,
+    register_model,
+)
 from .scan import selective_scan
+from .scan.conv import conv1d_silu
 
 __all__ = [
     "DiM",
@@ -297,7 +306,8 @@ class MambaMixer(nn.Module):
             xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
             x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
         with component("conv1d"):
-            x = F.silu(self.conv1d(x)[..., :S])  # (b, d_inner, S), contiguous (silu writes a fresh tensor)
+            # (b, d_inner, S), contiguous: silu(conv1d(x)[..., :S]), one fused kernel on CUDA with the triton scan
+            x = conv1d_silu(x, self.conv1d)
         with component("ssm_proj"):
             # Batched products with the weight expanded over the batch: torch.matmul(2-D, 3-D) would copy x.
             x_dbl = torch.matmul(self.x_proj.weight.expand(b, -1, -1), x)  # (b, R + 2N, S)
@@ -412,7 +422,7 @@ class DiM(nn.Module):
         return dict(
             input_size=self.input_size, in_channels=self.in_channels, num_classes=self.num_classes,
             patch_size=self.patch_size, depth=self.depth, width=self.width, pad_layout=self.pad_layout,
-        )  # fmt: skip
+        )
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -544,7 +554,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
     return dict(
         width=cfg["width"], depth=cfg["depth"], patch=cfg["patch_size"], grid=cfg["grid"],
         in_channels=cfg["in_channels"], classes=cfg["num_classes"], class_rows=cfg["num_classes"] + 1,
-    )  # fmt: skip
+    )
 
 
 _DIMBENCH_KEYS = frozenset({"patch_embed.weight", "pos_embed", "pad_tokens"})
@@ -578,7 +588,11 @@ FAMILY = register_family(Family(
     role="subject",
     order=0,
     sizes={(25, 512): "S", (49, 1024): "L", (49, 1536): "H"},
-    options={"pad_layout": PAD_LAYOUTS},
+    # A point that sets the pad layout shows it as "pad=<layout>" in its key (the key results have always had).
+    options={"pad_layout": FamilyOption(
+        PAD_LAYOUTS, key="pad",
+        description="where the pad tokens go (lateral: closing rows and the bottom; cyclic: p0 p1 p2 repeated in "
+        "row-major order), docs/models.md §4.2")},
     module_types=(DiM,),
     checkpoints=CHECKPOINTS,
     # dim.md §5-7: SD scaled-linear betas, DPM-Solver++ with 50 evaluations, s = 0.4 at 256 px; the fine-tune
@@ -611,6 +625,7 @@ def dim_s_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_L_DiM",
     description="DiM-L/2, ImageNet 256 latents",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,
@@ -627,6 +642,7 @@ def dim_l_2(**kwargs) -> DiM:
     family="dim",
     official="imagenet256_H_DiM",
     description="DiM-H/2, ImageNet 256 latents (input_size=64, pad_layout='cyclic' for the 512 fine-tune)",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32,
     in_channels=4,
     num_classes=1000,

@@ -47,7 +47,7 @@ _TOP = {
 }
 
 _MAMBA = ("in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias",
-          "out_proj.weight", "A_log", "D")  # fmt: skip
+          "out_proj.weight", "A_log", "D")
 
 # Per-block names (after "transformer_blocks.N." / "blocks.N."): official -> dimbench.
 _BLOCK = {
@@ -87,7 +87,7 @@ def _listing(names: list[str], limit: int = 8) -> str:
 
 
 def _rename(state_dict: Mapping, top: dict[str, str], block: dict[str, str], block_re: re.Pattern, prefix: str,
-            naming: str) -> dict[str, torch.Tensor]:  # fmt: skip
+            naming: str) -> dict[str, torch.Tensor]:
     out, unknown = {}, []
     for name, value in state_dict.items():
         if name in top:
@@ -160,10 +160,10 @@ def infer_dim_config(state_dict: Mapping) -> dict[str, int]:
     _check_flat(state_dict)
     if is_official_dim(state_dict):
         names = dict(patch="pos_embed.proj.weight", pos="additional_embed", table="label_emb.weight",
-                     block=_OFFICIAL_BLOCK, a_log="attn1.A_log", conv="attn1.conv1d.weight")  # fmt: skip
+                     block=_OFFICIAL_BLOCK, a_log="attn1.A_log", conv="attn1.conv1d.weight")
     elif "patch_embed.weight" in state_dict and "pos_embed" in state_dict:
         names = dict(patch="patch_embed.weight", pos="pos_embed", table="y_token.weight",
-                     block=_DIMBENCH_BLOCK, a_log="mixer.A_log", conv="mixer.conv1d.weight")  # fmt: skip
+                     block=_DIMBENCH_BLOCK, a_log="mixer.A_log", conv="mixer.conv1d.weight")
     else:
         raise KeyError(
             "not a DiM state_dict: expected official names ('a4m_adapter.pad_token', 'transformer_blocks.N.attn1.*')"

@@ -29,7 +29,7 @@ from timm.layers import Attention, Mlp, PatchEmbed
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 TIME_FREQ_DIM = 256  # width of DiT's timestep frequency embedding
 
@@ -148,8 +148,6 @@ class DiT(nn.Module):
     load strictly and the parameter count equals the official one; it is recomputed for each ``input_size``.
     """
 
-    family = "dit"
-
     def __init__(
         self,
         *,
@@ -171,7 +169,7 @@ class DiT(nn.Module):
         self.config: dict[str, Any] = dict(
             input_size=input_size, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             depth=depth, width=width, heads=heads, mlp_ratio=mlp_ratio, learn_sigma=learn_sigma,
-        )  # fmt: skip
+        )
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.depth, self.width, self.heads = num_classes, depth, width, heads
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -261,7 +259,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
         width=width, depth=count_indexed(state_dict, "blocks.", ".attn.qkv.weight"), patch=patch,
         grid=square_side(shape_of(state_dict, "pos_embed")[1], "'pos_embed'"), in_channels=in_channels,
         classes=rows - 1, class_rows=rows, learn_sigma=out_channels == 2 * in_channels,
-    )  # fmt: skip
+    )
 
 
 
@@ -305,9 +303,9 @@ for _size, (_depth, _width, _heads) in _SIZES.items():
         register_model(
             f"dit_{_size}_{_patch}", family="dit", official=_official,
             description=f"{_official}: depth {_depth}, width {_width}, {_heads} heads, learned sigma",
-            input_size=32, in_channels=4, num_classes=1000, patch_size=_patch, depth=_depth, width=_width,
-            heads=_heads,
-        )(DiT)  # fmt: skip
+            latent_factor=SD_VAE_FACTOR, input_size=32, in_channels=4, num_classes=1000, patch_size=_patch,
+            depth=_depth, width=_width, heads=_heads,
+        )(DiT)
 
 # ---- dimbench's own size (official="dimbench"): the tiny model of the CPU quality checks, matched to
 # dim_tiny_4 and uvit_tiny_4 (5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes) ----
@@ -316,10 +314,10 @@ register_model(
     description="dimbench's tiny DiT for CPU quality checks: 5 blocks, width 64, 4 heads, patch 4, 1-channel 16 px, "
     "10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=5, width=64, heads=4,
-)(DiT)  # fmt: skip
+)(DiT)
 register_model(
     "dit_tiny_2", family="dit", official="dimbench",
     description="dimbench's tiny DiT for the CPU quality suite: 5 blocks, width 64, 4 heads, patch 2, 1-channel 8 px "
     "(16 tokens), 10 classes, learned sigma",
     input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=5, width=64, heads=4,
-)(DiT)  # fmt: skip
+)(DiT)

@@ -114,6 +114,7 @@ def _fla_chunk_gla():
     """(function, layout) of fla's chunk_gla, or (None, reason). Layout "bhtd" for the 2024 API (the official
     pin), "bthd" for current releases (which take (B, T, H, D) and dropped ``head_first``)."""
     try:
+        # optional dependency (flash-linear-attention, CUDA only): tried only when the fla backend is asked for
         from fla.ops.gla import chunk_gla
     except Exception as e:  # noqa: BLE001 - any import failure means "not available", with its reason
         return None, f"flash-linear-attention does not import ({type(e).__name__}: {str(e)[:120]})"

@@ -39,7 +39,7 @@ from timm.layers import PatchEmbed
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of
 from .dit import DiT, LabelEmbedder, TimestepEmbedder
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 HEAD_DIM = 32  # SANA's linear heads are 32 wide whatever the width
 EPS = 1e-8  # the official blocks' ε (the class default and diffusers' port use 1e-15)
@@ -187,7 +187,7 @@ class SanaCC(nn.Module):
         self.config: dict[str, Any] = dict(
             input_size=input_size, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             depth=depth, width=width, mlp_ratio=mlp_ratio, learn_sigma=learn_sigma,
-        )  # fmt: skip
+        )
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.depth, self.width = num_classes, depth, width
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
@@ -253,7 +253,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
         width=width, depth=count_indexed(state_dict, "blocks.", ".attn.qkv.weight"), patch=patch, grid=32 // patch,
         in_channels=in_channels, classes=rows - 1, class_rows=rows, mlp_ratio=hidden / width,
         learn_sigma=out_channels == 2 * in_channels,
-    )  # fmt: skip
+    )
 
 
 def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -295,8 +295,9 @@ register_model(
     "sana_xl_2_cc", family="sana_cc", official="adaptation (of SanaMS_600M_P2_D28)",
     description="SANA-XL/2-cc, an ADAPTATION: 28 blocks, width 1152, 36 ReLU linear heads of 32, Mix-FFN 2.5, "
     "adaLN-single, no position embedding, patch 2, DiT class conditioning, learned sigma",
-    input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=28, width=1152, mlp_ratio=2.5,
-)(SanaCC)  # fmt: skip
+    latent_factor=SD_VAE_FACTOR, input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=28, width=1152,
+    mlp_ratio=2.5,
+)(SanaCC)
 
 # dimbench's own size, matched to dit_tiny_4 (5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes): 2 linear
 # heads of 32.
@@ -305,10 +306,10 @@ register_model(
     description="dimbench's tiny SANA-cc (an ADAPTATION) for CPU quality checks: 5 blocks, width 64, 2 linear heads, "
     "patch 4, 1-channel 16 px, 10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=5, width=64, mlp_ratio=2.5,
-)(SanaCC)  # fmt: skip
+)(SanaCC)
 register_model(
     "sana_tiny_2_cc", family="sana_cc", official="dimbench",
     description="dimbench's tiny SANA-cc (an ADAPTATION) for the CPU quality suite: 5 blocks, width 64, 2 linear "
     "heads, patch 2, 1-channel 8 px (16 tokens), 10 classes, learned sigma",
     input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=5, width=64, mlp_ratio=2.5,
-)(SanaCC)  # fmt: skip
+)(SanaCC)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from .checkpoints import CheckpointFormat, CheckpointSupport, count_indexed, shape_of, square_side
 from .layers import resize_grid_pos_embed, timestep_sinusoid
 from .profiling import component
-from .registry import DiffusionRecipe, Family, Timestep, register_family, register_model
+from .registry import SD_VAE_FACTOR, DiffusionRecipe, Family, Timestep, register_family, register_model
 
 
 class PatchEmbed(nn.Module):
@@ -120,8 +120,6 @@ class UViT(nn.Module):
     ``depth`` is the official config's depth: depth/2 in-blocks + 1 mid-block + depth/2 out-blocks.
     """
 
-    family = "uvit"
-
     def __init__(
         self,
         *,
@@ -149,7 +147,7 @@ class UViT(nn.Module):
             input_size=input_size, in_channels=in_channels, num_classes=num_classes, patch_size=patch_size,
             depth=depth, width=width, heads=heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, null_class=null_class,
             conv=conv, mlp_time_embed=mlp_time_embed,
-        )  # fmt: skip
+        )
         self.input_size, self.in_channels, self.patch_size = input_size, in_channels, patch_size
         self.num_classes, self.null_class = num_classes, null_class
         self.depth, self.width, self.heads = depth, width, heads
@@ -291,7 +289,7 @@ def describe_state_dict(state_dict) -> dict[str, Any]:
         grid=square_side(shape_of(state_dict, "pos_embed")[1] - extras, "'pos_embed'"), in_channels=in_channels,
         classes=None, class_rows=rows, conv="final_layer.weight" in state_dict,
         mlp_time_embed="time_embed.0.weight" in state_dict,
-    )  # fmt: skip
+    )
 
 
 def data_kwargs(description: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
@@ -340,37 +338,41 @@ def _register(name: str, official: str, description: str, **defaults: Any) -> No
 _register(
     "uvit_s_2", "cifar10_uvit_small", "U-ViT-S/2, CIFAR-10 pixels, unconditional, 3x3 output conv",
     input_size=32, in_channels=3, num_classes=0, patch_size=2, depth=12, width=512, heads=8, conv=True,
-)  # fmt: skip
+)
 _register(
     "uvit_m_4", "imagenet64_uvit_mid", "U-ViT-M/4, ImageNet-64 pixels, 1000 classes without a null row",
     input_size=64, in_channels=3, num_classes=1000, patch_size=4, depth=16, width=768, heads=12,
     null_class=False, conv=True,
-)  # fmt: skip
+)
 _register(
     "uvit_l_2", "imagenet256_uvit_large", "U-ViT-L/2, ImageNet-256 latents, 1000 classes + null, 3x3 output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=20, width=1024, heads=16, conv=True,
-)  # fmt: skip
+)
 _register(
     "uvit_h_2", "imagenet256_uvit_huge", "U-ViT-H/2, ImageNet-256 latents, 1000 classes + null, no output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=32, in_channels=4, num_classes=1000, patch_size=2, depth=28, width=1152, heads=16, conv=False,
-)  # fmt: skip
+)
 _register(
     "uvit_l_4", "imagenet512_uvit_large", "U-ViT-L/4, ImageNet-512 latents, 1000 classes + null, 3x3 output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=64, in_channels=4, num_classes=1000, patch_size=4, depth=20, width=1024, heads=16, conv=True,
-)  # fmt: skip
+)
 _register(
     "uvit_h_4", "imagenet512_uvit_huge", "U-ViT-H/4, ImageNet-512 latents, 1000 classes + null, no output conv",
+    latent_factor=SD_VAE_FACTOR,
     input_size=64, in_channels=4, num_classes=1000, patch_size=4, depth=28, width=1152, heads=16, conv=False,
-)  # fmt: skip
+)
 
 # ---- dimbench's own size (official="dimbench"), matched to dim_tiny_4 and dit_tiny_4 ----
 _register(
     "uvit_tiny_4", "dimbench", "dimbench's tiny U-ViT for CPU quality checks: 5 blocks (config depth 4: 2 in, 1 mid, "
     "2 out), width 64, 4 heads, patch 4, 1-channel 16 px, 10 classes + null, 3x3 output conv",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=4, width=64, heads=4, conv=True,
-)  # fmt: skip
+)
 _register(
     "uvit_tiny_2", "dimbench", "dimbench's tiny U-ViT for the CPU quality suite: 5 blocks (config depth 4: 2 in, 1 "
     "mid, 2 out), width 64, 4 heads, patch 2, 1-channel 8 px (16 tokens), 10 classes + null, 3x3 output conv",
     input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=4, width=64, heads=4, conv=True,
-)  # fmt: skip
+)

@@ -7,9 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+
+from dimbench import results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,6 +54,16 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def unique_rows(out: Path) -> list[dict]:
+    """The rows of a run folder, checked to hold no identity (point, metric, step) twice."""
+    from dimbench.results import row_identity
+
+    rows = read_jsonl(out / "results.jsonl")
+    identities = [row_identity(r) for r in rows]
+    assert len(identities) == len(set(identities)), "a row was written twice"
+    return rows
+
+
 #: Three small models at one size, two cheap metrics (meta-device counts): a worker's whole job takes about
 #: a second, so runner behaviour (faults, timeouts, resume) can be tested end to end quickly.
 TINY_SUITE = """\
@@ -61,6 +74,39 @@ metrics: [params, flops]
 device: cpu
 timeout: {timeout}
 """
+
+
+#: The tiny suite with two models, and the keys of its two points.
+TWO_MODELS = TINY_SUITE.replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]")
+DIT = "dit_s_2|r32|b1|float32|cpu"
+UVIT = "uvit_s_2|r32|b1|float32|cpu"
+
+
+def clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The one-line message of a refused command (exit 2, no traceback), checked to contain ``needles``."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("dimbench: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def start_cli(args: list[str], **env: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dimbench.cli", *args], env=cli_env(**env), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+def wait_for_rows(out: Path, proc: subprocess.Popen, key: str, metrics: set[str]) -> None:
+    """Wait for the event (these rows on disk), with a generous safety net, never a bet on a duration."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        rows = results.read_rows(out) if (out / "results.jsonl").exists() else []
+        if {r["metric"] for r in rows if r["point_key"] == key} >= metrics:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    pytest.fail(f"the rows {metrics} of {key} never appeared")
 
 
 @pytest.fixture

@@ -24,12 +24,12 @@ import models  # registers every family
 from dimbench import checkpoint_cli
 from models.checkpoints import (
     CheckpointError,
-    choose_pad_layout,
     inspect_checkpoint,
     load_checkpoint,
     load_resized_state_dict,
     save_checkpoint,
 )
+from models.dim import choose_pad_layout
 from models.dim_convert import dimbench_to_official
 from models.registry import create_model
 
@@ -105,7 +105,7 @@ def test_dit_training_checkpoint_prefers_ema(tmp_path):
     path = tmp_path / "0400000.pt"
     # As DiT's train.py writes it, argparse.Namespace included (allowed by name, still weights_only).
     torch.save({"model": raw.state_dict(), "ema": ema.state_dict(), "opt": {}, "args": argparse.Namespace(lr=1e-4)},
-               path)  # fmt: skip
+               path)
     model = load_checkpoint("dit_s_8", path, depth=2)
     assert same_weights(ema, model) and not same_weights(raw, model)
     assert "EMA" in model.checkpoint_info["note"] and "EMA" in inspect_checkpoint(path)["note"]
@@ -256,7 +256,7 @@ def test_missing_unexpected_and_mismatched_parameters(dit_file, tmp_path):
     wrong = tmp_path / "wrong.pt"
     torch.save({**sd, "blocks.1.attn.proj.weight": torch.zeros(384, 380)}, wrong)
     with pytest.raises(CheckpointError, match=r"'blocks.1.attn.proj.weight': expected shape \(384, 384\), found "
-                       r"\(384, 380\)"):  # fmt: skip
+                       r"\(384, 380\)"):
         load_checkpoint("dit_s_8", wrong, depth=2)
 
     # Another width under the same family: named on its first parameter, before anything is loaded.
@@ -343,7 +343,7 @@ def test_load_resized_state_dict_each_family(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"state_dict: does not fit .*'blocks.0.attn.qkv.weight'"):
         load_resized_state_dict(create_model("dit_s_8", **TINY_DIT), {**dit_small.state_dict(),
-                                "blocks.0.attn.qkv.weight": torch.zeros(3, 3)})  # fmt: skip
+                                "blocks.0.attn.qkv.weight": torch.zeros(3, 3)})
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
@@ -391,11 +391,12 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_subprocess_exit_codes(uvit_file, tmp_path):
     """The argparse wiring end to end: through dimbench.cli when it exists, else the module's own entry."""
     _, path = uvit_file
     entry = ["-m", "dimbench.cli", "checkpoint"] if (ROOT / "dimbench" / "cli.py").is_file() else [
-        "-m", "dimbench.checkpoint_cli"]  # fmt: skip
+        "-m", "dimbench.checkpoint_cli"]
     ok = _run([*entry, "inspect", str(path), "--json"])
     assert ok.returncode == 0, ok.stderr
     assert '"format": "uvit-official"' in ok.stdout and '"class_rows": 11' in ok.stdout
@@ -449,7 +450,7 @@ def test_a_plain_pickle_is_not_a_pytorch_checkpoint(tmp_path):
     # torch.save's legacy (pre-zip) format is also a pickle stream, and still reads.
     legacy = tmp_path / "legacy.pt"
     torch.save(randomize(create_model("dit_s_8", **TINY_DIT)).state_dict(), legacy,
-               _use_new_zipfile_serialization=False)  # fmt: skip
+               _use_new_zipfile_serialization=False)
     assert inspect_checkpoint(legacy)["format"] == "dit-official"
 
 
@@ -486,7 +487,7 @@ def test_non_finite_weights_are_refused_naming_the_parameter(dit_file, tmp_path)
     nan = tmp_path / "nan.pt"
     torch.save({**sd, "blocks.0.mlp.fc1.bias": torch.full((1536,), float("nan"))}, nan)
     with pytest.raises(CheckpointError, match=rf"^{nan}: parameter 'blocks.0.mlp.fc1.bias' holds non-finite "
-                       r"values: 1536 NaN of 1536 values$"):  # fmt: skip
+                       r"values: 1536 NaN of 1536 values$"):
         load_checkpoint("dit_s_8", nan, depth=2)
 
     weight = sd["final_layer.linear.weight"].clone()
@@ -496,7 +497,7 @@ def test_non_finite_weights_are_refused_naming_the_parameter(dit_file, tmp_path)
     inf = tmp_path / "inf.pt"
     torch.save(bad, inf)
     with pytest.raises(CheckpointError, match=r"'final_layer.linear.weight' holds non-finite values: 1 NaN and 3 "
-                       rf"infinite of {weight.numel()} values"):  # fmt: skip
+                       rf"infinite of {weight.numel()} values"):
         load_checkpoint("dit_s_8", inf, depth=2)
     with pytest.raises(CheckpointError, match=r"^state_dict: parameter 'final_layer.linear.weight' holds non-finite"):
         load_resized_state_dict(create_model("dit_s_8", **TINY_DIT), bad)
@@ -556,29 +557,28 @@ def test_formats_and_names_come_from_the_family_declarations():
     assert {"dit-official", "uvit-official", "dim-official", "dim-dimbench"} <= set(declared)
     from models.dim import PAD_LAYOUTS
 
-    assert models.family("dim").options == {"pad_layout": PAD_LAYOUTS}
+    assert {k: o.values for k, o in models.family("dim").options.items()} == {"pad_layout": PAD_LAYOUTS}
     assert not hasattr(checkpoint_cli, "FORMATS") and not hasattr(checkpoint_cli, "PAD_LAYOUTS")
     # The generic module's code names no family fact (docstrings may give examples): every one comes from a
-    # declaration. Option names are exempt: pad_layout is a keyword of load_checkpoint's public signature.
+    # declaration, options included (their names and values). (That
+    # it imports no family module is a rule of tests/test_architecture.py.)
     facts = {word for fam in models.list_families() for word in (
-        fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *(v for vs in fam.options.values()
-                                                                             for v in vs))}  # fmt: skip
+        fam.name, fam.display, *(f.name for f in fam.checkpoints.formats), *fam.options,
+        *(v for o in fam.options.values() for v in o.values))}
     tree = ast.parse((ROOT / "models" / "checkpoints.py").read_text())
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
-                  and isinstance(node.body[0], ast.Expr)}  # fmt: skip
+                  and isinstance(node.body[0], ast.Expr)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             assert not facts & set(re.findall(r"[\w-]+", node.value)), node.value
-        if isinstance(node, ast.ImportFrom) and node.module in {fam.name for fam in models.list_families()}:
-            assert [a.name for a in node.names] == ["choose_pad_layout"]  # the one re-export, for old callers
 
 
 class ToyNet(torch.nn.Module):
     """A family of the test's own: patch Linear + a learnable position table + a class table."""
 
     def __init__(self, *, input_size=4, in_channels=2, num_classes=3, patch_size=1, width=8, depth=1,
-                 flavour="plain"):  # fmt: skip
+                 flavour="plain"):
         super().__init__()
         self.input_size, self.in_channels, self.num_classes = input_size, in_channels, num_classes
         self.patch_size, self.width, self.depth, self.flavour = patch_size, width, depth, flavour
@@ -587,7 +587,7 @@ class ToyNet(torch.nn.Module):
         self.pos_embed = torch.nn.Parameter(torch.zeros(1, self.grid**2, width))
         self.classes = torch.nn.Embedding(num_classes + 1, width)
         self.config = dict(input_size=input_size, in_channels=in_channels, num_classes=num_classes,
-                           patch_size=patch_size, width=width, depth=depth, flavour=flavour)  # fmt: skip
+                           patch_size=patch_size, width=width, depth=depth, flavour=flavour)
 
 
 def _toy_support():
@@ -598,7 +598,7 @@ def _toy_support():
         rows = sd["classes.weight"].shape[0]
         grid = math.isqrt(sd["pos_embed"].shape[1])
         return dict(width=width, depth=1, patch=1, grid=grid, in_channels=in_channels, classes=rows - 1,
-                    class_rows=rows, toy_extra=True)  # fmt: skip
+                    class_rows=rows, toy_extra=True)
 
     def adapt(model, sd):
         return {**sd, "pos_embed": torch.zeros(model.pos_embed.shape)}  # (model: a meta-device skeleton)
@@ -611,9 +611,9 @@ def _toy_support():
     official = CheckpointFormat(
         "toy-official", detect=lambda sd: any(k.startswith("toy.") for k in sd),
         convert=lambda sd: {k.removeprefix("toy."): v for k, v in sd.items()},
-    )  # fmt: skip
+    )
     return CheckpointSupport(formats=(official,), describe=describe, adapt=adapt, choose_options=choose,
-                             labels={"toy_extra": "toy extra"})  # fmt: skip
+                             labels={"toy_extra": "toy extra"})
 
 
 @pytest.fixture
@@ -624,9 +624,9 @@ def toy_family():
         name="toy", display="Toy", description="a test family", timestep=Timestep(0, 9, True, "step"),
         sizes={(1, 8): "T"}, options={"flavour": ("plain", "wide")}, module_types=(ToyNet,),
         checkpoints=_toy_support(),
-    ))  # fmt: skip
+    ))
     register_model("toy_1", family="toy", official="none", input_size=4, in_channels=2, num_classes=3,
-                   patch_size=1)(ToyNet)  # fmt: skip
+                   patch_size=1)(ToyNet)
     yield fam
     unregister_family("toy")
 
@@ -639,8 +639,8 @@ def test_a_family_declared_in_its_own_file_needs_nothing_else(toy_family, tmp_pa
     path = tmp_path / "toy.pt"
     torch.save({f"toy.{k}": v for k, v in source.state_dict().items()}, path)
     info = inspect_checkpoint(path)
-    assert (info["format"], info["family"], info["architecture"], info["classes"]) == ("toy-official", "toy",
-                                                                                       "Toy-T/1", 5)  # fmt: skip
+    assert (info["format"], info["family"], info["architecture"], info["classes"]) == (
+        "toy-official", "toy", "Toy-T/1", 5)
     assert info["toy_extra"] is True
     model = load_checkpoint("toy_1", path)  # classes from the file, flavour by the family's rule
     assert model.num_classes == 5 and torch.equal(model.classes.weight, source.classes.weight)
@@ -669,11 +669,12 @@ def test_checkpoint_parser_imports_neither_torch_nor_timm():
     code = ("import argparse, sys; from dimbench.checkpoint_cli import add_checkpoint_commands; "
             "add_checkpoint_commands(argparse.ArgumentParser().add_subparsers()); "
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'timm')); "
-            "print(heavy); sys.exit(1 if heavy else 0)")  # fmt: skip
+            "print(heavy); sys.exit(1 if heavy else 0)")
     done = _run(["-c", code])
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
     _, path = official_dim_file(tmp_path)
     err = io.StringIO()
@@ -681,7 +682,8 @@ def test_cli_bad_format_or_pad_layout_is_one_line_exit_2(tmp_path):
     assert rc == 2 and err.getvalue().count("\n") == 1
     assert "unknown checkpoint format 'dim'; expected one of auto, dimbench, dim-official" in err.getvalue()
     entry = ["-m", "dimbench.cli", "checkpoint"]
-    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_s_2", "--pad-layout", "diag"])
+    bad = _run([*entry, "convert", str(path), str(tmp_path / "o.pt"), "--model", "dim_s_2", "--model-option",
+                "pad_layout=diag"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.strip().count("\n") == 0
     assert "pad_layout must be one of lateral, cyclic, got 'diag'" in bad.stderr
     assert not (tmp_path / "o.pt").exists()

@@ -36,6 +36,7 @@ def test_validate_reports_every_file_and_problem(tmp_path, capsys):
     assert "smoke.yaml: ok" in out and "6 points on cpu" in out
 
 
+@pytest.mark.slow
 def test_user_mistakes_through_the_real_cli_exit_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD_MODEL)
@@ -109,13 +110,14 @@ def test_env_shows_versions_devices_and_backends(capsys):
     assert "cpu" in record["scan_backends"]
 
 
+@pytest.mark.slow
 def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     assert cli.main(["report", str(tmp_path / "nowhere")]) == 2
     assert "expected a run folder holding results.jsonl" in capsys.readouterr().err
 
     calls = []
 
-    def fake_build(results_dir, out_dir=None):
+    def fake_build(results_dir, out_dir=None, progress=None):
         calls.append((Path(results_dir), out_dir))
         return Path(out_dir or results_dir) / "report.html", Path(out_dir or results_dir) / "report.pdf"
 
@@ -128,7 +130,7 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     assert "report.html" in capsys.readouterr().out
 
     # after a run: a failing report is reported, never fatal
-    def broken(results_dir, out_dir=None):
+    def broken(results_dir, out_dir=None, progress=None):
         raise RuntimeError("no fonts")
 
     monkeypatch.setattr(dimbench.report, "build_report", broken)
@@ -138,7 +140,8 @@ def test_report_command_and_report_failures(tmp_path, capsys, monkeypatch):
     # -o naming a file: one line, exit 2, no temporary file left behind
     monkeypatch.undo()
     (tmp_path / "taken").write_text("a file")
-    monkeypatch.setattr(dimbench.report, "build_report", lambda d, o=None: (Path(o) / "report.html").write_text(""))
+    monkeypatch.setattr(dimbench.report, "build_report",
+                        lambda d, o=None, **k: (Path(o) / "report.html").write_text(""))
     assert cli.main(["report", str(tmp_path), "-o", str(tmp_path / "taken")]) == 2
     assert capsys.readouterr().err.startswith(f"dimbench: error: {tmp_path / 'taken'}")
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dimbench.console import UserError
 from dimbench.data import DataError, Dataset, load_data, load_digits, load_image_folder, load_latents, resize
+from dimbench.errors import UserError
 
 
 def rows_sorted(x: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -98,7 +98,7 @@ def test_registered_configs():
         assert info.official == official
         d = info.defaults
         assert (d["depth"], d["width"], d["in_channels"], d["num_classes"], d["patch_size"], d["input_size"]) == (
-            depth, width, channels, classes, 2, 32)  # fmt: skip
+            depth, width, channels, classes, 2, 32)
     with META:
         model = models.create_model("dim_l_2")
     assert (model.input_size, model.in_channels, model.patch_size, model.depth, model.width) == (32, 4, 2, 49, 1024)

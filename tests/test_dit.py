@@ -143,6 +143,7 @@ def test_init_statistics_follow_official():
     assert model.y_embedder.embedding_table.weight.shape == (1001, 384)
 
 
+@pytest.mark.slow
 def test_forward_backward_small_config():
     torch.manual_seed(0)
     model = create_model("dit_s_2", input_size=16)  # the official S/2 on a 16x16 latent (64 tokens, kept cheap)

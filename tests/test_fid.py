@@ -95,6 +95,7 @@ def _suite(assets, out: Path, *, reference=None, weights=None, sha=None, samples
 
 
 # ----------------------------------------------------------------------------------------------- scores
+@pytest.mark.slow
 def test_scores_equal_torch_fidelity_on_identical_features():
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
     from torch_fidelity.metric_isc import isc_features_to_metric
@@ -123,13 +124,55 @@ def test_scores_equal_torch_fidelity_on_identical_features():
                                  kid_subset_size=250, kid_kernel="poly", kid_kernel_poly_degree=3,
                                  kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=2020, verbose=False)
     assert ours["kid_mean"] == kid["kernel_inception_distance_mean"]
+    # Precision/recall: dimbench runs torch-fidelity's memory-saving path (blocks of rows), which gives what its
+    # default path (full N x N matrices) gives; here with blocks of 64 rows, so several blocks are reduced.
     prc = prc_features_to_metric(torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3,
                                  prc_batch_size=10000, save_cpu_ram=False, verbose=False)
     assert (ours["precision"], ours["recall"]) == (prc["precision"], prc["recall"])
+    assert scores.precision_recall(fake, real, batch=64) == (prc["precision"], prc["recall"])
+
+
+def test_inception_resize_modes_match_their_reference_implementations(assets):
+    """tf1 is torch-fidelity's own path (its dataset loop and network); torch is pytorch-fid's preprocessing,
+    written out here (ToTensor: x / 255; F.interpolate to 299 px, bilinear, align_corners=False; 2x - 1), fed to the
+    network's first layer by a hook so that the network's own forward runs the rest. The two differ."""
+    import torch.nn.functional as F
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    from dimbench.fid import inception
+
+    net, _ = inception.load_extractor(assets["weights"], assets["sha"])
+    images = torch.from_numpy(assets["images"][:4]).permute(0, 3, 1, 2).contiguous()  # 16 px, uint8
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return images[i]
+
+    theirs = get_featuresdict_from_dataset(Images(), net, batch_size=3, cuda=False, save_cpu_ram=True, verbose=False)
+    tf1_pool, tf1_logits = inception.extract(net, images, batch=3, resize="tf1")
+    assert np.array_equal(tf1_pool, theirs[inception.POOL].numpy())
+    assert np.array_equal(tf1_logits, theirs[inception.LOGITS].numpy())
+
+    x = images.float() / 255.0
+    x = 2.0 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1.0
+    hook = net.Conv2d_1a_3x3.register_forward_pre_hook(lambda module, args: (x,))
+    try:
+        ref_pool, ref_logits = net(torch.zeros(4, 3, 299, 299, dtype=torch.uint8))
+    finally:
+        hook.remove()
+    pool, logits = inception.extract(net, images, batch=4, resize="torch")
+    assert np.allclose(pool, ref_pool.numpy(), rtol=1e-5, atol=1e-6)
+    assert np.allclose(logits, ref_logits.numpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(pool - tf1_pool).max() > 1e-2 * np.abs(tf1_pool).max()  # the resize modes differ
+    with pytest.raises(ValueError, match="inception resize must be one of tf1, torch"):
+        inception.extract(net, images, resize="antialias")
 
 
 def test_reference_layouts(assets, tmp_path):
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid.reference import read_reference
 
     adm = read_reference(assets["adm"])
@@ -166,6 +209,7 @@ def resumed(assets, tmp_path_factory):
     return out, killed, chunks_after_kill, rows_after_kill, done
 
 
+@pytest.mark.slow
 def test_run_writes_rows_and_resumes_after_a_kill(assets, resumed):
     out, killed, chunks_after_kill, rows_after_kill, resumed = resumed
     assert killed.returncode == 0, killed.stderr  # the runner records the crash as an error row and goes on
@@ -179,13 +223,19 @@ def test_run_writes_rows_and_resumes_after_a_kill(assets, resumed):
     assert fid["status"] == "ok" and fid["value"] >= 0, fid
     assert fid["extra"]["resumed_images"] == 8 and fid["extra"]["generated_this_run"] == 8  # nothing redone
     assert fid["extra"]["n_fake"] == 16 and fid["extra"]["checkpoint_sha256"] == _sha256(assets["ckpt"])
-    for word in ("DPM-Solver++", "3 steps", "s = 0.4", "on the first 3 channels", "16 samples in float32",
-                 "chunks of 8 images", "seed 0", "labels uniformly random", str(assets["ckpt"]), assets["sha"],
-                 "inception.pth", "VIRTUAL_tiny_labeled.npz", "TF1-style bilinear", "pytorch-fid"):
+    for word in ("DPM-Solver++", "3 steps", "s = 0.4", "on the first 3 channels", "16 samples, network in float32 "
+                 "on the CPU (tf32 asked", "chunks of 8 images", "seed 0", "labels uniformly random",
+                 str(assets["ckpt"]), assets["sha"], "inception.pth", "VIRTUAL_tiny_labeled.npz",
+                 "Inception resize tf1: torch-fidelity's TF1-style bilinear", "the dit protocol",
+                 "not comparable with a published FID-50K: checkpoint: SHA-256"):
         assert word in fid["method"], word
     extra = fid["extra"]
     assert extra["labels"] == "random" and extra["random_weights"] is False and extra["n_fake"] == 16
     assert extra["checkpoint"] == str(assets["ckpt"]) and extra["comparable_to_published"] is False
+    assert extra["not_comparable"][0].startswith("checkpoint: SHA-256 " + _sha256(assets["ckpt"]))
+    assert (extra["inception_resize"], extra["precision"], extra["precision_ran"]) == ("tf1", "tf32", "float32")
+    assert (extra["vae_precision"], extra["vae_precision_ran"], extra["protocol"]) == ("tf32", "float32", "dit")
+    assert rows["patch_fid"]["status"] == "skipped" and "reference_images" in rows["patch_fid"]["error"]
     for row in ("inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid"):
         assert rows[row]["status"] == "ok", rows[row]
     assert rows["sample_s_per_image"]["value"] > 0 and rows["sample_s_per_image"]["unit"] == "s"
@@ -227,12 +277,13 @@ def _tiny_job(count: int, batch: int, **kw):
                               extractor=None, **kw)
 
 
-def _fake_extract(net, images, batch=100):
+def _fake_extract(net, images, batch=100, resize="tf1"):
     """Stand-in features: each image's pixels (so an image's features tell which image it is)."""
     flat = images.float().flatten(1).numpy()
     return np.tile(flat, (1, -(-2048 // flat.shape[1])))[:, :2048], np.zeros((len(flat), 1008), np.float32)
 
 
+@pytest.mark.slow
 def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tmp_path, monkeypatch):
     """A chunk is done only when its indices are those of this run's (count, batch): resuming with fewer or more
     samples redoes the last chunk, and every index 0 ... N-1 is scored exactly once. A temporary file left by a
@@ -258,6 +309,7 @@ def test_resume_with_another_sample_count_redoes_the_chunks_that_do_not_match(tm
         assert np.array_equal(feats["pool"][:min(count, 12)], full["pool"][:min(count, 12)])  # same images
 
 
+@pytest.mark.slow
 def test_training_free_upsampling_only_for_the_models_named_with_the_papers_settings(assets, tmp_path):
     """A tiny DiM whose checkpoint is at 8 px, scored at 16 px: training-free upsampling x2 with Upsample Guidance,
     DPM-Solver 50 steps, s = 3.0 (dim.md §8; not the family's own steps). A DiT checkpoint at 8 px is not
@@ -282,7 +334,8 @@ def test_training_free_upsampling_only_for_the_models_named_with_the_papers_sett
     extra = fid.extra
     assert (extra["sampler"], extra["sampler_steps"], extra["guidance_s"]) == ("dpm_solver", 50, 3.0)
     assert extra["upsample_factor"] == 2 and extra["labels"] == "random" and extra["random_weights"] is False
-    assert extra["comparable_to_published"] is False  # 10 samples, not 50,000
+    assert extra["comparable_to_published"] is False
+    assert extra["not_comparable"] == ["resolution: 16 px by training-free upsampling; no FID is published there"]
 
     dit_ckpt = tmp_path / "dit_tiny_8px.pt"
     models.save_checkpoint(models.create_model("dit_tiny_4", input_size=8), dit_ckpt)
@@ -292,13 +345,69 @@ def test_training_free_upsampling_only_for_the_models_named_with_the_papers_sett
         FID.measure(dit, out_dir=str(tmp_path / "out"), **options)
 
 
-def test_labels_comparability_dtype_and_guided_channels():
-    """Random labels are seeded per image (the same for any chunking), balanced ones are i mod classes; a row is
-    comparable to a published FID-50K only with a checkpoint, 50,000 samples, random labels and the paper's
-    sampler, steps and guidance; a non-float32 point is skipped; DiT's guidance names its 3 channels."""
+@pytest.mark.slow
+def test_high_resolution_kid_and_patch_fid_against_a_reference_folder(assets, tmp_path):
+    """Samples of at least 299 px (a tiny latent DiT decoded by a VAE that upsamples 32x: 384 px) against a
+    statistics-only reference and a folder of real images: KID and precision/recall come from the folder's images
+    (read at the samples' size), and patch-FID is the Fréchet distance between crops of the samples and crops of
+    the folder's images, each recomputed here from its parts."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    import models
+    from dimbench.fid import inception, pipeline
+    from dimbench.fid.folder import folder_features, image_files
+    from dimbench.fid.patches import random_crops
+    from dimbench.metrics.fid import FID
+    from dimbench.points import SweepPoint
+    from dimbench.quality.frechet import frechet_distance, gaussian_stats
+
+    torch.manual_seed(0)
+    vae_dir = tmp_path / "vae32"
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 6,
+                  up_block_types=("UpDecoderBlock2D",) * 6, block_out_channels=(32,) * 6, layers_per_block=1,
+                  latent_channels=4, norm_num_groups=32, sample_size=384).save_pretrained(vae_dir)
+    ckpt = tmp_path / "dit_tiny_latent12.pt"
+    models.save_checkpoint(models.create_model("dit_tiny_4", input_size=12, in_channels=4, num_classes=10), ckpt)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):  # precision/recall need more than 3 per set
+        Image.fromarray(rng.integers(0, 256, size=(360, 420, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=384, input_size=12, batch=1, dtype="float32",
+                       device="cpu", metrics=("fid",), checkpoint=str(ckpt))
+    rows = {m.metric: m for m in FID.measure(
+        point, out_dir=str(tmp_path / "out"), inception_weights=str(assets["weights"]),
+        inception_sha256=assets["sha"], reference=str(assets["uvit"]), vae=str(vae_dir), samples=4, batch=4,
+        sampler="ddim", steps=1, guidance=0.0, reference_images=str(folder), patch_crops=1)}
+    for name in ("fid", "kid", "precision", "recall", "patch_fid"):
+        assert rows[name].status == "ok", (name, rows[name].error)
+    assert rows["kid"].extra["real_from"].startswith(f"the 4 images of {folder}")
+    patch = rows["patch_fid"]
+    assert patch.method.startswith("patch-FID (not FID, and not comparable with any published FID)")
+    assert (patch.extra["n_fake_crops"], patch.extra["n_real_crops"], patch.extra["image_px"]) == (4, 4, 384)
+
+    net, _ = inception.load_extractor(assets["weights"], assets["sha"])
+    state = next((tmp_path / "out" / "state").glob("*/fid"))
+    feats = pipeline.gather(state, 4, 4)
+    grid = torch.from_numpy(np.load(state / "grid.npy"))  # the 4 samples' pixels
+    fake, _ = inception.extract(net, random_crops(grid, 0, range(4), 1), resize="tf1")
+    assert np.allclose(feats["patch_pool"], fake, rtol=1e-5, atol=1e-6)
+    real_pool, real_crops = folder_features(image_files(folder), 384, net, resize="tf1", crops=1, seed=0)
+    assert patch.value == pytest.approx(frechet_distance(*gaussian_stats(fake), *gaussian_stats(real_crops)),
+                                        rel=1e-4)
+    from dimbench.fid.scores import kid
+
+    assert rows["kid"].value == pytest.approx(kid(feats["pool"], real_pool)[0], rel=1e-4, abs=1e-6)
+
+
+def test_labels_dtype_and_guided_channels():
+    """Random labels are seeded per image (the same for any chunking), balanced ones are i mod classes; a non-float32
+    point is skipped (the papers' reduced precision is autocast on float32 weights); DiT's guidance names its 3
+    channels. (Comparability: tests/test_fid_protocol.py.)"""
     from dimbench.fid import pipeline
     from dimbench.metrics.base import SkipMetric
-    from dimbench.metrics.fid import FID, comparable_to_published
+    from dimbench.metrics.fid import FID
     from dimbench.points import SweepPoint
     from dimbench.training.sampling import SamplerSpec
 
@@ -307,29 +416,58 @@ def test_labels_comparability_dtype_and_guided_channels():
     assert all(0 <= c < 1000 for c in labels) and labels != pipeline.class_labels(1, range(200), 1000)
     assert pipeline.class_labels(0, [3, 1004], 1000, "balanced") == [3, 4]
 
-    def point(model, res, dtype="float32"):
-        return SweepPoint(suite="t", model=model, resolution=res, input_size=res // 8, batch=1, dtype=dtype,
-                          device="cpu", metrics=("fid",), checkpoint="x.pt")
-
-    o = {"labels": "random", "until": 0.7}
-    assert comparable_to_published(point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 50000, "c.pt")
-    assert comparable_to_published(point("dim_h_2", 512), o, SamplerSpec("dpm_solver++", 50, 0.7), None, 50000, "c")
-    assert comparable_to_published(point("dim_h_2", 1024), o, SamplerSpec("dpm_solver", 50, 3.0), 2, 50000, "c")
-    for args in ((point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 1000, "c"),  # FID-1K
-                 (point("dit_xl_2", 256), o, SamplerSpec("ddpm", 250, 0.5), None, 50000, None),  # random weights
-                 (point("dit_xl_2", 256), o, SamplerSpec("ddpm", 50, 0.5), None, 50000, "c"),  # other steps
-                 (point("dim_h_2", 512), o, SamplerSpec("dpm_solver++", 50, 0.4), None, 50000, "c"),  # guidance
-                 (point("dit_xl_2", 256), {**o, "labels": "balanced"}, SamplerSpec("ddpm", 250, 0.5), None, 50000,
-                  "c"),
-                 (point("dim_h_2", 1024), o, SamplerSpec("dpm_solver", 250, 3.0), 2, 50000, "c")):
-        assert not comparable_to_published(*args), args
-
-    with pytest.raises(SkipMetric, match="float32 only.*bfloat16"):
-        FID.measure(point("dit_tiny_4", 64, "bfloat16"))
+    point = SweepPoint(suite="t", model="dit_tiny_4", resolution=64, input_size=8, batch=1, dtype="bfloat16",
+                       device="cpu", metrics=("fid",), checkpoint="x.pt")
+    with pytest.raises(SkipMetric, match="float32 weights.*precision.*bfloat16"):
+        FID.measure(point)
     assert "on the first 3 channels" in SamplerSpec("ddpm", 250, 0.5).describe(3)
     assert "channels" not in SamplerSpec("ddpm", 250, 0.5).describe()
 
 
+def _fid_args(assets, out: Path, checkpoint) -> list[str]:
+    return ["fid", "dit_tiny_4", "--resolution", "8", "--checkpoint", str(checkpoint), "--out", str(out),
+            "--device", "cpu", "--inception-weights", str(assets["weights"]), "--inception-sha256", assets["sha"],
+            "--reference", str(assets["uvit"]), "--vae", str(assets["vae"]), "--samples", "16", "--batch", "8",
+            "--sampler", "dpm_solver++", "--steps", "3", "--guidance", "0.4"]
+
+
+def test_a_finished_fid_command_is_not_scored_or_written_again(assets, tmp_path, capsys):
+    """Issue 25 (8): rerunning a finished `dimbench fid` wrote all its rows again."""
+    from dimbench import cli
+    from dimbench.metrics.fid import FID
+
+    out = tmp_path / "out"
+    assert cli.main(_fid_args(assets, out, assets["ckpt"])) == 0
+    rows = read_jsonl(out / "results.jsonl")
+    assert sorted(r["metric"] for r in rows) == sorted(FID.produces)  # every declared row, once
+    capsys.readouterr()
+    assert cli.main(_fid_args(assets, out, assets["ckpt"])) == 0
+    assert "already scored" in capsys.readouterr().out
+    assert read_jsonl(out / "results.jsonl") == rows
+
+
+def test_an_unusable_fid_checkpoint_is_one_line(assets, tmp_path, capsys):
+    """Issue 25 (15): a truncated, unsafe or other model's --checkpoint was an uncaught CheckpointError."""
+    import os
+
+    import models
+    from dimbench import cli
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(assets["ckpt"].read_bytes()[:5000])
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"w": torch.zeros(1), "object": os.getcwd}, unsafe)  # a callable: the safe loader refuses it
+    other = tmp_path / "uvit.pt"
+    models.save_checkpoint(models.create_model("uvit_tiny_4", input_size=8, in_channels=4, num_classes=10), other)
+    for path, needle in ((truncated, "cannot be read as a PyTorch checkpoint"), (unsafe, "cannot be read"),
+                         (other, "")):
+        assert cli.main(_fid_args(assets, tmp_path / path.stem, path)) == 2
+        err = capsys.readouterr().err
+        assert f"dimbench: error: --checkpoint {path}: {path}" in err and needle in err, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
 def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed, tmp_path):
     """`dimbench fid` on two CPU ranks (gloo): each rank samples its own chunks, rank 0 writes the rows once; a
     U-ViT-style reference (mu/sigma only) gives FID and IS, and says why KID and precision/recall are skipped.
@@ -354,7 +492,7 @@ def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed,
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_jsonl(out / "results.jsonl")
     by = {r["metric"]: r for r in rows}
-    assert len(rows) == len(by) == 7  # written once, by rank 0
+    assert len(rows) == len(by) == 8  # written once, by rank 0
     assert by["fid"]["status"] == "ok" and by["inception_score"]["status"] == "ok"
     assert by["fid"]["extra"]["world_size"] == 2 and by["fid"]["extra"]["n_fake"] == 16
     assert by["fid"]["extra"]["reference_layout"] == "uvit"
@@ -368,6 +506,7 @@ def test_fid_command_under_torchrun_shares_chunks_between_ranks(assets, resumed,
 
 
 # ------------------------------------------------------------------------------------------ user errors
+@pytest.mark.slow
 def test_missing_paths_are_named_before_any_point_runs(assets, tmp_path):
     suite = _suite(assets, tmp_path, reference=tmp_path / "nope.npz", weights=tmp_path / "no_weights.pth")
     text = suite.read_text().replace(str(assets["vae"]), str(tmp_path / "no_vae"))
@@ -386,6 +525,7 @@ def test_missing_paths_are_named_before_any_point_runs(assets, tmp_path):
         assert key in done.stderr, (key, done.stderr)
 
 
+@pytest.mark.slow
 def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
     wrong = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
     torch.save({"x": torch.zeros(3)}, wrong)
@@ -395,7 +535,7 @@ def test_wrong_weights_file_names_the_expected_checksum(assets, tmp_path):
     assert "wrong file" in done.stderr and "6726825d" in done.stderr and str(wrong) in done.stderr
     assert _sha256(wrong) in done.stderr
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
     from dimbench.fid import inception
 
     with pytest.raises(UserError, match="do not fit"):  # the right hash claimed for a file of other weights
@@ -416,6 +556,7 @@ def test_inception_sha256_must_be_at_least_8_hex_digits():
             assert "8 to 64 lowercase hex digits" in " ".join(m for _, m in problems)
 
 
+@pytest.mark.slow
 def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     from PIL import Image
 
@@ -445,14 +586,23 @@ def test_fid_stats_command_writes_readable_statistics(assets, tmp_path):
     pool, _ = inception.extract(net, torch.from_numpy(assets["images"][:6]).permute(0, 3, 1, 2))
     with np.load(out, allow_pickle=False) as z:
         mu, _ = gaussian_stats(pool)
-        assert np.allclose(z["mu"], mu, rtol=1e-5, atol=1e-6)
+        assert np.allclose(z["mu"], mu, rtol=1e-5, atol=1e-6) and str(z["inception_resize"]) == "tf1"
 
     import argparse
 
-    from dimbench.console import UserError
+    from dimbench.errors import UserError
 
     base = dict(folder=str(folder), output=str(out), inception_weights=str(assets["weights"]),
-                inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu")
+                inception_sha256=assets["sha"], resolution=16, batch=4, device="cpu", compare=None,
+                inception_resize="tf1")
+    # --inception-resize torch: the statistics of pytorch-fid-style features, and the file says so.
+    made_torch = tmp_path / "stats_torch.npz"
+    assert cmd_fid_stats(argparse.Namespace(**{**base, "output": str(made_torch), "inception_resize": "torch"})) == 0
+    torch_pool, _ = inception.extract(net, torch.from_numpy(assets["images"][:6]).permute(0, 3, 1, 2),
+                                      resize="torch")
+    ref = read_reference(made_torch)
+    assert ref.inception_resize == "torch" and np.allclose(ref.mu, gaussian_stats(torch_pool)[0], rtol=1e-5,
+                                                           atol=1e-6)
     for change, message in (({"batch": 0}, "--batch: expected a whole number >= 1, got 0"),
                             ({"resolution": -3}, "--resolution: expected a whole number >= 1, got -3"),
                             ({"inception_sha256": "67"}, "--inception-sha256: expected 8 to 64")):
@@ -483,6 +633,7 @@ def test_skipped_when_torch_fidelity_does_not_import(assets, tmp_path, monkeypat
         FID.measure(point, out_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(tmp_path):
     import re
 
@@ -523,6 +674,7 @@ def test_fid_imagenet_suite_names_its_missing_files_and_passes_once_they_exist(t
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_reference_contents_and_resolutions_are_checked_before_any_point_runs(assets, tmp_path):
     """Keys and shapes of every reference file, and a {resolution: file} table covering every resolution, are
     checked by `dimbench validate` (and `run`) before sampling: each message names the file, the key, FILE:LINE."""

@@ -1,10 +1,11 @@
 """Regression gates: `dimbench baseline` and `dimbench gate`, end to end and verdict by verdict.
 
 End to end, through the real CLI: a probe model (declared here; the CLI loads this module as a plugin,
-``--plugin test_gate``) is run, baselined, run again unchanged (the gate passes), run slowed (its forward does
-ten times the work: the timing ratio to the reference matmul fails) and run larger (wider: params and GMACs
-change). Timing ratios on a busy machine are noisy, so the slowed run is 10x the work against a tolerance of
-2x: the verdict does not depend on how busy the machine is.
+``--plugin test_gate``) is run and baselined (the run passes against its own baseline), run slowed (its forward
+does a hundred times the work: the timing ratio to the reference matmul fails, beyond tolerance and significant) and
+run larger (wider: params and GMACs change). Timing ratios on a busy machine are noisy, so the slowed run is 100x
+the work against a tolerance of 2x, and no test compares two runs' timings and expects them equal: whether two
+runs on a shared machine agree depends on what else it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn as nn
 
 import models
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.gates import build_baseline, compare, load_baseline, write_baseline
 from dimbench.gates.baseline import BaselineError, Entry, Run, run_entries
 from dimbench.gates.render import as_json, markdown
@@ -99,12 +100,11 @@ def _run(tmp_path: Path, name: str, **env: str) -> Path:
 
 @pytest.fixture(scope="module")
 def probe_runs(tmp_path_factory):
-    """Four runs of the probe suite: the baseline's, an unchanged one, a slowed one and a larger one."""
+    """Three runs of the probe suite: the baseline's, a slowed one and a larger one."""
     tmp = tmp_path_factory.mktemp("gate")
     return {
         "base": _run(tmp, "base"),
-        "same": _run(tmp, "same"),
-        "slow": _run(tmp, "slow", **{REPEAT_ENV: "20"}),
+        "slow": _run(tmp, "slow", **{REPEAT_ENV: "200"}),
         "wide": _run(tmp, "wide", **{WIDTH_ENV: "32"}),
         "tmp": tmp,
     }
@@ -118,17 +118,25 @@ def _baseline_file(probe_runs) -> Path:
     return path
 
 
-def test_unchanged_run_passes(probe_runs):
+@pytest.mark.slow
+def test_a_run_passes_against_its_own_baseline_which_keeps_the_timing_samples(probe_runs):
     baseline = _baseline_file(probe_runs)
-    proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
+    proc = _dimbench("gate", str(probe_runs["base"]), "--baseline", str(baseline))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "dimbench gate: PASS" in proc.stdout and "5 ok" in proc.stdout
     data = load_baseline(baseline)
     assert {e.metric for e in data.entries.values()} == {"params", "params_trainable", "gmacs", "gflops",
                                                          "latency_rel"}
     assert data.tolerances["latency_rel"] == 0.30 and data.tolerances["gmacs"] == 0.0
+    timing = next(e for e in data.entries.values() if e.metric == "latency_rel")
+    counts = [e for e in data.entries.values() if e.metric != "latency_rel"]
+    assert len(timing.samples) == 7 and all(e.samples is None for e in counts)  # repeats: 7
+    assert timing.value == pytest.approx(sorted(timing.samples)[3], rel=1e-5)  # the value is their median
+    text = baseline.read_text()
+    assert '"version": 2' in text and text.count('"samples": [') == 1  # the samples on one line
 
 
+@pytest.mark.slow
 def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
     baseline = _baseline_file(probe_runs)
     md, js = probe_runs["tmp"] / "slow.md", probe_runs["tmp"] / "slow.json"
@@ -140,12 +148,18 @@ def test_slowed_model_fails_on_its_timing_ratio(probe_runs):
     failed = [r for r in result["rows"] if r["verdict"] in result["failing_verdicts"]]
     assert {(r["point"], r["metric"]) for r in failed} == {("gateprobe_s 16px b1 float32 cpu", "latency_rel")}
     assert all(r["verdict"] == "regressed" and r["change"] > 2 for r in failed)
+    # 7 samples each; every slowed one above every baselined one gives p = 2 / C(14, 7) = 0.00058
+    note = failed[0]["note"]
+    assert note.startswith("significant: Mann-Whitney U p=") and note.endswith(", 7 vs 7 samples"), note
+    assert float(note.split("p=")[1].split(",")[0]) < 0.05
+    assert result["alpha"] == 0.05 and any("two-sided Mann-Whitney U" in n for n in result["notes"])
     # The counts of the slowed model did not move: only its time did.
     assert all(r["verdict"] == "ok" for r in result["rows"] if r["metric"] != "latency_rel")
     text = md.read_text()
     assert text.startswith("**dimbench gate: FAIL") and "| gateprobe\\_s 16px b1 float32 cpu | latency\\_rel |" in text
 
 
+@pytest.mark.slow
 def test_larger_model_fails_naming_metric_and_point(probe_runs):
     baseline = _baseline_file(probe_runs)
     proc = _dimbench("gate", str(probe_runs["wide"]), "--baseline", str(baseline), "--tolerance", "latency_rel=2")
@@ -156,6 +170,7 @@ def test_larger_model_fails_naming_metric_and_point(probe_runs):
     assert any("gmacs" in ln and "changed" in ln for ln in lines), proc.stdout
 
 
+@pytest.mark.slow
 def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, tmp_path):
     cases = {
         "not json": ("{", "not readable as JSON"),
@@ -170,7 +185,7 @@ def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, t
             bad["entries"][0]["value"] = "12"
             text = json.dumps(bad)
         path.write_text(text)
-        proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(path))
+        proc = _dimbench("gate", str(probe_runs["base"]), "--baseline", str(path))
         assert proc.returncode == 2, (name, proc.stdout, proc.stderr)
         assert str(path) in proc.stderr and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     other = json.loads(json.dumps(good))
@@ -178,17 +193,20 @@ def test_bad_and_mismatched_baselines_exit_2_with_the_file_and_key(probe_runs, t
         e["point_key"] = e["point_key"].replace("gateprobe_s", "dit_xl_2")
     path = tmp_path / "other.json"
     path.write_text(json.dumps(other))
-    proc = _dimbench("gate", str(probe_runs["same"]), "--baseline", str(path))
+    proc = _dimbench("gate", str(probe_runs["base"]), "--baseline", str(path))
     assert proc.returncode == 2 and "mismatched baseline" in proc.stderr and "none in common" in proc.stderr
     for args, message in (((str(tmp_path / "nowhere"), "--baseline", str(path)), "no results.jsonl here"),
-                          ((str(probe_runs["same"]), "--baseline", str(tmp_path / "none.json")),
+                          ((str(probe_runs["base"]), "--baseline", str(tmp_path / "none.json")),
                            "no such baseline file"),
-                          ((str(probe_runs["same"]), "--baseline", str(path), "--tolerance", "latency_rel"),
-                           "expected METRIC=RELATIVE_CHANGE")):
+                          ((str(probe_runs["base"]), "--baseline", str(path), "--tolerance", "latency_rel"),
+                           "expected METRIC=RELATIVE_CHANGE"),
+                          ((str(probe_runs["base"]), "--baseline", str(_baseline_file(probe_runs)), "--alpha", "0"),
+                           "--alpha 0: expected a significance level between 0 and 1")):
         proc = _dimbench("gate", *args)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_baseline_update_replaces_the_runs_points_and_keeps_the_others(probe_runs, tmp_path):
     path = tmp_path / "b.json"
     first, _ = build_baseline(probe_runs["base"])
@@ -372,3 +390,86 @@ def test_baseline_update_replaces_per_measure_and_keeps_provenance(tmp_path):
     assert {k[1] for k in updated.entries} == {"gmacs", "latency_rel"}  # the timing entry is not lost
     assert any("latency_rel" in w and "--replace" in w for w in warnings)
     assert updated.source["earlier"][0]["results"] == first.source["results"]
+
+
+# ------------------------------------------------------------------------------ timing rows: significance
+def _timed(value: float, samples: list[float] | None, **kwargs) -> Entry:
+    return dataclasses.replace(_entry(metric="latency_rel", value=value, unit="x ref", **kwargs),
+                               samples=tuple(samples) if samples is not None else None)
+
+
+def _one(result):
+    (v,) = result.verdicts
+    return v.verdict, v.note
+
+
+BASE = [1.00, 1.02, 0.98, 1.01, 0.99, 1.03, 0.97]  # median 1.00
+
+
+def test_a_timing_change_beyond_tolerance_regresses_only_when_significant():
+    slower = [x * 1.5 for x in BASE]  # +50 %, every sample above every baselined one
+    verdict, note = _one(_gate([_timed(1.0, BASE)], [_timed(1.5, slower)]))
+    assert verdict == "regressed" and note == "significant: Mann-Whitney U p=0.00058, 7 vs 7 samples"
+    # +50 % at the median, but the run's samples spread over the baseline's: noise, not a regression.
+    noisy = [0.9, 1.0, 1.2, 1.5, 1.6, 0.95, 2.0]
+    result = _gate([_timed(1.0, BASE)], [_timed(1.5, noisy)])
+    verdict, note = _one(result)
+    assert verdict == "not significant" and result.passed
+    assert note.startswith("beyond tolerance but not significant (Mann-Whitney U p=0.") and "alpha 0.05" in note
+    assert any("two-sided Mann-Whitney U test on the raw samples" in n for n in result.notes)
+    # Faster beyond the tolerance is tested the same way: an improvement must be significant too.
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(0.5, [x / 2 for x in BASE])]))[0] == "improved"
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(0.5, [0.4, 0.5, 0.45, 1.1, 0.98, 1.05, 0.5])]))[0] == \
+        "not significant"
+    # Within the tolerance nothing is tested: ok, whatever the samples.
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(1.2, [x * 1.2 for x in BASE])])) == ("ok", "")
+
+
+def test_the_significance_level_is_a_setting():
+    slower = [1.00, 1.5, 1.45, 1.55, 0.99, 1.6, 1.48]  # two samples among the baseline's: p = 0.04
+    p_text = _one(_gate([_timed(1.0, BASE)], [_timed(1.48, slower)]))[1]
+    assert "p=0.04," in p_text
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(1.48, slower)], alpha=0.05))[0] == "regressed"
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(1.48, slower)], alpha=0.01))[0] == "not significant"
+    with pytest.raises(UserError, match="--alpha 1.5: expected a significance level between 0 and 1"):
+        _gate([_timed(1.0, BASE)], [_timed(1.48, slower)], alpha=1.5)
+
+
+def test_without_samples_or_with_too_few_the_tolerance_decides_alone_and_says_so():
+    old_file = _gate([_timed(1.0, None)], [_timed(1.5, [x * 1.5 for x in BASE])])
+    assert _one(old_file) == ("regressed", "tolerance only: the baseline keeps no samples to test")
+    assert any("decided by the tolerance alone: the baseline keeps no samples to test (a baseline written by "
+               "this dimbench keeps the samples)" in n for n in old_file.notes)
+    assert _one(_gate([_timed(1.0, BASE)], [_timed(1.5, None)])) == (
+        "regressed", "tolerance only: the run's row keeps no samples to test")
+    three = _gate([_timed(1.0, BASE[:3])], [_timed(1.5, [1.5, 1.6, 1.4])])  # 2 / C(6, 3) = 0.1: never < 0.05
+    assert _one(three) == ("regressed", "tolerance only: 3 vs 3 samples cannot reach p < 0.05")
+
+
+def test_timing_samples_go_from_the_rows_through_the_baseline_file_and_back(tmp_path):
+    """A version-2 file keeps each timing entry's samples (the per-round ratios, rounded to 6 digits); a
+    version-1 file (before samples) still loads; samples that are not numbers name the file and key."""
+    row = {"suite": "s", "point_key": "m|r16|b1|float32|cpu", "model": "m", "resolution": 16, "batch": 1,
+           "dtype": "float32", "device": "cpu", "status": "ok", "metric": "latency_rel", "unit": "x ref",
+           "value": 0.5, "extra": {"samples_ms": [2.0, 3.0, 4.000001], "reference_samples_ms": [4.0, 6.0, 8.0]}}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    baseline, _ = build_baseline(tmp_path)
+    (entry,) = baseline.entries.values()
+    assert entry.samples == pytest.approx((0.5, 0.5, 0.500000125))
+    path = write_baseline(baseline, tmp_path / "b.json")
+    assert load_baseline(path).entries[entry.identity].samples == (0.5, 0.5, 0.5)  # 6 significant digits
+    data = json.loads(path.read_text())
+    assert data["version"] == 2 and '"samples": [0.5, 0.5, 0.5]' in path.read_text()
+    data["version"] = 1
+    for e in data["entries"]:
+        del e["samples"]
+    path.write_text(json.dumps(data))
+    assert load_baseline(path).entries[entry.identity].samples is None
+    data["entries"][0]["samples"] = [1.0, "2"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=r"b.json: key 'entries\[0\].samples': expected a non-empty list"):
+        load_baseline(path)
+    data["version"] = 3
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match="key 'version': expected 1 or 2"):
+        load_baseline(path)

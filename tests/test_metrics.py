@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import statistics
 
 import pytest
 import torch
 
 import models
-from dimbench.metrics import METRICS, Measurement, SkipMetric, hardware  # noqa: F401  (SkipMetric: part of the API)
+from dimbench.metrics import (  # noqa: F401  (SkipMetric: part of the API)
+    METRICS,
+    Measurement,
+    SkipMetric,
+    hardware,
+    row_declaration,
+)
 from dimbench.metrics.common import build_model, ensure_real, make_inputs, point_inputs, resolve_device
 from dimbench.metrics.memory import predict_forward_peak
 from dimbench.points import SweepPoint
@@ -41,24 +48,34 @@ def rows_by_metric(name: str, p: SweepPoint, options=OPTIONS) -> dict[str, Measu
     return {r.metric: r for r in rows}
 
 
-def test_registry_has_the_contract_metrics():
-    assert set(METRICS) == {"params", "flops", "fvcore", "latency", "train_step", "memory", "train", "quality",
-                            "upsample", "profile", "published", "gmacs_variants", "fid"}
+def test_every_registered_metric_declares_well_formed_rows():
+    """What holds for every metric, the built-in ones and any added later: a description, rows with a unit and a
+    label, row names that are identifiers unique across metrics (they are result columns and file names), and
+    each name resolving to its own declaration."""
+    assert len(METRICS) >= 5  # the registry is populated (the built-ins register on import)
     produced = [row for m in METRICS.values() for row in m.produces]
-    assert len(produced) == len(set(produced))
-    assert set(produced) == {
-        "params", "params_trainable", "gmacs", "gflops", "gmacs_fvcore", "latency_ms", "throughput",
-        "latency_rel", "train_step_ms", "train_throughput", "train_step_rel", "mem_predicted_gib", "mem_allocated_gib",
-        "mem_reserved_gib",
-        "mem_device_gib", "tflops_achieved", "mfu", "train_loss", "train_loss_final", "train_images_per_s",
-        "fd_proxy", "proxy_acc", "fd_proxy_untrained", "proxy_acc_untrained", "samples",
-        *(f"{row}_up{m}{ug}" for row in ("fd_proxy", "proxy_acc", "samples") for m in (2, 3) for ug in ("", "_ug")),
-        "published_params", "published_gmacs", "published_throughput", "published_fid",
-        "gmacs_no_scan", "gmacs_no_dwconv", "gmacs_mamba_fused", "gmacs_unpadded", "gmacs_input_7_8",
-        "profile_forward_ms", "profile_ms", "profile_share", "profile_gflop", "profile_gbytes", "profile_energy_j",
-        "fid", "inception_score", "kid", "precision", "recall", "sample_s_per_image", "samples_fid",
-    }  # fmt: skip
-    assert all(m.name == name and m.description for name, m in METRICS.items())
+    assert len(produced) == len(set(produced)), "a row name is declared by two metrics"
+    for name, metric in METRICS.items():
+        assert metric.name == name and metric.description and metric.rows, name
+        assert metric.produces == tuple(r.name for r in metric.rows)
+        for row in metric.rows:
+            assert re.fullmatch(r"[a-z][a-z0-9_]*", row.name), row.name
+            assert row.unit and row.label, row.name
+            assert row_declaration(row.name) is row
+            assert row.summary is None or row.summary.header, row.name
+            # A count is compared exactly; samples to test belong to measured values, never to a count.
+            assert not row.deterministic or row.gate_policy is not None, row.name
+            assert row.gate_policy is None or row.gate_policy.samples is None or not row.deterministic, row.name
+
+
+@pytest.mark.parametrize("name", [m.name for m in METRICS.values() if all(r.deterministic for r in m.rows)])
+def test_each_counting_metric_writes_exactly_its_declared_rows(name):
+    """The metrics whose every row is a count are cheap on a tiny model: each writes each of its rows once, ok
+    or skipped with a reason, and nothing it does not declare."""
+    for model in ("dim_tiny_4", "dit_tiny_4"):
+        rows = METRICS[name].measure(point(model, 8, batch=1))
+        assert sorted(r.metric for r in rows) == sorted(METRICS[name].produces), (name, model)
+        assert all(r.status == "ok" or (r.status == "skipped" and r.error) for r in rows), (name, model)
 
 
 # --- inputs ---------------------------------------------------------------------------------------------------------
@@ -111,6 +128,7 @@ def test_latency_rows_on_a_tiny_model():
     assert "float32 matmul 512x512x512 on cpu" in rel.method and rel.extra["reference"] in rel.method
 
 
+@pytest.mark.slow
 def test_latency_bf16_runs_under_autocast_and_dim_records_its_scan_backend():
     rows = rows_by_metric("latency", point("dim_s_2", 4, batch=1, dtype="bfloat16"), {"warmup": 0, "repeats": 1})
     lat = rows["latency_ms"]
@@ -120,6 +138,7 @@ def test_latency_bf16_runs_under_autocast_and_dim_records_its_scan_backend():
     assert "dimbench_scan::selective_scan" in lat.extra["custom_ops"]
 
 
+@pytest.mark.slow
 def test_train_step_rows_and_it_follows_an_inference_forward_of_dim():
     """DiM caches token index maps; maps cached by an inference_mode forward must not break a training step."""
     p = point("dim_s_2", 2, batch=1)  # the smallest grid: a DiM backward on the CPU is slow
@@ -134,6 +153,7 @@ def test_train_step_rows_and_it_follows_an_inference_forward_of_dim():
     assert rel.value == pytest.approx(step.value / rel.extra["reference_samples_ms"][0]) and rel.unit == "x ref"
 
 
+@pytest.mark.slow
 def test_train_step_on_dit_trains_on_eps_channels():
     rows = rows_by_metric("train_step", point("dit_s_2", 8, batch=2), {"warmup": 1, "repeats": 1})
     assert rows["train_step_ms"].extra["attention_backend"] == "cpu_flash"
@@ -153,6 +173,7 @@ def test_a_point_with_a_checkpoint_runs_the_checkpoint_weights(tmp_path):
         build_model(missing, "cpu")
 
 
+@pytest.mark.slow
 def test_a_forward_after_a_prediction_really_computes():
     """The memory prediction runs under FakeTensorMode; model caches must not turn later real runs fake."""
     p = point("dim_s_2", 4, batch=1)
@@ -224,6 +245,7 @@ def _cpu_forward_peak_bytes(p: SweepPoint) -> int:
     return resident + peak
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, input_size, batch", [("dit_s_2", 16, 8), ("uvit_s_2", 16, 4), ("dim_s_2", 8, 2)])
 def test_predicted_memory_is_close_to_the_real_cpu_peak(model, input_size, batch):
     p = point(model, input_size, batch=batch)
@@ -239,6 +261,7 @@ def test_predicted_memory_is_close_to_the_real_cpu_peak(model, input_size, batch
         assert next(iter(predicted["scan_memory"].values())).startswith("work tensors traced on meta")
 
 
+@pytest.mark.slow
 def test_prediction_for_dim_h_2_at_1536_px_is_cheap_and_sane():
     """No compute and no memory: 862M parameters and a 9806-token sequence, predicted in seconds."""
     p = point("dim_h_2", 192, batch=1)
@@ -326,7 +349,7 @@ def test_nvml_reading_is_matched_to_the_torch_device_by_uuid_or_pci(monkeypatch)
         NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
         nvmlDeviceGetHandleByUUID=by_uuid, nvmlDeviceGetHandleByPciBusId=by_pci,
         nvmlDeviceGetMemoryInfo=lambda handle: types.SimpleNamespace(used=gpus[handle][1]),
-    )  # fmt: skip
+    )
     monkeypatch.setitem(sys.modules, "pynvml", fake)
 
     def props(uuid, bus):
@@ -386,5 +409,5 @@ def test_cuda_train_step_and_dim_latency(tmp_path):
 
 def test_points_round_trip_through_dataclasses_replace():
     """Metrics build variant points with dataclasses.replace (fvcore's batch-1 count): keys stay stable."""
-    p = point("dim_h_2", 64, batch=4, pad_layout="cyclic")
+    p = point("dim_h_2", 64, batch=4, options={"pad_layout": "cyclic"})
     assert dataclasses.replace(p, batch=1).key == "dim_h_2|r512|b1|float32|cpu|pad=cyclic"

@@ -15,6 +15,7 @@ from dimbench.metrics import METRICS
 from dimbench.paper import compare_published, half_unit, published_at, tables
 from dimbench.points import SweepPoint
 from dimbench.report import content, data
+from dimbench.report.paper import NOT_MEASURED
 
 
 def _point(model: str, resolution: int, metrics=("flops",)) -> SweepPoint:
@@ -51,6 +52,7 @@ def test_rounding_interval_of_a_printed_number():
     assert outside.beyond_rounding == pytest.approx(0.1 / 77)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table_id", ["dit_table4", "uvit_gflops", "official_params"])
 def test_dit_and_uvit_counts_reproduce_the_published_tables_within_0p2_percent(table_id):
     table = tables()[table_id]
@@ -61,6 +63,7 @@ def test_dit_and_uvit_counts_reproduce_the_published_tables_within_0p2_percent(t
             assert gap <= 0.002, (row.label, measure, measured, str(published))
 
 
+@pytest.mark.slow
 def test_dim_gap_is_the_count_without_mambas_fused_inner_function():
     """DiM-H/2's cited 210 / 708 GMACs: the full count is ~48 % higher; the count without conv1d, x_proj, dt_proj,
     scan and out_proj (what mamba-ssm's fused mamba_inner_fn runs) lands on both, and no other hypothesis does."""
@@ -99,6 +102,7 @@ device: cpu
 """
 
 
+@pytest.mark.slow
 def test_paper_tables_suite_end_to_end_report(tmp_path):
     from conftest import run_cli
 
@@ -118,7 +122,7 @@ def test_paper_tables_suite_end_to_end_report(tmp_path):
     assert any("mamba_inner_fn" in p for p in section.paragraphs)
     fid = [[c.text for c in r] for r in by_caption["Published FID-50K on ImageNet (class-conditional, with guidance)"]
            .rows]
-    assert all(r[2].startswith("not measured") for r in fid)
+    assert all(r[3].startswith("not measured") for r in fid) and len(fid) == 9  # column 1: dimbench's protocol
 
 
 def test_published_values_must_be_quoted_to_keep_their_precision():
@@ -157,20 +161,37 @@ def test_throughput_ratios_use_eager_batch_64_float32_cuda_rows_only(tmp_path):
 
 
 def test_fid_rows_are_set_beside_published_values_only_when_comparable(tmp_path):
+    """Each published FID shows the protocol dimbench runs for it; a measured FID stands beside the published
+    value of its own release only when comparable, otherwise its cell says each check that failed."""
     import report_fixtures as rf
 
     def fid(model, res, value, **extra):
         row = rf._row(model, res, "fid", value, "FID", "fid", "sample", dtype="float32", batch=1, extra=extra)
         return dict(row, point_key=row["point_key"] + f"|ckpt={model}.pt")
 
-    rows = [fid("dim_h_2", 256, 2.5, comparable_to_published=True, n_fake=50000),
+    reasons = ["precision: float32 ran, the protocol's is fp16", "samples: 1000 ran, the protocol's is 50000"]
+    rows = [fid("dim_h_2", 256, 2.5, comparable_to_published=True, n_fake=50000, release="dim_h_2_256_625k"),
+            fid("uvit_h_2", 256, 3.1, comparable_to_published=False, n_fake=1000, release=None,
+                not_comparable=reasons),
             fid("dit_xl_2", 256, 40.0, comparable_to_published=False, n_fake=1000, random_weights=True),
             rf._row("dim_h_2", 256, "published_fid", 2.21, "FID", "published", "evaluate",
                     extra={"table_id": "fid"})]
     rf.write_results(tmp_path, rows)
     section = {s.heading: s for s in content.build(data.load(tmp_path)).sections}["Paper tables"]
     table = next(t for t in section.tables if t.caption.startswith("Published FID-50K"))
+    assert table.columns[:3] == ["model", "dimbench's protocol", "FID-50K: published"]
     cells = {r[0].text: [c.text for c in r] for r in table.rows}
-    assert cells["DiM-H/2 (256 px, 625K steps)"][2] == "2.50"
-    assert cells["DiT-XL/2 (256 px, cfg 1.5)"][2:] == ["40.00 measured, not comparable (random weights, N = 1,000)",
-                                                      "—"]
+    assert cells["DiM-H/2 (256 px, 625K steps)"][2:4] == ["2.21", "2.50"]
+    assert cells["DiM-H/2 (256 px, released 425K steps)"][2:] == ["2.40", NOT_MEASURED["fid"], "—"]  # other release
+    assert cells["U-ViT-H/2 (256 px)"][3] == f"3.10 measured, not comparable ({'; '.join(reasons)})"
+    assert cells["DiT-XL/2 (256 px, cfg 1.5)"][3:] == ["40.00 measured, not comparable (random weights, N = 1,000)",
+                                                      "—"]  # a row written before the checks were recorded
+    dim = cells["DiM-H/2 (256 px, released 425K steps)"][1]
+    for words in ("DPM-Solver++", "50 steps", "s = 0.4", "time_uniform grid, intermediate points at grid points",
+                  "network bf16, VAE decode fp16", "Inception resize torch", "fid_stats_imagenet256_guided_diffusion",
+                  "425K steps"):
+        assert words in dim, (words, dim)
+    dit = cells["DiT-XL/2 (512 px, cfg 1.5)"][1]
+    assert "DDPM ancestral, 250 steps" in dit and "on the first 3 channels" in dit and "network tf32" in dit
+    assert "Inception resize tf1" in dit and "VIRTUAL_imagenet512.npz" in dit
+    assert cells["U-ViT-L/2 (256 px)"][1].startswith("not run by dimbench: U-ViT-L's published FID comes from")

@@ -7,6 +7,7 @@ parts adding up to the whole, the FLOPs adding up to the flops metric's count, t
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -16,16 +17,9 @@ import models
 from conftest import run_cli
 from dimbench import results
 from dimbench.cli import main
+from dimbench.metrics.energy import NvmlSampler
 from dimbench.metrics.flops import FLOPS, count_point_flops
-from dimbench.metrics.profile import (
-    PROFILE,
-    NvmlSampler,
-    affordable_resolution,
-    at_resolution,
-    read_trace,
-    resolution_step,
-    trace_names,
-)
+from dimbench.metrics.profile import PROFILE, affordable_resolution
 from dimbench.points import SweepPoint
 from dimbench.worker import make_row
 from models import profiling
@@ -64,6 +58,7 @@ def _rows(measurements, name):
     return [m for m in measurements if m.metric == name]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", TINY)
 def test_every_named_component_has_a_positive_time(profiled, model):
     _, by_model = profiled
@@ -80,6 +75,7 @@ def test_every_named_component_has_a_positive_time(profiled, model):
     assert fwd.extra["attention_backend"] == ("none" if model.startswith("dim") else "cpu_flash")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", TINY)
 def test_component_times_add_up_to_the_whole_forward(profiled, model):
     _, by_model = profiled
@@ -94,6 +90,7 @@ def test_component_times_add_up_to_the_whole_forward(profiled, model):
     assert sum(shares) == pytest.approx(100.0, rel=SUM_TOLERANCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", TINY)
 def test_component_flops_add_up_to_the_flops_metric(profiled, model):
     _, by_model = profiled
@@ -116,19 +113,22 @@ def test_component_flops_add_up_to_the_flops_metric(profiled, model):
     assert roof["peak_gflops"] > 0 and roof["bandwidth_gbps"] > 0 and "torch.mm" in roof["peak_method"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", TINY)
 def test_the_trace_is_json_naming_the_components(profiled, model):
     out, by_model = profiled
     (fwd,) = _rows(by_model[model], "profile_forward_ms")
     path = out / fwd.extra["trace"]  # relative to the run folder
     assert path.is_file()
-    data = read_trace(path)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    data = json.loads(raw)  # Chrome's trace format: {"traceEvents": [{"name": ..., ...}, ...], ...}
     assert isinstance(data, dict) and data["traceEvents"]
-    names = trace_names(path)
+    names = {e.get("name", "") for e in data["traceEvents"] if isinstance(e, dict)}
     assert {PREFIX + c for c in EXPECTED[model]} | {PREFIX + "forward"} <= names
     assert fwd.extra["memory_snapshot"] is None  # CUDA only
 
 
+@pytest.mark.slow
 def test_energy_without_a_gpu_is_skipped_with_the_reason(profiled):
     _, by_model = profiled
     (energy,) = _rows(by_model["dit_tiny_4"], "profile_energy_j")
@@ -152,10 +152,11 @@ def test_the_nvml_sampler_says_not_available_and_never_raises(monkeypatch):
     assert s.reason.startswith("not available: pynvml (nvidia-ml-py) does not import")
 
 
+@pytest.mark.slow
 def test_a_costly_cpu_size_is_timed_at_the_largest_affordable_one(tmp_path):
     point = _point("dim_tiny_4", resolution=48, batch=1)
-    step = resolution_step(point.model)
-    counts = {r: count_point_flops(at_resolution(point, r)).gflops for r in range(step, 49, step)}
+    step = models.model_info(point.model).resolution_step
+    counts = {r: count_point_flops(point.at_resolution(r)).gflops for r in range(step, 49, step)}
     bound = (counts[32] + counts[36]) / 2  # 32 px fits, 36 px does not
     assert affordable_resolution(point, bound) == (32, pytest.approx(counts[32]))
     assert affordable_resolution(point, counts[step] / 2)[0] == step  # none fits: the smallest
@@ -187,6 +188,7 @@ def test_ranges_cost_nothing_and_change_nothing_when_off():
         assert torch.equal(plain, ranged)
 
 
+@pytest.mark.slow
 def test_rows_are_valid_result_rows(profiled):
     _, by_model = profiled
     for model, measurements in by_model.items():
@@ -196,6 +198,7 @@ def test_rows_are_valid_result_rows(profiled):
         json.dumps(rows)  # one JSON line each
 
 
+@pytest.mark.slow
 def test_the_cli_profiles_end_to_end(tmp_path):
     out = tmp_path / "prof"
     r = run_cli("profile", "dit_tiny_4", "--resolution", "16", "--batch", "2", "--warmup", "0", "--repeats", "1",
@@ -225,6 +228,7 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, tmp_path, args, message):
     assert not (tmp_path / "results.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_the_report_shows_the_profile_section(profiled, tmp_path):
     import report_fixtures as rf
     from matplotlib.figure import Figure as MplFigure

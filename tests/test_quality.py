@@ -161,6 +161,7 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
     assert "does NOT meet the bar" in html  # ten steps do not learn the digits, and the report says so
 
 
+@pytest.mark.slow
 def test_dimbench_train_command_resumes_and_reports(tmp_path):
     out = tmp_path / "train"
     args = ["train", "uvit_tiny_4", "--batch", "8", "--warmup", "2", "--log-every", "5", "--checkpoint-every", "5",
@@ -178,6 +179,7 @@ def test_dimbench_train_command_resumes_and_reports(tmp_path):
     assert all(json.dumps(r) for r in rows) and (out / "checkpoint.pt").is_file()
 
 
+@pytest.mark.slow
 def test_dimbench_train_refuses_to_resume_another_run(tmp_path):
     out = tmp_path / "train"
     args = ["train", "dit_tiny_4", "--steps", "2", "--warmup", "1", "--log-every", "1", "--checkpoint-every", "1",
@@ -188,6 +190,7 @@ def test_dimbench_train_refuses_to_resume_another_run(tmp_path):
     assert "checkpoint.pt: cannot continue this run" in other.stderr and "batch" in other.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--data", "/nonexistent/images"], "/nonexistent/images"),
     (["--init-from", "/nonexistent/ckpt.pt"], "--init-from /nonexistent/ckpt.pt: no such file"),
@@ -199,6 +202,7 @@ def test_dimbench_train_bad_input_is_one_clear_line(tmp_path, args, message):
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_dimbench_train_unknown_model(tmp_path):
     result = run_cli("train", "no_such_model", "--out", str(tmp_path / "x"))
     assert result.returncode == 2 and "unknown model 'no_such_model'" in result.stderr

@@ -26,7 +26,7 @@ import report_fixtures as rf  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
 import models  # noqa: E402
-from dimbench.console import UserError  # noqa: E402
+from dimbench.errors import UserError  # noqa: E402
 from dimbench.metrics import Metric, Ratio, Row, register_metric, unregister_metric  # noqa: E402
 from dimbench.report import ReportError, analysis, build_report, content, data, document, pdf  # noqa: E402
 from dimbench.report.clip import MAX_CHARS  # noqa: E402
@@ -108,6 +108,7 @@ def full(tmp_path_factory):
 # ---- HTML -----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_html_is_one_self_contained_file_with_every_plot(full):
     doc = parse(full["text"])
     n_figures = sum(len(s.figures) for s in full["report"].sections)
@@ -128,6 +129,7 @@ def test_html_is_one_self_contained_file_with_every_plot(full):
     assert "@media print" in full["text"]
 
 
+@pytest.mark.slow
 def test_html_shows_every_model_resolution_and_section(full):
     text = " ".join(parse(full["text"]).text)
     for m in rf.MODELS:
@@ -141,6 +143,7 @@ def test_html_shows_every_model_resolution_and_section(full):
     assert "NVIDIA H100 80GB HBM3" in text  # the environment reached the summary and the table
 
 
+@pytest.mark.slow
 def test_summary_names_the_gmacs_crossover(full):
     # Independently of the report's code: DiM/DiT GMACs ratio is a straight line in log-log between the two
     # resolutions around parity, so the crossover is where that line meets ratio 1.
@@ -162,6 +165,7 @@ def test_summary_names_the_gmacs_crossover(full):
     assert any("mamba_ssm backend" in h for h in summary.highlights)  # the scan backend DiM's times ran with
 
 
+@pytest.mark.slow
 def test_failed_points_are_listed_with_messages(full):
     sec = next(s for s in full["report"].sections if s.heading == "Failed and skipped points")
     failed, skipped = sec.tables
@@ -178,6 +182,7 @@ def test_failed_points_are_listed_with_messages(full):
     assert 'class="num oom"' in full["text"]  # OOM cells flagged in the full tables
 
 
+@pytest.mark.slow
 def test_oom_and_error_points_are_drawn_as_marked_x(full):
     speed = next(s for s in full["report"].sections if s.heading == "Speed: forward pass")
     (fig,) = speed.figures
@@ -198,6 +203,7 @@ def test_oom_and_error_points_are_drawn_as_marked_x(full):
             assert 2048 not in list(line.get_xdata())
 
 
+@pytest.mark.slow
 def test_memory_plot_distinguishes_measured_and_predicted(full):
     mem = next(s for s in full["report"].sections if s.heading == "Memory")
     (panel,) = mem.figures[0].panels
@@ -207,6 +213,7 @@ def test_memory_plot_distinguishes_measured_and_predicted(full):
     assert any("measured" in lab for lab, _, _ in panel.style_legend)
 
 
+@pytest.mark.slow
 def test_gmacs_exponent_is_reported_per_model(full):
     sec = next(s for s in full["report"].sections if s.heading == "Compute (GMACs)")
     (table,) = sec.tables
@@ -220,6 +227,7 @@ def test_gmacs_exponent_is_reported_per_model(full):
 # ---- PDF ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_poppler
 def test_pdf_pages_and_text_match_the_content(full):
     pages = pdf.layout(full["report"])
@@ -235,6 +243,7 @@ def test_pdf_pages_and_text_match_the_content(full):
     assert f"page {len(pages)} of {len(pages)}" in text
 
 
+@pytest.mark.slow
 @needs_poppler
 def test_pdf_first_page_is_not_blank(full, tmp_path):
     subprocess.run([PDFTOPPM, "-png", "-r", "50", "-f", "1", "-l", "1", str(full["pdf"]), str(tmp_path / "p")],
@@ -243,6 +252,7 @@ def test_pdf_first_page_is_not_blank(full, tmp_path):
     _assert_not_blank(png)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (CI installs Debian's chromium)")
 def test_browser_renders_the_html(full, tmp_path):
     shot = tmp_path / "shot.png"
@@ -609,7 +619,7 @@ def test_varying_batch_ratios_cross_per_image_and_the_summary_stays_short(varyin
 
 def test_a_batch_sweep_is_plotted_one_batch_at_a_time(tmp_path):
     """Several batches at each point: one facet per batch, values as measured; the headline takes the largest."""
-    rows = [dict(r, batch=b, point_key=f"{r['point_key']}|b{b}",
+    rows = [dict(r, batch=b, point_key=r["point_key"].replace("|b1|", f"|b{b}|"),
                  value=None if r["value"] is None else r["value"] * (b if r["metric"] in ("latency_ms", "gmacs")
                                                                       else 1))
             for b in (1, 4)
@@ -719,3 +729,18 @@ def test_smoke_suite_run_builds_a_report_with_every_model_and_resolution(tmp_pat
         assert "Compute (GMACs)" in text  # counts run on every machine
         if PDFINFO:
             assert _pdf_pages(folder / "report.pdf") >= 3
+
+
+def test_variants_of_a_model_are_separate_series_named_by_their_options(tmp_path):
+    """Points of one model built with other family options (DiM's pad layout) are their own series, compared like
+    the model, instead of overwriting each other at a resolution."""
+    rows = rf.realistic_rows(models=("dim_h_2", "dit_xl_2"), oom=None, error=None)
+    cyclic = [{**r, "point_key": r["point_key"] + "|pad=cyclic", "value": r["value"] * 1.25}
+              for r in rows if r["model"] == "dim_h_2" and r["metric"] == "gmacs"]
+    results = data.load(rf.write_results(tmp_path, rows + cyclic))
+    assert results.models == ["dim_h_2", "dim_h_2 [pad=cyclic]", "dit_xl_2"]
+    facet = results.facets(["gmacs"])[0]
+    plain, padded = results.values("gmacs", facet)["dim_h_2"], results.values("gmacs", facet)["dim_h_2 [pad=cyclic]"]
+    assert padded == {r: v * 1.25 for r, v in plain.items()}
+    pairs = {(ln.subject, ln.other) for ln in analysis.ratio_lines(results) if ln.metric == "gmacs"}
+    assert pairs == {("dim_h_2", "dit_xl_2"), ("dim_h_2 [pad=cyclic]", "dit_xl_2")}

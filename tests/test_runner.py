@@ -1,5 +1,7 @@
-"""The runner and its workers, end to end through the real CLI: results + environment, faults recorded while
-the sweep goes on, a killed run resumed without recomputing, and the worker's protocol in-process."""
+"""A run, end to end through the real CLI: results and environment, faults recorded while the sweep goes on,
+timeouts, interrupts and resuming (a killed run, a cut-off last line), how workers start (a script without a
+main guard, a metric defined in ``__main__``), and points spread over GPUs. The worker's own protocol is
+tests/test_worker.py; the run folder's rules and file faults are tests/test_runfolder.py."""
 
 from __future__ import annotations
 
@@ -12,129 +14,20 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, cli_env, marked_processes, read_jsonl, run_cli
+from conftest import (
+    DIT,
+    ROOT,
+    TINY_SUITE,
+    TWO_MODELS,
+    cli_env,
+    marked_processes,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    unique_rows,
+    wait_for_rows,
+)
 from dimbench import results
-from dimbench.metrics import METRICS, Measurement, Metric, Row, SkipMetric
-from dimbench.points import SweepPoint
-from dimbench.worker import Job, parse_faults, run_job
-
-# --------------------------------------------------------------------------------------------- worker, in-process
-
-
-def _point(**kw) -> SweepPoint:
-    base = dict(suite="t", model="dit_s_2", resolution=32, input_size=4, batch=2, dtype="float32", device="cpu",
-                metrics=())
-    base.update(kw)
-    return SweepPoint(**base)
-
-
-def _run(metrics: list[str], **job) -> list[dict]:
-    events: list[dict] = []
-    job = Job(point=_point(), metrics=[METRICS[m] for m in metrics], options={m: {} for m in metrics}, **job)
-    run_job(job, events.append)
-    return events
-
-
-def _ok(point, ctx):
-    return [Measurement("fake_ms", 12.5, "ms", "made up for a test", {"batch": point.batch})]
-
-
-def _skip(point, ctx):
-    raise SkipMetric("does not apply here")
-
-
-def _boom(point, ctx):
-    raise ValueError("broken metric\nsecond line")
-
-
-def _oom(point, ctx):
-    import torch
-
-    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-
-
-def _nan(point, ctx):
-    return [Measurement("fake_nan", float("nan"), "ms", "made up")]
-
-
-def _stray(point, ctx):
-    return [Measurement("not_declared", 1.0, None, "made up")]
-
-
-def _partial(point, ctx):
-    return [Measurement("fake_e", 1.0, None, "made up")]
-
-
-@pytest.fixture
-def fake_metrics(monkeypatch):
-    """Metrics that succeed, skip, fail, run out of memory, return NaN, an undeclared row or too few rows."""
-    for name, fn, rows in (("fake_ok", _ok, ("fake_ms",)), ("fake_skip", _skip, ("fake_a", "fake_b")),
-                           ("fake_boom", _boom, ("fake_c",)), ("fake_oom", _oom, ("fake_d",)),
-                           ("fake_nan", _nan, ("fake_nan",)), ("fake_stray", _stray, ("fake_s",)),
-                           ("fake_partial", _partial, ("fake_e", "fake_f"))):
-        declared = tuple(Row(r, "ms", f"{r} label", task="count" if name == "fake_skip" else "forward") for r in rows)
-        monkeypatch.setitem(METRICS, name, Metric(name, declared, fn, "test metric"))
-
-
-def test_worker_reports_rows_per_metric_and_survives_failures(fake_metrics, capfd):
-    events = _run(["fake_ok", "fake_skip", "fake_boom", "fake_nan", "fake_stray", "fake_partial", "fake_ok"])
-    kinds = [e["event"] for e in events]
-    assert kinds == ["start", "rows", "end"] * 5 + ["start", "rows", "rows", "end"] + ["start", "rows", "end", "done"]
-    rows = [r for e in events if e["event"] == "rows" for r in e["rows"]]
-    assert [(r["metric"], r["status"]) for r in rows] == [
-        ("fake_ms", "ok"), ("fake_a", "skipped"), ("fake_b", "skipped"), ("fake_c", "error"), ("fake_nan", "error"),
-        ("fake_s", "error"), ("fake_e", "ok"), ("fake_f", "error"), ("fake_ms", "ok")]
-    first = rows[0]
-    assert list(first)[: len(results.COLUMNS)] == list(results.COLUMNS)
-    assert first["point_key"] == "dit_s_2|r32|b2|float32|cpu" and first["value"] == 12.5
-    assert first["task"] == "forward" and first["extra"] == {"batch": 2} and first["duration_s"] >= 0
-    assert rows[1]["task"] == "count"  # the task comes from the declaration of the row
-    assert rows[1]["error"] == "does not apply here" and rows[1]["value"] is None
-    assert rows[3]["error"] == "ValueError: broken metric"
-    assert "non-finite value nan" in rows[4]["error"]
-    assert "returned row 'not_declared', which it does not declare" in rows[5]["error"]
-    assert rows[7]["error"] == "metric 'fake_partial' produced no fake_f row"
-    assert "ValueError: broken metric" in capfd.readouterr().err  # the traceback goes to the worker's log
-
-
-def _series(point, ctx):
-    return [Measurement("fake_loss", 1.0, None, "made up", {}),  # a per-step row without its step
-            Measurement("fake_final", 2.0, None, "made up", {"step": 3})]  # a final row with one
-
-
-def test_series_rows_need_a_step_and_final_rows_none(monkeypatch):
-    rows = (Row("fake_loss", "loss", "loss", series=True), Row("fake_final", "count", "steps"))
-    monkeypatch.setitem(METRICS, "fake_series", Metric("fake_series", rows, _series, "test metric"))
-    events = _run(["fake_series"])
-    got = {r["metric"]: r for e in events if e["event"] == "rows" for r in e["rows"]}
-    assert "declared a series row, one per step, but has no integer extra['step']" in got["fake_loss"]["error"]
-    assert "declared once per point, but has a step (3)" in got["fake_final"]["error"]
-    with pytest.raises(ValueError, match="at least one row that is not a series"):
-        Metric("only_series", rows[:1], _series, "cannot tell when it is complete")
-
-
-def test_worker_stops_after_out_of_memory(fake_metrics):
-    events = _run(["fake_ok", "fake_oom", "fake_ok"])
-    assert [e["event"] for e in events] == ["start", "rows", "end", "start", "rows", "end", "stop"]
-    oom = events[4]["rows"][0]
-    assert oom["status"] == "oom" and oom["error"].startswith("OutOfMemoryError: CUDA out of memory")
-
-
-def test_worker_budget_skips_with_the_cost(fake_metrics):
-    events = _run(["fake_ok"], budget={"fake_ok": 15}, gmacs_per_image=10.0)
-    row = events[1]["rows"][0]
-    assert row["status"] == "skipped"
-    assert "10.0 GMACs per image (meta count) x batch 2 = 20.0 > max_gmacs_x_batch 15" in row["error"]
-    events = _run(["fake_ok"], budget={"fake_ok": 25}, gmacs_per_image=10.0)
-    assert events[1]["rows"][0]["status"] == "ok"
-
-
-def test_fault_spec_parsing():
-    assert parse_faults("dit_s_2|r64=crash; uvit#flops=hang") == [("dit_s_2|r64", "crash"), ("uvit#flops", "hang")]
-    assert parse_faults("") == []
-    with pytest.raises(ValueError, match="KIND one of error, oom, crash, hang"):
-        parse_faults("dit=explode")
-
 
 # ----------------------------------------------------------------------------------------- end to end (the CLI)
 
@@ -143,6 +36,7 @@ def _statuses(out) -> dict[tuple[str, str], dict]:
     return {(r["point_key"], r["metric"]): r for r in read_jsonl(out / "results.jsonl")}
 
 
+@pytest.mark.slow
 def test_smoke_suite_produces_results_and_environment(tmp_path):
     out = tmp_path / "smoke"
     proc = run_cli("run", "smoke", "--out", str(out), "--no-report")
@@ -170,6 +64,7 @@ def test_smoke_suite_produces_results_and_environment(tmp_path):
     assert "How each column was obtained" in proc.stdout and "Wall time of this run" in proc.stdout
 
 
+@pytest.mark.slow
 def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=600))
     out = tmp_path / "out"
@@ -193,6 +88,7 @@ def test_faults_are_recorded_and_the_sweep_goes_on(tmp_path, write_suite):
     assert "injected fault 'crash'" in log.read_text()
 
 
+@pytest.mark.slow
 def test_spawned_workers_record_a_crash_too(tmp_path, write_suite):
     """The spawn start method (a fresh interpreter per point: what CUDA runs use) reports the same way."""
     suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2]"))
@@ -207,6 +103,7 @@ def test_spawned_workers_record_a_crash_too(tmp_path, write_suite):
     assert rows[(dit, "gmacs")]["status"] == "error" and "SIGSEGV" in rows[(dit, "gmacs")]["error"]
 
 
+@pytest.mark.slow
 def test_hung_metric_is_killed_at_its_timeout_and_the_point_goes_on(tmp_path, write_suite):
     # the hanging metric's own budget is short; every other metric keeps the suite's (nothing bets on speed)
     suite = write_suite(TINY_SUITE.format(timeout=600).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]")
@@ -232,6 +129,7 @@ def test_hung_metric_is_killed_at_its_timeout_and_the_point_goes_on(tmp_path, wr
     assert len(results.read_rows(out)) == len(rows) + 2  # the two retried rows, nothing else written again
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc to find leftover workers")
 def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
@@ -278,7 +176,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path, write_suite):
     assert len(env["runs"]) == 2 and env["runs"][0]["finished_at"] is None  # the killed run never finished
 
 
-
+@pytest.mark.slow
 def test_fresh_moves_old_results_aside(tmp_path):
     """--fresh: the next run starts from nothing; the old results, environment and state are kept as .bak."""
     from dimbench.runfolder import RunFolder
@@ -299,6 +197,20 @@ def test_fresh_moves_old_results_aside(tmp_path):
     assert (out / "logs.bak").is_dir() and list((out / "logs").iterdir()) == []  # old rows' log references hold
 
 
+def _stopped_by_a_signal(runner: subprocess.Popen, out, said: str) -> str:
+    """A run stopped by a signal exits 130 without a traceback, saying ``said`` on stderr (returned), and its
+    record says it was interrupted and counts the rows on disk."""
+    stdout, stderr = runner.communicate(timeout=120)
+    assert runner.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr and said in stderr, stderr
+    env = json.loads((out / "environment.json").read_text())
+    assert env["runs"][-1]["interrupted"] is True
+    rows = read_jsonl(out / "results.jsonl") if (out / "results.jsonl").exists() else []
+    assert env["runs"][-1]["rows_written"] == len(rows)
+    return stderr
+
+
+@pytest.mark.slow
 def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
     suite = write_suite(TINY_SUITE.format(timeout=120).replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]"))
     out = tmp_path / "out"
@@ -315,15 +227,12 @@ def test_interrupt_keeps_results_and_says_how_to_resume(tmp_path, write_suite):
         runner.kill()
         pytest.fail("the first point's rows never appeared")
     runner.send_signal(signal.SIGINT)  # what Ctrl-C sends
-    stdout, stderr = runner.communicate(timeout=120)
-    assert runner.returncode == 130, stdout + stderr
-    assert "Traceback" not in stdout + stderr
-    assert "resume with: dimbench run" in stderr and f"--out {out}" in stderr
+    stderr = _stopped_by_a_signal(runner, out, "resume with: dimbench run")
+    assert f"--out {out}" in stderr
     assert len(results.read_rows(out)) >= 4
-    env = json.loads((out / "environment.json").read_text())
-    assert env["runs"][-1]["interrupted"] is True
 
 
+@pytest.mark.slow
 def test_interrupt_during_start_up_is_clean(tmp_path, write_suite):
     """Ctrl-C as the run starts (its announcement printed, no worker running yet, or one starting)."""
     suite = write_suite(TINY_SUITE.format(timeout=120))
@@ -333,13 +242,83 @@ def test_interrupt_during_start_up_is_clean(tmp_path, write_suite):
                               stderr=subprocess.PIPE, text=True)
     assert runner.stdout.readline().startswith("Suite tiny on cpu")  # waits for the event: the run has begun
     runner.send_signal(signal.SIGINT)
-    stdout, stderr = runner.communicate(timeout=120)
-    assert runner.returncode == 130, stdout + stderr
-    assert "Traceback" not in stdout + stderr and "resume with: dimbench run" in stderr
-    env = json.loads((out / "environment.json").read_text())
-    assert env["runs"][-1]["interrupted"] is True
-    rows = read_jsonl(out / "results.jsonl") if (out / "results.jsonl").exists() else []
-    assert env["runs"][-1]["rows_written"] == len(rows)
+    _stopped_by_a_signal(runner, out, "resume with: dimbench run")
+
+
+@pytest.mark.slow
+def test_resume_after_a_cut_off_last_line_measures_the_lost_rows_once(tmp_path, write_suite):
+    suite = write_suite(TWO_MODELS.format(timeout=600))
+    out = tmp_path / "out"
+    assert run_cli("run", str(suite), "--out", str(out), "--no-report").returncode == 0
+    complete = unique_rows(out)
+    lines = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
+    # the last row (gflops of the last point) half written; the one before it (gmacs) whole
+    (out / "results.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+
+    proc = run_cli("run", str(suite), "--out", str(out), "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert "half-written last line" in proc.stdout
+    after = unique_rows(out)
+    assert {results.row_identity(r) for r in after} == {results.row_identity(r) for r in complete}
+    assert after[-1]["metric"] == "gflops" and after[-1]["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_a_run_record_that_counts_the_rows_written(tmp_path, write_suite):
+    suite = write_suite(TWO_MODELS.format(timeout=600))
+    out = tmp_path / "out"
+    proc = start_cli(["run", str(suite), "--out", str(out), "--no-report"], DIMBENCH_INJECT_FAULT="uvit_s_2=hang")
+    wait_for_rows(out, proc, DIT, {"params", "gmacs"})
+    proc.send_signal(signal.SIGTERM)
+    _stopped_by_a_signal(proc, out, "interrupted (SIGTERM)")
+
+
+# ----------------------------------------------------------------------------------------- how workers start
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_can_run_a_suite(tmp_path):
+    """Workers never run the caller's ``__main__`` again (multiprocessing would, for a script without an
+    ``if __name__ == "__main__"`` guard: every worker would start a run of its own)."""
+    script = tmp_path / "bench.py"
+    script.write_text(
+        "from dimbench.runner import Runner\n"
+        "from dimbench.suite import expand, parse_suite\n"
+        f"suite = parse_suite('models: [dit_s_2]\\nresolutions: [32]\\ndevice: cpu\\n', __import__('pathlib').Path("
+        f"{str(tmp_path / 's.yaml')!r}))\n"
+        f"print(Runner(expand(suite, out={str(tmp_path / 'out')!r})).run().counts)\n")
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "{'ok': 4}"
+
+
+@pytest.mark.slow
+def test_a_metric_defined_in_the_running_script_is_a_clear_error(tmp_path):
+    """Workers cannot import ``__main__``: a metric defined there is refused up front, by name."""
+    script = tmp_path / "mine.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from dimbench.metrics import Measurement, Metric, Row, register_metric\n"
+        "from dimbench.runner import Runner\n"
+        "from dimbench.suite import expand, parse_suite\n"
+        "def mine(point, ctx):\n"
+        "    return [Measurement('mine_ms', 1.0, None, 'made up')]\n"
+        "if __name__ == '__main__':\n"
+        "    register_metric(Metric('mine', (Row('mine_ms', 'ms', 'mine'),), mine, 'defined in a script'))\n"
+        f"    suite = parse_suite('models: [dit_s_2]\\nresolutions: [32]\\nmetrics: [mine]\\ndevice: cpu\\n', "
+        f"Path({str(tmp_path / 's.yaml')!r}))\n"
+        "    try:\n"
+        f"        Runner(expand(suite, out={str(tmp_path / 'out')!r})).run()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n")
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("UserError mine is defined in the script being run (__main__), which worker "
+                                   "processes do not import: define metrics and models in an importable module")
 
 
 # ----------------------------------------------------------------------------------------------- GPU spreading

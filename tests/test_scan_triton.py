@@ -1,19 +1,13 @@
-"""The ``triton`` scan backend: forward and every gradient against a float64 recurrence, under Triton's interpreter
-on the CPU (TRITON_INTERPRET=1, small shapes: d_inner and N up to 16, L up to 300); availability and its reasons;
-the kernels compiled for sm_90 without a GPU (what the interpreter cannot catch); and, marked ``cuda``, the kernel
-against the ``chunked`` backend at DiM-H's shapes (``pytest -m cuda``, run by scripts/gpu_check.sh).
+"""The ``triton_v1`` scan backend (the first Triton kernel, kept beside the ``triton`` one for comparison): forward
+and every gradient against a float64 recurrence, under Triton's interpreter on the CPU (TRITON_INTERPRET=1, small
+shapes: d_inner and N up to 16, L up to 300); availability and its reasons; the kernels compiled for sm_90 without a
+GPU (what the interpreter cannot catch); and, marked ``cuda``, the kernel against the ``chunked`` backend at
+DiM-H's shapes (``pytest -m cuda``, run by scripts/gpu_check.sh). What both Triton backends share (the slot, triton
+missing, the mode per process) is tested here too.
 
-Triton's mode is fixed per process when triton is first imported (``triton_backend``'s docstring says why), and
-other test files import it in compiled mode. So the tests that need the interpreter (``@interpreted``) run in a
-subprocess, ``pytest`` on this file with TRITON_INTERPRET=1 (``test_interpreter_tests_in_a_subprocess``, which
-fails if any of them fails or is skipped there); in this process they are skipped, naming that test. The compile
-tests run only in a compiled-mode process, for the same reason. ``TRITON_INTERPRET=1 pytest tests/test_scan_triton.py``
-runs the interpreter tests directly.
-
-Tolerances, as ‖x − ref‖ / ‖ref‖ per tensor against float64 arithmetic on the same (rounded) inputs:
-float32 inputs 1e-5 (float32 arithmetic; seen ≤ 4e-7); float16 3e-3 and bfloat16 2e-2, set by rounding the
-output and the gradients of u, Δ, z to the input dtype (unit roundoff 4.9e-4 and 3.9e-3; seen up to 6e-4 and
-4.5e-3). A NaN anywhere fails (the comparison with a NaN norm is false).
+The interpreter tests (``@interpreted``) run in a subprocess with TRITON_INTERPRET=1
+(``test_interpreter_tests_in_a_subprocess``; ``tests/scan_cases.py`` says why);
+``TRITON_INTERPRET=1 pytest tests/test_scan_triton.py`` runs them directly. Tolerances: ``scan_cases.TOL``.
 """
 
 from __future__ import annotations
@@ -21,12 +15,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from scan_oracle import recurrence64
+from scan_cases import (
+    CUDA_CASES,
+    IN_INTERPRETER,
+    NAMES,
+    ROOT,
+    check_against_chunked_on_cuda,
+    check_against_oracle,
+    check_through_the_operator,
+    compiled,
+    interpreted,
+    make_inputs,
+    run_interpreted,
+)
 
 from models.scan import (
     ENV_VAR,
@@ -36,23 +40,12 @@ from models.scan import (
     resolve_backend,
     scan_backend,
     selective_scan,
-    triton_scan,
-    triton_scan_backward,
+    triton_runtime,
     unregister_backend,
 )
 from models.scan import triton_backend as ts
 from models.scan.registry import get_backend
-
-ROOT = Path(__file__).resolve().parent.parent
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-BIG = ("u", "delta", "B", "C", "z")                 # the (batch, ·, L) inputs, given in the tested dtype
-TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
-
-
-IN_INTERPRETER = ts.triton_status("cpu") == (True, "Triton interpreter (correctness only, slow)")
-interpreted = pytest.mark.skipif(not IN_INTERPRETER, reason="run with TRITON_INTERPRET=1 by "
-                                 "test_interpreter_tests_in_a_subprocess (triton's mode is one per process)")
-compiled = pytest.mark.skipif(IN_INTERPRETER, reason="needs triton in compiled mode: runs in the parent pytest")
+from models.scan.triton_backend import triton_scan, triton_scan_backward
 
 
 @pytest.fixture
@@ -62,83 +55,21 @@ def interpret(monkeypatch):
     assert IN_INTERPRETER
 
 
+@pytest.mark.slow
 @compiled
 def test_interpreter_tests_in_a_subprocess():
     """Every ``@interpreted`` test of this file, in a process started with TRITON_INTERPRET=1: all must pass."""
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
-    env.update(TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    items = list(_interpreted_items())
-    names = sorted({name for name, _ in items})
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not cuda",
-                          "-k", " or ".join(names), __file__],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    tail = run.stdout[-4000:] + run.stderr[-2000:]
-    assert run.returncode == 0, tail
-    summary = run.stdout.strip().splitlines()[-1]
-    assert f"{len(items)} passed" in summary and "skipped" not in summary, f"expected {len(items)} passes:\n{tail}"
-
-
-def _interpreted_items():
-    """(name, parameter set) of every @interpreted test here, counted from the marks (for the check above)."""
-    for name, fn in list(globals().items()):
-        if not name.startswith("test_") or not callable(fn):
-            continue
-        marks = getattr(fn, "pytestmark", [])
-        if not any(m.name == "skipif" and "TRITON_INTERPRET=1" in str(m.kwargs.get("reason", "")) for m in marks):
-            continue
-        count = 1
-        for m in marks:
-            if m.name == "parametrize":
-                count *= len(m.args[1])
-        yield from ((name, i) for i in range(count))
-
-
-def make_inputs(batch=2, d_inner=5, L=37, N=4, *, D=True, z=True, delta_bias=True, softplus=True, seed=0,
-                dtype=torch.float32, strong=False, device="cpu"):
-    """Random inputs with A < 0 and moderate Δ, so the state survives many steps and a wrong chunk carry shows.
-    Without softplus Δ is given positive. ``strong``: DiM's A = -[1..N] and Δ up to ~3, so decays underflow."""
-    g = torch.Generator(device=device).manual_seed(seed)     # drawn on the device: DiM-H's sizes are large
-    kw = {"generator": g, "device": device}
-    delta = torch.randn(batch, d_inner, L, **kw) * 0.5 - 1.0
-    if not softplus:
-        delta = F.softplus(delta)
-    t = {
-        "u": torch.randn(batch, d_inner, L, **kw),
-        "delta": delta + 3.0 if strong else delta,
-        "A": (-torch.arange(1, N + 1, device=device).float().repeat(d_inner, 1) if strong
-              else -(torch.rand(d_inner, N, **kw) * 1.5 + 0.1)),
-        "B": torch.randn(batch, N, L, **kw),
-        "C": torch.randn(batch, N, L, **kw),
-        "D": torch.randn(d_inner, **kw) if D else None,
-        "z": torch.randn(batch, d_inner, L, **kw) if z else None,
-        "delta_bias": torch.randn(d_inner, **kw) * 0.3 if delta_bias else None,
-    }
-    return {k: None if v is None else v.to(device=device, dtype=dtype if k in BIG else torch.float32)
-            for k, v in t.items()}
-
-
-def rel_err(x, ref) -> float:
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+    run_interpreted(__file__, globals(), timeout=600)
 
 
 def check(inputs, softplus=True, chunk=None, bwd_chunk=None, programs=None, tol=None):
     """Forward and every gradient of triton_scan / triton_scan_backward against autograd of recurrence64."""
-    dtype = inputs["u"].dtype
-    tol = tol or TOL[dtype]
-    out = triton_scan(**inputs, delta_softplus=softplus, chunk_size=chunk)
-    leaves = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
-    ref = recurrence64(**leaves, delta_softplus=softplus)
-    assert out.dtype == dtype and out.shape == ref.shape and out.is_contiguous()
-    assert rel_err(out, ref) <= tol, f"out: {rel_err(out, ref):.2e} > {tol}"
-    grad_out = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
-    present = [k for k in NAMES if inputs[k] is not None]
-    grads64 = torch.autograd.grad(ref, [leaves[k] for k in present], grad_out.double())
-    grads = triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8,
-                                 chunk_size=bwd_chunk, programs=programs)
-    assert len(grads) == len(present)
-    for name, g, g64 in zip(present, grads, grads64, strict=True):
-        assert g.dtype == inputs[name].dtype and g.shape == g64.shape and g.is_contiguous(), name
-        assert rel_err(g, g64) <= tol, f"gradient of {name}: {rel_err(g, g64):.2e} > {tol}"
+    def run(grad_out):
+        out = triton_scan(**inputs, delta_softplus=softplus, chunk_size=chunk)
+        return out, triton_scan_backward(grad_out, *(inputs[k] for k in NAMES), softplus, (True,) * 8,
+                                         chunk_size=bwd_chunk, programs=programs)
+
+    check_against_oracle(inputs, run, softplus, tol)
 
 
 @interpreted
@@ -219,62 +150,59 @@ def test_strided_inputs_and_only_needed_gradients(interpret):
 
 @interpreted
 def test_interpreter_availability(interpret):
-    assert available_backends("cpu")["triton"] == (True, "Triton interpreter (correctness only, slow)")
-    assert resolve_backend("triton", "cpu") == "triton"
-    assert resolve_backend(None, "cpu") != "triton", "auto never picks the interpreter"
+    assert available_backends("cpu")["triton_v1"] == (True, "Triton interpreter (correctness only, slow)")
+    assert resolve_backend("triton_v1", "cpu") == "triton_v1"
+    assert resolve_backend(None, "cpu") in ("chunked", "cpu_fused"), "auto never picks the interpreter"
 
 
 @interpreted
 def test_through_the_operator_with_autograd(interpret):
-    """selective_scan(backend="triton"): values and torch.autograd gradients, through the op's analytic backward."""
-    assert get_backend("triton").backward is triton_scan_backward
+    """selective_scan(backend="triton_v1"): values and torch.autograd gradients, through the op's analytic
+    backward."""
+    assert get_backend("triton_v1").backward is triton_scan_backward
     inputs = make_inputs(L=23, seed=8)
-    leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
-    out = selective_scan(**leaves, backend="triton")
-    assert scan_backend() == "triton"
-    leaves64 = {k: None if v is None else v.double().requires_grad_() for k, v in inputs.items()}
-    ref = recurrence64(**leaves64)
-    assert rel_err(out, ref) <= TOL[torch.float32]
-    go = torch.randn(ref.shape, dtype=torch.float64)
-    grads = torch.autograd.grad(out, list(leaves.values()), go.float())
-    grads64 = torch.autograd.grad(ref, list(leaves64.values()), go)
-    for name, g, g64 in zip(NAMES, grads, grads64, strict=True):
-        assert rel_err(g, g64) <= TOL[torch.float32], name
+    check_through_the_operator("triton_v1", inputs)
     selective_scan(**inputs)
-    assert scan_backend() != "triton", "auto never picks the interpreter"
+    assert scan_backend() in ("chunked", "cpu_fused"), "auto never picks the interpreter"
 
 
 @compiled
-def test_availability_and_reasons(monkeypatch):
+@pytest.mark.parametrize("name,on_cuda", [("triton", "fused Triton scan kernel on CUDA"),
+                                          ("triton_v1", "first fused Triton kernel (v1) on CUDA")])
+def test_availability_and_reasons(monkeypatch, name, on_cuda):
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    ok, reason = available_backends("cpu")["triton"]
+    ok, reason = available_backends("cpu")[name]
     assert not ok and "CUDA" in reason and "TRITON_INTERPRET=1" in reason
-    with pytest.raises(RuntimeError, match="'triton' .*cannot run on cpu: .*TRITON_INTERPRET=1"):
-        resolve_backend("triton", "cpu")
+    with pytest.raises(RuntimeError, match=f"'{name}' .*cannot run on cpu: .*TRITON_INTERPRET=1"):
+        resolve_backend(name, "cpu")
     with pytest.raises(RuntimeError, match="cannot run on cpu"):
-        selective_scan(**make_inputs(L=4), backend="triton")
-    assert available_backends("cuda")["triton"] == (True, "fused Triton kernel on CUDA")
-    assert not available_backends("meta")["triton"][0]
+        selective_scan(**make_inputs(L=4), backend=name)
+    assert available_backends("cuda")[name] == (True, on_cuda)
+    assert not available_backends("meta")[name][0]
 
 
 def test_triton_missing(monkeypatch):
-    """Without triton the slot says so, an explicit request raises with that reason, and auto skips it."""
+    """Without triton both Triton backends say so, an explicit request raises with that reason, and auto skips
+    them."""
     monkeypatch.delenv(ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(ts, "_import_triton", lambda: (False, "triton is not installed (test)"))
+    monkeypatch.setattr(triton_runtime, "import_triton", lambda: (False, "triton is not installed (test)"))
     assert available_backends("cuda")["triton"] == (False, "triton is not installed (test)")
+    assert available_backends("cuda")["triton_v1"] == (False, "triton is not installed (test)")
     with pytest.raises(RuntimeError, match="'triton' .*cannot run on cpu: triton is not installed"):
         selective_scan(**make_inputs(L=4), backend="triton")
     assert resolve_backend("auto", "cuda") in ("mamba_ssm", "chunked")
 
 
+@pytest.mark.slow
 def test_package_imports_without_triton():
     """models.scan imports and reports the slot unavailable when triton cannot be imported at all."""
     code = ("import sys; sys.modules['triton'] = None\n"
             "from models.scan import available_backends, selective_scan\n"
-            "ok, reason = available_backends('cuda')['triton']\n"
-            "assert not ok and 'triton is not installed' in reason, reason\n"
+            "for name in ('triton', 'triton_v1'):\n"
+            "    ok, reason = available_backends('cuda')[name]\n"
+            "    assert not ok and 'triton is not installed' in reason, reason\n"
             "print('ok')\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})
@@ -282,14 +210,18 @@ def test_package_imports_without_triton():
 
 
 def test_registered_kernel_overrides_the_builtin(monkeypatch):
+    from models.scan import triton_fused
+
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     register_backend("triton", chunked_scan, lambda device: (True, "test kernel"))
     try:
         assert available_backends("cpu")["triton"] == (True, "test kernel")
     finally:
         unregister_backend("triton")
-    assert get_backend("triton").fn is triton_scan
+    assert get_backend("triton").fn is triton_fused.triton_scan
     assert not available_backends("cpu")["triton"][0]
+    with pytest.raises(ValueError, match="built in"):
+        unregister_backend("triton_v1")
 
 
 def test_kernels_load_in_the_mode_triton_was_imported_in(monkeypatch):
@@ -313,7 +245,7 @@ def test_interpreter_requested_too_late(monkeypatch):
     ok, reason = available_backends("cpu")["triton"]
     assert not ok and "set after this process imported triton" in reason
     with pytest.raises(RuntimeError, match="before triton's first import"):
-        selective_scan(**make_inputs(L=4), backend="triton")
+        selective_scan(**make_inputs(L=4), backend="triton_v1")
     with pytest.raises(RuntimeError, match="CPU tensors need Triton's interpreter"):
         triton_scan(**make_inputs(L=4))
 
@@ -355,50 +287,13 @@ def test_kernels_compile_for_sm90(low, flags):
 
 # ---------------------------------------------------------------------------------------------- on a CUDA GPU
 
-# Relative norm error against the chunked backend on the same rounded inputs. float32 inputs: 1e-4 everywhere.
-# bfloat16 inputs: 2e-2 for what is stored in bfloat16 (out, du, dΔ, dz, dB, dC: bf16's 2^-8 rounding with
-# margin); 2e-3 for the float32 sums (dA, dD, dΔ-bias), tight enough that a lost chunk or a channel block's lost
-# atomic adds (>= 1 %) fails.
-CUDA_TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
-CUDA_TOL_FP32_GRADS = 2e-3
-CUDA_CASES = [(1, 366, torch.float32), (1, 1230, torch.bfloat16), (1, 4494, torch.float32),
-              (1, 9806, torch.bfloat16), (8, 366, torch.bfloat16), (8, 1230, torch.float32),
-              (8, 4494, torch.bfloat16), (8, 9806, torch.bfloat16)]
-
-
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA not available")
 @pytest.mark.parametrize("batch,L,dtype", CUDA_CASES)
 def test_cuda_matches_chunked_at_dim_shapes(batch, L, dtype, monkeypatch):
-    """DiM-H's scan (d_inner 3072, N 16) against the chunked backend (float32, TF32 off) on the same rounded inputs:
-    out and every gradient, ‖x − ref‖/‖ref‖ within 1e-4 (float32 inputs) or 2e-2 (bfloat16)."""
+    """DiM-H's scan (d_inner 3072, N 16) against the chunked backend: ``scan_cases.check_against_chunked_on_cuda``."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    d_inner, N = 3072, 16
-    need = batch * L * d_inner * 400  # chunked fwd + bwd: ~300 B per (b, d, t) seen at 1536 px, plus inputs
-    if torch.cuda.mem_get_info()[0] < need:
-        pytest.skip(f"needs about {need / 2**30:.0f} GiB free for the chunked reference")
-    inputs = make_inputs(batch=batch, d_inner=d_inner, L=L, N=N, dtype=dtype, seed=L, device="cuda")
-    inputs["A"] = -torch.arange(1, N + 1, device="cuda", dtype=torch.float32).repeat(d_inner, 1)  # DiM's init
-    inputs["delta"] = (inputs["delta"].float() - 2.0).to(dtype)                                # Δ ≈ 0.1
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        ref_in = {k: None if v is None else v.float().requires_grad_() for k, v in inputs.items()}
-        ref = selective_scan(**ref_in, backend="chunked")
-        # the output gradient rounded as the kernel gets it, so both see the same values
-        go = torch.randn(ref.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0)).to(dtype).float()
-        ref_grads = torch.autograd.grad(ref, list(ref_in.values()), go)
-        leaves = {k: None if v is None else v.clone().requires_grad_() for k, v in inputs.items()}
-        out = selective_scan(**leaves, backend="triton")
-        assert scan_backend() == "triton" and out.dtype == dtype
-        grads = torch.autograd.grad(out, list(leaves.values()), go.to(dtype))
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
-    tol = CUDA_TOL[dtype]
-    assert rel_err(out, ref) <= tol, f"out: {rel_err(out, ref):.2e}"
-    for name, g, r in zip(NAMES, grads, ref_grads, strict=True):
-        limit = min(tol, CUDA_TOL_FP32_GRADS) if g.dtype == torch.float32 else tol
-        assert g.dtype == inputs[name].dtype and rel_err(g, r) <= limit, f"{name}: {rel_err(g, r):.2e} > {limit}"
+    check_against_chunked_on_cuda("triton_v1", batch, L, dtype)
 
 
 @pytest.mark.cuda

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dimbench.console import UserError
+from conftest import clean_failure, run_cli
+from dimbench.errors import UserError
 from dimbench.schema import Record
 from dimbench.suite import SuiteError, SuiteFile, expand, load_suite, parse_suite
 
@@ -204,3 +205,27 @@ def test_device_sections_merge_options_key_by_key(tmp_path):
     assert suite.sections["cpu"].timeout_of("latency") == 30.0 and suite.sections["cuda"].timeout_of("latency") == 30
     assert suite.base.timeout_of("latency") == 30.0
     assert parse_suite("models: [dit_s_2]\nresolutions: [32]\n", tmp_path / "d.yaml").base.timeout_of("params") == 600
+
+
+# ------------------------------------------------------------------------------ through the command line
+
+
+@pytest.mark.slow
+def test_an_alias_bomb_is_refused_at_once(tmp_path):
+    bomb = ["models: [dit_s_2]", "resolutions: [32]", 'l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    bomb += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 nodes expanded
+    suite = tmp_path / "bomb.yaml"
+    suite.write_text("\n".join(bomb) + "\n")
+    proc = run_cli("validate", str(suite), timeout=120)
+    clean_failure(proc, f"{suite}:3: YAML anchors and aliases (&name, *name) are not accepted")
+
+
+@pytest.mark.slow
+def test_a_large_sweep_and_a_huge_resolution_are_announced(tmp_path):
+    suite = tmp_path / "huge.yaml"
+    suite.write_text("models: [dit_s_2, dit_s_8]\nresolutions: [" + ", ".join(str(64 * i) for i in range(1, 121))
+                     + ", 1000000]\n")
+    proc = run_cli("validate", str(suite))
+    assert proc.returncode == 0, proc.stderr
+    assert f"dimbench: {suite}:2: warning: on cpu this suite has 242 points" in proc.stderr
+    assert "1000000 px gives dit_s_2 a 62500x62500 token grid (3,906,250,000 tokens per image)" in proc.stderr

@@ -70,7 +70,7 @@ def test_output_shape_on_meta(name, pixels):
     "name,rows,conv",
     [("uvit_s_2", None, True), ("uvit_m_4", 1000, True), ("uvit_l_2", 1001, True), ("uvit_h_2", 1001, False),
      ("uvit_l_4", 1001, True), ("uvit_h_4", 1001, False)],
-)  # fmt: skip
+)
 def test_official_table_options(name, rows, conv):
     model = meta_model(name)
     if rows is None:
@@ -172,6 +172,7 @@ def test_init_statistics_follow_official():
     assert isinstance(model.in_blocks[0].mlp.act, nn.GELU) and model.in_blocks[0].mlp.act.approximate == "none"
 
 
+@pytest.mark.slow
 def test_forward_backward_small_config():
     torch.manual_seed(0)
     model = create_model("uvit_s_2", input_size=16)  # the official S/2 (CIFAR-10 config) on 16x16 pixels

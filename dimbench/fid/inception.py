@@ -30,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
+from dimbench.fid.precision import strict_float32
+from dimbench.fid.protocol import RESIZES
+from models.checkpoints import inflation_problem
 
 #: The start of the SHA256 of the published weights file (both projects' file names end in it).
 EXPECTED_SHA256_PREFIX = "6726825d"
@@ -53,7 +57,7 @@ def is_sha256_prefix(value: str) -> bool:
 
 def available() -> str | None:
     """None when torch-fidelity imports, else the reason (the GPU machine may lack it)."""
-    try:
+    try:  # torch-fidelity is imported where it is used: a machine without it still runs everything but FID
         import torch_fidelity  # noqa: F401
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - any import failure means: not available here
@@ -62,6 +66,7 @@ def available() -> str | None:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA256 of a file (hex), read in 4 MiB blocks: the Inception weights, and the checkpoint FID scores."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
@@ -94,6 +99,9 @@ def check_weights_file(path: str | os.PathLike, expected: str = EXPECTED_SHA256_
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights as a state_dict, read with ``weights_only=True``; UserError for anything else."""
+    bomb = inflation_problem(path)
+    if bomb:
+        raise UserError(f"Inception weights {bomb}")
     try:
         with open(path, "rb") as f:
             obj = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
@@ -112,7 +120,7 @@ def load_extractor(path: str | os.PathLike, expected: str = EXPECTED_SHA256_PREF
     reason = available()
     if reason:
         raise UserError(f"FID is not available: {reason}")
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3  # optional: see available()
 
     digest = check_weights_file(path, expected)
     state = read_state_dict(path)
@@ -134,14 +142,45 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
+#: The FID Inception network's layers from its first convolution to pool3, in order (torch-fidelity's names,
+#: which are also pytorch-fid's): what both resize modes share once the image is at 299 px and normalised.
+TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+         "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+         "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool")
+SIDE = 299
+
+
+def torch_resize(images_uint8: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid's preprocessing (what U-ViT's and DiM's tools/fid_score.py feed the network): uint8 images
+    as read from PNG (torchvision's ToTensor: x / 255), PyTorch's bilinear resize to 299 px with
+    align_corners=False and no antialiasing, then 2x - 1. float32 (n, 3, 299, 299)."""
+    x = images_uint8.float() / 255.0
+    x = F.interpolate(x, size=(SIDE, SIDE), mode="bilinear", align_corners=False)
+    return 2.0 * x - 1.0
+
+
+def trunk(net, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pool3, unbiased logits) of normalised 299 px input ``x``, through the network's layers (:data:`TRUNK`)."""
+    for name in TRUNK:
+        x = getattr(net, name)(x)
+    pool = torch.flatten(x, 1)
+    return pool, pool.mm(net.fc.weight.T)
+
+
 @torch.no_grad()
-def extract(net, images_uint8: torch.Tensor, batch: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """(pool3 (n, 2048), unbiased logits (n, 1008)) float32 for uint8 images (n, 3, H, W); torch-fidelity resizes
-    to 299 px (TF1-compatible bilinear) inside the network."""
+def extract(net, images_uint8: torch.Tensor, batch: int = 100, resize: str = "tf1") -> tuple[np.ndarray, np.ndarray]:
+    """(pool3 (n, 2048), unbiased logits (n, 1008)) float32 for uint8 images (n, 3, H, W), in float32 with TF32
+    off. ``resize``: "tf1" = torch-fidelity's own forward (TF1-compatible bilinear resize to 299 px, (x - 128) /
+    128, as ADM's evaluator); "torch" = pytorch-fid's preprocessing (:func:`torch_resize`) then the same layers."""
+    if resize not in RESIZES:
+        raise ValueError(f"inception resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     device = next(net.parameters()).device
+    dtype = next(net.parameters()).dtype
     pools, logits = [], []
-    for start in range(0, images_uint8.shape[0], batch):
-        p, lg = net(images_uint8[start:start + batch].to(device))
-        pools.append(p.float().cpu())
-        logits.append(lg.float().cpu())
+    with strict_float32():
+        for start in range(0, images_uint8.shape[0], batch):
+            part = images_uint8[start:start + batch].to(device)
+            p, lg = net(part) if resize == "tf1" else trunk(net, torch_resize(part).to(dtype))
+            pools.append(p.float().cpu())
+            logits.append(lg.float().cpu())
     return torch.cat(pools).numpy(), torch.cat(logits).numpy()

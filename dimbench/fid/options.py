@@ -3,9 +3,11 @@ folder, must exist) and the guidance table; and the up-front check of the option
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+from dimbench.fid import protocol
 from dimbench.schema import INVALID, Type, describe, is_int, is_number
 
 
@@ -39,23 +41,46 @@ class LocalPath(Type):
 
 
 class PathPerResolution(LocalPath):
-    """One local file for every resolution, or a mapping {resolution: file}; returned as a str or {int: str}."""
+    """One local file for every resolution, {resolution: file}, or per model {model: file or {resolution: file}}
+    (each family scored against its own paper's reference); returned as a str, {int: str} or {str: ...}."""
 
     @property
     def expected(self) -> str:
-        return f"{self.what}, or a mapping {{resolution: such a file}} (relative paths start at the suite's folder)"
+        return (f"{self.what}, a mapping {{resolution: such a file}}, or {{model name: a file or {{resolution: "
+                "file}}}} (relative paths start at the suite's folder)")
+
+    def _per_resolution(self, value: dict, path, problems) -> dict:
+        out = {}
+        for res, item in value.items():
+            if not is_int(res) or res < 1:
+                problems.expected(path + (res,), "a resolution in pixels as the key", res)
+                out[res] = INVALID
+            else:
+                out[res] = LocalPath(self.kind, self.what).check(item, path + (res,), problems)
+        return out
 
     def check(self, value, path, problems):
-        if isinstance(value, dict):
-            out = {}
-            for res, item in value.items():
-                if not is_int(res) or res < 1:
-                    problems.expected(path + (res,), "a resolution in pixels as the key", res)
-                    out[res] = INVALID
-                else:
-                    out[res] = LocalPath(self.kind, self.what).check(item, path + (res,), problems)
-            return INVALID if INVALID in out.values() else out
-        return super().check(value, path, problems)
+        if not isinstance(value, dict):
+            return super().check(value, path, problems)
+        if value and all(isinstance(k, str) for k in value):  # per model
+            out = {model: (self._per_resolution(item, path + (model,), problems) if isinstance(item, dict)
+                           else LocalPath(self.kind, self.what).check(item, path + (model,), problems))
+                   for model, item in value.items()}
+            bad = any(v is INVALID or (isinstance(v, dict) and INVALID in v.values()) for v in out.values())
+            return INVALID if bad else out
+        out = self._per_resolution(value, path, problems)
+        return INVALID if INVALID in out.values() else out
+
+
+def files_of(reference: Any) -> list[str]:
+    """Every file a reference option names (a str, {resolution: file} or {model: file or {resolution: file}})."""
+    if isinstance(reference, dict):
+        return [f for v in reference.values() for f in files_of(v)]
+    return [reference] if isinstance(reference, str) and reference else []
+
+
+def is_per_model(reference: Any) -> bool:
+    return isinstance(reference, dict) and bool(reference) and all(isinstance(k, str) for k in reference)
 
 
 class GuidanceTable(Type):
@@ -97,10 +122,40 @@ def guidance_for(table: Any, model: str, resolution: int) -> float | None:
     return None if value is None or isinstance(value, dict) else float(value)
 
 
-def reference_for(reference: Any, resolution: int) -> str | None:
+def reference_for(reference: Any, resolution: int, model: str | None = None) -> str | None:
+    """The reference file for ``model`` at ``resolution``; None when the option names none there."""
+    if is_per_model(reference):
+        reference = reference.get(model)
     if isinstance(reference, dict):
         return reference.get(resolution)
     return reference or None
+
+
+class IdentifyTable(Type):
+    """{sha256: id}: the suite declares which release or reference file (an id of dimbench/fid/protocols.yaml)
+    a file with that SHA-256 is, where the package records no hash for it."""
+
+    @property
+    def expected(self) -> str:
+        t = protocol.table()
+        return ("a mapping {SHA-256 (64 lowercase hex digits): a release or reference id}; ids: "
+                + ", ".join([*t.releases, *t.references]))
+
+    def check(self, value, path, problems):
+
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return problems.expected(path, self.expected, value)
+        t = protocol.table()
+        out = {}
+        for sha, fid in value.items():
+            if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                return problems.expected(path + (sha,), "a SHA-256 as the key (64 lowercase hex digits)", sha)
+            if fid not in t.releases and fid not in t.references:
+                return problems.expected(path + (sha,), self.expected, fid)
+            out[sha] = fid
+        return out
 
 
 class UpsampleTable(Type):

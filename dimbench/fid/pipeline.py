@@ -8,13 +8,18 @@ or i mod num_classes (``labels="balanced"``: every class equally often); the sam
 it. (DDPM's per-step noise comes from a generator seeded from (seed, first index of the chunk): the same as long
 as ``batch`` is.)
 
-Each finished chunk's Inception features (pool3 and unbiased logits), its indices and its wall times go to
-``STATE/chunk_<k>.npz`` (written to a temporary file, then renamed), so a killed run resumes at the first chunk
-not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
+Sampling and decoding run under the job's precision plan (:mod:`dimbench.fid.precision`: the network under
+autocast where the protocol says so; Inception always in float32). With ``patch_crops`` k > 0 and images of at
+least 299 px, each image's k random 299-px crops (:mod:`dimbench.fid.patches`) are scored too (patch-FID).
+
+Each finished chunk's Inception features (pool3, unbiased logits, and the crops' pool3), its indices and its
+wall times go to
+``STATE/chunk_<k>.npz`` (written atomically, :func:`dimbench.files.atomic_write`), so a killed run resumes at the
+first chunk not on disk and never re-generates an image already scored. ``STATE/job.json`` records what the chunks were
 made with; chunks of other settings (another checkpoint, sampler, seed, batch) are discarded. A chunk is done only
 when its ``indices`` are exactly k·batch ... min(count, (k+1)·batch) − 1 of this run: a chunk left by a run with
 another ``samples`` is redone (overwritten), and chunks beyond this run's count are not read. Temporary files
-(``.tmp-<pid>-chunk_<k>.npz``) left by a killed write are removed when the state is prepared.
+(``.chunk_<k>.npz.<pid>.<hex>.tmp``) left by a killed write are removed when the state is prepared.
 
 Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 0 reads them all after a barrier
 (one node: the state folder is shared).
@@ -22,6 +27,7 @@ Under torchrun each rank makes the chunks k with k mod world_size == rank; rank 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +39,14 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from dimbench.fid import inception
+from dimbench.fid.patches import CROP, random_crops
+from dimbench.fid.precision import forward, numerics
+from dimbench.fid.seeds import image_seed
+from dimbench.files import atomic_write
+from dimbench.training.sampling import guidance_for
+from models import diffusion
 
 #: Testing aid: after this many chunks written by a process, it kills itself (SIGKILL), as a crash or a
 #: preempted job would stop; the resume test uses it.
@@ -59,11 +73,11 @@ class SampleJob:
     until: float = 0.7
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)  # what job.json records
     labels: str = "random"  # "random" (uniform, seeded per image) or "balanced" (i mod num_classes)
+    precision: Any = None  # dimbench.fid.precision.Plan for sampling and decoding; None: as the model is
+    resize: str = "tf1"  # the Inception resize (dimbench.fid.protocol.RESIZES)
+    patch_crops: int = 0  # random 299-px crops scored per image (patch-FID); 0: none
 
 
-def image_seed(seed: int, index: int, stream: int = 0) -> int:
-    """A 63-bit seed for image ``index`` of run ``seed`` (independent streams via numpy's SeedSequence)."""
-    return int(np.random.SeedSequence([int(seed), int(index), int(stream)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def initial_noise(seed: int, indices, shape: tuple[int, ...]) -> torch.Tensor:
@@ -87,31 +101,25 @@ def class_labels(seed: int, indices, num_classes: int, mode: str = "random") -> 
 @torch.no_grad()
 def sample_chunk(job: SampleJob, indices: list[int]) -> torch.Tensor:
     """The model's outputs (latents or pixels, float32, CPU) for image indices ``indices``."""
-    from dimbench.training.sampling import _check_pair, _run_sampler
-    from models.diffusion import Guidance, model_eps, upsample_guidance
-
     model, spec = job.model, job.spec
-    _check_pair(spec, job.schedule)
+
+    def net(m):  # the network as the protocol runs it (autocast, outputs back to float32)
+        return forward(m, job.precision, job.device) if job.precision is not None else m
+
+    spec.sampler.check_schedule(job.schedule)
     x_T = initial_noise(job.seed, indices, job.shape).to(job.device)
     labels = (torch.tensor(class_labels(job.seed, indices, job.num_classes, job.labels), device=job.device)
               if job.num_classes else None)
-    try:
-        import models
-
-        recipe = models.family_of_model(model).diffusion
-    except KeyError:
-        recipe = None
-    subset = recipe.guided_channels if recipe else None
-    channels = subset if subset is not None and job.shape[0] > subset else None
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
+    guidance = guidance_for(model, spec, job.shape[0], labels is not None)
     null = job.num_classes if guidance else None
-    eps = model_eps(model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
-                    with_variance=spec.name == "ddpm" and not job.upsample)
+    eps = diffusion.model_eps(net(model), job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null,
+                              with_variance=spec.sampler.learned_variance and not job.upsample)
     if job.upsample:
-        low = model_eps(job.lowres_model, job.schedule, job.timestep, y=labels, guidance=guidance, null_class=null)
-        eps = upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
+        low = diffusion.model_eps(net(job.lowres_model), job.schedule, job.timestep, y=labels, guidance=guidance,
+                                  null_class=null)
+        eps = diffusion.upsample_guidance(eps, low, job.schedule, int(job.upsample), until=job.until)
     g = torch.Generator(device="cpu").manual_seed(image_seed(job.seed, indices[0], 1))
-    return _run_sampler(spec, eps, job.schedule, x_T, g).float().cpu()
+    return spec.run(eps, job.schedule, x_T, g).float().cpu()
 
 
 def _sync(device: torch.device) -> None:
@@ -142,12 +150,9 @@ def chunk_done(state: Path, k: int, count: int, batch: int) -> bool:
 
 
 def _save_npz(path: Path, **arrays) -> None:
-    # ".tmp-" first: a half-written file never matches the chunk glob (chunk_*.npz); prepare_state removes it
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    np.savez(tmp, **arrays)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    # atomic_write's temporary name (".chunk_k.npz.PID.HEX.tmp") never matches the chunk glob (chunk_*.npz), and
+    # prepare_state removes one left by a killed write
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
@@ -162,9 +167,7 @@ def prepare_state(state: Path, settings: dict[str, Any]) -> bool:
     stale = list(state.glob("chunk_*.npz")) + list(state.glob("grid.npy"))
     for p in stale:
         p.unlink()
-    tmp = manifest.with_name(f"job.json.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, manifest)
+    atomic_write(manifest, text)
     return bool(stale)
 
 
@@ -172,8 +175,6 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         progress: Callable[[int, int, dict], None] | None = None) -> dict[str, Any]:
     """Make and score this rank's missing chunks. Returns what this process did: generated, resumed (images
     found on disk for its chunks), times."""
-    from dimbench.fid.inception import extract, to_uint8
-
     chunks = -(-job.count // job.batch)
     mine = [k for k in range(chunks) if k % world == rank]
     done = {k for k in mine if chunk_done(state, k, job.count, job.batch)}
@@ -187,20 +188,25 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
         indices = chunk_indices(k, job.count, job.batch)  # a chunk of other indices is overwritten
         _sync(job.device)
         t0 = time.perf_counter()
-        raw = sample_chunk(job, indices)
-        _sync(job.device)
-        t1 = time.perf_counter()
-        images = job.decode(raw)
-        _sync(job.device)
+        with numerics(job.precision) if job.precision is not None else contextlib.nullcontext():
+            raw = sample_chunk(job, indices)
+            _sync(job.device)
+            t1 = time.perf_counter()
+            images = job.decode(raw)
+            _sync(job.device)
         t2 = time.perf_counter()
-        pixels = to_uint8(images)
-        pool, logits = extract(job.extractor, pixels)
+        pixels = inception.to_uint8(images)
+        pool, logits = inception.extract(job.extractor, pixels, resize=job.resize)
+        patches = {}
+        if job.patch_crops and min(pixels.shape[-2:]) >= CROP:
+            crops = random_crops(pixels, job.seed, indices, job.patch_crops)
+            patches["patch_pool"] = inception.extract(job.extractor, crops, resize=job.resize)[0].astype(np.float32)
         t3 = time.perf_counter()
         if k == 0:
             np.save(state / "grid.npy", pixels[:GRID_IMAGES].numpy())
         _save_npz(chunk_path(state, k), pool=pool.astype(np.float32), logits=logits.astype(np.float32),
                   indices=np.asarray(indices, np.int64), sample_s=np.float64(t1 - t0), decode_s=np.float64(t2 - t1),
-                  extract_s=np.float64(t3 - t2), image_px=np.int64(pixels.shape[-1]))
+                  extract_s=np.float64(t3 - t2), image_px=np.int64(pixels.shape[-1]), **patches)
         generated += len(indices)
         written += 1
         if progress is not None:
@@ -213,7 +219,7 @@ def run(job: SampleJob, state: Path, *, rank: int = 0, world: int = 1,
 def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
     """Every chunk's features and times, in index order (rank 0, after all ranks finished)."""
     chunks = -(-count // batch)
-    pools, logits, indices = [], [], []
+    pools, logits, indices, patch_pools = [], [], [], []
     sample_s = decode_s = extract_s = 0.0
     image_px = None
     for k in range(chunks):
@@ -226,11 +232,13 @@ def gather(state: Path, count: int, batch: int) -> dict[str, Any]:
                                    f"a run of {count} in chunks of {batch} (a rank did not finish)")
             indices.append(z["indices"])
             pools.append(z["pool"])
+            if "patch_pool" in z.files:
+                patch_pools.append(z["patch_pool"])
             logits.append(z["logits"])
             sample_s += float(z["sample_s"])
             decode_s += float(z["decode_s"])
             extract_s += float(z["extract_s"])
             image_px = int(z["image_px"])
     return {"pool": np.concatenate(pools), "logits": np.concatenate(logits), "indices": np.concatenate(indices),
-            "sample_s": sample_s,
-            "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}
+            "patch_pool": np.concatenate(patch_pools) if len(patch_pools) == chunks else None,
+            "sample_s": sample_s, "decode_s": decode_s, "extract_s": extract_s, "image_px": image_px}

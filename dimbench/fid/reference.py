@@ -4,7 +4,8 @@
   (n, H, W, 3) uint8, plus ``mu``, ``sigma`` (pool3 statistics) and ``mu_s``, ``sigma_s`` (spatial features,
   sFID; not used here). ``mu``/``sigma`` are used when present; else they are computed from ``arr_0``.
 - U-ViT (``fid_stats_imagenet256_guided_diffusion.npz``, ...): ``mu``, ``sigma``.
-- ``dimbench fid-stats``: ``mu``, ``sigma``, ``count``, ``weights_sha256``.
+- ``dimbench fid-stats``: ``mu``, ``sigma``, ``count``, ``weights_sha256``, ``source`` and ``inception_resize``
+  (tf1 or torch: the preprocessing the statistics were made with; files written before it was recorded lack it).
 
 Files are read with ``numpy.load(allow_pickle=False)``; a missing or unreadable file or a missing key is a
 UserError naming the file and the key.
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
+from dimbench.files import atomic_write
+from dimbench.quality.frechet import frechet_distance
 
 
 @dataclasses.dataclass
@@ -30,6 +33,7 @@ class Reference:
     sigma: np.ndarray | None
     images: np.ndarray | None  # (n, H, W, 3) uint8 (ADM's arr_0), or None
     count: int | None
+    inception_resize: str | None = None  # recorded by `dimbench fid-stats`; None: the file does not say
 
     def describe(self) -> str:
         held = "mu/sigma" if self.mu is not None else "no statistics"
@@ -59,6 +63,9 @@ def read_reference(path: str | os.PathLike) -> Reference:
             if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
                 raise UserError(f"reference statistics {p}: key 'mu' must be (F,) and 'sigma' (F, F), got "
                                 f"{mu.shape} and {sigma.shape}")
+            for k, values in (("mu", mu), ("sigma", sigma)):
+                if not np.isfinite(values).all():
+                    raise UserError(f"reference statistics {p}: key '{k}' {_NOT_FINITE}")
         if "arr_0" in keys:
             images = data["arr_0"]
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -69,13 +76,15 @@ def read_reference(path: str | os.PathLike) -> Reference:
                             f"(ADM reference images); keys: {', '.join(sorted(keys)) or 'none'}")
         layout = "adm" if images is not None else ("dimbench" if "weights_sha256" in keys else "uvit")
         count = int(data["count"]) if "count" in keys else (len(images) if images is not None else None)
+        resize = str(data["inception_resize"]) if "inception_resize" in keys else None
     except (ValueError, OSError) as exc:  # a truncated member, a pickled object array refused
         raise UserError(f"reference statistics {p}: unreadable ({type(exc).__name__}: {exc})") from None
-    return Reference(str(p), layout, mu, sigma, images, count)
+    return Reference(str(p), layout, mu, sigma, images, count, resize)
 
 
 #: The length of the Inception pool3 feature vector a reference's mu/sigma must describe.
 FEATURES = 2048
+_NOT_FINITE = "holds NaN or infinite values (Inception pool3 statistics are finite numbers): a damaged file"
 
 
 def _member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]:
@@ -112,7 +121,10 @@ def check_reference_file(path: str | os.PathLike) -> str | None:
                     if shape != want or dtype.kind not in "fiu":
                         return (f"{where}: key '{k}' must be a {want} array of numbers (Inception pool3 "
                                 f"statistics), got {dtype} {shape}")
-                    data[k]  # reads it: a truncated or damaged member is found here, not after sampling
+                    # read it: a truncated or damaged member, or values that are not finite numbers, are found
+                    # here (when the suite is validated, before any image is sampled), not after sampling
+                    if not np.isfinite(data[k]).all():
+                        return f"{where}: key '{k}' {_NOT_FINITE}"
                 return None
             if "arr_0" in keys:
                 shape, dtype = _member_header(p, "arr_0")
@@ -127,11 +139,39 @@ def check_reference_file(path: str | os.PathLike) -> str | None:
 
 
 def write_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, count: int, weights_sha256: str,
-                source: str) -> None:
-    """mu, sigma, count, weights_sha256 and source as an .npz (atomically: temporary file, then rename)."""
+                source: str, inception_resize: str) -> None:
+    """mu, sigma, count, weights_sha256, source and inception_resize as an .npz (atomically:
+    :func:`dimbench.files.atomic_write`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + f".tmp-{os.getpid()}.npz")
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64), count=np.int64(count),
-             weights_sha256=np.str_(weights_sha256), source=np.str_(source))
-    os.replace(tmp, p)
+    atomic_write(p, lambda f: np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64),
+                                       count=np.int64(count), weights_sha256=np.str_(weights_sha256),
+                                       source=np.str_(source), inception_resize=np.str_(inception_resize)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """How far two reference statistics files are apart."""
+
+    frechet_distance: float
+    mu_identical: bool
+    sigma_identical: bool
+    mu_max_abs_diff: float
+    sigma_max_abs_diff: float
+
+
+def compare(a: Reference, b: Reference) -> Comparison:
+    """The Fréchet distance between two files' Gaussians (dimbench's one Fréchet distance) and whether their mu
+    and sigma are bit-identical. Both need mu/sigma of the same length (UserError naming the file otherwise)."""
+    for ref in (a, b):
+        if ref.mu is None:
+            raise UserError(f"reference statistics {ref.path}: holds images only (key 'arr_0', no 'mu'/'sigma'); "
+                            "--compare reads statistics: make them with `dimbench fid-stats`")
+    if a.mu.shape != b.mu.shape:
+        raise UserError(f"reference statistics {b.path}: key 'mu' has {b.mu.shape[0]} features, {a.path} has "
+                        f"{a.mu.shape[0]}: they cannot be compared")
+    same_mu, same_sigma = bool(np.array_equal(a.mu, b.mu)), bool(np.array_equal(a.sigma, b.sigma))
+    # Identical Gaussians are at distance 0 exactly (the matrix square root would leave ~1e-13 of rounding).
+    distance = 0.0 if same_mu and same_sigma else frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    return Comparison(distance, same_mu, same_sigma, float(np.abs(a.mu - b.mu).max()),
+                      float(np.abs(a.sigma - b.sigma).max()))

@@ -8,18 +8,19 @@ optional extra ``vae`` (``pip install 'dimbench[vae]'``); pixel models need no d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import torch
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 
 SCALE = 0.18215
 
 
 def available() -> str | None:
-    try:
+    try:  # diffusers is an optional extra, imported only where the VAE is used
         from diffusers import AutoencoderKL  # noqa: F401
     except Exception as exc:  # noqa: BLE001
         return (f"diffusers does not import ({type(exc).__name__}: {exc}); install the optional extra: "
@@ -41,7 +42,7 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
     if reason:
         raise UserError(f"the VAE decoder is not available: {reason}")
     check_folder(path)
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # optional: see available()
 
     try:
         vae = AutoencoderKL.from_pretrained(str(path), local_files_only=True)
@@ -52,11 +53,14 @@ def load_vae(path: str | os.PathLike, device: torch.device | str = "cpu"):
 
 
 @torch.no_grad()
-def decode(vae, latents: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Images in [-1, 1] (float32, on the CPU) from scaled latents: vae.decode(z / 0.18215)."""
+def decode(vae, latents: torch.Tensor, batch: int = 8, autocast: torch.dtype | None = None) -> torch.Tensor:
+    """Images in [-1, 1] (float32, on the CPU) from scaled latents: vae.decode(z / 0.18215), under autocast of
+    ``autocast`` when given (U-ViT's and DiM's decode runs under torch.cuda.amp.autocast(): float16)."""
     device = next(vae.parameters()).device
     out = []
     for start in range(0, latents.shape[0], batch):
         z = latents[start:start + batch].to(device, next(vae.parameters()).dtype) / SCALE
-        out.append(vae.decode(z).sample.float().clamp(-1, 1).cpu())
+        with torch.autocast(device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+            images = vae.decode(z).sample
+        out.append(images.float().clamp(-1, 1).cpu())
     return torch.cat(out)

@@ -6,7 +6,9 @@
 What is compared, and how, is each row's declaration (:class:`dimbench.metrics.Gate`, ``Row.gate_policy``):
 counts exactly (a change either way fails: the model is no longer the one baselined), predicted memory within
 1 %, timings as ratios to a reference matmul timed in the same run (``latency_rel``, ``train_step_rel``) within
-a tolerance wide enough for a noisy machine, measured memory within 2 %. Rows that depend on the hardware are
+a tolerance wide enough for a noisy machine, measured memory within 2 %. A timing change beyond its tolerance is a
+regression only when a two-sided Mann-Whitney U test on the raw samples (kept in the baseline) finds it
+significant, as asv decides; otherwise it is "not significant". Rows that depend on the hardware are
 compared only when the run and the baseline come from the same device class (GPU name, or CPU model and thread
 count); otherwise the gate says so and compares the counts alone.
 

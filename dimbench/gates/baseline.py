@@ -2,13 +2,14 @@
 
 A baseline is a JSON object (an untrusted file: read with ``json``, every field checked before use)::
 
-    {"format": "dimbench-baseline", "version": 1, "created_at": "...", "suite": "ci_counts",
+    {"format": "dimbench-baseline", "version": 2, "created_at": "...", "suite": "ci_counts",
      "source": {"results": "...", "git": {...}, "versions": {...},
                 "device_classes": {"cpu": "cpu: AMD EPYC, 2 threads"}},
      "tolerances": {"latency_rel": 0.3, ...},
      "entries": [{"point_key": "dit_s_2|r32|b1|float32|cpu", "model": "dit_s_2", "resolution": 32, "batch": 1,
                   "dtype": "float32", "device": "cpu", "device_class": "cpu: AMD EPYC, 2 threads",
-                  "metric": "gmacs", "value": 0.1, "unit": "GMAC", "status": "ok", "method": "..."}, ...]}
+                  "metric": "gmacs", "value": 0.1, "unit": "GMAC", "status": "ok", "method": "..."},
+                 {..., "metric": "latency_rel", "value": 0.49, ..., "samples": [0.48, 0.51, ...]}, ...]}
 
 Entries are the final rows of the gated metrics (those whose declaration has a gate policy, see
 :mod:`dimbench.gates`), one per (point, metric): ok values, and oom or skipped points as such (an oom point that
@@ -16,6 +17,10 @@ starts to fit is an improvement; a point that starts to run out of memory is a r
 out with a warning: a baseline holds results, not failures. ``tolerances`` are the declared ones at the time the
 baseline was written, kept in the file so that a team can tighten or widen one by editing it (the command line's
 ``--tolerance`` overrides both).
+
+An ok entry of a row whose gate declares samples (the timing ratios: one value per repeat, the value their median)
+keeps them, rounded to 6 significant digits, so that the gate can test a change for significance. Version 2 added
+them; a version-1 file (no samples) still loads, and its timing rows are then decided by the tolerance alone.
 """
 
 from __future__ import annotations
@@ -25,21 +30,21 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from dimbench.console import UserError
+from dimbench.errors import BaselineError
+from dimbench.files import atomic_write, loads
 from dimbench.metrics import row_declaration
 from dimbench.results import STATUSES, ResultsError, read_environment, read_rows, results_path
 
 FORMAT = "dimbench-baseline"
-VERSION = 1
+VERSION = 2
+#: the versions this dimbench reads (1: before entries kept their samples)
+READABLE_VERSIONS = (1, 2)
 #: statuses a baseline entry may have (errors are never baselined).
 ENTRY_STATUSES = ("ok", "oom", "skipped")
-
-
-class BaselineError(UserError, ValueError):
-    """An unreadable, malformed or mismatched baseline, or results a baseline cannot be made of (exit 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +63,7 @@ class Entry:
     unit: str
     status: str
     method: str = ""
+    samples: tuple[float, ...] | None = None  # the repeats whose median is ``value`` (rows that declare them)
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -86,8 +92,17 @@ class Baseline:
             "suite": self.suite,
             "source": self.source,
             "tolerances": dict(sorted(self.tolerances.items())),
-            "entries": [dataclasses.asdict(e) for _, e in sorted(self.entries.items())],
+            "entries": [_entry_json(e) for _, e in sorted(self.entries.items())],
         }
+
+
+def _entry_json(entry: Entry) -> dict[str, Any]:
+    data = dataclasses.asdict(entry)
+    if entry.samples is None:
+        del data["samples"]  # the counts and memory rows: the entry reads as in a version-1 file
+    else:
+        data["samples"] = [float(f"{s:.6g}") for s in entry.samples]
+    return data
 
 
 def device_class(env: dict[str, Any] | None, device: str) -> str:
@@ -167,6 +182,9 @@ def _row_entry(row: dict[str, Any], metric: str, env: dict[str, Any], where: str
     if status == "ok" and not finite:
         status = "error"
     device = need("device", str, "a device string")
+    gate = row_declaration(metric).gate_policy
+    extra = row.get("extra") if isinstance(row.get("extra"), dict) else {}
+    samples = gate.samples(extra) if status == "ok" and gate is not None and gate.samples is not None else None
     return Entry(
         point_key=need("point_key", str, "a point key string"), model=need("model", str, "a model name"),
         resolution=need("resolution", int, "an integer"), batch=need("batch", int, "an integer"),
@@ -174,6 +192,7 @@ def _row_entry(row: dict[str, Any], metric: str, env: dict[str, Any], where: str
         device_class=device_class(env, device) if env else "unknown", metric=metric,
         value=float(value) if status == "ok" else None, unit=str(row.get("unit") or ""), status=status,
         method=str(row.get("method") or ""),
+        samples=tuple(samples) if samples and all(_number(s) for s in samples) else None,
     )
 
 
@@ -218,16 +237,23 @@ def build_baseline(results_dir: str | os.PathLike, previous: Baseline | None = N
     return Baseline(merged, tolerances, suite, now, source), warnings
 
 
+def dumps_baseline(baseline: Baseline) -> str:
+    """The file's text: one key per line, but each entry's samples on one line."""
+    text = json.dumps(baseline.to_json(), indent=1)
+    return re.sub(r'("samples": )\[([^\]]*)\]',
+                  lambda m: m[1] + "[" + ", ".join(s.strip() for s in m[2].split(",")) + "]", text) + "\n"
+
+
 def write_baseline(baseline: Baseline, path: str | os.PathLike) -> Path:
-    """Write atomically (a temporary file renamed over the old one): a killed write never leaves half a file."""
+    """Write atomically (:func:`dimbench.files.atomic_write`; its WriteError names the file): a killed write never
+    leaves half a file. An update (read, merge, write) holds :func:`dimbench.files.folder_lock` around all three
+    (``dimbench baseline`` does)."""
     p = Path(path)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(baseline.to_json(), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, p)
     except OSError as exc:
         raise BaselineError(f"{p}: cannot write the baseline ({exc.strerror or exc})") from None
+    atomic_write(p, dumps_baseline(baseline))
     baseline.path = p
     return p
 
@@ -237,7 +263,7 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
     """Read and check a baseline file; every problem names the file and the key (BaselineError, exit 2)."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BaselineError(f"{p}: no such baseline file (write one with `dimbench baseline RESULTS_DIR -o {p}`)") \
             from None
@@ -248,8 +274,9 @@ def load_baseline(path: str | os.PathLike) -> Baseline:
         check.fail("", "a JSON object (a dimbench baseline)", data)
     if data.get("format") != FORMAT:
         check.fail("format", f"{FORMAT!r} (a file written by `dimbench baseline`)", data.get("format"))
-    if data.get("version") != VERSION:
-        check.fail("version", f"{VERSION} (this dimbench reads baseline version {VERSION})", data.get("version"))
+    if data.get("version") not in READABLE_VERSIONS or isinstance(data.get("version"), bool):
+        versions = " or ".join(map(str, READABLE_VERSIONS))
+        check.fail("version", f"{versions} (the baseline versions this dimbench reads)", data.get("version"))
     tolerances = check.mapping(data, "tolerances")
     for metric, tol in tolerances.items():
         if not _number(tol) or tol < 0:
@@ -308,5 +335,11 @@ class _Checker:
         if fields["status"] != "ok" and value is not None:
             self.fail(f"{key}.value", f"null (the entry's status is {fields['status']})", value)
         method = item.get("method", "")
+        samples = item.get("samples")
+        if samples is not None and not (isinstance(samples, list) and samples and all(map(_number, samples))
+                                        and fields["status"] == "ok"):
+            self.fail(f"{key}.samples", "a non-empty list of finite numbers (an ok entry's repeats), or no key",
+                      samples)
         return Entry(**fields, value=float(value) if value is not None else None,
-                     method=method if isinstance(method, str) else "")
+                     method=method if isinstance(method, str) else "",
+                     samples=tuple(float(s) for s in samples) if samples is not None else None)

@@ -8,10 +8,18 @@ Verdicts:
   the baseline has is now skipped or missing at a point that still ran; fails the gate;
 - ``changed``: a count that moved either way beyond its (usually zero) tolerance; fails the gate;
 - ``improved``: better than the tolerance in the other direction, or an oom point that now fits; passes;
+- ``not significant``: a row with samples (the timing ratios) beyond its tolerance, either way, whose samples a
+  two-sided Mann-Whitney U test does not tell apart from the baseline's at level ``alpha``: noise, not a
+  change; passes, and the note gives p;
 - ``not compared``: a hardware-dependent row (timing, measured memory) from another device class than the
   baseline's, whatever its status; passes, and the gate says why;
 - ``new`` / ``removed``: a point (or a measure that was not an ok value) in only one of the two; reported, and
   fails the gate only when asked (``fail_on_new`` / ``fail_on_removed``).
+
+Rows with samples are decided as asv decides a benchmark: a regression must be both beyond the tolerance and
+significant (the test on the raw samples of the baseline and the run, p < ``alpha``, 0.05 unless given). Where
+either side has no samples (a baseline written before version 2) or too few for the test ever to reach ``alpha``,
+the tolerance decides alone, and the verdict's note says so.
 """
 
 from __future__ import annotations
@@ -19,13 +27,15 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from dimbench.console import UserError
+from dimbench.errors import UserError
 from dimbench.metrics import Gate, row_declaration
 
 from .baseline import Baseline, BaselineError, Entry, Run
 
 ALWAYS_FAIL = ("regressed", "changed")
-ORDER = ("regressed", "changed", "removed", "new", "improved", "not compared", "ok")
+ORDER = ("regressed", "changed", "removed", "new", "not significant", "improved", "not compared", "ok")
+#: The significance level of the Mann-Whitney U test, unless the command line gives another (``--alpha``).
+ALPHA = 0.05
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +61,7 @@ class GateResult:
     notes: list[str]
     baseline: Baseline
     results_dir: str
+    alpha: float = ALPHA
 
     @property
     def failed(self) -> list[Verdict]:
@@ -112,6 +123,37 @@ def _numeric(base: Entry, now: Entry, gate: Gate) -> tuple[float | None, str, st
     return change, ("regressed" if worse else "improved"), ""
 
 
+def smallest_p(n: int, m: int) -> float:
+    """The smallest two-sided p-value the exact Mann-Whitney U test can give for samples of sizes n and m (all
+    of one below all of the other): with fewer samples than that allows, no change can be significant."""
+    return min(1.0, 2 / math.comb(n + m, n)) if n and m else 1.0
+
+
+def mann_whitney_p(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Two-sided Mann-Whitney U p-value of two samples (scipy: exact for small samples without ties, else the
+    normal approximation with tie and continuity corrections); 1 when it is undefined (all values equal)."""
+    # scipy takes seconds to import; only a timing row beyond its tolerance needs it
+    from scipy.stats import mannwhitneyu
+
+    p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+    return p if math.isfinite(p) else 1.0
+
+
+def _significance(base: Entry, now: Entry, verdict: str, alpha: float) -> tuple[str, str]:
+    """A tolerance verdict on a row with samples, tested for significance: (verdict, note)."""
+    if base.samples is None or now.samples is None:
+        which = "the baseline" if base.samples is None else "the run's row"
+        return verdict, f"tolerance only: {which} keeps no samples to test"
+    n, m = len(base.samples), len(now.samples)
+    if smallest_p(n, m) >= alpha:
+        return verdict, f"tolerance only: {n} vs {m} samples cannot reach p < {alpha:g}"
+    p = mann_whitney_p(base.samples, now.samples)
+    test = f"Mann-Whitney U p={p:.2g}, {n} vs {m} samples"
+    if p < alpha:
+        return verdict, f"significant: {test}"
+    return "not significant", f"beyond tolerance but not significant ({test}, alpha {alpha:g})"
+
+
 def _by_status(base: Entry, now: Entry) -> tuple[str, str]:
     """Verdict and note when at least one of the two is not an ok value."""
     pair = (base.status, now.status)
@@ -140,8 +182,10 @@ def check_tolerances(overrides: dict[str, float], baseline: Baseline) -> None:
 
 
 def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str, float] | None = None,
-            fail_on_new: bool = False, fail_on_removed: bool = False) -> GateResult:
+            fail_on_new: bool = False, fail_on_removed: bool = False, alpha: float = ALPHA) -> GateResult:
     """Compare a run's gated rows with the baseline (see the module docstring for the verdicts)."""
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha {alpha:g}: expected a significance level between 0 and 1, e.g. 0.05")
     overrides = overrides or {}
     check_tolerances(overrides, baseline)
     where = baseline.path or "the baseline"
@@ -178,6 +222,9 @@ def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str,
             change, verdict, note = None, "not compared", other_class
         elif base.status == "ok" and now.status == "ok":
             change, verdict, note = _numeric(base, now, gate)
+            sampled = gate.samples is not None or base.samples is not None or now.samples is not None
+            if sampled and verdict in ("regressed", "improved"):
+                verdict, note = _significance(base, now, verdict, alpha)
         else:
             change, (verdict, note) = None, _by_status(base, now)
         verdicts.append(_verdict(base, now, change, gate.tolerance, verdict, note))
@@ -191,9 +238,19 @@ def compare(baseline: Baseline, run: Run, results_dir: str, overrides: dict[str,
     if uncompared:
         notes.append(f"{len(uncompared)} timing/memory row(s) not compared: "
                      + "; ".join(sorted({v.note for v in uncompared})) + " (counts are still compared)")
+    tested = [v for v in verdicts if v.note.startswith(("significant: ", "beyond tolerance but not significant"))]
+    if tested:
+        notes.append(f"{len(tested)} timing row(s) beyond tolerance tested for significance: two-sided Mann-Whitney "
+                     f"U test on the raw samples of baseline and run, alpha {alpha:g}; a regression must be both")
+    untested = [v for v in verdicts if v.note.startswith("tolerance only: ")]
+    if untested:
+        reasons = sorted({v.note.removeprefix("tolerance only: ") for v in untested})
+        notes.append(f"{len(untested)} timing row(s) beyond tolerance decided by the tolerance alone: "
+                     + "; ".join(reasons) + (" (a baseline written by this dimbench keeps the samples)"
+                                             if any(r.startswith("the baseline") for r in reasons) else ""))
     failing = ALWAYS_FAIL + (("new",) if fail_on_new else ()) + (("removed",) if fail_on_removed else ())
     verdicts.sort(key=lambda v: (ORDER.index(v.verdict), v.point_key, v.metric))
-    return GateResult(verdicts, failing, notes, baseline, results_dir)
+    return GateResult(verdicts, failing, notes, baseline, results_dir, alpha)
 
 
 def _verdict(ref: Entry, now: Entry | None, change: float | None, tolerance: float | None, verdict: str,

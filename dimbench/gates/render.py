@@ -17,8 +17,8 @@ from rich.text import Text
 
 from .compare import GateResult, Verdict
 
-STYLE = {"regressed": "bold red", "changed": "bold red", "removed": "yellow", "new": "cyan", "improved": "green",
-         "not compared": "dim", "ok": ""}
+STYLE = {"regressed": "bold red", "changed": "bold red", "removed": "yellow", "new": "cyan",
+         "not significant": "yellow", "improved": "green", "not compared": "dim", "ok": ""}
 
 
 def _value(value: float | None, status: str | None, unit: str) -> str:
@@ -121,6 +121,7 @@ def as_json(result: GateResult) -> dict[str, Any]:
         "headline": headline(result),
         "counts": result.counts(),
         "failing_verdicts": list(result.failing),
+        "alpha": result.alpha,
         "notes": result.notes,
         "baseline": {"path": str(result.baseline.path), "suite": result.baseline.suite,
                      "created_at": result.baseline.created_at, "source": result.baseline.source},

@@ -37,16 +37,31 @@ from __future__ import annotations
 
 from dimbench.metrics.base import (
     EXACT,
+    CrossCheck,
     Gate,
     Measurement,
     Metric,
     MetricContext,
+    Plot,
+    PlotSection,
     Ratio,
     Row,
     SkipMetric,
     Summary,
     generic_row,
 )
+from dimbench.metrics.conventions import GMACS_CONVENTIONS
+from dimbench.metrics.count_variants import GMACS_VARIANTS
+from dimbench.metrics.fid import FID
+from dimbench.metrics.flops import FLOPS
+from dimbench.metrics.fvcore_count import FVCORE
+from dimbench.metrics.memory import MEMORY
+from dimbench.metrics.params import PARAMS
+from dimbench.metrics.profile import PROFILE
+from dimbench.metrics.published import PUBLISHED
+from dimbench.metrics.quality import QUALITY, UPSAMPLE
+from dimbench.metrics.timing import LATENCY, TRAIN_STEP
+from dimbench.metrics.train import TRAIN
 
 #: name -> Metric, in registration order (the order of summary columns and report measures).
 METRICS: dict[str, Metric] = {}
@@ -88,28 +103,14 @@ def declared_rows() -> list[Row]:
     return [r for m in METRICS.values() for r in m.rows]
 
 
-def _register_builtins() -> None:
-    from dimbench.metrics.conventions import GMACS_CONVENTIONS
-    from dimbench.metrics.count_variants import GMACS_VARIANTS
-    from dimbench.metrics.fid import FID
-    from dimbench.metrics.flops import FLOPS
-    from dimbench.metrics.fvcore_count import FVCORE
-    from dimbench.metrics.memory import MEMORY
-    from dimbench.metrics.params import PARAMS
-    from dimbench.metrics.profile import PROFILE
-    from dimbench.metrics.published import PUBLISHED
-    from dimbench.metrics.quality import QUALITY, UPSAMPLE
-    from dimbench.metrics.timing import LATENCY, TRAIN_STEP
-    from dimbench.metrics.train import TRAIN
-
-    for metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE, PUBLISHED,
-                   GMACS_VARIANTS, FID, GMACS_CONVENTIONS):
-        register_metric(metric)
-
-
-_register_builtins()
+# The built-in metrics, in the order of the summary columns and the report's measures.
+for _metric in (PARAMS, FLOPS, FVCORE, LATENCY, TRAIN_STEP, MEMORY, TRAIN, QUALITY, UPSAMPLE, PROFILE, PUBLISHED,
+                GMACS_VARIANTS, FID, GMACS_CONVENTIONS):
+    register_metric(_metric)
+del _metric
 
 __all__ = [
-    "EXACT", "METRICS", "Gate", "Measurement", "Metric", "MetricContext", "Ratio", "Row", "SkipMetric", "Summary",
-    "declared_rows", "metric_of_row", "register_metric", "row_declaration", "unregister_metric",
+    "EXACT", "METRICS", "CrossCheck", "Gate", "Measurement", "Metric", "MetricContext", "Plot", "PlotSection", "Ratio",
+    "Row", "SkipMetric", "Summary", "declared_rows", "metric_of_row", "register_metric", "row_declaration",
+    "unregister_metric",
 ]

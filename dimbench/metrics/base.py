@@ -2,9 +2,10 @@
 
 A metric declares every row it writes once, as a :class:`Row`: name, unit, the label used in tables and plots,
 the task it measures, whether it grows with the batch (per pass) or is already per image, whether it is
-deterministic (gates compare it exactly), how it appears in the run's summary table and in the report's DiM
-ratios. The worker's task labels, the summary table, the report's labels, per-image handling and ratio measures
-are all read from these declarations, so adding a metric is one new file plus its registration
+deterministic (gates compare it exactly), how it appears in the run's summary table, in the report's DiM ratios
+and in the report's plots against resolution (:class:`Plot`, in a :class:`PlotSection` the metric declares).
+The worker's task labels, the summary table, the report's labels, sections, plots, per-image handling and ratio
+measures are all read from these declarations, so adding a metric is one new file plus its registration
 (:func:`dimbench.metrics.register_metric`).
 
 A metric's function is ``fn(point, ctx) -> list[Measurement] | None``. ``ctx`` (:class:`MetricContext`) holds
@@ -18,14 +19,16 @@ wrote (they are never written twice).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from dimbench.points import SweepPoint
-from dimbench.schema import Field, Record
+from dimbench.schema import Field, Number, Record
 
 TASKS = ("count", "forward", "train_step", "train", "sample", "evaluate")
 
@@ -58,12 +61,16 @@ class Gate:
     (counts: a count that moves means the model is no longer the one baselined). ``same_device``: the value
     depends on the hardware (timings, measured memory), so it is compared only when the run and its baseline
     come from the same device class; counts compare anywhere; "cuda": only CUDA rows depend on the card (the
-    memory prediction follows the attention kernel and scan backend a GPU would run).
+    memory prediction follows the attention kernel and scan backend a GPU would run). ``samples``: for a row
+    summarising repeated measurements (a median of timings), how to read them from the row's ``extra`` (a list
+    whose median is the value, or None when the row has none); the baseline keeps them, and the gate then calls a
+    change beyond the tolerance a regression only when a Mann-Whitney U test finds it significant.
     """
 
     tolerance: float
     worse: str | None = None
     same_device: bool | str = False  # True, False, or "cuda": the same device class for CUDA rows only
+    samples: Callable[[dict[str, Any]], list[float] | None] | None = None
 
     def __post_init__(self) -> None:
         if not (self.tolerance >= 0 and math.isfinite(self.tolerance)):
@@ -83,6 +90,67 @@ EXACT = Gate(0.0)
 
 
 @dataclasses.dataclass(frozen=True)
+class PlotSection:
+    """A section of the report that draws declared rows against resolution: one figure per facet (device, dtype,
+    batch, compile setting), or a table where a facet was measured at a single resolution. The rows that name it
+    in their :class:`Plot` are its content; it is declared once, by the metric that owns it.
+
+    Texts are templates: ``{facet}`` is the facet ("cpu, float32, batch 1"), ``{heading}`` the heading,
+    ``{label}`` a row's label (per image where the batch varies), ``{unit}`` its unit, and in ``caption``
+    ``{per}`` says "per image" or "per forward pass". ``caption`` opens each figure's caption; the note on a
+    varying batch follows (``batch_note`` replaces its standard text: memory is never per image), then ``notes``,
+    then how each value was obtained. ``together``: every row in one panel, told apart by line style (else one
+    panel per row); ``title``, ``panel`` and ``ylabel`` name the figure, each panel and its y axis. ``table``:
+    what a single-resolution table is called (default: the heading). ``paragraphs``: the section's text;
+    ``cpu_paragraph``: added where a facet ran on the CPU. ``order`` places the section among the plotted ones.
+    """
+
+    anchor: str
+    heading: str
+    caption: str
+    notes: str = ""
+    paragraphs: tuple[str, ...] = ()
+    cpu_paragraph: str = ""
+    batch_note: str = ""
+    together: bool = False
+    title: str = "{heading} — {facet}"
+    panel: str = "{label}"
+    ylabel: str = "{label} [{unit}]"
+    table: str = ""
+    size: tuple[float, float] = (10.0, 4.6)
+    order: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Plot:
+    """How the report draws a row against resolution: in ``section``, on a ``"log"`` or ``"linear"`` y axis, with
+    ``linestyle`` (what tells rows apart in a section drawn ``together``; a predicted row is drawn hollow and after
+    the measured ones). ``spread``: bars from the p10/p90 of the timed repeats the row records. ``growth``: each
+    model's growth exponent versus the number of tokens, in the legend and a table. ``only_without``: drawn only
+    where the results hold no ``only_without`` row (the same quantity in another unit: GFLOPs where no GMACs)."""
+
+    section: PlotSection
+    scale: str = "log"
+    linestyle: str = "-"
+    spread: bool = False
+    growth: bool = False
+    only_without: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale not in ("log", "linear"):
+            raise ValueError(f"Plot.scale must be 'log' or 'linear', got {self.scale!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossCheck:
+    """The row measures again, another way, what row ``of`` measures; the report says how far the two agree, in
+    words that start ``says`` ("fvcore's count agrees with the meta-device count")."""
+
+    of: str
+    says: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Row:
     """One row a metric writes.
 
@@ -92,7 +160,10 @@ class Row:
     code and point always give the same value (counts): regression gates compare it exactly. ``series``: the
     metric writes this row once per step (``extra["step"]``) as it goes; such rows do not decide whether the
     metric is complete, its other rows do. ``gate``: how regression gates compare it (:class:`Gate`); a
-    deterministic row without one is compared exactly, any other row without one is not gated.
+    deterministic row without one is compared exactly, any other row without one is not gated. ``plot``: how the
+    report draws it against resolution (:class:`Plot`; None: in the tables only). ``pairs_with``: the row shown
+    beside it in the report's tables (a proxy distance's classifier accuracy at the same point).
+    ``cross_check``: the row it checks (:class:`CrossCheck`).
     """
 
     name: str
@@ -107,6 +178,9 @@ class Row:
     summary: Summary | None = None
     ratio: Ratio | None = None
     gate: Gate | None = None
+    plot: Plot | None = None
+    pairs_with: str | None = None
+    cross_check: CrossCheck | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -211,6 +285,16 @@ class Metric:
         """The rows that must all be on disk for the metric to be complete at a point (series rows aside)."""
         return tuple(r.name for r in self.rows if not r.series)
 
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
+                      batches: Sequence[int] = ()) -> list[tuple[str, str]]:
+        """``(option, message)`` for each problem of the metric's resolved ``options`` taken as a whole, for a suite
+        measuring ``model_names`` at ``resolutions`` (px) and the batch sizes ``batches`` this metric runs at: what
+        a run would stop on (a required local file, its checksum, a table that must cover every resolution, a
+        gradient accumulation that must divide every batch). The suite reports each at the option's FILE:LINE
+        when it is read, before any point runs. Each option's own type is checked already; this default finds no
+        further problem, and a metric with whole-option rules overrides it (a subclass: fid's ``FidMetric``)."""
+        return []
+
     def row(self, name: str) -> Row:
         for r in self.rows:
             if r.name == name:
@@ -219,12 +303,10 @@ class Metric:
 
     def option_record(self) -> Record:
         """The record a suite's ``options.<name>`` is checked against (its own options plus ``timeout``)."""
-        from dimbench.schema import Number
-
         timeout_doc = ("seconds this metric may run at one point before its worker is killed; when not set: "
                        + ("none (the task bounds itself)" if self.timeout == math.inf else
                           f"{self.timeout:g}" if self.timeout else "the suite's `timeout`"))
-        timeout = Field("timeout", Number(0, "seconds", note=".inf: no limit"), None, timeout_doc)
+        timeout = Field("timeout", Number(0, "seconds", infinite="no limit"), None, timeout_doc)
         return Record([*self.options, timeout], what=f"options of metric '{self.name}'")
 
     def measure(self, point: SweepPoint, *, out_dir: str | None = None, **options: Any) -> list[Measurement]:
@@ -264,8 +346,6 @@ class MetricContext:
         inside the run's folder, or a temporary folder outside a run. Created on first use."""
         if getattr(self, "_state_dir", None) is None:
             if self.out_dir is None:
-                import tempfile
-
                 base = Path(tempfile.mkdtemp(prefix=f"dimbench-{self.metric.name}-"))
             else:
                 base = Path(self.out_dir) / STATE_DIR / slug(self.point.key) / self.metric.name
@@ -304,6 +384,4 @@ STATE_DIR = "state"
 def slug(text: str) -> str:
     """A point key made safe as a file name; a short hash keeps keys that differ only in punctuation apart
     (``ckpt=/a/x_y.pt`` and ``ckpt=/a/x/y.pt``), so two points never share a log or a checkpoint."""
-    import hashlib
-
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") + "-" + hashlib.sha1(text.encode()).hexdigest()[:8]

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
+import warnings
 from typing import Any
 
 import torch
 import torch.nn as nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
@@ -56,8 +59,6 @@ def pin_tf32() -> None:
     torch's defaults differ (matmul TF32 off, cuDNN TF32 on): a convolutional model (DiCo, whose own harness timed
     it that way) would run its convolutions in TF32 while a transformer runs true float32. Both off is the
     float32 the papers' "fp32" tables claim; the rows record the flags (extra.tf32)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # newer torch prefers its fp32_precision settings; the flags still rule
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -86,14 +87,12 @@ def precision_label(dtype: torch.dtype) -> str:
 
 
 def model_kwargs(point: SweepPoint) -> dict[str, Any]:
-    """create_model keyword arguments for a point (input size, and DiM's pad layout when the point sets one)."""
-    kwargs: dict[str, Any] = {"input_size": point.input_size}
-    if point.pad_layout:
-        family = models.family_of_model(point.model)
-        if "pad_layout" not in family.options:
-            raise ValueError(f"pad_layout is not an option of {family.display} models ({point.model})")
-        kwargs["pad_layout"] = point.pad_layout
-    return kwargs
+    """create_model keyword arguments for a point: its input size and the family options it sets."""
+    for option, value in point.options.items():
+        problem = models.option_problem(point.model, option, value)
+        if problem:
+            raise ValueError(f"{point.model}: {problem}")
+    return {"input_size": point.input_size, **point.options}
 
 
 def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: bool = True) -> nn.Module:
@@ -106,9 +105,8 @@ def build_model(point: SweepPoint, device: torch.device | str, *, load_weights: 
     device = torch.device(device)
     if point.checkpoint and load_weights and device.type != "meta":
         model = models.load_checkpoint(
-            point.model, point.checkpoint, input_size=point.input_size, pad_layout=point.pad_layout,
-            map_location=device,
-        )  # fmt: skip
+            point.model, point.checkpoint, input_size=point.input_size, options=point.options, map_location=device,
+        )
     else:
         with torch.device(device):
             model = models.create_model(point.model, **model_kwargs(point))
@@ -159,7 +157,6 @@ def first_call(fn, point: SweepPoint, device: torch.device) -> dict[str, Any]:
     fields {compile, compile_first_call_s}. Nothing at an eager point."""
     if not point.compile:
         return {}
-    import time
 
     t0 = time.perf_counter()
     fn()
@@ -279,8 +276,6 @@ def ensure_real(out: Any) -> None:
     A model that caches tensors made during a FakeTensorMode run (a memory prediction) and reuses them in a
     later real run silently turns that run fake: no compute, bogus timings. Better an error row than that.
     """
-    from torch._subclasses.fake_tensor import FakeTensor
-
     leaves = torch.utils._pytree.tree_leaves(out)
     if any(isinstance(leaf, FakeTensor) for leaf in leaves):
         raise RuntimeError(

@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row
 from dimbench.metrics.common import build_model, point_inputs
-from dimbench.metrics.flops import _CUSTOM_MAPPING
+from dimbench.metrics.flops import SDPA_FORMULAS
 from dimbench.points import SweepPoint
 
 aten = torch.ops.aten
@@ -69,7 +69,7 @@ def count_conventions(point: SweepPoint) -> dict[str, float | int]:
     """The parts each convention is made of, for one forward pass at the point (meta device)."""
     model = build_model(point, "meta")
     x, t, y = point_inputs(point, model, "meta")
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_MAPPING)
+    counter = FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS)
     elements = _ElementCounter()
     with torch.inference_mode(), counter, elements:
         model(x, t, y)

@@ -18,7 +18,11 @@ The report compares each with the published number and names the closest (:mod:`
 
 from __future__ import annotations
 
+import dataclasses
+
+import models
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric
+from dimbench.metrics.profile import count_components
 from dimbench.points import SweepPoint
 
 # Components (models.profiling) that run once per token of DiM's padded sequence.
@@ -41,11 +45,6 @@ def _gmacs(flops: dict[str, int], without: tuple[str, ...] = ()) -> float:
 
 
 def variants_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    import dataclasses
-
-    import models
-    from dimbench.metrics.profile import count_components
-
     family = models.family_of_model(point.model)
     if family.name != "dim":
         raise SkipMetric("DiM only: the hypotheses concern DiM's published counts")

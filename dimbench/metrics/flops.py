@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_backward_flop_count
 
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Measurement, Metric, MetricContext, Plot, PlotSection, Ratio, Row, Summary
 from dimbench.metrics.common import ATTENTION_KERNELS, build_model, point_inputs
 from dimbench.points import SweepPoint
 
@@ -70,11 +70,12 @@ def _register_cpu_attention_formulas() -> None:
 
 _register_cpu_attention_formulas()
 
-# The composite op as it reaches a dispatch mode under inference_mode (see the module docstring). FlopCounterMode
-# decomposes any op whose OpOverload is not a key of its table before looking its packet up, so the overload is
-# listed too: that keeps SDPA whole (counted once, by this formula, attributed to attention) instead of letting it
-# decompose into whichever kernel the device would pick.
-_CUSTOM_MAPPING = {
+#: FlopCounterMode's ``custom_mapping`` for every count dimbench makes (this module's and the per-component count
+#: of dimbench.metrics.component_count): the composite SDPA op as it reaches a dispatch mode under inference_mode
+#: (see the module docstring). FlopCounterMode decomposes any op whose OpOverload is not a key of its table before
+#: looking its packet up, so the overload is listed too: that keeps SDPA whole (counted once, by this formula,
+#: attributed to attention) instead of letting it decompose into whichever kernel the device would pick.
+SDPA_FORMULAS = {
     aten.scaled_dot_product_attention: _sdpa_formula,
     aten.scaled_dot_product_attention.default: _sdpa_formula,
 }
@@ -129,7 +130,7 @@ def count_flops(fn, *args: Any, **kwargs: Any) -> FlopCount:
     Works with tensors on any device; on the meta device nothing is computed. Attention counts whether it arrives
     as the composite op, as a CPU/CUDA kernel or decomposed (see the module docstring).
     """
-    counter = FlopCounterMode(display=False, custom_mapping=_CUSTOM_MAPPING)
+    counter = FlopCounterMode(display=False, custom_mapping=SDPA_FORMULAS)
     with torch.inference_mode(), counter:
         fn(*args, **kwargs)
     by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
@@ -170,14 +171,29 @@ def flops_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     ]
 
 
+# The report's section of these rows against resolution (dimbench.report.plotted): GMACs, or GFLOPs where a run
+# holds no GMACs, with each model's growth exponent versus the number of tokens.
+COMPUTE = PlotSection(
+    "compute", "Compute (GMACs)", order=10, title="{label} vs resolution", panel="{label} vs resolution — {facet}",
+    table="Compute", size=(8.5, 5.2),
+    caption="Compute {per} vs resolution, log-log, {facet}. ",
+    notes="The legend gives each model's growth exponent versus the number of tokens (tokens ∝ resolution²): the "
+    "least-squares slope over all resolutions and the local slope between the two largest. ≈ 1 means linear in tokens "
+    "(DiM's selective scan, and the per-token MLPs of every model); it tends to 2 where attention's quadratic term "
+    "dominates (DiT, U-ViT). ",
+    paragraphs=("GMACs count multiply-accumulates, one per multiply-add: the unit the DiT, U-ViT and DiM papers call "
+                "“GFLOPs”. GFLOPs = 2 × GMACs (PyTorch's FlopCounterMode convention); both are in the full tables.",))
+
 FLOPS = Metric(
     name="flops",
     rows=(
         Row("gmacs", "GMAC", "GMACs (multiply-accumulates, 1 per multiply-add)", task="count", per_pass=True,
             per_image_label="GMACs per image", deterministic=True,
-            summary=Summary("GMACs/img\n(meta count)", per_image=True), ratio=Ratio("GMACs per image", "#1d2733")),
+            summary=Summary("GMACs/img\n(meta count)", per_image=True), ratio=Ratio("GMACs per image", "#1d2733"),
+            plot=Plot(COMPUTE, growth=True)),
         Row("gflops", "GFLOP", "GFLOPs (2 per multiply-add)", task="count", per_pass=True,
-            per_image_label="GFLOPs per image", deterministic=True),
+            per_image_label="GFLOPs per image", deterministic=True,
+            plot=Plot(COMPUTE, growth=True, only_without="gmacs")),
     ),
     fn=flops_metric,
     description="multiply-accumulates and FLOPs of one forward pass at the point's batch, counted on the meta "

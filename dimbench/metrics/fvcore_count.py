@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 
-from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, Summary
+from dimbench.metrics.base import CrossCheck, Measurement, Metric, MetricContext, Row, SkipMetric, Summary
 from dimbench.metrics.common import build_model, make_inputs
 from dimbench.metrics.flops import attention_flops, count_point_flops
 from dimbench.points import SweepPoint
 from dimbench.schema import Field, Number
+from models import scan
+from models.scan import scan_flops
 
 METHOD = (
     "fvcore FlopCountAnalysis (1 MAC = 1 FLOP) with dimbench handlers for SDPA and the selective scan; jit trace of "
@@ -59,6 +61,8 @@ def _quiet():
 
 
 def _import_fvcore():
+    # Only this metric needs fvcore, and importing it warns (it calls the deprecated torch.jit.script): not at
+    # the import of every metric.
     try:
         with _quiet():
             from fvcore.nn import FlopCountAnalysis
@@ -84,8 +88,6 @@ def scan_handler(inputs, outputs) -> int:
 
     Argument order (docs/contracts.md): u (batch, d_inner, L), delta, A (d_inner, N), B, C, D, z, ...
     """
-    from models.scan import scan_flops
-
     _, get_shape = _import_fvcore()
     batch, d_inner, length = get_shape(inputs[0])
     n_state = get_shape(inputs[2])[1]
@@ -121,8 +123,6 @@ def _shapes_only_scan():
     forward) buys nothing. A backend that returns zeros is registered and requested through the environment
     variable the scan registry reads, and both are restored afterwards.
     """
-    from models import scan
-
     name = "dimbench_fvcore_shapes_only"
     previous = os.environ.get(scan.ENV_VAR)
     scan.register_backend(
@@ -184,7 +184,8 @@ FVCORE = Metric(
     rows=(
         Row("gmacs_fvcore", "GMAC", "GMACs by fvcore (cross-check)", task="count", per_pass=True,
             per_image_label="GMACs per image by fvcore", deterministic=True,
-            summary=Summary("GMACs/img\n(fvcore)", per_image=True)),
+            summary=Summary("GMACs/img\n(fvcore)", per_image=True),
+            cross_check=CrossCheck("gmacs", "fvcore's count agrees with the meta-device count")),
     ),
     fn=fvcore_metric,
     description="cross-check of gmacs with fvcore's FlopCountAnalysis (handlers for SDPA and the scan added)",

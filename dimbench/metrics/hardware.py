@@ -1,8 +1,9 @@
-"""The card's measured dense bfloat16 matmul peak, the denominator of model FLOP utilisation (MFU).
+"""Facts about the card a metric runs on: its measured dense bfloat16 matmul peak, the denominator of model FLOP
+utilisation (MFU), and its NVML handle.
 
-Measured, not taken from a datasheet: a large bf16 matmul (8192^3 by default), timed with CUDA events, median of
-10 after warm-up. The result is cached per device name and torch version in ``<out_dir>/hardware.json`` so each
-worker subprocess of a run measures it at most once.
+The peak is measured, not taken from a datasheet: a large bf16 matmul (8192^3 by default), timed with CUDA events,
+median of 10 after warm-up. The result is cached per device name and torch version in ``<out_dir>/hardware.json``
+so each worker subprocess of a run measures it at most once.
 """
 
 from __future__ import annotations
@@ -11,13 +12,39 @@ import datetime
 import json
 import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dimbench.files import atomic_write
+
 HARDWARE_FILE = "hardware.json"
+
+
+def nvml_handle(nvml: Any, device: torch.device) -> tuple[Any, str]:
+    """The NVML handle of the torch CUDA ``device`` and the identity it was matched by ("uuid GPU-..." or
+    "pci 00000000:3b:00.0"); ``nvml`` is the pynvml module, initialised.
+
+    Matched by the GPU's UUID (what CUDA_VISIBLE_DEVICES renumbering cannot change), else by PCI bus id; a device
+    matched by neither is a RuntimeError, never another GPU's handle.
+    """
+    props = torch.cuda.get_device_properties(device)
+    candidates = []
+    uuid = getattr(props, "uuid", None)
+    if uuid is not None:
+        text = str(uuid)
+        candidates.append(("uuid", text if text.startswith("GPU-") else f"GPU-{text}"))
+    if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
+        candidates.append(("pci", f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"))
+    errors = []
+    for kind, ident in candidates:
+        lookup = nvml.nvmlDeviceGetHandleByUUID if kind == "uuid" else nvml.nvmlDeviceGetHandleByPciBusId
+        try:
+            return lookup(ident), f"{kind} {ident}"
+        except nvml.NVMLError as exc:
+            errors.append(f"{kind} {ident}: {exc}")
+    raise RuntimeError(f"NVML found no device for torch {device}: {'; '.join(errors) or 'no identity known'}")
 
 
 def measure_bf16_peak(device: torch.device, size: int = 8192, warmup: int = 3, repeats: int = 10) -> dict[str, Any]:
@@ -70,10 +97,7 @@ def _write_cache(out_dir: str | os.PathLike, data: dict[str, Any]) -> None:
     second measurement)."""
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".hardware.", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, folder / HARDWARE_FILE)
+    atomic_write(folder / HARDWARE_FILE, json.dumps(data, indent=2, sort_keys=True))
 
 
 def bf16_peak(device: torch.device, out_dir: str | os.PathLike | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._pytree import tree_leaves
 
-from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Plot, PlotSection, Ratio, Row, Summary
 from dimbench.metrics.common import (
     KernelRecorder,
     autocast_context,
@@ -47,7 +47,9 @@ from dimbench.metrics.common import (
     resolve_dtype,
     synchronize,
 )
+from dimbench.metrics.hardware import nvml_handle
 from dimbench.points import SweepPoint
+from models import scan
 
 GIB = 2**30
 
@@ -105,8 +107,6 @@ class LiveStorageTracker(KernelRecorder):
         thousands of steps. So its Python code runs on meta tensors at T = 4 and T = 8 with the same K as the
         real call (a few dozen cheap steps), and the line through those two peaks is read at the real T.
         """
-        import models.scan as scan
-
         backend = args[9] if len(args) > 9 else kwargs.get("backend")
         if backend not in TRACED_SCAN_BACKENDS:
             self.scan_backends[str(backend)] = "output only (fused or step-by-step backend: work not traced)"
@@ -136,8 +136,6 @@ class LiveStorageTracker(KernelRecorder):
     @staticmethod
     def _chunked_peak(inputs, softplus: bool, chunks: int, chunk: int, length: int | None = None) -> int:
         """Peak live bytes of one chunked scan on meta tensors of sequence length ``length`` (default K*T)."""
-        import models.scan as scan
-
         def run(*meta, delta_softplus):
             return scan.chunked_scan(*meta, delta_softplus=delta_softplus, chunk_size=chunk)
 
@@ -212,30 +210,12 @@ def _nvml_used_bytes(device: torch.device) -> tuple[int, str]:
     Matched by the GPU's UUID (what CUDA_VISIBLE_DEVICES renumbering cannot change), else by PCI bus id; a device
     matched by neither is an error, never another GPU's number.
     """
-    import pynvml
+    import pynvml  # imported where NVML is read: without nvidia-ml-py only this reading fails
 
-    props = torch.cuda.get_device_properties(device)
-    candidates = []
-    uuid = getattr(props, "uuid", None)
-    if uuid is not None:
-        text = str(uuid)
-        candidates.append(("uuid", text if text.startswith("GPU-") else f"GPU-{text}"))
-    if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
-        candidates.append(("pci", f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"))
     pynvml.nvmlInit()
     try:
-        errors = []
-        for kind, ident in candidates:
-            try:
-                if kind == "uuid":
-                    handle = pynvml.nvmlDeviceGetHandleByUUID(ident)
-                else:
-                    handle = pynvml.nvmlDeviceGetHandleByPciBusId(ident)
-            except pynvml.NVMLError as e:
-                errors.append(f"{kind} {ident}: {e}")
-                continue
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), f"{kind} {ident}"
-        raise RuntimeError(f"NVML found no device for torch {device}: {'; '.join(errors) or 'no identity known'}")
+        handle, identity = nvml_handle(pynvml, device)
+        return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used), identity
     finally:
         pynvml.nvmlShutdown()
 
@@ -353,6 +333,18 @@ def _measured_rows(point: SweepPoint, device: torch.device, common: dict,
     ]
 
 
+# The report's section of these rows against resolution (dimbench.report.plotted): one panel per facet, the
+# source told by line style.
+MEMORY_PLOT = PlotSection(
+    "memory", "Memory", order=40, together=True, title="Peak memory — {facet}", panel="Peak memory — {facet}",
+    ylabel="memory [{unit}]", table="Peak memory", size=(8.5, 5.2),
+    caption="Peak memory vs resolution, log-log, {facet}. ",
+    batch_note="memory is the peak of one pass over the whole batch, not per image — weights and workspaces are paid "
+    "once per batch, so it does not divide by the batch. ",
+    notes="Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, dash-dot "
+    "= NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted under FakeTensorMode "
+    "(not measured). ")
+
 MEMORY = Metric(
     name="memory",
     rows=(
@@ -360,13 +352,14 @@ MEMORY = Metric(
         # on CUDA it follows the attention kernel and scan backend that card and install would run.
         Row("mem_predicted_gib", "GiB", "predicted peak memory (FakeTensor)", predicted=True, deterministic=True,
             summary=Summary("mem GiB\n(predicted)", "{:.2f}"), ratio=Ratio("predicted peak memory", "#2e8b3a"),
-            gate=Gate(0.01, worse="higher", same_device="cuda")),
+            gate=Gate(0.01, worse="higher", same_device="cuda"), plot=Plot(MEMORY_PLOT, linestyle=":")),
         Row("mem_allocated_gib", "GiB", "allocator peak (max_memory_allocated)",
             summary=Summary("mem GiB\n(allocated peak)", "{:.2f}"), ratio=Ratio("allocator peak memory", "#2e8b3a"),
-            gate=Gate(0.02, worse="higher", same_device=True)),
-        Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)"),
+            gate=Gate(0.02, worse="higher", same_device=True), plot=Plot(MEMORY_PLOT, linestyle="-")),
+        Row("mem_reserved_gib", "GiB", "allocator reserved peak (max_memory_reserved)",
+            plot=Plot(MEMORY_PLOT, linestyle="--")),
         Row("mem_device_gib", "GiB", "device memory used (NVML, incl. CUDA context)",
-            summary=Summary("mem GiB\n(NVML device)", "{:.2f}")),
+            summary=Summary("mem GiB\n(NVML device)", "{:.2f}"), plot=Plot(MEMORY_PLOT, linestyle="-.")),
     ),
     fn=memory_metric,
     description="peak memory of one forward: FakeTensor-predicted everywhere; allocator peaks and NVML device "

@@ -32,11 +32,22 @@ from typing import Any
 import torch
 
 import models
+from dimbench.data import load_digits
 from dimbench.metrics.base import Measurement, Metric, MetricContext, Row, SkipMetric, slug
 from dimbench.metrics.common import resolve_device
 from dimbench.metrics.train import intra_op_threads, load_trained, same_architecture
 from dimbench.points import SweepPoint
+from dimbench.quality.proxy import accuracy, load_or_train_classifier, proxy_scores
 from dimbench.schema import Choice, Field, Integer, Number, Text
+from dimbench.training.sampling import (
+    class_labels,
+    generate,
+    sampler_for,
+    sampler_or_family,
+    save_class_grid,
+    save_grid,
+)
+from models.diffusion import make_schedule
 
 SAMPLES_DIR = "samples"
 UPSAMPLE_FACTORS = (2, 3)
@@ -45,9 +56,6 @@ GRID_PER_CLASS = 8  # samples per class shown in a grid (one row per class)
 
 def _classifier(ctx: MetricContext):
     """dimbench's proxy classifier, trained once per run folder (cached beside the run's state)."""
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import load_or_train_classifier
-
     base = Path(ctx.out_dir) if ctx.out_dir else ctx.state_dir
     cache = base / "state" / "proxy_classifier" / f"digits-seed{ctx.options['classifier_seed']}.pt"
     return load_or_train_classifier(cache, train_data_fn=lambda: load_digits(32, "train"),
@@ -55,8 +63,6 @@ def _classifier(ctx: MetricContext):
 
 
 def _spec(ctx: MetricContext, point: SweepPoint):
-    from dimbench.training.sampling import sampler_for
-
     o = ctx.options
     return sampler_for(models.family_of_model(point.model), o["sampler"] or None, o["steps"] or None,
                        o["guidance"])
@@ -69,10 +75,6 @@ def real_floor(clf, resolution: int, count: int, draws: int, seed: int) -> tuple
     """The proxy distance of real digits under the same sample count: ``draws`` random class-balanced subsets of
     ``count`` training digits (as the samples are balanced) against the held-out digits; (mean, per draw).
     Cached per classifier and setting in this process (the upsample metric asks for the same ones again)."""
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import proxy_scores
-    from dimbench.training.sampling import class_labels
-
     key = (id(clf), resolution, count, draws, seed)
     if key not in _FLOORS:
         train, test = load_digits(resolution, "train"), load_digits(resolution, "test")
@@ -101,9 +103,6 @@ def _score(ctx, clf, info, runs: list[tuple[int, torch.Tensor]], labels, resolut
            fd_row: str, acc_row: str, extra: dict[str, Any]) -> list[Measurement]:
     """The distance and accuracy rows of a stage: ``runs`` = [(seed, its images)], one or more seeds (the rows are
     then the means, with every seed's value and the spread in ``extra``)."""
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import proxy_scores
-
     real = load_digits(resolution, "test")
     scores = [proxy_scores(clf, real.x, images, labels) for _, images in runs]
     first = scores[0]
@@ -138,9 +137,6 @@ def _score(ctx, clf, info, runs: list[tuple[int, torch.Tensor]], labels, resolut
 def _reference_rows(ctx: MetricContext, clf, info, resolution: int, count: int) -> list[Measurement]:
     """``fd_proxy_real`` (the real-vs-real floor under the same sample count) and ``proxy_acc_real`` (the
     classifier on the held-out digits)."""
-    from dimbench.data import load_digits
-    from dimbench.quality.proxy import accuracy
-
     draws, seed = ctx.options["floor_draws"], ctx.options["sample_seed"]
     floor, values = real_floor(clf, resolution, count, draws, seed)
     real = load_digits(resolution, "test")
@@ -162,8 +158,6 @@ def _reference_rows(ctx: MetricContext, clf, info, resolution: int, count: int) 
 
 def _grid(ctx: MetricContext, point: SweepPoint, row: str, images: torch.Tensor, labels: torch.Tensor | None,
           how: str, extra: dict[str, Any]):
-    from dimbench.training.sampling import save_class_grid, save_grid
-
     if ctx.out_dir is None:
         return Measurement(row, None, None, "", extra, status="skipped", error="no run folder to write images to")
     rel = Path(SAMPLES_DIR) / slug(point.key) / f"{row}.png"
@@ -194,9 +188,6 @@ class _Setup:
 
 
 def _setup(point: SweepPoint, ctx: MetricContext) -> _Setup:
-    from dimbench.training.sampling import class_labels
-    from models.diffusion import make_schedule
-
     if ctx.options["data"] != "digits":
         raise SkipMetric("the proxy metric's classifier is trained on the digits; other data has no proxy yet")
     device = resolve_device(point)
@@ -214,8 +205,6 @@ def quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def _quality_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import generate
-
     st = _setup(point, ctx)
     device, fam, trained, facts = st.device, st.family, st.trained, st.facts
     clf, info = st.classifier, st.classifier_info
@@ -263,8 +252,6 @@ def upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def _upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.training.sampling import generate
-
     st = _setup(point, ctx)
     if not hasattr(st.schedule, "alphas_cumprod"):
         raise SkipMetric("Upsample Guidance reads a discrete schedule; this model was trained on a continuous one")
@@ -306,12 +293,10 @@ def _upsample_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]
 
 
 def _sampling_options(samples: int, sampler: str, guidance: float | None, guidance_doc: str) -> tuple[Field, ...]:
-    from dimbench.training.sampling import SAMPLERS
-
     return (
         Field("data", Text(), "digits", "the data the model was trained on (the proxy classifier needs `digits`)"),
         Field("samples", Integer(10), samples, "generated images per score (every class equally often)"),
-        Field("sampler", Choice(("", *SAMPLERS)), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
+        Field("sampler", Choice(sampler_or_family), sampler, "sampler; empty: the family's own (DiT: DDPM, DiM and "
               "U-ViT: DPM-Solver++)"),
         Field("steps", Integer(0), 0, "network evaluations per sample and guidance pass; 0: the family's own"),
         Field("guidance", Number(-1e-12, none="the family's own scale"), guidance,
@@ -326,11 +311,13 @@ def _sampling_options(samples: int, sampler: str, guidance: float | None, guidan
 
 
 _QUALITY_ROWS = (
-    Row("fd_proxy_real", "FD", "proxy Fréchet distance of real digits (floor)", task="evaluate"),
+    Row("fd_proxy_real", "FD", "proxy Fréchet distance of real digits (floor)", task="evaluate",
+        pairs_with="proxy_acc_real"),
     Row("proxy_acc_real", "%", "proxy classifier accuracy on real held-out digits", task="evaluate"),
-    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate"),
+    Row("fd_proxy", "FD", "proxy Fréchet distance (trained)", task="evaluate", pairs_with="proxy_acc"),
     Row("proxy_acc", "%", "proxy classifier accuracy (trained)", task="evaluate"),
-    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate"),
+    Row("fd_proxy_untrained", "FD", "proxy Fréchet distance (untrained)", task="evaluate",
+        pairs_with="proxy_acc_untrained"),
     Row("proxy_acc_untrained", "%", "proxy classifier accuracy (untrained)", task="evaluate"),
     Row("samples", "images", "sample grid", task="sample"),
 )
@@ -350,7 +337,8 @@ def _upsample_rows() -> tuple[Row, ...]:
     rows = []
     for m in UPSAMPLE_FACTORS:
         for ug, what in (("", "plain"), ("_ug", "Upsample Guidance")):
-            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate"),
+            rows += [Row(f"fd_proxy_up{m}{ug}", "FD", f"proxy Fréchet distance at {m}x ({what})", task="evaluate",
+                         pairs_with=f"proxy_acc_up{m}{ug}"),
                      Row(f"proxy_acc_up{m}{ug}", "%", f"proxy classifier accuracy at {m}x ({what})", task="evaluate"),
                      Row(f"samples_up{m}{ug}", "images", f"sample grid at {m}x ({what})", task="sample")]
     return tuple(rows)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from dimbench.environment import tf32
-from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Ratio, Row, Summary
+from dimbench.metrics.base import Gate, Measurement, Metric, MetricContext, Plot, PlotSection, Ratio, Row, Summary
 from dimbench.metrics.common import (
     TF32_PINNED,
     autocast_context,
@@ -79,12 +79,6 @@ def summarize_ms(samples_ms: list[float]) -> dict[str, Any]:
         "n": len(s),
         "samples_ms": samples_ms,
     }
-
-
-def time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> tuple[list[float], str]:
-    """Run ``fn`` ``warmup`` times untimed, then time ``repeats`` calls; returns (samples in ms, method)."""
-    (samples,), method = time_interleaved([fn], device, warmup, repeats)
-    return samples, method
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int,
@@ -147,6 +141,18 @@ def reference_workload(device: torch.device) -> tuple[Callable[[], Any], str]:
 def relative_times(samples_ms: list[float], reference_ms: list[float]) -> float:
     """Median over repeats of (model time / the reference time of the same round)."""
     return statistics.median(s / r for s, r in zip(samples_ms, reference_ms, strict=True))
+
+
+def ratio_samples(extra: dict[str, Any]) -> list[float] | None:
+    """The per-round ratios (time / the reference's time in the same round) whose median is a ``*_rel`` row's
+    value, from the row's ``extra`` (``samples_ms``, ``reference_samples_ms``); None when it does not hold them."""
+    samples, reference = extra.get("samples_ms"), extra.get("reference_samples_ms")
+    if not (isinstance(samples, list) and isinstance(reference, list) and samples and len(samples) == len(reference)):
+        return None
+    try:
+        return [float(s) / float(r) for s, r in zip(samples, reference, strict=True)]
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
 
 
 def _time_against_reference(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int):
@@ -290,19 +296,39 @@ def train_step_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement
     ]
 
 
+# The report's sections of these rows against resolution (dimbench.report.plotted).
+_CPU_NOISE = ("CPU timings come from a shared, noisy machine: compare models by their ratio in the same run, not by "
+              "absolute values.")
+SPEED = PlotSection(
+    "speed", "Speed: forward pass", order=20, cpu_paragraph=_CPU_NOISE,
+    caption="Latency and throughput (images per second) of one denoising forward pass vs resolution, log-log, "
+    "{facet}. ")
+TRAINING = PlotSection(
+    "training", "Speed: training step", order=30, cpu_paragraph=_CPU_NOISE,
+    caption="Time and throughput of one training step (forward + backward + optimizer step) vs resolution, log-log, "
+    "{facet}. ")
+EFFICIENCY = PlotSection(
+    "efficiency", "Hardware efficiency", order=50,
+    caption="How close each model runs to the hardware, {facet}: achieved TFLOP/s = counted FLOPs / measured time; "
+    "MFU = achieved / the card's peak. ")
+
 LATENCY = Metric(
     name="latency",
     rows=(
         Row("latency_ms", "ms", "forward latency", per_pass=True, per_image_label="forward time per image",
-            summary=Summary("fwd ms\n(median)"), ratio=Ratio("forward time per image", "#d1521f")),
-        Row("throughput", "img/s", "forward throughput", summary=Summary("fwd img/s\n(batch/median)", "{:.2f}")),
-        Row("tflops_achieved", "TFLOP/s", "achieved TFLOP/s", summary=Summary("TFLOP/s\n(achieved)")),
-        Row("mfu", "%", "model FLOP utilisation", summary=Summary("MFU %\n(of bf16 peak)")),
+            summary=Summary("fwd ms\n(median)"), ratio=Ratio("forward time per image", "#d1521f"),
+            plot=Plot(SPEED, spread=True)),
+        Row("throughput", "img/s", "forward throughput", summary=Summary("fwd img/s\n(batch/median)", "{:.2f}"),
+            plot=Plot(SPEED)),
+        Row("tflops_achieved", "TFLOP/s", "achieved TFLOP/s", summary=Summary("TFLOP/s\n(achieved)"),
+            plot=Plot(EFFICIENCY, scale="linear")),
+        Row("mfu", "%", "model FLOP utilisation", summary=Summary("MFU %\n(of bf16 peak)"),
+            plot=Plot(EFFICIENCY, scale="linear")),
         # What regression gates compare: a ratio measured in one run cancels most of the machine's speed and load.
         # 30 %: what a shared 2-core machine needs; a suite's baseline may set it tighter for a quiet GPU.
         Row("latency_rel", "x ref", "forward time / reference matmul time", per_pass=True,
             per_image_label="forward time per image / reference matmul time",
-            gate=Gate(0.30, worse="higher", same_device=True)),
+            gate=Gate(0.30, worse="higher", same_device=True, samples=ratio_samples)),
     ),
     fn=latency_metric,
     description="time of one denoising forward pass (median and spread) and images per second; on CUDA also "
@@ -316,12 +342,12 @@ TRAIN_STEP = Metric(
     rows=(
         Row("train_step_ms", "ms", "training-step time", task="train_step", per_pass=True,
             per_image_label="training-step time per image", summary=Summary("train step ms\n(median)"),
-            ratio=Ratio("training-step time per image", "#8a5fb5")),
+            ratio=Ratio("training-step time per image", "#8a5fb5"), plot=Plot(TRAINING, spread=True)),
         Row("train_throughput", "img/s", "training throughput", task="train_step",
-            summary=Summary("train img/s\n(batch/median)", "{:.2f}")),
+            summary=Summary("train img/s\n(batch/median)", "{:.2f}"), plot=Plot(TRAINING)),
         Row("train_step_rel", "x ref", "training-step time / reference matmul time", task="train_step",
             per_pass=True, per_image_label="training-step time per image / reference matmul time",
-            gate=Gate(0.30, worse="higher", same_device=True)),
+            gate=Gate(0.30, worse="higher", same_device=True, samples=ratio_samples)),
     ),
     fn=train_step_metric,
     description="time of one training step (forward + MSE + backward + AdamW) and images per second",

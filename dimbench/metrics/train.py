@@ -31,17 +31,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import models
-from dimbench.data import DIGITS_SPEC
+from dimbench.data import DIGITS_SPEC, load_data
 from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
 from dimbench.metrics.common import resolve_device
+from dimbench.metrics.flops import count_model_flops
 from dimbench.points import SweepPoint
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from dimbench.training import TrainConfig, Trainer, load_training_state
 from models.diffusion import SCHEDULES
 
 CHECKPOINT = "checkpoint.pt"
@@ -57,21 +61,12 @@ def _checkpoint_name(seed: int | None) -> str:
     return CHECKPOINT if seed is None else f"checkpoint-seed{seed}.pt"
 
 
-def point_at(point: SweepPoint, resolution: int) -> SweepPoint:
-    """The same model, batch, dtype and device at another resolution."""
-    from dimbench.suite import input_size_for
-
-    return dataclasses.replace(point, resolution=resolution, input_size=input_size_for(point.model, resolution))
-
-
 def load_trained(out_dir: str | Path | None, point: SweepPoint, *, weights: str = "ema",
                  device: torch.device | str = "cpu", seed: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model the ``train`` metric finished at ``point`` (its EMA weights unless ``weights="model"``), in
     eval mode, and the checkpoint's facts (step, config, meta; ``meta["seeds"]`` lists every seed trained at the
     point). ``seed``: another seed's run of a multi-seed point (None: the first). RuntimeError when there is none
     or it is unfinished."""
-    from dimbench.training import load_training_state
-
     if out_dir is None:
         raise RuntimeError("needs the run folder (the trained checkpoint is in it): run it in a suite")
     path = train_state_path(out_dir, point, seed)
@@ -98,8 +93,6 @@ def _build_kwargs(saved: dict[str, Any], point: SweepPoint) -> dict[str, Any]:
 def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool, seed: int | None = None):
     """The :class:`TrainConfig` of this point from the metric's options (``finetune_*`` when fine-tuning);
     ``seed`` replaces the ``seed`` option (the other runs of a multi-seed point)."""
-    from dimbench.training import TrainConfig
-
     o = ctx.options
     pick = (lambda k: o[f"finetune_{k}"]) if finetune else (lambda k: o[k])
     return TrainConfig(
@@ -110,7 +103,7 @@ def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool, seed: in
         schedule=o["schedule"] or _family(point).diffusion.schedule, seed=o["seed"] if seed is None else seed,
         log_every=o["log_every"], checkpoint_every=o["checkpoint_every"], ema_warmup=o["ema_warmup"],
         heldout_every=o["heldout_every"] if o["data"] == DIGITS_SPEC else 0,
-    )  # fmt: skip
+    )
 
 
 def _family(point: SweepPoint) -> models.Family:
@@ -121,20 +114,20 @@ def _family(point: SweepPoint) -> models.Family:
 
 
 def build_for_training(model_name: str, input_size: int, *, channels: int, seed: int, device: torch.device,
-                       pad_layout: str | None = None, init_from: torch.nn.Module | None = None,
+                       options: Mapping[str, Any] | None = None, init_from: torch.nn.Module | None = None,
                        init_what: str = "") -> tuple[torch.nn.Module, dict | None, str]:
     """The model to train, its initial state_dict (None: its seeded initialisation) and how it starts, in words.
 
-    With ``init_from`` (a model trained at a lower resolution) this is weak-to-strong (dim.md §6): the family's
-    fine-tune options (DiM: pad layout "cyclic") unless ``pad_layout`` is given, and ``init_from``'s weights
-    loaded with the position embedding resized; they start both the model and its EMA.
+    ``options``: family options the model is built with. With ``init_from`` (a model trained at a lower
+    resolution) this is weak-to-strong (dim.md §6): the family's fine-tune options (DiM: pad layout "cyclic")
+    unless ``options`` sets them, and ``init_from``'s weights loaded with the position embedding resized; they
+    start both the model and its EMA.
     """
     fam = models.family_of_model(model_name)
     if fam.diffusion is None:
         raise ValueError(f"{fam.display} declares no diffusion recipe (models.registry.DiffusionRecipe)")
     overrides: dict[str, Any] = dict(fam.diffusion.finetune) if init_from is not None else {}
-    if pad_layout:
-        overrides["pad_layout"] = pad_layout  # an explicit choice wins
+    overrides.update({k: v for k, v in (options or {}).items() if v is not None})  # an explicit choice wins
     overrides["in_channels"] = channels
     if init_from is not None:  # the trained model's own constructor options (classes, channels, sizes)
         overrides = {**same_architecture(init_from), **overrides}
@@ -178,8 +171,6 @@ def train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
 
 
 def _train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
-    from dimbench.data import load_data
-
     device = resolve_device(point)
     source = ctx.options["weak_to_strong_from"]
     finetune = source is not None and point.resolution > source
@@ -190,7 +181,7 @@ def _train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
     low, what = None, ""
     if finetune:
         # dim.md §6: the non-EMA weights of the low-resolution run start both the model and its EMA.
-        low, facts = load_trained(ctx.out_dir, point_at(point, source), weights="model")
+        low, facts = load_trained(ctx.out_dir, point.at_resolution(source), weights="model")
         what = f"the {source} px model (its non-EMA weights at step {facts['step']}, seed {facts['config']['seed']})"
     runs = [_train_one(point, ctx, data, heldout, seed, seeds, device, finetune, low, what) for seed in seeds]
     return _final_rows(point, ctx, runs, device)
@@ -212,12 +203,10 @@ class _Run:
 def _train_one(point: SweepPoint, ctx: MetricContext, data, heldout, seed: int, seeds: list[int], device,
                finetune: bool, low, what: str) -> _Run:
     """Train (or resume) the run of one seed; the first seed's run streams the loss curves."""
-    from dimbench.training import Trainer
-
     fam = _family(point)
     config = train_config(ctx, point, finetune, seed=seed)
     model, init_state, start = build_for_training(point.model, point.input_size, channels=data.channels,
-                                                  seed=config.seed, device=device, pad_layout=point.pad_layout,
+                                                  seed=config.seed, device=device, options=point.options,
                                                   init_from=low, init_what=what)
     index = seeds.index(seed)
     state_path = ctx.state_dir / _checkpoint_name(None if index == 0 else seed)
@@ -260,8 +249,6 @@ def _window_seconds(logs: list[dict[str, Any]], batch: int) -> float | None:
 
 def forward_flops_per_image(model_name: str, model_config: dict[str, Any]) -> float:
     """dimbench's count of one forward pass of one image (FLOPs, 2 per multiply-add; meta device)."""
-    from dimbench.metrics.flops import count_model_flops
-
     with torch.device("meta"):
         model = models.create_model(model_name, **model_config).eval()
     size = model_config["input_size"]
@@ -325,13 +312,14 @@ _OPTIONS = (
     Field("steps", Integer(1), 300, "optimizer steps"),
     Field("lr", Number(0), 2e-4, "peak learning rate (AdamW)"),
     Field("warmup", Integer(0), 5000, "steps of linear learning-rate warm-up"),
-    Field("weight_decay", Number(-1e-12), 0.03, "AdamW weight decay"),
-    Field("beta1", Number(0), 0.99, "AdamW beta1"),
-    Field("beta2", Number(0), 0.99, "AdamW beta2"),
-    Field("adam_eps", Number(0), 1e-15, "AdamW epsilon"),
-    Field("grad_clip", Number(-1e-12), 1.0, "max global gradient norm (0: no clipping)"),
-    Field("ema", Number(-1e-12), 0.9999, "EMA decay of the weights the samplers use"),
-    Field("label_drop", Number(-1e-12), 0.1, "probability a label is replaced by the null class (for guidance)"),
+    Field("weight_decay", Number(at_least=0), 0.03, "AdamW weight decay"),
+    Field("beta1", Number(at_least=0, below=1), 0.99, "AdamW beta1"),
+    Field("beta2", Number(at_least=0, below=1), 0.99, "AdamW beta2"),
+    Field("adam_eps", Number(at_least=0), 1e-15, "AdamW epsilon"),
+    Field("grad_clip", Number(at_least=0), 1.0, "max global gradient norm (0: no clipping)"),
+    Field("ema", Number(at_least=0, below=1), 0.9999, "EMA decay of the weights the samplers use"),
+    Field("label_drop", Number(at_least=0, below=1), 0.1, "probability a label is replaced by the null class (for "
+          "guidance)"),
     Field("grad_accum", Integer(1), 1, "micro-batches accumulated per optimizer step (batch = the point's)"),
     Field("activation_checkpointing", Boolean(), False, "recompute each block's activations in the backward"),
     Field("schedule", Choice(("", *SCHEDULES)), "", "noise schedule; empty: the family's own (DiM, U-ViT: "
@@ -350,11 +338,48 @@ _OPTIONS = (
     Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
     Field("finetune_lr", Number(0), 1e-4, "weak-to-strong: learning rate"),
     Field("finetune_warmup", Integer(0), 2500, "weak-to-strong: warm-up steps"),
-    Field("finetune_weight_decay", Number(-1e-12), 0.0, "weak-to-strong: weight decay"),
-    Field("finetune_label_drop", Number(-1e-12), 0.15, "weak-to-strong: label drop probability"),
+    Field("finetune_weight_decay", Number(at_least=0), 0.0, "weak-to-strong: weight decay"),
+    Field("finetune_label_drop", Number(at_least=0, below=1), 0.15, "weak-to-strong: label drop probability"),
 )
 
-TRAIN = Metric(
+
+def check_train_options(options: dict[str, Any], batches: tuple[int, ...] | list[int] = ()) -> list[tuple[str, str]]:
+    """(option, message) for each problem the options have together, that no single key's type can see: what the
+    trainer would stop on (TrainConfig, Trainer), found when the suite is validated or the command line read.
+    ``batches``: the batch sizes the options will train with (the suite's, or ``--batch``)."""
+    problems = []
+    log_every, every = options["log_every"], options["checkpoint_every"]
+    if every % log_every:
+        problems.append(("checkpoint_every", f"key 'options.train.checkpoint_every': expected a multiple of log_every "
+                         f"({log_every}), so that a resumed run logs the same windows, got {every}"))
+    heldout = options["heldout_every"]
+    if heldout % log_every:
+        problems.append(("heldout_every", f"key 'options.train.heldout_every': expected a multiple of log_every "
+                         f"({log_every}) or 0, so that a held-out loss falls on a logged step, got {heldout}"))
+    accum = options["grad_accum"]
+    split = [b for b in dict.fromkeys(batches) if b % accum]
+    if split:
+        problems.append(("grad_accum", f"key 'options.train.grad_accum': expected a divisor of every batch size "
+                         f"({', '.join(map(str, dict.fromkeys(batches)))}), got {accum}: batch {split[0]} does not "
+                         f"split into {accum} micro-batches"))
+    data = options["data"]
+    if data != "digits" and not Path(os.path.expanduser(data)).exists():
+        problems.append(("data", f"key 'options.train.data': expected 'digits' or an existing local path (a folder of "
+                         f"images, .npy / .npz latents), got {data!r}: no such file or folder"))
+    return problems
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainMetric(Metric):
+    """The train metric, whose options are also checked together (:func:`check_train_options`) by the suite's
+    validation, as ``dimbench train`` checks its command line."""
+
+    def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
+                      batches: Sequence[int] = ()) -> list[tuple[str, str]]:
+        return check_train_options(options, batches)
+
+
+TRAIN = TrainMetric(
     name="train",
     rows=(
         Row("train_loss", "loss", "training loss", task="train", series=True),

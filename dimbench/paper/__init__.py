@@ -43,6 +43,7 @@ class PublishedRow:
     model: str
     resolution: int
     values: dict[str, Decimal]
+    details: dict[str, str] = dataclasses.field(default_factory=dict)  # other keys, e.g. the FID's release
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +100,9 @@ def _parse(data: Any) -> dict[str, PublishedTable]:
                     values[m] = Decimal(r[m])
                 if not values:
                     raise PublishedDataError(f"{where}.rows[{i}]: no value for any of {list(measures)}")
-                rows.append(PublishedRow(str(r["label"]), str(r["model"]), int(r["resolution"]), values))
+                details = {str(k): str(v) for k, v in r.items() if k not in ("label", "model", "resolution")
+                           and k not in measures}
+                rows.append(PublishedRow(str(r["label"]), str(r["model"]), int(r["resolution"]), values, details))
             point = {"batch": 1, "dtype": "any", "device": "any", **(t.get("point") or {})}
             batch, dtype, device = (None if point[k] == "any" else point[k] for k in ("batch", "dtype", "device"))
             out[tid] = PublishedTable(

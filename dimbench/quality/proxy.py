@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dimbench.data import Dataset, resize
+from dimbench.files import atomic_write
 from dimbench.quality.frechet import frechet_distance, gaussian_stats
 
 FEATURE_RES = 32
@@ -155,7 +154,7 @@ def load_or_train_classifier(cache: Path, *, train_data_fn: Callable[[], Dataset
     (on ``train_data_fn()``), saved there.
 
     The file holds the state_dict and the info as JSON (torch.save; read back with weights_only=True, so a file
-    there cannot run code). It is written to a temporary file beside it and renamed over it (os.replace), so a
+    there cannot run code). It is written atomically (:func:`dimbench.files.atomic_write`), so a
     reader never sees half a file and two processes racing both end with a valid one. A cache file that cannot be
     read is retrained over, with a warning.
     """
@@ -188,17 +187,10 @@ def _load_cache(cache: Path) -> tuple[DigitsClassifier, dict] | None:
 
 
 def _save_cache(cache: Path, model: DigitsClassifier, info: dict) -> None:
+
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     blob = {"format": _CACHE_FORMAT, "state_dict": model.state_dict(), "info": json.dumps(info)}
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, cache)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(cache, lambda f: torch.save(blob, f))
 
 
 def _run(clf: DigitsClassifier, images: Tensor, batch: int) -> tuple[Tensor, Tensor]:

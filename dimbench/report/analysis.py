@@ -142,7 +142,14 @@ class RatioLine:
 
 def ratio_lines(results: Results) -> list[RatioLine]:
     """Subject / baseline for every subject model and baseline model (DiT's, then U-ViT's), declared ratio row
-    and facet with common resolutions."""
+    and facet with common resolutions (computed once per loaded folder: the summary and the ratio section share
+    them)."""
+    if "ratio_lines" not in results.memo:
+        results.memo["ratio_lines"] = _ratio_lines(results)
+    return results.memo["ratio_lines"]
+
+
+def _ratio_lines(results: Results) -> list[RatioLine]:
     subjects = [m for m in results.models if declared.has_role(m, "subject")]
     others = [m for fam in declared.baselines() for m in results.models if declared.family(m) is fam]
     out: list[RatioLine] = []

@@ -1,11 +1,13 @@
 """The report's content, described once: a :class:`Report` of :class:`Section` s (heading, text, figures,
 tables). ``html.py`` and ``pdf.py`` only render it, so the two formats never disagree.
 
-Each section is made by one builder function ``(Results) -> Section | None`` listed in :data:`SECTIONS`;
-``None`` means "nothing of this kind in the results" and the section is left out. Adding a kind of result
-is adding one function to that list. The document model and shared helpers are in ``document.py``, the
-growth-exponent and crossover analyses in ``analysis.py``, the quality and paper-table sections in
-``quality.py``.
+Each section is made by one builder function ``(Results) -> Section | list[Section] | None`` listed in
+:data:`SECTIONS`; ``None`` means "nothing of this kind in the results" and the section is left out. The sections
+that draw measures against resolution (compute, speed, memory, hardware efficiency, and any a plugin's metric
+declares) are not written here: ``plotted.py`` builds them from the rows' plot declarations
+(:class:`dimbench.metrics.Plot`), so a metric with a plotted row needs nothing in the report. The document model
+and shared helpers are in ``document.py``, the growth-exponent and crossover analyses in ``analysis.py``, the
+quality and paper-table sections in ``quality.py`` and ``paper.py``.
 
 Row conventions (results.jsonl, see docs/contracts.md) read by the optional sections:
 
@@ -31,58 +33,62 @@ import datetime as _dt
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
+
 from models import Family
 
 from . import declared, quality_scores
-from .analysis import RatioLine, growth_exponent, ratio_lines, ratio_text
+from .analysis import RatioLine, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
 from .document import (
-    MEMORY_METRICS,
+    MAX_SERIES,
     SPECIAL_METRICS,
     Cell,
     Report,
     Section,
     Table,
-    batch_note,
-    fail_marks,
-    fmt,
+    capped_facets,
+    capped_rows,
     label,
-    method_text,
-    model_series,
     panels_figure,
     pivot_table,
-    point_table,
     px,
-    styles_for,
+    spread,
 )
 from .paper import section_paper_tables
 from .plots import Panel, Series
+from .plotted import growth_line, plotted_sections
 from .profile import section_profile
 from .quality import section_published, section_quality_scores, section_samples, section_train_loss
 from .reference_ratio import section_reference_ratio
 
 PAIR_MARKERS = ["o", "s", "^", "D", "v", "P"]  # one per subject (DiM) model in the ratio plot
+HEADLINE_PAIRS = 4  # model pairs the summary names per measure and setting
 
 # --------------------------------------------------------------------------------------------------------------
 # Sections: one function each
 # --------------------------------------------------------------------------------------------------------------
 
 
+_SAME = ["resolution", "metric", "device", "dtype", "batch"]  # what an OOM and a success must share to contrast
+
+
 def _oom_contrast(results: Results, a: str, b: str) -> list[str]:
     """Resolutions where model ``a`` ran out of memory on a measure that ``b`` completed under the same facet."""
-    df = results.df
-    out = []
-    for res in results.resolutions:
-        ra = df[(df["model"] == a) & (df["resolution"] == res) & (df["status"] == "oom")]
-        for r in ra.itertuples(index=False):
-            done = df[(df["model"] == b) & (df["resolution"] == res) & (df["metric"] == r.metric)
-                      & (df["device"] == r.device) & (df["dtype"] == r.dtype) & (df["batch"] == r.batch)
-                      & (df["status"] == "ok")]
-            if len(done):
-                out.append(f"{a} ran out of memory at {res} px ({r.device}, {r.dtype}, batch {r.batch}), where {b} ran")
-                break
-    return out
+    if "oom_rows" not in results.memo:  # (each model's oom rows and the ok rows' keys, found once)
+        df = results.df
+        results.memo["oom_rows"] = {m: g.sort_values("resolution", kind="stable")
+                                    for m, g in df[df["status"] == "oom"].groupby("model", sort=False)}
+        ok = df[df["status"] == "ok"]
+        results.memo["ok_keys"] = set(ok[["model", *_SAME]].itertuples(index=False, name=None))
+    ooms, ok_keys = results.memo["oom_rows"].get(a), results.memo["ok_keys"]
+    out: dict[int, str] = {}
+    for r in ([] if ooms is None else ooms.itertuples(index=False)):
+        if r.resolution not in out and (b, r.resolution, r.metric, r.device, r.dtype, r.batch) in ok_keys:
+            out[r.resolution] = (f"{a} ran out of memory at {r.resolution} px ({r.device}, {r.dtype}, batch "
+                                 f"{r.batch}), where {b} ran")
+    return list(out.values())
 
 
 def _input_mismatch(results: Results, a: str, b: str) -> list[str]:
@@ -113,10 +119,12 @@ def _pairs_text(lines: list[RatioLine]) -> str:
     """``dim / dit = 2.62× at 256 px → 0.869× at 1,536 px, crossover ≈ … (…); dim / uvit = 2.34× → 0.811×,
     crossover ≈ …``: resolutions and the crossover's explanation are given once when the pairs share them."""
     parts = []
-    for i, ln in enumerate(lines):
+    for i, ln in enumerate(lines[:HEADLINE_PAIRS]):
         same = i > 0 and ln.res == lines[0].res
         parts.append(f"{ln.subject} / {ln.other} = {ln.span(not same)}"
                      + (f", {ln.verdict(short=i > 0)}" if ln.verdict() else ""))
+    if len(lines) > HEADLINE_PAIRS:  # (20 models make 91 pairs: the rest are in the ratio section)
+        parts.append(f"and {len(lines) - HEADLINE_PAIRS} more model pair(s) in the ratio section")
     return "; ".join(parts)
 
 
@@ -170,9 +178,10 @@ def headline(results: Results) -> list[str]:
         if group and not (row.predicted and row.unit in measured_units):
             out.append(measure_line(group))
     pairs = list(dict.fromkeys((ln.subject, ln.other) for ln in lines))
-    ooms = [t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)]
+    ooms = list(dict.fromkeys(t for a, b in pairs for t in _oom_contrast(results, b, a) + _oom_contrast(results, a, b)))
     if ooms:
-        out.append("; ".join(dict.fromkeys(ooms)) + ".")
+        more = f"; and {len(ooms) - 6:,} more (‘Failed and skipped points’)" if len(ooms) > 6 else ""
+        out.append("; ".join(ooms[:6]) + more + ".")
     out += [t[0].upper() + t[1:] + "." for a, b in pairs for t in _input_mismatch(results, a, b)]
     return out
 
@@ -248,7 +257,7 @@ def _dtype_text(results: Results) -> str:
         df = results.df
     every = set(df["resolution"])
     parts = []
-    for d in dict.fromkeys(x for x in df["dtype"] if x):
+    for d in (x for x in pd.unique(df["dtype"]) if x):
         res = sorted(set(df.loc[df["dtype"] == d, "resolution"]))
         parts.append(d if set(res) == every else f"{d} at {', '.join(map(str, res))} px only")
     return ", ".join(parts) or "n/a"
@@ -259,11 +268,13 @@ def section_summary(results: Results) -> Section:
     env = results.env
     counts = {s: int((df["status"] == s).sum()) for s in STATUSES}
     other = int((~df["status"].isin(STATUSES)).sum())
-    suites = [s for s in dict.fromkeys(df["suite"]) if s]
-    devices = list(dict.fromkeys(df.loc[df["task"] != "count", "device"])) or list(dict.fromkeys(df["device"]))
+    suites = [s for s in pd.unique(df["suite"]) if s]
+    devices = list(pd.unique(df.loc[df["task"] != "count", "device"])) or list(pd.unique(df["device"]))
+    shown = results.resolutions if len(results.resolutions) <= 24 else [results.resolutions[0], "…",
+                                                                         results.resolutions[-1]]
     ran = (f"Suite {', '.join(suites) or '(unnamed)'}: {len(results.models)} model(s) "
            f"({', '.join(results.models)}) at {len(results.resolutions)} resolution(s) "
-           f"({', '.join(str(r) for r in results.resolutions)} px); {_batch_text(results)}; "
+           f"({', '.join(str(r) for r in shown)} px); {_batch_text(results)}; "
            f"dtype {_dtype_text(results)}. "
            f"{df['point_key'].nunique()} point(s), {len(df)} row(s): {counts['ok']} ok, {counts['oom']} out of "
            f"memory, {counts['error']} error(s), {counts['skipped']} skipped" + (f", {other} other" if other else "")
@@ -280,17 +291,9 @@ def section_summary(results: Results) -> Section:
         on += f"; dimbench commit {commit[:12]}" + (" with uncommitted changes" if dirty else "")
     on += "."
     highlights = headline(results)
-    gm = "gmacs" if results.has("gmacs", ok=True) else None
-    if gm:
-        exps = []
-        for facet in results.facets([gm])[:1]:
-            for model, by_res in results.values(gm, facet).items():
-                fit, local = growth_exponent(list(by_res), list(by_res.values()))
-                if local is not None:
-                    exps.append(f"{model} ×tokens^{local:.2f}")
-        if exps:
-            highlights.append("GMACs growth at the top of the range (local exponent vs number of tokens; 1 = "
-                              "linear, 2 = quadratic): " + ", ".join(exps) + ".")
+    growth = growth_line(results)
+    if growth:
+        highlights.append(growth)
     scan = scan_note(results)
     if scan:
         highlights.append(scan)
@@ -307,151 +310,6 @@ def section_summary(results: Results) -> Section:
     return Section("Summary", "summary", highlights, paragraphs)
 
 
-def section_compute(results: Results) -> Section | None:
-    metric = next((m for m in ("gmacs", "gflops") if results.has(m)), None)
-    if metric is None:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets([metric]):
-        if len(results.facet_resolutions([metric], facet)) < 2:
-            tables.append(point_table(results, [metric], facet, "Compute"))
-            continue
-        name = label(metric, facet)
-        vals = results.values(metric, facet)
-        exp_rows, labels = [], {}
-        for model, by_res in vals.items():
-            fit, local = growth_exponent(list(by_res), list(by_res.values()))
-            if fit is not None:
-                labels[model] = f"{model} (exponent {fit:.2f} fit, {local:.2f} local)"
-            rs = sorted(by_res)
-            exp_rows.append([Cell(model), Cell(f"{rs[0]}–{rs[-1]} px ({len(rs)})"), Cell(fmt(by_res[rs[0]])),
-                             Cell(fmt(by_res[rs[-1]])), Cell("—" if fit is None else f"{fit:.3f}"),
-                             Cell("—" if local is None else f"{local:.3f}")])
-        panel = Panel(f"{name} vs resolution — {facet.label()}", f"{name} [{results.unit(metric)}]",
-                      model_series(results, metric, facet, styles, labels),
-                      fail_marks(results, [metric], facet, styles), xnotes=results.batch_tags([metric], facet))
-        what = "Compute per image" if facet.batch is None else "Compute per forward pass"
-        cap = (f"{what} vs resolution, log-log, {facet.label()}. " + batch_note([metric], facet)
-               + "The legend gives each model's growth exponent versus the number of tokens (tokens ∝ resolution²): "
-               "the least-squares slope over all resolutions and the local slope between the two largest. ≈ 1 means "
-               "linear in tokens (DiM's selective scan, and the per-token MLPs of every model); it tends to 2 where "
-               "attention's quadratic term dominates (DiT, U-ViT). " + method_text(results, [metric], facet))
-        figures.append(panels_figure(f"{name} vs resolution", cap, [panel], (8.5, 5.2)))
-        if exp_rows:
-            tables.append(Table(f"Growth of {name} with the number of tokens — {facet.label()}. Exponent = "
-                                "d log(GMACs) / d log(tokens).",
-                                ["model", "resolutions", "at lowest", "at highest", "exponent (fit)",
-                                 "exponent (local)"], exp_rows, [False, False, True, True, True, True]))
-    paragraphs = ["GMACs count multiply-accumulates, one per multiply-add: the unit the DiT, U-ViT and DiM papers "
-                  "call “GFLOPs”. GFLOPs = 2 × GMACs (PyTorch's FlopCounterMode convention); both are in the "
-                  "full tables."]
-    check = _fvcore_agreement(results)
-    if check:
-        paragraphs.append(check)
-    return Section("Compute (GMACs)", "compute", [], paragraphs, figures, tables)
-
-
-def _fvcore_agreement(results: Results) -> str | None:
-    if not (results.has("gmacs", ok=True) and results.has("gmacs_fvcore", ok=True)):
-        return None
-    worst = None
-    for facet in results.facets(["gmacs"]):
-        a, b = results.values("gmacs", facet), results.values("gmacs_fvcore", facet)
-        for m in a:
-            for r in set(a[m]) & set(b.get(m, {})):
-                d = abs(a[m][r] - b[m][r]) / max(abs(a[m][r]), 1e-12)
-                if worst is None or d > worst[0]:
-                    worst = (d, m, r)
-    if worst is None:
-        return None
-    return (f"Cross-check: fvcore's count agrees with the meta-device count within {worst[0] * 100:.2f} % at every "
-            f"common point (largest difference: {worst[1]} at {worst[2]} px).")
-
-
-def _speed_section(results: Results, heading: str, anchor: str, time_metric: str, rate_metric: str,
-                   what: str) -> Section | None:
-    metrics = [m for m in (time_metric, rate_metric) if results.has(m)]
-    if not metrics:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(metrics):
-        if len(results.facet_resolutions(metrics, facet)) < 2:
-            tables.append(point_table(results, metrics, facet, heading))
-            continue
-        tags = results.batch_tags(metrics, facet)
-        panels = []
-        for metric in metrics:
-            if not results.attempted(metric, facet):
-                continue
-            name = label(metric, facet)
-            panels.append(Panel(name, f"{name} [{results.unit(metric)}]",
-                                model_series(results, metric, facet, styles, spread=metric == time_metric),
-                                fail_marks(results, [metric], facet, styles), xnotes=tags))
-        if not panels:
-            continue
-        bars = any(s.spread for p in panels for s in p.series)
-        cap = (f"{what}, {facet.label()}. " + batch_note(metrics, facet)
-               + ("Bars on the time: p10–p90 of the timed repeats. " if bars else "")
-               + method_text(results, metrics, facet))
-        figures.append(panels_figure(f"{heading} — {facet.label()}", cap, panels))
-    paras = []
-    if any(f.device == "cpu" for f in results.facets(metrics)):
-        paras.append("CPU timings come from a shared, noisy machine: compare models by their ratio in the same run, "
-                     "not by absolute values.")
-    return Section(heading, anchor, [], paras, figures, tables)
-
-
-def section_speed(results: Results) -> Section | None:
-    return _speed_section(results, "Speed: forward pass", "speed", "latency_ms", "throughput",
-                          "Latency and throughput (images per second) of one denoising forward pass vs resolution, "
-                          "log-log")
-
-
-def section_training(results: Results) -> Section | None:
-    return _speed_section(results, "Speed: training step", "training", "train_step_ms", "train_throughput",
-                          "Time and throughput of one training step (forward + backward + optimizer step) vs "
-                          "resolution, log-log")
-
-
-def section_memory(results: Results) -> Section | None:
-    present = [(m, ls) for m, ls in MEMORY_METRICS if results.has(m)]
-    if not present:
-        return None
-    names = [m for m, _ in present]
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(names):
-        if len(results.facet_resolutions(names, facet)) < 2:
-            tables.append(point_table(results, names, facet, "Peak memory"))
-            continue
-        series: list[Series] = []
-        labelled: set[str] = set()
-        legend = []
-        for metric, ls in present:
-            hollow = declared.row(metric).predicted
-            got = model_series(results, metric, facet, styles, linestyle=ls, hollow=hollow)
-            if got:
-                legend.append((label(metric) + (" — predicted" if hollow else " — measured"), ls, hollow))
-            for s in got:
-                # One legend entry per model (colour); the line-style legend says which source.
-                if s.label in labelled:
-                    s.label = "_nolegend_"
-                else:
-                    labelled.add(s.label)
-                series.append(s)
-        panel = Panel(f"Peak memory — {facet.label()}", "memory [GiB]", series,
-                      fail_marks(results, names, facet, styles), style_legend=legend,
-                      xnotes=results.batch_tags(names, facet))
-        cap = (f"Peak memory vs resolution, log-log, {facet.label()}. " + batch_note(names, facet, memory=True)
-               + "Line style gives the source: solid = allocator peak (tensors only), dashed = allocator reserved, "
-               "dash-dot = NVML device-wide used (includes the CUDA context), dotted with hollow markers = predicted "
-               "under FakeTensorMode (not measured). " + method_text(results, names, facet))
-        figures.append(panels_figure(f"Peak memory — {facet.label()}", cap, [panel], (8.5, 5.2)))
-    return Section("Memory", "memory", [], [], figures, tables)
-
-
 def _compared(lines: list[RatioLine]) -> list[Family]:
     """The baseline families these lines compare with, in display order."""
     return [f for f in declared.baselines() if any(ln.family is f for ln in lines)]
@@ -466,6 +324,8 @@ def section_ratio(results: Results) -> Section | None:
     lines = ratio_lines(results)
     if not lines:
         return None
+    drawn, left_out = capped_facets(list(dict.fromkeys(ln.facet for ln in lines)))
+    lines = [ln for ln in lines if ln.facet in drawn]
     subject = declared.subject_name()
     dims = list(dict.fromkeys(ln.subject for ln in lines))
     marker = {d: PAIR_MARKERS[i % len(PAIR_MARKERS)] for i, d in enumerate(dims)}
@@ -485,20 +345,26 @@ def section_ratio(results: Results) -> Section | None:
         sweep = {ln.metric for ln in group if ln.facet.batch is not None
                  and len({x.facet.batch for x in group if x.metric == ln.metric}) > 1}
         panels = []
+        hidden = 0
         for fam in _compared(group):
             series, vlines = [], []
-            for ln in [ln for ln in group if ln.family is fam]:
+            lines_of = [ln for ln in group if ln.family is fam]
+            drawn_lines = spread(lines_of, MAX_SERIES)  # (many model pairs: a legend of hundreds hides the plot)
+            hidden += len(lines_of) - len(drawn_lines)
+            for ln in drawn_lines:
                 name = ln.measure + (f" ({ln.subject})" if len(dims) > 1 else "") + (
                     f" (batch {ln.facet.batch})" if ln.metric in sweep else "")
                 series.append(Series(name, ln.res, ln.ratio, ln.colour, marker[ln.subject],
                                      ":" if ln.predicted else "-", ln.predicted))
                 vlines += [(x, f"{ln.measure} vs {ln.other}: {px(x)}", ln.colour) for x, _ in ln.cross]
+            vlines = vlines if len(vlines) <= 6 else []  # (more marked crossovers would bury the plot: the caption)
             if series:
                 pair = f"{subject} / {fam.display}"
                 panels.append(Panel(pair, f"{pair} (lower = {subject} cheaper)", series, hline=1.0,
                                     hline_label="parity (ratio 1)", vlines=vlines,
                                     xnotes={r: "/".join(sorted(t)) for r, t in tags.items()}))
         crossed = [f"{ln.measure} vs {ln.other} ≈ {px(x)}" for ln in group for x, _ in ln.cross]
+        crossed = crossed[:10] + ([f"and {len(crossed) - 10} more (in the table)"] if len(crossed) > 10 else [])
         cap = (f"Ratio of {subject} to each comparator model at each resolution ({setting}) for every "
                f"lower-is-better measure present; below 1 {subject} needs less. GMACs and times are per image; where "
                "the batch varies with resolution (shown under each resolution) both models ran the same batch at each "
@@ -507,6 +373,9 @@ def section_ratio(results: Results) -> Section | None:
                f"marker = {subject} model; dotted lines with hollow markers are predicted, not measured. Thin dotted "
                "vertical lines mark where a ratio crosses 1 (interpolated linearly in log resolution and log "
                "ratio): " + (", ".join(crossed) if crossed else "none in the range measured") + ".")
+        if hidden:
+            cap += (f" {hidden} more model pair(s) are not drawn ({MAX_SERIES} lines per panel at most, evenly "
+                    "spread); every ratio is in the table below.")
         size = (8.5, 5.2) if len(panels) == 1 else (11.0, 5.4)
         figures.append(panels_figure(f"{_ratio_heading(group)} ratio — {setting}", cap, panels, size))
     rows = []
@@ -516,37 +385,17 @@ def section_ratio(results: Results) -> Section | None:
         rows.append([Cell(f"{ln.subject} / {ln.other}"), Cell(ln.measure), Cell(ln.setting), Cell(ln.batch_text()),
                      Cell(f"{ln.ratio[0]:.3f} at {ln.res[0]} px"), Cell(f"{ln.ratio[-1]:.3f} at {ln.res[-1]} px"),
                      Cell(cross or ("single resolution" if len(ln.res) == 1 else "none in range"))])
+    rows, more = capped_rows(rows, "ratios")
     table = Table(f"Ratios of {subject} to the other models and crossover resolutions. Ratio = {subject} value / "
                   "other value at the same resolution, device, dtype and batch; GMACs and times per image (the same "
                   "ratio as per pass), memory for the whole batch. Batch: at the lowest → highest resolution where it "
-                  "varies.",
+                  "varies." + more,
                   [f"{subject} / other", "measure", "setting", "batch", "ratio (lowest res.)", "ratio (highest res.)",
                    "crossover"], rows)
     paras = ["The summary gives the headline ratio of each measure; every ratio is in the table below."]
+    if left_out:
+        paras.append(left_out)
     return Section(_ratio_heading(lines), "ratio", [], paras, figures, [table])
-
-
-def section_efficiency(results: Results) -> Section | None:
-    metrics = [m for m in ("tflops_achieved", "mfu") if results.has(m)]
-    if not metrics:
-        return None
-    styles = styles_for(results)
-    figures, tables = [], []
-    for facet in results.facets(metrics):
-        if len(results.facet_resolutions(metrics, facet)) < 2:
-            tables.append(point_table(results, metrics, facet, "Hardware efficiency"))
-            continue
-        tags = results.batch_tags(metrics, facet)
-        panels = [Panel(label(m), f"{label(m)} [{results.unit(m)}]",
-                        model_series(results, m, facet, styles), fail_marks(results, [m], facet, styles),
-                        logy=False, xnotes=tags) for m in metrics if results.attempted(m, facet)]
-        if not panels:
-            continue
-        cap = (f"How close each model runs to the hardware, {facet.label()}: achieved TFLOP/s = counted FLOPs / "
-               "measured time; MFU = achieved / the card's peak. " + batch_note(metrics, facet)
-               + method_text(results, metrics, facet))
-        figures.append(panels_figure(f"Hardware efficiency — {facet.label()}", cap, panels))
-    return Section("Hardware efficiency", "efficiency", [], [], figures, tables)
 
 
 def section_failures(results: Results) -> Section:
@@ -576,9 +425,10 @@ def section_failures(results: Results) -> Section:
              "errors are also marked ✗ in the plots." if len(bad) else
              "Every point produced all its values: nothing ran out of memory, failed or was skipped."]
     tables = []
+    rows, more = capped_rows(rows, "failed points")
     if rows:
         tables.append(Table("Points that ran out of memory or failed, with the recorded message (one line per "
-                            "point and message).",
+                            "point and message)." + more,
                             ["model", "resolution", "batch", "dtype", "device", "status", "metrics", "message"], rows,
                             [False, True, True, False, False, False, False, False]))
     if len(skipped):
@@ -590,9 +440,10 @@ def section_failures(results: Results) -> Section:
             point = f"{r.model} @ {r.resolution}"
             if point not in points:
                 points.append(point)
-        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p)), Cell(reason, "skipped")]
-                 for reason, (m, p) in by_reason.items()]
-        tables.append(Table("Skipped measurements, grouped by the reason recorded.",
+        srows = [[Cell(", ".join(m)), Cell(f"{len(p)}: " + ", ".join(p[:20]) + (", …" if len(p) > 20 else "")),
+                  Cell(reason, "skipped")] for reason, (m, p) in by_reason.items()]
+        srows, more = capped_rows(srows, "reasons")
+        tables.append(Table("Skipped measurements, grouped by the reason recorded." + more,
                             ["metrics", "points (model @ px)", "reason"], srows))
     return Section("Failed and skipped points", "failures", [], paras, [], tables)
 
@@ -605,14 +456,18 @@ def section_full_tables(results: Results) -> Section:
     # A series row has many values per point (one per step or component): a model x resolution cell cannot hold
     # them; its own section shows them.
     metrics = [m for m in known if results.has(m) and not results.declaration(m).series]
-    tables = [pivot_table(results, m, f) for m in metrics for f in results.facets([m])]
+    tables, left_out = [], []
+    for m in metrics:
+        facets, note = capped_facets(results.facets([m]))
+        tables += [pivot_table(results, m, f) for f in facets]
+        left_out += [f"{label(m)}: {note}"] if note else []
     paras = ["Every metric, model × resolution. OOM = out of memory, error = failed (message in ‘Failed and "
-             "skipped points’), skipped = not applicable there, — = not run."]
+             "skipped points’), skipped = not applicable there, — = not run."] + left_out
     never = [m for m in known if m not in metrics]
     if never:
         reasons = []
         for m in never:
-            why = [e for e in dict.fromkeys(results.rows(m)["error"]) if e]
+            why = [e for e in pd.unique(results.rows(m)["error"]) if e]
             reasons.append(f"{label(m)} ({why[0]}" + (f"; and {len(why) - 1} other reason(s)" if len(why) > 1
                                                       else "") + ")" if why else label(m))
         paras.append("Skipped at every point, so not tabulated: " + "; ".join(reasons) + ".")
@@ -689,16 +544,14 @@ def section_environment(results: Results) -> Section:
                           rows)])
 
 
-# The report, in order. The summary is computed from the same analyses as the sections below it.
-SECTIONS: list[Callable[[Results], Section | None]] = [
+# The report, in order. The summary is computed from the same analyses as the sections below it. The
+# measure-vs-resolution sections (compute, speed, memory, efficiency, a plugin's) come from the rows' plot
+# declarations (plotted.py), in their declared order.
+SECTIONS: list[Callable[[Results], Section | list[Section] | None]] = [
     section_summary,
     section_ratio,
     section_reference_ratio,
-    section_compute,
-    section_speed,
-    section_training,
-    section_memory,
-    section_efficiency,
+    plotted_sections,
     section_profile,
     section_train_loss,
     section_samples,
@@ -712,10 +565,15 @@ SECTIONS: list[Callable[[Results], Section | None]] = [
 ]
 
 
-def build(results: Results) -> Report:
-    """The whole report's content from loaded results."""
-    sections = [s for s in (b(results) for b in SECTIONS) if s is not None]
-    suites = [s for s in dict.fromkeys(results.df["suite"]) if s]
+def build(results: Results, progress: Callable[[str], None] | None = None) -> Report:
+    """The whole report's content from loaded results; ``progress(text)`` is told each section as it starts."""
+    sections = []
+    for i, make in enumerate(SECTIONS, 1):
+        if progress is not None:
+            progress(f"section {i}/{len(SECTIONS)}: {make.__name__.removeprefix('section_').replace('_', ' ')}")
+        made = make(results)
+        sections += made if isinstance(made, list) else [made] if made is not None else []
+    suites = [s for s in pd.unique(results.df["suite"]) if s]
     title = "dimbench report" + (f": {', '.join(suites)}" if suites else "")
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     subtitle = f"Results folder {Path(results.dir).resolve()} · report generated {now}"

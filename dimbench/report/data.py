@@ -22,6 +22,11 @@ The batch of a facet depends on how the suite chose it (:meth:`Results.facets`):
   the whole batch and cannot be normalised, so its plots name the batch at each point);
 - several batches at one point (a batch sweep): one facet per batch, values as measured, as for a fixed batch.
 
+A model's *variants* (points built with family options or from a checkpoint: what the point key adds after
+model, resolution, batch, dtype and device) are separate series where the results hold more than one of them,
+named ``model [pad=cyclic]`` (:data:`.declared.VARIANT`; the family is still the model's), so two variants never
+overwrite each other at a resolution.
+
 Every string of the rows and of environment.json is capped on loading (:mod:`.clip`), and the notes say so.
 """
 
@@ -35,10 +40,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from dimbench import results as results_store
-from dimbench.console import UserError
+from dimbench.errors import ReportError
 from dimbench.metrics import Row
 
 from . import declared
@@ -48,11 +54,6 @@ COLUMNS = list(results_store.COLUMNS)
 STATUSES = results_store.STATUSES
 FAILED = ("oom", "error")
 TEXT_COLUMNS = ("suite", "model", "metric", "unit", "method", "error", "dtype", "device", "task", "started_at")
-
-
-class ReportError(UserError):
-    """The results folder cannot make a report (missing, empty, unreadable); the message names the path. A
-    :class:`~dimbench.console.UserError`: the command line prints it as one line, no traceback."""
 
 
 def _natural(s: str) -> list[Any]:
@@ -85,34 +86,54 @@ def _text(v: Any, clip: Clipper) -> str:
     return v if isinstance(v, str) else clip.text(str(v))
 
 
-def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+def normalise(raw: list[dict[str, Any]]) -> tuple[pd.DataFrame, list[str]]:
     """Every row of the file -> DataFrame with every contract column, typed, one row per (point, metric, step);
-    every string capped (:mod:`.clip`)."""
+    every string capped (:mod:`.clip`). One pass over the rows in plain Python, building the columns (a folder of
+    100,000 points has 200,000 rows: no per-cell pandas call)."""
     notes: list[str] = []
-    for c in COLUMNS:
-        if c not in df.columns:
-            df[c] = None
-    df = df[COLUMNS].copy()
     clip = Clipper()
-    for c in COLUMNS:
-        df[c] = df[c].map(clip.value)
-    usable = df["model"].notna() & df["metric"].notna() & df["resolution"].map(lambda v: _num(v) is not None)
-    if (~usable).any():
-        notes.append(f"{int((~usable).sum())} row(s) without a model, metric or numeric resolution were ignored.")
-    df = df[usable].copy()
-    for c in TEXT_COLUMNS:
-        df[c] = df[c].map(lambda v: _text(v, clip))
-    df["status"] = df["status"].map(lambda v: str(v) if isinstance(v, str) and v else "unknown")
-    df["resolution"] = df["resolution"].map(lambda v: int(round(_num(v))))
-    df["batch"] = df["batch"].map(lambda v: int(_num(v)) if _num(v) is not None else 0)
-    df["input_size"] = df["input_size"].map(lambda v: int(_num(v)) if _num(v) is not None else None)
-    df["value"] = df["value"].map(_num)
-    df["extra"] = df["extra"].map(lambda v: v if isinstance(v, dict) else {})
-    df["step"] = df["extra"].map(lambda e: _num(e.get("step")))
-    df["compile"] = df["extra"].map(lambda e: _text(e.get("compile"), clip) or "eager")
-    key = df["point_key"].map(lambda v: _text(v, clip))
-    synth = df["model"] + "|r" + df["resolution"].astype(str) + "|b" + df["batch"].astype(str) + "|" + df["dtype"]
-    df["point_key"] = key.where(key != "", synth + "|" + df["device"])
+    names = COLUMNS + ["step", "compile"]
+    cols: dict[str, list[Any]] = {c: [] for c in names}
+    texts = set(TEXT_COLUMNS)
+    dropped = 0
+    for row in raw:
+        resolution = _num(row.get("resolution"))
+        if row.get("model") is None or row.get("metric") is None or resolution is None:
+            dropped += 1
+            continue
+        extra = row.get("extra")
+        extra = clip.value(extra) if isinstance(extra, dict) else {}
+        for c in texts:
+            cols[c].append(_text(clip.value(row.get(c)), clip))
+        status = row.get("status")
+        cols["status"].append(clip.text(status) if isinstance(status, str) and status else "unknown")
+        cols["resolution"].append(int(round(resolution)))
+        batch, size = _num(row.get("batch")), _num(row.get("input_size"))
+        cols["batch"].append(int(batch) if batch is not None else 0)
+        cols["input_size"].append(int(size) if size is not None else None)
+        cols["value"].append(_num(row.get("value")))
+        cols["extra"].append(extra)
+        cols["duration_s"].append(clip.value(row.get("duration_s")))
+        cols["step"].append(_num(extra.get("step")))
+        cols["compile"].append(_text(extra.get("compile"), clip) or "eager")
+        key = _text(clip.value(row.get("point_key")), clip)
+        cols["point_key"].append(key or f"{cols['model'][-1]}|r{cols['resolution'][-1]}|b{cols['batch'][-1]}|"
+                                        f"{cols['dtype'][-1]}|{cols['device'][-1]}")
+    if dropped:
+        notes.append(f"{dropped} row(s) without a model, metric or numeric resolution were ignored.")
+    df = pd.DataFrame({c: pd.Series(cols[c], dtype=object if c not in ("resolution", "batch") else "int64")
+                       for c in names})
+    df["value"] = df["value"].astype(float)
+    df["step"] = df["step"].astype(float)
+    # Points of one model built differently (family options, another checkpoint) are separate series: where the
+    # results hold several variants of a model, each variant is named by what its key adds ("dim_h_2 [pad=cyclic]").
+    # "base_model" keeps the registry name: what the papers' tables and the family look-ups are keyed by.
+    df["variant"] = df["point_key"].map(point_variant)
+    df["base_model"] = df["model"]
+    several = df.groupby("model")["variant"].transform("nunique") > 1
+    renamed = several & (df["variant"] != "")
+    df.loc[renamed, "model"] = [declared.VARIANT.format(model=m, variant=v)
+                                for m, v in zip(df.loc[renamed, "model"], df.loc[renamed, "variant"], strict=True)]
     # A resumed run may re-measure a point (e.g. after an error); the file is append-only, so the last row wins.
     n = len(df)
     df = df.drop_duplicates(subset=["point_key", "metric", "step"], keep="last")
@@ -125,6 +146,13 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         df.loc[broken, "error"] = "row says ok but has no numeric value"
         notes.append(f"{int(broken.sum())} row(s) marked ok had no numeric value; shown as errors.")
     return df.reset_index(drop=True), notes + clip.notes("the results")
+
+
+def point_variant(key: str) -> str:
+    """What a point key adds to the model to say how it was built (``pad=cyclic``, ``ckpt=<file name>``): the
+    parts after model, resolution, batch, dtype and device, but the compile setting (a facet of its own)."""
+    parts = [p for p in str(key).split("|")[5:] if p and not p.startswith("compile=")]
+    return ", ".join(f"ckpt={Path(p[5:]).name}" if p.startswith("ckpt=") else p for p in parts)
 
 
 def load_environment(directory: Path) -> tuple[dict, list[str]]:
@@ -195,25 +223,35 @@ class Results:
         self.models = model_order(df["model"])
         self.resolutions = sorted(set(int(r) for r in df["resolution"]))
         self._collapsible: dict[str, bool] = {}
+        # Each metric's rows once, and each (metric, facet) selection once: sections ask for them again and
+        # again, and a boolean mask over a 200,000-row frame per question made a large folder take hours.
+        self._by_metric = {m: g for m, g in df.groupby("metric", sort=False)}
+        self._selected: dict[tuple[str, Facet], pd.DataFrame] = {}
+        #: analyses several sections share (the ratio lines), computed once
+        self.memo: dict[str, Any] = {}
 
     # ---- what is there --------------------------------------------------------------------------------
     def metrics(self) -> list[str]:
-        return list(dict.fromkeys(self.df["metric"]))
+        return list(self._by_metric)  # (in the order of their first row)
 
     def has(self, metric: str, ok: bool = False) -> bool:
         """Whether the metric was attempted somewhere (a row that is not "skipped"), or succeeded (``ok``).
 
         A metric skipped everywhere (e.g. CUDA-only memory on a CPU run) gets no plot or table of its own; the
         full-results section lists it with the reasons."""
-        st = self.df.loc[self.df["metric"] == metric, "status"]
-        return bool((st == "ok").any()) if ok else bool((st != "skipped").any())
+        key = f"has:{metric}:{ok}"
+        if key not in self.memo:
+            st = self.rows(metric)["status"]
+            self.memo[key] = bool((st == "ok").any()) if ok else bool((st != "skipped").any())
+        return self.memo[key]
 
     def rows(self, metric: str) -> pd.DataFrame:
-        return self.df[self.df["metric"] == metric]
+        rows = self._by_metric.get(metric)
+        return rows if rows is not None else self.df.iloc[0:0]
 
     def declaration(self, metric: str) -> Row:
         """The row's declaration (for a row nobody declares: its own name, the unit recorded, as measured)."""
-        units = [u for u in dict.fromkeys(self.rows(metric)["unit"]) if u]
+        units = [u for u in pd.unique(self.rows(metric)["unit"]) if u]
         return declared.row(metric, units[0] if units else None)
 
     def is_collapsible(self, metric: str) -> bool:
@@ -221,8 +259,9 @@ class Results:
         if metric not in self._collapsible:
             rows = self.rows(metric)
             ok = rows[rows["status"] == "ok"]
-            same = (ok.groupby(["model", "resolution", "batch"])["value"]
-                    .agg(lambda v: float(v.max() - v.min()) <= 1e-9 * max(abs(float(v.max())), 1.0)).all())
+            groups = ok.groupby(["model", "resolution", "batch"])["value"]  # (vectorised: no Python per group)
+            hi, lo = groups.max(), groups.min()
+            same = ((hi - lo) <= 1e-9 * np.maximum(hi.abs(), 1.0)).all()
             self._collapsible[metric] = bool(len(rows)) and bool((rows["task"] == "count").all()) and bool(same)
         return self._collapsible[metric]
 
@@ -262,12 +301,17 @@ class Results:
         return sorted(out)
 
     def select(self, metric: str, facet: Facet) -> pd.DataFrame:
-        rows = self.rows(metric)
-        if self.is_collapsible(metric):
-            facet = Facet(None, None, None, facet.batch)
-        elif facet.device is None:
-            return rows.iloc[0:0]
-        return rows[facet.mask(rows)]
+        found = self._selected.get((metric, facet))
+        if found is None:
+            rows = self.rows(metric)
+            if self.is_collapsible(metric):
+                found = rows[Facet(None, None, None, facet.batch).mask(rows)]
+            elif facet.device is None:
+                found = rows.iloc[0:0]
+            else:
+                found = rows[facet.mask(rows)]
+            self._selected[(metric, facet)] = found
+        return found
 
     def values(self, metric: str, facet: Facet) -> dict[str, dict[int, float]]:
         """model -> resolution -> value, for the ok rows of a metric under a facet; per image where the facet's
@@ -327,25 +371,24 @@ class Results:
 
     def failures(self, metrics: list[str], facet: Facet) -> list[tuple[str, int, str]]:
         """(model, resolution, status) of the OOM / error rows of these metrics under a facet, deduplicated."""
-        seen: list[tuple[str, int, str]] = []
+        seen: dict[tuple[str, int, str], None] = {}
         for metric in metrics:
             rows = self.select(metric, facet)
             rows = rows[rows["status"].isin(FAILED) | ~rows["status"].isin(STATUSES)]
             for m, r, s in rows[["model", "resolution", "status"]].itertuples(index=False):
-                if (m, int(r), s) not in seen:
-                    seen.append((m, int(r), s))
-        return seen
+                seen.setdefault((m, int(r), s))
+        return list(seen)
 
     def methods(self, metric: str, facet: Facet | None = None) -> list[str]:
         """How the metric's values were obtained (skipped rows measured nothing, so they do not count)."""
         rows = self.rows(metric) if facet is None else self.select(metric, facet)
         rows = rows[rows["status"] != "skipped"]
-        return [m for m in dict.fromkeys(rows["method"]) if m]
+        return [m for m in pd.unique(rows["method"]) if m]
 
     def unit(self, metric: str) -> str:
         """The unit(s) the rows recorded, else the declared one."""
         rows = self.rows(metric)
-        units = [u for u in dict.fromkeys(rows.loc[rows["status"] != "skipped", "unit"]) if u]
+        units = [u for u in pd.unique(rows.loc[rows["status"] != "skipped", "unit"]) if u]
         return " / ".join(units) if units else declared.row(metric).unit or "unit not recorded"
 
     def backends(self, metrics: list[str], facet: Facet | None = None) -> list[str]:
@@ -384,7 +427,7 @@ def load(directory: str | Path) -> Results:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            raw = results_store.load(jsonl, all_rows=True)
+            raw = results_store.read_rows(jsonl)
         except results_store.ResultsError as e:
             raise ReportError(f"{jsonl} cannot be read: {e}") from None
     notes = [f"{w.message} (a run was interrupted while writing it)." for w in caught

@@ -37,10 +37,21 @@ def ratio_rows() -> list[Row]:
     return [r for r in declared_rows() if r.ratio is not None]
 
 
+#: How the report names a variant of a model (a point with family options or a checkpoint, where the results hold
+#: several variants of the model): ``dim_h_2 [pad=cyclic]``.
+VARIANT = "{model} [{variant}]"
+
+
+def model_name(label: str) -> str:
+    """The registered model a report's model label stands for (:data:`VARIANT` -> the model)."""
+    return str(label).split(" [", 1)[0]
+
+
 def family(model: str) -> Family | None:
-    """The registered family of a model name, or None for a model this installation does not register."""
+    """The registered family of a model name or variant label, or None for a model this installation does not
+    register."""
     try:
-        return models.family_of_model(str(model))
+        return models.family_of_model(model_name(model))
     except KeyError:
         return None
 

@@ -71,16 +71,54 @@ class Report:
 
 
 # --------------------------------------------------------------------------------------------------------------
+# How much a report draws: a large folder is summarised, not drawn whole
+# --------------------------------------------------------------------------------------------------------------
+
+#: Settings (facets: device, dtype, batch, compile) plotted per section and tabulated per metric; a sweep of 20
+#: batch sizes draws 6 of them, evenly spread from the smallest to the largest, and says which it left out.
+MAX_FACETS = 6
+#: Resolutions (columns) and models (rows) of a model x resolution table, evenly spread, ends included.
+MAX_TABLE_COLUMNS = 16
+MAX_TABLE_ROWS = 60
+#: Lines of a list (failed points, ratios) before it says "and N more".
+MAX_LISTED = 40
+#: Lines in one ratio panel (model pairs): beyond it the legend would hide the plot.
+MAX_SERIES = 12
+
+
+def spread(items: Sequence, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spread, the first and the last included, in their order."""
+    if len(items) <= n:
+        return list(items)
+    picked = sorted({round(i * (len(items) - 1) / (n - 1)) for i in range(n)})
+    return [items[i] for i in picked]
+
+
+def capped_facets(facets: list[Facet]) -> tuple[list[Facet], str]:
+    """The facets a section draws (:data:`MAX_FACETS`, evenly spread) and a sentence on those it leaves out
+    (empty when none is)."""
+    shown = spread(facets, MAX_FACETS)
+    left = [f for f in facets if f not in shown]
+    if not left:
+        return shown, ""
+    names = "; ".join(f.label() for f in left[:4]) + ("; …" if len(left) > 4 else "")
+    return shown, (f"{len(left)} more setting(s) are not drawn here ({names}): a folder this large is summarised, "
+                   f"{MAX_FACETS} settings per section evenly spread from the first to the last; every row is in "
+                   "results.jsonl (dimbench.results.load).")
+
+
+def capped_rows(rows: list, what: str) -> tuple[list, str]:
+    """At most :data:`MAX_LISTED` of a table's rows, and the caption's note on the rest."""
+    if len(rows) <= MAX_LISTED:
+        return rows, ""
+    return rows[:MAX_LISTED], (f" The first {MAX_LISTED} of {len(rows):,} {what} are listed; every one is in "
+                               "results.jsonl.")
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Small helpers
 # --------------------------------------------------------------------------------------------------------------
 
-# The memory plot's sources: (row, line style); predicted rows are drawn hollow (their declaration says so).
-MEMORY_METRICS = [
-    ("mem_allocated_gib", "-"),
-    ("mem_reserved_gib", "--"),
-    ("mem_device_gib", "-."),
-    ("mem_predicted_gib", ":"),
-]
 SPECIAL_METRICS = ("train_loss", "samples")  # not pivoted in the full tables
 
 
@@ -94,15 +132,14 @@ def label(metric: str, facet: Facet | None = None) -> str:
     return declared.label(metric, per_image=facet is not None and facet.batch is None)
 
 
-def batch_note(metrics: Sequence[str], facet: Facet, memory: bool = False) -> str:
+def batch_note(metrics: Sequence[str], facet: Facet, instead: str = "") -> str:
     """For a caption: how the values relate to the batch, when it varies with resolution (else nothing);
-    ``memory``: the caption is the memory plot's."""
+    ``instead``: what the section says about it in place of the standard text (memory: not per image)."""
     if facet.batch is not None:
         return ""
     head = "The batch varies with resolution (shown under each resolution, b32 = batch 32): "
-    if memory:
-        return (head + "memory is the peak of one pass over the whole batch, not per image — weights and workspaces "
-                "are paid once per batch, so it does not divide by the batch. ")
+    if instead:
+        return head + instead
     if not any(per_pass(m) for m in metrics):
         return head + "these are rates, the same per image as per batch, so points of different batches compare. "
     return (head + "values are per image — GMACs and times are those of one pass over the batch divided by the "
@@ -184,8 +221,11 @@ def styles_for(results: Results):
 def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str = "") -> Table:
     """Model x resolution for one metric and facet; failed cells say OOM / error / skipped."""
     rows = results.select(metric, facet)
-    resolutions = sorted(set(int(r) for r in rows["resolution"]))
-    models = [m for m in results.models if m in set(rows["model"])]
+    every_resolution = sorted(set(int(r) for r in rows["resolution"]))
+    every_model = [m for m in results.models if m in set(rows["model"])]
+    resolutions, models = spread(every_resolution, MAX_TABLE_COLUMNS), spread(every_model, MAX_TABLE_ROWS)
+    cut = [f"{len(kept)} of its {len(every):,} {what}" for kept, every, what in
+           ((resolutions, every_resolution, "resolutions"), (models, every_model, "models")) if len(kept) < len(every)]
     cells: dict[tuple[str, int], Cell] = {}
     for m, r, v, s in rows[["model", "resolution", "value", "status"]].itertuples(index=False):
         if (m, int(r)) in cells:
@@ -198,6 +238,8 @@ def pivot_table(results: Results, metric: str, facet: Facet, caption_extra: str 
     caption = (f"{label(metric)} [{unit}] — {facet.label()}"
                + (f". The batch of each resolution in brackets; {as_measured(metric)}" if tags else "")
                + f". Method: {join_text(results.methods(metric, facet))}."
+               + (f" Showing {' and '.join(cut)} (evenly spread, the ends included); every value is in "
+                  "results.jsonl." if cut else "")
                + (f" {caption_extra}" if caption_extra else ""))
     heads = [px(r) + (f" ({tags[r]})" if r in tags else "") for r in resolutions]
     return Table(caption, ["model"] + heads, body, [False] + [True] * len(resolutions))

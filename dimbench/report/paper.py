@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 
+from dimbench.fid import protocol
 from dimbench.metrics.count_variants import VARIANTS
 from dimbench.paper import PublishedTable, compare_published, tables
 
+from . import declared
 from .data import Results
 from .document import Cell, Section, Table, px
 
@@ -26,12 +28,23 @@ NOT_MEASURED = {
 }
 
 
-def _measured(results: Results, model: str, resolution: int, measure: str, table: PublishedTable) -> float | None:
+def _fid_rows(results: Results, model: str, resolution: int, release: str | None):
+    """The ok fid rows of ``model`` at ``resolution`` that may stand beside the published row of ``release``: rows
+    of that release, and rows whose checkpoint is no known release (they could be any)."""
+    df = results.rows("fid")
+    df = df[(df["base_model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
+    if release is not None:
+        df = df[df["extra"].map(lambda e: e.get("release") in (release, None)).astype(bool)]
+    return df
+
+
+def _measured(results: Results, model: str, resolution: int, measure: str, table: PublishedTable,
+              release: str | None = None) -> float | None:
     if not results.has(measure):
         return None
-    df = results.rows(measure)
+    df = results.rows(measure) if measure != "fid" else _fid_rows(results, model, resolution, release)
     # The papers measured eager models: a compiled point's value is not theirs to compare with.
-    df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")
+    df = df[(df["base_model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")
             & (df["compile"] == "eager")]
     if table.batch is not None:
         df = df[df["batch"] == table.batch]
@@ -39,27 +52,43 @@ def _measured(results: Results, model: str, resolution: int, measure: str, table
         df = df[df["dtype"] == table.dtype]
     if table.device:
         df = df[df["device"].astype(str).str.startswith(table.device)]
-    if measure == "fid":  # only a row that measured what the paper did (the fid metric says so)
-        df = df[df["extra"].map(lambda e: e.get("comparable_to_published") is True)]
+    if measure == "fid":  # only a row that measured what the paper did, on that release (the fid metric says so)
+        df = df[df["extra"].map(lambda e: e.get("comparable_to_published") is True
+                                and e.get("release") == release).astype(bool)]
     return float(df["value"].iloc[-1]) if len(df) else None
 
 
-def _not_comparable(results: Results, model: str, resolution: int, measure: str) -> str | None:
+def _not_comparable(results: Results, model: str, resolution: int, measure: str,
+                    release: str | None = None) -> str | None:
     """For an FID measured under other conditions than the paper's: what was measured, and why it is not set beside
-    the published number (FID-1K is biased upwards; random weights mean nothing)."""
+    the published number (each check the fid metric found failing; older rows: what they recorded)."""
     if measure != "fid" or not results.has("fid"):
         return None
-    df = results.rows("fid")
-    df = df[(df["model"] == model) & (df["resolution"] == resolution) & (df["status"] == "ok")]
+    df = _fid_rows(results, model, resolution, release)
     if not len(df):
         return None
     value, extra = float(df["value"].iloc[-1]), df["extra"].iloc[-1]
+    if extra.get("not_comparable"):
+        return f"{value:.2f} measured, not comparable ({'; '.join(extra['not_comparable'])})"
     why = ", ".join(x for x in (
         "random weights" if extra.get("random_weights") else "",
         f"N = {extra['n_fake']:,}" if extra.get("n_fake") not in (None, 50000) else "",
         "other sampler, steps, guidance, labels or dtype than the paper's" if extra.get("n_fake") == 50000
         and not extra.get("random_weights") else "") if x)
     return f"{value:.2f} measured, not comparable ({why or 'conditions not recorded'})"
+
+
+def _protocol_text(release_id: str | None) -> str:
+    """What dimbench runs for a published FID: its release's protocol in words, or why it runs none."""
+    release = protocol.table().releases.get(release_id or "")
+    if release is None:
+        return "no release named (dimbench/paper/published.yaml)"
+    known = "SHA-256 recorded" if release.sha256 else "SHA-256 not recorded: options.fid.identify names the file"
+    if release.unsupported:
+        return f"not run by dimbench: {release.unsupported}"
+    proto = protocol.table().protocols[release.protocol]
+    ref = protocol.table().references[release.reference]
+    return f"{proto.describe(release.guidance)}; reference {ref.file}; checkpoint {release.what} ({known})"
 
 
 def _deviation(measured: float, published) -> Cell:
@@ -72,20 +101,22 @@ def _deviation(measured: float, published) -> Cell:
 
 
 def paper_table(results: Results, table: PublishedTable) -> Table:
-    columns = ["model"]
+    with_protocol = "fid" in table.measures  # each published FID says how dimbench measures it
+    columns = ["model"] + (["dimbench's protocol"] if with_protocol else [])
     for heading in table.measures.values():
         columns += [f"{heading}: published", "measured", "deviation"]
     body = []
     for row in table.rows:
-        cells = [Cell(row.label)]
+        release = row.details.get("release")
+        cells = [Cell(row.label)] + ([Cell(_protocol_text(release))] if with_protocol else [])
         for measure in table.measures:
             published = row.values.get(measure)
-            measured = _measured(results, row.model, row.resolution, measure, table)
+            measured = _measured(results, row.model, row.resolution, measure, table, release)
             cells.append(Cell(_published(published, measure) if published is not None else "—"))
             if published is None:
                 cells += [Cell(_value(measured, measure) if measured is not None else "—"), Cell("—")]
             elif measured is None:
-                other = _not_comparable(results, row.model, row.resolution, measure)
+                other = _not_comparable(results, row.model, row.resolution, measure, release)
                 cells += [Cell(other or NOT_MEASURED.get(measure, "not measured"), "missing"), Cell("—")]
             else:
                 cells += [Cell(_value(measured, measure)), _deviation(measured, published)]
@@ -94,8 +125,11 @@ def paper_table(results: Results, table: PublishedTable) -> Table:
     where = ", ".join(x for x in (f"batch {table.batch}" if table.batch else "", table.dtype or "",
                                   f"on {table.device}" if table.device else "") if x)
     caption = (f"{table.title}. Source: {src.cite()}" + (f" ({src.note})" if src.note else "") + ". "
-               f"Published: {table.convention}." + (f" Measured at {where}." if where else ""))
-    numeric = [False] + [True, True, False] * len(table.measures)
+               f"Published: {table.convention}." + (f" Measured at {where}." if where else "") +
+               (" A measured FID stands beside a published one only when the fid metric found the scored "
+                "checkpoint to be that release and every item of its protocol matched (comparable_to_published); "
+                "otherwise the measured cell says which did not." if with_protocol else ""))
+    numeric = [False] + ([False] if with_protocol else []) + [True, True, False] * len(table.measures)
     return Table(caption, columns, body, numeric)
 
 
@@ -162,18 +196,23 @@ def throughput_ratios(results: Results) -> Table | None:
     table = tables().get("third_party_throughput")
     if table is None:
         return None
+    # Each published row's family and its role in comparisons come from the model registry (DiM: the subject).
     by_res: dict[int, dict[str, tuple[str, float, float | None]]] = {}
+    subjects = {f.name for f in declared.subjects()}
     for row in table.rows:
+        fam = declared.family(row.model)
+        if fam is None:
+            continue  # a model this installation does not register: no family to compare
         measured = _measured(results, row.model, row.resolution, "throughput", table)
-        family = row.model.split("_")[0]
-        by_res.setdefault(row.resolution, {})[family] = (row.model, float(row.values["throughput"]), measured)
+        by_res.setdefault(row.resolution, {})[fam.name] = (row.model, float(row.values["throughput"]), measured)
     body = []
     for res, fams in sorted(by_res.items()):
-        if "dim" not in fams:
+        subject = next((name for name in fams if name in subjects), None)
+        if subject is None:
             continue
-        _, pub_dim, got_dim = fams["dim"]
+        _, pub_dim, got_dim = fams[subject]
         for fam, (model, pub, got) in fams.items():
-            if fam == "dim":
+            if fam == subject:
                 continue
             published = pub_dim / pub
             if got_dim and got:
@@ -218,4 +257,4 @@ def section_paper_tables(results: Results) -> Section | None:
 
 def _has_point(results: Results, model: str, resolution: int) -> bool:
     df = results.df
-    return bool(((df["model"] == model) & (df["resolution"] == resolution)).any())
+    return bool(((df["base_model"] == model) & (df["resolution"] == resolution)).any())

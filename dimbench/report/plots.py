@@ -38,8 +38,6 @@ _FAMILY_COLOURS = [
 _FAMILY_MARKERS = ["o", "s", "^", "v", "P", "h", "*"]
 _OTHER_COLOURS = ["#555555", "#888888", "#333333", "#aaaaaa"]
 _OTHER_MARKER = "D"
-# Line colours for things that are not models (ratio pairs).
-PAIR_COLOURS = ["#1f5fa8", "#d1521f", "#2e8b3a", "#8a5fb5", "#b5478a", "#555555"]
 
 FAIL_MARKER = "X"
 FAIL_COLOUR = "#c0392b"
@@ -142,10 +140,32 @@ def draw_panels(fig: FigureBase, panels: Sequence[Panel], ncols: int | None = No
                        ncols=max(1, min(len(merged), 5, per_row)), frameon=False)
 
 
+#: Labelled resolutions on an axis: beyond this many, a subset spread evenly in log scale (a sweep of 250
+#: resolutions would print 250 overlapping labels).
+MAX_TICKS = 12
+#: Points per line above which markers shrink and error bars lose their caps (they would merge into a band).
+DENSE = 40
+
+
+def _readable_ticks(ticks: list[float]) -> list[float]:
+    """At most about :data:`MAX_TICKS` of the sorted ``ticks``, at least 1/MAX_TICKS of the log range apart, the
+    first and the last kept."""
+    if len(ticks) <= MAX_TICKS:
+        return ticks
+    lo, hi = math.log2(ticks[0]), math.log2(ticks[-1])
+    gap = (hi - lo) / MAX_TICKS
+    kept = [ticks[0]]
+    for t in ticks[1:-1]:
+        if math.log2(t) - math.log2(kept[-1]) >= gap and hi - math.log2(t) >= gap / 2:
+            kept.append(t)
+    return kept + [ticks[-1]]
+
+
 def _resolution_axis(ax, xs: Sequence[float], ticks: Sequence[float] | None, notes: dict[float, str]) -> None:
-    """Resolution on a log2 axis with the measured resolutions as the labelled ticks (and a note under each)."""
+    """Resolution on a log2 axis with the measured resolutions as the labelled ticks (and a note under each; at
+    most about MAX_TICKS of them, evenly spread, where there are more)."""
     ax.set_xscale("log", base=2)
-    ticks = sorted(set(ticks or xs))
+    ticks = _readable_ticks(sorted(t for t in set(ticks or xs) if t > 0))
     if ticks:
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.set_xticklabels([mpl_text(f"{t:g}\n{notes[t]}" if t in notes else f"{t:g}") for t in ticks])
@@ -177,10 +197,12 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
         px, py = [t[0] for t in pts], [t[1] for t in pts]
         xs += px
         ys += py
+        dense = len(pts) > DENSE
         if s.spread:
             lo = [max(y - b[0], 0.0) for _, y, b in pts]
             hi = [max(b[1] - y, 0.0) for _, y, b in pts]
-            ax.errorbar(px, py, yerr=[lo, hi], fmt="none", ecolor=s.colour, elinewidth=1, capsize=2.5, alpha=0.8)
+            ax.errorbar(px, py, yerr=[lo, hi], fmt="none", ecolor=s.colour, elinewidth=1,
+                        capsize=0 if dense else 2.5, alpha=0.8)
             ys += [b[0] for _, _, b in pts if b[0] > 0] + [b[1] for _, _, b in pts]
         ax.plot(
             px,
@@ -189,7 +211,7 @@ def _draw_panel(ax, p: Panel, legend: bool = True) -> tuple[list, list[str]]:
             marker=s.marker,
             color=s.colour,
             markerfacecolor="white" if s.hollow else s.colour,
-            markersize=5,
+            markersize=2 if dense else 5,
             linewidth=1.6,
             label=mpl_text(s.label),
         )

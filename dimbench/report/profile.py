@@ -13,6 +13,8 @@ import math
 
 from matplotlib.lines import Line2D
 
+from models.profiling import COMPONENTS
+
 from . import plots
 from .data import Results
 from .document import Cell, Figure, Section, Table, fmt, px, styles_for
@@ -27,8 +29,6 @@ _COMPONENT_COLOURS = [
 
 
 def _components() -> list[str]:
-    from models.profiling import COMPONENTS
-
     return list(COMPONENTS)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import matplotlib.image as mpimg
+
 from . import plots, quality_scores
 from .data import Results
 from .document import Cell, Figure, Section, Table, fmt, label, method_text, pivot_table, px, styles_for
@@ -83,8 +85,6 @@ def section_samples(results: Results) -> Section | None:
     names = [m for m in results.metrics() if m == "samples" or m.startswith("samples_")]
     if not names:
         return None
-    import matplotlib.image as mpimg
-
     grouped: dict[tuple, list[plots.ClassGrid]] = {}
     plain, problems = [], []
     root = results.dir.resolve()
@@ -141,7 +141,8 @@ def _grid_title(results: Results, model: str, key: str, name: str, px_img: int, 
     """'dim_tiny_2' over 'FD 2.1x floor · 98 %' (upsampling: the factor and guidance instead of the model)."""
     suffix = name[len("samples"):]
     fd = quality_scores.final_value(results, "fd_proxy" + suffix, key)
-    acc = quality_scores.final_value(results, quality_scores.accuracy_row("fd_proxy" + suffix), key)
+    paired = results.declaration("fd_proxy" + suffix).pairs_with
+    acc = quality_scores.final_value(results, paired, key) if paired else None
     head = model
     if rank == 2:
         head = f"{name[len('samples_up'):].split('_')[0]}x ({px(px_img)}), " + ("UG" if suffix.endswith("_ug")

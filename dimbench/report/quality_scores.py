@@ -69,13 +69,6 @@ class Score:
         return str(self.extra.get("stage", self.metric))
 
 
-def accuracy_row(fd_metric: str) -> str:
-    """The accuracy row paired with a proxy distance row: fd_proxy_up2 -> proxy_acc_up2."""
-    rest = fd_metric[len("fd_"):]
-    head, _, tail = rest.partition("_")
-    return f"{head}_acc" + (f"_{tail}" if tail else "")
-
-
 def staged_metrics(results: Results) -> list[str]:
     """The proxy distance rows of a quality run (those whose rows say which stage they score)."""
     return [m for m in results.metrics() if m.startswith("fd_") and m != "fd_proxy_real"
@@ -86,8 +79,8 @@ def scores(results: Results) -> list[Score]:
     """Every staged distance with its accuracy, in model order then stage order."""
     out = []
     for metric in staged_metrics(results):
-        acc_name = accuracy_row(metric)
-        accs = results.rows(acc_name) if results.has(acc_name) else None
+        acc_name = results.declaration(metric).pairs_with  # the classifier accuracy of the same samples
+        accs = results.rows(acc_name) if acc_name and results.has(acc_name) else None
         for r in results.rows(metric).itertuples(index=False):
             if not isinstance(r.extra, dict) or "stage" not in r.extra:
                 continue

@@ -3,6 +3,7 @@ processes under torchrun (:mod:`.distributed`), and the ``train`` suite metric b
 
 from dimbench.training.trainer import (
     PRECISIONS,
+    Diverged,
     TrainConfig,
     Trainer,
     TrainResult,
@@ -11,5 +12,5 @@ from dimbench.training.trainer import (
     save_atomic,
 )
 
-__all__ = ["PRECISIONS", "TrainConfig", "TrainResult", "Trainer", "enable_activation_checkpointing",
+__all__ = ["PRECISIONS", "Diverged", "TrainConfig", "TrainResult", "Trainer", "enable_activation_checkpointing",
            "load_training_state", "save_atomic"]

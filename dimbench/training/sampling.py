@@ -1,7 +1,8 @@
 """Generating images from a trained model: which sampler, how many steps, what guidance; optionally at m times
 the trained resolution with Upsample Guidance (dim.md §8); and sample grids as PNG files.
 
-The samplers themselves live in :mod:`models.diffusion` (plain reference implementations); this module picks
+The samplers themselves live in :mod:`models.diffusion`, each declared once in its sampler registry
+(:func:`models.diffusion.get_sampler`: name, description, function, the schedules it steps); this module picks
 one by name and drives it in batches with a seeded generator, so a sample set is reproducible.
 """
 
@@ -10,13 +11,21 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import models
+from models import diffusion
+from models.diffusion import Guidance, Sampler, get_sampler, sampler_names
 from models.registry import Family
 
-SAMPLERS = ("ddpm", "ddim", "dpm_solver++", "dpm_solver", "euler_maruyama")
+
+def sampler_or_family() -> tuple[str, ...]:
+    """A metric option's choices: a registered sampler, or "" for the family's own (the registry, read when a
+    suite is checked, so a plugin's samplers are among them)."""
+    return ("", *sampler_names())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,20 +38,38 @@ class SamplerSpec:
     guidance: float
 
     def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
+        get_sampler(self.name)  # ValueError naming the registered ones
         if self.steps < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
 
+    @property
+    def sampler(self) -> Sampler:
+        """Its declaration in the sampler registry."""
+        return get_sampler(self.name)
+
     def describe(self, channels: int | None = None) -> str:
         """In words; ``channels``: guidance acts on the first this many channels only (DiT: 3 of 4)."""
-        from models.diffusion import Guidance
-
-        what = {"ddpm": "DDPM ancestral", "ddim": "DDIM (eta 0)", "dpm_solver++": "DPM-Solver++ (data prediction, "
-                "singlestep fast, order 3)", "dpm_solver": "DPM-Solver (noise prediction, singlestep fast, order 3)",
-                "euler_maruyama": "Euler-Maruyama (VP-SDE)"}[self.name]
         guided = Guidance(self.guidance, channels).describe() if self.guidance else "no guidance"
-        return f"{what}, {self.steps} steps, {guided}"
+        return f"{self.sampler.description}, {self.steps} steps, {guided}"
+
+    def run(self, eps, schedule, x_T: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The sampler from x_T with this spec's steps (its schedule checked first)."""
+        self.sampler.check_schedule(schedule)
+        return self.sampler.run(eps, schedule, x_T, steps=self.steps, generator=generator)
+
+
+def guidance_for(model: nn.Module, spec: SamplerSpec, channels: int, conditional: bool) -> Guidance | None:
+    """The classifier-free guidance a sample of ``channels`` channels gets from ``spec``: none without a scale
+    or a class; on the first ``guided_channels`` only where the model's family recipe says so and the model has
+    more (DiT: 3 of its 4 latent channels)."""
+    if not spec.guidance or not conditional:
+        return None
+    try:
+        recipe = models.family_of_model(model).diffusion
+    except KeyError:  # a module no registered family builds: no family recipe to follow
+        recipe = None
+    subset = recipe.guided_channels if recipe else None
+    return Guidance(spec.guidance, subset if subset is not None and channels > subset else None)
 
 
 def sampler_for(family: Family, name: str | None = None, steps: int | None = None,
@@ -68,60 +95,28 @@ def generate(model: nn.Module, *, schedule, timestep, spec: SamplerSpec, labels:
     corrected by Upsample Guidance while t >= ``until`` (dim.md §8). The initial noise and every sampler's noise
     come from a generator seeded with ``seed``, batch by batch: the same call gives the same images.
     """
-    from models.diffusion import Guidance, model_eps, upsample_guidance
-
     device = torch.device(device)
     null = int(getattr(model, "num_classes", 0) or 0)
-    try:
-        recipe = models.family_of_model(model).diffusion
-    except KeyError:  # a module no registered family builds: no family recipe to follow
-        recipe = None
-    subset = recipe.guided_channels if recipe else None
-    channels = subset if subset is not None and shape[0] > subset else None  # DiT: 3 of 4 latent channels
-    guidance = Guidance(spec.guidance, channels) if spec.guidance and labels is not None else None
-    _check_pair(spec, schedule)
+    guidance = guidance_for(model, spec, shape[0], labels is not None)
+    spec.sampler.check_schedule(schedule)
     out = []
     for start in range(0, count, batch):
         n = min(batch, count - start)
         g = torch.Generator(device="cpu").manual_seed(int(seed) * 7919 + start)
         x_T = torch.randn((n, *shape), generator=g).to(device)
         y = labels[start:start + n].to(device) if labels is not None else None
-        learned = spec.name == "ddpm" and upsample is None
-        eps = model_eps(model, schedule, timestep, y=y, guidance=guidance, null_class=null if guidance else None,
-                        with_variance=learned)
+        learned = spec.sampler.learned_variance and upsample is None
+        eps = diffusion.model_eps(model, schedule, timestep, y=y, guidance=guidance,
+                                  null_class=null if guidance else None, with_variance=learned)
         if upsample:
             if lowres_model is None:
                 raise ValueError("upsample needs the model at the trained resolution (lowres_model)")
-            low = model_eps(lowres_model, schedule, timestep, y=y, guidance=guidance,
-                            null_class=null if guidance else None)
-            eps = upsample_guidance(eps, low, schedule, int(upsample), until=until)
-        x = _run_sampler(spec, eps, schedule, x_T, g)
+            low = diffusion.model_eps(lowres_model, schedule, timestep, y=y, guidance=guidance,
+                                      null_class=null if guidance else None)
+            eps = diffusion.upsample_guidance(eps, low, schedule, int(upsample), until=until)
+        x = spec.run(eps, schedule, x_T, g)
         out.append(x.float().clamp_(-1, 1).cpu())
     return torch.cat(out)
-
-
-def _check_pair(spec: SamplerSpec, schedule) -> None:
-    """Euler-Maruyama integrates the continuous VP-SDE; DDPM and DDIM step a discrete schedule."""
-    continuous = not hasattr(schedule, "alphas_cumprod")
-    if spec.name == "euler_maruyama" and not continuous:
-        raise ValueError(f"sampler euler_maruyama needs the continuous VP-SDE; this model was trained with the "
-                         f"{schedule.name} schedule (use dpm_solver++, dpm_solver, ddim or ddpm)")
-    if spec.name in ("ddpm", "ddim") and continuous:
-        raise ValueError(f"sampler {spec.name} steps a discrete schedule; this model was trained with the VP-SDE "
-                         "(use euler_maruyama, dpm_solver++ or dpm_solver)")
-
-
-def _run_sampler(spec: SamplerSpec, eps, schedule, x_T: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    from models import diffusion as d
-
-    if spec.name == "ddpm":
-        return d.ddpm_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
-    if spec.name == "ddim":
-        return d.ddim_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
-    if spec.name in ("dpm_solver++", "dpm_solver"):
-        return d.dpm_solver_sample(eps, schedule, x_T, steps=spec.steps, order=3,
-                                   predict="data" if spec.name == "dpm_solver++" else "noise")
-    return d.euler_maruyama_sample(eps, schedule, x_T, steps=spec.steps, generator=generator)
 
 
 def class_labels(count: int, num_classes: int) -> torch.Tensor | None:
@@ -132,9 +127,6 @@ def class_labels(count: int, num_classes: int) -> torch.Tensor | None:
 def save_grid(images: torch.Tensor, path: Path, columns: int = 10, rows: int | None = None) -> int:
     """Write the first columns x rows images (C, H, W in [-1, 1]; 1 or 3 channels) as one PNG grid with a
     1-pixel gap; returns how many images it shows."""
-    import numpy as np
-    from PIL import Image
-
     n = images.shape[0] if rows is None else min(images.shape[0], columns * rows)
     rows = -(-n // columns)
     c, h, w = images.shape[1:]

@@ -39,9 +39,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
 
 from dimbench.data import Dataset
+from dimbench.files import WriteError, atomic_write
 from dimbench.training.distributed import DistributedInfo, distributed_info
+from models.checkpoints import inflation_problem
+from models.diffusion import diffusion_loss, make_schedule
 
 #: config fields a resumed run may change: how long it runs, how often it saves, how the backward stores activations
 #: (the same arithmetic either way) and how often the held-out loss is measured
@@ -101,6 +106,12 @@ class TrainConfig:
                 + f", {self.precision}, {self.schedule} schedule, seed {self.seed}")
 
 
+class Diverged(RuntimeError):
+    """The loss stopped being a finite number: the run is stopped before it logs or saves the window, so the
+    checkpoint on disk is the last one whose curve is finite (a rerun retraces the same steps and stops the same
+    way). The message names the step and what usually causes it."""
+
+
 @dataclasses.dataclass
 class TrainResult:
     steps: int  # steps completed (== config.steps at the end)
@@ -117,8 +128,6 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, *, timestep, device="cpu",
                  state_path: str | os.PathLike | None = None, init_state: dict[str, torch.Tensor] | None = None,
                  meta: dict[str, Any] | None = None, heldout: Dataset | None = None):
-        from models.diffusion import make_schedule
-
         self.config = config
         self.data = data
         self.device = torch.device(device)
@@ -175,6 +184,8 @@ class Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 elapsed = time.perf_counter() - t_window
                 info = _window_means(window)
+                if not math.isfinite(info["loss"]):
+                    raise Diverged(self._diverged(self.step, info["loss"]))
                 info["lr"] = self.lr_at(self.step - 1)
                 info["images_per_s"] = len(window) * cfg.batch / elapsed if elapsed > 0 else None
                 info["steps_in_window"] = len(window)
@@ -198,8 +209,6 @@ class Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step (all micro-batches of this rank); returns the step's mean losses (all ranks)."""
-        from models.diffusion import diffusion_loss
-
         cfg = self.config
         draw = self._draw(self.step)
         for group in self.optimizer.param_groups:
@@ -241,8 +250,6 @@ class Trainer:
         """The training loss of the current (non-EMA) model on the held-out data: every example once (labels
         kept, no dropout), with times and noise drawn from a generator seeded by the run's seed only, so every
         evaluation sees the same noisy inputs."""
-        from models.diffusion import diffusion_loss
-
         data = self.heldout
         g = torch.Generator().manual_seed(_step_seed(self.config.seed, -1))
         total, count = 0.0, 0
@@ -315,14 +322,25 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.history = list(state.get("history", []))
+        for log in self.history:  # (a checkpoint written before the loss was checked may hold a NaN window)
+            loss = log.get("loss") if isinstance(log, dict) else None
+            if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+                raise Diverged(self._diverged(log.get("step") if isinstance(log, dict) else "?", loss,
+                                              f" (in {self.state_path})"))
         return self.step
+
+    def _diverged(self, step: Any, loss: Any, where: str = "") -> str:
+        cfg = self.config
+        clip = f"clipping at {cfg.grad_clip:g}" if cfg.grad_clip else "no gradient clipping"
+        return (f"training diverged: the mean loss of the window ending at step {step} is {loss}{where}, with lr "
+                f"{cfg.lr:g}, warm-up {cfg.warmup} and {clip}; lower the learning rate, warm up longer or clip "
+                "gradients, and start over (--fresh, or another folder)")
 
     # ---- internals ----------------------------------------------------------------------------------------
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         if self.dist.world_size == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
@@ -369,8 +387,6 @@ class Trainer:
 def enable_activation_checkpointing(model: nn.Module) -> int:
     """Recompute each repeated block's activations in the backward instead of storing them (the elements of
     every ``nn.ModuleList``: the blocks of DiM, DiT and U-ViT). Returns how many modules were wrapped."""
-    from torch.utils.checkpoint import checkpoint
-
     wrapped = 0
     for lst in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
         for block in lst:
@@ -387,16 +403,22 @@ def enable_activation_checkpointing(model: nn.Module) -> int:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: a crash never leaves half a checkpoint."""
+    """torch.save through :func:`dimbench.files.atomic_write`: a crash or a full disk never leaves half a
+    checkpoint (nor its temporary file); WriteError says the cause and that the previous checkpoint is kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except WriteError as exc:
+        raise WriteError(f"{exc}: the training checkpoint was not saved (the previous one, if any, is kept); free "
+                         "some space and run the same command again to resume from it") from None
 
 
 def load_training_state(path: str | os.PathLike) -> dict[str, Any]:
-    """A training checkpoint (weights_only: a file from elsewhere cannot run code); ValueError when it is not
-    one."""
+    """A training checkpoint (weights_only: a file from elsewhere cannot run code; a zip archive declaring far
+    more than its size is refused before inflating it); ValueError when it is not one."""
+    bomb = inflation_problem(path)
+    if bomb:
+        raise ValueError(bomb)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not {"step", "model", "ema", "config"} <= set(state):
         raise ValueError(f"{path}: not a dimbench training checkpoint (expected keys step, model, ema, config)")

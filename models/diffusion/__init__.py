@@ -4,6 +4,7 @@
     >>> sched = make_schedule("sd_scaled_linear")                   # DiM / U-ViT (DiT: "linear")
     >>> fn = model_eps(model, sched, family.timestep, y=y, guidance=Guidance.from_uvit(0.4), null_class=1000)
     >>> x0 = dpm_solver_sample(fn, sched, torch.randn(b, 4, 32, 32))  # DiM's sampler: DPM-Solver++ 50 steps
+    >>> x0 = get_sampler("dpm_solver++").run(fn, sched, x_T, steps=50)  # the same, by its registered name
 
 Conventions (time indices, continuous view, network time per family): :mod:`models.diffusion.schedules`.
 Imports nothing from ``dimbench``.
@@ -12,6 +13,7 @@ Imports nothing from ``dimbench``.
 from .guidance import Guidance
 from .losses import diffusion_loss, eps_mse, learned_variance_vlb
 from .model_fn import EpsFn, eps_only, model_eps
+from .registry import SAMPLERS, Sampler, get_sampler, register_sampler, sampler_names
 from .samplers import (
     ddim_sample,
     ddpm_sample,
@@ -24,6 +26,11 @@ from .samplers import (
 from .schedules import SCHEDULES, VPSDE, DiscreteSchedule, make_schedule
 
 __all__ = [
+    "SAMPLERS",
+    "Sampler",
+    "get_sampler",
+    "register_sampler",
+    "sampler_names",
     "SCHEDULES",
     "DiscreteSchedule",
     "VPSDE",

@@ -17,12 +17,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .model_fn import EpsFn, eps_only
+from .registry import Sampler, register_sampler
 from .schedules import VPSDE, DiscreteSchedule
 
 __all__ = [
     "ddpm_sample",
     "ddim_sample",
     "fast_orders",
+    "dpm_solver_fast_steps",
     "dpm_solver_sample",
     "euler_maruyama_sample",
     "upsample_guidance",
@@ -187,45 +189,58 @@ class _At:
         self.lam = self.log_alpha - math.log(self.sigma)
 
 
-def _outer_times(
-    schedule: DiscreteSchedule | VPSDE, t_start: float, t_end: float, orders: list[int], skip: str
-) -> list[float]:
-    """The K+1 times that delimit the K singlestep steps (K = len(orders)), from t_start down to t_end.
-
-    "time_uniform" (dim.md §7) and "time_quadratic": the (steps+1)-point grid (uniform in t, or in √t) taken at
-    the cumulative sums of the orders, so a step of order k spans k grid intervals. "logSNR": K+1 times uniform
-    in λ (DPM-Solver's choice for that skip type).
-    """
-    steps = sum(orders)
-    cum = [0]
-    for o in orders:
-        cum.append(cum[-1] + o)
+def _time_grid(schedule: DiscreteSchedule | VPSDE, t_start: float, t_end: float, steps: int, skip: str) -> list[float]:
+    """The steps+1 times of the skip type from t_start down to t_end: uniform in t ("time_uniform", dim.md §7),
+    in √t ("time_quadratic") or in λ ("logSNR")."""
     if skip == "time_uniform":
-        grid = torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64)
-    elif skip == "time_quadratic":
-        grid = torch.linspace(math.sqrt(t_start), math.sqrt(t_end), steps + 1, dtype=torch.float64) ** 2
-    elif skip == "logSNR":
-        lam = torch.linspace(_At(schedule, t_start).lam, _At(schedule, t_end).lam, len(orders) + 1, dtype=torch.float64)
+        return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+    if skip == "time_quadratic":
+        return (torch.linspace(math.sqrt(t_start), math.sqrt(t_end), steps + 1, dtype=torch.float64) ** 2).tolist()
+    if skip == "logSNR":
+        lam = torch.linspace(_At(schedule, t_start).lam, _At(schedule, t_end).lam, steps + 1, dtype=torch.float64)
         ts = schedule.inverse_lambda(lam).tolist()
         ts[0], ts[-1] = t_start, t_end  # exact ends (inverse_lambda round-trips to ~1e-12)
         return ts
-    else:
-        raise ValueError(f"unknown DPM-Solver skip type {skip!r}; known: time_uniform, time_quadratic, logSNR")
-    return [grid[c].item() for c in cum]
+    raise ValueError(f"unknown DPM-Solver skip type {skip!r}; known: time_uniform, time_quadratic, logSNR")
 
 
-def _at_lambda(schedule: DiscreteSchedule | VPSDE, lam: float) -> _At:
-    """The schedule at the time whose λ is ``lam`` (an intermediate point placed by log-SNR)."""
-    return _At(schedule, schedule.inverse_lambda(torch.tensor(lam, dtype=torch.float64)).item())
+def dpm_solver_fast_steps(
+    schedule: DiscreteSchedule | VPSDE, steps: int = 50, order: int = 3, *, t_start: float | None = None,
+    t_end: float = 1e-3, skip: str = "time_uniform",
+) -> list[tuple[float, tuple[float, ...], float]]:
+    """Where DPM-Solver's singlestep "fast" method evaluates: one (s, intermediate times, t) per step.
+
+    As the official ``dpm_solver_pp.py`` (``DPM_Solver.sample(method="fast")``, used by U-ViT's and DiM's
+    ``eval_ldm_discrete.py``) places them: the (steps+1)-point grid t_0 … t_steps of the skip type; the steps of
+    :func:`fast_orders` take consecutive stretches of it, a step of order k from t_i to t_{i+k}; its intermediate
+    points are the grid points in between, t_{i+1} (and t_{i+2}), i.e. at r1 = (λ(t_{i+1}) − λ(t_i))/h and
+    r2 = (λ(t_{i+2}) − λ(t_i))/h with h = λ(t_{i+k}) − λ(t_i) — not at fixed fractions of h. (The official code
+    passes r1, r2 and maps λ_s + r·h back to a time through the schedule's inverse λ; that lands on the grid
+    point to float rounding, which this function returns directly.)
+    """
+    t_start = schedule.t_max if t_start is None else float(t_start)
+    grid = _time_grid(schedule, t_start, float(t_end), steps, skip)
+    out, i = [], 0
+    for k in fast_orders(steps, order):
+        out.append((grid[i], tuple(grid[i + 1:i + k]), grid[i + k]))
+        i += k
+    return out
 
 
-def _dpm_solver_noise_step(eps_fn: EpsFn, schedule, x: Tensor, s: _At, t: _At, order: int) -> Tensor:
-    """One singlestep DPM-Solver step (noise prediction) of ``order`` from s to t; ``order`` ε evaluations.
+def _ratios(s: _At, mids: list[_At], t: _At) -> list[float]:
+    """r_j = (λ(mid_j) − λ_s) / h: where each intermediate point lies in the step, in units of h = λ_t − λ_s."""
+    h = t.lam - s.lam
+    return [(m.lam - s.lam) / h for m in mids]
+
+
+def _dpm_solver_noise_step(eps_fn: EpsFn, x: Tensor, s: _At, mids: list[_At], t: _At) -> Tensor:
+    """One singlestep DPM-Solver step (noise prediction) from s to t through the intermediate points ``mids``
+    (order = len(mids) + 1 ε evaluations).
 
     Exact solution: x_t = (α_t/α_s) x_s − α_t ∫_{λ_s}^{λ_t} e^{−λ} ε dλ. With h = λ_t − λ_s, the zeroth-order
     term is σ_t (e^h − 1) ε_s; the first-order term in ε's λ-derivative is estimated from an intermediate point
-    at λ_s + r·h: order 2 (r1 = ½) uses the paper's (0.5/r1)·σ_t (e^h − 1) form, order 3 (r1 = ⅓, r2 = ⅔) the
-    exact coefficient σ_t (e^h − 1 − h)/h · (1/r) and the derivative from s2 (DPM-Solver-3).
+    at λ_s + r·h (r from :func:`_ratios`): order 2 uses the paper's (0.5/r1)·σ_t (e^h − 1) form, order 3 the
+    coefficient σ_t (e^h − 1 − h)/h · (1/r2) with the derivative from s2 (DPM-Solver-3).
     """
 
     def eps_at(xx: Tensor, at: _At) -> Tensor:
@@ -236,32 +251,30 @@ def _dpm_solver_noise_step(eps_fn: EpsFn, schedule, x: Tensor, s: _At, t: _At, o
 
     h = t.lam - s.lam
     e_s = eps_at(x, s)
-    if order == 1:
+    if not mids:
         return first_order(t, e_s)
-    if order == 2:
-        r1 = 0.5
-        s1 = _at_lambda(schedule, s.lam + r1 * h)
-        e_s1 = eps_at(first_order(s1, e_s), s1)
-        return first_order(t, e_s) - (0.5 / r1) * t.sigma * math.expm1(h) * (e_s1 - e_s)
-    if order == 3:
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        s1, s2 = _at_lambda(schedule, s.lam + r1 * h), _at_lambda(schedule, s.lam + r2 * h)
+    r = _ratios(s, mids, t)
+    if len(mids) == 1:
+        e_s1 = eps_at(first_order(mids[0], e_s), mids[0])
+        return first_order(t, e_s) - (0.5 / r[0]) * t.sigma * math.expm1(h) * (e_s1 - e_s)
+    if len(mids) == 2:
+        (s1, s2), (r1, r2) = mids, r
         e_s1 = eps_at(first_order(s1, e_s), s1)
         phi_s2 = math.expm1(r2 * h) / (r2 * h) - 1.0
         x_s2 = first_order(s2, e_s) - (r2 / r1) * s2.sigma * phi_s2 * (e_s1 - e_s)
         e_s2 = eps_at(x_s2, s2)
         phi_t = math.expm1(h) / h - 1.0
         return first_order(t, e_s) - (1.0 / r2) * t.sigma * phi_t * (e_s2 - e_s)
-    raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
+    raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {len(mids) + 1}")
 
 
-def _dpm_solver_pp_step(eps_fn: EpsFn, schedule, x: Tensor, s: _At, t: _At, order: int) -> Tensor:
-    """One singlestep DPM-Solver++ step (data prediction x̂0 = (x − σε)/α) of ``order`` from s to t.
+def _dpm_solver_pp_step(eps_fn: EpsFn, x: Tensor, s: _At, mids: list[_At], t: _At) -> Tensor:
+    """One singlestep DPM-Solver++ step (data prediction x̂0 = (x − σε)/α) from s to t through ``mids``.
 
     Exact solution: x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^{λ} x̂0 dλ. The zeroth-order term is
-    −α_t (e^{−h} − 1) x̂0_s; order 2 (r1 = ½) adds the DPM-Solver++(2S) correction −(0.5/r1)·α_t (e^{−h} − 1)
-    (x̂0_s1 − x̂0_s); order 3 (r1 = ⅓, r2 = ⅔) the exact first-order coefficient α_t ((e^{−h} − 1)/h + 1) · (1/r)
-    with the derivative from s2.
+    −α_t (e^{−h} − 1) x̂0_s; order 2 adds the DPM-Solver++(2S) correction −(0.5/r1)·α_t (e^{−h} − 1)
+    (x̂0_s1 − x̂0_s); order 3 the first-order coefficient α_t ((e^{−h} − 1)/h + 1) · (1/r2) with the derivative
+    from s2 (r from :func:`_ratios`).
     """
 
     def x0_at(xx: Tensor, at: _At) -> Tensor:
@@ -273,23 +286,21 @@ def _dpm_solver_pp_step(eps_fn: EpsFn, schedule, x: Tensor, s: _At, t: _At, orde
 
     h = t.lam - s.lam
     d_s = x0_at(x, s)
-    if order == 1:
+    if not mids:
         return first_order(t, d_s)
-    if order == 2:
-        r1 = 0.5
-        s1 = _at_lambda(schedule, s.lam + r1 * h)
-        d_s1 = x0_at(first_order(s1, d_s), s1)
-        return first_order(t, d_s) - (0.5 / r1) * t.alpha * math.expm1(-h) * (d_s1 - d_s)
-    if order == 3:
-        r1, r2 = 1.0 / 3.0, 2.0 / 3.0
-        s1, s2 = _at_lambda(schedule, s.lam + r1 * h), _at_lambda(schedule, s.lam + r2 * h)
+    r = _ratios(s, mids, t)
+    if len(mids) == 1:
+        d_s1 = x0_at(first_order(mids[0], d_s), mids[0])
+        return first_order(t, d_s) - (0.5 / r[0]) * t.alpha * math.expm1(-h) * (d_s1 - d_s)
+    if len(mids) == 2:
+        (s1, s2), (r1, r2) = mids, r
         d_s1 = x0_at(first_order(s1, d_s), s1)
         phi_s2 = math.expm1(-r2 * h) / (r2 * h) + 1.0
         x_s2 = first_order(s2, d_s) + (r2 / r1) * s2.alpha * phi_s2 * (d_s1 - d_s)
         d_s2 = x0_at(x_s2, s2)
         phi_t = math.expm1(-h) / h + 1.0
         return first_order(t, d_s) + (1.0 / r2) * t.alpha * phi_t * (d_s2 - d_s)
-    raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
+    raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {len(mids) + 1}")
 
 
 @torch.no_grad()
@@ -308,22 +319,23 @@ def dpm_solver_sample(
     """Singlestep DPM-Solver (predict="noise") or DPM-Solver++ (predict="data") with the "fast" orders.
 
     x_T (B, C, ...) at t_start (default schedule.t_max) -> x at t_end, float32 (no final denoising step). The
-    steps have the orders :func:`fast_orders` (steps, order) between the outer times of the skip type (dim.md §7:
-    "time_uniform", the (steps+1)-point uniform grid over [t_start, t_end] at the cumulative sums of the orders);
-    each step of order k calls eps_fn k times, so eps_fn runs exactly ``steps`` times. DiM's setting: 50 steps,
-    order 3, predict="data", t from 1 to 1e-3, on the discrete schedule's continuous view or the VP-SDE.
+    steps have the orders :func:`fast_orders` (steps, order) and evaluate where :func:`dpm_solver_fast_steps`
+    says, as the official dpm_solver_pp.py's "fast" method does (dim.md §7: the (steps+1)-point grid of the
+    skip type, "time_uniform" by default; each step spans as many grid intervals as its order and evaluates at
+    the grid points it spans); each step of order k calls eps_fn k times, so eps_fn runs exactly ``steps``
+    times. DiM's setting: 50 steps, order 3, predict="data", t from 1 to 1e-3, on the discrete schedule's
+    continuous view or the VP-SDE.
     """
     if predict not in ("data", "noise"):
         raise ValueError(f"predict must be 'data' (DPM-Solver++) or 'noise' (DPM-Solver), got {predict!r}")
     t_start = schedule.t_max if t_start is None else float(t_start)
     if not t_start > t_end > 0:
         raise ValueError(f"need t_start > t_end > 0, got t_start={t_start}, t_end={t_end}")
-    orders = fast_orders(steps, order)
-    outer = [_At(schedule, t) for t in _outer_times(schedule, t_start, float(t_end), orders, skip)]
+    placed = dpm_solver_fast_steps(schedule, steps, order, t_start=t_start, t_end=float(t_end), skip=skip)
     step = _dpm_solver_pp_step if predict == "data" else _dpm_solver_noise_step
     x = x_T.float()
-    for k, o in enumerate(orders):
-        x = step(eps_fn, schedule, x, outer[k], outer[k + 1], o)
+    for s, mids, t in placed:
+        x = step(eps_fn, x, _At(schedule, s), [_At(schedule, m) for m in mids], _At(schedule, t))
     return x
 
 
@@ -407,3 +419,16 @@ def upsample_guidance(
         return torch.where(active.reshape(shape), guided, eps)
 
     return fn
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry: each sampler above declared once, with the settings it runs at (models.diffusion.registry)
+
+register_sampler(Sampler("ddpm", "DDPM ancestral", ddpm_sample, schedules=("discrete",), learned_variance=True))
+register_sampler(Sampler("ddim", "DDIM (eta 0)", ddim_sample, schedules=("discrete",)))
+register_sampler(Sampler("dpm_solver++", "DPM-Solver++ (data prediction, singlestep fast, order 3)", dpm_solver_sample,
+                         settings={"order": 3, "predict": "data"}, uses_generator=False))
+register_sampler(Sampler("dpm_solver", "DPM-Solver (noise prediction, singlestep fast, order 3)", dpm_solver_sample,
+                         settings={"order": 3, "predict": "noise"}, uses_generator=False))
+register_sampler(Sampler("euler_maruyama", "Euler-Maruyama (VP-SDE)", euler_maruyama_sample,
+                         schedules=("continuous",)))

@@ -90,6 +90,8 @@ class DiscreteSchedule(_ContinuousView):
     ``t_min = 1/N`` and ``t_max = 1`` bound the continuous view (the times of index 0 and index N-1).
     """
 
+    kind = "discrete"  # which samplers can step it (models.diffusion.registry.SCHEDULE_KINDS)
+
     def __init__(self, name: str, betas: Tensor):
         betas = torch.as_tensor(betas, dtype=torch.float64).cpu()
         if betas.ndim != 1 or betas.numel() < 2 or not bool(((betas > 0) & (betas < 1)).all()):
@@ -188,6 +190,7 @@ class VPSDE(_ContinuousView):
     """
 
     name = "vpsde"
+    kind = "continuous"  # which samplers can step it (models.diffusion.registry.SCHEDULE_KINDS)
     #: Training times are drawn from U(TRAIN_T_EPS, 1) instead of U(0, 1) so that σ(t) > 0 (σ(1e-5) ≈ 1e-3).
     TRAIN_T_EPS = 1e-5
 

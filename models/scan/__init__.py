@@ -7,10 +7,12 @@
 
 Modules: ``op`` (custom op, autograd, FLOP formula, public wrapper), ``registry`` (backends, availability,
 resolution, environment override), ``reference`` / ``chunked`` (pure PyTorch), ``cpu_fused`` (a C kernel for the
-CPU, built on first use with the system compiler; its source ``cpu_fused.c``), ``mamba_ssm_backend``
-(optional CUDA kernel), ``triton_backend`` (the built-in ``triton`` backend: a fused Triton kernel, forward and
-analytic backward, on CUDA; on the CPU under TRITON_INTERPRET=1 only; its kernels are in ``triton_kernels``,
-loaded only when they run), ``flops`` (the count), ``common`` (checks, prologue, epilogue).
+CPU, built on first use with the system compiler into a per-user cache; its source ``cpu_fused.c``),
+``mamba_ssm_backend`` (optional CUDA kernel), ``triton_fused`` (the built-in ``triton`` backend: a fused Triton
+kernel, forward and analytic backward, on CUDA; on the CPU under TRITON_INTERPRET=1 only; its kernels are in
+``triton_fused_kernels``, loaded only when they run), ``triton_backend`` (``triton_v1``, its predecessor, kernels in
+``triton_kernels``), ``triton_runtime`` (what both share: triton's mode, availability, kernel loading), ``flops``
+(the count), ``common`` (checks, prologue, epilogue).
 """
 
 from .chunked import chunked_scan, default_chunk_size
@@ -26,7 +28,9 @@ from .registry import (
     resolve_backend,
     unregister_backend,
 )
-from .triton_backend import triton_scan, triton_scan_backward, triton_status
+from .triton_backend import triton_scan as triton_v1_scan
+from .triton_backend import triton_scan_backward as triton_v1_scan_backward
+from .triton_fused import triton_scan, triton_scan_backward, triton_status
 
 __all__ = [
     "ENV_VAR",
@@ -47,5 +51,7 @@ __all__ = [
     "triton_scan",
     "triton_scan_backward",
     "triton_status",
+    "triton_v1_scan",
+    "triton_v1_scan_backward",
     "unregister_backend",
 ]

@@ -16,7 +16,7 @@ from torch import Tensor
 @functools.lru_cache(maxsize=1)
 def _import_selective_scan_fn():
     """(fn, None) when mamba_ssm's selective_scan_fn imports, else (None, reason). Tried once per process."""
-    try:
+    try:  # optional dependency (a CUDA build): imported only when this backend is asked for
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as exc:  # ImportError, or a broken CUDA extension raising something else on import
         return None, f"mamba_ssm does not import ({type(exc).__name__}: {exc})"

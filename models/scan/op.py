@@ -5,14 +5,17 @@ A ``torch.library.custom_op`` so that
 - the meta device and FakeTensorMode use a fake kernel (output shape only), so models built on meta run;
 - ``FlopCounterMode`` counts it with the registered formula (``models.scan.flops``) without descending into
   whichever backend computes it: every backend reports the same count;
-- autograd goes through ``register_autograd``: the forward saves only its inputs; the backward is a second
-  custom op, ``dimbench_scan::selective_scan_backward``. For a backend with an analytic backward (``chunked``:
-  ``chunked.chunked_scan_backward``, which recomputes the states itself, blockwise, without autograd) it calls
-  that; for the others (``reference``, ``mamba_ssm``, a registered backend without one) it recomputes the
-  backend's forward under autograd and differentiates it. Both are exact, and only one scan's intermediates
+- autograd goes through ``register_autograd``: the forward saves its inputs, and what a backend's forward keeps
+  for its backward (``triton``: the chunk states; an empty tensor for the others), returned by the op as a second,
+  non-differentiable output; the backward is a second custom op, ``dimbench_scan::selective_scan_backward``.
+  For a backend with an analytic backward (``chunked``: ``chunked.chunked_scan_backward``, which recomputes the
+  states itself, blockwise, without autograd; ``triton``, given the saved chunk states) it calls that; for the
+  others (``reference``, ``mamba_ssm``, a registered backend without one) it recomputes the backend's forward
+  under autograd and differentiates it. Both are exact, and only one scan's intermediates
   live at a time. Its FLOP formula is an estimate, 3x the forward (``flops.scan_backward_flops``).
 
-The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``).
+The backend name is an argument of the op (a str), resolved by the wrapper (``registry.resolve_backend``), outside
+any graph torch.compile traces (``_resolve_untraced``).
 """
 
 import torch
@@ -50,41 +53,59 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     or one of "reference", "chunked", "mamba_ssm", "triton"; a named backend that cannot run raises.
     """
     check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    name = resolve_backend(backend, u.device)
-    return torch.ops.dimbench_scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), name)
+    name = _resolve_untraced(backend, u.device)
+    return torch.ops.dimbench_scan.selective_scan(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), name)[0]
+
+
+@torch.compiler.assume_constant_result
+def _resolve_untraced(backend: str | None, device: torch.device) -> str:
+    """``resolve_backend``, run as plain Python when torch.compile traces a call: its result (a name) becomes a
+    constant of the graph. Traced, the resolution breaks the graph on CUDA, where "auto" tries to import mamba_ssm
+    (an import dynamo cannot trace: about 3 breaks per scan, 150 per DiM-H forward). So a compiled model keeps the
+    backend chosen when it was traced, as it keeps any other Python decision: recompile to change it."""
+    return resolve_backend(backend, device)
 
 
 @torch.library.custom_op("dimbench_scan::selective_scan", mutates_args=())
 def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
-             z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool, backend: str) -> Tensor:
+             z: Tensor | None, delta_bias: Tensor | None, delta_softplus: bool,
+             backend: str) -> tuple[Tensor, Tensor]:
+    """(out, saved): the scan, and what the backend's forward keeps for its backward (empty for most)."""
     name = resolve_backend(backend, u.device)
+    impl = get_backend(name)
     # No autograd state in the forward: the backward recomputes (see the module docstring).
     with torch.no_grad():
-        out = get_backend(name).fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if impl.forward_saving is not None:
+            out, saved = impl.forward_saving(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        else:
+            out, saved = impl.fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus), u.new_empty(0)
     if out.shape != u.shape or out.dtype != u.dtype or out.device != u.device:
         raise RuntimeError(f"scan backend {name!r} returned {tuple(out.shape)} {out.dtype} on {out.device}; "
                            f"expected {tuple(u.shape)} {u.dtype} on {u.device}")
     _LAST_BACKEND[0] = name
-    return _fresh(out.contiguous(), (u, delta, A, B, C, D, z, delta_bias))
+    return _fresh(out.contiguous(), (u, delta, A, B, C, D, z, delta_bias)), saved
 
 
 @_scan_op.register_fake
 def _scan_fake(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    return torch.empty_like(u, memory_format=torch.contiguous_format)
+    impl = get_backend(resolve_backend(backend, u.device))
+    saved = u.new_empty(0) if impl.saved_like is None else impl.saved_like(u, A)
+    return torch.empty_like(u, memory_format=torch.contiguous_format), saved
 
 
 @torch.library.custom_op("dimbench_scan::selective_scan_backward", mutates_args=())
 def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
-                      D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None,
+                      D: Tensor | None, z: Tensor | None, delta_bias: Tensor | None, saved: Tensor,
                       delta_softplus: bool, backend: str, needs: list[bool]) -> list[Tensor]:
     """Gradients (contiguous, each input's dtype) of the inputs among (u, delta, A, B, C, D, z, delta_bias)
     whose ``needs`` flag is set and that are not None, in that order: the backend's analytic backward if it has
-    one, else autograd of its forward, recomputed here."""
+    one (given ``saved`` if its forward keeps something), else autograd of its forward, recomputed here."""
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     impl = get_backend(resolve_backend(backend, u.device))
     if impl.backward is not None:
+        kept = {} if impl.forward_saving is None else {"saved": saved}
         with torch.no_grad():
-            grads = impl.backward(grad_out, *inputs, delta_softplus, needs)
+            grads = impl.backward(grad_out, *inputs, delta_softplus, needs, **kept)
         return [_fresh(g, inputs + (grad_out,)) for g in grads]
     fn = impl.fn
     with _autograd_dispatch_enabled(), torch.enable_grad():
@@ -98,7 +119,7 @@ def _scan_backward_op(grad_out: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: 
 
 
 @_scan_backward_op.register_fake
-def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend, needs):
+def _scan_backward_fake(grad_out, u, delta, A, B, C, D, z, delta_bias, saved, delta_softplus, backend, needs):
     inputs = (u, delta, A, B, C, D, z, delta_bias)
     return [torch.empty_like(t, memory_format=torch.contiguous_format)
             for t, need in zip(inputs, needs, strict=True) if t is not None and need]
@@ -122,18 +143,19 @@ def _autograd_dispatch_enabled():
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[1])
+    ctx.mark_non_differentiable(output[1])
     ctx.delta_softplus = delta_softplus
     ctx.backend = backend
 
 
-def _backward(ctx, grad_out):
-    inputs = ctx.saved_tensors
+def _backward(ctx, grad_out, _grad_saved):
+    *inputs, saved = ctx.saved_tensors
     needs = [bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:8], inputs, strict=True)]
     if not any(needs):
         return (None,) * 10
     grads = iter(torch.ops.dimbench_scan.selective_scan_backward(
-        grad_out.contiguous(), *inputs, ctx.delta_softplus, ctx.backend, needs))
+        grad_out.contiguous(), *inputs, saved, ctx.delta_softplus, ctx.backend, needs))
     return (*[next(grads) if need else None for need in needs], None, None)
 
 
@@ -157,6 +179,6 @@ def _scan_flop_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape,
 
 @register_flop_formula(torch.ops.dimbench_scan.selective_scan_backward)
 def _scan_backward_flop_formula(grad_shape, u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape,
-                                delta_bias_shape, *args, out_shape=None, **kwargs) -> int:
+                                delta_bias_shape, saved_shape, *args, out_shape=None, **kwargs) -> int:
     batch, d_inner, length = u_shape
     return scan_backward_flops(batch, d_inner, length, A_shape[1], D_shape is not None, z_shape is not None)

@@ -4,25 +4,29 @@ Backends are functions ``fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 ``models.scan.common``; out (batch, d_inner, L) in u's dtype) that are differentiable with ordinary autograd.
 A backend may also have an analytic ``backward(grad_out, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
 needs) -> [grads]`` (the contract of ``dimbench_scan::selective_scan_backward``, see ``op``); the operator's
-backward calls it when present (``chunked``, ``cpu_fused`` and ``triton`` have one), else recomputes the
-backend's forward under autograd and differentiates it (``reference``, ``mamba_ssm``, and by default a registered
-one).
+backward calls it when present (``chunked``, ``cpu_fused``, ``triton`` and ``triton_v1`` have one), else
+recomputes the backend's forward under autograd and differentiates it (``reference``, ``mamba_ssm``, and by default
+a registered one). A backend whose forward keeps something for its backward (``triton``: the chunk states) has
+``forward_saving(...) -> (out, saved)``, ``saved_like(u, A)`` (an empty tensor of saved's shape, for fake kernels)
+and a backward taking ``saved=``; the operator keeps ``saved`` between the two.
 
 Built in: ``reference`` and ``chunked`` (pure PyTorch, any device), ``cpu_fused`` (``models.scan.cpu_fused``: a
-C kernel with an analytic backward, compiled with the system C compiler on first use; CPU tensors only),
-``mamba_ssm`` (when the package imports and the tensors are on CUDA), ``triton`` (``models.scan.triton_backend``:
-a fused Triton kernel with an analytic backward; available on CUDA when triton imports, and on the CPU only under
-TRITON_INTERPRET=1, Triton's slow interpreter, for tests; triton itself is imported only when that availability
-is asked or a kernel runs, so the package imports and works without it).
+C kernel with an analytic backward, compiled with the system C compiler on first use into a per-user cache; CPU
+tensors only), ``mamba_ssm`` (when the package imports and the tensors are on CUDA), ``triton``
+(``models.scan.triton_fused``: the fused Triton kernel with its analytic backward) and ``triton_v1``
+(``models.scan.triton_backend``: its predecessor, kept for comparison); both available on CUDA when triton imports,
+and on the CPU only under TRITON_INTERPRET=1, Triton's slow interpreter, for tests; triton itself is imported only
+when that availability is asked or a kernel runs, so the package imports and works without it).
 ``register_backend("triton", ...)`` puts another kernel in that slot (it takes precedence over the built-in one);
 ``unregister_backend("triton")`` brings the built-in one back.
 
 Resolution (``resolve_backend``): None or "auto" means the environment variable ``DIMBENCH_SCAN_BACKEND`` when
 set, else automatic: on CUDA mamba_ssm if available, else triton if available as the compiled kernel (never
 Triton's interpreter, which TRITON_INTERPRET=1 would also allow on CUDA tensors), else chunked; on the CPU
-cpu_fused when it builds, else chunked; on any other device chunked. A backend named explicitly (argument or
-environment) that cannot run raises: there is no silent fallback. On the meta device nothing runs, so any known
-name is accepted there.
+cpu_fused when it builds, else chunked (the reason it did not build is in ``available_backends``, ``dimbench env``
+and the rows' scan note); on any other device chunked. ``triton_v1`` runs only when named. A backend named
+explicitly (argument or environment) that cannot run raises: there is no silent fallback. On the meta device nothing
+runs, so any known name is accepted there.
 """
 
 from __future__ import annotations
@@ -37,11 +41,16 @@ from .chunked import chunked_scan, chunked_scan_backward
 from .cpu_fused import cpu_fused_scan, cpu_fused_scan_backward, cpu_fused_status
 from .mamba_ssm_backend import mamba_ssm_scan, mamba_ssm_status
 from .reference import reference_scan
-from .triton_backend import triton_scan, triton_scan_backward, triton_status
+from .triton_backend import triton_scan as triton_v1_scan
+from .triton_backend import triton_scan_backward as triton_v1_scan_backward
+from .triton_backend import triton_status as triton_v1_status
+from .triton_fused import saved_like, triton_scan, triton_scan_backward, triton_scan_saving, triton_status
 
 ENV_VAR = "DIMBENCH_SCAN_BACKEND"
 #: names with a reserved meaning; "auto" is not a backend but a request for automatic choice.
-RESERVED_SLOTS = ("reference", "chunked", "cpu_fused", "mamba_ssm", "triton")
+RESERVED_SLOTS = ("reference", "chunked", "cpu_fused", "mamba_ssm", "triton", "triton_v1")
+#: backends that cannot be unregistered.
+BUILT_IN = ("reference", "chunked", "cpu_fused", "mamba_ssm", "triton_v1")
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,8 @@ class Backend:
     is_available: Callable[[torch.device], tuple[bool, str]]
     description: str = ""
     backward: Callable | None = None
+    forward_saving: Callable | None = None
+    saved_like: Callable | None = None
 
 
 def _everywhere(device) -> tuple[bool, str]:
@@ -64,11 +75,15 @@ _BACKENDS: dict[str, Backend] = {
     "cpu_fused": Backend("cpu_fused", cpu_fused_scan, cpu_fused_status, "fused C kernel for the CPU (built on first "
                          "use), analytic backward", cpu_fused_scan_backward),
     "mamba_ssm": Backend("mamba_ssm", mamba_ssm_scan, mamba_ssm_status, "mamba-ssm fused CUDA kernel"),
+    "triton_v1": Backend("triton_v1", triton_v1_scan, triton_v1_status,
+                         "first fused Triton kernel (decays recomputed per chunk), analytic backward",
+                         triton_v1_scan_backward),
 }
 
 #: the built-in kernel of the "triton" slot, used while no other one is registered under that name.
-_BUILTIN_TRITON = Backend("triton", triton_scan, triton_status, "fused Triton kernel, analytic backward",
-                          triton_scan_backward)
+_BUILTIN_TRITON = Backend("triton", triton_scan, triton_status,
+                          "fused Triton kernel (time-parallel chunk scans, states kept for the backward)",
+                          triton_scan_backward, triton_scan_saving, saved_like)
 
 
 def register_backend(name: str, fn: Callable, is_available: Callable, *, description: str = "",
@@ -91,7 +106,7 @@ def register_backend(name: str, fn: Callable, is_available: Callable, *, descrip
 def unregister_backend(name: str) -> None:
     """Remove a backend added with ``register_backend`` (the built-in ones cannot be removed; removing a kernel
     registered as "triton" brings back the built-in one)."""
-    if name in ("reference", "chunked", "cpu_fused", "mamba_ssm"):
+    if name in BUILT_IN:
         raise ValueError(f"unregister_backend: {name!r} is built in")
     _BACKENDS.pop(name, None)
 

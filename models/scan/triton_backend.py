@@ -1,4 +1,8 @@
-"""The ``triton`` backend: a fused selective scan (Mamba-1) in Triton, forward and analytic backward.
+"""The ``triton_v1`` backend: the first fused selective scan (Mamba-1) in Triton, forward and analytic backward.
+
+Kept beside its successor (``triton_fused``, the ``triton`` backend) for comparison: it recomputes the decays of
+every chunk in the forward (2.33 special-function operations per element) and its backward runs three passes over
+a per-program scratch; see ``triton_fused``'s docstring for what replaced it and why.
 
 Semantics, shapes and dtypes as every backend (``models.scan.common``): u, delta, z (batch, D, L), B, C
 (batch, N, L) in float32, bfloat16 or float16 (loaded as they are, computed in float32); A (D, N), D and
@@ -41,26 +45,18 @@ reductions (dA, dD, d delta_bias) are float32 atomic adds, so the last bits of t
 run to run. Exps: 3 per (channel, state, step) in the backward (summary, forward phase, backward phase), 1 + (K-1)/K
 in the forward.
 
-Interpreter and compiled modes. ``@triton.jit`` reads TRITON_INTERPRET when it decorates, and triton decorates its
-own library (tl.zeros, the combine functions of tl.sum, ...) when it is first imported; an interpreted kernel cannot
-call a compiled library function, nor the reverse. So the mode is one per process, fixed by TRITON_INTERPRET at
-triton's first import (``_interpreted``). ``triton_status`` admits CPU tensors only when that mode is the
-interpreter (and TRITON_INTERPRET=1 still set), and says why not otherwise; the kernels are loaded on first use
-by ``_kernels()`` from ``triton_kernels.py`` with TRITON_INTERPRET set to that mode while the file is executed,
-so they always match triton's library, whatever the variable says by then. Tests therefore run the interpreter
-in a subprocess started with TRITON_INTERPRET=1 (tests/test_scan_triton.py).
+Interpreter and compiled modes: see ``triton_runtime`` (shared with ``triton_fused``).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from . import triton_runtime
 
 _LOG2E = 1.4426950408889634
 #: channels per program (a power of two).
@@ -78,83 +74,15 @@ INTERPRET_PROGRAMS = 3
 _KERNELS_FILE = Path(__file__).with_name("triton_kernels.py")
 
 
-@functools.lru_cache(maxsize=1)
-def _import_triton() -> tuple[bool, str]:
-    """(triton imports, reason). Tried once per process."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install raising something else
-        return False, f"triton is not installed or does not import ({type(exc).__name__}: {exc})"
-    return True, ""
-
-
-def _interpret_env() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _interpreted() -> bool:
-    """Whether this process's triton was imported as the interpreter (TRITON_INTERPRET=1 at its first import).
-
-    Fixed for the process: triton.language's own library functions (tl.zeros, tl.sum's combine, ...) are
-    decorated when triton is imported, and an interpreted kernel cannot call compiled ones, nor the reverse.
-    """
-    from triton.language import zeros
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(zeros, InterpretedFunction)
-
-
 def triton_status(device) -> tuple[bool, str]:
-    """(can the Triton kernel run on ``device``, reason). Imports triton (once) if it was not imported yet."""
-    ok, reason = _import_triton()
-    if not ok:
-        return False, reason
-    device = torch.device(device)
-    interpreted = _interpreted()
-    if device.type == "cuda":
-        if interpreted:
-            return True, "Triton interpreter on CUDA tensors (TRITON_INTERPRET=1; correctness only, slow)"
-        return True, "fused Triton kernel on CUDA"
-    if device.type == "cpu" and _interpret_env():
-        if interpreted:
-            return True, "Triton interpreter (correctness only, slow)"
-        return False, ("TRITON_INTERPRET=1 was set after this process imported triton in compiled mode; the "
-                       "interpreter needs it set before triton's first import")
-    return False, (f"no Triton kernel can run on {device}: it needs a CUDA device, or TRITON_INTERPRET=1 for "
-                   "Triton's interpreter on the CPU (correctness only, slow); another kernel can fill the slot "
-                   "with models.scan.register_backend('triton', fn, is_available)")
+    """(can the v1 kernel run on ``device``, reason). Imports triton (once) if it was not imported yet."""
+    return triton_runtime.status(device, "first fused Triton kernel (v1)")
 
 
 @functools.lru_cache(maxsize=1)
 def _kernels():
     """The kernel module, loaded from ``triton_kernels.py`` in the mode triton was imported in."""
-    ok, reason = _import_triton()
-    if not ok:
-        raise RuntimeError(reason)
-    interpret = _interpreted()
-    name = f"{__package__}._triton_kernels"
-    spec = importlib.util.spec_from_file_location(name, _KERNELS_FILE)
-    module = importlib.util.module_from_spec(spec)
-    # @triton.jit reads TRITON_INTERPRET when it decorates: make it agree with triton's own library whatever the
-    # variable says now (it may have changed since triton was imported), then restore it.
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
-    try:
-        sys.modules[name] = module  # triton looks kernels' globals up through their module
-        spec.loader.exec_module(module)
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
-    from triton.runtime.interpreter import InterpretedFunction
-
-    if isinstance(module.forward_kernel, InterpretedFunction) != interpret:
-        sys.modules.pop(name, None)
-        raise RuntimeError("triton scan: the kernels did not load in triton's mode (triton.knobs.runtime.interpret "
-                           "set in code overrides TRITON_INTERPRET)")
-    return module
+    return triton_runtime.load_kernels(_KERNELS_FILE, f"{__package__}._triton_kernels", "forward_kernel")
 
 
 def default_chunk_size(batch: int, d_inner: int, length: int) -> int:
@@ -188,7 +116,7 @@ class _Prepared:
         if u.device.type not in ("cuda", "cpu"):
             raise RuntimeError(f"triton scan: tensors on {u.device} (needs CUDA, or the CPU under TRITON_INTERPRET=1)")
         self.kernels = _kernels()
-        self.interpret = _interpreted()
+        self.interpret = triton_runtime.interpreted()
         if u.device.type == "cpu" and not self.interpret:
             raise RuntimeError("triton scan: CPU tensors need Triton's interpreter (TRITON_INTERPRET=1 before "
                                "triton's first import)")

@@ -1,5 +1,7 @@
-"""Faults users hit, through the real command line: each gets one clear message naming the file or option, a
-non-zero exit, no traceback, and no lost or duplicated row."""
+"""The run folder, through the real command line: one folder holds one suite's run at a time (a busy folder,
+another suite or other settings are refused unless asked), and what goes wrong with its files (a file in its
+place, read-only, a full disk, a damaged record) gets one clear message naming the file, a non-zero exit, no
+traceback, and no lost or duplicated row."""
 
 from __future__ import annotations
 
@@ -10,103 +12,77 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY_SUITE, cli_env, read_jsonl, run_cli
+from conftest import (
+    DIT,
+    ROOT,
+    TWO_MODELS,
+    UVIT,
+    clean_failure,
+    cli_env,
+    read_jsonl,
+    run_cli,
+    start_cli,
+    unique_rows,
+    wait_for_rows,
+)
 from dimbench import results
-
-TWO_MODELS = TINY_SUITE.replace("[dit_s_2, uvit_s_2, dim_s_2]", "[dit_s_2, uvit_s_2]")
-DIT = "dit_s_2|r32|b1|float32|cpu"
-UVIT = "uvit_s_2|r32|b1|float32|cpu"
-
-
-def _clean_failure(proc: subprocess.CompletedProcess, *needles: str) -> str:
-    """The one-line message of a refused command (exit 2, no traceback), checked to contain ``needles``."""
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stdout + proc.stderr
-    err = proc.stderr.strip()
-    assert err.startswith("dimbench: error: "), err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-def _unique(out: Path) -> list[dict]:
-    rows = read_jsonl(out / "results.jsonl")
-    identities = [results.row_identity(r) for r in rows]
-    assert len(identities) == len(set(identities)), "a row was written twice"
-    return rows
-
-
-def _start(args: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dimbench.cli", *args], env=cli_env(**env), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for_rows(out: Path, proc: subprocess.Popen, key: str, metrics: set[str]) -> None:
-    """Wait for the event (these rows on disk), with a generous safety net, never a bet on a duration."""
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        rows = results.read_rows(out) if (out / "results.jsonl").exists() else []
-        if {r["metric"] for r in rows if r["point_key"] == key} >= metrics:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    pytest.fail(f"the rows {metrics} of {key} never appeared")
-
 
 # --------------------------------------------------------------------------------------- one folder, one run
 
 
+@pytest.mark.slow
 def test_a_second_run_into_a_busy_folder_is_refused(tmp_path, write_suite):
     suite = write_suite(TWO_MODELS.format(timeout=600))
     out = tmp_path / "out"
-    first = _start(["run", str(suite), "--out", str(out), "--no-report"], DIMBENCH_INJECT_FAULT="uvit_s_2=hang")
+    first = start_cli(["run", str(suite), "--out", str(out), "--no-report"], DIMBENCH_INJECT_FAULT="uvit_s_2=hang")
     try:
-        _wait_for_rows(out, first, DIT, {"params", "gmacs"})
+        wait_for_rows(out, first, DIT, {"params", "gmacs"})
         second = run_cli("run", str(suite), "--out", str(out), "--no-report")
-        _clean_failure(second, f"{out}: another run is writing into this folder (pid {first.pid} on ",
-                       "`dimbench run ", "give this run another --out")
+        clean_failure(second, f"{out}: another run is writing into this folder (pid {first.pid} on ",
+                      "`dimbench run ", "give this run another --out")
     finally:
         first.kill()
         first.wait()
-    _unique(out)
+    unique_rows(out)
 
 
 TIMED = TWO_MODELS.format(timeout=600).replace("metrics: [params, flops]", "metrics: [params, latency]") + \
     "warmup: 0\nrepeats: 1\n"
 
 
+@pytest.mark.slow
 def test_another_suite_or_other_settings_are_refused_unless_asked(tmp_path, write_suite):
     out = tmp_path / "out"
     assert run_cli("run", str(write_suite(TIMED)), "--out", str(out), "--no-report").returncode == 0
-    before = _unique(out)
+    before = unique_rows(out)
 
     other = write_suite(TIMED.replace("name: tiny", "name: other"), "other.yaml")
-    _clean_failure(run_cli("run", str(other), "--out", str(out), "--no-report"),
-                   "it holds results of suite 'tiny'", "this run is suite 'other'", "--fresh", "--allow-mixed")
+    clean_failure(run_cli("run", str(other), "--out", str(out), "--no-report"),
+                  "it holds results of suite 'tiny'", "this run is suite 'other'", "--fresh", "--allow-mixed")
 
     slower = write_suite(TIMED.replace("repeats: 1", "repeats: 3"), "slower.yaml")
-    _clean_failure(run_cli("run", str(slower), "--out", str(out), "--no-report"),
-                   "its cpu rows were measured with other settings: latency.repeats: 1 there, 3 now")
+    clean_failure(run_cli("run", str(slower), "--out", str(out), "--no-report"),
+                  "its cpu rows were measured with other settings: latency.repeats: 1 there, 3 now")
     assert read_jsonl(out / "results.jsonl") == before  # nothing written by the refused runs
 
     mixed = run_cli("run", str(slower), "--out", str(out), "--no-report", "--allow-mixed")
     assert mixed.returncode == 0, mixed.stderr
-    assert _unique(out) == before  # every point was complete: nothing measured again
+    assert unique_rows(out) == before  # every point was complete: nothing measured again
     env = json.loads((out / "environment.json").read_text())
     assert env["runs"][-1]["settings"]["latency"] == {"warmup": 0, "repeats": 3}
 
     # a metric added to the suite is no conflict: it is measured, the rest is kept
     more = write_suite(TIMED.replace("[params, latency]", "[params, latency, flops]"), "more.yaml")
     assert run_cli("run", str(more), "--out", str(out), "--no-report").returncode == 0
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert rows[: len(before)] == before and {r["metric"] for r in rows[len(before):]} == {"gmacs", "gflops"}
 
 
+@pytest.mark.slow
 def test_a_metric_skipped_by_the_suite_is_measured_once_the_suite_asks_for_it(tmp_path, write_suite):
     out = tmp_path / "out"
     text = TWO_MODELS.format(timeout=600) + "cpu:\n  metrics: [params]\n"
@@ -123,9 +99,10 @@ def test_a_metric_skipped_by_the_suite_is_measured_once_the_suite_asks_for_it(tm
     assert len(params) == 2  # one per point: what was measured is not measured again
 
 
+@pytest.mark.slow
 def test_a_folder_whose_first_run_wrote_nothing_takes_the_next_suite(tmp_path, write_suite):
     out = tmp_path / "out"
-    first = _start(["run", str(write_suite(TWO_MODELS.format(timeout=600))), "--out", str(out), "--no-report"],
+    first = start_cli(["run", str(write_suite(TWO_MODELS.format(timeout=600))), "--out", str(out), "--no-report"],
                    DIMBENCH_INJECT_FAULT="#params=hang")
     assert first.stdout.readline().startswith("Suite tiny")  # the run began (its record is written), no row yet
     first.send_signal(signal.SIGINT)
@@ -137,51 +114,18 @@ def test_a_folder_whose_first_run_wrote_nothing_takes_the_next_suite(tmp_path, w
         proc = run_cli("run", str(other), "--out", str(out), "--no-report")
         assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "environment.json").read_text())["suite"] == "other"
-    assert len(_unique(out)) == 8
-
-
-# ------------------------------------------------------------------------------------------------ resuming
-
-
-def test_resume_after_a_cut_off_last_line_measures_the_lost_rows_once(tmp_path, write_suite):
-    suite = write_suite(TWO_MODELS.format(timeout=600))
-    out = tmp_path / "out"
-    assert run_cli("run", str(suite), "--out", str(out), "--no-report").returncode == 0
-    complete = _unique(out)
-    lines = (out / "results.jsonl").read_bytes().splitlines(keepends=True)
-    # the last row (gflops of the last point) half written; the one before it (gmacs) whole
-    (out / "results.jsonl").write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
-
-    proc = run_cli("run", str(suite), "--out", str(out), "--no-report")
-    assert proc.returncode == 0, proc.stderr
-    assert "half-written last line" in proc.stdout
-    after = _unique(out)
-    assert {results.row_identity(r) for r in after} == {results.row_identity(r) for r in complete}
-    assert after[-1]["metric"] == "gflops" and after[-1]["status"] == "ok"
-
-
-def test_sigterm_leaves_a_run_record_that_counts_the_rows_written(tmp_path, write_suite):
-    suite = write_suite(TWO_MODELS.format(timeout=600))
-    out = tmp_path / "out"
-    proc = _start(["run", str(suite), "--out", str(out), "--no-report"], DIMBENCH_INJECT_FAULT="uvit_s_2=hang")
-    _wait_for_rows(out, proc, DIT, {"params", "gmacs"})
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stdout + stderr
-    assert "Traceback" not in stdout + stderr and "interrupted (SIGTERM)" in stderr
-    env = json.loads((out / "environment.json").read_text())
-    assert env["runs"][-1]["interrupted"] is True
-    assert env["runs"][-1]["rows_written"] == len(read_jsonl(out / "results.jsonl"))
+    assert len(unique_rows(out)) == 8
 
 
 # --------------------------------------------------------------------------------------------- files and disks
 
 
+@pytest.mark.slow
 def test_out_naming_a_file_is_refused(tmp_path, write_suite):
     target = tmp_path / "taken"
     target.write_text("not a folder")
-    _clean_failure(run_cli("run", str(write_suite(TWO_MODELS.format(timeout=60))), "--out", str(target)),
-                   f"{target}: exists and is not a folder")
+    clean_failure(run_cli("run", str(write_suite(TWO_MODELS.format(timeout=60))), "--out", str(target)),
+                  f"{target}: exists and is not a folder")
 
 
 def _read_only(path: Path) -> None:
@@ -199,6 +143,7 @@ def _writable(path: Path) -> None:
     path.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_is_refused(tmp_path, write_suite):
     out = tmp_path / "ro"
     out.mkdir()
@@ -207,7 +152,7 @@ def test_a_read_only_output_folder_is_refused(tmp_path, write_suite):
         proc = run_cli("run", str(write_suite(TWO_MODELS.format(timeout=60))), "--out", str(out), "--no-report")
     finally:
         _writable(out)
-    _clean_failure(proc, str(out), "cannot use as the run's output folder")
+    clean_failure(proc, str(out), "cannot use as the run's output folder")
     assert list(out.iterdir()) == []
 
 
@@ -216,6 +161,7 @@ def _file_size_limit(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_a_full_disk_loses_no_complete_row_and_the_next_run_completes_the_rest(tmp_path, write_suite):
     suite = write_suite(TWO_MODELS.format(timeout=600))
     out = tmp_path / "out"
@@ -223,8 +169,8 @@ def test_a_full_disk_loses_no_complete_row_and_the_next_run_completes_the_rest(t
     # 3.5 kB a file: environment.json (2.5 kB) fits, the results file (8 rows of ~0.75 kB) fills up on the way
     full = subprocess.run(args, env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           preexec_fn=_file_size_limit(3500))
-    _clean_failure(full, f"{out / 'results.jsonl'}: cannot append result rows (File too large)",
-                   "every complete row written before is kept", "run the same command again")
+    clean_failure(full, f"{out / 'results.jsonl'}: cannot append result rows (File too large)",
+                  "every complete row written before is kept", "run the same command again")
     data = (out / "results.jsonl").read_bytes()
     assert data.endswith(b"\n") and 0 < len(read_jsonl(out / "results.jsonl")) < 8  # only complete rows
     assert not list(out.glob("*.tmp"))
@@ -233,20 +179,22 @@ def test_a_full_disk_loses_no_complete_row_and_the_next_run_completes_the_rest(t
 
     resumed = run_cli("run", str(suite), "--out", str(out), "--no-report")
     assert resumed.returncode == 0, resumed.stderr
-    rows = _unique(out)
+    rows = unique_rows(out)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_disk_full_before_the_environment_record_leaves_no_temporary_file(tmp_path, write_suite):
     suite = write_suite(TWO_MODELS.format(timeout=600))
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "dimbench.cli", "run", str(suite), "--out", str(out)],
                           env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=300,
                           preexec_fn=_file_size_limit(500))
-    _clean_failure(proc, f"{out / 'environment.json'}: cannot write (File too large)")
+    clean_failure(proc, f"{out / 'environment.json'}: cannot write (File too large)")
     assert not (out / "environment.json").exists() and not (out / "environment.json.tmp").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content, expected", [("{not json", "not readable as JSON"),
                                                ("[1, 2]", "expected a JSON object")])
 def test_a_damaged_environment_record_is_named(tmp_path, write_suite, content, expected):
@@ -255,34 +203,13 @@ def test_a_damaged_environment_record_is_named(tmp_path, write_suite, content, e
     (out / "environment.json").write_text(content)
     (out / "results.jsonl").write_text("")
     proc = run_cli("run", str(write_suite(TWO_MODELS.format(timeout=60))), "--out", str(out), "--no-report")
-    _clean_failure(proc, f"{out / 'environment.json'}: {expected}")
+    clean_failure(proc, f"{out / 'environment.json'}: {expected}")
 
 
+@pytest.mark.slow
 def test_a_damaged_middle_line_is_a_message_not_a_traceback(tmp_path, write_suite):
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.jsonl").write_text('{"point_key": "a", "metric": "params"}\n{oops\n{"point_key": "b"}\n')
     proc = run_cli("run", str(write_suite(TWO_MODELS.format(timeout=60))), "--out", str(out), "--no-report")
-    _clean_failure(proc, f"{out / 'results.jsonl'}:2: not a result row", "--fresh")
-
-
-# --------------------------------------------------------------------------------------------- suite files
-
-
-def test_an_alias_bomb_is_refused_at_once(tmp_path):
-    bomb = ["models: [dit_s_2]", "resolutions: [32]", 'l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    bomb += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 nodes expanded
-    suite = tmp_path / "bomb.yaml"
-    suite.write_text("\n".join(bomb) + "\n")
-    proc = run_cli("validate", str(suite), timeout=120)
-    _clean_failure(proc, f"{suite}:3: YAML anchors and aliases (&name, *name) are not accepted")
-
-
-def test_a_large_sweep_and_a_huge_resolution_are_announced(tmp_path):
-    suite = tmp_path / "huge.yaml"
-    suite.write_text("models: [dit_s_2, dit_s_8]\nresolutions: [" + ", ".join(str(64 * i) for i in range(1, 121))
-                     + ", 1000000]\n")
-    proc = run_cli("validate", str(suite))
-    assert proc.returncode == 0, proc.stderr
-    assert f"dimbench: {suite}:2: warning: on cpu this suite has 242 points" in proc.stderr
-    assert "1000000 px gives dit_s_2 a 62500x62500 token grid (3,906,250,000 tokens per image)" in proc.stderr
+    clean_failure(proc, f"{out / 'results.jsonl'}:2: not a result row", "--fresh")
