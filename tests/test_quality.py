@@ -136,6 +136,10 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
     assert 50 < row(16, "proxy_acc_real")["value"] <= 100
     # training cost rows, and the held-out loss of the first seed
     assert row(16, "train_time_s")["extra"]["per_seed"].keys() == {"0", "1"}
+    # the timed training rows name the scan backend that ran, and why (no silent fallback)
+    dim_time = row(16, "train_time_s", "dim_tiny_4")["extra"]
+    assert (dim_time["scan_backend"], dim_time["scan_backend_why"]) == models.scan.auto_backend("cpu")
+    assert "scan_backend" not in row(16, "train_time_s")["extra"]
     tflop = row(16, "train_tflop")
     assert tflop["value"] == pytest.approx(3 * tflop["extra"]["forward_gflops_per_image"] * 1e9 * 10 * 16 / 1e12)
     heldout = sorted(r["extra"]["step"] for (k, m, _), r in latest.items() if m == "train_loss_heldout" and k == key)

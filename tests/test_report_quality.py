@@ -88,3 +88,18 @@ def test_training_table_and_the_section(tmp_path):
     assert len(verdicts) == 3 and "does NOT meet the bar" in verdicts[1]
     assert section.tables[0].caption.startswith("Proxy quality per model and stage")
     assert section.tables[1].caption.startswith("What each model's training cost to reach its score")
+
+
+def test_scan_note_says_why_a_fallback_backend_ran(tmp_path):
+    """A DiM trained where the C kernel could not be built ran the chunked scan: the report names it and says why;
+    the backend auto picks first is named without a reason."""
+    why = ("auto chose chunked on cpu: pure PyTorch, runs on any device; cpu_fused unavailable (the C kernel could "
+           "not be built or loaded: RuntimeError: no C compiler (cc))")
+    rows = [rf._row(model, 8, "train_images_per_s", 900.0, "img/s", "m", "train", batch=32, dtype="float32",
+                    device="cpu", extra={"scan_backend": backend, "scan_backend_why": reason})
+            for model, backend, reason in (("dim_tiny_2", "chunked", why),
+                                           ("dim_tiny_4", "cpu_fused", "auto chose cpu_fused on cpu: fused C kernel "
+                                            "built with cc (-mavx2 -mfma)"))]
+    note = content.scan_note(data.load(rf.write_results(tmp_path / "s", rows)))
+    assert f"the chunked backend: {content.SCAN_BACKENDS['chunked']} ({why})" in note
+    assert note.endswith(f"the cpu_fused backend: {content.SCAN_BACKENDS['cpu_fused']}.")

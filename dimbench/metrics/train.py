@@ -41,7 +41,7 @@ import torch
 import models
 from dimbench.data import DIGITS_SPEC, load_data
 from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext, Row, Summary, slug
-from dimbench.metrics.common import resolve_device
+from dimbench.metrics.common import probe_backends, resolve_device
 from dimbench.metrics.flops import count_model_flops
 from dimbench.points import SweepPoint
 from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
@@ -198,6 +198,7 @@ class _Run:
     method: str
     state_path: Path
     model_config: dict[str, Any]
+    kernels: dict[str, Any]
 
 
 def _train_one(point: SweepPoint, ctx: MetricContext, data, heldout, seed: int, seeds: list[int], device,
@@ -236,7 +237,8 @@ def _train_one(point: SweepPoint, ctx: MetricContext, data, heldout, seed: int, 
         ctx.progress(index * config.steps + step, len(seeds) * config.steps, loss=round(loss, 4), seed=seed)
 
     result = trainer.run(on_log=on_log, on_step=on_step)
-    return _Run(seed, result, config, start, method, state_path, same_architecture(model))
+    return _Run(seed, result, config, start, method, state_path, same_architecture(model),
+                kernels_of(model, point.input_size, device) if index == 0 else {})
 
 
 def _window_seconds(logs: list[dict[str, Any]], batch: int) -> float | None:
@@ -247,15 +249,32 @@ def _window_seconds(logs: list[dict[str, Any]], batch: int) -> float | None:
     return sum(log["steps_in_window"] * batch / log["images_per_s"] for log in timed)
 
 
+def _one_image(model: torch.nn.Module, size: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(x, t, y) of one image for ``model`` at ``size`` px (class 0 when it is class-conditional)."""
+    x = torch.zeros(1, model.in_channels, size, size, device=device)
+    t = torch.full((1,), 500.0, device=device)
+    y = torch.zeros(1, dtype=torch.long, device=device) if getattr(model, "num_classes", 0) else None
+    return x, t, y
+
+
 def forward_flops_per_image(model_name: str, model_config: dict[str, Any]) -> float:
     """dimbench's count of one forward pass of one image (FLOPs, 2 per multiply-add; meta device)."""
     with torch.device("meta"):
         model = models.create_model(model_name, **model_config).eval()
-    size = model_config["input_size"]
-    x = torch.empty(1, model_config["in_channels"], size, size, device="meta")
-    t = torch.full((1,), 500.0, device="meta")
-    y = torch.zeros(1, dtype=torch.long, device="meta") if getattr(model, "num_classes", 0) else None
-    return float(count_model_flops(model, x, t, y).flops)
+    return float(count_model_flops(model, *_one_image(model, model_config["input_size"], "meta")).flops)
+
+
+def kernels_of(model: torch.nn.Module, size: int, device) -> dict[str, Any]:
+    """The kernels the model runs here (scan backend and why, attention, GLA): one forward of one image, after
+    training (the same process resolved the backends the training steps used)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            found = probe_backends(lambda: model(*_one_image(model, size, device)))
+    finally:
+        model.train(was_training)
+    return {k: v for k, v in found.items() if k != "custom_ops" and v is not None}
 
 
 def _mean(values: list[float]) -> float:
@@ -284,16 +303,18 @@ def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device)
     batch = first.config.batch
     flops = forward_flops_per_image(point.model, first.model_config)
     images = first.result.steps * batch
+    scan = first.kernels.get("scan_backend")
+    kernels = f"; selective scan: the {scan} backend ({first.kernels['scan_backend_why']})" if scan else ""
     return [
         row("train_loss_final", finals, f"mean of the last logged windows (up to 5); {first.method}", ""),
         row("train_images_per_s", [r.result.images_per_s for r in runs],
             f"training images per second: median over the logged windows (wall clock, checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}",
-            "no window was timed in this invocation"),
+            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{kernels}",
+            "no window was timed in this invocation", **first.kernels),
         row("train_time_s", [_window_seconds(r.result.logs, batch) for r in runs],
             f"wall time of the {first.result.steps} training steps (the logged windows: checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}",
-            "a window of the run was not timed (a checkpoint from before this was recorded)"),
+            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{kernels}",
+            "a window of the run was not timed (a checkpoint from before this was recorded)", **first.kernels),
         row("train_tflop", [3 * flops * images / 1e12] * len(runs),
             f"training FLOPs = 3 x forward FLOPs of one image ({flops / 1e9:.4g} GFLOP, meta-device "
             f"FlopCounterMode, 2 per multiply-add, the scan's registered formula) x {first.result.steps} steps x "

@@ -207,11 +207,19 @@ def scan_note(results: Results) -> str | None:
     if not len(scanned):
         return None
     used = list(dict.fromkeys(str(e["scan_backend"]) for e in scanned["extra"]))
+    # Why a backend ran, where it was not simply auto's first choice: a fallback (cpu_fused without a compiler)
+    # or a request is said, never silent.
+    why = {}
+    for e in scanned["extra"]:
+        reason = str(e.get("scan_backend_why") or "")
+        if reason and ("unavailable" in reason or "not chosen" in reason or reason.startswith("requested")):
+            why.setdefault(str(e["scan_backend"]), reason)
     # Named by family ("DiM's"); a model of no registered family by its own name.
     ran = set(scanned["model"])
     who = list(dict.fromkeys(getattr(declared.family(m), "display", m) for m in results.models if m in ran))
     return f"The timed rows of {declared.and_join(who)} record the selective scan on " + "; ".join(
-        f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend" for b in used) + "."
+        (f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend")
+        + (f" ({why[b]})" if b in why else "") for b in used) + "."
 
 
 def describe_device(env: dict, devices: list[str]) -> str:

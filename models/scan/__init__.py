@@ -18,11 +18,13 @@ kernel, forward and analytic backward, on CUDA; on the CPU under TRITON_INTERPRE
 from .chunked import chunked_scan, default_chunk_size
 from .cpu_fused import cpu_fused_scan, cpu_fused_scan_backward, cpu_fused_status
 from .flops import scan_backward_flops, scan_flops
-from .op import scan_backend, selective_scan
+from .op import scan_backend, scan_backend_reason, selective_scan
 from .reference import reference_scan
 from .registry import (
     ENV_VAR,
+    auto_backend,
     available_backends,
+    choice_reason,
     known_backends,
     register_backend,
     resolve_backend,
@@ -34,7 +36,9 @@ from .triton_fused import triton_scan, triton_scan_backward, triton_status
 
 __all__ = [
     "ENV_VAR",
+    "auto_backend",
     "available_backends",
+    "choice_reason",
     "chunked_scan",
     "cpu_fused_scan",
     "cpu_fused_scan_backward",
@@ -45,6 +49,7 @@ __all__ = [
     "register_backend",
     "resolve_backend",
     "scan_backend",
+    "scan_backend_reason",
     "scan_backward_flops",
     "scan_flops",
     "selective_scan",

@@ -12,9 +12,14 @@ error < 2e-7; below 2**-126 flushed to 0, as the chunked backend's whole-chunk d
 
 Build: the system C compiler (``$CC``, else ``cc``) with -O3 (AVX2 and FMA when the CPU has them, by torch's
 reading of the CPU), into a per-user cache folder (``$DIMBENCH_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/dimbench``
-or ``~/.cache/dimbench``; mode 0700), the file named by a hash of the source, compiler, flags and CPU, written
-atomically; later processes load it. No compiler, or a failing build: the backend is unavailable with the
-reason (``cpu_fused_status``), and ``auto`` takes ``chunked``.
+or ``~/.cache/dimbench``; created mode 0700), the file named by a hash of the source, the compiler's path and
+``--version``, the flags and the CPU architecture. Each build writes its own temporary file in that folder and
+renames it into place (``os.replace``, atomic), so processes building at once each load a complete library and
+later processes load the cached one. A shared library is code this process will run: a cache folder that is not
+the user's own, or that others may write to, is refused (with the reason), and a cached file that does not load
+is rebuilt once. No compiler, or a failing build: the backend is unavailable with the reason
+(``cpu_fused_status``; ``dimbench env`` and the rows' ``scan_backend_why`` show it), and ``auto`` takes
+``chunked``.
 
 Threads: the work items (batch element, block of 8 channels) are split into ``torch.get_num_threads()``
 contiguous ranges run in Python threads (ctypes releases the GIL), so one knob sets the threads of the whole
@@ -75,29 +80,57 @@ def _library_path(source: bytes, flags: tuple[str, ...]) -> Path:
         version = subprocess.run([_compiler(), "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise RuntimeError(f"no C compiler ({_compiler()}): {e}") from e
+    if not version.strip():
+        raise RuntimeError(f"no C compiler ({_compiler()}): '{_compiler()} --version' printed nothing")
     key = hashlib.sha256(b"\0".join([source, _compiler().encode(), version.encode(), " ".join(flags).encode(),
                                      platform.machine().encode()])).hexdigest()[:20]
     return cache_dir() / f"scan_cpu_fused_{key}.so"
+
+
+def _private_folder(folder: Path) -> None:
+    """Create ``folder`` (mode 0700) or check that an existing one is the user's own and that nobody else may
+    write to it: a library loaded from it runs as this process."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = folder.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise RuntimeError(f"the kernel cache {folder} belongs to another user (uid {st.st_uid}): set "
+                           "DIMBENCH_KERNEL_CACHE to a folder of your own")
+    if st.st_mode & 0o022:
+        raise RuntimeError(f"the kernel cache {folder} may be written by others (mode {st.st_mode & 0o777:o}): "
+                           "chmod go-w it or set DIMBENCH_KERNEL_CACHE to a private folder")
+
+
+def _compile(flags: tuple[str, ...], path: Path) -> None:
+    """Compile into a temporary file of the cache folder, then rename it to ``path`` (atomic: a racing process
+    sees no file or a complete one, never a partial one)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        try:
+            done = subprocess.run([_compiler(), *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
+                                  timeout=300)
+        except (OSError, subprocess.SubprocessError) as e:
+            raise RuntimeError(f"{_compiler()} could not be run: {e}") from e
+        if done.returncode != 0:
+            raise RuntimeError(f"{_compiler()} failed to build {SOURCE.name}: {done.stderr.strip()[-500:]}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _build() -> ctypes.CDLL:
     source = SOURCE.read_bytes()
     flags = (*_BASE_FLAGS, *_arch_flags())
     path = _library_path(source, flags)
+    _private_folder(path.parent)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        os.close(fd)
-        try:
-            done = subprocess.run([_compiler(), *flags, str(SOURCE), "-o", tmp], capture_output=True, text=True,
-                                  timeout=300)
-            if done.returncode != 0:
-                raise RuntimeError(f"{_compiler()} failed to build {SOURCE.name}: {done.stderr.strip()[-500:]}")
-            os.replace(tmp, path)  # atomic: a racing process loads one complete file or the other
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    lib = ctypes.CDLL(str(path))
+        _compile(flags, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:  # a damaged cached file (its name is the hash of what built it): build it again, once
+        _compile(flags, path)
+        lib = ctypes.CDLL(str(path))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     i32 = ctypes.c_int
     lib.dimbench_scan_op_forward.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 6 + [i64] * 5 + [ptr]

@@ -159,13 +159,39 @@ def resolve_backend(requested: str | None, device) -> str:
 
 
 def _auto(device: torch.device) -> str:
+    return auto_backend(device)[0]
+
+
+def auto_backend(device) -> tuple[str, str]:
+    """(the backend "auto" picks on ``device``, why: each candidate passed over and its reason)."""
+    device = torch.device(device)
+    passed_over = []
     if device.type == "cuda":
         for name in ("mamba_ssm", "triton"):
             ok, reason = backend_status(name, device)
             # Under TRITON_INTERPRET=1 the triton backend also runs on CUDA tensors, thousands of times slower: a
             # correctness tool that is only ever used when named, never chosen automatically.
             if ok and "interpreter" not in reason.lower():
-                return name
-    elif device.type == "cpu" and backend_status("cpu_fused", device)[0]:
-        return "cpu_fused"
-    return "chunked"
+                return name, _why(name, device, passed_over, reason)
+            passed_over.append(f"{name} not chosen ({reason})")
+    elif device.type == "cpu":
+        ok, reason = backend_status("cpu_fused", device)
+        if ok:
+            return "cpu_fused", _why("cpu_fused", device, passed_over, reason)
+        passed_over.append(f"cpu_fused unavailable ({reason})")
+    return "chunked", _why("chunked", device, passed_over, "pure PyTorch, runs on any device")
+
+
+def _why(name: str, device: torch.device, passed_over: list[str], reason: str) -> str:
+    return f"auto chose {name} on {device.type}: {reason}" + (f"; {'; '.join(passed_over)}" if passed_over else "")
+
+
+def choice_reason(name: str, device) -> str:
+    """Why the backend ``name`` runs when a model calls the scan without naming one (as dimbench's models do):
+    the environment variable, or the automatic choice with every candidate passed over and its reason."""
+    device = torch.device(device)
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env and env != "auto":
+        return f"requested by the environment variable {ENV_VAR}={env}"
+    chosen, why = auto_backend(device)
+    return why if chosen == name else f"requested by name ({why})"
