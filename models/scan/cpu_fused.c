@@ -8,11 +8,14 @@
  * Layout (all float32, contiguous, the op's own): u, delta, z, out and their gradients (batch, D, L); B, C and
  * theirs (batch, N, L); A, A2 = A·log2(e) and dA (N, Dpad), Dpad = D rounded up to whole blocks (zero-padded).
  * Work items are (batch element, block of W channels) pairs, numbered batch-major; a call runs items [i0, i1), so
- * threads split the items, each with its own scratch and accumulators. Vectorised over the W channels of a block
- * (gcc/clang auto-vectorisation at -O3).
+ * threads split the items, each with its own scratch and accumulators. Vectorised over the W channels of a block:
+ * the scan's loops on explicit W-lane vectors (below), the rest by gcc/clang auto-vectorisation at -O3.
  */
 #include <stdint.h>
 #include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
 
 #define W 8 /* channels per block: one AVX2 vector of float32 */
 
@@ -34,6 +37,46 @@ static inline float exp2_f32(float x) {
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return p * scale;
+}
+
+/* The scan's loops are written on explicit W-lane vectors (GCC/clang vector extensions): the running sums and
+ * states stay in registers, where arrays indexed inside a vectorised loop went through memory at every state
+ * (a store-to-load chain per step that made the loops latency-bound). */
+typedef float v8 __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t v8i __attribute__((vector_size(W * sizeof(float))));
+
+static inline v8 ld(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline v8 splat(float x) { return (v8){0} + x; }
+static inline float hsum(v8 v) {
+    float s = 0.0f;
+    for (int j = 0; j < W; j++) s += v[j];
+    return s;
+}
+
+/* exp2_f32 on W lanes: the same polynomial; round-to-nearest by the 1.5·2**23 trick, whose bits then hold n. */
+static inline v8 exp2_v8(v8 x) {
+#ifdef __AVX__
+    x = (v8)_mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+#else
+    const v8i low = x < -127.0f, high = x > 127.0f;
+    x = (v8)((low & (v8i)splat(-127.0f)) | (high & (v8i)splat(127.0f)) | (~(low | high) & (v8i)x));
+#endif
+    const v8 r = x + 12582912.0f; /* 1.5·2**23: r's low mantissa bits are round(x) */
+    const v8 f = x - (r - 12582912.0f);
+    v8 p = splat(1.535336188319500e-4f);
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    const v8i bits = ((v8i)r - 0x4B400000 + 127) << 23; /* n = -127 gives the bits of +0 */
+    return p * (v8)bits;
 }
 
 /* Each block's W rows are gathered into step-major scratch and scattered back, so no transposed copy, softplus,
@@ -104,40 +147,76 @@ static void load_block(const float *delta, const float *bias, int softplus, cons
     gather(u, b, d0, w, D, L, ul);
 }
 
-/* The scan of one block over step-major inputs: y[t][j] = Σ_n C_t[n] x_t[n][j]; decay/xs: when not NULL, every
- * step's decays and states are kept (L·N·W each). h: N·W scratch (the running state when xs is NULL). */
+/* The forward scan of one block over step-major inputs, nothing kept: y[t] = Σ_n C_t[n] x_t[n] (W lanes), the
+ * running state in h (N·W scratch). Two partial sums over the states halve the chain of dependent additions. */
 static void scan_block(const float *dt, const float *u, const float *A2, const float *B, const float *C, int64_t b,
-                       int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *decay, float *xs, float *h,
-                       const float *dy, float *dC) {
-    const int64_t step = N * W;
-    memset(h, 0, (size_t)step * sizeof(float));
+                       int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *h) {
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    memset(h, 0, (size_t)(N * W) * sizeof(float));
     for (int64_t t = 0; t < L; t++) {
-        float du[W], acc[W];
-        for (int j = 0; j < W; j++) {
-            du[j] = dt[t * W + j] * u[t * W + j];
-            acc[j] = 0.0f;
-        }
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W);
+        v8 acc[2] = {{0}, {0}};
         for (int64_t n = 0; n < N; n++) {
-            const float *a = A2 + n * Dpad + d0;
-            const float bn = B[(b * N + n) * L + t], cn = C[(b * N + n) * L + t];
-            const float *xp = xs ? (t > 0 ? xs + (t - 1) * step + n * W : h + n * W) : h + n * W;
-            float *xn = xs ? xs + t * step + n * W : h + n * W;
-            float *an = decay ? decay + t * step + n * W : NULL;
-#pragma omp simd
-            for (int j = 0; j < W; j++) {
-                float e = exp2_f32(dt[t * W + j] * a[j]);
-                if (an) an[j] = e;
-                xn[j] = e * xp[j] + du[j] * bn;
-                acc[j] += xn[j] * cn;
-            }
-            if (dC) { /* dC_t += Σ_j x_t dy_t */
-                float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                for (int j = 0; j < W; j++) s += xn[j] * dy[t * W + j];
-                dC[(b * N + n) * L + t] += s;
+            const v8 x = exp2_v8(dtt * ld(A2 + n * Dpad + d0)) * ld(h + n * W) + du * Bb[n * L + t];
+            st(h + n * W, x);
+            acc[n & 1] += x * Cb[n * L + t];
+        }
+        st(y + t * W, acc[0] + acc[1]);
+    }
+}
+
+/* The same scan keeping every step's decays and states (L·N·W each) for the adjoint, and dC_t[n] += Σ_j x_t dy_t. */
+static void scan_block_keep(const float *dt, const float *u, const float *A2, const float *B, const float *C,
+                            int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *decay,
+                            float *xs, const float *dy, float *dC) {
+    const int64_t step = N * W;
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    float *dCb = dC + b * N * L;
+    for (int64_t t = 0; t < L; t++) {
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
+        v8 acc[2] = {{0}, {0}};
+        for (int64_t n = 0; n < N; n++) {
+            const v8 e = exp2_v8(dtt * ld(A2 + n * Dpad + d0));
+            const v8 prev = t > 0 ? ld(xs + (t - 1) * step + n * W) : splat(0.0f);
+            const v8 x = e * prev + du * Bb[n * L + t];
+            st(decay + t * step + n * W, e);
+            st(xs + t * step + n * W, x);
+            acc[n & 1] += x * Cb[n * L + t];
+            dCb[n * L + t] += hsum(x * dyt);
+        }
+        st(y + t * W, acc[0] + acc[1]);
+    }
+}
+
+/* The adjoint recurrence g_t = C_t dy_t + Ā_{t+1} ⊙ g_{t+1}, backward in time, over scan_block_keep's decays and
+ * states: p_t = Σ_n g_t B_t (→ du, dΔ), qa_t = Σ_n q_t A (→ dΔ) and dA += Σ_t q_t Δ_t with q_t = g_t Ā_t x_{t-1};
+ * dB_t[n] += Σ_j g_t Δ_t u_t. g and dA_acc: N·W scratch each. */
+static void adjoint_block(const float *dt, const float *u, const float *A, const float *B, const float *C,
+                          int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, const float *decay,
+                          const float *xs, const float *dy, float *g, float *dA_acc, float *p, float *qa, float *dB) {
+    const int64_t step = N * W;
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    float *dBb = dB + b * N * L;
+    memset(g, 0, (size_t)step * sizeof(float));
+    memset(dA_acc, 0, (size_t)step * sizeof(float));
+    for (int64_t t = L - 1; t >= 0; t--) {
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
+        v8 pacc[2] = {{0}, {0}}, qacc[2] = {{0}, {0}};
+        const float *next = decay + (t + 1 < L ? t + 1 : t) * step; /* g is 0 after the last step */
+        for (int64_t n = 0; n < N; n++) {
+            const float bn = Bb[n * L + t];
+            const v8 gn = ld(next + n * W) * ld(g + n * W) + dyt * Cb[n * L + t];
+            st(g + n * W, gn);
+            pacc[n & 1] += gn * bn;
+            dBb[n * L + t] += hsum(gn * du);
+            if (t > 0) {
+                const v8 q = gn * ld(decay + t * step + n * W) * ld(xs + (t - 1) * step + n * W);
+                st(dA_acc + n * W, ld(dA_acc + n * W) + q * dtt);
+                qacc[n & 1] += q * ld(A + n * Dpad + d0);
             }
         }
-        for (int j = 0; j < W; j++) y[t * W + j] = acc[j];
+        st(p + t * W, pacc[0] + pacc[1]);
+        st(qa + t * W, qacc[0] + qacc[1]);
     }
 }
 
@@ -152,7 +231,7 @@ void dimbench_scan_op_forward(const float *u, const float *delta, const float *b
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
         load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, NULL, ul);
-        scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, NULL, NULL, h, NULL, NULL);
+        scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, h);
         if (z) gather(z, b, d0, w, D, L, zl);
         float dj[W];
         for (int j = 0; j < W; j++) dj[j] = (Dskip && j < w) ? Dskip[d0 + j] : 0.0f;
@@ -193,46 +272,8 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
                 dy[t * W + j] = z ? gol[t * W + j] * zl[t * W + j] * zs[t * W + j] : gol[t * W + j];
             }
         }
-        scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, g, dy, dC);
-        /* The adjoint recurrence g_t = C_t dy_t + Ā_{t+1} ⊙ g_{t+1}, backward in time; from it p, qa, dA, dB. */
-        memset(g, 0, (size_t)step * sizeof(float));
-        memset(dA_acc, 0, (size_t)step * sizeof(float));
-        for (int64_t t = L - 1; t >= 0; t--) {
-            float du[W], pacc[W], qacc[W];
-            for (int j = 0; j < W; j++) {
-                du[j] = dt[t * W + j] * ul[t * W + j];
-                pacc[j] = 0.0f;
-                qacc[j] = 0.0f;
-            }
-            for (int64_t n = 0; n < N; n++) {
-                const float bn = B[(b * N + n) * L + t], cn = C[(b * N + n) * L + t];
-                float *gn = g + n * W;
-                const float *next = decay + (t + 1 < L ? t + 1 : t) * step + n * W; /* g is 0 after the last step */
-                float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-                for (int j = 0; j < W; j++) {
-                    gn[j] = next[j] * gn[j] + cn * dy[t * W + j];
-                    pacc[j] += gn[j] * bn;
-                    s += gn[j] * du[j];
-                }
-                dB[(b * N + n) * L + t] += s;
-                if (t > 0) {
-                    const float *an = decay + t * step + n * W, *xp = xs + (t - 1) * step + n * W;
-                    const float *a = A + n * Dpad + d0;
-                    float *accn = dA_acc + n * W;
-#pragma omp simd
-                    for (int j = 0; j < W; j++) {
-                        const float q = gn[j] * an[j] * xp[j];
-                        accn[j] += q * dt[t * W + j];
-                        qacc[j] += q * a[j];
-                    }
-                }
-            }
-            for (int j = 0; j < W; j++) {
-                p[t * W + j] = pacc[j];
-                qa[t * W + j] = qacc[j];
-            }
-        }
+        scan_block_keep(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, dy, dC);
+        adjoint_block(dt, ul, A, B, C, b, d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dB);
         for (int64_t n = 0; n < N; n++)
             for (int j = 0; j < W; j++) dA[n * Dpad + d0 + j] += dA_acc[n * W + j];
         /* The epilogue's chain rules, per step and channel. */
