@@ -4,7 +4,9 @@ but how the work is split, and weak-to-strong starts from the low-resolution wei
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -268,3 +270,55 @@ def test_bfloat16_autocast_and_the_vp_sde_train_and_sample(digits, one_thread):
                       spec=SamplerSpec("euler_maruyama", 5, 0.5), labels=class_labels(4, 10), count=4,
                       shape=(1, 16, 16), seed=0)
     assert images.shape == (4, 1, 16, 16) and images.abs().max() <= 1
+
+
+class PickledThreadPool:
+    """ProcessPoolExecutor's interface on a thread, every argument and result through pickle as to a child
+    process: the train metric's parallel seeds without a child process's start (seconds of imports)."""
+
+    def __init__(self, max_workers, mp_context=None):
+        self.pool = ThreadPoolExecutor(max_workers)
+
+    def submit(self, fn, *args):
+        sent = pickle.dumps((fn, args))
+        return self.pool.submit(lambda: pickle.loads(pickle.dumps(_call(*pickle.loads(sent)))))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown()
+
+
+def _call(fn, args):
+    return fn(*args)
+
+
+def test_seeds_trained_at_once_match_one_after_the_other(tmp_path, monkeypatch, one_thread):
+    """The train metric's ``parallel``: seed 1 trained by the pool (what a child process gets and returns goes
+    through pickle) while the worker trains seed 0 gives the same checkpoint and the same rows as the two trained
+    one after the other (only the timing rows may differ)."""
+    from dimbench.metrics import train
+    from dimbench.metrics.base import slug
+    from dimbench.points import SweepPoint
+
+    monkeypatch.setattr(train, "ProcessPoolExecutor", PickledThreadPool)
+    point = SweepPoint("t", "dit_tiny_2", 8, 8, 8, "float32", "cpu", ("train",))
+    options = dict(steps=4, warmup=1, seeds=2, log_every=2, checkpoint_every=2, heldout_every=0, threads=1)
+    rows = {}
+    for parallel in (1, 2):
+        out = tmp_path / f"p{parallel}"
+        found = train.TRAIN.measure(point, out_dir=str(out), parallel=parallel, **options)
+        rows[parallel] = {m.metric: m for m in found if m.step is None}
+        state = out / "state" / slug(point.key) / "train"
+        rows[parallel]["states"] = [load_training_state(state / name)
+                                    for name in ("checkpoint.pt", "checkpoint-seed1.pt")]
+    for one, two in zip(rows[1]["states"], rows[2]["states"], strict=True):
+        assert one["step"] == two["step"] == 4 and one["config"] == two["config"]
+        for key in one["model"]:
+            assert torch.equal(one["model"][key], two["model"][key]), key
+    for name in ("train_loss_final", "train_tflop"):
+        assert rows[1][name].value == rows[2][name].value
+        assert rows[1][name].extra["per_seed"] == rows[2][name].extra["per_seed"]
+    assert "2 seeds trained at once" in rows[2]["train_time_s"].method
+    assert "at once" not in rows[1]["train_time_s"].method

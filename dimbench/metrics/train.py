@@ -31,8 +31,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +185,45 @@ def _train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
         # dim.md §6: the non-EMA weights of the low-resolution run start both the model and its EMA.
         low, facts = load_trained(ctx.out_dir, point.at_resolution(source), weights="model")
         what = f"the {source} px model (its non-EMA weights at step {facts['step']}, seed {facts['config']['seed']})"
-    runs = [_train_one(point, ctx, data, heldout, seed, seeds, device, finetune, low, what) for seed in seeds]
-    return _final_rows(point, ctx, runs, device)
+    parallel = min(ctx.options["parallel"], len(seeds))
+    if parallel < 2:
+        runs = [_train_one(point, ctx, data, heldout, seed, seeds, device, finetune, low, what) for seed in seeds]
+        return _final_rows(point, ctx, runs, device)
+    # Seeds after the first train in child processes, parallel - 1 at a time, while this one trains the first
+    # (and streams its curve): on a CPU the tiny models use one core each far better than two cores one model.
+    threads = ctx.options["threads"] or max(1, torch.get_num_threads() // parallel)
+    with ProcessPoolExecutor(parallel - 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        others = [pool.submit(_train_seed_in_child, point, dict(ctx.options), ctx.out_dir, seed, seeds, str(device),
+                              threads, os.getpid()) for seed in seeds[1:]]
+        try:
+            first = _train_one(point, ctx, data, heldout, seeds[0], seeds, device, finetune, low, what, alone=True)
+            runs = [first, *(f.result() for f in others)]
+        except BaseException:
+            for f in others:
+                f.cancel()
+            raise
+    return _final_rows(point, ctx, runs, device, parallel)
+
+
+class _ParentGone(RuntimeError):
+    pass
+
+
+def _train_seed_in_child(point: SweepPoint, options: dict[str, Any], out_dir: str | None, seed: int,
+                         seeds: list[int], device: str, threads: int, parent: int) -> _Run:
+    """One more seed of a from-scratch point, in a child process (see ``parallel``): its own checkpoint, no rows
+    streamed; it stops at the next step when the process that started it is gone (a killed worker leaves no
+    training behind that would race the resumed one)."""
+    torch.set_num_threads(threads)
+
+    def check_parent(info: dict[str, Any]) -> None:
+        if os.getppid() != parent and os.getpid() != parent:  # (in the same process it cannot be gone)
+            raise _ParentGone(f"the worker that started seed {seed} is gone")
+
+    ctx = MetricContext(TRAIN, point, options, out_dir=out_dir, on_progress=check_parent)
+    data = load_data(options["data"], point.input_size, "train")
+    heldout = load_data(DIGITS_SPEC, point.input_size, "test") if options["data"] == DIGITS_SPEC else None
+    return _train_one(point, ctx, data, heldout, seed, seeds, torch.device(device), False, None, "", alone=True)
 
 
 @dataclasses.dataclass
@@ -202,8 +241,9 @@ class _Run:
 
 
 def _train_one(point: SweepPoint, ctx: MetricContext, data, heldout, seed: int, seeds: list[int], device,
-               finetune: bool, low, what: str) -> _Run:
-    """Train (or resume) the run of one seed; the first seed's run streams the loss curves."""
+               finetune: bool, low, what: str, alone: bool = False) -> _Run:
+    """Train (or resume) the run of one seed; the first seed's run streams the loss curves. ``alone``: the other
+    seeds train elsewhere at the same time (progress counts this run's steps only)."""
     fam = _family(point)
     config = train_config(ctx, point, finetune, seed=seed)
     model, init_state, start = build_for_training(point.model, point.input_size, channels=data.channels,
@@ -234,7 +274,8 @@ def _train_one(point: SweepPoint, ctx: MetricContext, data, heldout, seed: int, 
         ctx.emit(*rows)
 
     def on_step(step: int, loss: float) -> None:
-        ctx.progress(index * config.steps + step, len(seeds) * config.steps, loss=round(loss, 4), seed=seed)
+        done, total = (step, config.steps) if alone else (index * config.steps + step, len(seeds) * config.steps)
+        ctx.progress(done, total, loss=round(loss, 4), seed=seed)
 
     result = trainer.run(on_log=on_log, on_step=on_step)
     return _Run(seed, result, config, start, method, state_path, same_architecture(model),
@@ -281,11 +322,13 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device) -> list[Measurement]:
+def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device, parallel: int = 1
+                ) -> list[Measurement]:
     """The final rows: means over the seeds' runs, every seed's value in ``extra.per_seed``."""
     first = runs[0]
     seeds = [r.seed for r in runs]
     of = f"mean over {len(runs)} seeds ({', '.join(map(str, seeds))}); " if len(runs) > 1 else ""
+    at_once = f", {parallel} seeds trained at once (one process each)" if parallel > 1 else ""
     common = {"steps": first.result.steps, "resumed_from": first.result.resumed_from, "stage": first.start,
               "seeds": seeds, "checkpoint": str(first.state_path.relative_to(ctx.out_dir)) if ctx.out_dir
               else str(first.state_path)}
@@ -309,11 +352,11 @@ def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device)
         row("train_loss_final", finals, f"mean of the last logged windows (up to 5); {first.method}", ""),
         row("train_images_per_s", [r.result.images_per_s for r in runs],
             f"training images per second: median over the logged windows (wall clock, checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{kernels}",
+            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{at_once}{kernels}",
             "no window was timed in this invocation", **first.kernels),
         row("train_time_s", [_window_seconds(r.result.logs, batch) for r in runs],
             f"wall time of the {first.result.steps} training steps (the logged windows: checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{kernels}",
+            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{at_once}{kernels}",
             "a window of the run was not timed (a checkpoint from before this was recorded)", **first.kernels),
         row("train_tflop", [3 * flops * images / 1e12] * len(runs),
             f"training FLOPs = 3 x forward FLOPs of one image ({flops / 1e9:.4g} GFLOP, meta-device "
@@ -354,6 +397,8 @@ _OPTIONS = (
     Field("log_every", Integer(1), 10, "steps per logged train_loss row (the mean over them)"),
     Field("checkpoint_every", Integer(1), 100, "steps between checkpoints (a multiple of log_every)"),
     Field("threads", Integer(0), 0, "torch intra-op threads while training (0: as the runner set them)"),
+    Field("parallel", Integer(1), 1, "seeds trained at once, each in its own process (the first in the worker, "
+          "streaming its curve); a CPU with spare cores trains tiny models faster so"),
     Field("weak_to_strong_from", Integer(1, none="no weak-to-strong: every point trains from scratch"), None,
           "resolution (px) whose trained model starts every point at a higher resolution (weak-to-strong)"),
     Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
