@@ -139,6 +139,15 @@ def scan_backends(device: str) -> Any:
         return f"unavailable: {type(exc).__name__}: {exc}"
 
 
+def scan_choice(device: str) -> str:
+    """The scan backend a model gets on ``device`` without naming one, and why (models.scan.choice_reason: the
+    environment variable, or auto's choice with every backend passed over and its reason)."""
+    try:
+        return scan.choice_reason(scan.resolve_backend(None, device), device)
+    except Exception as exc:
+        return f"unavailable: {type(exc).__name__}: {exc}"
+
+
 def cpu_model() -> str:
     """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo on Linux; the platform's processor string
     elsewhere. Regression gates compare timings only between runs on the same model (see dimbench.gates)."""
@@ -187,6 +196,7 @@ def collect(argv: list[str] | None = None, device: str | None = None) -> dict[st
         "attention_backends_enabled": attention_backends(),
         "scan_backends": {d: scan_backends(d) for d in devices},
         "scan_backend_override": os.environ.get("DIMBENCH_SCAN_BACKEND"),
+        "scan_choice": {d: scan_choice(d) for d in devices},
         "git": git_commit(),
     }
     return record

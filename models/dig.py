@@ -360,3 +360,9 @@ register_model(
     "1-channel 16 px, 10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=4, width=64, heads=4,
 )(DiG)
+register_model(
+    "dig_tiny_2", family="dig", official="dimbench",
+    description="dimbench's tiny DiG for the CPU quality suite: 4 blocks (a multiple of 4), width 64, 4 heads, patch "
+    "2, 1-channel 8 px (16 tokens), 10 classes, learned sigma",
+    input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=4, width=64, heads=4,
+)(DiG)

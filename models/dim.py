@@ -668,3 +668,20 @@ def dim_h_2(**kwargs) -> DiM:
 )
 def dim_tiny_4(**kwargs) -> DiM:
     return DiM(**kwargs)
+
+
+@register_model(
+    "dim_tiny_2",
+    family="dim",
+    official="dimbench",
+    description="dimbench's tiny DiM for the CPU quality suite: 5 blocks, width 64, patch 2, 1-channel 8 px (a 4x4 "
+    "token grid, 54 tokens with DiM's pads and front tokens), 10 classes",
+    input_size=8,
+    in_channels=1,
+    num_classes=10,
+    patch_size=2,
+    depth=5,
+    width=64,
+)
+def dim_tiny_2(**kwargs) -> DiM:
+    return DiM(**kwargs)

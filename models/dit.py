@@ -315,3 +315,9 @@ register_model(
     "10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=5, width=64, heads=4,
 )(DiT)
+register_model(
+    "dit_tiny_2", family="dit", official="dimbench",
+    description="dimbench's tiny DiT for the CPU quality suite: 5 blocks, width 64, 4 heads, patch 2, 1-channel 8 px "
+    "(16 tokens), 10 classes, learned sigma",
+    input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=5, width=64, heads=4,
+)(DiT)

@@ -307,3 +307,9 @@ register_model(
     "patch 4, 1-channel 16 px, 10 classes, learned sigma",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=5, width=64, mlp_ratio=2.5,
 )(SanaCC)
+register_model(
+    "sana_tiny_2_cc", family="sana_cc", official="dimbench",
+    description="dimbench's tiny SANA-cc (an ADAPTATION) for the CPU quality suite: 5 blocks, width 64, 2 linear "
+    "heads, patch 2, 1-channel 8 px (16 tokens), 10 classes, learned sigma",
+    input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=5, width=64, mlp_ratio=2.5,
+)(SanaCC)

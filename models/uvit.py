@@ -371,3 +371,8 @@ _register(
     "2 out), width 64, 4 heads, patch 4, 1-channel 16 px, 10 classes + null, 3x3 output conv",
     input_size=16, in_channels=1, num_classes=10, patch_size=4, depth=4, width=64, heads=4, conv=True,
 )
+_register(
+    "uvit_tiny_2", "dimbench", "dimbench's tiny U-ViT for the CPU quality suite: 5 blocks (config depth 4: 2 in, 1 "
+    "mid, 2 out), width 64, 4 heads, patch 2, 1-channel 8 px (16 tokens), 10 classes + null, 3x3 output conv",
+    input_size=8, in_channels=1, num_classes=10, patch_size=2, depth=4, width=64, heads=4, conv=True,
+)

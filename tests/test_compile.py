@@ -15,6 +15,7 @@ import torch
 from dimbench.metrics import METRICS
 from dimbench.points import SweepPoint
 from dimbench.suite import SuiteError, expand, load_suite, parse_suite
+from models.scan import resolve_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,7 +126,7 @@ def test_compiled_latency_rows_say_so(monkeypatch):
     assert "torch.compile(mode='default', whole model, backend='aot_eager'" in row.method
     assert "1 untimed first compiled call, which compiles" in row.method
     assert row.extra["compile"] == "default" and row.extra["compile_backend"] == "aot_eager"
-    assert row.extra["compile_first_call_s"] > 0 and row.extra["scan_backend"] == "chunked"
+    assert row.extra["compile_first_call_s"] > 0 and row.extra["scan_backend"] == resolve_backend(None, "cpu")
     eager = METRICS["latency"].measure(SweepPoint("t", "dim_tiny_4", 16, 16, 1, "float32", "cpu", ("latency",)),
                                        warmup=0, repeats=1)
     assert "eager (not compiled)" in eager[0].method and "compile" not in eager[0].extra

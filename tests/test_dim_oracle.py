@@ -20,7 +20,7 @@ from models.scan import available_backends
 
 ORACLE = Path(__file__).parent / "data" / "dim_tiny_official.pt"  # committed: missing is a failure
 TOLERANCE = 1e-5  # relative L2 error ‖out − ref‖ / ‖ref‖ (docs/models.md §5.2: float32 rounding)
-CPU_BACKENDS = [b for b in ("reference", "chunked") if available_backends("cpu")[b][0]]
+CPU_BACKENDS = [b for b in ("reference", "chunked", "cpu_fused") if available_backends("cpu")[b][0]]
 
 # One OpenMP thread (tests/conftest.py: a tiny model, busy machines).
 pytestmark = pytest.mark.usefixtures("one_thread")

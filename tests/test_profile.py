@@ -24,6 +24,7 @@ from dimbench.points import SweepPoint
 from dimbench.worker import make_row
 from models import profiling
 from models.profiling import COMPONENTS, PREFIX
+from models.scan import resolve_backend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,7 +71,7 @@ def test_every_named_component_has_a_positive_time(profiled, model):
     assert steps == sorted(set(steps)) and steps == [list(COMPONENTS).index(c) for c in times]
     (fwd,) = _rows(by_model[model], "profile_forward_ms")
     assert fwd.extra["time_kind"] == "cpu range wall time (self + children)" and fwd.extra["timed_resolution"] == 16
-    assert fwd.extra["scan_backend"] == ("chunked" if model.startswith("dim") else None)
+    assert fwd.extra["scan_backend"] == (resolve_backend(None, "cpu") if model.startswith("dim") else None)
     assert fwd.extra["attention_backend"] == ("none" if model.startswith("dim") else "cpu_flash")
 
 

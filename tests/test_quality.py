@@ -45,6 +45,35 @@ def test_a_few_hundred_steps_score_clearly_better_than_untrained(one_thread):
     assert scores["trained"] < 0.6 * scores["untrained"], scores
 
 
+def test_real_floor_is_the_mean_of_balanced_real_subsets(one_thread, monkeypatch):
+    """fd_proxy_real: ``draws`` random subsets of real training digits (every class equally often, as the samples)
+    against the held-out digits; their mean, reproducible from the seed, and far below what noise scores."""
+    from dimbench.metrics import quality
+
+    clf, _ = train_classifier(load_digits(32, "train"), steps=30)
+    train = load_digits(8, "train")
+    seen = []
+    import dimbench.quality.proxy as proxy
+
+    original = proxy.proxy_scores
+
+    def spy(clf_, real, fake, labels=None):
+        # which training digits were drawn: match each fake image to its row in the train split
+        rows = (fake.flatten(1)[:, None, :] == train.x.flatten(1)[None]).all(-1).float().argmax(1)
+        seen.append(torch.bincount(train.labels[rows], minlength=10))
+        return original(clf_, real, fake, labels)
+
+    monkeypatch.setattr(proxy, "proxy_scores", spy)
+    mean, draws = quality.real_floor(clf, 8, 50, 3, seed=1)
+    assert len(draws) == 3 and mean == pytest.approx(sum(draws) / 3) and len(set(draws)) == 3
+    assert all(torch.equal(counts, torch.full((10,), 5)) for counts in seen), seen
+    assert quality.real_floor(clf, 8, 50, 3, seed=1) == (mean, draws)  # cached, and the same draw again
+    quality._FLOORS.clear()
+    assert quality.real_floor(clf, 8, 50, 3, seed=1)[1] == draws  # recomputed from the seed
+    noise = original(clf, load_digits(8, "test").x, torch.rand(50, 1, 8, 8) * 2 - 1)["fd"]
+    assert mean < 0.25 * noise
+
+
 QUALITY_SUITE = """\
 name: quality_test
 models: [dim_tiny_4, dit_tiny_4]
@@ -54,10 +83,10 @@ metrics: [train, quality, upsample]
 limits:
   upsample: {resolutions: [16]}
 options:
-  train: {steps: 10, lr: 0.001, warmup: 2, ema: 0.9, log_every: 5, checkpoint_every: 5, weak_to_strong_from: 16,
-          finetune_steps: 5, finetune_warmup: 1}
-  quality: {samples: 20, sampler: dpm_solver++, steps: 3, guidance: 1.0, classifier_steps: 30}
-  upsample: {samples: 10, steps: 3, guidance: 1.0, classifier_steps: 30}
+  train: {steps: 10, lr: 0.001, warmup: 2, ema: 0.9, ema_warmup: true, seeds: 2, log_every: 5, checkpoint_every: 5,
+          heldout_every: 5, weak_to_strong_from: 16, finetune_steps: 5, finetune_warmup: 1}
+  quality: {samples: 20, sampler: dpm_solver++, steps: 3, guidance: 1.0, classifier_steps: 30, floor_draws: 2}
+  upsample: {samples: 10, steps: 3, guidance: 1.0, classifier_steps: 30, floor_draws: 2}
 """
 
 
@@ -90,6 +119,33 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
     assert row(16, "fd_proxy_up3_ug", "dim_tiny_4")["extra"]["pad_layout"] == "cyclic"
 
     assert row(16, "fd_proxy")["status"] == "ok" and row(16, "fd_proxy_untrained")["status"] == "ok"
+    # two seeds at the from-scratch points: the score is their mean, each seed's value and the spread beside it
+    trained = row(16, "fd_proxy")
+    assert trained["extra"]["seeds"] == [0, 1] and set(trained["extra"]["per_seed"]) == {"0", "1"}
+    assert trained["value"] == pytest.approx(sum(trained["extra"]["per_seed"].values()) / 2)
+    assert trained["extra"]["min"] <= trained["value"] <= trained["extra"]["max"]
+    assert "mean over 2 seeds' models" in trained["method"]
+    key = trained["point_key"]
+    assert (out / "state" / next(p.name for p in (out / "state").iterdir() if p.name.startswith("dit_tiny_4_r16"))
+            / "train" / "checkpoint-seed1.pt").is_file()
+    # the floor of real digits under the same sample count, and every distance as a multiple of it
+    floor = row(16, "fd_proxy_real")
+    assert floor["status"] == "ok" and len(floor["extra"]["per_draw"]) == 2 and floor["extra"]["n_fake"] == 20
+    assert trained["extra"]["fd_floor"] == pytest.approx(floor["value"])
+    assert trained["extra"]["x_floor"] == pytest.approx(trained["value"] / floor["value"])
+    assert 50 < row(16, "proxy_acc_real")["value"] <= 100
+    # training cost rows, and the held-out loss of the first seed
+    assert row(16, "train_time_s")["extra"]["per_seed"].keys() == {"0", "1"}
+    # the timed training rows name the scan backend that ran, and why (no silent fallback)
+    dim_time = row(16, "train_time_s", "dim_tiny_4")["extra"]
+    assert (dim_time["scan_backend"], dim_time["scan_backend_why"]) == models.scan.auto_backend("cpu")
+    assert "scan_backend" not in row(16, "train_time_s")["extra"]
+    tflop = row(16, "train_tflop")
+    assert tflop["value"] == pytest.approx(3 * tflop["extra"]["forward_gflops_per_image"] * 1e9 * 10 * 16 / 1e12)
+    heldout = sorted(r["extra"]["step"] for (k, m, _), r in latest.items() if m == "train_loss_heldout" and k == key)
+    assert heldout == [5, 10]
+    grid = row(16, "samples")["extra"]["grid"]
+    assert grid == {"rows": "class", "classes": list(range(10)), "per_class": 2, "tile_px": 16}
     w2s = row(32, "fd_proxy")
     assert w2s["status"] == "ok" and w2s["extra"]["image_px"] == 32 and "weak-to-strong" in w2s["extra"]["stage"]
     skipped = row(32, "fd_proxy_untrained")  # a fine-tune starts from the trained 16 px model, not random weights
@@ -105,7 +161,8 @@ def test_quality_suite_end_to_end(tmp_path, write_suite):
             assert (out / grid["extra"]["path"]).is_file()
     html = (out / "report.html").read_text()
     assert "Proxy quality per model and stage" in html and "NOT the standard FID" in html
-    assert "weak-to-strong" in html
+    assert "weak-to-strong" in html and "Training and held-out loss" in html and "real digits" in html
+    assert "does NOT meet the bar" in html  # ten steps do not learn the digits, and the report says so
 
 
 @pytest.mark.slow

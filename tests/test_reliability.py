@@ -299,6 +299,8 @@ def test_validate_refuses_train_options_the_run_would_refuse(tmp_path):  # 21
     assert "key 'options.train.lr': expected a number > 0, got nan" in problems("{lr: .nan}")
     assert "key 'options.train.checkpoint_every': expected a multiple of log_every (5)" in problems(
         "{checkpoint_every: 7, log_every: 5}")
+    assert "key 'options.train.heldout_every': expected a multiple of log_every (20) or 0" in problems(
+        "{heldout_every: 50, log_every: 20, checkpoint_every: 100}")
     assert "key 'options.train.grad_accum': expected a divisor of every batch size (10), got 3" in problems(
         "{grad_accum: 3}")
     assert "options.train.data': expected 'digits' or an existing local path" in problems("{data: /no/such/dir}")

@@ -125,9 +125,12 @@ def test_chunked_strong_decay_matches():
     assert_matches_float64(lambda **kw: chunked_scan(**kw, chunk_size=8), inputs)
 
 
-def _analytic_vs_float64(inputs, delta_softplus=True, needs=(True,) * 8, **kwargs):
-    """chunked_scan_backward's gradients against autograd of the float64 recurrence, for a random grad_out."""
+def _analytic_vs_float64(inputs, delta_softplus=True, needs=(True,) * 8, backward=None, **kwargs):
+    """An analytic backward's gradients (default chunked_scan_backward) against autograd of the float64
+    recurrence, for a random grad_out."""
     from models.scan.chunked import chunked_scan_backward
+
+    backward = backward or chunked_scan_backward
 
     leaves64 = {k: None if v is None else v.detach().double().requires_grad_() for k, v in inputs.items()}
     ref = recurrence64(**leaves64, delta_softplus=delta_softplus)
@@ -135,8 +138,7 @@ def _analytic_vs_float64(inputs, delta_softplus=True, needs=(True,) * 8, **kwarg
     names = [k for k, need in zip(NAMES, needs, strict=True) if need and inputs[k] is not None]
     grads64 = torch.autograd.grad(ref, [leaves64[k] for k in names], grad_out)
     with torch.no_grad():
-        grads = chunked_scan_backward(grad_out.float(), *[inputs[k] for k in NAMES], delta_softplus, list(needs),
-                                      **kwargs)
+        grads = backward(grad_out.float(), *[inputs[k] for k in NAMES], delta_softplus, list(needs), **kwargs)
     assert len(grads) == len(names)
     for name, g, g64 in zip(names, grads, grads64, strict=True):
         assert g.dtype == inputs[name].dtype and g.shape == inputs[name].shape and g.is_contiguous(), name
@@ -353,7 +355,7 @@ def test_only_requested_gradients():
 # ------------------------------------------------------------------------------------------ op machinery
 
 
-@pytest.mark.parametrize("backend", ["chunked", "reference"])
+@pytest.mark.parametrize("backend", [b for b in ("chunked", "reference", "cpu_fused") if b in CPU_BACKENDS])
 def test_opcheck(backend):
     from models.scan.op import _scan_op
 
@@ -422,7 +424,7 @@ def test_bad_shapes_give_clear_errors():
 
 def test_available_backends_report_reasons():
     status = available_backends("cpu")
-    assert set(status) >= {"reference", "chunked", "mamba_ssm", "triton"}
+    assert set(status) >= {"reference", "chunked", "cpu_fused", "mamba_ssm", "triton"}
     assert status["reference"][0] and status["chunked"][0]
     ok, reason = status["mamba_ssm"]
     assert not ok and reason, "mamba_ssm runs only on CUDA, so never on the CPU"
@@ -430,13 +432,16 @@ def test_available_backends_report_reasons():
     assert not ok and "register_backend" in reason
 
 
-def test_auto_is_chunked_on_cpu(monkeypatch):
+CPU_AUTO = "cpu_fused" if available_backends("cpu")["cpu_fused"][0] else "chunked"
+
+
+def test_auto_on_cpu_is_the_c_kernel_when_it_builds(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
     selective_scan(**make_inputs(L=4), backend="reference")
     selective_scan(**make_inputs(L=4))
-    assert scan_backend() == "chunked"
+    assert scan_backend() == CPU_AUTO
     selective_scan(**make_inputs(L=4), backend="auto")
-    assert scan_backend() == "chunked"
+    assert scan_backend() == CPU_AUTO
 
 
 def test_environment_variable_overrides_auto(monkeypatch):
@@ -481,7 +486,7 @@ def test_register_backend_fills_the_triton_slot(monkeypatch):
         assert scan_backend() == "triton"
         assert len(calls) == 2, "forward, then the backward's recompute through the same backend"
         selective_scan(**inputs)
-        assert scan_backend() == "chunked", "auto picks triton only on CUDA"
+        assert scan_backend() == CPU_AUTO, "auto picks triton only on CUDA"
         with pytest.raises(ValueError, match="already registered"):
             register_backend("triton", kernel, lambda device: (True, ""))
     finally:

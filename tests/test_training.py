@@ -4,7 +4,9 @@ but how the work is split, and weak-to-strong starts from the low-resolution wei
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -44,14 +46,18 @@ def params(model) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
 
 
-def test_tiny_models_share_one_shape():
-    """docs/models.md §2.4: 5 blocks, width 64, patch 4, 1-channel 16 px, 10 classes + null, in every family."""
-    counts = {"dim_tiny_4": 228_176, "dit_tiny_4": 407_264, "uvit_tiny_4": 269_594}
+@pytest.mark.parametrize("patch, size, counts", [
+    (4, 16, {"dim_tiny_4": 228_176, "dit_tiny_4": 407_264, "uvit_tiny_4": 269_594}),
+    (2, 8, {"dim_tiny_2": 226_628, "dit_tiny_2": 404_936, "uvit_tiny_2": 268_046}),
+])
+def test_tiny_models_share_one_shape(patch, size, counts):
+    """docs/models.md §2.4: 5 blocks, width 64, 1-channel, 10 classes + null, in every family: patch 4 at 16 px,
+    and patch 2 at 8 px (the quality suite's, 16 tokens)."""
     for name, count in counts.items():
         with torch.device("meta"):
             m = models.create_model(name)
         assert models.model_info(name).official == "dimbench"
-        assert (m.width, m.patch_size, m.in_channels, m.num_classes, m.input_size) == (64, 4, 1, 10, 16)
+        assert (m.width, m.patch_size, m.in_channels, m.num_classes, m.input_size) == (64, patch, 1, 10, size)
         blocks = sum(len(lst) for lst in m.modules() if isinstance(lst, torch.nn.ModuleList)
                      ) + (1 if name.startswith("uvit") else 0)  # U-ViT's mid block is not in a list
         assert blocks == 5, name
@@ -73,19 +79,27 @@ def test_short_training_lowers_the_loss(name, digits, one_thread):
 
 
 def test_resume_continues_the_same_curve(digits, tmp_path, one_thread):
-    cfg = config(steps=20)
-    straight = trainer(FAST, digits, cfg)
+    """Interrupted at step 10 and resumed (a new process would do exactly this): the same loss windows, weights,
+    EMA (its warm-up counts the updates before the interruption) and held-out losses as one uninterrupted run;
+    how often the held-out loss is measured may change on resume, and only that changes."""
+    heldout = load_digits(16, "test")
+    cfg = config(steps=20, ema=0.99, ema_warmup=True, heldout_every=10)
+    straight = trainer(FAST, digits, cfg, heldout=heldout)
     full = straight.run()
 
     path = tmp_path / "ckpt.pt"
-    first = trainer(FAST, digits, config(steps=10), state_path=path)
+    first = trainer(FAST, digits, config(steps=10, ema=0.99, ema_warmup=True, heldout_every=5), state_path=path,
+                    heldout=heldout)
     first.run()
     assert load_training_state(path)["step"] == 10
-    second = trainer(FAST, digits, cfg, state_path=path)  # a new process would do exactly this
+    second = trainer(FAST, digits, cfg, state_path=path, heldout=heldout)
     resumed = second.run()
     assert resumed.resumed_from == 10
     assert [log["step"] for log in resumed.logs] == [5, 10, 15, 20]
     assert [log["loss"] for log in resumed.logs] == [log["loss"] for log in full.logs]
+    heldout_losses = [(log["step"], log.get("heldout_loss")) for log in resumed.logs]
+    assert heldout_losses[1:] == [(log["step"], log.get("heldout_loss")) for log in full.logs][1:]
+    assert heldout_losses[0][1] is not None, "the first run measured it every 5 steps, and the curve keeps that"
     assert torch.equal(params(second.model), params(straight.model))
     assert torch.equal(params(second.ema), params(straight.ema))
 
@@ -139,6 +153,47 @@ def test_ema_follows_the_weights(digits, one_thread):
     after_model, after_ema = params(t.model), params(t.ema)
     assert not torch.equal(before, after_ema)
     assert (after_ema - after_model).abs().max() < (before - after_model).abs().max()
+
+
+def test_ema_warmup_averages_from_the_first_updates(digits, one_thread):
+    """With ema_warmup the decay after k updates is min(ema, (1 + k) / (10 + k)): after one update the EMA is
+    2/11 of the initial weights and 9/11 of the updated ones, not 0.99 of the initial ones."""
+    t = trainer(FAST, digits, config(steps=1, ema=0.99, ema_warmup=True, log_every=1, checkpoint_every=1))
+    initial = params(t.ema).clone()
+    t.run()
+    torch.testing.assert_close(params(t.ema), initial * (2 / 11) + params(t.model) * (9 / 11), rtol=1e-5,
+                               atol=1e-6)
+    plain = trainer(FAST, digits, config(steps=1, ema=0.99, log_every=1, checkpoint_every=1))
+    plain.run()
+    torch.testing.assert_close(params(plain.ema), initial * 0.99 + params(plain.model) * 0.01, rtol=1e-5, atol=1e-6)
+    assert "warm-up: min(ema, (1+k)/(10+k))" in t.config.describe()
+
+
+def test_heldout_loss_every_n_steps_on_fixed_noise(digits, one_thread):
+    """heldout_every: the logs of those steps (and the last) carry the loss on the held-out set, which is the
+    same number for the same weights however often it is asked (times and noise fixed by the seed)."""
+    heldout = load_digits(16, "test")
+    logs = []
+    t = trainer(FAST, digits, config(steps=15, heldout_every=10), heldout=heldout)
+    t.run(on_log=lambda step, info: logs.append((step, info.get("heldout_loss"))))
+    assert [step for step, loss in logs if loss is not None] == [10, 15]
+    assert logs[-1][1] == pytest.approx(t.heldout_loss(), rel=1e-6) == pytest.approx(t.heldout_loss(), rel=1e-6)
+    assert 0 < logs[-1][1] < 2 and t.meta["heldout"].startswith("scikit-learn load_digits (test split")
+    with pytest.raises(ValueError, match="heldout_every"):
+        config(heldout_every=7)
+
+
+def test_resume_accepts_settings_added_after_the_checkpoint(digits, tmp_path, one_thread):
+    """A checkpoint written before a setting existed ran with its default: it resumes with the default, and is
+    refused with another value (here ema_warmup)."""
+    path = tmp_path / "ckpt.pt"
+    trainer(FAST, digits, config(steps=5), state_path=path).run()
+    state = torch.load(path, weights_only=True)
+    del state["config"]["ema_warmup"]
+    torch.save(state, path)
+    assert trainer(FAST, digits, config(steps=10), state_path=path).run().resumed_from == 5
+    with pytest.raises(ValueError, match="ema_warmup = False, this run asks for True"):
+        trainer(FAST, digits, config(steps=15, ema_warmup=True), state_path=path).run()
 
 
 def test_config_refuses_checkpoints_between_log_windows():
@@ -215,3 +270,55 @@ def test_bfloat16_autocast_and_the_vp_sde_train_and_sample(digits, one_thread):
                       spec=SamplerSpec("euler_maruyama", 5, 0.5), labels=class_labels(4, 10), count=4,
                       shape=(1, 16, 16), seed=0)
     assert images.shape == (4, 1, 16, 16) and images.abs().max() <= 1
+
+
+class PickledThreadPool:
+    """ProcessPoolExecutor's interface on a thread, every argument and result through pickle as to a child
+    process: the train metric's parallel seeds without a child process's start (seconds of imports)."""
+
+    def __init__(self, max_workers, mp_context=None):
+        self.pool = ThreadPoolExecutor(max_workers)
+
+    def submit(self, fn, *args):
+        sent = pickle.dumps((fn, args))
+        return self.pool.submit(lambda: pickle.loads(pickle.dumps(_call(*pickle.loads(sent)))))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown()
+
+
+def _call(fn, args):
+    return fn(*args)
+
+
+def test_seeds_trained_at_once_match_one_after_the_other(tmp_path, monkeypatch, one_thread):
+    """The train metric's ``parallel``: seed 1 trained by the pool (what a child process gets and returns goes
+    through pickle) while the worker trains seed 0 gives the same checkpoint and the same rows as the two trained
+    one after the other (only the timing rows may differ)."""
+    from dimbench.metrics import train
+    from dimbench.metrics.base import slug
+    from dimbench.points import SweepPoint
+
+    monkeypatch.setattr(train, "ProcessPoolExecutor", PickledThreadPool)
+    point = SweepPoint("t", "dit_tiny_2", 8, 8, 8, "float32", "cpu", ("train",))
+    options = dict(steps=4, warmup=1, seeds=2, log_every=2, checkpoint_every=2, heldout_every=0, threads=1)
+    rows = {}
+    for parallel in (1, 2):
+        out = tmp_path / f"p{parallel}"
+        found = train.TRAIN.measure(point, out_dir=str(out), parallel=parallel, **options)
+        rows[parallel] = {m.metric: m for m in found if m.step is None}
+        state = out / "state" / slug(point.key) / "train"
+        rows[parallel]["states"] = [load_training_state(state / name)
+                                    for name in ("checkpoint.pt", "checkpoint-seed1.pt")]
+    for one, two in zip(rows[1]["states"], rows[2]["states"], strict=True):
+        assert one["step"] == two["step"] == 4 and one["config"] == two["config"]
+        for key in one["model"]:
+            assert torch.equal(one["model"][key], two["model"][key]), key
+    for name in ("train_loss_final", "train_tflop"):
+        assert rows[1][name].value == rows[2][name].value
+        assert rows[1][name].extra["per_seed"] == rows[2][name].extra["per_seed"]
+    assert "2 seeds trained at once" in rows[2]["train_time_s"].method
+    assert "at once" not in rows[1]["train_time_s"].method

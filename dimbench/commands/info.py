@@ -113,6 +113,8 @@ def cmd_env(args: argparse.Namespace) -> int:
     for dev, backends in record["scan_backends"].items():
         t.add_row(f"scan backends on {dev}", str(backends))
     t.add_row("scan backend override", str(record["scan_backend_override"] or "none (DIMBENCH_SCAN_BACKEND unset)"))
+    for dev, choice in record["scan_choice"].items():
+        t.add_row(f"scan backend a model gets on {dev}", choice)
     t.add_row("SDPA backends enabled", ", ".join(k for k, v in record["attention_backends_enabled"].items() if v))
     t.add_row("TF32", ", ".join(f"{k}={v}" for k, v in record["tf32"].items()))
     git = record["git"]

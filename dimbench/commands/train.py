@@ -103,7 +103,8 @@ def _checked_options(args: argparse.Namespace) -> dict:
              "weight_decay": args.weight_decay, "beta1": args.betas[0], "beta2": args.betas[1],
              "adam_eps": args.adam_eps, "grad_clip": args.grad_clip, "ema": args.ema, "label_drop": args.label_drop,
              "grad_accum": args.grad_accum, "schedule": args.schedule, "seed": args.seed,
-             "log_every": args.log_every, "checkpoint_every": args.checkpoint_every}
+             "log_every": args.log_every, "checkpoint_every": args.checkpoint_every,
+             "heldout_every": 0}  # (the command measures no held-out loss)
     problems = Problems()
     fields = [f for f in TRAIN.option_record().fields if f.name != "timeout"]
     options = Record(fields, "options").check({k: v for k, v in given.items() if v is not None}, (), problems)

@@ -253,8 +253,9 @@ def probe_backends(run_once) -> dict[str, Any]:
     """Run ``run_once()`` (one untimed forward) recording the attention kernel and the scan backend that ran.
 
     Raises if the pass returned a FakeTensor (see :func:`ensure_real`). Returns extra fields: attention_backend
-    ("none" when the model has no SDPA call), scan_backend (None when no scan ran), gla_backend (DiG's gated
-    linear attention, models.gla; None when none ran), custom_ops.
+    ("none" when the model has no SDPA call), scan_backend (None when no scan ran) and scan_backend_why (why that
+    one: the environment variable, or auto's choice with every backend passed over and its reason), gla_backend
+    (DiG's gated linear attention, models.gla; None when none ran), custom_ops.
     """
     recorder = KernelRecorder()
     with recorder:
@@ -265,6 +266,7 @@ def probe_backends(run_once) -> dict[str, Any]:
     return {
         "attention_backend": ",".join(sorted(recorder.attention)) or "none",
         "scan_backend": models.scan_backend() if scan_ran else None,
+        "scan_backend_why": models.scan.scan_backend_reason() if scan_ran else None,
         "gla_backend": models.gla.gla_backend() if gla_ran else None,
         "custom_ops": sorted(recorder.custom_ops),
     }

@@ -9,8 +9,9 @@ workspaces (cuBLAS/cuDNN, attention kernels' scratch), allocator rounding and ca
 The selective scan is a custom op whose fake kernel only makes its output: when the backend that would run is the
 pure-PyTorch ``chunked`` one, its peak work (output included) is estimated once per shape from two short runs of
 its code on meta tensors (see ``LiveStorageTracker._scan_work_bytes``) and added on top of what is live at the
-call; for a fused kernel (mamba_ssm, triton)
-or the step-by-step ``reference`` backend only the output counts. The attention
+call; for the CPU's C kernel (``cpu_fused``) its wrapper's tensors and the kernel's scratch are traced the same
+way at full size; for a GPU kernel (mamba_ssm, triton) or the step-by-step ``reference`` backend only the output
+counts. The attention
 path the prediction followed is recorded: it matters (the math path materialises the L x L score matrix, flash
 and memory-efficient kernels do not), and on a machine without CUDA a fake CUDA tensor can only take the math
 path, so CUDA points are predicted on the CUDA machine itself.
@@ -54,7 +55,7 @@ GIB = 2**30
 
 SCAN_OP = torch.ops.dimbench_scan.selective_scan
 # Backends whose Python code is cheap to run on fake tensors (about 2·sqrt(L) steps); "reference" takes L steps.
-TRACED_SCAN_BACKENDS = ("chunked",)
+TRACED_SCAN_BACKENDS = ("chunked", "cpu_fused")
 
 PREDICTED_METHOD = (
     "FakeTensor predicted peak: live tensor storage over one forward (inference_mode), parameters, buffers, inputs "
@@ -110,10 +111,15 @@ class LiveStorageTracker(KernelRecorder):
         if backend not in TRACED_SCAN_BACKENDS:
             self.scan_backends[str(backend)] = "output only (fused or step-by-step backend: work not traced)"
             return None
-        self.scan_backends[backend] = "work tensors traced on meta at two short chunk lengths, extrapolated in T"
         inputs = args[:8]
         key = (backend, str(inputs[0].device), bool(args[8]), *(None if t is None else (tuple(t.shape), t.dtype)
                                                                   for t in inputs))
+        if backend == "cpu_fused":  # its work tensors do not grow with any chunking: traced at full size
+            self.scan_backends[backend] = "work tensors traced on meta (the C kernel's scratch included)"
+            if key not in self._scan_cache:
+                self._scan_cache[key] = self._meta_peak(scan.cpu_fused_scan, inputs, bool(args[8]))
+            return self._scan_cache[key]
+        self.scan_backends[backend] = "work tensors traced on meta at two short chunk lengths, extrapolated in T"
         if key not in self._scan_cache:
             u, A = inputs[0], inputs[2]
             batch, d_inner, length = u.shape
@@ -130,7 +136,15 @@ class LiveStorageTracker(KernelRecorder):
     @staticmethod
     def _chunked_peak(inputs, softplus: bool, chunks: int, chunk: int, length: int | None = None) -> int:
         """Peak live bytes of one chunked scan on meta tensors of sequence length ``length`` (default K*T)."""
-        length = chunks * chunk if length is None else length
+        def run(*meta, delta_softplus):
+            return scan.chunked_scan(*meta, delta_softplus=delta_softplus, chunk_size=chunk)
+
+        return LiveStorageTracker._meta_peak(run, inputs, softplus, chunks * chunk if length is None else length)
+
+    @staticmethod
+    def _meta_peak(scan_fn, inputs, softplus: bool, length: int | None = None) -> int:
+        """Peak live bytes of ``scan_fn`` on meta tensors shaped like ``inputs`` (sequences of ``length``, default
+        theirs)."""
         with unset_fake_temporarily():
             meta = []
             for t in inputs:
@@ -138,12 +152,12 @@ class LiveStorageTracker(KernelRecorder):
                     meta.append(None)
                     continue
                 shape = list(t.shape)
-                if t.dim() == 3:  # (batch, channels, L) sequences take the probe length
+                if t.dim() == 3 and length is not None:  # (batch, channels, L) sequences take the probe length
                     shape[-1] = length
                 meta.append(torch.empty(shape, dtype=t.dtype, device="meta"))
             inner = LiveStorageTracker()
             with inner:
-                scan.chunked_scan(*meta, delta_softplus=softplus, chunk_size=chunk)
+                scan_fn(*meta, delta_softplus=softplus)
         return inner.peak
 
     def observe(self, func, args, kwargs) -> None:

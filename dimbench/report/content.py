@@ -37,7 +37,7 @@ import pandas as pd
 
 from models import Family
 
-from . import declared
+from . import declared, quality_scores
 from .analysis import RatioLine, ratio_lines, ratio_text
 from .clip import Clipper
 from .data import STATUSES, Results
@@ -192,6 +192,8 @@ SCAN_BACKENDS = {
                "ratios) are far above what a fused scan kernel gives; GMACs are unaffected",
     "reference": "the sequential pure-PyTorch recurrence (the test oracle), very slow: these times are not "
                  "representative; GMACs are unaffected",
+    "cpu_fused": "dimbench's fused C kernel for the CPU (the whole op in one pass per block of channels, compiled "
+                 "on first use)",
     "mamba_ssm": "mamba-ssm's fused CUDA kernel",
     "triton": "Triton GPU kernel",
 }
@@ -205,11 +207,19 @@ def scan_note(results: Results) -> str | None:
     if not len(scanned):
         return None
     used = list(dict.fromkeys(str(e["scan_backend"]) for e in scanned["extra"]))
+    # Why a backend ran, where it was not simply auto's first choice: a fallback (cpu_fused without a compiler)
+    # or a request is said, never silent.
+    why = {}
+    for e in scanned["extra"]:
+        reason = str(e.get("scan_backend_why") or "")
+        if reason and ("unavailable" in reason or "not chosen" in reason or reason.startswith("requested")):
+            why.setdefault(str(e["scan_backend"]), reason)
     # Named by family ("DiM's"); a model of no registered family by its own name.
     ran = set(scanned["model"])
     who = list(dict.fromkeys(getattr(declared.family(m), "display", m) for m in results.models if m in ran))
     return f"The timed rows of {declared.and_join(who)} record the selective scan on " + "; ".join(
-        f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend" for b in used) + "."
+        (f"the {b} backend: {SCAN_BACKENDS[b]}" if b in SCAN_BACKENDS else f"the {b} backend")
+        + (f" ({why[b]})" if b in why else "") for b in used) + "."
 
 
 def describe_device(env: dict, devices: list[str]) -> str:
@@ -295,6 +305,7 @@ def section_summary(results: Results) -> Section:
     scan = scan_note(results)
     if scan:
         highlights.append(scan)
+    highlights += quality_scores.headlines(results)  # a quality run: whether each family learned, first
     paragraphs = [ran, on]
     if any(d == "cpu" for d in devices) and results.has("latency_ms"):
         paragraphs.append("Timings here were taken on a CPU: they are for smoke runs and relative comparisons "

@@ -220,8 +220,10 @@ class _Planner:
             kw["bullet"] = False  # a bullet continued on the next page gets no second bullet
 
     def table(self, t: Table) -> None:
-        self.text(t.caption, SIZE["caption"], gap=0.04, keep=0.4, colour=MUTED)
         block = _table_block(t)
+        # the caption stays with the header and the first rows, never alone at the foot of a page
+        start = TableBlock.row_height(block.header) + sum(TableBlock.row_height(c) for c, _ in block.rows[:2])
+        self.text(t.caption, SIZE["caption"], gap=0.04, keep=start, colour=MUTED)
         rows = list(block.rows)
         while rows:
             head_h = TableBlock.row_height(block.header)

@@ -296,23 +296,13 @@ class Curve:
     x: list[float]
     y: list[float]
     colour: str
+    linestyle: str = "-"
 
 
 def draw_curves(fig: FigureBase, title: str, xlabel: str, ylabel: str, curves: Sequence[Curve],
                 logy: bool = False) -> None:
     """Plain line plot (training loss curves)."""
-    ax = fig.subplots()
-    for c in curves:
-        ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, label=mpl_text(c.label))
-    if logy:
-        ax.set_yscale("log")
-    ax.set_title(mpl_text(title), fontsize=10)
-    ax.set_xlabel(mpl_text(xlabel), fontsize=8.5)
-    ax.set_ylabel(mpl_text(ylabel), fontsize=8.5)
-    ax.grid(True, alpha=0.3)
-    ax.tick_params(labelsize=7.5)
-    if curves:
-        ax.legend(fontsize=7)
+    draw_curve_panels(fig, [(title, curves)], xlabel, ylabel, logy)
 
 
 def draw_images(fig: FigureBase, images: Sequence[tuple[str, object]], ncols: int = 4) -> None:
@@ -327,3 +317,55 @@ def draw_images(fig: FigureBase, images: Sequence[tuple[str, object]], ncols: in
         # one-channel images (grey digits) read back as 2-D arrays: grey, not a false-colour map
         ax.imshow(img, cmap="gray" if getattr(img, "ndim", 3) == 2 else None)
         ax.set_title(mpl_text(title), fontsize=8)
+
+
+def draw_curve_panels(fig: FigureBase, panels: Sequence[tuple[str, Sequence[Curve]]], xlabel: str, ylabel: str,
+                      logy: bool = False) -> None:
+    """Line plots side by side, one per (title, curves) (training and held-out loss per resolution)."""
+    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
+    for ax, (title, curves) in zip(axes, panels, strict=False):
+        for c in curves:
+            ax.plot(c.x, c.y, color=c.colour, linewidth=1.3, linestyle=c.linestyle, label=mpl_text(c.label),
+                    marker="." if len(c.x) < 8 else None)  # a short curve (a brief fine-tune) still shows
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(mpl_text(title), fontsize=10)
+        ax.set_xlabel(mpl_text(xlabel), fontsize=8.5)
+        ax.set_ylabel(mpl_text(ylabel), fontsize=8.5)
+        ax.grid(True, alpha=0.3)
+        ax.tick_params(labelsize=7.5)
+        if curves:
+            ax.legend(fontsize=6.5)
+
+
+@dataclasses.dataclass
+class ClassGrid:
+    """A sample grid written one row per class: ``image`` (H, W[, C]) with ``len(classes)`` rows of tiles of
+    ``tile_px`` pixels and 1-pixel gaps; ``title`` above it."""
+
+    title: str
+    image: object
+    classes: Sequence[int]
+    tile_px: int
+
+
+def draw_class_grids(fig: FigureBase, grids: Sequence[ClassGrid], ncols: int = 3) -> None:
+    """Sample grids side by side, each with its class written beside every row; pixels drawn as crisp blocks."""
+    n = max(len(grids), 1)
+    ncols = min(ncols, n)
+    axes = fig.subplots(math.ceil(n / ncols), ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, g in zip(axes.flat, grids, strict=False):
+        ax.set_axis_on()
+        img = g.image
+        ax.imshow(img, cmap="gray" if getattr(img, "ndim", 3) == 2 else None, interpolation="nearest", vmin=0,
+                  vmax=1)
+        step = g.tile_px + 1
+        ax.set_yticks([r * step + (g.tile_px - 1) / 2 for r in range(len(g.classes))],
+                      [str(c) for c in g.classes], fontsize=7)
+        ax.tick_params(axis="y", length=0, pad=2)
+        ax.set_xticks([])
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(mpl_text(g.title), fontsize=8)

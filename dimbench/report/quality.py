@@ -8,46 +8,91 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from . import plots
+from . import plots, quality_scores
 from .data import Results
 from .document import Cell, Figure, Section, Table, fmt, label, method_text, pivot_table, px, styles_for
 
 
 def section_train_loss(results: Results) -> Section | None:
-    """Training-loss curves per model and resolution, and the last logged loss."""
+    """Training-loss curves per model, one panel per resolution, with the held-out loss dashed beside each; the
+    last logged values tabulated."""
     if not results.has("train_loss", ok=True):
         return None
-    rows = results.rows("train_loss")
-    rows = rows[(rows["status"] == "ok") & rows["step"].notna()]
-    if not len(rows):
+    logged = _curve_rows(results, "train_loss")
+    if not len(logged):
         return None
+    heldout = _curve_rows(results, "train_loss_heldout")
     styles = styles_for(results)
-    curves, table_rows = [], []
-    for (model, res), g in rows.groupby(["model", "resolution"], sort=False):
-        g = g.sort_values("step")
-        curves.append(plots.Curve(f"{model} @ {res} px", list(g["step"]), list(g["value"]), styles[model].colour))
-        table_rows.append([Cell(model), Cell(px(res)), Cell(f"{int(g['step'].iloc[-1])}"),
-                           Cell(fmt(float(g["value"].iloc[-1])))])
-    fig = Figure("Training loss", "Training loss per logged step. " + method_text(results, ["train_loss"]),
-                 lambda f: plots.draw_curves(f, "Training loss", "step", "loss", curves), (8.5, 5.0))
-    table = Table("Last logged training loss.", ["model", "resolution", "step", "loss"], table_rows,
-                  [False, True, True, True])
+    panels, table_rows = [], []
+    for res in sorted(set(int(r) for r in logged["resolution"])):
+        curves = []
+        for model in results.models:
+            g = logged[(logged["model"] == model) & (logged["resolution"] == res)].sort_values("step")
+            if not len(g):
+                continue
+            colour = styles[model].colour
+            curves.append(plots.Curve(f"{model} (training)", list(g["step"]), list(g["value"]), colour))
+            h = heldout[(heldout["model"] == model) & (heldout["resolution"] == res)].sort_values("step")
+            if len(h):
+                curves.append(plots.Curve(f"{model} (held-out)", list(h["step"]), list(h["value"]), colour, "--"))
+            table_rows.append([Cell(model), Cell(px(res)), Cell(f"{int(g['step'].iloc[-1])}"),
+                               Cell(fmt(float(g["value"].iloc[-1]))),
+                               Cell(fmt(float(h["value"].iloc[-1]))) if len(h) else Cell("—", "missing")])
+        panels.append((f"{px(res)}: {_training_stage(results, res)}", curves))
+    caption = ("Training loss per logged window (solid) and the loss of the same model on held-out data (dashed: "
+               "the digits' test split, every example with fixed noise and times, so it moves only with the model); "
+               "a held-out curve that rises while the training loss falls is overfitting. One curve per point (the "
+               "first seed's run). The exact recipes are in the Methods section.")
+    width = 5.0 * len(panels) + 1.0
+    fig = Figure("Training and held-out loss", caption,
+                 lambda f: plots.draw_curve_panels(f, panels, "step", "loss (log scale)", logy=True),
+                 (min(width, 11.0), 4.4))
+    table = Table("Last logged training and held-out loss.", ["model", "resolution", "step", "training loss",
+                                                               "held-out loss"], table_rows,
+                  [False, True, True, True, True])
     return Section("Quality: training loss", "train-loss", [], [], [fig], [table])
 
 
+def _curve_rows(results: Results, metric: str):
+    if not results.has(metric, ok=True):
+        return results.df.iloc[0:0]
+    rows = results.rows(metric)
+    return rows[(rows["status"] == "ok") & rows["step"].notna()]
+
+
+def _training_stage(results: Results, res: int) -> str:
+    """'trained from scratch' or 'weak-to-strong fine-tune', from the final training rows at that resolution."""
+    rows = results.rows("train_loss_final")
+    stages = [str(e.get("stage", "")) for e in rows[rows["resolution"] == res]["extra"]]
+    if stages and all(st.startswith("weak-to-strong") for st in stages):
+        return "weak-to-strong fine-tune"
+    return "trained from scratch" if stages else "training"
+
+
+#: what a sample row's name says about its stage, for grouping the grids
+def _sample_group(name: str, extra: dict) -> tuple[int, str]:
+    if name == "samples":
+        w2s = "weak-to-strong" in str(extra.get("stage", ""))
+        return (1, "weak-to-strong fine-tune") if w2s else (0, "trained")
+    return (2, "training-free upsampling")
+
+
 def section_samples(results: Results) -> Section | None:
-    """Sample grids written by a run: every ``samples*`` row (only PNGs inside the results folder are opened)."""
+    """Sample grids written by a run: every ``samples*`` row (only PNGs inside the results folder are opened).
+
+    Grids written one row per class (``extra.grid``) are drawn large, the class beside each row, grouped by stage
+    (trained, weak-to-strong, upsampling per model); other grids as they are, in one figure."""
     names = [m for m in results.metrics() if m == "samples" or m.startswith("samples_")]
     if not names:
         return None
-
-    images, problems = [], []
+    grouped: dict[tuple, list[plots.ClassGrid]] = {}
+    plain, problems = [], []
     root = results.dir.resolve()
     for name in names:
         rows = results.rows(name)
         rows = rows[rows["status"] == "ok"]  # failed sample runs are listed with the other failures
         what = "" if name == "samples" else f" — {label(name)}"
-        for model, res, extra in rows[["model", "resolution", "extra"]].itertuples(index=False):
+        for model, res, extra, key in rows[["model", "resolution", "extra", "point_key"]].itertuples(index=False):
             rel = str(extra.get("path", ""))
             path = (root / rel).resolve()
             title = f"{model} @ {res} px{what}"
@@ -56,36 +101,80 @@ def section_samples(results: Results) -> Section | None:
                                  Cell("not a PNG inside the results folder", "error")])
                 continue
             try:
-                images.append((title, mpimg.imread(path)))
+                image = mpimg.imread(path)
             except Exception as e:  # unreadable image: listed with the reason
                 problems.append([Cell(title), Cell(rel), Cell(f"unreadable: {e}", "error")])
+                continue
+            grid = extra.get("grid")
+            if not isinstance(grid, dict) or not isinstance(grid.get("classes"), list):
+                plain.append((title, image))
+                continue
+            rank, stage = _sample_group(name, extra)
+            px_img = int(extra.get("image_px") or res * int(extra.get("factor") or 1))
+            group = (rank, stage, model if rank == 2 else px_img)
+            grouped.setdefault(group, []).append(plots.ClassGrid(
+                _grid_title(results, model, key, name, px_img, rank), image, grid["classes"],
+                int(grid.get("tile_px") or 8)))
     figures = []
-    if images:
+    for (rank, stage, which), grids in sorted(grouped.items(), key=lambda kv: (kv[0][0], str(kv[0][2]))):
+        ncols = min(len(grids), 4 if rank == 2 else 3)
+        rows_of = math.ceil(len(grids) / ncols)
+        title = (f"Samples: {stage}, {which}" if rank == 2 else f"Samples: {stage} models at {px(which)}")
+        caption = ("One row per class, the class written at the left, samples in generation order (the first seed's "
+                   "model where several were trained). Above each grid: the proxy FD as a multiple of the real-digit "
+                   "floor and the classifier's accuracy (mean over seeds). "
+                   + ("Plain = the model sampled at the higher resolution with its position embedding resized; UG = "
+                      "with Upsample Guidance. " if rank == 2 else "")
+                   + "How the samples were made: the Methods section.")
+        figures.append(Figure(title, caption, lambda f, g=grids, n=ncols: plots.draw_class_grids(f, g, n),
+                              (3.2 * ncols, 3.9 * rows_of)))
+    if plain:
         figures.append(Figure("Samples", "Generated samples as written by the run (one grid per model, resolution "
-                              "and stage; one class per column where class-conditional). "
-                              + method_text(results, names),
-                              lambda f: plots.draw_images(f, images), (10.0, 3.0 * math.ceil(len(images) / 4))))
+                              "and stage). " + method_text(results, names),
+                              lambda f: plots.draw_images(f, plain), (10.0, 3.0 * math.ceil(len(plain) / 4))))
     tables = [Table("Sample files that could not be shown.", ["samples", "path", "reason"], problems)
               ] if problems else []
     return Section("Quality: samples", "samples", [], [], figures, tables)
 
 
+def _grid_title(results: Results, model: str, key: str, name: str, px_img: int, rank: int) -> str:
+    """'dim_tiny_2' over 'FD 2.1x floor · 98 %' (upsampling: the factor and guidance instead of the model)."""
+    suffix = name[len("samples"):]
+    fd = quality_scores.final_value(results, "fd_proxy" + suffix, key)
+    paired = results.declaration("fd_proxy" + suffix).pairs_with
+    acc = quality_scores.final_value(results, paired, key) if paired else None
+    head = model
+    if rank == 2:
+        head = f"{name[len('samples_up'):].split('_')[0]}x ({px(px_img)}), " + ("UG" if suffix.endswith("_ug")
+                                                                                 else "plain")
+    scores = []
+    if fd is not None and fd[1].get("x_floor"):
+        scores.append(f"FD {fd[0]:.0f} = {fd[1]['x_floor']:.1f}x floor")
+    if acc is not None:
+        scores.append(f"{acc[0]:.0f} %")
+    return head + ("\n" + " · ".join(scores) if scores else "")
+
+
 def section_quality_scores(results: Results) -> Section | None:
-    """FID, and proxy Fréchet distances: the proxy rows as one table per model and stage (with the sampler,
-    steps and guidance that produced each), anything else model x resolution."""
+    """FID, and proxy Fréchet distances: the proxy rows as one table per model and stage against the real-digit
+    floor, with the verdict per family and what its training cost; anything else model x resolution."""
     metrics = [m for m in results.metrics() if m == "fid" or m.startswith(("fid_", "fd_"))]
     if not metrics:
         return None
-    staged = [m for m in metrics if m.startswith("fd_") and _stage_rows(results, m)]
-    tables = [stage_table(results, staged)] if staged else []
+    staged = quality_scores.staged_metrics(results)
+    tables = [quality_scores.stage_table(results)] if staged else []
+    cost = quality_scores.training_table(results) if staged else None
+    tables += [cost] if cost is not None else []
     scored = fid_table(results)
     if scored is not None:
         tables.append(scored)
         metrics = [m for m in metrics if m != "fid"]
+    shown = set(staged) | ({"fd_proxy_real"} if staged else set())
     tables += [pivot_table(results, m, f, "Lower is better." + ("" if m == "fid" else
                                                                   " A proxy distance, not the standard FID."))
-               for m in metrics if m not in staged for f in results.facets([m])]
-    return Section("Quality: sample scores", "quality-scores", [], [], [], tables)
+               for m in metrics if m not in shown for f in results.facets([m])]
+    highlights = quality_scores.verdicts(results) if staged else []
+    return Section("Quality: sample scores", "quality-scores", highlights, [], [], tables)
 
 
 #: The rows of the fid metric shown beside FID, in this order, with their column headers.
@@ -138,50 +227,6 @@ def fid_table(results: Results) -> Table | None:
                  "comparable with a published FID-50K. The published values are in the Paper tables and Measured "
                  "vs published sections; each row's full method (checkpoint SHA256, seed, files) is in Methods.",
                  heads, body, [False, False, True, True, True, True, True, True, True, True, False, False, False])
-
-
-def _stage_rows(results: Results, metric: str):
-    rows = results.rows(metric)
-    return [r for r in rows.itertuples(index=False) if isinstance(r.extra, dict) and "stage" in r.extra]
-
-
-def _stage_rank(metric: str) -> tuple[int, str]:
-    """Untrained, trained (then weak-to-strong, by resolution), then 2x / 3x plain and guided."""
-    if metric.endswith("_untrained"):
-        return (0, metric)
-    if "_up" in metric:
-        return (2, metric)
-    return (1, metric)
-
-
-def stage_table(results: Results, metrics: list[str]) -> Table:
-    """Model x stage: the proxy distance, the classifier accuracy and how the samples were made."""
-    body = []
-    for model in results.models:
-        found = []
-        for metric in metrics:
-            paired = results.declaration(metric).pairs_with  # the classifier accuracy of the same samples
-            acc_rows = results.rows(paired) if paired else results.rows(metric).iloc[0:0]
-            for r in _stage_rows(results, metric):
-                if r.model == model:
-                    found.append((_stage_rank(metric), int(r.resolution), metric, r, acc_rows))
-        for _, _, _, r, acc_rows in sorted(found, key=lambda f: f[:3]):
-            acc = acc_rows[(acc_rows["model"] == model) & (acc_rows["point_key"] == r.point_key)]
-            acc_cell = (Cell(f"{float(acc['value'].iloc[0]):.1f}") if len(acc) and acc["status"].iloc[0] == "ok"
-                        else Cell("—", "missing"))
-            e = r.extra
-            fd_cell = Cell(f"{float(r.value):.1f}") if r.status == "ok" else Cell(r.status, r.status)
-            sampler = f"{e.get('sampler', '?')}, {e.get('sampler_steps', '?')} steps"
-            guidance = f"s = {e['guidance_s']:g} (w = {e['guidance_w']:g})" if e.get("guidance_s") else "none"
-            body.append([Cell(model), Cell(str(e["stage"])), Cell(px(e.get("image_px", r.resolution))),
-                         fd_cell, acc_cell, Cell(sampler), Cell(guidance), Cell(str(e.get("n_fake", "")))])
-    return Table("Proxy quality per model and stage: Fréchet distance of the features of dimbench's own small "
-                 "classifier, trained on the digits' train split, between generated images and the held-out real "
-                 "digits (lower is better; a proxy, NOT the standard FID; comparable only within this run's "
-                 "classifier and sample counts), and that classifier's accuracy on class-conditional samples "
-                 "(higher is better; 10 % is chance). Each row's full method is in the Methods section.",
-                 ["model", "stage", "images", "proxy FD", "accuracy %", "sampler", "guidance", "samples"], body,
-                 [False, False, True, True, True, False, False, True])
 
 
 def section_published(results: Results) -> Section | None:

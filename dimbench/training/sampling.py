@@ -139,3 +139,16 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 10, rows: int | N
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr[..., 0] if c == 1 else arr).save(path)
     return n
+
+
+def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int) -> tuple[int, list[int]]:
+    """Write a PNG grid with one row per class (ascending), its first ``per_class`` samples in generation order,
+    1-pixel gaps; returns (cells, the classes in row order). A reader then finds class c in row c."""
+    classes = sorted(int(c) for c in torch.unique(labels))
+    rows = []
+    for c in classes:
+        mine = images[labels == c][:per_class]
+        if len(mine) < per_class:  # a class with fewer samples: its row is padded with white
+            mine = torch.cat([mine, torch.ones(per_class - len(mine), *images.shape[1:])])
+        rows.append(mine)
+    return save_grid(torch.cat(rows), path, columns=per_class), classes

@@ -11,10 +11,15 @@ What one optimizer step does (dim.md §5, baselines.md for DiT):
   at step k, and 2 ranks x batch b see exactly the examples 1 rank x batch 2b sees;
 - ε-prediction MSE (plus DiT's learned-variance VLB term when the model outputs 2C channels,
   :func:`models.diffusion.diffusion_loss`), under ``torch.autocast`` when ``precision`` is not float32;
-- AdamW with linear warm-up then a constant rate, gradient clipping by global norm, an EMA of the weights.
+- AdamW with linear warm-up then a constant rate, gradient clipping by global norm, an EMA of the weights
+  (with ``ema_warmup`` its decay after k updates is min(ema, (1 + k) / (10 + k)), so that a short run's EMA is
+  not dominated by the initial weights: 0.99 would keep 0.99**k of them, 5 % after 300 steps).
 
 Logging: every ``log_every`` steps ``on_log(step, info)`` gets the mean loss of the steps since the last log
-(and mse, vb, lr, grad norm, images/s of the window). Checkpoints (model, EMA, optimizer, grad scaler, step)
+(and mse, vb, lr, grad norm, images/s of the window). With held-out data (``heldout``) it also gets, every
+``heldout_every`` steps and at the last, ``heldout_loss``: the same loss of the trained (non-EMA) model on a
+fixed held-out set, with times and noise drawn once from the seed, so the curve moves only with the model
+(evaluated outside the timed window). Checkpoints (model, EMA, optimizer, grad scaler, step)
 are written atomically every ``checkpoint_every`` steps (a multiple of ``log_every``) and at the last step, so
 a resumed run logs the same windows with the same values as an uninterrupted one. A checkpoint resumes only a
 run with the same settings and data (the length and the saving interval may change).
@@ -43,9 +48,9 @@ from dimbench.training.distributed import DistributedInfo, distributed_info
 from models.checkpoints import inflation_problem
 from models.diffusion import diffusion_loss, make_schedule
 
-#: config fields a resumed run may change: how long it runs, how often it saves, and how the backward stores
-#: activations (the same arithmetic either way)
-RESUMABLE_CHANGES = ("steps", "checkpoint_every", "activation_checkpointing")
+#: config fields a resumed run may change: how long it runs, how often it saves, how the backward stores activations
+#: (the same arithmetic either way) and how often the held-out loss is measured
+RESUMABLE_CHANGES = ("steps", "checkpoint_every", "activation_checkpointing", "heldout_every")
 
 #: precision name -> autocast dtype (None: float32, no autocast)
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
+    ema_warmup: bool = False  # EMA decay min(ema, (1 + k) / (10 + k)) after k updates
+    heldout_every: int = 0  # steps between held-out losses (a multiple of log_every; 0: none)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.grad_accum < 1 or self.log_every < 1:
@@ -80,6 +87,9 @@ class TrainConfig:
         if self.checkpoint_every < 1 or self.checkpoint_every % self.log_every:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) must be a multiple of log_every "
                              f"({self.log_every}): a resumed run then logs the same windows")
+        if self.heldout_every < 0 or self.heldout_every % self.log_every:
+            raise ValueError(f"heldout_every ({self.heldout_every}) must be a multiple of log_every "
+                             f"({self.log_every}), or 0")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.label_drop < 1 or not 0 <= self.ema < 1:
@@ -89,7 +99,8 @@ class TrainConfig:
         """The recipe in one line, for method strings."""
         clip = f"clip {self.grad_clip:g}" if self.grad_clip else "no clipping"
         return (f"AdamW lr {self.lr:g} (betas {self.betas[0]:g}/{self.betas[1]:g}, eps {self.eps:g}, weight decay "
-                f"{self.weight_decay:g}), warm-up {self.warmup}, {clip}, EMA {self.ema:g}, label drop "
+                f"{self.weight_decay:g}), warm-up {self.warmup}, {clip}, EMA {self.ema:g}"
+                + (" (warm-up: min(ema, (1+k)/(10+k)) after k updates)" if self.ema_warmup else "") + ", label drop "
                 f"{self.label_drop:g}, batch {self.batch}" + (f" ({self.grad_accum} accumulated micro-batches)"
                                                              if self.grad_accum > 1 else "")
                 + f", {self.precision}, {self.schedule} schedule, seed {self.seed}")
@@ -116,7 +127,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig, *, timestep, device="cpu",
                  state_path: str | os.PathLike | None = None, init_state: dict[str, torch.Tensor] | None = None,
-                 meta: dict[str, Any] | None = None):
+                 meta: dict[str, Any] | None = None, heldout: Dataset | None = None):
         self.config = config
         self.data = data
         self.device = torch.device(device)
@@ -149,6 +160,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []  # every logged window, saved with the checkpoint
         # facts about the run saved with it: how it started (e.g. weak-to-strong) and the data it reads
         self.meta = {"data": f"{data.source} ({len(data)} examples)", **(meta or {})}
+        self.heldout = heldout if config.heldout_every else None
+        if self.heldout is not None:
+            self.meta["heldout"] = f"{heldout.source} ({len(heldout)} examples)"
 
     # ---- public -------------------------------------------------------------------------------------------
 
@@ -176,6 +190,8 @@ class Trainer:
                 info["images_per_s"] = len(window) * cfg.batch / elapsed if elapsed > 0 else None
                 info["steps_in_window"] = len(window)
                 window = []
+                if self.heldout is not None and (self.step % cfg.heldout_every == 0 or self.step == cfg.steps):
+                    info["heldout_loss"] = self.heldout_loss()
                 self.history.append({"step": self.step, **info})
                 if on_log is not None and self.dist.rank == 0:
                     on_log(self.step, info)
@@ -229,6 +245,35 @@ class Trainer:
             totals["grad_norm"] = grad_norm
         return totals
 
+    @torch.no_grad()
+    def heldout_loss(self) -> float:
+        """The training loss of the current (non-EMA) model on the held-out data: every example once (labels
+        kept, no dropout), with times and noise drawn from a generator seeded by the run's seed only, so every
+        evaluation sees the same noisy inputs."""
+        data = self.heldout
+        g = torch.Generator().manual_seed(_step_seed(self.config.seed, -1))
+        total, count = 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for index in torch.arange(len(data)).split(self.micro_batch):
+                x0, labels = data.batch(index, generator=g)
+                time_ = self.schedule.sample_training_time(len(index), generator=g)
+                noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+                x0, noise, time_ = x0.to(self.device), noise.to(self.device), time_.to(self.device)
+                y = None
+                if self.num_classes > 0:
+                    y = (labels if labels is not None else torch.full((len(index),), self.num_classes)).to(self.device)
+                x_t = self.schedule.add_noise(x0, time_, noise)
+                with self._autocast():
+                    out = self.model(x_t, self.schedule.network_time(time_, self.timestep), y)
+                loss = diffusion_loss(self.schedule, out.float(), x0, x_t, time_, noise)["loss"]
+                total += float(loss) * len(index)
+                count += len(index)
+        finally:
+            self.model.train(was_training)
+        return total / count
+
     # ---- checkpoints --------------------------------------------------------------------------------------
 
     def save_state(self) -> None:
@@ -254,12 +299,15 @@ class Trainer:
         state = load_training_state(self.state_path)
         # Everything but the run's length and how often it saves must match, or the curve would change meaning
         # (and the optimizer's own state would silently bring back the old betas, eps and weight decay).
-        for key in (f.name for f in dataclasses.fields(self.config)):
+        for field in dataclasses.fields(self.config):
+            key = field.name
             if key in RESUMABLE_CHANGES:
                 continue
-            if state["config"].get(key) != _plain(getattr(self.config, key)):
+            # a setting added after the checkpoint was written is absent from it: it ran with the default
+            saved = state["config"].get(key, _plain(field.default))
+            if saved != _plain(getattr(self.config, key)):
                 raise ValueError(f"{self.state_path}: the checkpoint was trained with {key} = "
-                                 f"{state['config'].get(key)!r}, this run asks for {getattr(self.config, key)!r}; "
+                                 f"{saved!r}, this run asks for {getattr(self.config, key)!r}; "
                                  "resuming would not continue the same run")
         saved_data = state.get("meta", {}).get("data")
         if saved_data is not None and saved_data != self.meta.get("data"):
@@ -328,6 +376,8 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = self.config.ema
+        if self.config.ema_warmup:  # self.step updates done before this one
+            decay = min(decay, (1 + self.step + 1) / (10 + self.step + 1))
         for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
             e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):

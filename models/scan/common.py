@@ -94,3 +94,7 @@ def finish(y: Tensor, u32: Tensor, D, z, dtype: torch.dtype, inplace: bool) -> T
 def tracking(*tensors) -> bool:
     """True when autograd would record operations on these tensors (then no in-place tricks)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+#: The names of the scan's inputs, in the order of the op's arguments and of its backward's gradients.
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")

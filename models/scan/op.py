@@ -24,9 +24,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from .common import check_inputs
 from .flops import scan_backward_flops, scan_flops
-from .registry import get_backend, resolve_backend
+from .registry import choice_reason, get_backend, resolve_backend
 
-_LAST_BACKEND: list = [None]
+_LAST_BACKEND: list = [None, None]  # the name and the device type of the last scan computed
 
 
 def scan_backend() -> str | None:
@@ -35,6 +35,13 @@ def scan_backend() -> str | None:
     Calls on the meta device or under FakeTensorMode compute nothing and do not change it.
     """
     return _LAST_BACKEND[0]
+
+
+def scan_backend_reason() -> str | None:
+    """Why that backend ran (``registry.choice_reason``: the environment variable, or auto's choice with every
+    candidate passed over and its reason, e.g. "cpu_fused unavailable (no C compiler ...)"); None before any."""
+    name, device = _LAST_BACKEND
+    return None if name is None else choice_reason(name, device)
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -82,7 +89,7 @@ def _scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tenso
     if out.shape != u.shape or out.dtype != u.dtype or out.device != u.device:
         raise RuntimeError(f"scan backend {name!r} returned {tuple(out.shape)} {out.dtype} on {out.device}; "
                            f"expected {tuple(u.shape)} {u.dtype} on {u.device}")
-    _LAST_BACKEND[0] = name
+    _LAST_BACKEND[:] = [name, u.device.type]
     return _fresh(out.contiguous(), (u, delta, A, B, C, D, z, delta_bias)), saved
 
 

@@ -1,0 +1,308 @@
+/* dimbench's fused selective scan for the CPU: the whole op (Δ prologue, the scan, the D and SiLU(z) epilogue),
+ * forward and analytic backward, one pass over the sequence per block of W channels with the block's state in
+ * registers and L1 cache. Built and loaded by models/scan/cpu_fused.py, which documents the contract; the
+ * arithmetic is the recurrence of models/scan/reference.py:
+ *
+ *     x_t = exp(Δ_t A) ⊙ x_{t-1} + (Δ_t u_t) B_t,   y_t = Σ_n C_t[n] x_t[n],   out = (y + D u) SiLU(z)
+ *
+ * Layout (all float32, contiguous, the op's own): u, delta, z, out and their gradients (batch, D, L); B, C and
+ * theirs (batch, N, L); A, A2 = A·log2(e) and dA (N, Dpad), Dpad = D rounded up to whole blocks (zero-padded).
+ * Work items are (batch element, block of W channels) pairs, numbered batch-major; a call runs items [i0, i1), so
+ * threads split the items, each with its own scratch and accumulators. Vectorised over the W channels of a block:
+ * the scan's loops on explicit W-lane vectors (below), the rest by gcc/clang auto-vectorisation at -O3.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX__
+#include <immintrin.h>
+#endif
+
+#define W 8 /* channels per block: one AVX2 vector of float32 */
+
+/* 2**x for float32 x, vectorisable: Cephes' exp2f polynomial on [-0.5, 0.5] (relative error < 2e-7) times 2**n
+ * built from its exponent bits. Results below 2**-126 are returned as 0 (flush to zero, as the chunked backend's
+ * chunk decays are): subnormal arithmetic costs ~100x on x86 CPUs. */
+static inline float exp2_f32(float x) {
+    x = x < -127.0f ? -127.0f : (x > 127.0f ? 127.0f : x);
+    float n = __builtin_rintf(x);
+    float f = x - n;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23; /* n = -127 gives the bits of +0 */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+/* The scan's loops are written on explicit W-lane vectors (GCC/clang vector extensions): the running sums and
+ * states stay in registers, where arrays indexed inside a vectorised loop went through memory at every state
+ * (a store-to-load chain per step that made the loops latency-bound). */
+typedef float v8 __attribute__((vector_size(W * sizeof(float))));
+typedef int32_t v8i __attribute__((vector_size(W * sizeof(float))));
+
+static inline v8 ld(const float *p) {
+    v8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+static inline void st(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+static inline v8 splat(float x) { return (v8){0} + x; }
+static inline float hsum(v8 v) {
+    float s = 0.0f;
+    for (int j = 0; j < W; j++) s += v[j];
+    return s;
+}
+
+/* exp2_f32 on W lanes: the same polynomial; round-to-nearest by the 1.5·2**23 trick, whose bits then hold n. */
+static inline v8 exp2_v8(v8 x) {
+#ifdef __AVX__
+    x = (v8)_mm256_min_ps(_mm256_max_ps((__m256)x, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+#else
+    const v8i low = x < -127.0f, high = x > 127.0f;
+    x = (v8)((low & (v8i)splat(-127.0f)) | (high & (v8i)splat(127.0f)) | (~(low | high) & (v8i)x));
+#endif
+    const v8 r = x + 12582912.0f; /* 1.5·2**23: r's low mantissa bits are round(x) */
+    const v8 f = x - (r - 12582912.0f);
+    v8 p = splat(1.535336188319500e-4f);
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    const v8i bits = ((v8i)r - 0x4B400000 + 127) << 23; /* n = -127 gives the bits of +0 */
+    return p * (v8)bits;
+}
+
+/* Each block's W rows are gathered into step-major scratch and scattered back, so no transposed copy, softplus,
+ * gate or chain rule runs as a separate tensor operation. Optional inputs are NULL: bias, Dskip (D), z;
+ * softplus: 0|1. A last block may be partial (w < W real channels; its other lanes compute zeros). */
+
+/* log(1 + e) for e in [0, 1]: 2·atanh(s), s = e / (2 + e) <= 1/3, by its series to s^13 (error < 5e-9). */
+static inline float log1p_unit(float e) {
+    float s = e / (2.0f + e), s2 = s * s;
+    float p = 1.0f / 13.0f;
+    p = p * s2 + 1.0f / 11.0f;
+    p = p * s2 + 1.0f / 9.0f;
+    p = p * s2 + 1.0f / 7.0f;
+    p = p * s2 + 1.0f / 5.0f;
+    p = p * s2 + 1.0f / 3.0f;
+    p = p * s2 + 1.0f;
+    return 2.0f * s * p;
+}
+
+static const float LOG2E = 1.4426950408889634f;
+
+/* softplus(x) = max(x, 0) + log(1 + exp(-|x|)), and its derivative sigmoid(x), from one exponential. */
+static inline float softplus_f32(float x, float *derivative) {
+    float a = x < 0.0f ? -x : x;
+    float e = exp2_f32(-a * LOG2E);
+    *derivative = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+    return (x > 0.0f ? x : 0.0f) + log1p_unit(e);
+}
+
+static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp2_f32(-x * LOG2E)); }
+
+/* Gather W channels [d0, d0 + w) of a (batch, D, L) tensor's element b into step-major dst[L][W] (zeros past w). */
+static void gather(const float *src, int64_t b, int64_t d0, int w, int64_t D, int64_t L, float *dst) {
+    for (int64_t t = 0; t < L; t++)
+        for (int j = 0; j < W; j++) dst[t * W + j] = 0.0f;
+    for (int j = 0; j < w; j++) {
+        const float *row = src + (b * D + d0 + j) * L;
+        for (int64_t t = 0; t < L; t++) dst[t * W + j] = row[t];
+    }
+}
+
+static void scatter(const float *src, int64_t b, int64_t d0, int w, int64_t D, int64_t L, float *dst) {
+    for (int j = 0; j < w; j++) {
+        float *row = dst + (b * D + d0 + j) * L;
+        for (int64_t t = 0; t < L; t++) row[t] = src[t * W + j];
+    }
+}
+
+/* Δ (step-major, softplus applied when asked) from raw delta already gathered in dt, and the bias. */
+static void prologue(float *dt, float *sig, const float *bias, int64_t d0, int w, int softplus, int64_t L) {
+    float bj[W];
+    for (int j = 0; j < W; j++) bj[j] = (bias && j < w) ? bias[d0 + j] : 0.0f;
+    for (int64_t t = 0; t < L; t++) {
+#pragma omp simd
+        for (int j = 0; j < W; j++) {
+            float x = dt[t * W + j] + bj[j], derivative = 1.0f; /* dΔ/d(raw) */
+            dt[t * W + j] = softplus ? softplus_f32(x, &derivative) : x;
+            if (sig) sig[t * W + j] = derivative;
+        }
+    }
+}
+
+/* Δ (softplus'd, with its derivative in sig when not NULL) and u of one block, gathered step-major. */
+static void load_block(const float *delta, const float *bias, int softplus, const float *u, int64_t b, int64_t d0,
+                       int w, int64_t D, int64_t L, float *dt, float *sig, float *ul) {
+    gather(delta, b, d0, w, D, L, dt);
+    prologue(dt, sig, bias, d0, w, softplus, L);
+    gather(u, b, d0, w, D, L, ul);
+}
+
+/* The forward scan of one block over step-major inputs, nothing kept: y[t] = Σ_n C_t[n] x_t[n] (W lanes), the
+ * running state in h (N·W scratch). Two partial sums over the states halve the chain of dependent additions. */
+static void scan_block(const float *dt, const float *u, const float *A2, const float *B, const float *C, int64_t b,
+                       int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *h) {
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    memset(h, 0, (size_t)(N * W) * sizeof(float));
+    for (int64_t t = 0; t < L; t++) {
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W);
+        v8 acc[2] = {{0}, {0}};
+        for (int64_t n = 0; n < N; n++) {
+            const v8 x = exp2_v8(dtt * ld(A2 + n * Dpad + d0)) * ld(h + n * W) + du * Bb[n * L + t];
+            st(h + n * W, x);
+            acc[n & 1] += x * Cb[n * L + t];
+        }
+        st(y + t * W, acc[0] + acc[1]);
+    }
+}
+
+/* The same scan keeping every step's decays and states (L·N·W each) for the adjoint, and dC_t[n] += Σ_j x_t dy_t. */
+static void scan_block_keep(const float *dt, const float *u, const float *A2, const float *B, const float *C,
+                            int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *decay,
+                            float *xs, const float *dy, float *dC) {
+    const int64_t step = N * W;
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    float *dCb = dC + b * N * L;
+    for (int64_t t = 0; t < L; t++) {
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
+        v8 acc[2] = {{0}, {0}};
+        for (int64_t n = 0; n < N; n++) {
+            const v8 e = exp2_v8(dtt * ld(A2 + n * Dpad + d0));
+            const v8 prev = t > 0 ? ld(xs + (t - 1) * step + n * W) : splat(0.0f);
+            const v8 x = e * prev + du * Bb[n * L + t];
+            st(decay + t * step + n * W, e);
+            st(xs + t * step + n * W, x);
+            acc[n & 1] += x * Cb[n * L + t];
+            dCb[n * L + t] += hsum(x * dyt);
+        }
+        st(y + t * W, acc[0] + acc[1]);
+    }
+}
+
+/* The adjoint recurrence g_t = C_t dy_t + Ā_{t+1} ⊙ g_{t+1}, backward in time, over scan_block_keep's decays and
+ * states: p_t = Σ_n g_t B_t (→ du, dΔ), qa_t = Σ_n q_t A (→ dΔ) and dA += Σ_t q_t Δ_t with q_t = g_t Ā_t x_{t-1};
+ * dB_t[n] += Σ_j g_t Δ_t u_t. g and dA_acc: N·W scratch each. */
+static void adjoint_block(const float *dt, const float *u, const float *A, const float *B, const float *C,
+                          int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, const float *decay,
+                          const float *xs, const float *dy, float *g, float *dA_acc, float *p, float *qa, float *dB) {
+    const int64_t step = N * W;
+    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+    float *dBb = dB + b * N * L;
+    memset(g, 0, (size_t)step * sizeof(float));
+    memset(dA_acc, 0, (size_t)step * sizeof(float));
+    for (int64_t t = L - 1; t >= 0; t--) {
+        const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
+        v8 pacc[2] = {{0}, {0}}, qacc[2] = {{0}, {0}};
+        const float *next = decay + (t + 1 < L ? t + 1 : t) * step; /* g is 0 after the last step */
+        for (int64_t n = 0; n < N; n++) {
+            const float bn = Bb[n * L + t];
+            const v8 gn = ld(next + n * W) * ld(g + n * W) + dyt * Cb[n * L + t];
+            st(g + n * W, gn);
+            pacc[n & 1] += gn * bn;
+            dBb[n * L + t] += hsum(gn * du);
+            if (t > 0) {
+                const v8 q = gn * ld(decay + t * step + n * W) * ld(xs + (t - 1) * step + n * W);
+                st(dA_acc + n * W, ld(dA_acc + n * W) + q * dtt);
+                qacc[n & 1] += q * ld(A + n * Dpad + d0);
+            }
+        }
+        st(p + t * W, pacc[0] + pacc[1]);
+        st(qa + t * W, qacc[0] + qacc[1]);
+    }
+}
+
+/* out (batch, D, L) = (y + Dskip·u)·SiLU(z) for items [i0, i1). A2: (N, Dpad) = A·log2(e), zero-padded to whole
+ * blocks. work: (4·L + 1)·W + N·W floats. */
+void dimbench_scan_op_forward(const float *u, const float *delta, const float *bias, int softplus, const float *A2,
+                              const float *B, const float *C, const float *Dskip, const float *z, float *out,
+                              int64_t L, int64_t D, int64_t N, int64_t i0, int64_t i1, float *work) {
+    const int64_t blocks = (D + W - 1) / W, Dpad = blocks * W;
+    float *dt = work, *ul = dt + L * W, *y = ul + L * W, *zl = y + L * W, *h = zl + L * W;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t b = item / blocks, d0 = (item % blocks) * W;
+        const int w = (int)(D - d0 < W ? D - d0 : W);
+        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, NULL, ul);
+        scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, h);
+        if (z) gather(z, b, d0, w, D, L, zl);
+        float dj[W];
+        for (int j = 0; j < W; j++) dj[j] = (Dskip && j < w) ? Dskip[d0 + j] : 0.0f;
+        for (int64_t t = 0; t < L; t++) {
+#pragma omp simd
+            for (int j = 0; j < W; j++) {
+                float o = y[t * W + j] + dj[j] * ul[t * W + j];
+                if (z) o *= zl[t * W + j] * sigmoid_f32(zl[t * W + j]);
+                y[t * W + j] = o;
+            }
+        }
+        scatter(y, b, d0, w, D, L, out);
+    }
+}
+
+/* The backward of dimbench_scan_op_forward for items [i0, i1), from go = ∂L/∂out: written du, ddelta, dz
+ * (batch, D, L); accumulated (+=) dA (N, Dpad), dB, dC (batch, N, L), dD and dbias (D) — the caller gives each
+ * thread its own accumulators. work: (2·L·N + 2·N)·W + 10·L·W floats. */
+void dimbench_scan_op_backward(const float *go, const float *u, const float *delta, const float *bias, int softplus,
+                               const float *A, const float *A2, const float *B, const float *C, const float *Dskip,
+                               const float *z, float *du_out, float *ddelta_out, float *dz_out, float *dA, float *dB,
+                               float *dC, float *dD, float *dbias, int64_t L, int64_t D, int64_t N, int64_t i0,
+                               int64_t i1, float *work) {
+    const int64_t blocks = (D + W - 1) / W, Dpad = blocks * W, step = N * W;
+    float *decay = work, *xs = decay + L * step, *g = xs + L * step, *dA_acc = g + step;
+    float *dt = dA_acc + step, *sig = dt + L * W, *ul = sig + L * W, *dy = ul + L * W, *gol = dy + L * W;
+    float *zl = gol + L * W, *zs = zl + L * W, *y = zs + L * W, *p = y + L * W, *qa = p + L * W;
+    for (int64_t item = i0; item < i1; item++) {
+        const int64_t b = item / blocks, d0 = (item % blocks) * W;
+        const int w = (int)(D - d0 < W ? D - d0 : W);
+        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, sig, ul);
+        gather(go, b, d0, w, D, L, gol);
+        if (z) gather(z, b, d0, w, D, L, zl);
+        for (int64_t t = 0; t < L; t++) {
+#pragma omp simd
+            for (int j = 0; j < W; j++) { /* dL/dy = dL/d(out) · SiLU(z); zs keeps sigmoid(z) */
+                zs[t * W + j] = z ? sigmoid_f32(zl[t * W + j]) : 1.0f;
+                dy[t * W + j] = z ? gol[t * W + j] * zl[t * W + j] * zs[t * W + j] : gol[t * W + j];
+            }
+        }
+        scan_block_keep(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, dy, dC);
+        adjoint_block(dt, ul, A, B, C, b, d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dB);
+        for (int64_t n = 0; n < N; n++)
+            for (int j = 0; j < W; j++) dA[n * Dpad + d0 + j] += dA_acc[n * W + j];
+        /* The epilogue's chain rules, per step and channel. */
+        float dj[W], dD_acc[W], dbias_acc[W];
+        for (int j = 0; j < W; j++) {
+            dj[j] = (Dskip && j < w) ? Dskip[d0 + j] : 0.0f;
+            dD_acc[j] = 0.0f;
+            dbias_acc[j] = 0.0f;
+        }
+        for (int64_t t = 0; t < L; t++) {
+#pragma omp simd
+            for (int j = 0; j < W; j++) {
+                const int64_t k = t * W + j;
+                const float ddt = p[k] * ul[k] + qa[k];
+                const float ddl = ddt * sig[k];
+                dbias_acc[j] += ddl;
+                dD_acc[j] += dy[k] * ul[k];
+                if (z) /* out = v·SiLU(z), v = y + D·u: dz = go·v·SiLU'(z) */
+                    zl[k] = gol[k] * (y[k] + dj[j] * ul[k]) * zs[k] * (1.0f + zl[k] * (1.0f - zs[k]));
+                gol[k] = p[k] * dt[k] + dy[k] * dj[j]; /* du */
+                p[k] = ddl;                             /* ddelta */
+            }
+        }
+        scatter(gol, b, d0, w, D, L, du_out);
+        scatter(p, b, d0, w, D, L, ddelta_out);
+        if (z) scatter(zl, b, d0, w, D, L, dz_out);
+        for (int j = 0; j < w; j++) {
+            if (dD) dD[d0 + j] += dD_acc[j];
+            if (dbias) dbias[d0 + j] += dbias_acc[j];
+        }
+    }
+}
