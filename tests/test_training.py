@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 
 import pytest
 import torch
@@ -272,22 +272,26 @@ def test_bfloat16_autocast_and_the_vp_sde_train_and_sample(digits, one_thread):
     assert images.shape == (4, 1, 16, 16) and images.abs().max() <= 1
 
 
-class PickledThreadPool:
-    """ProcessPoolExecutor's interface on a thread, every argument and result through pickle as to a child
-    process: the train metric's parallel seeds without a child process's start (seconds of imports)."""
+class PickledPool:
+    """ProcessPoolExecutor's interface, every argument and result through pickle as to a child process, the call
+    made at once in this process: the train metric's parallel seeds without a child's start (seconds of imports).
+    At once, not on a thread: torch's global generator (the seeded initial weights) is shared between threads,
+    not between processes, so two seeds initialising on two threads would race where two processes do not."""
 
     def __init__(self, max_workers, mp_context=None):
-        self.pool = ThreadPoolExecutor(max_workers)
+        pass
 
     def submit(self, fn, *args):
-        sent = pickle.dumps((fn, args))
-        return self.pool.submit(lambda: pickle.loads(pickle.dumps(_call(*pickle.loads(sent)))))
+        done = Future()
+        fn, args = pickle.loads(pickle.dumps((fn, args)))
+        done.set_result(pickle.loads(pickle.dumps(_call(fn, args))))
+        return done
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.pool.shutdown()
+        pass
 
 
 def _call(fn, args):
@@ -296,13 +300,13 @@ def _call(fn, args):
 
 def test_seeds_trained_at_once_match_one_after_the_other(tmp_path, monkeypatch, one_thread):
     """The train metric's ``parallel``: seed 1 trained by the pool (what a child process gets and returns goes
-    through pickle) while the worker trains seed 0 gives the same checkpoint and the same rows as the two trained
+    through pickle) besides the worker training seed 0 gives the same checkpoint and the same rows as the two trained
     one after the other (only the timing rows may differ)."""
     from dimbench.metrics import train
     from dimbench.metrics.base import slug
     from dimbench.points import SweepPoint
 
-    monkeypatch.setattr(train, "ProcessPoolExecutor", PickledThreadPool)
+    monkeypatch.setattr(train, "ProcessPoolExecutor", PickledPool)
     point = SweepPoint("t", "dit_tiny_2", 8, 8, 8, "float32", "cpu", ("train",))
     options = dict(steps=4, warmup=1, seeds=2, log_every=2, checkpoint_every=2, heldout_every=0, threads=1)
     rows = {}
