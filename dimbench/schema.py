@@ -250,6 +250,50 @@ class PerResolution(Type):
         return INVALID if INVALID in table.values() else table
 
 
+@dataclasses.dataclass(frozen=True)
+class PerModel(Type):
+    """One ``value`` for every model, or a mapping {model name: value}, returned as the value or a dict. Which
+    names a mapping must cover is the suite's to say (its models: :func:`per_model_problems`)."""
+
+    value: Type
+
+    @property
+    def expected(self) -> str:
+        return f"{self.value.expected}, or a mapping {{model name: such a value}}"
+
+    def check(self, value, path, problems):
+        if not isinstance(value, dict):
+            return self.value.check(value, path, problems)
+        if not value:
+            return problems.expected(path, self.expected, value)
+        table = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                problems.expected(path + (name,), "a model name as the key", name)
+                table[name] = INVALID
+            else:
+                table[name] = self.value.check(item, path + (name,), problems)
+        return INVALID if INVALID in table.values() else table
+
+
+def per_model(value: Any, model: str) -> Any:
+    """What a :class:`PerModel` value gives ``model`` (KeyError when a mapping does not name it)."""
+    return value[model] if isinstance(value, dict) else value
+
+
+def per_model_problems(value: Any, key: str, model_names: Iterable[str]) -> list[tuple[str, str]]:
+    """A per-model mapping must name every model of the suite and no other: (option, message) for each gap."""
+    if not isinstance(value, dict):
+        return []
+    names = list(dict.fromkeys(model_names))
+    option = key.rsplit(".", 1)[-1]
+    problems = [(option, f"key '{key}': expected a value for every model of the suite, got none for '{m}'")
+                for m in names if m not in value]
+    problems += [(option, f"key '{key}.{m}': expected one of the suite's models ({', '.join(names)}), got '{m}'")
+                 for m in value if m not in names]
+    return problems
+
+
 # ----------------------------------------------------------------------------------------------------- records
 @dataclasses.dataclass(frozen=True)
 class Field:

@@ -304,6 +304,12 @@ def test_validate_refuses_train_options_the_run_would_refuse(tmp_path):  # 21
     assert "key 'options.train.grad_accum': expected a divisor of every batch size (10), got 3" in problems(
         "{grad_accum: 3}")
     assert "options.train.data': expected 'digits' or an existing local path" in problems("{data: /no/such/dir}")
+    found = problems("{steps: {dit_tiny_2: 10, dim_tiny_2: 0}}")  # steps per model: the suite's models, each once
+    assert "key 'options.train.steps.dim_tiny_2': expected an integer >= 1, got 0" in found
+    found = problems("{steps: {dim_tiny_2: 10}}")
+    assert "key 'options.train.steps': expected a value for every model of the suite, got none for 'dit_tiny_4'" in found
+    assert "key 'options.train.steps.dim_tiny_2': expected one of the suite's models (dit_tiny_4), got 'dim_tiny_2'" in found
+    assert "expected an integer >= 1, or a mapping {model name: such a value}, got" in problems("{steps: {}}")
 
 
 def test_a_diverged_training_says_so_each_time_it_is_run(tmp_path, capsys):  # 12

@@ -326,3 +326,19 @@ def test_seeds_trained_at_once_match_one_after_the_other(tmp_path, monkeypatch, 
         assert rows[1][name].extra["per_seed"] == rows[2][name].extra["per_seed"]
     assert "2 seeds trained at once" in rows[2]["train_time_s"].method
     assert "at once" not in rows[1]["train_time_s"].method
+
+
+def test_steps_per_model_train_each_model_its_own(tmp_path, one_thread):
+    """``steps`` as {model: steps}: each point trains its model's number of steps, and its rows say so."""
+    from dimbench.metrics import train
+    from dimbench.metrics.base import slug
+    from dimbench.points import SweepPoint
+
+    steps = {"dit_tiny_2": 2, "uvit_tiny_2": 4}
+    for name, expected in steps.items():
+        point = SweepPoint("t", name, 8, 8, 8, "float32", "cpu", ("train",))
+        found = train.TRAIN.measure(point, out_dir=str(tmp_path), steps=steps, warmup=1, log_every=1,
+                                    checkpoint_every=1, heldout_every=0, threads=1)
+        final = next(m for m in found if m.metric == "train_loss_final")
+        state = load_training_state(tmp_path / "state" / slug(point.key) / "train" / "checkpoint.pt")
+        assert state["step"] == state["config"]["steps"] == final.extra["steps"] == expected

@@ -46,7 +46,7 @@ from dimbench.metrics.base import STATE_DIR, Measurement, Metric, MetricContext,
 from dimbench.metrics.common import probe_backends, resolve_device
 from dimbench.metrics.flops import count_model_flops
 from dimbench.points import SweepPoint
-from dimbench.schema import Boolean, Choice, Field, Integer, Number, Text
+from dimbench.schema import Boolean, Choice, Field, Integer, Number, PerModel, Text, per_model, per_model_problems
 from dimbench.training import TrainConfig, Trainer, load_training_state
 from models.diffusion import SCHEDULES
 
@@ -98,7 +98,7 @@ def train_config(ctx: MetricContext, point: SweepPoint, finetune: bool, seed: in
     o = ctx.options
     pick = (lambda k: o[f"finetune_{k}"]) if finetune else (lambda k: o[k])
     return TrainConfig(
-        steps=pick("steps"), batch=point.batch, lr=pick("lr"), warmup=pick("warmup"),
+        steps=per_model(pick("steps"), point.model), batch=point.batch, lr=pick("lr"), warmup=pick("warmup"),
         weight_decay=pick("weight_decay"), label_drop=pick("label_drop"), betas=(o["beta1"], o["beta2"]),
         eps=o["adam_eps"], grad_clip=o["grad_clip"] or None, ema=o["ema"], precision=point.dtype,
         grad_accum=o["grad_accum"], activation_checkpointing=o["activation_checkpointing"],
@@ -373,7 +373,8 @@ def _learns_sigma(model: torch.nn.Module, channels: int) -> bool:
 _OPTIONS = (
     Field("data", Text(), "digits", "training data: `digits` (scikit-learn's bundled 8x8 digits, resized) or a local "
           "path (a folder of images, .npy / .npz latents)"),
-    Field("steps", Integer(1), 300, "optimizer steps"),
+    Field("steps", PerModel(Integer(1)), 300, "optimizer steps (one number, or one per model: a family that learns "
+          "faster per step, or costs more per step, need not train as long; the rows state each model's)"),
     Field("lr", Number(0), 2e-4, "peak learning rate (AdamW)"),
     Field("warmup", Integer(0), 5000, "steps of linear learning-rate warm-up"),
     Field("weight_decay", Number(at_least=0), 0.03, "AdamW weight decay"),
@@ -442,7 +443,8 @@ class TrainMetric(Metric):
 
     def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
                       batches: Sequence[int] = ()) -> list[tuple[str, str]]:
-        return check_train_options(options, batches)
+        return (per_model_problems(options["steps"], "options.train.steps", model_names)
+                + check_train_options(options, batches))
 
 
 TRAIN = TrainMetric(
