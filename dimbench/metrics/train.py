@@ -196,13 +196,17 @@ def _train_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
         others = [pool.submit(_train_seed_in_child, point, dict(ctx.options), ctx.out_dir, seed, seeds, str(device),
                               threads, os.getpid()) for seed in seeds[1:]]
         try:
-            first = _train_one(point, ctx, data, heldout, seeds[0], seeds, device, finetune, low, what, alone=True)
+            # this process too, or its seed's OpenMP threads and the children's contend for the same cores (the
+            # first seed at the runner's two threads beside one child: each step 2-3x slower, measured here)
+            with intra_op_threads(threads):
+                first = _train_one(point, ctx, data, heldout, seeds[0], seeds, device, finetune, low, what,
+                                   alone=True)
             runs = [first, *(f.result() for f in others)]
         except BaseException:
             for f in others:
                 f.cancel()
             raise
-    return _final_rows(point, ctx, runs, device, parallel)
+    return _final_rows(point, ctx, runs, device, parallel, threads)
 
 
 class _ParentGone(RuntimeError):
@@ -322,9 +326,11 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device, parallel: int = 1
-                ) -> list[Measurement]:
-    """The final rows: means over the seeds' runs, every seed's value in ``extra.per_seed``."""
+def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device, parallel: int = 1,
+                threads: int | None = None) -> list[Measurement]:
+    """The final rows: means over the seeds' runs, every seed's value in ``extra.per_seed``. ``threads``: the
+    torch threads each seed trained with (None: this process's now)."""
+    threads = threads or torch.get_num_threads()
     first = runs[0]
     seeds = [r.seed for r in runs]
     of = f"mean over {len(runs)} seeds ({', '.join(map(str, seeds))}); " if len(runs) > 1 else ""
@@ -352,11 +358,11 @@ def _final_rows(point: SweepPoint, ctx: MetricContext, runs: list[_Run], device,
         row("train_loss_final", finals, f"mean of the last logged windows (up to 5); {first.method}", ""),
         row("train_images_per_s", [r.result.images_per_s for r in runs],
             f"training images per second: median over the logged windows (wall clock, checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{at_once}{kernels}",
+            f"held-out losses excluded), {device.type}, torch threads {threads}{at_once}{kernels}",
             "no window was timed in this invocation", **first.kernels),
         row("train_time_s", [_window_seconds(r.result.logs, batch) for r in runs],
             f"wall time of the {first.result.steps} training steps (the logged windows: checkpoint writes and "
-            f"held-out losses excluded), {device.type}, torch threads {torch.get_num_threads()}{at_once}{kernels}",
+            f"held-out losses excluded), {device.type}, torch threads {threads}{at_once}{kernels}",
             "a window of the run was not timed (a checkpoint from before this was recorded)", **first.kernels),
         row("train_tflop", [3 * flops * images / 1e12] * len(runs),
             f"training FLOPs = 3 x forward FLOPs of one image ({flops / 1e9:.4g} GFLOP, meta-device "
