@@ -103,3 +103,16 @@ def test_scan_note_says_why_a_fallback_backend_ran(tmp_path):
     note = content.scan_note(data.load(rf.write_results(tmp_path / "s", rows)))
     assert f"the chunked backend: {content.SCAN_BACKENDS['chunked']} ({why})" in note
     assert note.endswith(f"the cpu_fused backend: {content.SCAN_BACKENDS['cpu_fused']}.")
+
+
+def test_a_quality_run_has_no_timing_comparison_line_and_a_lone_timing_says_what_it_lacks(tmp_path):
+    """The summary's ratio headline speaks only of measures that were measured: a quality suite (no timing, no
+    count) gets no "no DiM comparison" line though DiM and DiT share 8 px; DiM's latency without a DiT or U-ViT
+    latency is named as the missing comparison."""
+    assert content.headline(_results(tmp_path)) == []
+    latency = rf._row("dim_tiny_2", 8, "latency_ms", 5.0, "ms", "m", "latency", batch=32, dtype="float32",
+                      device="cpu", suite="quality_small")
+    lone = data.load(rf.write_results(tmp_path / "t", [latency]))
+    assert content.headline(lone) == [
+        "No DiM model shares a resolution with a DiT or U-ViT model with a successful measurement of latency_ms, "
+        "so these results hold no DiM / DiT or U-ViT ratio."]

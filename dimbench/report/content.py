@@ -166,9 +166,12 @@ def headline(results: Results) -> list[str]:
     lines = ratio_lines(results)
     subject = declared.subject_name()
     if not lines:
+        compared = [row for row in declared.ratio_rows() if results.has(row.name, ok=True)]
+        if not compared:  # (a quality or training suite: nothing of what the ratios compare was measured)
+            return []
         baselines = " or ".join(f.display for f in declared.baselines()) or "baseline"
-        return [f"No {subject} model shares a resolution with a {baselines} model with a successful measurement, so "
-                f"these results hold no {subject} comparison."]
+        return [f"No {subject} model shares a resolution with a {baselines} model with a successful measurement of "
+                f"{', '.join(row.name for row in compared)}, so these results hold no {subject} / {baselines} ratio."]
     # A predicted measure is left out where a measured one of the same unit is compared (predicted peak memory
     # beside the allocator's): the measurement suffices.
     measured_units = {ln.row.unit for ln in lines if not ln.predicted}
