@@ -307,8 +307,10 @@ def test_validate_refuses_train_options_the_run_would_refuse(tmp_path):  # 21
     found = problems("{steps: {dit_tiny_2: 10, dim_tiny_2: 0}}")  # steps per model: the suite's models, each once
     assert "key 'options.train.steps.dim_tiny_2': expected an integer >= 1, got 0" in found
     found = problems("{steps: {dim_tiny_2: 10}}")
-    assert "key 'options.train.steps': expected a value for every model of the suite, got none for 'dit_tiny_4'" in found
-    assert "key 'options.train.steps.dim_tiny_2': expected one of the suite's models (dit_tiny_4), got 'dim_tiny_2'" in found
+    assert ("key 'options.train.steps': expected a value for every model of the suite, got none for 'dit_tiny_4'"
+            in found)
+    assert ("key 'options.train.steps.dim_tiny_2': expected one of the suite's models (dit_tiny_4), got "
+            "'dim_tiny_2'" in found)
     assert "expected an integer >= 1, or a mapping {model name: such a value}, got" in problems("{steps: {}}")
 
 
