@@ -59,9 +59,15 @@ TRACED_SCAN_BACKENDS = ("chunked", "cpu_fused")
 
 PREDICTED_METHOD = (
     "FakeTensor predicted peak: live tensor storage over one forward (inference_mode), parameters, buffers, inputs "
-    "and activations included (chunked scan's work tensors too); kernel workspaces, allocator overhead and CUDA "
-    "context excluded"
+    "and activations included{scan}; kernel workspaces, allocator overhead and CUDA context excluded"
 )
+
+
+def predicted_method(scan_memory: dict[str, str]) -> str:
+    """The predicted row's method, naming the scan backend whose work tensors were traced (the peak depends on it:
+    the C kernel's scratch is smaller than the chunked scan's intermediates)."""
+    traced = ", ".join(f"the {name} scan's" for name in scan_memory)
+    return PREDICTED_METHOD.format(scan=f" ({traced} work tensors too)" if traced else "")
 
 
 class LiveStorageTracker(KernelRecorder):
@@ -280,7 +286,8 @@ def memory_metric(point: SweepPoint, ctx: MetricContext) -> list[Measurement]:
         "predicted_for": pred["device"],
         "scan_memory": pred["scan_memory"],
     }
-    rows = [Measurement("mem_predicted_gib", pred["peak_bytes"] / GIB, "GiB", PREDICTED_METHOD, pred_extra)]
+    rows = [Measurement("mem_predicted_gib", pred["peak_bytes"] / GIB, "GiB", predicted_method(pred["scan_memory"]),
+                        pred_extra)]
     if device.type != "cuda":
         reason = "CUDA only: measured by the CUDA caching allocator and NVML"
         for name in ("mem_allocated_gib", "mem_reserved_gib", "mem_device_gib"):
