@@ -60,7 +60,7 @@ for p in (str(ROOT), str(HERE)):
 
 import torch  # noqa: E402
 from gpu_report import Summary, write_json_atomic  # noqa: E402
-from scan_inputs import DIM_H, dim_conv_inputs, dim_scan_inputs, runnable_backends  # noqa: E402
+from scan_inputs import CPU_ONLY, DIM_H, dim_conv_inputs, dim_scan_inputs, runnable_backends  # noqa: E402
 
 from models.scan import selective_scan  # noqa: E402
 
@@ -243,9 +243,10 @@ def main(argv=None) -> int:
     tiny = device.type != "cuda"
     shape = {k: TINY[k] for k in ("d_inner", "N", "rank")} if tiny else dict(DIM_H)
     backends, skipped = runnable_backends(device, args.backends.split(",") if args.backends else None,
-                                          exclude={name: "the reference" for name in REFERENCES})
+                                          exclude={**CPU_ONLY, **{name: "the reference" for name in REFERENCES}})
     for name, reason in skipped.items():
-        if name not in REFERENCES or args.backends:
+        # the references and a CPU-only kernel (in a CPU dry run) are not candidates here unless named: no line
+        if (name not in REFERENCES and name not in CPU_ONLY) or args.backends:
             summary.record(f"{name}: not checked ({reason})", backend=name, skipped=True)
     if not backends:
         summary.record(f"no fused scan backend can run on {device}: nothing to check", skipped=True)

@@ -69,6 +69,12 @@ def dim_conv_inputs(batch: int, L: int, dtype: torch.dtype, device, *, d_inner: 
     return xz[:, :d_inner], weight, bias
 
 
+#: backends the GPU check's scripts leave out unless named: a CPU dry run of the check stands in for a GPU run,
+#: and a CPU-only kernel is not what that run is about (its own tests and benchmarks check and time it)
+CPU_ONLY = {"cpu_fused": "the CPU's C kernel, not a GPU backend (tests/test_scan_cpu_fused.py checks it, "
+                         "benchmarks/test_bench_train_step.py times it)"}
+
+
 def runnable_backends(device, named: list[str] | None = None, exclude: dict[str, str] | None = None):
     """(backends that can run on ``device``, {backend: why not}): those ``models.scan.available_backends`` lists
     (or ``named``), less ``exclude`` ({name: reason}; only when none are named) and Triton's interpreter on CUDA

@@ -487,7 +487,7 @@ def test_partial_folder_with_torn_line_and_no_dit(tmp_path):
     summary = rep.sections[0]
     assert summary.highlights[0].startswith("GMACs per image: dim_h_2 / uvit_h_2 = ")
     alone = rf.write_results(tmp_path / "alone", [r for r in rows if r["model"] == "dim_h_2"], environment=None)
-    assert "hold no DiM comparison" in content.build(data.load(alone)).sections[0].highlights[0]
+    assert "hold no DiM / DiT or U-ViT ratio" in content.build(data.load(alone)).sections[0].highlights[0]
     said = " ".join(summary.paragraphs)
     assert "half-written last line" in said
     assert "environment.json is missing" in said
