@@ -304,7 +304,9 @@ class MambaMixer(nn.Module):
         with component("in_proj"):
             # One GEMM for the whole batch, laid out (2·d_inner, b·S) so x, z come out with a contiguous last axis.
             xz = torch.matmul(self.in_proj.weight, h.reshape(b * S, d).t()).view(2 * di, b, S).transpose(0, 1)
-            x, z = xz[:, :di], xz[:, di:]  # (b, d_inner, S) each
+            # split, not two slices: its backward is one cat of the two gradients, where each slice's backward
+            # zero-fills a whole (b, 2·d_inner, S) gradient and copies its half in (a tenth of a tiny DiM's CPU step)
+            x, z = xz.split(di, dim=1)  # (b, d_inner, S) each
         with component("conv1d"):
             # (b, d_inner, S), contiguous: silu(conv1d(x)[..., :S]), one fused kernel on CUDA with the triton scan
             x = conv1d_silu(x, self.conv1d)

@@ -77,7 +77,8 @@ def test_torch_path_everywhere_but_cuda(monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     x, module = dim_like(2, 4, 20)
-    assert torch.equal(conv.conv1d_silu(x, module), torch_path(x, module))
+    with torch.no_grad():  # inference: torch's call itself (training on the CPU: test_cpu_training_shifted_sums)
+        assert torch.equal(conv.conv1d_silu(x, module), torch_path(x, module))
     meta_x, meta_conv = x.to("meta"), module.to("meta")
     with FlopCounterMode(display=False) as ours:
         conv.conv1d_silu(meta_x, meta_conv)
@@ -90,6 +91,30 @@ def test_torch_path_everywhere_but_cuda(monkeypatch):
         assert not conv.fused_conv_available(fake)
     monkeypatch.setenv(conv.ENV_VAR, "0")
     assert not conv.fused_conv_available(x)
+
+
+@pytest.mark.parametrize("kw, bias", [(3, True), (4, False), (1, True)])
+def test_cpu_training_shifted_sums(kw, bias):
+    """Training on the CPU (autograd recording) takes the shifted products, which give torch's conv values and
+    gradients for x, weight and bias at DiM's strided input; without autograd, or under a dispatch mode, torch's
+    call is taken (so FLOP counts and memory predictions see the conv)."""
+    x, module = dim_like(3, 5, 17, seed=2, kw=kw, bias=bias)
+    x = x.detach().requires_grad_()
+    assert conv.shifted_sums_wanted(x, module)
+    with torch.no_grad():
+        assert not conv.shifted_sums_wanted(x, module)
+    with FlopCounterMode(display=False):
+        assert not conv.shifted_sums_wanted(x, module)
+    out = conv.conv1d_silu(x, module)
+    params = [x, module.weight] + ([module.bias] if bias else [])
+    go = torch.randn(out.shape)
+    grads = torch.autograd.grad(out, params, go)
+    x2 = x.detach().requires_grad_()
+    ref_out = torch_path(x2, module)
+    ref = torch.autograd.grad(ref_out, [x2] + params[1:], go)
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
 
 
 @compiled

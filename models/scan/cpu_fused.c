@@ -147,77 +147,106 @@ static void load_block(const float *delta, const float *bias, int softplus, cons
     gather(u, b, d0, w, D, L, ul);
 }
 
+/* One state of the forward recurrence on W lanes: x = 2**(Δ·A2[n]) ⊙ h + Δu·B_t[n], stored back into h. */
+static inline v8 state_step(v8 dtt, v8 du, const float *A2n, float *hn, float bn) {
+    const v8 x = exp2_v8(dtt * ld(A2n)) * ld(hn) + du * bn;
+    st(hn, x);
+    return x;
+}
+
 /* The forward scan of one block over step-major inputs, nothing kept: y[t] = Σ_n C_t[n] x_t[n] (W lanes), the
- * running state in h (N·W scratch). Two partial sums over the states halve the chain of dependent additions. */
+ * running state in h (N·W scratch). The states go two at a time into two named partial sums: that halves the
+ * chain of dependent additions, and named locals stay in registers where an indexed acc[n & 1] went through the
+ * stack at every state (a store-to-load chain that measured a quarter of the forward). */
 static void scan_block(const float *dt, const float *u, const float *A2, const float *B, const float *C, int64_t b,
                        int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *h) {
     const float *Bb = B + b * N * L, *Cb = C + b * N * L;
     memset(h, 0, (size_t)(N * W) * sizeof(float));
     for (int64_t t = 0; t < L; t++) {
         const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W);
-        v8 acc[2] = {{0}, {0}};
-        for (int64_t n = 0; n < N; n++) {
-            const v8 x = exp2_v8(dtt * ld(A2 + n * Dpad + d0)) * ld(h + n * W) + du * Bb[n * L + t];
-            st(h + n * W, x);
-            acc[n & 1] += x * Cb[n * L + t];
+        v8 acc0 = {0}, acc1 = {0};
+        int64_t n = 0;
+        for (; n + 1 < N; n += 2) {
+            acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * L + t]) * Cb[n * L + t];
+            acc1 += state_step(dtt, du, A2 + (n + 1) * Dpad + d0, h + (n + 1) * W, Bb[(n + 1) * L + t]) *
+                    Cb[(n + 1) * L + t];
         }
-        st(y + t * W, acc[0] + acc[1]);
+        if (n < N) acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * L + t]) * Cb[n * L + t];
+        st(y + t * W, acc0 + acc1);
     }
 }
 
-/* The same scan keeping every step's decays and states (L·N·W each) for the adjoint, and dC_t[n] += Σ_j x_t dy_t. */
+/* The same scan keeping every step's decays and states (L·N·W each) for the adjoint; dCv[t][n] += x_t ⊙ dy_t on
+ * W lanes (summed over the lanes once per batch element, by flush_lanes: a horizontal sum per state and step
+ * was half the backward's time). */
 static void scan_block_keep(const float *dt, const float *u, const float *A2, const float *B, const float *C,
                             int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *decay,
-                            float *xs, const float *dy, float *dC) {
+                            float *xs, const float *dy, float *dCv) {
     const int64_t step = N * W;
     const float *Bb = B + b * N * L, *Cb = C + b * N * L;
-    float *dCb = dC + b * N * L;
     for (int64_t t = 0; t < L; t++) {
         const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
-        v8 acc[2] = {{0}, {0}};
+        v8 acc0 = {0}, acc1 = {0};
         for (int64_t n = 0; n < N; n++) {
             const v8 e = exp2_v8(dtt * ld(A2 + n * Dpad + d0));
             const v8 prev = t > 0 ? ld(xs + (t - 1) * step + n * W) : splat(0.0f);
             const v8 x = e * prev + du * Bb[n * L + t];
             st(decay + t * step + n * W, e);
             st(xs + t * step + n * W, x);
-            acc[n & 1] += x * Cb[n * L + t];
-            dCb[n * L + t] += hsum(x * dyt);
+            if (n & 1)
+                acc1 += x * Cb[n * L + t];
+            else
+                acc0 += x * Cb[n * L + t];
+            st(dCv + t * step + n * W, ld(dCv + t * step + n * W) + x * dyt);
         }
-        st(y + t * W, acc[0] + acc[1]);
+        st(y + t * W, acc0 + acc1);
     }
 }
 
 /* The adjoint recurrence g_t = C_t dy_t + Ā_{t+1} ⊙ g_{t+1}, backward in time, over scan_block_keep's decays and
  * states: p_t = Σ_n g_t B_t (→ du, dΔ), qa_t = Σ_n q_t A (→ dΔ) and dA += Σ_t q_t Δ_t with q_t = g_t Ā_t x_{t-1};
- * dB_t[n] += Σ_j g_t Δ_t u_t. g and dA_acc: N·W scratch each. */
+ * dBv[t][n] += g_t Δ_t u_t on W lanes (see scan_block_keep). g and dA_acc: N·W scratch each. */
 static void adjoint_block(const float *dt, const float *u, const float *A, const float *B, const float *C,
                           int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, const float *decay,
-                          const float *xs, const float *dy, float *g, float *dA_acc, float *p, float *qa, float *dB) {
+                          const float *xs, const float *dy, float *g, float *dA_acc, float *p, float *qa, float *dBv) {
     const int64_t step = N * W;
     const float *Bb = B + b * N * L, *Cb = C + b * N * L;
-    float *dBb = dB + b * N * L;
     memset(g, 0, (size_t)step * sizeof(float));
     memset(dA_acc, 0, (size_t)step * sizeof(float));
     for (int64_t t = L - 1; t >= 0; t--) {
         const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
-        v8 pacc[2] = {{0}, {0}}, qacc[2] = {{0}, {0}};
+        v8 p0 = {0}, p1 = {0}, q0 = {0}, q1 = {0};
         const float *next = decay + (t + 1 < L ? t + 1 : t) * step; /* g is 0 after the last step */
         for (int64_t n = 0; n < N; n++) {
             const float bn = Bb[n * L + t];
             const v8 gn = ld(next + n * W) * ld(g + n * W) + dyt * Cb[n * L + t];
             st(g + n * W, gn);
-            pacc[n & 1] += gn * bn;
-            dBb[n * L + t] += hsum(gn * du);
+            st(dBv + t * step + n * W, ld(dBv + t * step + n * W) + gn * du);
+            v8 q = {0};
             if (t > 0) {
-                const v8 q = gn * ld(decay + t * step + n * W) * ld(xs + (t - 1) * step + n * W);
+                q = gn * ld(decay + t * step + n * W) * ld(xs + (t - 1) * step + n * W);
                 st(dA_acc + n * W, ld(dA_acc + n * W) + q * dtt);
-                qacc[n & 1] += q * ld(A + n * Dpad + d0);
+            }
+            if (n & 1) {
+                p1 += gn * bn;
+                q1 += q * ld(A + n * Dpad + d0);
+            } else {
+                p0 += gn * bn;
+                q0 += q * ld(A + n * Dpad + d0);
             }
         }
-        st(p + t * W, pacc[0] + pacc[1]);
-        st(qa + t * W, qacc[0] + qacc[1]);
+        st(p + t * W, p0 + p1);
+        st(qa + t * W, q0 + q1);
     }
+}
+
+/* dst[b][n][t] += Σ_j lanes[t][n][j], then lanes zeroed: one batch element's dB or dC, gathered on W lanes over
+ * all its blocks of channels. */
+static void flush_lanes(float *lanes, float *dst, int64_t b, int64_t L, int64_t N) {
+    float *db = dst + b * N * L;
+    for (int64_t t = 0; t < L; t++)
+        for (int64_t n = 0; n < N; n++) db[n * L + t] += hsum(ld(lanes + (t * N + n) * W));
+    memset(lanes, 0, (size_t)(L * N * W) * sizeof(float));
 }
 
 /* out (batch, D, L) = (y + Dskip·u)·SiLU(z) for items [i0, i1). A2: (N, Dpad) = A·log2(e), zero-padded to whole
@@ -249,7 +278,7 @@ void dimbench_scan_op_forward(const float *u, const float *delta, const float *b
 
 /* The backward of dimbench_scan_op_forward for items [i0, i1), from go = ∂L/∂out: written du, ddelta, dz
  * (batch, D, L); accumulated (+=) dA (N, Dpad), dB, dC (batch, N, L), dD and dbias (D) — the caller gives each
- * thread its own accumulators. work: (2·L·N + 2·N)·W + 10·L·W floats. */
+ * thread its own accumulators. work: (4·L·N + 2·N)·W + 10·L·W floats. */
 void dimbench_scan_op_backward(const float *go, const float *u, const float *delta, const float *bias, int softplus,
                                const float *A, const float *A2, const float *B, const float *C, const float *Dskip,
                                const float *z, float *du_out, float *ddelta_out, float *dz_out, float *dA, float *dB,
@@ -259,6 +288,8 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
     float *decay = work, *xs = decay + L * step, *g = xs + L * step, *dA_acc = g + step;
     float *dt = dA_acc + step, *sig = dt + L * W, *ul = sig + L * W, *dy = ul + L * W, *gol = dy + L * W;
     float *zl = gol + L * W, *zs = zl + L * W, *y = zs + L * W, *p = y + L * W, *qa = p + L * W;
+    float *dBv = qa + L * W, *dCv = dBv + L * step; /* this batch element's dB, dC on W lanes */
+    memset(dBv, 0, (size_t)(2 * L * step) * sizeof(float));
     for (int64_t item = i0; item < i1; item++) {
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
@@ -272,8 +303,12 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
                 dy[t * W + j] = z ? gol[t * W + j] * zl[t * W + j] * zs[t * W + j] : gol[t * W + j];
             }
         }
-        scan_block_keep(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, dy, dC);
-        adjoint_block(dt, ul, A, B, C, b, d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dB);
+        scan_block_keep(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, dy, dCv);
+        adjoint_block(dt, ul, A, B, C, b, d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dBv);
+        if (item + 1 == i1 || (item + 1) % blocks == 0) { /* this batch element's last block in this range */
+            flush_lanes(dBv, dB, b, L, N);
+            flush_lanes(dCv, dC, b, L, N);
+        }
         for (int64_t n = 0; n < N; n++)
             for (int j = 0; j < W; j++) dA[n * Dpad + d0 + j] += dA_acc[n * W + j];
         /* The epilogue's chain rules, per step and channel. */

@@ -247,7 +247,7 @@ def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None,
     # per thread: dA, dB, dC, dD, dbias accumulators and the kernel's scratch
     acc = [(u32.new_zeros(n, padded), u32.new_zeros(batch, n, length), u32.new_zeros(batch, n, length),
             u32.new_zeros(d_inner), u32.new_zeros(d_inner),
-            u32.new_empty((2 * length * n + 2 * n + 10 * length) * BLOCK)) for _ in ranges]
+            u32.new_empty((4 * length * n + 2 * n + 10 * length) * BLOCK)) for _ in ranges]
     _run([lambda i0=i0, i1=i1, a=a: lib.dimbench_scan_op_backward(
         _p(go), _p(u32), _p(d32), _p(bias), int(delta_softplus), _p(A_c), _p(A2), _p(B32), _p(C32), _p(skip),
         _p(z32), _p(du), _p(ddelta), _p(dz), *(_p(t) for t in a[:5]), length, d_inner, n, i0, i1, _p(a[5]))
