@@ -57,7 +57,8 @@ def test_strong_decay_underflows_to_zero_like_the_recurrence():
 
 @needs_kernel
 def test_threads_split_the_work_without_changing_the_result(monkeypatch):
-    """Work items (batch element, channel block) split over 1, 2 and 3 threads (torch's count): the same outputs
+    """Work items (batch element, channel block) split over 1, 2 and 3 threads (torch's count; 15 items, so a
+    thread's range ends inside a batch element and its lane sums of dB, dC are flushed there): the same outputs
     (bitwise) and the same gradients up to the order of the per-thread sums; a small problem stays on one thread."""
     inputs = make_inputs(batch=5, d_inner=20, L=23, N=4, seed=11)
     grad_out = torch.randn(5, 20, 23, generator=torch.Generator().manual_seed(2))
@@ -79,6 +80,33 @@ def test_threads_split_the_work_without_changing_the_result(monkeypatch):
         torch.testing.assert_close(out, results[0][0], rtol=0, atol=0)
         for g, g1 in zip(grads, results[0][1], strict=True):
             torch.testing.assert_close(g, g1, rtol=1e-6, atol=1e-6)
+
+
+@needs_kernel
+def test_views_at_dims_strides_read_in_place():
+    """The kernel reads its inputs at their strides (no copies): u, delta and z as slices of a (b, 3·d, L) tensor,
+    z as DiM hands it too (channels strided by batch·L), grad_out as a transposed (b, L, d) product, B and C as
+    slices of x_proj's (b, R + 2N, L): outputs and every gradient bitwise those of the contiguous copies."""
+    batch, d, length, n = 3, 13, 21, 5
+    g = torch.Generator().manual_seed(7)
+    base = make_inputs(batch=batch, d_inner=d, L=length, N=n, seed=5)
+    udz = torch.randn(batch, 3 * d, length, generator=g)
+    udz[:, d : 2 * d].mul_(0.5).sub_(1.0)  # delta's third: a moderate Δ after softplus
+    xz = torch.randn(3 * d, batch, length, generator=g).transpose(0, 1)  # DiM's in_proj layout
+    x_dbl = torch.randn(batch, 2 + 2 * n, length, generator=g)
+    views = dict(base, u=udz[:, :d], delta=udz[:, d : 2 * d], z=xz[:, 2 * d :],
+                 B=x_dbl[:, 2 : 2 + n], C=x_dbl[:, 2 + n :])
+    grad_out = torch.randn(batch, length, d, generator=g).transpose(1, 2)
+    assert not any(views[k].is_contiguous() for k in ("u", "delta", "z", "B", "C")) and not grad_out.is_contiguous()
+    copies = {k: None if v is None else v.contiguous() for k, v in views.items()}
+    out_v, out_c = cf.cpu_fused_scan(**views), cf.cpu_fused_scan(**copies)
+    assert out_v.is_contiguous()
+    torch.testing.assert_close(out_v, out_c, rtol=0, atol=0)
+    grads_v = cf.cpu_fused_scan_backward(grad_out, *[views[k] for k in NAMES], True, [True] * 8)
+    grads_c = cf.cpu_fused_scan_backward(grad_out.contiguous(), *[copies[k] for k in NAMES], True, [True] * 8)
+    for gv, gc in zip(grads_v, grads_c, strict=True):
+        assert gv.is_contiguous()
+        torch.testing.assert_close(gv, gc, rtol=0, atol=0)
 
 
 FAKE_CC = """#!/bin/sh

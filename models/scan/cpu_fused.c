@@ -5,8 +5,10 @@
  *
  *     x_t = exp(Δ_t A) ⊙ x_{t-1} + (Δ_t u_t) B_t,   y_t = Σ_n C_t[n] x_t[n],   out = (y + D u) SiLU(z)
  *
- * Layout (all float32, contiguous, the op's own): u, delta, z, out and their gradients (batch, D, L); B, C and
- * theirs (batch, N, L); A, A2 = A·log2(e) and dA (N, Dpad), Dpad = D rounded up to whole blocks (zero-padded).
+ * Layout (all float32): the inputs u, delta, z, go (batch, D, L) and B, C (batch, N, L) at any element strides
+ * (a strides_t; B's and C's step stride must be 1), since DiM hands z and ∂L/∂out as transposed views whose
+ * copies cost a fifth of the scan; out and the gradients contiguous (batch, D, L) and (batch, N, L); A, A2 =
+ * A·log2(e) and dA (N, Dpad), Dpad = D rounded up to whole blocks (zero-padded).
  * Work items are (batch element, block of W channels) pairs, numbered batch-major; a call runs items [i0, i1), so
  * threads split the items, each with its own scratch and accumulators. Vectorised over the W channels of a block:
  * the scan's loops on explicit W-lane vectors (below), the rest by gcc/clang auto-vectorisation at -O3.
@@ -108,13 +110,22 @@ static inline float softplus_f32(float x, float *derivative) {
 
 static inline float sigmoid_f32(float x) { return 1.0f / (1.0f + exp2_f32(-x * LOG2E)); }
 
-/* Gather W channels [d0, d0 + w) of a (batch, D, L) tensor's element b into step-major dst[L][W] (zeros past w). */
-static void gather(const float *src, int64_t b, int64_t d0, int w, int64_t D, int64_t L, float *dst) {
+/* Element strides of the inputs: [batch, channel (or state for B, C), step] each. */
+typedef struct {
+    int64_t u[3], delta[3], z[3], go[3], B[3], C[3];
+} strides_t;
+
+/* Gather W channels [d0, d0 + w) of a (batch, D, L) tensor's element b, at strides s, into step-major dst[L][W]
+ * (zeros past w). */
+static void gather(const float *src, const int64_t *s, int64_t b, int64_t d0, int w, int64_t L, float *dst) {
     for (int64_t t = 0; t < L; t++)
         for (int j = 0; j < W; j++) dst[t * W + j] = 0.0f;
     for (int j = 0; j < w; j++) {
-        const float *row = src + (b * D + d0 + j) * L;
-        for (int64_t t = 0; t < L; t++) dst[t * W + j] = row[t];
+        const float *row = src + b * s[0] + (d0 + j) * s[1];
+        if (s[2] == 1)
+            for (int64_t t = 0; t < L; t++) dst[t * W + j] = row[t];
+        else
+            for (int64_t t = 0; t < L; t++) dst[t * W + j] = row[t * s[2]];
     }
 }
 
@@ -140,11 +151,11 @@ static void prologue(float *dt, float *sig, const float *bias, int64_t d0, int w
 }
 
 /* Δ (softplus'd, with its derivative in sig when not NULL) and u of one block, gathered step-major. */
-static void load_block(const float *delta, const float *bias, int softplus, const float *u, int64_t b, int64_t d0,
-                       int w, int64_t D, int64_t L, float *dt, float *sig, float *ul) {
-    gather(delta, b, d0, w, D, L, dt);
+static void load_block(const float *delta, const float *bias, int softplus, const float *u, const strides_t *s,
+                       int64_t b, int64_t d0, int w, int64_t L, float *dt, float *sig, float *ul) {
+    gather(delta, s->delta, b, d0, w, L, dt);
     prologue(dt, sig, bias, d0, w, softplus, L);
-    gather(u, b, d0, w, D, L, ul);
+    gather(u, s->u, b, d0, w, L, ul);
 }
 
 /* One state of the forward recurrence on W lanes: x = 2**(Δ·A2[n]) ⊙ h + Δu·B_t[n], stored back into h. */
@@ -158,20 +169,20 @@ static inline v8 state_step(v8 dtt, v8 du, const float *A2n, float *hn, float bn
  * running state in h (N·W scratch). The states go two at a time into two named partial sums: that halves the
  * chain of dependent additions, and named locals stay in registers where an indexed acc[n & 1] went through the
  * stack at every state (a store-to-load chain that measured a quarter of the forward). */
-static void scan_block(const float *dt, const float *u, const float *A2, const float *B, const float *C, int64_t b,
-                       int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *h) {
-    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
+static void scan_block(const float *dt, const float *u, const float *A2, const float *Bb, int64_t Bn,
+                       const float *Cb, int64_t Cn, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y,
+                       float *h) {
     memset(h, 0, (size_t)(N * W) * sizeof(float));
     for (int64_t t = 0; t < L; t++) {
         const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W);
         v8 acc0 = {0}, acc1 = {0};
         int64_t n = 0;
         for (; n + 1 < N; n += 2) {
-            acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * L + t]) * Cb[n * L + t];
-            acc1 += state_step(dtt, du, A2 + (n + 1) * Dpad + d0, h + (n + 1) * W, Bb[(n + 1) * L + t]) *
-                    Cb[(n + 1) * L + t];
+            acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * Bn + t]) * Cb[n * Cn + t];
+            acc1 += state_step(dtt, du, A2 + (n + 1) * Dpad + d0, h + (n + 1) * W, Bb[(n + 1) * Bn + t]) *
+                    Cb[(n + 1) * Cn + t];
         }
-        if (n < N) acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * L + t]) * Cb[n * L + t];
+        if (n < N) acc0 += state_step(dtt, du, A2 + n * Dpad + d0, h + n * W, Bb[n * Bn + t]) * Cb[n * Cn + t];
         st(y + t * W, acc0 + acc1);
     }
 }
@@ -179,24 +190,23 @@ static void scan_block(const float *dt, const float *u, const float *A2, const f
 /* The same scan keeping every step's decays and states (L·N·W each) for the adjoint; dCv[t][n] += x_t ⊙ dy_t on
  * W lanes (summed over the lanes once per batch element, by flush_lanes: a horizontal sum per state and step
  * was half the backward's time). */
-static void scan_block_keep(const float *dt, const float *u, const float *A2, const float *B, const float *C,
-                            int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y, float *decay,
-                            float *xs, const float *dy, float *dCv) {
+static void scan_block_keep(const float *dt, const float *u, const float *A2, const float *Bb, int64_t Bn,
+                            const float *Cb, int64_t Cn, int64_t d0, int64_t L, int64_t N, int64_t Dpad, float *y,
+                            float *decay, float *xs, const float *dy, float *dCv) {
     const int64_t step = N * W;
-    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
     for (int64_t t = 0; t < L; t++) {
         const v8 dtt = ld(dt + t * W), du = dtt * ld(u + t * W), dyt = ld(dy + t * W);
         v8 acc0 = {0}, acc1 = {0};
         for (int64_t n = 0; n < N; n++) {
             const v8 e = exp2_v8(dtt * ld(A2 + n * Dpad + d0));
             const v8 prev = t > 0 ? ld(xs + (t - 1) * step + n * W) : splat(0.0f);
-            const v8 x = e * prev + du * Bb[n * L + t];
+            const v8 x = e * prev + du * Bb[n * Bn + t];
             st(decay + t * step + n * W, e);
             st(xs + t * step + n * W, x);
             if (n & 1)
-                acc1 += x * Cb[n * L + t];
+                acc1 += x * Cb[n * Cn + t];
             else
-                acc0 += x * Cb[n * L + t];
+                acc0 += x * Cb[n * Cn + t];
             st(dCv + t * step + n * W, ld(dCv + t * step + n * W) + x * dyt);
         }
         st(y + t * W, acc0 + acc1);
@@ -206,11 +216,11 @@ static void scan_block_keep(const float *dt, const float *u, const float *A2, co
 /* The adjoint recurrence g_t = C_t dy_t + Ā_{t+1} ⊙ g_{t+1}, backward in time, over scan_block_keep's decays and
  * states: p_t = Σ_n g_t B_t (→ du, dΔ), qa_t = Σ_n q_t A (→ dΔ) and dA += Σ_t q_t Δ_t with q_t = g_t Ā_t x_{t-1};
  * dBv[t][n] += g_t Δ_t u_t on W lanes (see scan_block_keep). g and dA_acc: N·W scratch each. */
-static void adjoint_block(const float *dt, const float *u, const float *A, const float *B, const float *C,
-                          int64_t b, int64_t d0, int64_t L, int64_t N, int64_t Dpad, const float *decay,
-                          const float *xs, const float *dy, float *g, float *dA_acc, float *p, float *qa, float *dBv) {
+static void adjoint_block(const float *dt, const float *u, const float *A, const float *Bb, int64_t Bn,
+                          const float *Cb, int64_t Cn, int64_t d0, int64_t L, int64_t N, int64_t Dpad,
+                          const float *decay, const float *xs, const float *dy, float *g, float *dA_acc, float *p,
+                          float *qa, float *dBv) {
     const int64_t step = N * W;
-    const float *Bb = B + b * N * L, *Cb = C + b * N * L;
     memset(g, 0, (size_t)step * sizeof(float));
     memset(dA_acc, 0, (size_t)step * sizeof(float));
     for (int64_t t = L - 1; t >= 0; t--) {
@@ -218,8 +228,8 @@ static void adjoint_block(const float *dt, const float *u, const float *A, const
         v8 p0 = {0}, p1 = {0}, q0 = {0}, q1 = {0};
         const float *next = decay + (t + 1 < L ? t + 1 : t) * step; /* g is 0 after the last step */
         for (int64_t n = 0; n < N; n++) {
-            const float bn = Bb[n * L + t];
-            const v8 gn = ld(next + n * W) * ld(g + n * W) + dyt * Cb[n * L + t];
+            const float bn = Bb[n * Bn + t];
+            const v8 gn = ld(next + n * W) * ld(g + n * W) + dyt * Cb[n * Cn + t];
             st(g + n * W, gn);
             st(dBv + t * step + n * W, ld(dBv + t * step + n * W) + gn * du);
             v8 q = {0};
@@ -253,15 +263,16 @@ static void flush_lanes(float *lanes, float *dst, int64_t b, int64_t L, int64_t 
  * blocks. work: (4·L + 1)·W + N·W floats. */
 void dimbench_scan_op_forward(const float *u, const float *delta, const float *bias, int softplus, const float *A2,
                               const float *B, const float *C, const float *Dskip, const float *z, float *out,
-                              int64_t L, int64_t D, int64_t N, int64_t i0, int64_t i1, float *work) {
+                              const strides_t *s, int64_t L, int64_t D, int64_t N, int64_t i0, int64_t i1,
+                              float *work) {
     const int64_t blocks = (D + W - 1) / W, Dpad = blocks * W;
     float *dt = work, *ul = dt + L * W, *y = ul + L * W, *zl = y + L * W, *h = zl + L * W;
     for (int64_t item = i0; item < i1; item++) {
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
-        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, NULL, ul);
-        scan_block(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, h);
-        if (z) gather(z, b, d0, w, D, L, zl);
+        load_block(delta, bias, softplus, u, s, b, d0, w, L, dt, NULL, ul);
+        scan_block(dt, ul, A2, B + b * s->B[0], s->B[1], C + b * s->C[0], s->C[1], d0, L, N, Dpad, y, h);
+        if (z) gather(z, s->z, b, d0, w, L, zl);
         float dj[W];
         for (int j = 0; j < W; j++) dj[j] = (Dskip && j < w) ? Dskip[d0 + j] : 0.0f;
         for (int64_t t = 0; t < L; t++) {
@@ -282,8 +293,8 @@ void dimbench_scan_op_forward(const float *u, const float *delta, const float *b
 void dimbench_scan_op_backward(const float *go, const float *u, const float *delta, const float *bias, int softplus,
                                const float *A, const float *A2, const float *B, const float *C, const float *Dskip,
                                const float *z, float *du_out, float *ddelta_out, float *dz_out, float *dA, float *dB,
-                               float *dC, float *dD, float *dbias, int64_t L, int64_t D, int64_t N, int64_t i0,
-                               int64_t i1, float *work) {
+                               float *dC, float *dD, float *dbias, const strides_t *s, int64_t L, int64_t D, int64_t N,
+                               int64_t i0, int64_t i1, float *work) {
     const int64_t blocks = (D + W - 1) / W, Dpad = blocks * W, step = N * W;
     float *decay = work, *xs = decay + L * step, *g = xs + L * step, *dA_acc = g + step;
     float *dt = dA_acc + step, *sig = dt + L * W, *ul = sig + L * W, *dy = ul + L * W, *gol = dy + L * W;
@@ -293,9 +304,9 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
     for (int64_t item = i0; item < i1; item++) {
         const int64_t b = item / blocks, d0 = (item % blocks) * W;
         const int w = (int)(D - d0 < W ? D - d0 : W);
-        load_block(delta, bias, softplus, u, b, d0, w, D, L, dt, sig, ul);
-        gather(go, b, d0, w, D, L, gol);
-        if (z) gather(z, b, d0, w, D, L, zl);
+        load_block(delta, bias, softplus, u, s, b, d0, w, L, dt, sig, ul);
+        gather(go, s->go, b, d0, w, L, gol);
+        if (z) gather(z, s->z, b, d0, w, L, zl);
         for (int64_t t = 0; t < L; t++) {
 #pragma omp simd
             for (int j = 0; j < W; j++) { /* dL/dy = dL/d(out) · SiLU(z); zs keeps sigmoid(z) */
@@ -303,8 +314,9 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
                 dy[t * W + j] = z ? gol[t * W + j] * zl[t * W + j] * zs[t * W + j] : gol[t * W + j];
             }
         }
-        scan_block_keep(dt, ul, A2, B, C, b, d0, L, N, Dpad, y, decay, xs, dy, dCv);
-        adjoint_block(dt, ul, A, B, C, b, d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dBv);
+        const float *Bb = B + b * s->B[0], *Cb = C + b * s->C[0];
+        scan_block_keep(dt, ul, A2, Bb, s->B[1], Cb, s->C[1], d0, L, N, Dpad, y, decay, xs, dy, dCv);
+        adjoint_block(dt, ul, A, Bb, s->B[1], Cb, s->C[1], d0, L, N, Dpad, decay, xs, dy, g, dA_acc, p, qa, dBv);
         if (item + 1 == i1 || (item + 1) % blocks == 0) { /* this batch element's last block in this range */
             flush_lanes(dBv, dB, b, L, N);
             flush_lanes(dCv, dC, b, L, N);

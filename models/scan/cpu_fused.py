@@ -6,7 +6,9 @@ dimbench's tiny models (batch 32, d_inner 128, N 16, L = 54: DiM at 8 px with pa
 step about 7x a DiT step of the same width and depth, the scan about three quarters of it. The kernel
 (``cpu_fused.c``) runs the recurrence once per block of 8 channels with the block's state in registers and L1
 cache: the forward reads each input once; the backward recomputes the block's states and decays into a scratch
-buffer of 2·L·N·8 floats, then runs the adjoint recurrence back over them (see the C file). Same recurrence and
+buffer of 2·L·N·8 floats, then runs the adjoint recurrence back over them (see the C file). The inputs are read
+at their own strides (DiM hands z and the output's gradient as transposed views; B and C need a step stride of
+1), so no copy is made of a float32 input. Same recurrence and
 order of operations per channel as ``reference``; the decays are 2**(Δ·A·log2 e) through a polynomial (relative
 error < 2e-7; below 2**-126 flushed to 0, as the chunked backend's whole-chunk decays are).
 
@@ -133,9 +135,9 @@ def _build() -> ctypes.CDLL:
         lib = ctypes.CDLL(str(path))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     i32 = ctypes.c_int
-    lib.dimbench_scan_op_forward.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 6 + [i64] * 5 + [ptr]
+    lib.dimbench_scan_op_forward.argtypes = [ptr, ptr, ptr, i32] + [ptr] * 7 + [i64] * 5 + [ptr]
     lib.dimbench_scan_op_forward.restype = None
-    lib.dimbench_scan_op_backward.argtypes = [ptr] * 4 + [i32] + [ptr] * 14 + [i64] * 5 + [ptr]
+    lib.dimbench_scan_op_backward.argtypes = [ptr] * 4 + [i32] + [ptr] * 15 + [i64] * 5 + [ptr]
     lib.dimbench_scan_op_backward.restype = None
     return lib
 
@@ -198,6 +200,25 @@ def _f32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float().contiguous()
 
 
+def _f32_strided(t: Tensor | None) -> Tensor | None:
+    """float32 at its own strides (the kernel reads views: DiM's z and ∂L/∂out are transposed ones, whose copies
+    cost a fifth of the scan); a copy only when a dtype conversion makes one anyway."""
+    return None if t is None else t.float()
+
+
+def _f32_steps_contiguous(t: Tensor) -> Tensor:
+    """float32 with a step stride of 1 (the kernel's loops over states read B and C at a fixed step)."""
+    t = t.float()
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _strides(u, delta, z, go, B, C) -> Tensor:
+    """The kernel's strides_t: element strides (batch, channel or state, step) of each input, zeros for one that
+    is absent. Kept alive by the caller for the duration of the call."""
+    return torch.tensor([s for t in (u, delta, z, go, B, C) for s in (t.stride() if t is not None else (0, 0, 0))],
+                        dtype=torch.int64)
+
+
 def _scaled_A(A: Tensor, padded: int, scale: float = 1.0) -> Tensor:
     """A (d_inner, N) -> (N, padded) float32 times ``scale``, channels zero-padded to whole blocks."""
     out = A.new_zeros(A.shape[1], padded, dtype=torch.float32)
@@ -214,16 +235,18 @@ def cpu_fused_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     batch, d_inner, length = u.shape
     n = A.shape[1]
     blocks = -(-d_inner // BLOCK)
-    u32, d32, B32, C32, z32 = _f32(u), _f32(delta), _f32(B), _f32(C), _f32(z)
+    u32, d32, z32 = _f32_strided(u), _f32_strided(delta), _f32_strided(z)
+    B32, C32 = _f32_steps_contiguous(B), _f32_steps_contiguous(C)
     bias, skip = _f32(delta_bias), _f32(D)
     A2 = _scaled_A(A, blocks * BLOCK, _LOG2E)
+    strides = _strides(u32, d32, z32, None, B32, C32)
     out = torch.empty(batch, d_inner, length, dtype=torch.float32, device=u.device)
     ranges = _ranges(batch * blocks, length * n * BLOCK)
-    scratch = [u32.new_empty((4 * length + n + 1) * BLOCK, dtype=torch.float32) for _ in ranges]
+    scratch = [out.new_empty((4 * length + n + 1) * BLOCK) for _ in ranges]
     if lib is not None:
         _run([lambda i0=i0, i1=i1, w=w: lib.dimbench_scan_op_forward(
             _p(u32), _p(d32), _p(bias), int(delta_softplus), _p(A2), _p(B32), _p(C32), _p(skip), _p(z32), _p(out),
-            length, d_inner, n, i0, i1, _p(w)) for (i0, i1), w in zip(ranges, scratch, strict=True)])
+            _p(strides), length, d_inner, n, i0, i1, _p(w)) for (i0, i1), w in zip(ranges, scratch, strict=True)])
     return out.to(u.dtype)
 
 
@@ -238,19 +261,22 @@ def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None,
     n = A.shape[1]
     blocks = -(-d_inner // BLOCK)
     padded = blocks * BLOCK
-    go, u32, d32, B32, C32, z32 = _f32(grad_out), _f32(u), _f32(delta), _f32(B), _f32(C), _f32(z)
+    go, u32, d32, z32 = _f32_strided(grad_out), _f32_strided(u), _f32_strided(delta), _f32_strided(z)
+    B32, C32 = _f32_steps_contiguous(B), _f32_steps_contiguous(C)
     bias, skip = _f32(delta_bias), _f32(D)
     A_c, A2 = _scaled_A(A, padded), _scaled_A(A, padded, _LOG2E)
-    du, ddelta = torch.empty_like(u32), torch.empty_like(u32)
-    dz = torch.empty_like(u32) if z is not None else None
+    strides = _strides(u32, d32, z32, go, B32, C32)
+    du, ddelta = (torch.empty(batch, d_inner, length, dtype=torch.float32, device=u.device) for _ in range(2))
+    dz = torch.empty_like(du) if z is not None else None
     ranges = _ranges(batch * blocks, length * n * BLOCK)
     # per thread: dA, dB, dC, dD, dbias accumulators and the kernel's scratch
-    acc = [(u32.new_zeros(n, padded), u32.new_zeros(batch, n, length), u32.new_zeros(batch, n, length),
-            u32.new_zeros(d_inner), u32.new_zeros(d_inner),
-            u32.new_empty((4 * length * n + 2 * n + 10 * length) * BLOCK)) for _ in ranges]
+    acc = [(du.new_zeros(n, padded), du.new_zeros(batch, n, length), du.new_zeros(batch, n, length),
+            du.new_zeros(d_inner), du.new_zeros(d_inner),
+            du.new_empty((4 * length * n + 2 * n + 10 * length) * BLOCK)) for _ in ranges]
     _run([lambda i0=i0, i1=i1, a=a: lib.dimbench_scan_op_backward(
         _p(go), _p(u32), _p(d32), _p(bias), int(delta_softplus), _p(A_c), _p(A2), _p(B32), _p(C32), _p(skip),
-        _p(z32), _p(du), _p(ddelta), _p(dz), *(_p(t) for t in a[:5]), length, d_inner, n, i0, i1, _p(a[5]))
+        _p(z32), _p(du), _p(ddelta), _p(dz), *(_p(t) for t in a[:5]), _p(strides), length, d_inner, n, i0, i1,
+        _p(a[5]))
         for (i0, i1), a in zip(ranges, acc, strict=True)])
     dA, dB, dC, dD, dbias = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k]
                              for k in range(5))

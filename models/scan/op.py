@@ -157,12 +157,14 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, _grad_saved):
+    # grad_out as autograd hands it (a transposed view in DiM): each backend's backward takes any strides (the C
+    # kernel reads them; triton makes it contiguous itself), so no copy is made for one that does not need it.
     *inputs, saved = ctx.saved_tensors
     needs = [bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:8], inputs, strict=True)]
     if not any(needs):
         return (None,) * 10
     grads = iter(torch.ops.dimbench_scan.selective_scan_backward(
-        grad_out.contiguous(), *inputs, saved, ctx.delta_softplus, ctx.backend, needs))
+        grad_out, *inputs, saved, ctx.delta_softplus, ctx.backend, needs))
     return (*[next(grads) if need else None for need in needs], None, None)
 
 
