@@ -1,7 +1,8 @@
 """DiM's causal depthwise conv1d + SiLU (``models/scan/conv.py``): the Triton kernel against torch's conv1d under
 the interpreter (float32 and bfloat16, DiM's strided input, partial channel and time blocks, with and without bias,
-gradients through the custom op); when the kernel is used and when torch's module call is kept (FLOP counting and
-meta/fake tensors always see torch's); the kernel compiled for sm_90; and, marked ``cuda``, DiM-H's shapes.
+gradients through the custom op); the C kernels CPU training takes (values and gradients against torch's); when
+each kernel is used and when torch's module call is kept (FLOP counting and meta/fake tensors always see torch's);
+the Triton kernel compiled for sm_90; and, marked ``cuda``, DiM-H's shapes.
 
 The interpreter tests run in a subprocess with TRITON_INTERPRET=1 (``tests/scan_cases.py`` says why).
 """
@@ -14,7 +15,10 @@ import torch.nn.functional as F
 from scan_cases import IN_INTERPRETER, compiled, interpreted, rel_err, run_interpreted
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.scan import conv, triton_runtime
+from models.scan import available_backends, conv, triton_runtime
+
+needs_c_kernel = pytest.mark.skipif(not available_backends("cpu")["cpu_fused"][0], reason="no C compiler: "
+                                    f"{available_backends('cpu')['cpu_fused'][1]}")
 
 
 @compiled
@@ -93,28 +97,39 @@ def test_torch_path_everywhere_but_cuda(monkeypatch):
     assert not conv.fused_conv_available(x)
 
 
+@needs_c_kernel
 @pytest.mark.parametrize("kw, bias", [(3, True), (4, False), (1, True)])
-def test_cpu_training_shifted_sums(kw, bias):
-    """Training on the CPU (autograd recording) takes the shifted products, which give torch's conv values and
-    gradients for x, weight and bias at DiM's strided input; without autograd, or under a dispatch mode, torch's
-    call is taken (so FLOP counts and memory predictions see the conv)."""
+def test_cpu_training_takes_the_c_kernel(kw, bias):
+    """Training on the CPU (autograd recording) takes the custom op's C kernels, which give torch's values and
+    gradients for x, weight and bias at DiM's strided input and a transposed output gradient; without autograd,
+    under a dispatch mode (FLOP counting) or with DIMBENCH_FUSED_CONV=0, torch's call is taken."""
     x, module = dim_like(3, 5, 17, seed=2, kw=kw, bias=bias)
     x = x.detach().requires_grad_()
-    assert conv.shifted_sums_wanted(x, module)
+    assert conv.cpu_kernel_wanted(x, module)
     with torch.no_grad():
-        assert not conv.shifted_sums_wanted(x, module)
+        assert not conv.cpu_kernel_wanted(x, module)
     with FlopCounterMode(display=False):
-        assert not conv.shifted_sums_wanted(x, module)
-    out = conv.conv1d_silu(x, module)
+        assert not conv.cpu_kernel_wanted(x, module)
+    with torch.profiler.profile() as prof:
+        out = conv.conv1d_silu(x, module)
+    assert "dimbench_scan::causal_conv1d_silu" in {e.name for e in prof.events()}
     params = [x, module.weight] + ([module.bias] if bias else [])
-    go = torch.randn(out.shape)
-    grads = torch.autograd.grad(out, params, go)
+    go = torch.randn(3, 17, 5).transpose(1, 2)
+    with torch.profiler.profile() as prof:
+        grads = torch.autograd.grad(out, params, go)
+    assert "dimbench_scan::causal_conv1d_silu_backward" in {e.name for e in prof.events()}
     x2 = x.detach().requires_grad_()
     ref_out = torch_path(x2, module)
     ref = torch.autograd.grad(ref_out, [x2] + params[1:], go)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_kernel_off_by_environment(monkeypatch):
+    x, module = dim_like(2, 4, 9)
+    monkeypatch.setenv(conv.ENV_VAR, "0")
+    assert not conv.cpu_kernel_wanted(x.detach().requires_grad_(), module)
 
 
 @compiled

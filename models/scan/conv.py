@@ -15,9 +15,11 @@ tree are unchanged. ``DIMBENCH_FUSED_CONV=0`` turns the kernel off. It is a ``to
 (``dimbench_scan::causal_conv1d_silu``: opaque to torch.compile, with a fake kernel); its backward is torch's
 (the conv's gradient through autograd of the same function, recomputed), exact.
 
-On the CPU, when autograd records (training), the conv is computed as kernel-size shifted products instead
-(``causal_conv1d_shifted``): the same function, whose backward is a handful of elementwise passes where torch's
-depthwise conv backward (oneDNN) was a tenth of a tiny DiM's training step (``shifted_sums_wanted`` says when).
+On the CPU, when autograd records (training), the same op runs the C kernels of ``models.scan.cpu_fused``
+(forward, and an analytic backward as a second op, ``dimbench_scan::causal_conv1d_silu_backward``), when they build:
+torch's depthwise conv backward (oneDNN, 2.3 ms a call) and the separate SiLU passes were a fifth of a tiny DiM's
+training step (batch 32, d_inner 128, S 54). Inference on the CPU keeps torch's call (one pass, and the memory
+dimbench predicts by tracing torch's conv is what runs); ``cpu_kernel_wanted`` says when.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from models.scan.registry import resolve_backend
 
-from . import triton_runtime
+from . import cpu_fused, triton_runtime
 
 ENV_VAR = "DIMBENCH_FUSED_CONV"
 _KERNELS_FILE = Path(__file__).with_name("conv_kernels.py")
@@ -66,40 +68,31 @@ def _fused_on(device: torch.device) -> bool:
         return False
 
 
+def cpu_kernel_wanted(x: Tensor, conv: nn.Conv1d) -> bool:
+    """Whether ``conv1d_silu`` takes the C kernel: CPU tensors, autograd recording (training), the kernel built,
+    no dispatch mode (see the module docstring)."""
+    return (x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or conv.weight.requires_grad)
+            and _cpu_kernel_on())
+
+
+@torch.compiler.assume_constant_result
+def _cpu_kernel_on() -> bool:
+    """The CPU decision's environment part, run as plain Python when torch.compile traces (as ``_fused_on``)."""
+    if os.environ.get(ENV_VAR, "1") == "0" or _get_current_dispatch_mode() is not None:
+        return False
+    return cpu_fused.cpu_fused_status("cpu")[0]
+
+
 def conv1d_silu(x: Tensor, conv: nn.Conv1d) -> Tensor:
     """silu(conv(x)[..., :S]) for DiM's causal depthwise ``conv`` (padding kernel - 1 both sides, the tail
-    dropped): the fused kernel when ``fused_conv_available(x)``; shifted products when training on the CPU
-    (``shifted_sums_wanted``); else exactly torch's module call."""
-    if shifted_sums_wanted(x, conv):
-        return F.silu(causal_conv1d_shifted(x, conv.weight, conv.bias))
+    dropped): the Triton kernel when ``fused_conv_available(x)``, the C kernel when ``cpu_kernel_wanted``,
+    else exactly torch's module call."""
     if not fused_conv_available(x):
+        if cpu_kernel_wanted(x, conv):
+            return torch.ops.dimbench_scan.causal_conv1d_silu(x, conv.weight, conv.bias)
         return F.silu(conv(x)[..., : x.shape[-1]])
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
     return torch.ops.dimbench_scan.causal_conv1d_silu(x.to(dtype), conv.weight, conv.bias)
-
-
-def shifted_sums_wanted(x: Tensor, conv: nn.Conv1d) -> bool:
-    """Whether ``conv1d_silu`` computes the conv as kernel-size shifted products: CPU tensors, autograd recording
-    (training), no dispatch mode. Why: torch's depthwise conv backward on the CPU (oneDNN) took 2.3 ms per call at
-    the quality suite's tiny DiM (batch 32, d_inner 128, S 54), a tenth of a training step, where the products and
-    their autograd take about a fifth of that. Inference keeps torch's call (one fused pass, no intermediates, so
-    the memory dimbench predicts with torch's conv is what runs); FLOP counting and memory prediction (dispatch
-    modes) always see torch's call."""
-    return (x.device.type == "cpu" and torch.is_grad_enabled()
-            and (x.requires_grad or conv.weight.requires_grad)
-            and _get_current_dispatch_mode() is None)
-
-
-def causal_conv1d_shifted(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """conv1d(x, weight, bias, padding=KW-1, groups=D)[..., :S] as Σ_k weight[:, k]·x[t + k - (KW-1)] over
-    zero-padded x: the same function as torch's causal depthwise conv, summed in a different order."""
-    kw, s = weight.shape[-1], x.shape[-1]
-    padded = F.pad(x, (kw - 1, 0))
-    w = weight.reshape(weight.shape[0], kw, 1)
-    y = w[:, 0] * padded[..., :s]
-    for k in range(1, kw):
-        y = y + w[:, k] * padded[..., k : k + s]
-    return y if bias is None else y + bias[:, None]
 
 
 def causal_conv1d_silu_reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -127,6 +120,8 @@ def launch(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 @torch.library.custom_op("dimbench_scan::causal_conv1d_silu", mutates_args=())
 def _conv_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    if x.device.type == "cpu":
+        return cpu_fused.cpu_conv_silu(x, weight, bias)
     return launch(x, weight, bias)
 
 
@@ -140,8 +135,25 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = inputs[2] is not None
 
 
+@torch.library.custom_op("dimbench_scan::causal_conv1d_silu_backward", mutates_args=())
+def _conv_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> list[Tensor]:
+    """[dx, dweight] (+ [dbias] with a bias) by the C kernel: the CPU op's analytic backward."""
+    grads = cpu_fused.cpu_conv_silu_backward(grad_out, x, weight, bias)
+    return grads[:2] if bias is None else grads
+
+
+@_conv_backward_op.register_fake
+def _conv_backward_fake(grad_out, x, weight, bias):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, weight, bias) if t is not None]
+
+
 def _backward(ctx, grad_out):
     x, weight, bias = ctx.saved_tensors
+    if x.device.type == "cpu":
+        grads = iter(torch.ops.dimbench_scan.causal_conv1d_silu_backward(grad_out, x, weight,
+                                                                         bias if ctx.has_bias else None))
+        out = [next(grads) for _ in range(2)] + [next(grads) if ctx.has_bias else None]
+        return tuple(g if need else None for g, need in zip(out, ctx.needs_input_grad, strict=True))
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, weight), ctx.needs_input_grad[:2],
                                                                         strict=True)]

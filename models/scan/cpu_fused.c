@@ -1,7 +1,8 @@
 /* dimbench's fused selective scan for the CPU: the whole op (Δ prologue, the scan, the D and SiLU(z) epilogue),
  * forward and analytic backward, one pass over the sequence per block of W channels with the block's state in
- * registers and L1 cache. Built and loaded by models/scan/cpu_fused.py, which documents the contract; the
- * arithmetic is the recurrence of models/scan/reference.py:
+ * registers and L1 cache; and, at the end of the file, the causal depthwise conv1d + SiLU that feeds it. Built
+ * and loaded by models/scan/cpu_fused.py, which documents the contract; the arithmetic is the recurrence of
+ * models/scan/reference.py:
  *
  *     x_t = exp(Δ_t A) ⊙ x_{t-1} + (Δ_t u_t) B_t,   y_t = Σ_n C_t[n] x_t[n],   out = (y + D u) SiLU(z)
  *
@@ -351,5 +352,88 @@ void dimbench_scan_op_backward(const float *go, const float *u, const float *del
             if (dD) dD[d0 + j] += dD_acc[j];
             if (dbias) dbias[d0 + j] += dbias_acc[j];
         }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------------------------
+ * DiM's causal depthwise conv1d + SiLU, the op that feeds the scan (models/scan/conv.py routes CPU training here):
+ *
+ *     pre[b, d, t] = bias[d] + Σ_k w[d, k] x[b, d, t + k - (KW - 1)]   (x zero before t = 0),   out = SiLU(pre)
+ *
+ * Rows are (batch element, channel) pairs, numbered b·D + d; a call runs rows [r0, r1). x and go are read at their
+ * element strides xs, gs (batch, channel, step): DiM's x is a view of in_proj's product. out, dx contiguous
+ * (batch, D, S); dw (D, KW) and dbias (D) accumulated (+=), per thread. work: 3·conv_row_floats(S, KW). Torch's
+ * depthwise conv backward (oneDNN) and the separate SiLU passes were a fifth of a tiny DiM's training step. */
+
+/* Rows are worked on in padded buffers of conv_row_floats(S, KW) floats, zeros past the data, so that the loops
+ * run on whole W-lane vectors of steps (rows are short: 54 steps in the tiny DiM) with no tail case. */
+static int64_t conv_row_floats(int64_t S, int64_t KW) { return (S + KW + 2 * W + W - 1) / W * W; }
+
+/* One row of a (batch, D, S) tensor at strides s into buf[front + t], zeros elsewhere in the buffer. */
+static void load_row(const float *src, const int64_t *s, int64_t row, int64_t D, int64_t S, int64_t front,
+                     int64_t floats, float *buf) {
+    const float *r = src + (row / D) * s[0] + (row % D) * s[1];
+    memset(buf, 0, (size_t)floats * sizeof(float));
+    if (s[2] == 1)
+        memcpy(buf + front, r, (size_t)S * sizeof(float));
+    else
+        for (int64_t t = 0; t < S; t++) buf[front + t] = r[t * s[2]];
+}
+
+/* pre[t..t+W) = b0 + Σ_k w[k] xp[t + k] (xp zero-padded in front by KW - 1). */
+static inline v8 conv_v8(const float *xp, const float *w, float b0, int64_t t, int64_t KW) {
+    v8 acc = splat(b0);
+    for (int64_t k = 0; k < KW; k++) acc += ld(xp + t + k) * w[k];
+    return acc;
+}
+
+static inline v8 sigmoid_v8(v8 x) { return 1.0f / (1.0f + exp2_v8(-x * LOG2E)); }
+
+void dimbench_conv_silu_forward(const float *x, const int64_t *xs, const float *w, const float *bias, float *out,
+                                int64_t D, int64_t S, int64_t KW, int64_t r0, int64_t r1, float *work) {
+    const int64_t floats = conv_row_floats(S, KW);
+    float *xp = work, *y = work + floats;
+    for (int64_t row = r0; row < r1; row++) {
+        const int64_t d = row % D;
+        const float *wd = w + d * KW, b0 = bias ? bias[d] : 0.0f;
+        load_row(x, xs, row, D, S, KW - 1, floats, xp);
+        for (int64_t t = 0; t < S; t += W) {
+            const v8 pre = conv_v8(xp, wd, b0, t, KW);
+            st(y + t, pre * sigmoid_v8(pre));
+        }
+        memcpy(out + row * S, y, (size_t)S * sizeof(float));
+    }
+}
+
+void dimbench_conv_silu_backward(const float *x, const int64_t *xs, const float *w, const float *bias,
+                                 const float *go, const int64_t *gs, float *dx, float *dw, float *dbias, int64_t D,
+                                 int64_t S, int64_t KW, int64_t r0, int64_t r1, float *work) {
+    const int64_t floats = conv_row_floats(S, KW);
+    float *xp = work, *gp = work + floats, *o = work + 2 * floats;
+    for (int64_t row = r0; row < r1; row++) {
+        const int64_t d = row % D;
+        const float *wd = w + d * KW, b0 = bias ? bias[d] : 0.0f;
+        load_row(x, xs, row, D, S, KW - 1, floats, xp);
+        load_row(go, gs, row, D, S, 0, floats, gp); /* ∂L/∂out, then ∂L/∂pre in place; zero past S */
+        v8 db = {0};
+        for (int64_t t = 0; t < S; t += W) { /* SiLU'(p) = σ(p)·(1 + p·(1 - σ(p))) */
+            const v8 pre = conv_v8(xp, wd, b0, t, KW), s = sigmoid_v8(pre);
+            const v8 g = ld(gp + t) * s * (1.0f + pre * (1.0f - s));
+            st(gp + t, g); /* past S: ∂L/∂out is 0 there, so g is too */
+            db += g;
+        }
+        if (dbias) dbias[d] += hsum(db);
+        for (int64_t k = 0; k < KW; k++) {
+            v8 acc = {0};
+            for (int64_t t = 0; t < S; t += W) acc += ld(gp + t) * ld(xp + t + k);
+            dw[d * KW + k] += hsum(acc);
+        }
+        /* x[t] feeds pre[t + (KW - 1) - k] through w[k]; gp is zero from S on */
+        for (int64_t t = 0; t < S; t += W) {
+            v8 acc = {0};
+            for (int64_t k = 0; k < KW; k++) acc += ld(gp + t + KW - 1 - k) * wd[k];
+            st(o + t, acc);
+        }
+        memcpy(dx + row * S, o, (size_t)S * sizeof(float));
     }
 }

@@ -139,6 +139,10 @@ def _build() -> ctypes.CDLL:
     lib.dimbench_scan_op_forward.restype = None
     lib.dimbench_scan_op_backward.argtypes = [ptr] * 4 + [i32] + [ptr] * 15 + [i64] * 5 + [ptr]
     lib.dimbench_scan_op_backward.restype = None
+    lib.dimbench_conv_silu_forward.argtypes = [ptr] * 5 + [i64] * 5 + [ptr]
+    lib.dimbench_conv_silu_forward.restype = None
+    lib.dimbench_conv_silu_backward.argtypes = [ptr] * 9 + [i64] * 5 + [ptr]
+    lib.dimbench_conv_silu_backward.restype = None
     return lib
 
 
@@ -284,3 +288,54 @@ def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None,
              "delta_bias": dbias}
     return [grads[k].to(t.dtype).contiguous() for k, t, need in zip(INPUT_NAMES, inputs, needs, strict=True)
             if need and t is not None]
+
+
+# ------------------------------------------------------------------------------------- causal conv1d + SiLU
+# DiM's depthwise conv feeding the scan, for CPU training (models/scan/conv.py decides when): x (b, D, S) at any
+# strides, weight (D, 1, KW), bias (D,) or None -> SiLU(conv1d(x, padding=KW-1)[..., :S]), contiguous.
+
+
+def _conv_row_floats(s: int, kw: int) -> int:
+    """The C kernel's padded row buffer (conv_row_floats): whole vectors of BLOCK steps, zeros past the data."""
+    return (s + kw + 3 * BLOCK - 1) // BLOCK * BLOCK
+
+
+def _conv_operands(x: Tensor, weight: Tensor, bias: Tensor | None):
+    w = weight.detach().reshape(weight.shape[0], -1).float().contiguous()
+    b = None if bias is None else bias.detach().float().contiguous()
+    return x.float(), w, b
+
+
+def cpu_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """SiLU of the causal depthwise conv by the C kernel (float32 arithmetic, the output in x's dtype)."""
+    lib = _library()
+    batch, d, s = x.shape
+    x32, w, b = _conv_operands(x, weight, bias)
+    kw = w.shape[1]
+    out = torch.empty(batch, d, s, dtype=torch.float32)
+    strides = torch.tensor(x32.stride(), dtype=torch.int64)
+    ranges = _ranges(batch * d, s * kw)
+    work = [out.new_empty(3 * _conv_row_floats(s, kw)) for _ in ranges]
+    _run([lambda r0=r0, r1=r1, wk=wk: lib.dimbench_conv_silu_forward(
+        _p(x32), _p(strides), _p(w), _p(b), _p(out), d, s, kw, r0, r1, _p(wk))
+        for (r0, r1), wk in zip(ranges, work, strict=True)])
+    return out.to(x.dtype)
+
+
+def cpu_conv_silu_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> list[Tensor]:
+    """[dx, dweight, dbias (None without bias)] of ``cpu_conv_silu``, each in its input's dtype and shape."""
+    lib = _library()
+    batch, d, s = x.shape
+    x32, w, b = _conv_operands(x, weight, bias)
+    go = grad_out.float()
+    kw = w.shape[1]
+    dx = torch.empty(batch, d, s, dtype=torch.float32)
+    strides = [torch.tensor(t.stride(), dtype=torch.int64) for t in (x32, go)]
+    ranges = _ranges(batch * d, s * kw)
+    acc = [(dx.new_zeros(d, kw), dx.new_zeros(d), dx.new_empty(3 * _conv_row_floats(s, kw))) for _ in ranges]
+    _run([lambda r0=r0, r1=r1, a=a: lib.dimbench_conv_silu_backward(
+        _p(x32), _p(strides[0]), _p(w), _p(b), _p(go), _p(strides[1]), _p(dx), _p(a[0]), _p(a[1]), d, s, kw, r0, r1,
+        _p(a[2])) for (r0, r1), a in zip(ranges, acc, strict=True)])
+    dw, db = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k] for k in range(2))
+    return [dx.to(x.dtype), dw.reshape(weight.shape).to(weight.dtype),
+            None if bias is None else db.to(bias.dtype)]
