@@ -342,3 +342,25 @@ def test_steps_per_model_train_each_model_its_own(tmp_path, one_thread):
         final = next(m for m in found if m.metric == "train_loss_final")
         state = load_training_state(tmp_path / "state" / slug(point.key) / "train" / "checkpoint.pt")
         assert state["step"] == state["config"]["steps"] == final.extra["steps"] == expected
+
+
+def test_finetune_steps_per_model():
+    """``finetune_steps`` as {model: steps}, like ``steps``: the weak-to-strong config of each model takes its own,
+    the from-scratch config the ``steps`` value; a mapping missing a model of the suite is refused when read."""
+    from types import SimpleNamespace
+
+    from dimbench.metrics import train
+    from dimbench.points import SweepPoint
+
+    options = {field.name: field.default for field in train._OPTIONS}
+    options.update(steps={"dim_tiny_2": 30, "dit_tiny_2": 60}, finetune_steps={"dim_tiny_2": 8, "dit_tiny_2": 6})
+    ctx = SimpleNamespace(options=options)
+    for name, scratch, finetune in (("dim_tiny_2", 30, 8), ("dit_tiny_2", 60, 6)):
+        point = SweepPoint("t", name, 16, 16, 8, "float32", "cpu", ("train",))
+        assert train.train_config(ctx, point, finetune=False).steps == scratch
+        assert train.train_config(ctx, point, finetune=True).steps == finetune
+    found = train.TRAIN.check_options(dict(options, finetune_steps={"dim_tiny_2": 8}), ["dim_tiny_2", "dit_tiny_2"],
+                                      [16])
+    assert ("finetune_steps", "key 'options.train.finetune_steps': expected a value for every model of the suite, "
+            "got none for 'dit_tiny_2'") in found
+    assert not train.TRAIN.check_options(options, ["dim_tiny_2", "dit_tiny_2"], [16])

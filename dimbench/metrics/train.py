@@ -408,7 +408,8 @@ _OPTIONS = (
           "streaming its curve); a CPU with spare cores trains tiny models faster so"),
     Field("weak_to_strong_from", Integer(1, none="no weak-to-strong: every point trains from scratch"), None,
           "resolution (px) whose trained model starts every point at a higher resolution (weak-to-strong)"),
-    Field("finetune_steps", Integer(1), 100, "weak-to-strong: fine-tuning steps"),
+    Field("finetune_steps", PerModel(Integer(1)), 100, "weak-to-strong: fine-tuning steps (one number, or one per "
+          "model, as `steps`)"),
     Field("finetune_lr", Number(0), 1e-4, "weak-to-strong: learning rate"),
     Field("finetune_warmup", Integer(0), 2500, "weak-to-strong: warm-up steps"),
     Field("finetune_weight_decay", Number(at_least=0), 0.0, "weak-to-strong: weight decay"),
@@ -449,7 +450,8 @@ class TrainMetric(Metric):
 
     def check_options(self, options: Mapping[str, Any], model_names: Sequence[str], resolutions: Sequence[int],
                       batches: Sequence[int] = ()) -> list[tuple[str, str]]:
-        return (per_model_problems(options["steps"], "options.train.steps", model_names)
+        return ([problem for field in _OPTIONS if isinstance(field.type, PerModel)
+                 for problem in per_model_problems(options[field.name], f"options.train.{field.name}", model_names)]
                 + check_train_options(options, batches))
 
 
