@@ -744,3 +744,16 @@ def test_variants_of_a_model_are_separate_series_named_by_their_options(tmp_path
     assert padded == {r: v * 1.25 for r, v in plain.items()}
     pairs = {(ln.subject, ln.other) for ln in analysis.ratio_lines(results) if ln.metric == "gmacs"}
     assert pairs == {("dim_h_2", "dit_xl_2"), ("dim_h_2 [pad=cyclic]", "dit_xl_2")}
+
+
+def test_pdf_table_columns_hold_their_widest_entry_unwrapped():
+    """A table that fits the page keeps every cell on one line: a column's natural width holds its widest entry
+    (numbers such as 3000 were split as "300" over "0" by the rounding of the cell padding)."""
+    rows = [[document.Cell(m), document.Cell(px), document.Cell(step), document.Cell(loss)]
+            for m, px, step, loss in (("dit_tiny_2", "8 px", "3000", "0.0977"), ("dim_tiny_2", "16 px", "800",
+                                                                              "0.0351"))]
+    for columns in (["model", "resolution", "step", "training loss"], ["m", "px", "samples", "l"]):
+        block = pdf._table_block(document.Table("losses", columns, rows, [False, True, True, True]))
+        assert sum(block.widths) <= pdf.WIDTH
+        assert all(len(lines) == 1 for lines in block.header), block.header
+        assert all(len(lines) == 1 for cells, _ in block.rows for lines in cells), block.rows

@@ -150,6 +150,7 @@ FIG_TITLE = 10.5
 BOX_PAD = 0.04
 BULLET_W = 0.16
 CELL_PAD = 0.04  # inches of padding on each side of a table cell
+WRAP_SLACK = 0.005  # inches added to a column's natural width (see _column_widths)
 
 
 def _column_widths(t: Table) -> list[float]:
@@ -162,7 +163,9 @@ def _column_widths(t: Table) -> list[float]:
         for r in t.rows:
             if i < len(r):
                 w = max(w, text_width(r[i].text, pt))
-        natural.append(w + 2 * CELL_PAD)
+        # + WRAP_SLACK: the cell wraps its text to (width - 2 * CELL_PAD), and without slack the rounding of that
+        # subtraction split a column's widest entry ("3000" as "300" over "0")
+        natural.append(w + 2 * CELL_PAD + WRAP_SLACK)
     if sum(natural) <= WIDTH:
         return natural
     order = sorted(natural)
