@@ -112,18 +112,30 @@ def test_cpu_training_takes_the_c_kernel(kw, bias):
         assert not conv.cpu_kernel_wanted(x, module)
     with torch.profiler.profile() as prof:
         out = conv.conv1d_silu(x, module)
-    assert "dimbench_scan::causal_conv1d_silu" in {e.name for e in prof.events()}
+    assert "dimbench_scan::causal_conv1d_silu_cpu" in {e.name for e in prof.events()}
     params = [x, module.weight] + ([module.bias] if bias else [])
     go = torch.randn(3, 17, 5).transpose(1, 2)
     with torch.profiler.profile() as prof:
         grads = torch.autograd.grad(out, params, go)
-    assert "dimbench_scan::causal_conv1d_silu_backward" in {e.name for e in prof.events()}
+    assert "dimbench_scan::causal_conv1d_silu_cpu_backward" in {e.name for e in prof.events()}
     x2 = x.detach().requires_grad_()
     ref_out = torch_path(x2, module)
     ref = torch.autograd.grad(ref_out, [x2] + params[1:], go)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-6)
     for g, r in zip(grads, ref, strict=True):
         torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+
+
+@needs_c_kernel
+def test_cpu_kernel_refuses_a_weight_that_is_not_depthwise():
+    """The C kernel reads D·KW weights and D biases: other shapes are refused before it runs."""
+    from models.scan import cpu_fused
+
+    x, module = dim_like(2, 4, 9)
+    with pytest.raises(ValueError, match=r"weight \(D, 1, KW\) expected, got x \(2, 4, 9\) and weight \(4, 2, 3\)"):
+        cpu_fused.cpu_conv_silu(x, torch.zeros(4, 2, 3), None)
+    with pytest.raises(ValueError, match=r"bias \(4,\) expected, got \(3,\)"):
+        cpu_fused.cpu_conv_silu(x, module.weight, torch.zeros(3))
 
 
 def test_cpu_kernel_off_by_environment(monkeypatch):

@@ -15,8 +15,8 @@ tree are unchanged. ``DIMBENCH_FUSED_CONV=0`` turns the kernel off. It is a ``to
 (``dimbench_scan::causal_conv1d_silu``: opaque to torch.compile, with a fake kernel); its backward is torch's
 (the conv's gradient through autograd of the same function, recomputed), exact.
 
-On the CPU, when autograd records (training), the same op runs the C kernels of ``models.scan.cpu_fused``
-(forward, and an analytic backward as a second op, ``dimbench_scan::causal_conv1d_silu_backward``), when they build:
+On the CPU, when autograd records (training), the C kernels of ``models.scan.cpu_fused`` run instead, when they
+build: their own op, ``dimbench_scan::causal_conv1d_silu_cpu``, with an analytic backward as a second op:
 torch's depthwise conv backward (oneDNN, 2.3 ms a call) and the separate SiLU passes were a fifth of a tiny DiM's
 training step (batch 32, d_inner 128, S 54). Inference on the CPU keeps torch's call (one pass, and the memory
 dimbench predicts by tracing torch's conv is what runs); ``cpu_kernel_wanted`` says when.
@@ -89,7 +89,7 @@ def conv1d_silu(x: Tensor, conv: nn.Conv1d) -> Tensor:
     else exactly torch's module call."""
     if not fused_conv_available(x):
         if cpu_kernel_wanted(x, conv):
-            return torch.ops.dimbench_scan.causal_conv1d_silu(x, conv.weight, conv.bias)
+            return torch.ops.dimbench_scan.causal_conv1d_silu_cpu(x, conv.weight, conv.bias)
         return F.silu(conv(x)[..., : x.shape[-1]])
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
     return torch.ops.dimbench_scan.causal_conv1d_silu(x.to(dtype), conv.weight, conv.bias)
@@ -120,8 +120,6 @@ def launch(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 @torch.library.custom_op("dimbench_scan::causal_conv1d_silu", mutates_args=())
 def _conv_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    if x.device.type == "cpu":
-        return cpu_fused.cpu_conv_silu(x, weight, bias)
     return launch(x, weight, bias)
 
 
@@ -135,25 +133,8 @@ def _setup_context(ctx, inputs, output):
     ctx.has_bias = inputs[2] is not None
 
 
-@torch.library.custom_op("dimbench_scan::causal_conv1d_silu_backward", mutates_args=())
-def _conv_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> list[Tensor]:
-    """[dx, dweight] (+ [dbias] with a bias) by the C kernel: the CPU op's analytic backward."""
-    grads = cpu_fused.cpu_conv_silu_backward(grad_out, x, weight, bias)
-    return grads[:2] if bias is None else grads
-
-
-@_conv_backward_op.register_fake
-def _conv_backward_fake(grad_out, x, weight, bias):
-    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, weight, bias) if t is not None]
-
-
 def _backward(ctx, grad_out):
     x, weight, bias = ctx.saved_tensors
-    if x.device.type == "cpu":
-        grads = iter(torch.ops.dimbench_scan.causal_conv1d_silu_backward(grad_out, x, weight,
-                                                                         bias if ctx.has_bias else None))
-        out = [next(grads) for _ in range(2)] + [next(grads) if ctx.has_bias else None]
-        return tuple(g if need else None for g, need in zip(out, ctx.needs_input_grad, strict=True))
     with torch.enable_grad():
         leaves = [t.detach().requires_grad_(need) for t, need in zip((x, weight), ctx.needs_input_grad[:2],
                                                                         strict=True)]
@@ -166,3 +147,41 @@ def _backward(ctx, grad_out):
 
 
 _conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- the C kernels for CPU training (see the module docstring): an op of their own, so that the Triton op above
+# keeps running its kernel on CPU tensors under TRITON_INTERPRET=1 (the interpreter tests and the GPU check's CPU
+# dry run test it so).
+
+
+@torch.library.custom_op("dimbench_scan::causal_conv1d_silu_cpu", mutates_args=())
+def _cpu_conv_op(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    return cpu_fused.cpu_conv_silu(x, weight, bias)
+
+
+@_cpu_conv_op.register_fake
+def _cpu_conv_fake(x, weight, bias):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
+
+
+@torch.library.custom_op("dimbench_scan::causal_conv1d_silu_cpu_backward", mutates_args=())
+def _cpu_conv_backward_op(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Tensor | None) -> list[Tensor]:
+    """[dx, dweight] (+ [dbias] with a bias): the C kernel's analytic backward."""
+    grads = cpu_fused.cpu_conv_silu_backward(grad_out, x, weight, bias)
+    return grads[:2] if bias is None else grads
+
+
+@_cpu_conv_backward_op.register_fake
+def _cpu_conv_backward_fake(grad_out, x, weight, bias):
+    return [torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, weight, bias) if t is not None]
+
+
+def _cpu_backward(ctx, grad_out):
+    x, weight, bias = ctx.saved_tensors
+    grads = iter(torch.ops.dimbench_scan.causal_conv1d_silu_cpu_backward(grad_out, x, weight,
+                                                                         bias if ctx.has_bias else None))
+    out = [next(grads), next(grads), next(grads) if ctx.has_bias else None]
+    return tuple(g if need else None for g, need in zip(out, ctx.needs_input_grad, strict=True))
+
+
+_cpu_conv_op.register_autograd(_cpu_backward, setup_context=_setup_context)

@@ -301,6 +301,14 @@ def _conv_row_floats(s: int, kw: int) -> int:
 
 
 def _conv_operands(x: Tensor, weight: Tensor, bias: Tensor | None):
+    """float32 x (its own strides), weight (D, KW) and bias, after checking that they are a depthwise conv's:
+    the kernel reads D·KW weights and D biases."""
+    d = x.shape[1]
+    if x.dim() != 3 or weight.dim() != 3 or tuple(weight.shape[:2]) != (d, 1):
+        raise ValueError(f"causal depthwise conv: x (batch, D, S) and weight (D, 1, KW) expected, got x "
+                         f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
+    if bias is not None and tuple(bias.shape) != (d,):
+        raise ValueError(f"causal depthwise conv: bias ({d},) expected, got {tuple(bias.shape)}")
     w = weight.detach().reshape(weight.shape[0], -1).float().contiguous()
     b = None if bias is None else bias.detach().float().contiguous()
     return x.float(), w, b
@@ -312,7 +320,7 @@ def cpu_conv_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     batch, d, s = x.shape
     x32, w, b = _conv_operands(x, weight, bias)
     kw = w.shape[1]
-    out = torch.empty(batch, d, s, dtype=torch.float32)
+    out = torch.empty(batch, d, s, dtype=torch.float32, device=x.device)
     strides = torch.tensor(x32.stride(), dtype=torch.int64)
     ranges = _ranges(batch * d, s * kw)
     work = [out.new_empty(3 * _conv_row_floats(s, kw)) for _ in ranges]
@@ -329,7 +337,7 @@ def cpu_conv_silu_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Te
     x32, w, b = _conv_operands(x, weight, bias)
     go = grad_out.float()
     kw = w.shape[1]
-    dx = torch.empty(batch, d, s, dtype=torch.float32)
+    dx = torch.empty(batch, d, s, dtype=torch.float32, device=x.device)
     strides = [torch.tensor(t.stride(), dtype=torch.int64) for t in (x32, go)]
     ranges = _ranges(batch * d, s * kw)
     acc = [(dx.new_zeros(d, kw), dx.new_zeros(d), dx.new_empty(3 * _conv_row_floats(s, kw))) for _ in ranges]
