@@ -195,6 +195,11 @@ def _run(calls) -> None:
         future.result()
 
 
+def _threads_total(acc: list[tuple[Tensor, ...]], k: int) -> Tensor:
+    """The sum over threads of each thread's k-th accumulator (the first one itself when there is one thread)."""
+    return acc[0][k] if len(acc) == 1 else sum((a[k] for a in acc[1:]), acc[0][k])
+
+
 def _p(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -282,8 +287,7 @@ def cpu_fused_scan_backward(grad_out: Tensor, u, delta, A, B, C, D=None, z=None,
         _p(z32), _p(du), _p(ddelta), _p(dz), *(_p(t) for t in a[:5]), _p(strides), length, d_inner, n, i0, i1,
         _p(a[5]))
         for (i0, i1), a in zip(ranges, acc, strict=True)])
-    dA, dB, dC, dD, dbias = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k]
-                             for k in range(5))
+    dA, dB, dC, dD, dbias = (_threads_total(acc, k) for k in range(5))
     grads = {"u": du, "delta": ddelta, "A": dA[:, :d_inner].t(), "B": dB, "C": dC, "D": dD, "z": dz,
              "delta_bias": dbias}
     return [grads[k].to(t.dtype).contiguous() for k, t, need in zip(INPUT_NAMES, inputs, needs, strict=True)
@@ -303,8 +307,8 @@ def _conv_row_floats(s: int, kw: int) -> int:
 def _conv_operands(x: Tensor, weight: Tensor, bias: Tensor | None):
     """float32 x (its own strides), weight (D, KW) and bias, after checking that they are a depthwise conv's:
     the kernel reads D·KW weights and D biases."""
-    d = x.shape[1]
-    if x.dim() != 3 or weight.dim() != 3 or tuple(weight.shape[:2]) != (d, 1):
+    d = x.shape[1] if x.dim() == 3 else None
+    if d is None or weight.dim() != 3 or tuple(weight.shape[:2]) != (d, 1):
         raise ValueError(f"causal depthwise conv: x (batch, D, S) and weight (D, 1, KW) expected, got x "
                          f"{tuple(x.shape)} and weight {tuple(weight.shape)}")
     if bias is not None and tuple(bias.shape) != (d,):
@@ -344,6 +348,6 @@ def cpu_conv_silu_backward(grad_out: Tensor, x: Tensor, weight: Tensor, bias: Te
     _run([lambda r0=r0, r1=r1, a=a: lib.dimbench_conv_silu_backward(
         _p(x32), _p(strides[0]), _p(w), _p(b), _p(go), _p(strides[1]), _p(dx), _p(a[0]), _p(a[1]), d, s, kw, r0, r1,
         _p(a[2])) for (r0, r1), a in zip(ranges, acc, strict=True)])
-    dw, db = (sum(a[k] for a in acc[1:]) + acc[0][k] if len(acc) > 1 else acc[0][k] for k in range(2))
+    dw, db = (_threads_total(acc, k) for k in range(2))
     return [dx.to(x.dtype), dw.reshape(weight.shape).to(weight.dtype),
             None if bias is None else db.to(bias.dtype)]
